@@ -1,0 +1,36 @@
+from django.contrib import admin
+from guardian.admin import GuardedModelAdmin
+
+from deployments.models import Application, Deployment, Environment, Release, Target
+
+
+@admin.register(Environment)
+class EnvironmentAdmin(GuardedModelAdmin):
+    list_display = ["name", "slug", "order", "locked"]
+
+
+@admin.register(Application)
+class ApplicationAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "team", "executor"]
+
+
+@admin.register(Target)
+class TargetAdmin(admin.ModelAdmin):
+    list_display = ["application", "environment", "name", "address"]
+
+
+@admin.register(Release)
+class ReleaseAdmin(admin.ModelAdmin):
+    list_display = ["application", "version", "commit_sha", "created_at"]
+
+    def has_change_permission(self, request, obj=None):
+        return False  # releases are immutable
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin):
+    list_display = ["pk", "application", "environment", "release", "status", "created_at"]
+    list_filter = ["status", "environment"]
+
+    def has_change_permission(self, request, obj=None):
+        return False  # executions change only through the engine

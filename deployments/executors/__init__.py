@@ -1,0 +1,17 @@
+"""Executors carry out the SOP steps on the targets; the engine decides what runs when."""
+
+from deployments.executors.base import Executor, StepFailed
+from deployments.executors.local import LocalExecutor
+
+EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor}
+
+
+def executor_for(deployment, log) -> Executor:
+    kind = deployment.application.executor
+    try:
+        return EXECUTORS[kind](deployment, log)
+    except KeyError:
+        raise StepFailed(f"no executor named {kind!r}") from None
+
+
+__all__ = ["EXECUTORS", "Executor", "StepFailed", "executor_for"]

@@ -1,0 +1,204 @@
+"""The catalogue (applications, environments, targets, releases) and the execution."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+
+SEMVER = RegexValidator(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$",
+    "Use a semantic version such as 1.2.3 or 2.0.0-rc.1.",
+)
+SHA256 = RegexValidator(r"^[0-9a-f]{64}$", "A SHA-256 digest is 64 lowercase hex characters.")
+
+
+class Application(models.Model):
+    class Executor(models.TextChoices):
+        LOCAL = "local", "Local (releases/<version> and a current symlink)"
+
+    slug = models.SlugField(unique=True)
+    name = models.CharField(max_length=100)
+    repository_url = models.URLField(blank=True)
+    team = models.CharField(max_length=100, blank=True)
+    executor = models.CharField(max_length=20, choices=Executor.choices, default=Executor.LOCAL)
+    executor_settings = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Environment(models.Model):
+    """Development, staging, production (ordered). Object permissions live here."""
+
+    slug = models.SlugField(unique=True)
+    name = models.CharField(max_length=50)
+    order = models.PositiveSmallIntegerField(default=0)
+    locked = models.BooleanField(default=False)
+    lock_reason = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["order"]
+        permissions = [
+            ("request_change", "Can request a change to this environment"),
+            ("deploy", "Can start deployments to this environment"),
+            ("rollback", "Can roll back deployments in this environment"),
+            ("approve_tech_lead", "Can decide the tech lead gate"),
+            ("approve_qa", "Can decide the QA gate"),
+            ("approve_cab", "Can decide the CAB gate"),
+            ("approve_security", "Can decide the security gate"),
+            ("approve_business", "Can decide the business gate"),
+            ("approve_emergency", "Can decide the emergency gate"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Target(models.Model):
+    """Where an application runs in an environment (a host, a container group, a slot)."""
+
+    application = models.ForeignKey(Application, on_delete=models.CASCADE, related_name="targets")
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="targets")
+    name = models.CharField(max_length=100)
+    address = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["application", "environment", "name"],
+                                    name="target_unique_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.application.slug}/{self.environment.slug}/{self.name}"
+
+
+class Release(models.Model):
+    """An application at a version. Immutable once registered."""
+
+    application = models.ForeignKey(Application, on_delete=models.PROTECT, related_name="releases")
+    version = models.CharField(max_length=64, validators=[SEMVER])
+    artifact_url = models.CharField(max_length=500, blank=True)
+    artifact_sha256 = models.CharField(max_length=64, blank=True, validators=[SHA256])
+    commit_sha = models.CharField(max_length=40, blank=True)
+    committed_at = models.DateTimeField(null=True, blank=True)
+    notes = models.TextField(blank=True)
+    checks = models.JSONField(default=dict, blank=True)  # {"tests": {"status": "passed", ...}}
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["application", "version"],
+                                    name="release_unique_version"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.application.slug} {self.version}"
+
+
+class Deployment(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        ROLLED_BACK = "rolled_back", "Rolled back"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINAL = {Status.SUCCEEDED, Status.FAILED, Status.ROLLED_BACK, Status.CANCELLED}
+    ACTIVE = {Status.QUEUED, Status.RUNNING}
+
+    application = models.ForeignKey(Application, on_delete=models.PROTECT,
+                                    related_name="deployments")
+    environment = models.ForeignKey(Environment, on_delete=models.PROTECT,
+                                    related_name="deployments")
+    release = models.ForeignKey(Release, on_delete=models.PROTECT, related_name="deployments")
+    # Which change released it; the approvals app owns that model (DESIGN.md section 3).
+    change_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    strategy = models.CharField(max_length=20, default="all_at_once")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0)
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.PROTECT, related_name="+")
+    task_id = models.CharField(max_length=64, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    failure_reason = models.TextField(blank=True)
+    previous_version = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # One deployment at a time per application and environment: the
+            # database settles two deploy presses at once.
+            models.UniqueConstraint(
+                fields=["application", "environment"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="deployment_one_active_per_app_env",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Deployment #{self.pk} {self.release} to {self.environment.slug}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL
+
+    @property
+    def duration(self):
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+
+class DeploymentStep(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=40)
+    title = models.CharField(max_length=100)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["deployment", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "position"], name="step_unique_position"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.position}. {self.title}"
+
+
+class DeploymentLogLine(models.Model):
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="log_lines")
+    seq = models.PositiveIntegerField()
+    at = models.DateTimeField(default=timezone.now)
+    level = models.CharField(max_length=10, default="info")
+    message = models.TextField()
+
+    class Meta:
+        ordering = ["deployment", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "seq"], name="log_unique_seq"),
+        ]

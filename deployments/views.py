@@ -1,0 +1,88 @@
+"""Pages of execution: release registration, deployment history, the live deployment view."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import get_object_or_404, redirect, render
+
+from deployments import selectors, services
+from deployments.models import SEMVER, SHA256, Application, Deployment, Environment
+from portal.errors import DomainError
+
+
+class ReleaseForm(forms.Form):
+    application = forms.ModelChoiceField(queryset=Application.objects.order_by("name"),
+                                         to_field_name="slug")
+    version = forms.CharField(max_length=64, validators=[SEMVER],
+                              help_text="Semantic version, e.g. 1.4.0.")
+    commit_sha = forms.RegexField(regex=r"^[0-9a-fA-F]{7,40}$", required=False,
+                                  error_messages={"invalid": "A commit SHA is 7-40 hex characters."})
+    artifact_url = forms.CharField(max_length=500, required=False)
+    artifact_sha256 = forms.CharField(max_length=64, required=False, validators=[SHA256])
+    notes = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False,
+                            label="Release notes")
+
+
+@login_required
+def release_new(request):
+    form = ReleaseForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            release, created = services.release_register(actor=request.user,
+                                                         **form.cleaned_data)
+        except DomainError as exc:
+            form.add_error("version", exc.detail)
+        else:
+            if created:
+                messages.success(request, f"Release {release} registered.")
+            else:
+                messages.info(request, f"Release {release} was already registered.")
+            return redirect(f"/changes/new/?release={release.pk}")
+    return render(request, "deployments/release_form.html", {"form": form},
+                  status=400 if form.errors else 200)
+
+
+@login_required
+def deployment_history(request):
+    qs = selectors.deployments_visible_to(request.user).order_by("-created_at", "-id")
+    filters = {k: request.GET.get(k, "") for k in ("application", "environment", "status")}
+    if filters["application"]:
+        qs = qs.filter(application__slug=filters["application"])
+    if filters["environment"]:
+        qs = qs.filter(environment__slug=filters["environment"])
+    if filters["status"] in Deployment.Status.values:
+        qs = qs.filter(status=filters["status"])
+    return render(request, "deployments/history.html", {
+        "deployments": list(qs[:100]),
+        "filters": filters,
+        "applications": Application.objects.order_by("name"),
+        "environments": Environment.objects.order_by("order"),
+        "statuses": Deployment.Status.choices,
+    })
+
+
+def _deployment(request, pk: int) -> Deployment:
+    return get_object_or_404(
+        selectors.deployments_visible_to(request.user).prefetch_related("steps"), pk=pk
+    )
+
+
+@login_required
+def deployment_detail(request, pk: int):
+    deployment = _deployment(request, pk)
+    return render(request, "deployments/detail.html", {
+        "deployment": deployment,
+        "log": list(deployment.log_lines.order_by("-seq")[:200])[::-1],
+    })
+
+
+@login_required
+def deployment_progress(request, pk: int):
+    """The live part of a deployment (steps, progress, log tail), polled by HTMX."""
+    deployment = _deployment(request, pk)
+    return render(request, "deployments/_progress.html", {
+        "deployment": deployment,
+        "log": list(deployment.log_lines.order_by("-seq")[:200])[::-1],
+    })

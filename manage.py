@@ -1,0 +1,24 @@
+#!/usr/bin/env python
+"""Django's command-line utility for the portal."""
+
+import os
+import sys
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    from portal import embedded
+
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    # `run` and `services` manage the embedded servers themselves; every other
+    # command needs them up, and stops them again if it was the one to start them.
+    if command not in embedded.SELF_MANAGED_COMMANDS:
+        embedded.ensure_for_command()
+
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(sys.argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Who is acting and from where, carried to the audit trail without threading arguments."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    request_id: str = ""
+    ip: str | None = None
+    user_agent: str = ""
+    client: str = ""  # the API token's name when the request came with one
+
+
+_current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar(
+    "portal_request_context", default=RequestContext()
+)
+
+
+def bind_request(ctx: RequestContext) -> contextvars.Token:
+    return _current.set(ctx)
+
+
+def unbind_request(token: contextvars.Token) -> None:
+    _current.reset(token)
+
+
+def current() -> RequestContext:
+    return _current.get()
+
+
+def set_client(name: str) -> None:
+    ctx = _current.get()
+    _current.set(
+        RequestContext(
+            request_id=ctx.request_id, ip=ctx.ip, user_agent=ctx.user_agent, client=name
+        )
+    )

@@ -1,0 +1,37 @@
+"""Print a new API token for a user, once; only its hash is stored."""
+
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from portal.audit import System
+from portal.errors import DomainError
+from portal.services import api_token_issue
+
+
+class Command(BaseCommand):
+    help = "Issue an API token for USER and print it once."
+
+    def add_arguments(self, parser):
+        parser.add_argument("username")
+        parser.add_argument("--name", default="", help="Token name (default: cli-<time>).")
+        parser.add_argument("--days", type=int, default=90,
+                            help="Days until it expires; 0 for no expiry.")
+
+    def handle(self, *args, username: str, name: str, days: int, **options):
+        try:
+            user = get_user_model().objects.get(username=username, is_active=True)
+        except get_user_model().DoesNotExist:
+            raise CommandError(f"no active user named {username!r}") from None
+        if days < 0:
+            raise CommandError("--days must be 0 or more")
+        name = name or f"cli-{timezone.now():%Y%m%d%H%M%S}"
+        expires = timezone.now() + timedelta(days=days) if days else None
+        try:
+            _, raw = api_token_issue(actor=System("manage.py issue_token"), user=user,
+                                     name=name, expires_at=expires)
+        except DomainError as exc:
+            raise CommandError(exc.detail) from None
+        self.stdout.write(raw)

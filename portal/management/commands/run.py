@@ -1,0 +1,154 @@
+"""`make run`: embedded servers, migrations, demo data, web, worker and beat in one terminal.
+
+Ctrl-C stops everything it started, leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from portal import embedded
+from portal.management.commands.seed_demo import DEFAULT_PASSWORD, USERS
+
+
+class Command(BaseCommand):
+    help = "Run the portal: web server, Celery worker and beat, on the embedded servers."
+    requires_system_checks = []
+    requires_migrations_checks = False
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("PORTAL_HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORTAL_PORT", 8000)))
+        parser.add_argument("--password", default=os.environ.get("PORTAL_DEMO_PASSWORD",
+                                                                 DEFAULT_PASSWORD))
+
+    def handle(self, *args, host: str, port: int, password: str, **options):
+        lock = embedded.RunLock()
+        services = embedded.Services()
+        children: list[subprocess.Popen] = []
+        try:
+            lock.acquire()
+            if _port_taken(host, port):
+                raise embedded.ServiceError(
+                    f"port {port} on {host} is in use by another program; "
+                    "use PORTAL_PORT=8001 make run")
+            self._say("starting PostgreSQL and Redis under "
+                      f"{embedded.var_dir()}" if services.postgres or services.redis
+                      else "using DATABASE_URL and REDIS_URL")
+            services.start(reuse=True)
+            # Servers left over from an interrupted run are ours to stop too.
+            for server in (services.postgres, services.redis):
+                if server is not None and server not in services.started:
+                    services.started.append(server)
+            from django.db import connections
+            connections.close_all()
+            call_command("migrate", interactive=False, verbosity=0)
+            first_run = not get_user_model().objects.exists()
+            if first_run:
+                self._say("first run: loading demo data")
+                call_command("seed_demo", password=password, verbosity=0)
+            connections.close_all()
+
+            python = sys.executable
+            bin_dir = os.path.dirname(python)
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            commands = {
+                "web": [os.path.join(bin_dir, "gunicorn"), "portal.wsgi:application",
+                        "--bind", f"{host}:{port}", "--workers", "2", "--threads", "4",
+                        "--access-logfile", "-", "--log-level", "warning",
+                        "--graceful-timeout", "5"],
+                "worker": [os.path.join(bin_dir, "celery"), "-A", "portal", "worker",
+                           "--loglevel", "INFO", "--concurrency", "2",
+                           "--hostname", "worker@%h"],
+                "beat": [os.path.join(bin_dir, "celery"), "-A", "portal", "beat",
+                         "--loglevel", "INFO",
+                         "--schedule", str(embedded.var_dir() / "celerybeat-schedule")],
+            }
+            for name, cmd in commands.items():
+                children.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+            _wait_for_port(host, port, 30)
+            self._banner(host, port, password if first_run else None)
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+            while True:
+                for child, name in zip(children, commands, strict=True):
+                    if child.poll() is not None:
+                        raise CommandError(f"the {name} process exited with code "
+                                           f"{child.returncode}; stopping everything")
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            self._say("stopping…")
+        except embedded.ServiceError as exc:
+            raise CommandError(str(exc)) from None
+        finally:
+            _stop_children(children)
+            services.stop()
+            lock.release()
+        self._say("stopped; nothing left running")
+
+    def _say(self, text: str) -> None:
+        self.stdout.write(f"portal: {text}")
+        self.stdout.flush()
+
+    def _banner(self, host: str, port: int, password: str | None) -> None:
+        url = f"http://{host}:{port}/"
+        users = ", ".join([u for u, _ in USERS] + ["admin"])
+        lines = [
+            "",
+            f"  The portal is running at {url}",
+            f"  API docs: {url}api/docs/",
+            f"  Demo logins: {users}",
+            f"  Password for each: {password}" if password else
+            "  Password: the one set on first run (default "
+            f"{DEFAULT_PASSWORD}, or PORTAL_DEMO_PASSWORD)",
+            "  Press Ctrl-C to stop the web server, worker, beat, PostgreSQL and Redis.",
+            "",
+        ]
+        self.stdout.write("\n".join(lines))
+        self.stdout.flush()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _wait_for_port(host: str, port: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _port_taken(host, port):
+            return
+        time.sleep(0.2)
+    raise CommandError(f"the web server did not start listening on {host}:{port}")
+
+
+def _stop_children(children: list[subprocess.Popen]) -> None:
+    for child in children:
+        if child.poll() is None:
+            try:
+                os.killpg(child.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 15
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(child.pid, signal.SIGKILL)  # anything left in its group
+        except (ProcessLookupError, PermissionError):
+            pass

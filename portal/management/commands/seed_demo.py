@@ -1,0 +1,110 @@
+"""Demo data (DESIGN.md section 9): environments, policies, groups, one user per role."""
+
+import hashlib
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
+from django.core.management.base import BaseCommand
+from django.db import transaction
+from guardian.shortcuts import assign_perm
+
+from approvals.policies import seed_default_policies
+from deployments.models import Application, Environment, Release, Target
+from portal.audit import System, audit_record
+
+DEFAULT_PASSWORD = "demo-portal-2026"
+
+ENVIRONMENTS = [("development", "Development", 1), ("staging", "Staging", 2),
+                ("production", "Production", 3)]
+
+# group -> {environment slug: [permission codenames]}
+GROUP_PERMISSIONS = {
+    "engineers": {
+        "development": ["request_change", "deploy"],
+        "staging": ["request_change", "deploy"],
+        "production": ["request_change"],
+    },
+    "tech-leads": {
+        "development": ["request_change"],
+        "staging": ["request_change", "approve_tech_lead"],
+        "production": ["request_change", "approve_tech_lead"],
+    },
+    "qa": {"staging": ["approve_qa"], "production": []},
+    "cab": {"production": ["approve_cab"], "staging": []},
+    "security": {"production": ["approve_security"], "staging": []},
+    "business": {"production": ["approve_business"]},
+    "on-call": {
+        env: ["request_change", "deploy", "rollback", "approve_emergency"]
+        for env in ("development", "staging", "production")
+    },
+}
+
+USERS = [
+    ("engineer", "engineers"), ("techlead", "tech-leads"), ("qa", "qa"), ("cab", "cab"),
+    ("cab2", "cab"), ("security", "security"), ("business", "business"),
+    ("oncall", "on-call"), ("auditor", "auditors"),
+]
+
+
+class Command(BaseCommand):
+    help = "Create demo environments, policies, an application with releases, and role users."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--password", default=DEFAULT_PASSWORD,
+                            help="Password for every demo user.")
+
+    @transaction.atomic
+    def handle(self, *args, password: str, **options):
+        envs = {}
+        for slug, name, order in ENVIRONMENTS:
+            envs[slug], _ = Environment.objects.get_or_create(
+                slug=slug, defaults={"name": name, "order": order})
+            seed_default_policies(envs[slug])
+
+        groups = {}
+        for group_name, per_env in GROUP_PERMISSIONS.items():
+            group, _ = Group.objects.get_or_create(name=group_name)
+            groups[group_name] = group
+            for env_slug, codenames in per_env.items():
+                for codename in codenames:
+                    assign_perm(f"deployments.{codename}", group, envs[env_slug])
+        auditors, _ = Group.objects.get_or_create(name="auditors")
+        auditors.permissions.add(Permission.objects.get(codename="view_audit_trail"))
+        groups["auditors"] = auditors
+
+        User = get_user_model()
+        for username, group_name in USERS:
+            user, created = User.objects.get_or_create(
+                username=username, defaults={"email": f"{username}@example.com"})
+            if created:
+                user.set_password(password)
+                user.save()
+            user.groups.add(groups[group_name])
+        admin, created = User.objects.get_or_create(
+            username="admin", defaults={"email": "admin@example.com", "is_staff": True,
+                                        "is_superuser": True})
+        if created:
+            admin.set_password(password)
+            admin.save()
+
+        app, _ = Application.objects.get_or_create(
+            slug="storefront",
+            defaults={"name": "Storefront", "team": "Web",
+                      "repository_url": "https://git.example.com/web/storefront"})
+        for env in envs.values():
+            Target.objects.get_or_create(application=app, environment=env, name="app-1",
+                                         defaults={"address": "127.0.0.1"})
+        engineer = User.objects.get(username="engineer")
+        for version, notes in [("1.0.0", "First release of the storefront."),
+                               ("1.1.0", "Faster checkout; new search box."),
+                               ("1.2.0", "Gift cards.")]:
+            release, created = Release.objects.get_or_create(
+                application=app, version=version,
+                defaults={"notes": notes, "created_by": engineer,
+                          "commit_sha": hashlib.sha1(version.encode()).hexdigest()[:12],
+                          "checks": {"tests": {"status": "passed"},
+                                     "security_scan": {"status": "passed"}}})
+            if created:
+                audit_record(actor=System("demo data"), action="release.registered",
+                             obj=release, after={"version": version})
+        self.stdout.write(self.style.SUCCESS("Demo data is in place."))
