@@ -68,3 +68,65 @@ def pytest_configure(config):
 
     # Hashing ten demo passwords with the production hasher costs two seconds a test.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker):
+    """A real Celery worker on the embedded Redis, reading and writing the test database."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import redis
+    from django.conf import settings
+    from django.db import connection
+
+    db = connection.settings_dict
+    database_url = (f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}"
+                    f"/{db['NAME']}")
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=settings.REDIS_URL,
+               PORTAL_HEARTBEAT_STALE_SECONDS=os.environ.get("PORTAL_HEARTBEAT_STALE_SECONDS",
+                                                             "120"))
+    log_path = Path(os.environ["PORTAL_VAR_DIR"]) / "test-worker.log"
+    log = open(log_path, "w")
+    celery = str(Path(sys.executable).with_name("celery"))
+    proc = subprocess.Popen(
+        [celery, "-A", "portal", "worker", "--pool", "prefork", "--concurrency", "1",
+         "--loglevel", "INFO", "--without-mingle", "--without-gossip", "--hostname",
+         f"test-{os.getpid()}@%h"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if "ready." in log_path.read_text():
+            break
+        if proc.poll() is not None:
+            raise RuntimeError(f"celery worker exited: {log_path.read_text()[-2000:]}")
+        time.sleep(0.2)
+    else:
+        raise RuntimeError("celery worker did not become ready in 60 s")
+    yield proc
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):
+    """Poll until ``predicate()`` is truthy; return its value or fail with a message."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 _base = Path(__file__).resolve().parents[2]
 os.environ.setdefault("PORTAL_VAR_DIR", str(_base / "var" / "test"))
+_var = Path(os.environ["PORTAL_VAR_DIR"])
 os.environ.setdefault("PORTAL_PG_PORT", "54339")
 os.environ.setdefault("PORTAL_REDIS_PORT", "63799")
-os.environ.setdefault("PORTAL_DEPLOY_ROOT", str(_base / "var" / "test" / "deploy"))
+os.environ.setdefault("PORTAL_DEPLOY_ROOT", str(_var / "deploy"))
 os.environ.setdefault("DJANGO_DEBUG", "true")
