@@ -17,7 +17,10 @@ def main() -> None:
 
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(sys.argv)
+    try:
+        execute_from_command_line(sys.argv)
+    except embedded.ServiceError as exc:
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import fcntl
 import importlib.util
 import os
 import pwd
-import shutil
 import socket
 import subprocess
 import sys
@@ -142,14 +141,16 @@ class Postgres:
         if os.geteuid() != 0:
             return {}
         try:
-            pwd.getpwnam(PG_SYSTEM_USER)
+            entry = pwd.getpwnam(PG_SYSTEM_USER)
         except KeyError:
             subprocess.run(
                 ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
                  PG_SYSTEM_USER],
                 check=True, capture_output=True,
             )
-        return {"user": PG_SYSTEM_USER}
+            entry = pwd.getpwnam(PG_SYSTEM_USER)
+        # Drop root's groups too: a root-group folder with no group bits would refuse us.
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
     def _prepare_dirs(self, run_as: dict) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -157,15 +158,16 @@ class Postgres:
         self.data_dir.chmod(0o700)
         if run_as:
             user = run_as["user"]
+            group = run_as["group"]
             # The server account must reach its folders through the checkout.
             for parent in [self.root, *self.root.parents]:
                 mode = parent.stat().st_mode
                 if not mode & 0o001:
                     parent.chmod(mode | 0o001)
             for path in [self.data_dir, *self.data_dir.rglob("*")]:
-                shutil.chown(path, user)
+                os.chown(path, user, group)
             self.log_file.touch(exist_ok=True)
-            shutil.chown(self.log_file, user)
+            os.chown(self.log_file, user, group)
 
     def start(self) -> None:
         if self.running_pid():
@@ -330,8 +332,8 @@ def ensure_for_command() -> None:
     """
     if not (uses_embedded_database() or uses_embedded_redis()):
         return
-    services = Services()
     try:
+        services = Services()
         services.start(reuse=True)
     except ServiceError as exc:
         sys.exit(f"error: {exc}")

@@ -33,10 +33,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, host: str, port: int, password: str, **options):
         lock = embedded.RunLock()
-        services = embedded.Services()
         children: list[subprocess.Popen] = []
+        services = None
         try:
             lock.acquire()
+            services = embedded.Services()
             if _port_taken(host, port):
                 raise embedded.ServiceError(
                     f"port {port} on {host} is in use by another program; "
@@ -90,7 +91,8 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         finally:
             _stop_children(children)
-            services.stop()
+            if services is not None:
+                services.stop()
             lock.release()
         self._say("stopped; nothing left running")
 

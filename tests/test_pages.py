@@ -1,0 +1,136 @@
+"""Server-rendered pages: what each role sees, form errors, and constant query counts."""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from approvals import services
+from deployments.models import Environment
+from deployments.services import deployment_create
+from tests.factories import ReleaseFactory, request_change
+
+
+def count_queries(client, url) -> int:
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(url)
+    assert response.status_code == 200
+    return len(ctx.captured_queries)
+
+
+def test_inbox_lists_the_gates_i_can_decide_and_not_my_own_changes(demo, client):
+    theirs = request_change(demo.engineer, "staging")
+    mine = request_change(demo.techlead, "staging")
+    client.force_login(demo.techlead)
+    page = client.get("/approvals/").content.decode()
+    assert theirs.reference in page
+    assert mine.reference not in page
+
+
+def test_inbox_query_count_is_constant_as_changes_grow(demo, client):
+    client.force_login(demo.techlead)
+    request_change(demo.engineer, "staging")
+    few = count_queries(client, "/approvals/")
+    for _ in range(8):
+        change = request_change(demo.engineer, "staging")
+        services.gate_approve(actor=demo.qa, change=change, role="qa")
+    many = count_queries(client, "/approvals/")
+    assert many == few
+
+
+def test_history_query_count_is_constant_as_deployments_grow(demo, client):
+    client.force_login(demo.auditor)
+    env = Environment.objects.get(slug="development")
+    deployment_create(actor=demo.engineer, release=ReleaseFactory(), environment=env)
+    few = count_queries(client, "/deployments/")
+    from deployments.models import Deployment
+
+    Deployment.objects.update(status="succeeded")
+    for _ in range(8):
+        deployment_create(actor=demo.engineer, release=ReleaseFactory(), environment=env)
+        Deployment.objects.update(status="succeeded")
+    many = count_queries(client, "/deployments/")
+    assert many == few
+
+
+def test_change_list_and_api_list_query_counts_are_constant(demo, client, api):
+    client.force_login(demo.engineer)
+    ci = api(demo.engineer)
+    request_change(demo.engineer, "staging")
+
+    def api_queries():
+        with CaptureQueriesContext(connection) as ctx:
+            assert ci.get("/api/v1/changes/").status_code == 200
+        return len(ctx.captured_queries)
+
+    few_page, few_api = count_queries(client, "/changes/"), api_queries()
+    for _ in range(8):
+        request_change(demo.engineer, "staging")
+    assert count_queries(client, "/changes/") == few_page
+    assert api_queries() == few_api
+
+
+def test_audit_page_is_for_auditors_only(demo, client):
+    request_change(demo.engineer, "staging")
+    client.force_login(demo.engineer)
+    assert client.get("/audit/").status_code == 403
+    assert 'href="/audit/"' not in client.get("/").content.decode()
+
+    client.force_login(demo.auditor)
+    page = client.get("/audit/")
+    assert page.status_code == 200
+    assert "change.submitted" in page.content.decode()
+    assert 'href="/audit/"' in client.get("/").content.decode()
+
+
+def test_change_form_shows_errors_next_to_the_field_and_creates_nothing(demo, client):
+    from approvals.models import ChangeRequest
+
+    client.force_login(demo.engineer)
+    response = client.post("/changes/new/", {"environment": "staging", "change_type": "standard",
+                                             "strategy": "all_at_once"})
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert 'id="id_release_error"' in html
+    assert ChangeRequest.objects.count() == 0
+
+
+def test_change_form_refuses_an_environment_i_may_not_request(demo, client):
+    client.force_login(demo.qa)
+    release = ReleaseFactory()
+    response = client.post("/changes/new/", {"release": release.pk, "environment": "production",
+                                             "change_type": "standard",
+                                             "strategy": "all_at_once"})
+    assert response.status_code == 400
+    assert "may not request changes to Production" in response.content.decode()
+
+
+def test_engineer_requests_a_change_in_the_browser_and_lands_on_its_page(demo, client):
+    client.force_login(demo.engineer)
+    release = ReleaseFactory()
+    response = client.post("/changes/new/", {"release": release.pk, "environment": "staging",
+                                             "change_type": "standard",
+                                             "strategy": "all_at_once",
+                                             "rollback_plan": "Redeploy previous"},
+                           follow=True)
+    html = response.content.decode()
+    assert "submitted for approval" in html
+    assert "Tech lead approval pending (0 of 1)" in html
+
+
+def test_outsider_sees_neither_changes_nor_deployments(demo, client):
+    change = request_change(demo.engineer, "staging")
+    client.force_login(demo.outsider)
+    assert client.get(f"/changes/{change.pk}/").status_code == 404
+    assert change.reference not in client.get("/changes/").content.decode()
+
+
+def test_pages_need_login(db, client):
+    for url in ("/", "/approvals/", "/changes/", "/deployments/", "/audit/"):
+        response = client.get(url)
+        assert response.status_code == 302 and "/login/" in response["Location"]
+
+
+@pytest.mark.parametrize("url", ["/changes/999999/", "/deployments/999999/"])
+def test_unknown_objects_are_404_pages(demo, client, url):
+    client.force_login(demo.engineer)
+    assert client.get(url).status_code == 404
