@@ -119,6 +119,8 @@ class ChangeListCreate(generics.ListAPIView):
     filterset_class = ChangeFilter
 
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return ChangeRequest.objects.none()
         return selectors.changes_visible_to(self.request.user)
 
     @extend_schema(request=ChangeInSerializer, responses={201: ChangeOutSerializer})
@@ -134,6 +136,8 @@ class ChangeDetail(generics.RetrieveAPIView):
     serializer_class = ChangeOutSerializer
 
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return ChangeRequest.objects.none()
         return selectors.changes_visible_to(self.request.user)
 
 

@@ -202,3 +202,6 @@ class DeploymentLogLine(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["deployment", "seq"], name="log_unique_seq"),
         ]
+
+    def __str__(self) -> str:
+        return f"#{self.deployment_id}:{self.seq} {self.message[:60]}"

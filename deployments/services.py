@@ -1,4 +1,7 @@
-"""State changes of the catalogue and of executions. Each is one transaction with its audit event."""
+"""State changes of the catalogue and of executions.
+
+Each is one transaction with its audit event.
+"""
 
 from __future__ import annotations
 

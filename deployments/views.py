@@ -17,8 +17,9 @@ class ReleaseForm(forms.Form):
                                          to_field_name="slug")
     version = forms.CharField(max_length=64, validators=[SEMVER],
                               help_text="Semantic version, e.g. 1.4.0.")
-    commit_sha = forms.RegexField(regex=r"^[0-9a-fA-F]{7,40}$", required=False,
-                                  error_messages={"invalid": "A commit SHA is 7-40 hex characters."})
+    commit_sha = forms.RegexField(
+        regex=r"^[0-9a-fA-F]{7,40}$", required=False,
+        error_messages={"invalid": "A commit SHA is 7-40 hex characters."})
     artifact_url = forms.CharField(max_length=500, required=False)
     artifact_sha256 = forms.CharField(max_length=64, required=False, validators=[SHA256])
     notes = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False,

@@ -140,7 +140,8 @@ def verify_chain() -> tuple[int, str | None]:
     checked = 0
     for event in AuditEvent.objects.order_by("id").iterator(chunk_size=2000):
         if expected_prev is not None and event.prev_hash != expected_prev:
-            return checked, f"event {event.pk} does not follow event before it (missing or reordered)"
+            return checked, (f"event {event.pk} does not follow the event before it "
+                             "(an event is missing or out of order)")
         if expected_prev is None and event.prev_hash != GENESIS_HASH:
             # The oldest remaining event; later retention checkpoints make this legitimate.
             pass

@@ -15,7 +15,8 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         if not parts or parts[0].lower() != self.keyword:
             return None
         if len(parts) != 2:
-            raise exceptions.AuthenticationFailed("Send the header as 'Authorization: Bearer <token>'.")
+            raise exceptions.AuthenticationFailed(
+                "Send the header as 'Authorization: Bearer <token>'.")
         try:
             raw = parts[1].decode("ascii")
         except UnicodeDecodeError:

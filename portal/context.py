@@ -14,8 +14,9 @@ class RequestContext:
     client: str = ""  # the API token's name when the request came with one
 
 
-_current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar(
-    "portal_request_context", default=RequestContext()
+_EMPTY = RequestContext()
+_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "portal_request_context", default=None
 )
 
 
@@ -28,11 +29,11 @@ def unbind_request(token: contextvars.Token) -> None:
 
 
 def current() -> RequestContext:
-    return _current.get()
+    return _current.get() or _EMPTY
 
 
 def set_client(name: str) -> None:
-    ctx = _current.get()
+    ctx = current()
     _current.set(
         RequestContext(
             request_id=ctx.request_id, ip=ctx.ip, user_agent=ctx.user_agent, client=name

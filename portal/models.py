@@ -81,4 +81,5 @@ class AuditEvent(models.Model):
         permissions = [("view_audit_trail", "Can browse and export the audit trail")]
 
     def __str__(self) -> str:
-        return f"{self.occurred_at:%Y-%m-%d %H:%M:%S} {self.actor_name} {self.action} {self.object_repr}"
+        when = f"{self.occurred_at:%Y-%m-%d %H:%M:%S}"
+        return f"{when} {self.actor_name} {self.action} {self.object_repr}"

@@ -74,7 +74,7 @@ class Command(BaseCommand):
                          "--loglevel", "INFO",
                          "--schedule", str(embedded.var_dir() / "celerybeat-schedule")],
             }
-            for name, cmd in commands.items():
+            for cmd in commands.values():
                 children.append(subprocess.Popen(cmd, env=env, start_new_session=True))
             _wait_for_port(host, port, 30)
             self._banner(host, port, password if first_run else None)
