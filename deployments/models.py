@@ -89,6 +89,10 @@ class Release(models.Model):
     committed_at = models.DateTimeField(null=True, blank=True)
     notes = models.TextField(blank=True)
     checks = models.JSONField(default=dict, blank=True)  # {"tests": {"status": "passed", ...}}
+    # Usernames of the people who wrote and merged the release's commits, reported by
+    # CI; none of them may approve a change that ships it (DESIGN.md section 8).
+    authors = models.JSONField(default=list, blank=True)
+    mergers = models.JSONField(default=list, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
                                    related_name="+")
     created_at = models.DateTimeField(default=timezone.now)

@@ -21,8 +21,22 @@ class ApiTokenQuerySet(models.QuerySet):
         )
 
 
+class TokenScope(models.TextChoices):
+    READ = "read", "Read"
+    REQUEST = "request", "Request changes and register releases"
+    APPROVE = "approve", "Approve and reject"
+    DEPLOY = "deploy", "Deploy, cancel and roll back"
+
+
+def all_scopes() -> list[str]:
+    return list(TokenScope.values)
+
+
 class ApiToken(models.Model):
-    """A bearer token for REST clients. Only its SHA-256 is stored."""
+    """A bearer token for REST clients. Only its SHA-256 is stored.
+
+    Scopes limit what the token may do even when its user may do more.
+    """
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
                              related_name="api_tokens")
@@ -33,6 +47,7 @@ class ApiToken(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    scopes = models.JSONField(default=all_scopes)
 
     objects = ApiTokenQuerySet.as_manager()
 
@@ -83,3 +98,30 @@ class AuditEvent(models.Model):
     def __str__(self) -> str:
         when = f"{self.occurred_at:%Y-%m-%d %H:%M:%S}"
         return f"{when} {self.actor_name} {self.action} {self.object_repr}"
+
+
+class IdempotencyKey(models.Model):
+    """A creating POST's Idempotency-Key, with the response to replay for a retry.
+
+    Scoped per client (user); ``request_hash`` tells a retry (same body) from a
+    misuse (different body). ``completed_at`` is empty while the first request runs.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="+")
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=10)
+    path = models.CharField(max_length=300)
+    request_hash = models.CharField(max_length=64)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="idempotency_unique_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}:{self.key}"
