@@ -69,8 +69,10 @@ class AuditEvent(models.Model):
     """
 
     occurred_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # DO_NOTHING: the actor id is part of the hashed record, so deleting a user must not
+    # rewrite it (and the append-only trigger would refuse the UPDATE anyway).
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
-                              on_delete=models.SET_NULL, related_name="+", db_constraint=False)
+                              on_delete=models.DO_NOTHING, related_name="+", db_constraint=False)
     actor_name = models.CharField(max_length=150)
     actor_kind = models.CharField(max_length=10)  # user, api, system
     action = models.CharField(max_length=64, db_index=True)
@@ -92,12 +94,43 @@ class AuditEvent(models.Model):
         indexes = [
             models.Index(fields=["object_type", "object_id"], name="audit_object_idx"),
             models.Index(fields=["actor_name", "-id"], name="audit_actor_idx"),
+            # The audit browser pages by id (keyset); each filter has an index that
+            # yields its rows already in id order, so a page costs the same at any depth.
+            models.Index(fields=["actor", "-id"], name="audit_actor_id_idx"),
+            models.Index(fields=["action", "-id"], name="audit_action_id_idx"),
+            models.Index(fields=["environment", "-id"], name="audit_env_id_idx"),
         ]
         permissions = [("view_audit_trail", "Can browse and export the audit trail")]
 
     def __str__(self) -> str:
         when = f"{self.occurred_at:%Y-%m-%d %H:%M:%S}"
         return f"{when} {self.actor_name} {self.action} {self.object_repr}"
+
+
+class AuditCheckpoint(models.Model):
+    """Where the retention purge cut the chain, so that verification still passes.
+
+    The events up to and including ``last_event_id`` were removed; the oldest
+    remaining event must carry ``last_hash`` as its ``prev_hash``. Append-only
+    like the events (a PostgreSQL trigger refuses UPDATE and DELETE).
+    """
+
+    created_at = models.DateTimeField(default=timezone.now)
+    cutoff = models.DateTimeField(help_text="Events older than this were due for removal.")
+    last_event_id = models.BigIntegerField()
+    last_hash = models.CharField(max_length=64)
+    last_occurred_at = models.DateTimeField()
+    events_removed = models.PositiveIntegerField()
+    log_lines_removed = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-last_event_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["last_event_id"], name="audit_checkpoint_unique_event"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Purged through event {self.last_event_id} ({self.events_removed} events)"
 
 
 class IdempotencyKey(models.Model):
