@@ -180,9 +180,17 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT 
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
+    "start-scheduled-changes": {
+        "task": "approvals.tasks.changes_start_scheduled",
+        "schedule": 30.0,
+    },
     "resume-stale-deployments": {
         "task": "deployments.tasks.deployments_resume_stale",
         "schedule": 30.0,
+    },
+    "audit-retention-purge": {
+        "task": "portal.tasks.audit_retention_purge",
+        "schedule": 24 * 3600.0,
     },
 }
 

@@ -1,0 +1,21 @@
+"""Background work of the shared core, run by Celery beat."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from portal.audit import audit_purge_expired
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="portal.tasks.audit_retention_purge", acks_late=True)
+def audit_retention_purge() -> dict:
+    """Daily: remove audit events and deployment logs past retention (SOP 13.1)."""
+    result = audit_purge_expired()
+    log.info("audit retention purge: %s events, %s log lines removed before %s",
+             result.events_removed, result.log_lines_removed, result.cutoff.isoformat())
+    return {"events_removed": result.events_removed,
+            "log_lines_removed": result.log_lines_removed}
