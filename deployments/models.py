@@ -17,6 +17,8 @@ SHA256 = RegexValidator(r"^[0-9a-f]{64}$", "A SHA-256 digest is 64 lowercase hex
 class Application(models.Model):
     class Executor(models.TextChoices):
         LOCAL = "local", "Local (releases/<version> and a current symlink)"
+        COMMAND = "command", "Command (a configured command per step)"
+        WEBHOOK = "webhook", "Webhook (an external system runs each step)"
 
     slug = models.SlugField(unique=True)
     name = models.CharField(max_length=100)
@@ -40,6 +42,10 @@ class Environment(models.Model):
     order = models.PositiveSmallIntegerField(default=0)
     locked = models.BooleanField(default=False)
     lock_reason = models.CharField(max_length=300, blank=True)
+    # How deployments behave here: {"backup": true} takes a backup before database
+    # migrations (SOP 6.2), {"maintenance": true} puts the application in maintenance
+    # mode while they run.
+    deploy_settings = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["order"]
@@ -78,6 +84,14 @@ class Target(models.Model):
         return f"{self.application.slug}/{self.environment.slug}/{self.name}"
 
 
+class MigrationKind(models.TextChoices):
+    """How a database migration can be undone (SOP 6, DESIGN.md section 8)."""
+
+    EXPAND = "expand", "Expand (old versions keep working)"
+    CONTRACT = "contract", "Contract (removes what old versions used)"
+    IRREVERSIBLE = "irreversible", "Irreversible (data cannot be restored by a rollback)"
+
+
 class Release(models.Model):
     """An application at a version. Immutable once registered."""
 
@@ -93,6 +107,9 @@ class Release(models.Model):
     # CI; none of them may approve a change that ships it (DESIGN.md section 8).
     authors = models.JSONField(default=list, blank=True)
     mergers = models.JSONField(default=list, blank=True)
+    # The database migrations this release runs, in order:
+    # [{"name": "0042_add_gift_cards", "kind": "expand"}, ...] (MigrationKind).
+    migration_plan = models.JSONField(default=list, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
                                    related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
@@ -117,6 +134,10 @@ class Deployment(models.Model):
         ROLLED_BACK = "rolled_back", "Rolled back"
         CANCELLED = "cancelled", "Cancelled"
 
+    class Kind(models.TextChoices):
+        DEPLOY = "deploy", "Deployment"
+        ROLLBACK = "rollback", "Rollback"
+
     FINAL = {Status.SUCCEEDED, Status.FAILED, Status.ROLLED_BACK, Status.CANCELLED}
     ACTIVE = {Status.QUEUED, Status.RUNNING}
 
@@ -128,6 +149,14 @@ class Deployment(models.Model):
     # Which change released it; the approvals app owns that model (DESIGN.md section 3).
     change_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     strategy = models.CharField(max_length=20, default="all_at_once")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.DEPLOY)
+    # For a rollback: the deployment it undoes (the approvals app opens the SOP 8.3
+    # rollback verification checklist when a rollback finishes).
+    rolled_back_deployment = models.ForeignKey("self", null=True, blank=True,
+                                               on_delete=models.PROTECT,
+                                               related_name="rollbacks")
+    # Dry run: health analysis runs and reports its verdicts but never rolls back.
+    dry_run = models.BooleanField(default=False)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     progress = models.PositiveSmallIntegerField(default=0)
     started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
@@ -178,7 +207,15 @@ class DeploymentStep(models.Model):
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="steps")
     position = models.PositiveSmallIntegerField()
     name = models.CharField(max_length=40)
-    title = models.CharField(max_length=100)
+    title = models.CharField(max_length=150)
+    # The target this step acts on; empty for steps on the whole environment.
+    target = models.ForeignKey(Target, null=True, blank=True, on_delete=models.PROTECT,
+                               related_name="+")
+    # Strategy phase ("canary 25%", "batch 2 of 3", "switch"), for the page.
+    phase = models.CharField(max_length=40, blank=True)
+    # Runs that claimed this step; a step interrupted by a dying worker is run again
+    # (steps are idempotent) until the cap in services.STEP_MAX_ATTEMPTS.
+    attempts = models.PositiveSmallIntegerField(default=0)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -209,3 +246,33 @@ class DeploymentLogLine(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.deployment_id}:{self.seq} {self.message[:60]}"
+
+
+class AnalysisVerdict(models.Model):
+    """One health analysis decision with the figures it was based on (SOP 8.1)."""
+
+    class Outcome(models.TextChoices):
+        BASELINE = "baseline", "Baseline"
+        PASSED = "passed", "Passed"
+        FAILED = "failed", "Failed"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE,
+                                   related_name="verdicts")
+    step = models.ForeignKey(DeploymentStep, null=True, blank=True, on_delete=models.CASCADE,
+                             related_name="verdicts")
+    phase = models.CharField(max_length=40, blank=True)
+    provider = models.CharField(max_length=20, default="http")
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    dry_run = models.BooleanField(default=False)
+    # What was done about it: "", "continued", "rolled_back", "rollback_refused", "reported".
+    action = models.CharField(max_length=20, blank=True)
+    # {"canary": {...}, "baseline": {...}, "thresholds": {...}}: the numbers behind it.
+    figures = models.JSONField(default=dict)
+    reasons = models.JSONField(default=list)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["deployment", "created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"#{self.deployment_id} {self.phase} {self.outcome}"

@@ -6,27 +6,40 @@ Each is one transaction with its audit event.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Max
 from django.utils import timezone
 
+from deployments import health
 from deployments.executors import StepFailed, executor_for
 from deployments.models import (
+    AnalysisVerdict,
     Application,
     Deployment,
     DeploymentLogLine,
     DeploymentStep,
     Environment,
+    MigrationKind,
     Release,
+    Target,
 )
 from deployments.signals import deployment_finished
+from deployments.strategies import STRATEGIES, build_plan
 from portal.audit import System, audit_record
-from portal.errors import Conflict, DeploymentInProgress, InvalidTransition
+from portal.errors import (
+    Conflict,
+    DeploymentInProgress,
+    Invalid,
+    InvalidTransition,
+    Refused,
+)
+from portal.permissions import has_env_perm
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +55,17 @@ SOP_STEPS: list[tuple[str, str]] = [
 ]
 
 # A deployment whose task keeps failing is given up after this many starts.
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 8
+# A step interrupted this many times (its worker died mid-step each time) is not
+# tried again: the deployment fails and says so.
+STEP_MAX_ATTEMPTS = 3
+# Class of the PostgreSQL advisory locks a run holds on its deployment, (class, id).
+# The lock lives as long as the worker's database session: a worker that dies
+# releases it at once, so a new run can tell a dead run from a live one.
+RUN_LOCK_CLASS = 7302
+# Steps whose failure means the new version is unhealthy on a target (SOP 8.1
+# "health check failing"): they roll back automatically like a failed analysis.
+HEALTH_STEPS = {"start", "health_check", "health_check_idle", "switch"}
 
 RELEASE_FIELDS = ("artifact_url", "artifact_sha256", "commit_sha", "committed_at", "notes")
 
@@ -106,37 +129,55 @@ def deployment_create(
     environment: Environment,
     strategy: str = "all_at_once",
     change_id: int | None = None,
+    kind: str = Deployment.Kind.DEPLOY,
+    rolled_back_deployment: Deployment | None = None,
+    dry_run: bool | None = None,
 ) -> Deployment:
-    """Create a queued deployment with its steps and queue its run after commit.
+    """Create a queued deployment with its planned steps and queue its run after commit.
 
     Must be called inside the caller's transaction (the change that releases it).
     """
     application = release.application
+    if strategy not in STRATEGIES:
+        raise Invalid(f"unknown strategy {strategy!r}",
+                      fields={"strategy": [f"Choose one of {', '.join(STRATEGIES)}."]})
     if Deployment.objects.filter(
         application=application, environment=environment, status__in=Deployment.ACTIVE
     ).exists():
         raise DeploymentInProgress(
             f"another deployment of {application.slug} to {environment.slug} is in progress"
         )
+    if dry_run is None:
+        dry_run = bool((application.executor_settings or {}).get("analysis", {})
+                       .get("dry_run", False))
     task_id = uuid.uuid4().hex
     try:
         with transaction.atomic():
             deployment = Deployment.objects.create(
                 application=application, environment=environment, release=release,
-                strategy=strategy, change_id=change_id, started_by=actor, task_id=task_id,
+                strategy=strategy, change_id=change_id, task_id=task_id, kind=kind,
+                started_by=actor if getattr(actor, "pk", None) else None,
+                rolled_back_deployment=rolled_back_deployment, dry_run=dry_run,
             )
     except IntegrityError:
         # deployment_one_active_per_app_env: a second deploy press lost the race.
         raise DeploymentInProgress(
             f"another deployment of {application.slug} to {environment.slug} is in progress"
         ) from None
+    targets = list(Target.objects.filter(application=application, environment=environment)
+                   .order_by("name"))
+    plan = build_plan(strategy=strategy, targets=targets, release=release,
+                      environment=environment, application=application, kind=kind)
     DeploymentStep.objects.bulk_create(
-        DeploymentStep(deployment=deployment, position=i, name=name, title=title)
-        for i, (name, title) in enumerate(SOP_STEPS, start=1)
+        DeploymentStep(deployment=deployment, position=i, name=spec.name, title=spec.title,
+                       target=spec.target, phase=spec.phase)
+        for i, spec in enumerate(plan, start=1)
     )
     audit_record(
         actor=actor, action="deployment.queued", obj=deployment, environment=environment.slug,
-        after={"release": release.version, "strategy": strategy, "change": change_id},
+        after={"release": release.version, "strategy": strategy, "change": change_id,
+               "kind": kind, "dry_run": dry_run, "steps": len(plan),
+               "rolls_back": rolled_back_deployment.pk if rolled_back_deployment else None},
     )
     transaction.on_commit(lambda: _enqueue(deployment.pk, task_id))
     return deployment
@@ -164,11 +205,33 @@ def _log(state: RunState, level: str, message: str) -> None:
     state.next_seq += 1
 
 
+# --- run liveness: a session advisory lock per deployment ---------------------
+
+
+def _try_run_lock(deployment_id: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [RUN_LOCK_CLASS, deployment_id])
+        return bool(cursor.fetchone()[0])
+
+
+def _run_unlock(deployment_id: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [RUN_LOCK_CLASS, deployment_id])
+
+
+def run_is_live(deployment_id: int) -> bool:
+    """True while a worker that is alive runs this deployment."""
+    if not _try_run_lock(deployment_id):
+        return True
+    _run_unlock(deployment_id)
+    return False
+
+
 def _claim_run(deployment_id: int) -> Deployment | None:
-    """Move queued -> running, or pick up our own running deployment; None if final."""
+    """Move queued -> running, or pick up a running deployment whose run died."""
     with transaction.atomic():
         deployment = (
-            Deployment.objects.select_for_update()
+            Deployment.objects.select_for_update(of=("self",))
             .select_related("application", "environment", "release__application")
             .filter(pk=deployment_id)
             .first()
@@ -196,19 +259,20 @@ def _claim_run(deployment_id: int) -> Deployment | None:
         return deployment
 
 
-def _finish(deployment: Deployment, status: str, reason: str = "") -> None:
+def _finish(deployment: Deployment, status: str, reason: str = "", actor=None) -> None:
     """Inside a transaction holding the deployment's row lock."""
     before = deployment.status
     deployment.status = status
-    deployment.finished_at = timezone.now()
+    deployment.finished_at = deployment.finished_at or timezone.now()
     deployment.failure_reason = reason
     if status == Deployment.Status.SUCCEEDED:
         deployment.progress = 100
     deployment.save(update_fields=["status", "finished_at", "failure_reason", "progress"])
     audit_record(
-        actor=System(f"worker running deployment #{deployment.pk}"),
+        actor=actor or System(f"worker running deployment #{deployment.pk}"),
         action=f"deployment.{status}", obj=deployment, environment=deployment.environment.slug,
-        before={"status": before}, after={"status": status}, reason=reason,
+        before={"status": before}, after={"status": status, "kind": deployment.kind},
+        reason=reason,
     )
     transaction.on_commit(
         lambda: deployment_finished.send(sender=Deployment, deployment=deployment, status=status)
@@ -218,9 +282,21 @@ def _finish(deployment: Deployment, status: str, reason: str = "") -> None:
 def deployment_run(*, deployment_id: int) -> str | None:
     """Execute a deployment's remaining steps. Safe to call twice for the same deployment.
 
-    Each step is claimed in the database (committed) before its side effect, so a
-    redelivered message never runs a claimed step again.
+    A run holds a session advisory lock on its deployment: a redelivered message
+    while the first run lives does nothing, and a run whose worker died is picked
+    up by the next one. Each step is claimed in the database (committed) before its
+    side effect; a step interrupted mid-way is run again (executor steps are
+    idempotent) at most STEP_MAX_ATTEMPTS times.
     """
+    if not _try_run_lock(deployment_id):
+        return None  # a live run holds this deployment
+    try:
+        return _run_locked(deployment_id)
+    finally:
+        _run_unlock(deployment_id)
+
+
+def _run_locked(deployment_id: int) -> str | None:
     deployment = _claim_run(deployment_id)
     if deployment is None:
         return None
@@ -230,33 +306,73 @@ def deployment_run(*, deployment_id: int) -> str | None:
     def log(level: str, message: str) -> None:
         _log(state, level, message)
 
-    executor = executor_for(deployment, log)
-    steps = list(deployment.steps.order_by("position"))
+    if deployment.rolled_back_deployment_id:
+        # A rollback of a deployment that was still running: let its run stop first
+        # (it sees its final status before its next step).
+        deadline = time.monotonic() + 120
+        while run_is_live(deployment.rolled_back_deployment_id):
+            if time.monotonic() > deadline:
+                log("warning", "the rolled back deployment's run is still busy; going ahead")
+                break
+            time.sleep(0.2)
+
+    try:
+        executor = executor_for(deployment, log)
+    except StepFailed as exc:
+        first = deployment.steps.order_by("position").first()
+        return _fail(deployment, first, str(exc))
+    steps = list(deployment.steps.select_related("target").order_by("position"))
     total = len(steps)
-    log("info", f"Starting deployment of {deployment.release} to {deployment.environment.name}")
+    if deployment.attempts == 1:
+        what = "rollback" if deployment.kind == Deployment.Kind.ROLLBACK else "deployment"
+        log("info", f"Starting {what} of {deployment.release} to {deployment.environment.name}"
+                    f" ({deployment.strategy.replace('_', ' ')}"
+                    f"{', dry run' if deployment.dry_run else ''})")
+    else:
+        log("warning", f"Resuming after the previous run stopped (attempt {deployment.attempts})")
 
     for step in steps:
         if step.status in (DeploymentStep.Status.SUCCEEDED, DeploymentStep.Status.SKIPPED):
             continue
-        if step.status != DeploymentStep.Status.PENDING:
-            # Claimed by an earlier run that died mid-step: its side effect may be
-            # half done, so the step is not run a second time.
-            return _fail(deployment, step, f"step '{step.title}' was interrupted; "
-                                           "check the target before deploying again")
-        if _cancel_requested(deployment.pk):
-            log("warning", "Cancelled: no further steps run")
-            return Deployment.Status.CANCELLED
+        stopped = _stopped(deployment.pk)
+        if stopped:
+            log("warning", f"{stopped.capitalize().replace('_', ' ')}: no further steps run")
+            return stopped
+        if step.status == DeploymentStep.Status.FAILED:
+            return _fail(deployment, step, step.detail or f"step '{step.title}' failed")
+        if step.status == DeploymentStep.Status.RUNNING:
+            # Claimed by a run whose worker died mid-step (we hold the run lock, so
+            # that run is gone). Steps are idempotent: run it again, within the cap.
+            if step.attempts >= STEP_MAX_ATTEMPTS:
+                return _fail(deployment, step,
+                             f"step '{step.title}' was interrupted {step.attempts} times; "
+                             "check the target before deploying again")
+            log("warning", f"{step.title}: interrupted by a stopped worker, running it again "
+                           f"(attempt {step.attempts + 1} of {STEP_MAX_ATTEMPTS})")
         claimed = DeploymentStep.objects.filter(
-            pk=step.pk, status=DeploymentStep.Status.PENDING
-        ).update(status=DeploymentStep.Status.RUNNING, started_at=timezone.now())
+            pk=step.pk, status=step.status, attempts=step.attempts
+        ).update(status=DeploymentStep.Status.RUNNING, started_at=timezone.now(),
+                 attempts=F("attempts") + 1)
         if claimed != 1:
             return None  # another run holds this step
+        step.attempts += 1
         Deployment.objects.filter(pk=deployment.pk).update(heartbeat_at=timezone.now())
         log("info", f"{step.title}...")
         try:
-            detail = executor.run_step(step.name)
+            if step.name == "analysis":
+                outcome = _analyse(deployment, step, steps, executor, log)
+                if outcome is not None:
+                    return outcome
+                detail = step.detail
+            else:
+                detail = executor.run(step)
+                if step.name == "pre_health_check":
+                    _record_baseline(deployment, step, executor, log)
         except StepFailed as exc:
             log("error", f"{step.title} failed: {exc}")
+            if step.name in HEALTH_STEPS and deployment.kind == Deployment.Kind.DEPLOY:
+                return _roll_back_automatically(
+                    deployment, step, f"health check failing: {exc}", log)
             return _fail(deployment, step, str(exc))
         except Exception as exc:  # an executor bug must still end the deployment cleanly
             logger.exception("step %s of deployment %s crashed", step.name, deployment.pk)
@@ -267,6 +383,7 @@ def deployment_run(*, deployment_id: int) -> str | None:
         DeploymentStep.objects.filter(pk=step.pk).update(
             status=DeploymentStep.Status.SUCCEEDED, finished_at=timezone.now(), detail=detail
         )
+        step.status = DeploymentStep.Status.SUCCEEDED
         Deployment.objects.filter(pk=deployment.pk).update(
             progress=int(done * 100 / total), heartbeat_at=timezone.now()
         )
@@ -277,20 +394,24 @@ def deployment_run(*, deployment_id: int) -> str | None:
         )
         if deployment.is_final:
             return deployment.status
-        log("info", "Deployment succeeded")
+        what = "Rollback" if deployment.kind == Deployment.Kind.ROLLBACK else "Deployment"
+        log("info", f"{what} succeeded")
         _finish(deployment, Deployment.Status.SUCCEEDED)
     return Deployment.Status.SUCCEEDED
 
 
-def _cancel_requested(deployment_id: int) -> bool:
-    return Deployment.objects.filter(pk=deployment_id, status=Deployment.Status.CANCELLED).exists()
+def _stopped(deployment_id: int) -> str | None:
+    """The final status someone gave the deployment while it ran (cancel, rollback)."""
+    status = Deployment.objects.filter(pk=deployment_id).values_list("status", flat=True).first()
+    return status if status in Deployment.FINAL else None
 
 
-def _fail(deployment: Deployment, step: DeploymentStep, reason: str) -> str:
+def _fail(deployment: Deployment, step: DeploymentStep | None, reason: str) -> str:
     with transaction.atomic():
-        DeploymentStep.objects.filter(pk=step.pk).update(
-            status=DeploymentStep.Status.FAILED, finished_at=timezone.now(), detail=reason
-        )
+        if step is not None:
+            DeploymentStep.objects.filter(pk=step.pk).update(
+                status=DeploymentStep.Status.FAILED, finished_at=timezone.now(), detail=reason
+            )
         locked = Deployment.objects.select_for_update().select_related("environment").get(
             pk=deployment.pk
         )
@@ -299,11 +420,276 @@ def _fail(deployment: Deployment, step: DeploymentStep, reason: str) -> str:
     return Deployment.Status.FAILED
 
 
+# --- health analysis (SOP 8.1) -----------------------------------------------
+
+
+def _analysis_settings(deployment: Deployment) -> dict:
+    return (deployment.application.executor_settings or {}).get("analysis", {}) or {}
+
+
+def _provider(deployment: Deployment):
+    conf = _analysis_settings(deployment)
+    if conf.get("provider") == "prometheus":
+        return health.PrometheusProvider(conf["prometheus"]["url"],
+                                         conf["prometheus"].get("queries", {}))
+    return health.HttpProber(samples=int(conf.get("samples", 20)))
+
+
+def _record_baseline(deployment, step, executor, log) -> None:
+    """Sample the running version before anything changes: the canary's yardstick."""
+    if deployment.kind != Deployment.Kind.DEPLOY or not any(
+            s.name == "analysis" for s in deployment.steps.all()):
+        return
+    if AnalysisVerdict.objects.filter(deployment=deployment,
+                                      outcome=AnalysisVerdict.Outcome.BASELINE).exists():
+        return
+    targets = [t for t in Target.objects.filter(application=deployment.application,
+                                                environment=deployment.environment)]
+    provider = _provider(deployment)
+    if isinstance(provider, health.PrometheusProvider):
+        previous = _previous_success(deployment)
+        if previous is None:
+            return
+        figures = provider.measure_version(previous.release.version, [t.name for t in targets])
+    else:
+        endpoints = {k: v for k, v in executor.endpoints(targets).items() if v}
+        if not endpoints:
+            log("info", "No running version to sample: analysis uses the SOP thresholds alone")
+            return
+        figures = provider.measure(endpoints)
+    AnalysisVerdict.objects.create(
+        deployment=deployment, step=step, phase="before deployment", provider=provider.name,
+        outcome=AnalysisVerdict.Outcome.BASELINE, figures={"baseline": figures.as_dict()},
+        reasons=[f"baseline: error rate {figures.error_rate}%, p95 {figures.p95_ms} ms over "
+                 f"{figures.requests} requests"],
+    )
+    log("info", f"Baseline: error rate {figures.error_rate}%, p95 {figures.p95_ms} ms "
+                f"({figures.requests} requests on {len(figures.targets)} target(s))")
+
+
+def _analyse(deployment, step, steps, executor, log) -> str | None:
+    """Compare targets on the new version with the baseline; None means carry on."""
+    new_names = {s.target.name for s in steps
+                 if s.target_id and s.position < step.position
+                 and s.name in ("deploy", "switch")}
+    targets = list(Target.objects.filter(application=deployment.application,
+                                         environment=deployment.environment).order_by("name"))
+    canary = [t for t in targets if t.name in new_names]
+    rest = [t for t in targets if t.name not in new_names]
+    provider = _provider(deployment)
+    thresholds = health.Thresholds.from_settings(_analysis_settings(deployment))
+    if isinstance(provider, health.PrometheusProvider):
+        canary_figures = provider.measure_version(deployment.release.version,
+                                                  [t.name for t in canary])
+        previous = _previous_success(deployment)
+        baseline = (provider.measure_version(previous.release.version, [t.name for t in rest])
+                    if previous and rest else None)
+    else:
+        canary_figures = provider.measure(executor.endpoints(canary))
+        baseline = None
+        live_rest = {k: v for k, v in executor.endpoints(rest).items() if v}
+        if live_rest:
+            baseline = provider.measure(live_rest)
+    if baseline is None:
+        recorded = AnalysisVerdict.objects.filter(
+            deployment=deployment, outcome=AnalysisVerdict.Outcome.BASELINE).first()
+        if recorded:
+            baseline = health.Figures(**{k: v for k, v in recorded.figures["baseline"].items()
+                                         if k != "error_rate"})
+    verdict = health.evaluate(canary_figures, baseline, thresholds)
+    outcome = (AnalysisVerdict.Outcome.PASSED if verdict.passed
+               else AnalysisVerdict.Outcome.FAILED)
+    action = "continued"
+    if not verdict.passed:
+        action = "reported" if deployment.dry_run else "rolled_back"
+    record = AnalysisVerdict.objects.create(
+        deployment=deployment, step=step, phase=step.phase, provider=provider.name,
+        outcome=outcome, dry_run=deployment.dry_run, action=action, figures=verdict.figures,
+        reasons=verdict.reasons,
+    )
+    summary = "; ".join(verdict.reasons)
+    if verdict.passed:
+        step.detail = f"passed: {summary}"
+        return None
+    if deployment.dry_run:
+        log("warning", f"Dry run: SOP 8.1 criteria crossed, a real run would roll back now: "
+                       f"{summary}")
+        step.detail = f"failed (dry run, no action): {summary}"
+        return None
+    log("error", f"Analysis failed: {summary}")
+    result = _roll_back_automatically(deployment, step, f"analysis at {step.phase}: {summary}",
+                                      log)
+    if result == Deployment.Status.FAILED:
+        AnalysisVerdict.objects.filter(pk=record.pk).update(action="rollback_refused")
+    return result
+
+
+# --- rollback (SOP 8) ---------------------------------------------------------
+
+
+def _previous_success(deployment: Deployment) -> Deployment | None:
+    """The last successful deployment of another release before this one."""
+    return (Deployment.objects.filter(
+        application_id=deployment.application_id, environment_id=deployment.environment_id,
+        status=Deployment.Status.SUCCEEDED, created_at__lt=deployment.created_at,
+    ).exclude(release_id=deployment.release_id).select_related("release")
+        .order_by("-created_at", "-id").first())
+
+
+def irreversible_between(deployment: Deployment, back_to: Deployment) -> list[str]:
+    """Irreversible migrations applied in this environment after ``back_to``, up to
+    and including ``deployment``: rolling back would cross them."""
+    applied = (DeploymentStep.objects.filter(
+        name="migrate", status=DeploymentStep.Status.SUCCEEDED,
+        deployment__application_id=deployment.application_id,
+        deployment__environment_id=deployment.environment_id,
+        deployment__kind=Deployment.Kind.DEPLOY,
+        deployment__created_at__gt=back_to.created_at,
+        deployment__created_at__lte=deployment.created_at,
+    ).select_related("deployment__release"))
+    found = []
+    for step in applied:
+        release = step.deployment.release
+        for migration in release.migration_plan or []:
+            if migration.get("kind") == MigrationKind.IRREVERSIBLE:
+                found.append(f"{migration['name']} (release {release.version})")
+    return sorted(set(found))
+
+
+def _rollback_refusal(deployment: Deployment) -> tuple[Deployment | None, str]:
+    back_to = _previous_success(deployment)
+    if back_to is None:
+        return None, (f"there is no earlier successful release of "
+                      f"{deployment.application.slug} in {deployment.environment.name} "
+                      "to roll back to")
+    crossing = irreversible_between(deployment, back_to)
+    if crossing:
+        return back_to, (f"rolling back to {back_to.release.version} would cross the "
+                         f"irreversible migration {', '.join(crossing)}; restore the database "
+                         "from its backup or fix forward under an emergency change")
+    return back_to, ""
+
+
+def _start_rollback(*, actor, deployment: Deployment, back_to: Deployment,
+                    reason: str) -> Deployment:
+    """Inside the transaction that made ``deployment`` final."""
+    strategy = "blue_green" if deployment.strategy == "blue_green" else "all_at_once"
+    rollback = deployment_create(
+        actor=actor, release=back_to.release, environment=deployment.environment,
+        strategy=strategy, change_id=deployment.change_id, kind=Deployment.Kind.ROLLBACK,
+        rolled_back_deployment=deployment,
+    )
+    audit_record(actor=actor, action="deployment.rollback_started", obj=rollback,
+                 environment=deployment.environment.slug, reason=reason,
+                 after={"rolls_back": deployment.pk, "to_version": back_to.release.version,
+                        "from_version": deployment.release.version})
+    return rollback
+
+
+def _roll_back_automatically(deployment, step, reason: str, log) -> str:
+    """SOP 8.1 criteria crossed: redeploy the previous good release, or say why not."""
+    with transaction.atomic():
+        DeploymentStep.objects.filter(pk=step.pk).update(
+            status=DeploymentStep.Status.FAILED, finished_at=timezone.now(), detail=reason)
+        locked = (Deployment.objects.select_for_update(of=("self",))
+                  .select_related("environment", "application", "release")
+                  .get(pk=deployment.pk))
+        if locked.is_final:
+            return locked.status
+        actor = System(f"automatic rollback of deployment #{locked.pk}")
+        back_to, refusal = _rollback_refusal(locked)
+        if refusal:
+            log("error", f"Automatic rollback refused: {refusal}. The on-call engineer "
+                         "must decide.")
+            audit_record(actor=actor, action="deployment.rollback_refused", obj=locked,
+                         environment=locked.environment.slug, reason=refusal)
+            _finish(locked, Deployment.Status.FAILED,
+                    f"{reason}. Automatic rollback refused: {refusal}")
+            return Deployment.Status.FAILED
+        _finish(locked, Deployment.Status.ROLLED_BACK,
+                f"{reason}. Rolled back automatically to {back_to.release.version}.")
+        rollback = _start_rollback(actor=actor, deployment=locked, back_to=back_to,
+                                   reason=reason)
+        log("warning", f"Rolling back automatically to {back_to.release.version} "
+                       f"(deployment #{rollback.pk})")
+    return Deployment.Status.ROLLED_BACK
+
+
+def deployment_rollback(*, actor, deployment: Deployment, reason: str) -> Deployment:
+    """Roll back ``deployment``: redeploy the previous successful release of its
+    environment. Returns the rollback deployment (queued).
+
+    Refused without the `rollback` permission on the environment, for a deployment
+    that is not the latest of its application there, and across an irreversible
+    migration (DESIGN.md section 8).
+    """
+    reason = (reason or "").strip()
+    if not reason:
+        raise Invalid("a rollback needs a reason", fields={"reason": ["Say why."]})
+    try:
+        with transaction.atomic():
+            locked = (Deployment.objects.select_for_update(of=("self",))
+                      .select_related("environment", "application", "release")
+                      .get(pk=deployment.pk))
+            if not has_env_perm(actor, "rollback", locked.environment):
+                raise Refused(f"you may not roll back in {locked.environment.name}",
+                              code="not_permitted")
+            if locked.status == Deployment.Status.QUEUED:
+                raise InvalidTransition(f"deployment #{locked.pk} has not started; cancel it",
+                                        code="not_started")
+            if locked.status in (Deployment.Status.ROLLED_BACK,):
+                raise InvalidTransition(f"deployment #{locked.pk} is already rolled back",
+                                        code="already_rolled_back")
+            newer = Deployment.objects.filter(
+                application_id=locked.application_id, environment_id=locked.environment_id,
+                created_at__gt=locked.created_at).exclude(pk=locked.pk)
+            if newer.exists():
+                raise InvalidTransition(
+                    f"deployment #{locked.pk} is not the latest of {locked.application.slug} "
+                    f"in {locked.environment.name}; roll back the latest one",
+                    code="not_latest")
+            back_to, refusal = _rollback_refusal(locked)
+            if refusal:
+                raise Conflict(refusal, code="irreversible_migration" if back_to
+                               else "nothing_to_roll_back_to")
+            before = locked.status
+            locked.status = Deployment.Status.ROLLED_BACK
+            locked.finished_at = locked.finished_at or timezone.now()
+            locked.failure_reason = (f"rolled back by {actor.get_username()}: {reason}")
+            locked.save(update_fields=["status", "finished_at", "failure_reason"])
+            audit_record(actor=actor, action="deployment.rolled_back", obj=locked,
+                         environment=locked.environment.slug, before={"status": before},
+                         after={"status": locked.status, "to_version": back_to.release.version},
+                         reason=reason)
+            rollback = _start_rollback(actor=actor, deployment=locked, back_to=back_to,
+                                       reason=reason)
+            transaction.on_commit(lambda: deployment_finished.send(
+                sender=Deployment, deployment=locked, status=locked.status))
+            return rollback
+    except (Refused, Conflict) as exc:
+        _refusal_audited(actor, deployment, exc)
+        raise
+
+
+def _refusal_audited(actor, deployment: Deployment, exc) -> None:
+    """A refused rollback is itself on the record (its own transaction survives)."""
+    with transaction.atomic():
+        audit_record(actor=actor, action="deployment.rollback.refused", obj=deployment,
+                     environment=deployment.environment.slug, reason=exc.detail,
+                     after={"code": exc.code})
+
+
 def deployment_cancel(*, actor, deployment: Deployment, reason: str = "") -> Deployment:
+    """Stop a queued or running deployment; a running one stops before its next step."""
     with transaction.atomic():
         locked = Deployment.objects.select_for_update().select_related("environment").get(
             pk=deployment.pk
         )
+        if not isinstance(actor, System) and not (
+                has_env_perm(actor, "deploy", locked.environment)
+                or has_env_perm(actor, "rollback", locked.environment)):
+            raise Refused(f"you may not cancel deployments in {locked.environment.name}",
+                          code="not_permitted")
         if locked.is_final:
             raise InvalidTransition(f"deployment #{locked.pk} has already {locked.status}")
         before = locked.status
@@ -320,23 +706,34 @@ def deployment_cancel(*, actor, deployment: Deployment, reason: str = "") -> Dep
 
 
 def deployments_resume_stale() -> int:
-    """Find running deployments whose worker stopped sending heartbeats; re-queue or fail them."""
+    """Find deployments whose worker died; re-queue them or fail them with the reason.
+
+    Running ones whose heartbeat went stale, and queued ones whose message was lost.
+    A deployment whose run still holds its advisory lock is alive (a long step) and
+    left alone.
+    """
     cutoff = timezone.now() - timedelta(seconds=settings.PORTAL_HEARTBEAT_STALE_SECONDS)
     handled = 0
     stale_ids = list(
         Deployment.objects.filter(status=Deployment.Status.RUNNING, heartbeat_at__lt=cutoff)
         .values_list("pk", flat=True)
+    ) + list(
+        Deployment.objects.filter(status=Deployment.Status.QUEUED, created_at__lt=cutoff,
+                                  heartbeat_at__isnull=True).values_list("pk", flat=True)
     )
     for pk in stale_ids:
+        if run_is_live(pk):
+            continue
         with transaction.atomic():
             deployment = Deployment.objects.select_for_update(skip_locked=True).filter(
-                pk=pk, status=Deployment.Status.RUNNING, heartbeat_at__lt=cutoff
+                pk=pk, status__in=Deployment.ACTIVE
             ).select_related("environment").first()
             if deployment is None:
                 continue
             if deployment.attempts >= MAX_ATTEMPTS:
                 _finish(deployment, Deployment.Status.FAILED,
-                        "the worker stopped responding and attempts are exhausted")
+                        "the worker stopped responding and attempts are exhausted",
+                        actor=System("stale deployment detector"))
             else:
                 deployment.heartbeat_at = timezone.now()
                 deployment.save(update_fields=["heartbeat_at"])

@@ -1,9 +1,15 @@
 """Executors carry out the SOP steps on the targets; the engine decides what runs when."""
 
 from deployments.executors.base import Executor, StepFailed
+from deployments.executors.command import CommandExecutor
 from deployments.executors.local import LocalExecutor
+from deployments.executors.webhook import WebhookExecutor
 
-EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor}
+EXECUTORS: dict[str, type[Executor]] = {
+    "local": LocalExecutor,
+    "command": CommandExecutor,
+    "webhook": WebhookExecutor,
+}
 
 
 def executor_for(deployment, log) -> Executor:

@@ -18,6 +18,8 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
 def approved_staging_change(demo, **release_fields):
+    release_fields.setdefault("checks", {"tests": {"status": "passed"},
+                                         "security_scan": {"status": "passed"}})
     change = request_change(demo.engineer, "staging", release=ReleaseFactory(**release_fields))
     services.gate_approve(actor=demo.techlead, change=change, role="tech_lead")
     services.gate_approve(actor=demo.qa, change=change, role="qa")

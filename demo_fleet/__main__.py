@@ -1,0 +1,3 @@
+from demo_fleet.server import main
+
+main()

@@ -1,0 +1,91 @@
+"""Starting and stopping demo fleet instances; every call is safe to repeat."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+INSTANCE_FILE = "instance.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        return not Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+def instance_info(instance_dir: Path) -> dict | None:
+    """``{"pid", "port", "version", "release_dir"}`` of a live instance, else None."""
+    try:
+        info = json.loads((Path(instance_dir) / INSTANCE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not _alive(int(info.get("pid", 0))):
+        return None
+    return info
+
+
+def start_instance(instance_dir: Path, release_dir: Path, name: str,
+                   timeout: float = 15.0) -> dict:
+    """Run an instance of ``release_dir`` in ``instance_dir``; keep a matching live one."""
+    instance_dir = Path(instance_dir)
+    instance_dir.mkdir(parents=True, exist_ok=True)
+    release_dir = Path(release_dir).resolve()
+    info = instance_info(instance_dir)
+    if info and Path(info.get("release_dir", "")) == release_dir:
+        return info
+    stop_instance(instance_dir)
+    # A session of its own: the fleet outlives the worker that started it.
+    subprocess.Popen(
+        [sys.executable, "-m", "demo_fleet", "--release-dir", str(release_dir),
+         "--instance-file", str(instance_dir / INSTANCE_FILE), "--name", name],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, close_fds=True,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = instance_info(instance_dir)
+        if info and Path(info.get("release_dir", "")) == release_dir:
+            return info
+        time.sleep(0.05)
+    raise RuntimeError(f"the demo service for {name} did not start within {timeout:.0f} s")
+
+
+def stop_instance(instance_dir: Path, timeout: float = 5.0) -> bool:
+    """Stop the instance in ``instance_dir``; True if one was running."""
+    path = Path(instance_dir) / INSTANCE_FILE
+    info = instance_info(instance_dir)
+    path.unlink(missing_ok=True)  # the instance's watchdog exits once its file is gone
+    if not info:
+        return False
+    pid = int(info["pid"])
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def stop_all(root: Path) -> int:
+    """Stop every instance under ``root`` (tests and `make clean` use it)."""
+    stopped = 0
+    for path in Path(root).rglob(INSTANCE_FILE):
+        stopped += stop_instance(path.parent)
+    return stopped
