@@ -1,19 +1,22 @@
-"""REST API v1: change requests, decisions, deploy and cancel (DESIGN.md section 7)."""
+"""REST API v1: change requests, decisions, checklist, deploy, cancel, preflight
+(DESIGN.md section 7). Thin: an input serializer validates, a service acts, an
+output serializer answers."""
 
 from __future__ import annotations
 
 import django_filters
 from django.contrib.auth import get_user_model
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from approvals import selectors, services
 from approvals.models import Approval, ChangeRequest, ChangeType, Gate, GateRole, Strategy
 from deployments.models import Deployment, Environment, Release
-from portal.api import error_body
+from portal.api import APPROVE, DEPLOY, REQUEST, ApiMixin, ApiView
+from portal.errors import Conflict
+from portal.idempotency import idempotent
 
 
 class ApprovalSerializer(serializers.ModelSerializer):
@@ -33,13 +36,23 @@ class GateSerializer(serializers.ModelSerializer):
         fields = ["gate", "status", "required", "approvals"]
 
 
+class ChecklistItemOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    text = serializers.CharField()
+    kind = serializers.CharField()
+    done = serializers.BooleanField()
+    automatic = serializers.BooleanField()
+    note = serializers.CharField(allow_blank=True)
+
+
 class ChangeOutSerializer(serializers.ModelSerializer):
     release = serializers.IntegerField(source="release_id", read_only=True)
     application = serializers.CharField(source="release.application.slug", read_only=True)
     version = serializers.CharField(source="release.version", read_only=True)
     environment = serializers.CharField(source="environment.slug", read_only=True)
     requested_by = serializers.CharField(source="requested_by.username", read_only=True)
-    on_call = serializers.CharField(source="on_call.username", read_only=True, default=None)
+    on_call = serializers.CharField(source="on_call.username", read_only=True, default=None,
+                                    allow_null=True)
     gates = GateSerializer(many=True, read_only=True)
     checklist = serializers.SerializerMethodField()
     blockers = serializers.SerializerMethodField()
@@ -53,12 +66,21 @@ class ChangeOutSerializer(serializers.ModelSerializer):
                   "created_at", "submitted_at", "closed_at", "gates", "checklist",
                   "blockers", "deployment"]
 
+    @extend_schema_field(ChecklistItemOutSerializer(many=True))
     def get_checklist(self, obj) -> list[dict]:
-        # Readiness checklists arrive with the checklist templates (SOP 3.1, 3.2).
-        return []
+        items = getattr(obj, "checklist", None)
+        if items is None or not hasattr(items, "all"):
+            return []
+        return [{"id": i.pk, "text": i.text, "kind": i.kind, "done": i.done,
+                 "automatic": bool(i.auto_check), "note": i.note} for i in items.all()]
 
     def get_blockers(self, obj) -> list[str]:
-        return [b.code for b in selectors.change_blockers(obj)]
+        rules = self.context.get("rules")
+        if rules is not None:
+            found = selectors.change_blockers(obj, rules=rules)
+        else:
+            found = selectors.change_blockers(obj)
+        return [b.code for b in found]
 
     def get_deployment(self, obj) -> int | None:
         if hasattr(obj, "latest_deployment_id"):
@@ -98,6 +120,16 @@ class RejectInSerializer(DecisionInSerializer):
     comment = serializers.CharField(max_length=5000)
 
 
+class CancelInSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, default="",
+                                   max_length=2000)
+
+
+class ChecklistInSerializer(serializers.Serializer):
+    done = serializers.BooleanField()
+    note = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+
+
 class DeployOutSerializer(serializers.Serializer):
     deployment = serializers.IntegerField()
     status = serializers.CharField()
@@ -108,22 +140,39 @@ class ChangeFilter(django_filters.FilterSet):
     environment = django_filters.CharFilter(field_name="environment__slug")
     application = django_filters.CharFilter(field_name="release__application__slug")
     change_type = django_filters.ChoiceFilter(choices=ChangeType.choices)
+    release = django_filters.NumberFilter(field_name="release_id")
+    requested_by = django_filters.CharFilter(field_name="requested_by__username")
 
     class Meta:
         model = ChangeRequest
-        fields = ["status", "environment", "application", "change_type"]
+        fields = ["status", "environment", "application", "change_type", "release",
+                  "requested_by"]
 
 
-class ChangeListCreate(generics.ListAPIView):
+def _rules(changes) -> object | None:
+    """The blockers' inputs for a page of changes at once, when the selectors offer it."""
+    rules_for = getattr(selectors, "rules_for", None)
+    return rules_for(list(changes)) if rules_for and changes else None
+
+
+class ChangeListCreate(ApiMixin, generics.ListAPIView):
     serializer_class = ChangeOutSerializer
     filterset_class = ChangeFilter
+    write_scopes = frozenset({REQUEST})
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return ChangeRequest.objects.none()
         return selectors.changes_visible_to(self.request.user)
 
-    @extend_schema(request=ChangeInSerializer, responses={201: ChangeOutSerializer})
+    def list(self, request, *args, **kwargs):
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        body = ChangeOutSerializer(page, many=True, context={"rules": _rules(page)}).data
+        return self.get_paginated_response(body)
+
+    @extend_schema(request=ChangeInSerializer, responses={201: ChangeOutSerializer},
+                   summary="Request a change (submitted for approval unless draft)")
+    @idempotent
     def post(self, request):
         data = ChangeInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -132,7 +181,7 @@ class ChangeListCreate(generics.ListAPIView):
         return Response(ChangeOutSerializer(change).data, status=status.HTTP_201_CREATED)
 
 
-class ChangeDetail(generics.RetrieveAPIView):
+class ChangeDetail(ApiMixin, generics.RetrieveAPIView):
     serializer_class = ChangeOutSerializer
 
     def get_queryset(self):
@@ -141,7 +190,7 @@ class ChangeDetail(generics.RetrieveAPIView):
         return selectors.changes_visible_to(self.request.user)
 
 
-class _ChangeAction(APIView):
+class _ChangeAction(ApiView):
     """Looks the change up among those the caller can see: another team's change is a 404."""
 
     def get_change(self, request, pk: int) -> ChangeRequest:
@@ -153,7 +202,11 @@ class _ChangeAction(APIView):
 
 
 class ChangeApprove(_ChangeAction):
-    @extend_schema(request=DecisionInSerializer, responses={200: ChangeOutSerializer})
+    write_scopes = frozenset({APPROVE})
+
+    @extend_schema(request=DecisionInSerializer, responses={200: ChangeOutSerializer},
+                   summary="Approve one gate of a change")
+    @idempotent
     def post(self, request, pk: int):
         change = self.get_change(request, pk)
         data = DecisionInSerializer(data=request.data)
@@ -164,7 +217,11 @@ class ChangeApprove(_ChangeAction):
 
 
 class ChangeReject(_ChangeAction):
-    @extend_schema(request=RejectInSerializer, responses={200: ChangeOutSerializer})
+    write_scopes = frozenset({APPROVE})
+
+    @extend_schema(request=RejectInSerializer, responses={200: ChangeOutSerializer},
+                   summary="Reject a change at one gate (comment required)")
+    @idempotent
     def post(self, request, pk: int):
         change = self.get_change(request, pk)
         data = RejectInSerializer(data=request.data)
@@ -174,8 +231,32 @@ class ChangeReject(_ChangeAction):
         return self.respond(change)
 
 
+class ChangeChecklistItem(_ChangeAction):
+    write_scopes = frozenset({REQUEST})
+
+    @extend_schema(request=ChecklistInSerializer, responses={200: ChecklistItemOutSerializer},
+                   summary="Tick or untick a manual checklist item, with a note")
+    @idempotent
+    def post(self, request, pk: int, item_id: int):
+        change = self.get_change(request, pk)
+        data = ChecklistInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        item_set = getattr(services, "checklist_item_set", None)
+        if item_set is None:
+            raise Conflict("changes have no checklist to tick yet", code="no_checklist")
+        item = item_set(actor=request.user, change=change, item_id=item_id,
+                        done=data.validated_data["done"], note=data.validated_data["note"])
+        return Response({"id": item.pk, "text": item.text, "kind": item.kind,
+                         "done": item.done, "automatic": bool(item.auto_check),
+                         "note": item.note})
+
+
 class ChangeDeploy(_ChangeAction):
-    @extend_schema(request=None, responses={202: DeployOutSerializer})
+    write_scopes = frozenset({DEPLOY})
+
+    @extend_schema(request=None, responses={202: DeployOutSerializer},
+                   summary="Deploy an approved change; not ready: 409 with blockers")
+    @idempotent
     def post(self, request, pk: int):
         change = self.get_change(request, pk)
         deployment = services.change_request_deploy(actor=request.user, change=change)
@@ -184,12 +265,74 @@ class ChangeDeploy(_ChangeAction):
 
 
 class ChangeCancel(_ChangeAction):
-    @extend_schema(request=None, responses={200: ChangeOutSerializer})
+    write_scopes = frozenset({DEPLOY})
+
+    @extend_schema(request=CancelInSerializer, responses={200: ChangeOutSerializer},
+                   summary="Cancel an open change")
+    @idempotent
     def post(self, request, pk: int):
         change = self.get_change(request, pk)
-        reason = request.data.get("reason", "") if isinstance(request.data, dict) else ""
-        if not isinstance(reason, str):
-            return Response(error_body("invalid", "reason must be text",
-                                       fields={"reason": ["Send text."]}), status=400)
-        services.change_request_cancel(actor=request.user, change=change, reason=reason[:2000])
+        data = CancelInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.change_request_cancel(actor=request.user, change=change,
+                                       reason=data.validated_data["reason"])
         return self.respond(change)
+
+
+class PreflightQuerySerializer(serializers.Serializer):
+    release = serializers.IntegerField(min_value=1, max_value=2**63 - 1, required=False,
+                                       help_text="Release id; or give application and version.")
+    application = serializers.SlugField(required=False)
+    version = serializers.CharField(required=False, max_length=64)
+    environment = serializers.SlugField()
+    change_type = serializers.ChoiceField(choices=ChangeType.choices, default=ChangeType.STANDARD)
+    at = serializers.DateTimeField(required=False,
+                                   help_text="When the deployment would run (default: now).")
+
+    def validate(self, attrs):
+        if not attrs.get("release") and not (attrs.get("application") and attrs.get("version")):
+            raise serializers.ValidationError({"release": [
+                "Give the release id, or application and version."]})
+        return attrs
+
+
+class PreflightBlockerSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class PreflightOutSerializer(serializers.Serializer):
+    release = serializers.IntegerField()
+    environment = serializers.CharField()
+    change_type = serializers.CharField()
+    ready = serializers.BooleanField()
+    blockers = PreflightBlockerSerializer(many=True)
+    earliest = serializers.DateTimeField(allow_null=True,
+                                         help_text="The earliest time windows and freezes "
+                                                   "allow; null when they never do.")
+    at = serializers.DateTimeField()
+
+
+class Preflight(ApiView):
+    @extend_schema(parameters=[PreflightQuerySerializer], responses={200: PreflightOutSerializer},
+                   summary="Everything that would block a deployment, and its earliest time")
+    def get(self, request):
+        query = PreflightQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params = query.validated_data
+        preflight = getattr(selectors, "preflight", None)
+        if preflight is None:
+            raise Conflict("preflight is not available yet", code="preflight_unavailable")
+        releases = Release.objects.select_related("application")
+        if params.get("release"):
+            release = get_object_or_404(releases, pk=params["release"])
+        else:
+            release = get_object_or_404(releases, application__slug=params["application"],
+                                        version=params["version"])
+        environment = get_object_or_404(Environment, slug=params["environment"])
+        result = preflight(release=release, environment=environment,
+                           change_type=params["change_type"], at=params.get("at"))
+        return Response(PreflightOutSerializer({
+            "release": release.pk, "environment": environment.slug,
+            "change_type": params["change_type"], **result}).data)
+

@@ -42,6 +42,19 @@ class ApprovalPolicy(models.Model):
     environment = models.ForeignKey(Environment, on_delete=models.CASCADE,
                                     related_name="policies")
     change_type = models.CharField(max_length=20, choices=ChangeType.choices)
+    # Other conditions of the policy (DESIGN.md section 4, SOP 3.3 and 5).
+    requires_window = models.BooleanField(
+        default=False, help_text="Deploy only inside a maintenance window.")
+    requires_promotion = models.BooleanField(
+        default=False, help_text="The same release must have succeeded in the environment "
+                                 "before this one.")
+    requires_on_call = models.BooleanField(default=False, help_text="An on-call engineer "
+                                                                    "must be named.")
+    requires_rollback_plan = models.BooleanField(default=False)
+    passes_freeze = models.BooleanField(default=False,
+                                        help_text="May deploy during a change freeze.")
+    opens_review = models.BooleanField(
+        default=False, help_text="Open a post-implementation review for CAB afterwards.")
 
     class Meta:
         verbose_name_plural = "approval policies"
@@ -154,6 +167,8 @@ class Gate(models.Model):
 
 
 class Approval(models.Model):
+    """One person's decision on one gate, bound to a fingerprint of what was approved."""
+
     class Decision(models.TextChoices):
         APPROVED = "approved", "Approved"
         REJECTED = "rejected", "Rejected"
@@ -165,15 +180,169 @@ class Approval(models.Model):
     decision = models.CharField(max_length=10, choices=Decision.choices)
     comment = models.TextField(blank=True)
     decided_at = models.DateTimeField(default=timezone.now)
+    # Hash per concern of what was approved (artifact, strategy, rollback plan,
+    # migration plan, configuration): an edit reopens only the gates concerned.
+    fingerprint = models.JSONField(default=dict, blank=True)
+    on_behalf_of = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                     on_delete=models.PROTECT, related_name="+",
+                                     help_text="The delegator, when decided by delegation.")
+    withdrawn_at = models.DateTimeField(null=True, blank=True)
+    withdrawn_reason = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["decided_at", "id"]
         constraints = [
             # One person decides at most one gate of a change; two clicks at
-            # once from the same person cannot both count.
+            # once from the same person cannot both count. A withdrawn decision
+            # frees the person to decide again.
             models.UniqueConstraint(fields=["change", "approver"],
+                                    condition=models.Q(withdrawn_at__isnull=True),
                                     name="approval_one_gate_per_person"),
         ]
 
     def __str__(self) -> str:
         return f"{self.approver} {self.decision} {self.gate}"
+
+
+class Delegation(models.Model):
+    """A person's authority over one gate role in one environment, lent to another until expiry."""
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE,
+                                    related_name="delegations")
+    role = models.CharField(max_length=20, choices=GateRole.choices)
+    delegator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
+                                  related_name="delegations_given")
+    delegate = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
+                                 related_name="delegations_received")
+    reason = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=~models.Q(delegator=models.F("delegate")),
+                                   name="delegation_not_to_self"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.delegator} → {self.delegate}: {self.role} on {self.environment.slug}"
+
+
+class ChecklistKind(models.TextChoices):
+    CODE_READINESS = "code_readiness", "Code readiness (SOP 3.1)"
+    INFRA_READINESS = "infra_readiness", "Infrastructure readiness (SOP 3.2)"
+    APPROVAL = "approval", "Approval requirements (SOP 3.3)"
+    COMPLIANCE = "compliance", "Compliance (SOP 13.2)"
+    ROLLBACK_VERIFICATION = "rollback_verification", "Rollback verification (SOP 8.3)"
+
+
+# Pre-deployment lists block a deployment until done; the others open afterwards.
+PRE_DEPLOYMENT_KINDS = {ChecklistKind.CODE_READINESS, ChecklistKind.INFRA_READINESS,
+                        ChecklistKind.APPROVAL}
+
+
+class ChecklistTemplate(models.Model):
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE,
+                                    related_name="checklist_templates")
+    change_type = models.CharField(max_length=20, choices=ChangeType.choices)
+    kind = models.CharField(max_length=30, choices=ChecklistKind.choices)
+    position = models.PositiveSmallIntegerField(default=0)
+    text = models.CharField(max_length=200)
+    # Empty for a manual item; else the name of an automatic check (approvals.checks).
+    auto_check = models.CharField(max_length=40, blank=True)
+
+    class Meta:
+        ordering = ["environment", "change_type", "kind", "position"]
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class ChecklistItem(models.Model):
+    change = models.ForeignKey(ChangeRequest, on_delete=models.CASCADE,
+                               related_name="checklist")
+    kind = models.CharField(max_length=30, choices=ChecklistKind.choices)
+    position = models.PositiveSmallIntegerField(default=0)
+    text = models.CharField(max_length=200)
+    auto_check = models.CharField(max_length=40, blank=True)
+    done = models.BooleanField(default=False)
+    done_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                on_delete=models.PROTECT, related_name="+")
+    done_at = models.DateTimeField(null=True, blank=True)
+    note = models.TextField(blank=True)
+    deployment_id = models.BigIntegerField(null=True, blank=True,
+                                           help_text="The rollback a verification list is for.")
+
+    class Meta:
+        ordering = ["change", "kind", "position", "id"]
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def automatic(self) -> bool:
+        return bool(self.auto_check)
+
+    @property
+    def pre_deployment(self) -> bool:
+        return self.kind in PRE_DEPLOYMENT_KINDS
+
+
+class MaintenanceWindow(models.Model):
+    """A weekly period in a time zone during which standard changes may deploy."""
+
+    WEEKDAYS = [(0, "Monday"), (1, "Tuesday"), (2, "Wednesday"), (3, "Thursday"),
+                (4, "Friday"), (5, "Saturday"), (6, "Sunday")]
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE,
+                                    related_name="windows")
+    weekday = models.PositiveSmallIntegerField(choices=WEEKDAYS)
+    start_time = models.TimeField()
+    end_time = models.TimeField(help_text="May be earlier than the start: the window then "
+                                          "ends the next day.")
+    timezone = models.CharField(max_length=60, default="UTC")
+
+    class Meta:
+        ordering = ["environment", "weekday", "start_time"]
+
+    def __str__(self) -> str:
+        return (f"{self.get_weekday_display()} {self.start_time:%H:%M}-{self.end_time:%H:%M} "
+                f"{self.timezone}")
+
+
+class Freeze(models.Model):
+    """A change freeze: only emergency changes deploy during it. Yearly ones recur."""
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE,
+                                    related_name="freezes")
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    recurs_yearly = models.BooleanField(default=False)
+    reason = models.CharField(max_length=300)
+
+    class Meta:
+        ordering = ["starts_at"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(ends_at__gt=models.F("starts_at")),
+                                   name="freeze_ends_after_start"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reason} ({self.starts_at:%Y-%m-%d} – {self.ends_at:%Y-%m-%d})"
+
+
+class PostImplementationReview(models.Model):
+    """Opened for CAB after an emergency change deploys; visible until closed."""
+
+    change = models.OneToOneField(ChangeRequest, on_delete=models.CASCADE,
+                                  related_name="review")
+    opened_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    closed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                  on_delete=models.PROTECT, related_name="+")
+    findings = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"Review of {self.change.reference}"

@@ -1,14 +1,43 @@
-"""Read queries shared by pages and the API, with their joins decided once."""
+"""Read queries shared by pages and the API, with their joins decided once.
+
+The heart of it is ``change_blockers``: everything that stands between a change
+and a deployment, each with a stable code and plain words, and ``preflight``,
+the same for a change not yet requested, with the earliest time it could run.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
 
+from django.contrib.auth import get_user_model
+from django.contrib.contenttypes.models import ContentType
 from django.db.models import OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.utils import timezone
+from guardian.models import GroupObjectPermission, UserObjectPermission
 
-from approvals.models import Approval, ChangeRequest, Gate, GateRole
-from deployments.models import Deployment
+from approvals import checks, schedule
+from approvals.models import (
+    PRE_DEPLOYMENT_KINDS,
+    Approval,
+    ApprovalPolicy,
+    ChangeRequest,
+    ChecklistItem,
+    ChecklistTemplate,
+    Delegation,
+    Freeze,
+    Gate,
+    GateRole,
+    MaintenanceWindow,
+    PostImplementationReview,
+)
+from deployments.models import Deployment, Environment, Release
 from portal.permissions import environment_permissions, is_auditor
+
+CLOSED = {ChangeRequest.Status.REJECTED, ChangeRequest.Status.CANCELLED,
+          ChangeRequest.Status.DEPLOYED, ChangeRequest.Status.FAILED,
+          ChangeRequest.Status.ROLLED_BACK}
 
 
 @dataclass(frozen=True)
@@ -20,16 +49,102 @@ class Blocker:
         return {"code": self.code, "message": self.message}
 
 
-def change_blockers(change: ChangeRequest) -> list[Blocker]:
+@dataclass
+class Rules:
+    """What the blockers of a set of changes depend on, loaded in a fixed number of queries."""
+
+    environments: dict[int, Environment] = field(default_factory=dict)
+    policies: dict[tuple[int, str], ApprovalPolicy] = field(default_factory=dict)
+    windows: dict[int, list[MaintenanceWindow]] = field(default_factory=lambda: defaultdict(list))
+    freezes: dict[int, list[Freeze]] = field(default_factory=lambda: defaultdict(list))
+    succeeded: set[tuple[int, int]] = field(default_factory=set)  # (release, environment)
+    active: dict[tuple[int, int], list[tuple[int, int | None]]] = field(
+        default_factory=lambda: defaultdict(list))  # (app, env) -> [(deployment, change)]
+
+    def previous_environment(self, environment: Environment) -> Environment | None:
+        earlier = [e for e in self.environments.values() if e.order < environment.order]
+        return max(earlier, key=lambda e: e.order) if earlier else None
+
+
+def load_rules(*, environment_ids: set[int], release_ids: set[int],
+               application_ids: set[int]) -> Rules:
+    rules = Rules()
+    rules.environments = {e.pk: e for e in Environment.objects.all()}
+    for policy in ApprovalPolicy.objects.filter(environment_id__in=environment_ids
+                                                ).prefetch_related("gates"):
+        rules.policies[(policy.environment_id, policy.change_type)] = policy
+    for window in MaintenanceWindow.objects.filter(environment_id__in=environment_ids):
+        rules.windows[window.environment_id].append(window)
+    for freeze in Freeze.objects.filter(environment_id__in=environment_ids):
+        rules.freezes[freeze.environment_id].append(freeze)
+    rules.succeeded = set(
+        Deployment.objects.filter(release_id__in=release_ids,
+                                  status=Deployment.Status.SUCCEEDED)
+        .values_list("release_id", "environment_id")
+    )
+    for pk, app_id, env_id, change_id in Deployment.objects.filter(
+            application_id__in=application_ids, status__in=Deployment.ACTIVE
+    ).values_list("pk", "application_id", "environment_id", "change_id"):
+        rules.active[(app_id, env_id)].append((pk, change_id))
+    return rules
+
+
+def rules_for(changes: list[ChangeRequest]) -> Rules:
+    return load_rules(
+        environment_ids={c.environment_id for c in changes},
+        release_ids={c.release_id for c in changes},
+        application_ids={c.release.application_id for c in changes},
+    )
+
+
+def _environment_blockers(*, release: Release, environment: Environment, policy, rules: Rules,
+                          at: datetime, change_id: int | None) -> list[Blocker]:
+    """Blockers that come from the environment and the calendar, not from the change."""
+    blockers = []
+    if environment.locked:
+        blockers.append(Blocker(
+            "environment_locked",
+            f"{environment.name} is locked: {environment.lock_reason or 'no reason given'}"))
+    passes_freeze = bool(policy and policy.passes_freeze)
+    frozen = schedule.active_freeze(rules.freezes[environment.pk], at)
+    if frozen and not passes_freeze:
+        freeze, ends = frozen
+        blockers.append(Blocker(
+            "freeze", f"change freeze in {environment.name} until {ends:%Y-%m-%d %H:%M %Z}: "
+                      f"{freeze.reason}; only emergency changes pass a freeze"))
+    if policy and policy.requires_window and not schedule.current_window(
+            rules.windows[environment.pk], at):
+        nxt = schedule.next_window_start(rules.windows[environment.pk], at)
+        when = f"the next opens {nxt:%a %Y-%m-%d %H:%M %Z}" if nxt else \
+            "no maintenance window is defined"
+        blockers.append(Blocker("outside_window",
+                                f"outside the maintenance windows of {environment.name}; {when}"))
+    if policy and policy.requires_promotion:
+        previous = rules.previous_environment(environment)
+        if previous and (release.pk, previous.pk) not in rules.succeeded:
+            blockers.append(Blocker(
+                "promotion", f"{release} has not yet succeeded in {previous.name}; "
+                             "promote it through there first"))
+    running = [pk for pk, cid in rules.active[(release.application_id, environment.pk)]
+               if cid != change_id or change_id is None]
+    if running:
+        blockers.append(Blocker(
+            "deployment_in_progress",
+            f"deployment #{running[0]} of {release.application.slug} to {environment.slug} "
+            "is still in progress"))
+    return blockers
+
+
+def change_blockers(change: ChangeRequest, *, rules: Rules | None = None,
+                    at: datetime | None = None) -> list[Blocker]:
     """Everything that stands between this change and a deployment, in plain words."""
-    blockers: list[Blocker] = []
     status = change.status
-    if status in (ChangeRequest.Status.REJECTED, ChangeRequest.Status.CANCELLED,
-                  ChangeRequest.Status.DEPLOYED, ChangeRequest.Status.FAILED,
-                  ChangeRequest.Status.ROLLED_BACK):
-        blockers.append(Blocker("change_closed",
-                                f"the change is {change.get_status_display().lower()}"))
-        return blockers
+    if status in CLOSED:
+        return [Blocker("change_closed", f"the change is {change.get_status_display().lower()}")]
+    rules = rules or rules_for([change])
+    at = at or timezone.now()
+    policy = rules.policies.get((change.environment_id, change.change_type))
+    blockers: list[Blocker] = []
     if status == ChangeRequest.Status.DRAFT:
         blockers.append(Blocker("draft", "the change is a draft; submit it for approval"))
     if status == ChangeRequest.Status.DEPLOYING:
@@ -37,50 +152,107 @@ def change_blockers(change: ChangeRequest) -> list[Blocker]:
     for gate in change.gates.all():
         if gate.status != Gate.Status.APPROVED:
             approved = sum(1 for a in gate.approvals.all()
-                           if a.decision == Approval.Decision.APPROVED)
+                           if a.decision == Approval.Decision.APPROVED and not a.withdrawn_at)
             blockers.append(Blocker(
                 f"gate_{gate.role}",
-                f"{gate.get_role_display()} approval pending ({approved} of {gate.required})",
-            ))
-    environment = change.environment
-    if environment.locked:
-        blockers.append(Blocker(
-            "environment_locked",
-            f"{environment.name} is locked: {environment.lock_reason or 'no reason given'}",
-        ))
-    if hasattr(change, "other_active_deployment_id"):
-        running_id = change.other_active_deployment_id
-    else:
-        running_id = _other_active(change.pk, change.release.application_id,
-                                   environment.pk).values_list("pk", flat=True).first()
-    if running_id is not None and status != ChangeRequest.Status.DEPLOYING:
-        blockers.append(Blocker(
-            "deployment_in_progress",
-            f"deployment #{running_id} of {change.release.application.slug} "
-            f"to {environment.slug} is still in progress",
-        ))
+                f"{gate.get_role_display()} approval pending ({approved} of {gate.required})"))
+    covered = set()
+    if policy and policy.requires_on_call and not change.on_call_id:
+        blockers.append(Blocker("on_call_missing", "name the on-call engineer"))
+        covered.add("on_call_named")
+    if policy and policy.requires_rollback_plan and not change.rollback_plan.strip():
+        blockers.append(Blocker("rollback_plan_missing", "document the rollback plan"))
+        covered.add("rollback_plan_present")
+    for item in change.checklist.all():
+        if item.kind not in PRE_DEPLOYMENT_KINDS or item.auto_check in covered:
+            continue
+        done, why = checks.evaluate(item, change)
+        if not done:
+            blockers.append(Blocker(
+                "checklist", f"checklist: {item.text}" + (f" ({why})" if why else "")))
+    blockers += _environment_blockers(release=change.release, environment=change.environment,
+                                      policy=policy, rules=rules, at=at, change_id=change.pk)
     return blockers
 
 
-def _other_active(change_id, application_id, environment_id) -> QuerySet[Deployment]:
-    return (Deployment.objects.filter(application_id=application_id,
-                                      environment_id=environment_id,
-                                      status__in=Deployment.ACTIVE)
-            .exclude(change_id=change_id).order_by("-id"))
+TIME_CODES = {"freeze", "outside_window"}
+
+
+def earliest_deploy_time(change: ChangeRequest, *, rules: Rules | None = None,
+                         at: datetime | None = None) -> datetime | None:
+    """The first moment windows and freezes allow; None when they never do."""
+    rules = rules or rules_for([change])
+    at = at or timezone.now()
+    policy = rules.policies.get((change.environment_id, change.change_type))
+    return schedule.earliest_allowed(
+        at=at, windows=rules.windows[change.environment_id],
+        freezes=rules.freezes[change.environment_id],
+        requires_window=bool(policy and policy.requires_window),
+        passes_freeze=bool(policy and policy.passes_freeze))
+
+
+def preflight(*, release: Release, environment: Environment, change_type: str,
+              at: datetime | None = None) -> dict:
+    """Every blocker a deployment of ``release`` to ``environment`` would meet, and when.
+
+    For a change not yet requested: its gates count as pending and its manual
+    checklist items as not done.
+    """
+    at = at or timezone.now()
+    rules = load_rules(environment_ids={environment.pk}, release_ids={release.pk},
+                       application_ids={release.application_id})
+    policy = rules.policies.get((environment.pk, change_type))
+    blockers = []
+    if policy is None:
+        blockers.append(Blocker("no_policy", f"{environment.name} has no policy for "
+                                             f"{change_type} changes"))
+    for gate in (policy.gates.all() if policy else []):
+        blockers.append(Blocker(f"gate_{gate.role}",
+                                f"{gate.get_role_display()} approval needed "
+                                f"(0 of {gate.required})"))
+    if policy and policy.requires_on_call:
+        blockers.append(Blocker("on_call_missing", "name the on-call engineer"))
+    if policy and policy.requires_rollback_plan:
+        blockers.append(Blocker("rollback_plan_missing", "document the rollback plan"))
+    probe = ChangeRequest(release=release, environment=environment, change_type=change_type)
+    for template in ChecklistTemplate.objects.filter(environment=environment,
+                                                     change_type=change_type,
+                                                     kind__in=PRE_DEPLOYMENT_KINDS):
+        if template.auto_check in ("on_call_named", "rollback_plan_present"):
+            continue
+        item = ChecklistItem(kind=template.kind, text=template.text,
+                             auto_check=template.auto_check)
+        if template.auto_check in ("approvals_documented",):
+            continue
+        done, why = checks.evaluate(item, probe)
+        if not done:
+            blockers.append(Blocker("checklist", f"checklist: {template.text}"
+                                    + (f" ({why})" if why else "")))
+    blockers += _environment_blockers(release=release, environment=environment, policy=policy,
+                                      rules=rules, at=at, change_id=None)
+    earliest = schedule.earliest_allowed(
+        at=at, windows=rules.windows[environment.pk], freezes=rules.freezes[environment.pk],
+        requires_window=bool(policy and policy.requires_window),
+        passes_freeze=bool(policy and policy.passes_freeze))
+    return {
+        "ready": not blockers,
+        "blockers": [b.as_dict() for b in blockers],
+        "earliest": earliest if not environment.locked else None,
+        "at": at,
+    }
 
 
 def change_detail_queryset() -> QuerySet[ChangeRequest]:
     """Changes with everything their page or API body shows, in a constant number of queries."""
     latest = Deployment.objects.filter(change_id=OuterRef("pk")).order_by("-id")
-    other = _other_active(OuterRef("pk"), OuterRef("release__application_id"),
-                          OuterRef("environment_id"))
     return ChangeRequest.objects.with_related().annotate(
         latest_deployment_id=Subquery(latest.values("pk")[:1]),
-        other_active_deployment_id=Subquery(other.values("pk")[:1]),
     ).prefetch_related(
         Prefetch("gates", queryset=Gate.objects.prefetch_related(
-            Prefetch("approvals", queryset=Approval.objects.select_related("approver"))
+            Prefetch("approvals", queryset=Approval.objects.select_related(
+                "approver", "on_behalf_of"))
         )),
+        Prefetch("checklist", queryset=ChecklistItem.objects.select_related("done_by")),
     )
 
 
@@ -89,19 +261,28 @@ def changes_visible_to(user) -> QuerySet[ChangeRequest]:
     if user.is_superuser or is_auditor(user):
         return change_detail_queryset()
     env_ids = list(environment_permissions(user).keys())
+    delegated = Delegation.objects.filter(delegate=user, revoked_at__isnull=True,
+                                          expires_at__gt=timezone.now()
+                                          ).values("environment_id")
     return change_detail_queryset().filter(
-        Q(environment_id__in=env_ids) | Q(requested_by=user)
+        Q(environment_id__in=env_ids) | Q(requested_by=user) | Q(environment_id__in=delegated)
     )
 
 
+def active_delegations(user) -> list[Delegation]:
+    return list(Delegation.objects.filter(delegate=user, revoked_at__isnull=True,
+                                          expires_at__gt=timezone.now())
+                .select_related("delegator", "environment"))
+
+
 def decidable_roles(user) -> dict[int, set[str]]:
-    """{environment id: {gate role, ...}} that ``user`` may decide."""
-    roles: dict[int, set[str]] = {}
+    """{environment id: {gate role, ...}} that ``user`` may decide, directly or by delegation."""
+    roles: dict[int, set[str]] = defaultdict(set)
     for env_id, codenames in environment_permissions(user).items():
-        mine = {role.value for role in GateRole if role.permission in codenames}
-        if mine:
-            roles[env_id] = mine
-    return roles
+        roles[env_id] |= {role.value for role in GateRole if role.permission in codenames}
+    for delegation in active_delegations(user):
+        roles[delegation.environment_id].add(delegation.role)
+    return {env: r for env, r in roles.items() if r}
 
 
 def inbox_gates(user, *, environment: str = "", change_type: str = "") -> QuerySet[Gate]:
@@ -116,11 +297,11 @@ def inbox_gates(user, *, environment: str = "", change_type: str = "") -> QueryS
         Gate.objects.filter(allowed, status=Gate.Status.PENDING,
                             change__status=ChangeRequest.Status.PENDING_APPROVAL)
         .exclude(change__requested_by=user)
-        .exclude(change__approvals__approver=user)
+        .exclude(change__approvals__approver=user, change__approvals__withdrawn_at__isnull=True)
         .select_related("change__release__application", "change__environment",
                         "change__requested_by")
-        .prefetch_related(Prefetch("approvals", queryset=Approval.objects.select_related(
-            "approver")))
+        .prefetch_related(Prefetch("approvals", queryset=Approval.objects.filter(
+            withdrawn_at__isnull=True).select_related("approver")))
         .order_by("change__submitted_at", "id")
     )
     if environment:
@@ -128,3 +309,79 @@ def inbox_gates(user, *, environment: str = "", change_type: str = "") -> QueryS
     if change_type:
         gates = gates.filter(change__change_type=change_type)
     return gates
+
+
+def open_reviews(user) -> QuerySet[PostImplementationReview]:
+    """Post-implementation reviews CAB has to close, in environments where ``user`` is CAB."""
+    env_ids = [env for env, roles in decidable_roles(user).items() if GateRole.CAB in roles]
+    return (PostImplementationReview.objects.filter(closed_at__isnull=True,
+                                                    change__environment_id__in=env_ids)
+            .select_related("change__release__application", "change__environment")
+            .order_by("opened_at"))
+
+
+def eligible_people(environment: Environment, role: str) -> set[int]:
+    """Active users who hold the permission for ``role`` on ``environment``, or a delegation."""
+    ct = ContentType.objects.get_for_model(Environment)
+    codename = GateRole(role).permission
+    users = set(UserObjectPermission.objects.filter(
+        content_type=ct, object_pk=str(environment.pk), permission__codename=codename,
+        user__is_active=True).values_list("user_id", flat=True))
+    users |= set(get_user_model().objects.filter(
+        is_active=True, groups__in=GroupObjectPermission.objects.filter(
+            content_type=ct, object_pk=str(environment.pk), permission__codename=codename
+        ).values("group_id")).values_list("pk", flat=True))
+    users |= set(Delegation.objects.filter(
+        environment=environment, role=role, revoked_at__isnull=True,
+        expires_at__gt=timezone.now(), delegator_id__in=list(users)
+    ).values_list("delegate_id", flat=True))
+    return users
+
+
+def unsatisfiable_gates(change: ChangeRequest) -> list[Blocker]:
+    """Gates that cannot be filled: too few eligible people once the rules exclude some.
+
+    Each gate needs its own count of distinct people and one person fills at most
+    one gate, so this is a matching of people to gate seats.
+    """
+    if change.status not in (ChangeRequest.Status.PENDING_APPROVAL, ChangeRequest.Status.DRAFT):
+        return []
+    user_model = get_user_model()
+    excluded = {change.requested_by_id}
+    names = set(change.release.authors or []) | set(change.release.mergers or [])
+    if names:
+        excluded |= set(user_model.objects.filter(username__in=names)
+                        .values_list("pk", flat=True))
+    gates = list(change.gates.all())
+    decided = {a.approver_id: a.gate_id for g in gates for a in g.approvals.all()
+               if not a.withdrawn_at}
+    seats: list[tuple[Gate, set[int]]] = []
+    for gate in gates:
+        if gate.status == Gate.Status.APPROVED:
+            continue
+        have = sum(1 for a in gate.approvals.all()
+                   if not a.withdrawn_at and a.decision == Approval.Decision.APPROVED)
+        people = {p for p in eligible_people(change.environment, gate.role)
+                  if p not in excluded and p not in decided}
+        seats += [(gate, people)] * max(0, gate.required - have)
+    owner: dict[int, int] = {}  # person -> seat index
+
+    def assign(seat: int, seen: set[int]) -> bool:
+        for person in seats[seat][1]:
+            if person in seen:
+                continue
+            seen.add(person)
+            if person not in owner or assign(owner[person], seen):
+                owner[person] = seat
+                return True
+        return False
+
+    short: dict[int, Gate] = {}
+    for index, (gate, _) in enumerate(seats):
+        if not assign(index, set()):
+            short[gate.pk] = gate
+    return [Blocker("gate_unsatisfiable",
+                    f"nobody is left to decide the {gate.get_role_display()} gate: the "
+                    "requester, the release's authors and mergers, and people deciding other "
+                    "gates may not; ask an administrator to grant it or delegate it")
+            for gate in short.values()]

@@ -1,28 +1,38 @@
-"""State changes of change requests: request, submit, decide, deploy, cancel.
+"""State changes of change requests: request, submit, edit, decide, withdraw, deploy, cancel.
 
-Every rule is here, once; pages, the API and tasks call these functions.
+Every rule of the approval workflow is here, once; pages, the API and tasks call
+these functions.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import hashlib
+import json
+from datetime import datetime, timedelta
 
+from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
 from approvals.models import (
+    PRE_DEPLOYMENT_KINDS,
     Approval,
     ApprovalPolicy,
     ChangeRequest,
     ChangeType,
+    ChecklistItem,
+    ChecklistKind,
+    ChecklistTemplate,
+    Delegation,
     Gate,
     GateRole,
+    PostImplementationReview,
     Strategy,
 )
-from approvals.selectors import change_blockers
+from approvals.selectors import change_blockers, unsatisfiable_gates
 from deployments import services as deployment_services
 from deployments.models import Deployment, Environment, Release
-from portal.audit import audit_record
+from portal.audit import System, audit_record
 from portal.errors import (
     AlreadyDecided,
     DomainError,
@@ -35,6 +45,21 @@ from portal.errors import (
 )
 from portal.permissions import has_env_perm
 
+# Which gates each part of an approved change concerns (DESIGN.md section 8): an
+# edit reopens only the gates whose concern changed.
+CONCERNS: dict[str, set[str]] = {
+    "artifact": {r.value for r in GateRole},
+    "strategy": {GateRole.TECH_LEAD, GateRole.QA, GateRole.CAB, GateRole.EMERGENCY},
+    "rollback_plan": {GateRole.TECH_LEAD, GateRole.CAB, GateRole.EMERGENCY},
+    "migration_plan": {GateRole.TECH_LEAD, GateRole.QA, GateRole.CAB, GateRole.EMERGENCY},
+    "configuration": {GateRole.TECH_LEAD, GateRole.SECURITY, GateRole.EMERGENCY},
+    "secret_references": {GateRole.SECURITY},
+    "on_call": {GateRole.CAB, GateRole.EMERGENCY},
+}
+
+EDITABLE_FIELDS = ("strategy", "rollback_plan", "risk", "impact", "on_call", "scheduled_for")
+MAX_DELEGATION = timedelta(days=30)
+
 
 def _snapshot(change: ChangeRequest) -> dict:
     return {
@@ -43,7 +68,35 @@ def _snapshot(change: ChangeRequest) -> dict:
         "environment": change.environment.slug,
         "change_type": change.change_type,
         "strategy": change.strategy,
+        "rollback_plan": change.rollback_plan,
+        "on_call": change.on_call.get_username() if change.on_call_id else None,
+        "scheduled_for": change.scheduled_for,
     }
+
+
+def _digest(value) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fingerprint(change: ChangeRequest) -> dict[str, str]:
+    """A hash per concern of what an approver approves."""
+    release = change.release
+    return {
+        "artifact": _digest([release.version, release.artifact_sha256, release.artifact_url]),
+        "strategy": _digest(change.strategy),
+        "rollback_plan": _digest(change.rollback_plan.strip()),
+        "migration_plan": _digest(getattr(release, "migration_plan", None)),
+        "configuration": _digest(getattr(change, "configuration_digest", "")),
+        "secret_references": _digest(getattr(change, "secret_references_digest", "")),
+        "on_call": _digest(change.on_call_id),
+    }
+
+
+def _policy(change: ChangeRequest) -> ApprovalPolicy | None:
+    return (ApprovalPolicy.objects.filter(environment_id=change.environment_id,
+                                          change_type=change.change_type)
+            .prefetch_related("gates").first())
 
 
 def _refusal_audited(action: str, actor, change: ChangeRequest, exc: DomainError, **extra):
@@ -74,6 +127,13 @@ def change_request_create(
     if strategy not in Strategy.values:
         raise Invalid("unknown strategy", fields={"strategy": [
             f"Choose one of {', '.join(Strategy.values)}."]})
+    # SOP 5.3: an emergency change always carries its rollback plan.
+    if change_type == ChangeType.EMERGENCY and not rollback_plan.strip():
+        raise Invalid("an emergency change needs a rollback plan", fields={
+            "rollback_plan": ["An emergency change needs a rollback plan (SOP 5.3)."]})
+    if scheduled_for is not None and scheduled_for <= timezone.now():
+        raise Invalid("the schedule is in the past", fields={
+            "scheduled_for": ["Choose a time in the future."]})
     if not has_env_perm(actor, "request_change", environment):
         raise Refused(f"you may not request changes to {environment.name}",
                       code="not_permitted")
@@ -93,11 +153,22 @@ def change_request_create(
 
 def change_request_submit(*, actor, change: ChangeRequest) -> ChangeRequest:
     with transaction.atomic():
-        change = ChangeRequest.objects.select_for_update().with_related().get(pk=change.pk)
+        change = (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
+                  .get(pk=change.pk))
         if change.requested_by_id != actor.pk:
             raise Refused("only the requester submits a draft", code="not_requester")
         _submit(actor=actor, change=change)
     return change
+
+
+def _open_checklist(change: ChangeRequest, kinds, *, deployment_id: int | None = None) -> int:
+    templates = ChecklistTemplate.objects.filter(environment_id=change.environment_id,
+                                                 change_type=change.change_type, kind__in=kinds)
+    items = ChecklistItem.objects.bulk_create(
+        ChecklistItem(change=change, kind=t.kind, position=t.position, text=t.text,
+                      auto_check=t.auto_check, deployment_id=deployment_id)
+        for t in templates)
+    return len(items)
 
 
 def _submit(*, actor, change: ChangeRequest) -> None:
@@ -105,27 +176,41 @@ def _submit(*, actor, change: ChangeRequest) -> None:
     if change.status != ChangeRequest.Status.DRAFT:
         raise InvalidTransition(f"{change.reference} is {change.get_status_display().lower()}, "
                                 "not a draft")
-    policy = (
-        ApprovalPolicy.objects.filter(environment=change.environment,
-                                      change_type=change.change_type)
-        .prefetch_related("gates").first()
-    )
-    gates = [
-        Gate(change=change, role=pg.role, required=pg.required)
-        for pg in (policy.gates.all() if policy else [])
-    ]
+    policy = _policy(change)
+    gates = [Gate(change=change, role=pg.role, required=pg.required)
+             for pg in (policy.gates.all() if policy else [])]
     Gate.objects.bulk_create(gates)
+    _open_checklist(change, PRE_DEPLOYMENT_KINDS)
     before = change.status
-    change.status = (ChangeRequest.Status.PENDING_APPROVAL if gates
-                     else ChangeRequest.Status.APPROVED)
+    change.status = ChangeRequest.Status.PENDING_APPROVAL if gates else _approved_status(change)
     change.submitted_at = timezone.now()
     change.save(update_fields=["status", "submitted_at"])
+    unfillable = unsatisfiable_gates(change)
     audit_record(actor=actor, action="change.submitted", obj=change,
                  environment=change.environment.slug, before={"status": before},
                  after={"status": change.status,
-                        "gates": {g.role: g.required for g in gates}})
+                        "gates": {g.role: g.required for g in gates},
+                        "unsatisfiable": [b.message for b in unfillable]})
     if change.status == ChangeRequest.Status.APPROVED and change.deploy_when_approved:
         _start_deployment(actor=actor, change=change)
+
+
+def _approved_status(change: ChangeRequest) -> str:
+    if change.scheduled_for and change.scheduled_for > timezone.now():
+        return ChangeRequest.Status.SCHEDULED
+    return ChangeRequest.Status.APPROVED
+
+
+def may_decide(user, environment: Environment, role: str):
+    """(allowed, delegator): directly by permission, or through an active delegation."""
+    if has_env_perm(user, GateRole(role).permission, environment):
+        return True, None
+    for delegation in Delegation.objects.filter(
+            delegate=user, environment=environment, role=role, revoked_at__isnull=True,
+            expires_at__gt=timezone.now()).select_related("delegator"):
+        if has_env_perm(delegation.delegator, GateRole(role).permission, environment):
+            return True, delegation.delegator
+    return False, None
 
 
 def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: str) -> Gate:
@@ -139,50 +224,59 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
             if change.status != ChangeRequest.Status.PENDING_APPROVAL:
                 raise AlreadyDecided(
                     f"{change.reference} is {change.get_status_display().lower()}; "
-                    "it takes no more decisions"
-                )
+                    "it takes no more decisions")
             gate = change.gates.filter(role=role).first()
             if gate is None:
                 raise Invalid(f"{change.reference} has no {role} gate",
                               fields={"gate": [f"This change has no {role!r} gate."]})
             if change.requested_by_id == actor.pk:
                 raise SelfApproval("you requested this change, so you cannot decide its gates")
-            if not has_env_perm(actor, GateRole(role).permission, change.environment):
-                raise NotEligible(
-                    f"you may not decide the {gate.get_role_display()} gate "
-                    f"on {change.environment.name}"
-                )
+            username = actor.get_username()
+            if username in (change.release.authors or []):
+                raise NotEligible(f"you wrote commits in {change.release}, so you cannot "
+                                  "approve a change that ships it", code="author")
+            if username in (change.release.mergers or []):
+                raise NotEligible(f"you merged commits in {change.release}, so you cannot "
+                                  "approve a change that ships it", code="merger")
+            allowed, delegator = may_decide(actor, change.environment, role)
+            if not allowed:
+                raise NotEligible(f"you may not decide the {gate.get_role_display()} gate "
+                                  f"on {change.environment.name}")
             if gate.status != Gate.Status.PENDING:
                 raise AlreadyDecided(f"the {gate.get_role_display()} gate is already "
                                      f"{gate.status}")
-            already = change.approvals.filter(approver=actor).select_related("gate").first()
+            already = (change.approvals.filter(approver=actor, withdrawn_at__isnull=True)
+                       .select_related("gate").first())
             if already is not None:
                 raise NotEligible(
                     f"you already decided the {already.gate.get_role_display()} gate of "
                     f"{change.reference}; one person decides at most one gate",
-                    code="one_gate_per_person",
-                )
+                    code="one_gate_per_person")
             Approval.objects.create(gate=gate, change=change, approver=actor,
-                                    decision=decision, comment=comment)
+                                    decision=decision, comment=comment,
+                                    fingerprint=fingerprint(change), on_behalf_of=delegator)
             before = {"gate": gate.status, "change": change.status}
             if decision == Approval.Decision.REJECTED:
                 gate.status = Gate.Status.REJECTED
                 change.status = ChangeRequest.Status.REJECTED
                 change.closed_at = timezone.now()
             else:
-                count = gate.approvals.filter(decision=Approval.Decision.APPROVED).count()
+                count = gate.approvals.filter(decision=Approval.Decision.APPROVED,
+                                              withdrawn_at__isnull=True).count()
                 if count >= gate.required:
                     gate.status = Gate.Status.APPROVED
             gate.save(update_fields=["status"])
             if (decision == Approval.Decision.APPROVED
                     and not change.gates.exclude(status=Gate.Status.APPROVED).exists()):
-                change.status = ChangeRequest.Status.APPROVED
+                change.status = _approved_status(change)
             change.save(update_fields=["status", "closed_at"])
             audit_record(actor=actor, action=action, obj=change,
                          object_repr=f"{change} / {gate.get_role_display()}",
                          environment=change.environment.slug, before=before,
                          after={"gate": gate.status, "change": change.status, "role": role,
-                                "comment": comment})
+                                "comment": comment,
+                                "on_behalf_of": delegator.get_username() if delegator
+                                else None})
             if change.status == ChangeRequest.Status.APPROVED and change.deploy_when_approved:
                 _start_deployment(actor=actor, change=change)
             return gate
@@ -202,6 +296,152 @@ def gate_reject(*, actor, change: ChangeRequest, role: str, comment: str) -> Gat
                       fields={"comment": ["Say why the change is rejected."]})
     return _decide(actor=actor, change=change, role=role,
                    decision=Approval.Decision.REJECTED, comment=comment.strip())
+
+
+def _reopen(change: ChangeRequest, approval: Approval, reason: str) -> None:
+    """Withdraw one approval and put its gate (and the change) back to waiting."""
+    approval.withdrawn_at = timezone.now()
+    approval.withdrawn_reason = reason[:300]
+    approval.save(update_fields=["withdrawn_at", "withdrawn_reason"])
+    gate = approval.gate
+    count = gate.approvals.filter(decision=Approval.Decision.APPROVED,
+                                  withdrawn_at__isnull=True).count()
+    if gate.status == Gate.Status.APPROVED and count < gate.required:
+        gate.status = Gate.Status.PENDING
+        gate.save(update_fields=["status"])
+    if change.status in (ChangeRequest.Status.APPROVED, ChangeRequest.Status.SCHEDULED):
+        change.status = ChangeRequest.Status.PENDING_APPROVAL
+        change.save(update_fields=["status"])
+
+
+def approval_withdraw(*, actor, change: ChangeRequest, role: str, reason: str = "") -> Gate:
+    """An approver takes their approval back; allowed until the deployment starts."""
+    with transaction.atomic():
+        change = (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
+                  .get(pk=change.pk))
+        if change.status not in (ChangeRequest.Status.PENDING_APPROVAL,
+                                 ChangeRequest.Status.APPROVED,
+                                 ChangeRequest.Status.SCHEDULED):
+            raise InvalidTransition(
+                f"{change.reference} is {change.get_status_display().lower()}; approvals can "
+                "be withdrawn only until the deployment starts", code="too_late")
+        approval = (change.approvals.select_related("gate")
+                    .filter(approver=actor, gate__role=role, withdrawn_at__isnull=True,
+                            decision=Approval.Decision.APPROVED).first())
+        if approval is None:
+            raise InvalidTransition(f"you have no approval on the {role} gate to withdraw",
+                                    code="nothing_to_withdraw")
+        before = {"gate": approval.gate.status, "change": change.status}
+        _reopen(change, approval, reason or "withdrawn by the approver")
+        audit_record(actor=actor, action="approval.withdrawn", obj=change,
+                     environment=change.environment.slug, before=before,
+                     after={"gate": approval.gate.status, "change": change.status,
+                            "role": role}, reason=reason)
+        return approval.gate
+
+
+def change_request_update(*, actor, change: ChangeRequest, **fields) -> ChangeRequest:
+    """The requester edits an open change; approvals whose concern changed no longer count."""
+    unknown = set(fields) - set(EDITABLE_FIELDS)
+    if unknown:
+        raise Invalid(f"these fields cannot be edited: {', '.join(sorted(unknown))}")
+    if "strategy" in fields and fields["strategy"] not in Strategy.values:
+        raise Invalid("unknown strategy", fields={"strategy": [
+            f"Choose one of {', '.join(Strategy.values)}."]})
+    with transaction.atomic():
+        change = (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
+                  .get(pk=change.pk))
+        if change.requested_by_id != actor.pk:
+            raise Refused("only the requester edits a change", code="not_requester")
+        if change.status not in ChangeRequest.OPEN:
+            raise InvalidTransition(f"{change.reference} is "
+                                    f"{change.get_status_display().lower()} and cannot be edited")
+        if (change.change_type == ChangeType.EMERGENCY and "rollback_plan" in fields
+                and not (fields["rollback_plan"] or "").strip()):
+            raise Invalid("an emergency change needs a rollback plan", fields={
+                "rollback_plan": ["An emergency change needs a rollback plan (SOP 5.3)."]})
+        before = _snapshot(change)
+        for name, value in fields.items():
+            setattr(change, name, value)
+        change.save(update_fields=list(fields))
+        reopened = _reopen_changed_concerns(change)
+        if change.status == ChangeRequest.Status.APPROVED and change.scheduled_for and \
+                change.scheduled_for > timezone.now():
+            change.status = ChangeRequest.Status.SCHEDULED
+            change.save(update_fields=["status"])
+        audit_record(actor=actor, action="change.edited", obj=change,
+                     environment=change.environment.slug, before=before,
+                     after={**_snapshot(change), "reopened": reopened})
+    return change
+
+
+def _reopen_changed_concerns(change: ChangeRequest) -> list[str]:
+    now = fingerprint(change)
+    reopened = []
+    for approval in change.approvals.filter(withdrawn_at__isnull=True,
+                                            decision=Approval.Decision.APPROVED
+                                            ).select_related("gate", "approver"):
+        changed = [part for part, digest in now.items()
+                   if approval.fingerprint.get(part) != digest
+                   and approval.gate.role in CONCERNS.get(part, set())]
+        if not changed:
+            continue
+        _reopen(change, approval, f"superseded: {', '.join(changed)} changed")
+        reopened.append(approval.gate.role)
+        audit_record(actor=System(f"{change.reference} was edited"),
+                     action="approval.invalidated", obj=change,
+                     environment=change.environment.slug,
+                     after={"role": approval.gate.role,
+                            "approver": approval.approver.get_username(),
+                            "changed": changed})
+        _tell_approver(change, approval, changed)
+    return reopened
+
+
+def _tell_approver(change: ChangeRequest, approval: Approval, changed: list[str]) -> None:
+    email = approval.approver.email
+    if not email:
+        return
+    subject = f"{change.reference}: your {approval.gate.get_role_display()} approval was reopened"
+    body = (f"{change} changed after you approved it ({', '.join(changed)}). "
+            "Your approval no longer counts; please review the change again.")
+    transaction.on_commit(lambda: send_mail(subject, body, None, [email], fail_silently=True))
+
+
+def checklist_item_set(*, actor, change: ChangeRequest, item_id: int, done: bool,
+                       note: str = "") -> ChecklistItem:
+    """Tick or untick a manual checklist item, with a note."""
+    with transaction.atomic():
+        change = (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
+                  .get(pk=change.pk))
+        item = change.checklist.filter(pk=item_id).first()
+        if item is None:
+            raise Invalid(f"{change.reference} has no checklist item {item_id}",
+                          code="no_such_item")
+        if item.automatic:
+            raise InvalidTransition(f"'{item.text}' is checked automatically from data; it "
+                                    "cannot be ticked by hand", code="automatic_item")
+        held = (change.requested_by_id == actor.pk
+                or change.on_call_id == actor.pk
+                or has_env_perm(actor, "deploy", change.environment)
+                or any(may_decide(actor, change.environment, g.role)[0]
+                       for g in change.gates.all()))
+        if not held:
+            raise Refused("only the requester, the on-call engineer, approvers and people who "
+                          "may deploy here tick the checklist", code="not_permitted")
+        if item.pre_deployment and change.status not in ChangeRequest.OPEN:
+            raise InvalidTransition("the readiness checklist is closed: the change has moved on")
+        before = {"done": item.done, "note": item.note}
+        item.done = bool(done)
+        item.note = note.strip()
+        item.done_by = actor if done else None
+        item.done_at = timezone.now() if done else None
+        item.save(update_fields=["done", "note", "done_by", "done_at"])
+        audit_record(actor=actor, action="checklist.ticked" if done else "checklist.unticked",
+                     obj=change, object_repr=f"{change.reference}: {item.text}",
+                     environment=change.environment.slug, before=before,
+                     after={"done": item.done, "note": item.note, "item": item.pk})
+    return item
 
 
 def change_request_deploy(*, actor, change: ChangeRequest) -> Deployment:
@@ -228,20 +468,18 @@ def _start_deployment(*, actor, change: ChangeRequest) -> Deployment:
     blockers = change_blockers(change)
     if blockers:
         raise NotReady(
-            f"{change.reference} cannot deploy yet: "
-            + "; ".join(b.message for b in blockers),
-            blockers=[b.as_dict() for b in blockers],
-        )
+            f"{change.reference} cannot deploy yet: " + "; ".join(b.message for b in blockers),
+            blockers=[b.as_dict() for b in blockers])
     deployment = deployment_services.deployment_create(
         actor=actor, release=change.release, environment=change.environment,
-        strategy=change.strategy, change_id=change.pk,
-    )
+        strategy=change.strategy, change_id=change.pk)
     before = change.status
     change.status = ChangeRequest.Status.DEPLOYING
     change.save(update_fields=["status"])
     audit_record(actor=actor, action="change.deploying", obj=change,
                  environment=change.environment.slug, before={"status": before},
-                 after={"status": change.status, "deployment": deployment.pk})
+                 after={"status": change.status, "deployment": deployment.pk,
+                        "preflight": "clear"})
     return deployment
 
 
@@ -267,10 +505,41 @@ def change_request_cancel(*, actor, change: ChangeRequest, reason: str = "") -> 
     return change
 
 
+def changes_start_scheduled(*, now: datetime | None = None) -> list[int]:
+    """Beat: start scheduled changes whose time has come, only if still ready."""
+    now = now or timezone.now()
+    started = []
+    due = list(ChangeRequest.objects.filter(status=ChangeRequest.Status.SCHEDULED,
+                                            scheduled_for__lte=now).values_list("pk", flat=True))
+    for pk in due:
+        with transaction.atomic():
+            change = (ChangeRequest.objects.select_for_update(of=("self",), skip_locked=True)
+                      .with_related().filter(pk=pk, status=ChangeRequest.Status.SCHEDULED)
+                      .first())
+            if change is None:
+                continue
+            when = f"{change.scheduled_for:%Y-%m-%d %H:%M}"
+            system = System(f"{change.reference} scheduled for {when}")
+            blockers = change_blockers(change)
+            if blockers:
+                # Not ready at its time: it does not start later by surprise.
+                change.status = ChangeRequest.Status.APPROVED
+                change.save(update_fields=["status"])
+                audit_record(actor=system, action="change.schedule_missed", obj=change,
+                             environment=change.environment.slug,
+                             before={"status": ChangeRequest.Status.SCHEDULED},
+                             after={"status": change.status,
+                                    "blockers": [b.as_dict() for b in blockers]},
+                             reason="not ready at its scheduled time")
+                continue
+            change.status = ChangeRequest.Status.APPROVED
+            deployment = _start_deployment(actor=system, change=change)
+            started.append(deployment.pk)
+    return started
+
+
 def change_request_deployment_finished(*, deployment: Deployment, status: str) -> None:
     """Close the change that released a deployment once the deployment ends."""
-    from portal.audit import System
-
     if not deployment.change_id:
         return
     outcome = {
@@ -283,16 +552,127 @@ def change_request_deployment_finished(*, deployment: Deployment, status: str) -
         return
     with transaction.atomic():
         change = (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
-                  .filter(pk=deployment.change_id, status=ChangeRequest.Status.DEPLOYING)
-                  .first())
+                  .filter(pk=deployment.change_id).first())
         if change is None:
+            return
+        system = System(f"deployment #{deployment.pk} {status}")
+        if status == Deployment.Status.ROLLED_BACK or getattr(deployment, "kind", "") == \
+                "rollback":
+            # SOP 8.3: verify the rollback.
+            if not change.checklist.filter(kind=ChecklistKind.ROLLBACK_VERIFICATION,
+                                           deployment_id=deployment.pk).exists():
+                _open_checklist(change, [ChecklistKind.ROLLBACK_VERIFICATION],
+                                deployment_id=deployment.pk)
+        if change.status != ChangeRequest.Status.DEPLOYING:
             return
         change.status = outcome
         if outcome != ChangeRequest.Status.APPROVED:
             change.closed_at = timezone.now()
         change.save(update_fields=["status", "closed_at"])
-        audit_record(actor=System(f"deployment #{deployment.pk} {status}"),
+        if outcome == ChangeRequest.Status.DEPLOYED:
+            _open_checklist(change, [ChecklistKind.COMPLIANCE])
+            policy = _policy(change)
+            if policy and policy.opens_review:
+                PostImplementationReview.objects.get_or_create(change=change)
+        audit_record(actor=system,
                      action="change.closed" if change.closed_at else "change.reopened",
                      obj=change, environment=change.environment.slug,
                      before={"status": ChangeRequest.Status.DEPLOYING},
                      after={"status": outcome, "deployment": deployment.pk})
+
+
+def review_close(*, actor, review: PostImplementationReview, findings: str
+                 ) -> PostImplementationReview:
+    """CAB closes the post-implementation review of an emergency change."""
+    if not findings.strip():
+        raise Invalid("say what the review found", fields={"findings": ["Record the findings."]})
+    with transaction.atomic():
+        review = (PostImplementationReview.objects.select_for_update(of=("self",))
+                  .select_related("change__environment").get(pk=review.pk))
+        if review.closed_at:
+            raise AlreadyDecided("this review is already closed")
+        if not may_decide(actor, review.change.environment, GateRole.CAB)[0]:
+            raise NotEligible("only CAB closes post-implementation reviews")
+        review.closed_at, review.closed_by, review.findings = timezone.now(), actor, findings
+        review.save(update_fields=["closed_at", "closed_by", "findings"])
+        audit_record(actor=actor, action="review.closed", obj=review.change,
+                     environment=review.change.environment.slug,
+                     after={"findings": findings})
+    return review
+
+
+def delegation_create(*, actor, environment: Environment, role: str, delegate,
+                      expires_at: datetime, reason: str = "") -> Delegation:
+    """Lend one's authority over a gate role in an environment to a named person."""
+    if role not in GateRole.values:
+        raise Invalid("unknown gate", fields={"role": ["Choose a gate."]})
+    if delegate.pk == actor.pk:
+        raise Invalid("you cannot delegate to yourself", fields={"delegate": [
+            "Choose someone else."]})
+    now = timezone.now()
+    if expires_at <= now:
+        raise Invalid("the expiry is in the past", fields={"expires_at": [
+            "Choose a time in the future."]})
+    if expires_at > now + MAX_DELEGATION:
+        raise Invalid("delegations last 30 days at most", fields={"expires_at": [
+            "Choose a time within 30 days."]})
+    if not has_env_perm(actor, GateRole(role).permission, environment):
+        raise NotEligible(f"you cannot delegate the {GateRole(role).label} gate on "
+                          f"{environment.name}: you do not hold it")
+    with transaction.atomic():
+        delegation = Delegation.objects.create(environment=environment, role=role,
+                                               delegator=actor, delegate=delegate,
+                                               expires_at=expires_at, reason=reason)
+        audit_record(actor=actor, action="delegation.created", obj=delegation,
+                     environment=environment.slug,
+                     after={"role": role, "delegate": delegate.get_username(),
+                            "expires_at": expires_at}, reason=reason)
+    return delegation
+
+
+def delegation_revoke(*, actor, delegation: Delegation) -> Delegation:
+    with transaction.atomic():
+        delegation = Delegation.objects.select_for_update().get(pk=delegation.pk)
+        if delegation.delegator_id != actor.pk and not actor.is_superuser:
+            raise Refused("only the delegator revokes a delegation", code="not_permitted")
+        if delegation.revoked_at:
+            raise InvalidTransition("the delegation is already revoked")
+        delegation.revoked_at = timezone.now()
+        delegation.save(update_fields=["revoked_at"])
+        audit_record(actor=actor, action="delegation.revoked", obj=delegation,
+                     environment=delegation.environment.slug)
+    return delegation
+
+
+def environment_lock(*, actor, environment: Environment, reason: str) -> Environment:
+    """On-call (who may roll back there) and admins lock an environment during an incident."""
+    if not reason.strip():
+        raise Invalid("say why the environment is locked", fields={"reason": [
+            "Give the reason, e.g. the incident number."]})
+    if not has_env_perm(actor, "rollback", environment):
+        raise Refused(f"you may not lock {environment.name}", code="not_permitted")
+    with transaction.atomic():
+        env = Environment.objects.select_for_update().get(pk=environment.pk)
+        if env.locked:
+            raise InvalidTransition(f"{env.name} is already locked: {env.lock_reason}",
+                                    code="already_locked")
+        env.locked, env.lock_reason = True, reason.strip()[:300]
+        env.save(update_fields=["locked", "lock_reason"])
+        audit_record(actor=actor, action="environment.locked", obj=env, environment=env.slug,
+                     before={"locked": False}, after={"locked": True}, reason=env.lock_reason)
+    return env
+
+
+def environment_unlock(*, actor, environment: Environment) -> Environment:
+    if not has_env_perm(actor, "rollback", environment):
+        raise Refused(f"you may not unlock {environment.name}", code="not_permitted")
+    with transaction.atomic():
+        env = Environment.objects.select_for_update().get(pk=environment.pk)
+        if not env.locked:
+            raise InvalidTransition(f"{env.name} is not locked", code="not_locked")
+        reason = env.lock_reason
+        env.locked, env.lock_reason = False, ""
+        env.save(update_fields=["locked", "lock_reason"])
+        audit_record(actor=actor, action="environment.unlocked", obj=env, environment=env.slug,
+                     before={"locked": True, "reason": reason}, after={"locked": False})
+    return env

@@ -10,8 +10,17 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from approvals import selectors, services
-from approvals.models import ChangeRequest, ChangeType, GateRole, Strategy
+from approvals import checks, selectors, services
+from approvals.models import (
+    ChangeRequest,
+    ChangeType,
+    Delegation,
+    Freeze,
+    GateRole,
+    MaintenanceWindow,
+    PostImplementationReview,
+    Strategy,
+)
 from deployments.models import Deployment, Environment, Release
 from portal.errors import DomainError
 from portal.models import AuditEvent
@@ -36,6 +45,9 @@ class ChangeRequestForm(forms.Form):
     on_call = forms.ModelChoiceField(
         queryset=get_user_model().objects.filter(is_active=True).order_by("username"),
         to_field_name="username", required=False, help_text="On-call engineer for this change.")
+    scheduled_for = forms.DateTimeField(
+        required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text="Optional: start by itself at this time (UTC) once approved and ready.")
 
 
 def _apply_domain_error(form: forms.Form, exc: DomainError) -> None:
@@ -72,27 +84,60 @@ def change_list(request):
 
 
 def _change_context(request, change: ChangeRequest) -> dict:
-    held = environment_permissions(request.user).get(change.environment_id, set())
+    user = request.user
+    held = environment_permissions(user).get(change.environment_id, set())
+    delegated = selectors.decidable_roles(user).get(change.environment_id, set())
     deployment = None
     if change.latest_deployment_id:
-        deployment = (Deployment.objects.select_related("release")
+        deployment = (Deployment.objects.select_related("release", "environment")
                       .prefetch_related("steps").get(pk=change.latest_deployment_id))
-    decided = {a.approver_id for g in change.gates.all() for a in g.approvals.all()}
+    live = [a for g in change.gates.all() for a in g.approvals.all() if not a.withdrawn_at]
+    decided = {a.approver_id for a in live}
     can_decide = {
         g.role for g in change.gates.all()
-        if GateRole(g.role).permission in held and g.status == "pending"
+        if g.role in delegated and g.status == "pending"
         and change.status == ChangeRequest.Status.PENDING_APPROVAL
-        and change.requested_by_id != request.user.pk and request.user.pk not in decided
+        and change.requested_by_id != user.pk and user.pk not in decided
     }
+    can_withdraw = {
+        a.gate.role for a in live
+        if a.approver_id == user.pk and a.decision == "approved"
+        and change.status in (ChangeRequest.Status.PENDING_APPROVAL,
+                              ChangeRequest.Status.APPROVED, ChangeRequest.Status.SCHEDULED)
+    } if live else set()
+    rules = selectors.rules_for([change])
+    blockers = selectors.change_blockers(change, rules=rules)
+    if change.status in (ChangeRequest.Status.PENDING_APPROVAL, ChangeRequest.Status.DRAFT):
+        blockers += selectors.unsatisfiable_gates(change)
+    earliest = None
+    if any(b.code in selectors.TIME_CODES for b in blockers):
+        earliest = selectors.earliest_deploy_time(change, rules=rules)
+    checklist = []
+    for item in change.checklist.all():
+        done, why = checks.evaluate(item, change)
+        checklist.append({"item": item, "done": done, "why": why})
+    may_tick = (change.requested_by_id == user.pk or change.on_call_id == user.pk
+                or "deploy" in held or bool(delegated))
     timeline = AuditEvent.objects.filter(object_type="changerequest",
                                          object_id=str(change.pk)).order_by("id")
+    review = PostImplementationReview.objects.filter(change=change).first()
     return {
         "change": change,
-        "blockers": selectors.change_blockers(change),
+        "blockers": blockers,
+        "earliest": earliest,
         "deployment": deployment,
         "can_deploy": "deploy" in held,
         "can_decide": can_decide,
+        "can_withdraw": can_withdraw,
+        "can_cancel": change.status in ChangeRequest.OPEN and (
+            "deploy" in held or change.requested_by_id == user.pk),
+        "can_edit": change.status in ChangeRequest.OPEN and change.requested_by_id == user.pk,
+        "checklist": checklist,
+        "may_tick": may_tick,
         "timeline": timeline,
+        "review": review,
+        "can_close_review": review is not None and not review.closed_at
+        and GateRole.CAB in delegated,
     }
 
 
@@ -169,7 +214,203 @@ def inbox(request):
                                        change_type=change_type)[:200])
     return render(request, "approvals/inbox.html", {
         "gates": gates,
+        "reviews": list(selectors.open_reviews(request.user)[:50]),
         "environments": Environment.objects.order_by("order"),
         "change_types": ChangeType.choices,
         "selected": {"environment": environment, "change_type": change_type},
     })
+
+
+def _back_to_change(request, pk: int, error: str | None, ok: str):
+    if error:
+        messages.error(request, error)
+    else:
+        messages.success(request, ok)
+    return redirect("change-detail", pk=pk)
+
+
+@login_required
+@require_POST
+def approval_withdraw(request, pk: int, role: str):
+    change = get_object_or_404(selectors.changes_visible_to(request.user), pk=pk)
+    error = None
+    try:
+        services.approval_withdraw(actor=request.user, change=change, role=role,
+                                   reason=request.POST.get("reason", "")[:300])
+    except DomainError as exc:
+        error = exc.detail
+    return _back_to_change(request, pk, error, "Your approval is withdrawn.")
+
+
+@login_required
+@require_POST
+def checklist_tick(request, pk: int, item_id: int):
+    change = get_object_or_404(selectors.changes_visible_to(request.user), pk=pk)
+    error = None
+    try:
+        services.checklist_item_set(actor=request.user, change=change, item_id=item_id,
+                                    done=request.POST.get("done") == "1",
+                                    note=request.POST.get("note", "")[:2000])
+    except DomainError as exc:
+        error = exc.detail
+    if request.htmx:
+        change = selectors.change_detail_queryset().get(pk=pk)
+        item = next((i for i in change.checklist.all() if i.pk == item_id), None)
+        if item is None:
+            return render(request, "approvals/_checklist_item.html",
+                          {"error": error or "No such item."}, status=200)
+        done, why = checks.evaluate(item, change)
+        return render(request, "approvals/_checklist_item.html", {
+            "change": change, "row": {"item": item, "done": done, "why": why},
+            "may_tick": True, "error": error})
+    return _back_to_change(request, pk, error, "Checklist updated.")
+
+
+class ChangeEditForm(forms.Form):
+    strategy = forms.ChoiceField(choices=Strategy.choices)
+    risk = forms.ChoiceField(choices=[("", "—"), ("low", "Low"), ("medium", "Medium"),
+                                      ("high", "High")], required=False)
+    impact = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    rollback_plan = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+    on_call = ChangeRequestForm.base_fields["on_call"]
+    scheduled_for = ChangeRequestForm.base_fields["scheduled_for"]
+
+
+@login_required
+def change_edit(request, pk: int):
+    change = get_object_or_404(selectors.changes_visible_to(request.user), pk=pk)
+    initial = {"strategy": change.strategy, "risk": change.risk, "impact": change.impact,
+               "rollback_plan": change.rollback_plan,
+               "on_call": change.on_call.username if change.on_call_id else None,
+               "scheduled_for": change.scheduled_for}
+    form = ChangeEditForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        changed = {k: v for k, v in form.cleaned_data.items() if v != initial.get(k)
+                   and not (k == "on_call" and v and initial["on_call"] == v.username)}
+        try:
+            if changed:
+                services.change_request_update(actor=request.user, change=change, **changed)
+        except DomainError as exc:
+            _apply_domain_error(form, exc)
+        else:
+            messages.success(request, "Change updated. Approvals whose concern changed were "
+                                      "reopened." if changed else "Nothing changed.")
+            return redirect("change-detail", pk=pk)
+    return render(request, "approvals/change_edit.html", {"form": form, "change": change},
+                  status=400 if form.errors else 200)
+
+
+@login_required
+def calendar(request):
+    """Scheduled changes, maintenance windows and freezes, environment by environment."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from approvals import schedule
+
+    now = timezone.now()
+    horizon = now + timedelta(days=14)
+    environments = list(Environment.objects.order_by("order"))
+    windows = list(MaintenanceWindow.objects.all())
+    freezes = list(Freeze.objects.all())
+    scheduled = list(selectors.changes_visible_to(request.user)
+                     .filter(scheduled_for__gte=now - timedelta(days=1),
+                             scheduled_for__lte=horizon)
+                     .order_by("scheduled_for"))
+    rows = []
+    for env in environments:
+        env_windows = [w for w in windows if w.environment_id == env.pk]
+        upcoming = sorted({span for w in env_windows for span in schedule.window_spans(w, now)
+                           if span[1] > now and span[0] < horizon})
+        env_freezes = sorted(
+            {(start, end, f.reason) for f in freezes if f.environment_id == env.pk
+             for start, end in schedule.freeze_spans(f, now) if end > now})
+        rows.append({"environment": env, "windows": env_windows, "upcoming": upcoming[:6],
+                     "freezes": env_freezes,
+                     "changes": [c for c in scheduled if c.environment_id == env.pk]})
+    return render(request, "approvals/calendar.html", {"rows": rows, "now": now})
+
+
+class LockForm(forms.Form):
+    reason = forms.CharField(max_length=300, help_text="Why, e.g. the incident number.")
+
+
+@login_required
+def environments(request):
+    """Environment locks: on-call and admins lock and unlock with a reason."""
+    held = environment_permissions(request.user)
+    form = LockForm(request.POST or None)
+    if request.method == "POST":
+        env = get_object_or_404(Environment, slug=request.POST.get("environment", ""))
+        try:
+            if request.POST.get("action") == "unlock":
+                services.environment_unlock(actor=request.user, environment=env)
+                messages.success(request, f"{env.name} is unlocked.")
+                return redirect("environments")
+            if form.is_valid():
+                services.environment_lock(actor=request.user, environment=env,
+                                          reason=form.cleaned_data["reason"])
+                messages.success(request, f"{env.name} is locked.")
+                return redirect("environments")
+        except DomainError as exc:
+            messages.error(request, exc.detail)
+            return redirect("environments")
+    envs = [{"environment": e, "can_lock": "rollback" in held.get(e.pk, set())}
+            for e in Environment.objects.order_by("order")]
+    return render(request, "approvals/environments.html", {"envs": envs, "form": form},
+                  status=400 if form.errors else 200)
+
+
+class DelegationForm(forms.Form):
+    environment = forms.ModelChoiceField(queryset=Environment.objects.order_by("order"),
+                                         to_field_name="slug")
+    role = forms.ChoiceField(choices=GateRole.choices, label="Gate")
+    delegate = forms.ModelChoiceField(
+        queryset=get_user_model().objects.filter(is_active=True).order_by("username"),
+        to_field_name="username")
+    expires_at = forms.DateTimeField(widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+                                     help_text="At most 30 days ahead (UTC).")
+    reason = forms.CharField(max_length=300, required=False)
+
+
+@login_required
+def delegations(request):
+    form = DelegationForm(request.POST or None)
+    if request.method == "POST" and request.POST.get("revoke", "").isdigit():
+        delegation = get_object_or_404(Delegation, pk=int(request.POST["revoke"]))
+        try:
+            services.delegation_revoke(actor=request.user, delegation=delegation)
+            messages.success(request, "Delegation revoked.")
+        except DomainError as exc:
+            messages.error(request, exc.detail)
+        return redirect("delegations")
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.delegation_create(actor=request.user, **form.cleaned_data)
+        except DomainError as exc:
+            _apply_domain_error(form, exc)
+        else:
+            messages.success(request, "Delegation created.")
+            return redirect("delegations")
+    given = (Delegation.objects.filter(delegator=request.user)
+             .select_related("delegate", "environment"))
+    received = (Delegation.objects.filter(delegate=request.user)
+                .select_related("delegator", "environment"))
+    return render(request, "approvals/delegations.html", {
+        "form": form, "given": given, "received": received},
+        status=400 if form.errors else 200)
+
+
+@login_required
+@require_POST
+def review_close(request, pk: int):
+    change = get_object_or_404(selectors.changes_visible_to(request.user), pk=pk)
+    review = get_object_or_404(PostImplementationReview, change=change)
+    error = None
+    try:
+        services.review_close(actor=request.user, review=review,
+                              findings=request.POST.get("findings", "")[:5000])
+    except DomainError as exc:
+        error = exc.detail
+    return _back_to_change(request, pk, error, "Post-implementation review closed.")

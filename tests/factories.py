@@ -16,6 +16,10 @@ class ReleaseFactory(factory.django.DjangoModelFactory):
     application = factory.LazyFunction(lambda: Application.objects.get(slug="storefront"))
     version = factory.Sequence(lambda n: f"2.{n}.0")
     notes = "Release notes."
+    # CI reported green by default; tests about red checks say so.
+    checks = factory.LazyFunction(lambda: {"tests": {"status": "passed"},
+                                           "security_scan": {"status": "passed",
+                                                             "critical": 0}})
     created_by = factory.LazyFunction(
         lambda: get_user_model().objects.get(username="engineer"))
 

