@@ -1,6 +1,7 @@
 """Demo data (DESIGN.md section 9): environments, policies, groups, one user per role."""
 
 import hashlib
+from datetime import time
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
@@ -8,6 +9,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from guardian.shortcuts import assign_perm
 
+from approvals.models import MaintenanceWindow
 from approvals.policies import seed_default_policies
 from deployments.models import Application, Environment, Release, Target
 from portal.audit import System, audit_record
@@ -60,6 +62,13 @@ class Command(BaseCommand):
             envs[slug], _ = Environment.objects.get_or_create(
                 slug=slug, defaults={"name": name, "order": order})
             seed_default_policies(envs[slug])
+        if not MaintenanceWindow.objects.filter(environment=envs["production"]).exists():
+            # SOP 5.1: standard production changes deploy in maintenance windows.
+            MaintenanceWindow.objects.bulk_create(
+                MaintenanceWindow(environment=envs["production"], weekday=day,
+                                  start_time=time(22, 0), end_time=time(2, 0),
+                                  timezone="Europe/London")
+                for day in (1, 3))
 
         groups = {}
         for group_name, per_env in GROUP_PERMISSIONS.items():
