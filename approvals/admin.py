@@ -1,6 +1,14 @@
 from django.contrib import admin
 
-from approvals.models import ApprovalPolicy, ChangeRequest, PolicyGate
+from approvals.models import (
+    ApprovalPolicy,
+    ChangeRequest,
+    ChecklistTemplate,
+    Delegation,
+    Freeze,
+    MaintenanceWindow,
+    PolicyGate,
+)
 
 
 class PolicyGateInline(admin.TabularInline):
@@ -10,8 +18,41 @@ class PolicyGateInline(admin.TabularInline):
 
 @admin.register(ApprovalPolicy)
 class ApprovalPolicyAdmin(admin.ModelAdmin):
-    list_display = ["environment", "change_type"]
+    list_display = ["environment", "change_type", "requires_window", "requires_promotion",
+                    "requires_on_call", "requires_rollback_plan", "passes_freeze",
+                    "opens_review"]
+    list_filter = ["environment", "change_type"]
     inlines = [PolicyGateInline]
+
+
+@admin.register(ChecklistTemplate)
+class ChecklistTemplateAdmin(admin.ModelAdmin):
+    list_display = ["text", "environment", "change_type", "kind", "position", "auto_check"]
+    list_filter = ["environment", "change_type", "kind"]
+
+
+@admin.register(MaintenanceWindow)
+class MaintenanceWindowAdmin(admin.ModelAdmin):
+    list_display = ["environment", "weekday", "start_time", "end_time", "timezone"]
+    list_filter = ["environment"]
+
+
+@admin.register(Freeze)
+class FreezeAdmin(admin.ModelAdmin):
+    list_display = ["environment", "reason", "starts_at", "ends_at", "recurs_yearly"]
+    list_filter = ["environment"]
+
+
+@admin.register(Delegation)
+class DelegationAdmin(admin.ModelAdmin):
+    list_display = ["delegator", "delegate", "environment", "role", "expires_at", "revoked_at"]
+
+    # Delegations are created and revoked on their page, where they are audited.
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(ChangeRequest)
