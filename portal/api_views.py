@@ -1,10 +1,24 @@
-"""REST API v1 of the shared core: the audit trail (auditors and admins only)."""
+"""REST API v1 of the shared core: the audit trail, and the incoming hooks."""
 
 from __future__ import annotations
 
-import django_filters
-from rest_framework import generics, permissions, serializers
+import csv
 
+import django_filters
+from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, permissions, serializers, status
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
+
+from deployments.api import ReleaseInSerializer, ReleaseOutSerializer
+from deployments.models import Release
+from portal import hooks
+from portal.api import DEPLOY, REQUEST, ApiMixin, ApiView, DateTimeFilter
+from portal.authentication import BearerTokenAuthentication
+from portal.idempotency import idempotent
 from portal.models import AuditEvent
 from portal.permissions import is_auditor
 
@@ -30,16 +44,206 @@ class AuditEventFilter(django_filters.FilterSet):
     object_type = django_filters.CharFilter()
     object_id = django_filters.CharFilter()
     environment = django_filters.CharFilter()
-    since = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
+    since = DateTimeFilter(field_name="occurred_at", lookup_expr="gte")
+    until = DateTimeFilter(field_name="occurred_at", lookup_expr="lt")
 
     class Meta:
         model = AuditEvent
         fields = ["action", "actor", "object_type", "object_id", "environment", "since", "until"]
 
 
-class AuditEventList(generics.ListAPIView):
+class _Echo:
+    def write(self, value):
+        return value
+
+
+def _cell(value) -> str:
+    text = "" if value is None else str(value)
+    # A cell a spreadsheet would run as a formula is written as text.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+CSV_FIELDS = AuditEventSerializer.Meta.fields
+
+
+def audit_csv_rows(events):
+    writer = csv.writer(_Echo())
+    yield writer.writerow(CSV_FIELDS)
+    for event in events.iterator(chunk_size=2000):
+        yield writer.writerow([_cell(getattr(event, name)) for name in CSV_FIELDS])
+
+
+class AuditEventList(ApiMixin, generics.ListAPIView):
     serializer_class = AuditEventSerializer
     filterset_class = AuditEventFilter
-    permission_classes = [permissions.IsAuthenticated, IsAuditor]
+    permission_classes = [*ApiMixin.permission_classes, IsAuditor]
     queryset = AuditEvent.objects.all()
+
+    def perform_content_negotiation(self, request, force=False):
+        # ?format=csv is served by list() itself as a stream; errors stay JSON.
+        return JSONRenderer(), JSONRenderer.media_type
+
+    @extend_schema(
+        parameters=[OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"],
+                                     description="`csv` streams every matching event "
+                                                 "(no paging), oldest first.")],
+        responses={(200, "application/json"): AuditEventSerializer(many=True),
+                   (200, "text/csv"): OpenApiTypes.STR},
+        summary="The audit trail, newest first, in cursor pages; or all of it as CSV")
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def list(self, request, *args, **kwargs):
+        wanted = request.query_params.get("format", "json")
+        if wanted not in ("json", "csv"):
+            raise serializers.ValidationError({"format": ["Choose json or csv."]})
+        if wanted == "csv":
+            events = self.filter_queryset(self.get_queryset()).order_by("id")
+            response = StreamingHttpResponse(audit_csv_rows(events),
+                                             content_type="text/csv; charset=utf-8")
+            response["Content-Disposition"] = 'attachment; filename="audit-events.csv"'
+            return response
+        return super().list(request, *args, **kwargs)
+
+
+# --- hooks ------------------------------------------------------------------------------
+
+
+class HookView(ApiView):
+    authentication_classes = [hooks.HookSignatureAuthentication, BearerTokenAuthentication]
+    hook_name = ""
+
+
+class CiHookInSerializer(serializers.Serializer):
+    release = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
+    check = serializers.RegexField(r"^[a-z0-9_.-]{1,50}$", required=False,
+                                   help_text="tests, security_scan, lint, ...")
+    status = serializers.ChoiceField(choices=["passed", "failed"], required=False)
+    url = serializers.URLField(required=False, allow_blank=True, default="", max_length=500)
+    summary = serializers.CharField(required=False, allow_blank=True, default="",
+                                    max_length=2000)
+    critical = serializers.IntegerField(required=False, min_value=0, max_value=1_000_000,
+                                        help_text="security_scan: critical findings.")
+    authors = serializers.ListField(child=serializers.CharField(max_length=150),
+                                    required=False, max_length=500,
+                                    help_text="Usernames of the commits' authors.")
+    mergers = serializers.ListField(child=serializers.CharField(max_length=150),
+                                    required=False, max_length=500,
+                                    help_text="Usernames of who merged the commits.")
+
+    def validate(self, attrs):
+        if bool(attrs.get("check")) != bool(attrs.get("status")):
+            raise serializers.ValidationError({"status": [
+                "Send check and status together."]})
+        if not attrs.get("check") and not attrs.get("authors") and not attrs.get("mergers"):
+            raise serializers.ValidationError({"check": [
+                "Report a check, or the authors and mergers."]})
+        return attrs
+
+
+class CiHook(HookView):
+    hook_name = "ci"
+    write_scopes = frozenset({REQUEST})
+
+    @extend_schema(request=CiHookInSerializer, responses={200: ReleaseOutSerializer},
+                   summary="CI reports a check result and the release's authors and mergers")
+    @idempotent
+    def post(self, request):
+        data = CiHookInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        params = dict(data.validated_data)
+        release = get_object_or_404(Release.objects.select_related("application"),
+                                    pk=params.pop("release"))
+        release = hooks.release_checks_record(actor=request.user, release=release, **params)
+        return Response(ReleaseOutSerializer(release).data)
+
+
+class PushHookInSerializer(ReleaseInSerializer):
+    ref = serializers.CharField(required=False, allow_blank=True, default="", max_length=200,
+                                help_text="The branch pushed, e.g. refs/heads/main.")
+    authors = serializers.ListField(child=serializers.CharField(max_length=150),
+                                    required=False, max_length=500)
+    mergers = serializers.ListField(child=serializers.CharField(max_length=150),
+                                    required=False, max_length=500)
+
+
+class PushHookOutSerializer(serializers.Serializer):
+    release = serializers.IntegerField()
+    release_created = serializers.BooleanField()
+    change = serializers.IntegerField()
+    deployment = serializers.IntegerField(allow_null=True)
+    status = serializers.CharField(allow_null=True, help_text="The deployment's status.")
+
+
+class PushHook(HookView):
+    hook_name = "push"
+    write_scopes = frozenset({REQUEST, DEPLOY})
+
+    @extend_schema(request=PushHookInSerializer, responses={202: PushHookOutSerializer},
+                   summary="A push: register the release and deploy it to development "
+                           "without approvals (SOP 2.2)")
+    @idempotent
+    def post(self, request):
+        data = PushHookInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        release, change, deployment, created = hooks.push_deploy(actor=request.user,
+                                                                 **data.validated_data)
+        return Response({"release": release.pk, "release_created": created,
+                         "change": change.pk,
+                         "deployment": deployment.pk if deployment else None,
+                         "status": deployment.status if deployment else None},
+                        status=status.HTTP_202_ACCEPTED)
+
+
+class AlertSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["firing", "resolved"])
+    labels = serializers.DictField(child=serializers.CharField(allow_blank=True,
+                                                               max_length=1000))
+    annotations = serializers.DictField(child=serializers.CharField(allow_blank=True,
+                                                                    max_length=5000),
+                                        required=False, default=dict)
+    startsAt = serializers.CharField(required=False, allow_blank=True)  # noqa: N815
+    endsAt = serializers.CharField(required=False, allow_blank=True)  # noqa: N815
+    generatorURL = serializers.CharField(required=False, allow_blank=True)  # noqa: N815
+    fingerprint = serializers.CharField(required=False, allow_blank=True, max_length=64)
+
+
+class AlertmanagerInSerializer(serializers.Serializer):
+    """Prometheus Alertmanager's webhook body (version 4)."""
+
+    version = serializers.CharField(required=False, allow_blank=True)
+    groupKey = serializers.CharField(required=False, allow_blank=True)  # noqa: N815
+    status = serializers.ChoiceField(choices=["firing", "resolved"], required=False)
+    receiver = serializers.CharField(required=False, allow_blank=True)
+    alerts = AlertSerializer(many=True, max_length=1000)
+
+
+class AlertOutcomeSerializer(serializers.Serializer):
+    alertname = serializers.CharField(allow_blank=True)
+    fingerprint = serializers.CharField(allow_blank=True)
+    outcome = serializers.ChoiceField(choices=["rolled_back", "notified", "no_deployment",
+                                               "refused"])
+    code = serializers.CharField(required=False)
+    detail = serializers.CharField(required=False)
+    deployment = serializers.IntegerField(required=False)
+    rollback_deployment = serializers.IntegerField(required=False, allow_null=True)
+
+
+class AlertmanagerOutSerializer(serializers.Serializer):
+    results = AlertOutcomeSerializer(many=True)
+
+
+class AlertmanagerHook(HookView):
+    hook_name = "alertmanager"
+    write_scopes = frozenset({DEPLOY})
+
+    @extend_schema(request=AlertmanagerInSerializer, responses={200: AlertmanagerOutSerializer},
+                   summary="Alertmanager webhook: action=trigger_rollback rolls back the latest "
+                           "deployment the alert names (SOP 9.2); other alerts are recorded")
+    @idempotent
+    def post(self, request):
+        data = AlertmanagerInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        results = hooks.alerts_receive(actor=request.user, payload=data.validated_data)
+        return Response({"results": results})
+

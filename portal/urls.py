@@ -1,18 +1,19 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from approvals import api as approvals_api
 from approvals import views as approvals_views
 from deployments import api as deployments_api
 from deployments import views as deployments_views
-from portal import api_views, views
+from portal import api as portal_api
+from portal import api_views, auditor_views, token_views, views
 
 api_v1 = [
     path("environments/", deployments_api.EnvironmentList.as_view(), name="api-environments"),
     path("applications/", deployments_api.ApplicationList.as_view(), name="api-applications"),
-    path("releases/", deployments_api.ReleaseCreate.as_view(), name="api-releases"),
+    path("releases/", deployments_api.ReleaseListCreate.as_view(), name="api-releases"),
     path("releases/<int:pk>/", deployments_api.ReleaseDetail.as_view(), name="api-release"),
     path("changes/", approvals_api.ChangeListCreate.as_view(), name="api-changes"),
     path("changes/<int:pk>/", approvals_api.ChangeDetail.as_view(), name="api-change"),
@@ -20,16 +21,28 @@ api_v1 = [
          name="api-change-approve"),
     path("changes/<int:pk>/reject", approvals_api.ChangeReject.as_view(),
          name="api-change-reject"),
+    path("changes/<int:pk>/checklist/<int:item_id>", approvals_api.ChangeChecklistItem.as_view(),
+         name="api-change-checklist-item"),
     path("changes/<int:pk>/deploy", approvals_api.ChangeDeploy.as_view(),
          name="api-change-deploy"),
     path("changes/<int:pk>/cancel", approvals_api.ChangeCancel.as_view(),
          name="api-change-cancel"),
+    path("preflight/", approvals_api.Preflight.as_view(), name="api-preflight"),
     path("deployments/", deployments_api.DeploymentList.as_view(), name="api-deployments"),
     path("deployments/<int:pk>/", deployments_api.DeploymentDetail.as_view(),
          name="api-deployment"),
     path("deployments/<int:pk>/log", deployments_api.DeploymentLog.as_view(),
          name="api-deployment-log"),
+    path("deployments/<int:pk>/rollback", deployments_api.DeploymentRollback.as_view(),
+         name="api-deployment-rollback"),
     path("audit-events/", api_views.AuditEventList.as_view(), name="api-audit-events"),
+    path("metrics/dora/", deployments_api.DoraMetrics.as_view(), name="api-dora"),
+    path("hooks/ci", api_views.CiHook.as_view(), name="api-hook-ci"),
+    path("hooks/push", api_views.PushHook.as_view(), name="api-hook-push"),
+    path("hooks/alertmanager", api_views.AlertmanagerHook.as_view(),
+         name="api-hook-alertmanager"),
+    # Anything else under /api/v1/ is a JSON 404, never an HTML page.
+    re_path(r"^.*$", portal_api.not_found),
 ]
 
 urlpatterns = [
@@ -45,13 +58,32 @@ urlpatterns = [
          name="gate-decide"),
     path("changes/<int:pk>/deploy", approvals_views.change_deploy, name="change-deploy"),
     path("changes/<int:pk>/cancel", approvals_views.change_cancel, name="change-cancel"),
+    path("changes/<int:pk>/edit/", approvals_views.change_edit, name="change-edit"),
+    path("changes/<int:pk>/gates/<slug:role>/withdraw", approvals_views.approval_withdraw,
+         name="approval-withdraw"),
+    path("changes/<int:pk>/checklist/<int:item_id>", approvals_views.checklist_tick,
+         name="checklist-tick"),
+    path("changes/<int:pk>/review/close", approvals_views.review_close, name="review-close"),
+    path("calendar/", approvals_views.calendar, name="calendar"),
+    path("environments/", approvals_views.environments, name="environments"),
+    path("delegations/", approvals_views.delegations, name="delegations"),
     path("releases/new/", deployments_views.release_new, name="release-new"),
     path("deployments/", deployments_views.deployment_history, name="deployment-history"),
     path("deployments/<int:pk>/", deployments_views.deployment_detail,
          name="deployment-detail"),
     path("deployments/<int:pk>/progress", deployments_views.deployment_progress,
          name="deployment-progress"),
-    path("audit/", views.audit_list, name="audit-list"),
+    # Auditors: the audit trail and its exports, deployment evidence, access review.
+    path("audit/", auditor_views.audit_events, name="audit-list"),
+    path("audit/export.csv", auditor_views.audit_export_csv, name="audit-export-csv"),
+    path("audit/export.jsonl", auditor_views.audit_export_jsonl, name="audit-export-jsonl"),
+    path("auditor/deployments/", auditor_views.deployment_history,
+         name="auditor-deployments"),
+    path("auditor/deployments/<int:pk>/", auditor_views.deployment_evidence,
+         name="auditor-evidence"),
+    path("auditor/access/", auditor_views.access_review, name="auditor-access"),
+    path("tokens/", token_views.token_list, name="token-list"),
+    path("tokens/<int:pk>/revoke", token_views.token_revoke, name="token-revoke"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

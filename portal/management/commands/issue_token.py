@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from portal.audit import System
 from portal.errors import DomainError
+from portal.models import TokenScope
 from portal.services import api_token_issue
 
 
@@ -19,8 +20,11 @@ class Command(BaseCommand):
         parser.add_argument("--name", default="", help="Token name (default: cli-<time>).")
         parser.add_argument("--days", type=int, default=90,
                             help="Days until it expires; 0 for no expiry.")
+        parser.add_argument("--scopes", default=",".join(TokenScope.values),
+                            help="Comma-separated scopes out of "
+                                 f"{', '.join(TokenScope.values)} (default: all).")
 
-    def handle(self, *args, username: str, name: str, days: int, **options):
+    def handle(self, *args, username: str, name: str, days: int, scopes: str, **options):
         try:
             user = get_user_model().objects.get(username=username, is_active=True)
         except get_user_model().DoesNotExist:
@@ -31,7 +35,8 @@ class Command(BaseCommand):
         expires = timezone.now() + timedelta(days=days) if days else None
         try:
             _, raw = api_token_issue(actor=System("manage.py issue_token"), user=user,
-                                     name=name, expires_at=expires)
+                                     name=name, expires_at=expires,
+                                     scopes=[s.strip() for s in scopes.split(",") if s.strip()])
         except DomainError as exc:
             raise CommandError(exc.detail) from None
         self.stdout.write(raw)

@@ -22,6 +22,10 @@ def test_ci_registers_requests_approves_and_deploys_through_the_api(demo, api):
     created = register_release(ci)
     assert created.status_code == 201, created.json()
     release_id = created.json()["id"]
+    reported = ci.post("/api/v1/hooks/ci", {"release": release_id, "check": "tests",
+                                            "status": "passed"}, format="json")
+    assert reported.status_code == 200, reported.json()
+    assert reported.json()["checks"]["tests"]["status"] == "passed"
 
     change = ci.post("/api/v1/changes/", {"release": release_id, "environment": "staging",
                                           "change_type": "standard", "strategy": "all_at_once",
@@ -53,7 +57,8 @@ def test_ci_registers_requests_approves_and_deploys_through_the_api(demo, api):
     detail = ci.get(f"/api/v1/deployments/{deployment_id}/").json()
     assert detail["version"] == "3.1.0"
     assert detail["environment"] == "staging"
-    assert len(detail["steps"]) == 7
+    assert detail["steps"][0]["name"] == "pre_health_check"
+    assert {s["status"] for s in detail["steps"]} == {"pending"}
     assert ci.get(f"/api/v1/changes/{cid}/").json()["deployment"] == deployment_id
 
     again = ci.post(f"/api/v1/changes/{cid}/deploy")
