@@ -6,4 +6,5 @@ class PortalConfig(AppConfig):
     verbose_name = "Portal"
 
     def ready(self) -> None:
-        from portal import schema  # noqa: F401  (registers the bearer scheme with the schema)
+        # receivers audits sign-ins; schema registers the bearer scheme with the schema.
+        from portal import receivers, schema  # noqa: F401

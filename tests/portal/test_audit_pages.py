@@ -1,0 +1,363 @@
+"""The auditor's pages: who may see them, filters, keyset pages, exports, evidence,
+the SOP 13.2 checklist and the access review, with constant query counts."""
+
+import csv
+import io
+import json
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from approvals import services as approval_services
+from deployments.models import Deployment, DeploymentLogLine, DeploymentStep, Environment
+from portal.audit import compute_hash
+from portal.audit_selectors import compliance_for
+from portal.models import AuditEvent
+from tests.conftest import PASSWORD
+from tests.factories import ReleaseFactory, request_change
+from tests.portal.audit_helpers import record, sql, triggers_disabled
+
+AUDITOR_URLS = ["/audit/", "/audit/export.csv", "/audit/export.jsonl",
+                "/auditor/deployments/", "/auditor/access/"]
+
+
+def approved_production_change(demo):
+    change = request_change(demo.engineer, "production", rollback_plan="Redeploy 1.0.0.")
+    for user, role in ((demo.cab, "cab"), (demo.security, "security"),
+                       (demo.business, "business")):
+        approval_services.gate_approve(actor=user, change=change, role=role,
+                                       comment=f"{role} ok")
+    return change
+
+
+def make_deployment(change, *, status="succeeded", steps=("backup", "health_check"),
+                    step_status="succeeded", lines=2) -> Deployment:
+    deployment = Deployment.objects.create(
+        application=change.release.application, environment=change.environment,
+        release=change.release, change_id=change.pk, status=status,
+        started_by=change.requested_by, started_at=timezone.now(), finished_at=timezone.now())
+    for position, name in enumerate(steps, start=1):
+        DeploymentStep.objects.create(deployment=deployment, position=position, name=name,
+                                      title=name.replace("_", " "), status=step_status,
+                                      finished_at=timezone.now())
+    for seq in range(lines):
+        DeploymentLogLine.objects.create(deployment=deployment, seq=seq + 1,
+                                         message=f"line {seq + 1} of #{deployment.pk}")
+    return deployment
+
+
+def queries(client, url) -> int:
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(url)
+    assert response.status_code == 200, response.content[:500]
+    if hasattr(response, "streaming_content"):
+        b"".join(response.streaming_content)
+    return len(ctx.captured_queries)
+
+
+# --- who may see them ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", AUDITOR_URLS + ["/auditor/deployments/1/"])
+def test_anonymous_visitors_are_sent_to_sign_in(demo, client, url):
+    response = client.get(url)
+    assert response.status_code == 302 and response["Location"].startswith("/login/")
+
+
+@pytest.mark.parametrize("url", AUDITOR_URLS + ["/auditor/deployments/1/"])
+@pytest.mark.parametrize("username", ["engineer", "cab", "outsider"])
+def test_people_who_are_not_auditors_are_refused(demo, client, url, username):
+    client.force_login(getattr(demo, username))
+    assert client.get(url).status_code == 403
+
+
+@pytest.mark.parametrize("username", ["auditor", "admin"])
+def test_auditors_and_administrators_see_every_page(demo, client, username):
+    deployment = make_deployment(approved_production_change(demo))
+    client.force_login(getattr(demo, username))
+    for url in AUDITOR_URLS + [f"/auditor/deployments/{deployment.pk}/"]:
+        assert client.get(url).status_code == 200, url
+
+
+def test_evidence_of_a_missing_deployment_is_a_404(demo, client):
+    client.force_login(demo.auditor)
+    assert client.get("/auditor/deployments/999999/").status_code == 404
+
+
+# --- audit trail browser ------------------------------------------------------
+
+
+def test_audit_browser_pages_by_keyset_newest_first(demo, client):
+    client.force_login(demo.auditor)
+    events = [record("bulk.thing", object_id=str(i)) for i in range(60)]
+    first = client.get("/audit/?action=bulk.thing")
+    rows = first.context["page"].rows
+    assert [e.pk for e in rows] == [e.pk for e in reversed(events)][:50]
+    assert f"before={rows[-1].pk}" in first.content.decode()
+    second = client.get(f"/audit/?action=bulk.thing&before={rows[-1].pk}")
+    assert [e.pk for e in second.context["page"].rows] == [e.pk for e in events[:10]][::-1]
+    assert second.context["page"].next_before is None
+
+
+def test_audit_browser_filters_by_action_prefix_actor_object_and_time(demo, client):
+    client.force_login(demo.auditor)
+    change = request_change(demo.engineer, "staging")
+    approval_services.gate_approve(actor=demo.techlead, change=change, role="tech_lead")
+
+    def actions(query):
+        return [e.action for e in client.get(f"/audit/?{query}").context["page"].rows]
+
+    assert actions("action=gate.") == ["gate.approved"]
+    assert set(actions("actor=engineer")) == {"change.created", "change.submitted"}
+    assert actions(f"object_type=changerequest&object_id={change.pk}&action=change.submitted"
+                   ) == ["change.submitted"]
+
+
+def test_audit_browser_filters_by_time(db, client, django_user_model):
+    # Events are written in time order; the page turns times into id bounds.
+    for days in (30, 20, 10):
+        record(f"thing.{days}", days_ago=days)
+    client.force_login(django_user_model.objects.create_superuser("root"))
+
+    def actions(query):
+        return [e.action for e in client.get(f"/audit/?{query}").context["page"].rows
+                if e.action.startswith("thing.")]
+
+    def day(days_ago):
+        return (timezone.now() - timedelta(days=days_ago)).strftime("%Y-%m-%d")
+
+    assert actions(f"since={day(25)}&until={day(15)}") == ["thing.20"]
+    assert actions(f"since={day(15)}") == ["thing.10"]
+    assert actions(f"until={day(15)}") == ["thing.20", "thing.30"]
+    assert actions(f"since={day(5)}") == []
+
+
+def test_audit_browser_shows_bad_filters_as_errors_not_a_crash(demo, client):
+    client.force_login(demo.auditor)
+    record()
+    response = client.get("/audit/?since=yesterday-ish&before=abc")
+    assert response.status_code == 400
+    assert "Enter a valid date/time" in response.content.decode()
+    assert len(response.context["page"].rows) >= 1  # the other filters still apply
+
+
+def test_audit_browser_query_count_is_constant_as_events_grow(demo, client):
+    client.force_login(demo.auditor)
+    record()
+    few = queries(client, "/audit/?actor=system")
+    for i in range(80):
+        record(object_id=str(i))
+    assert queries(client, "/audit/?actor=system") == few
+    assert queries(client, "/audit/") == queries(client, "/audit/?environment=staging") - 0
+
+
+# --- exports ------------------------------------------------------------------
+
+
+def body(response) -> str:
+    return b"".join(response.streaming_content).decode()
+
+
+def test_csv_export_streams_the_filtered_events_with_a_header(demo, client):
+    client.force_login(demo.auditor)
+    record("thing.one", reason="=HYPERLINK(\"http://evil\")")
+    record("thing.two")
+    response = client.get("/audit/export.csv?action=thing.")
+    assert response["Content-Type"].startswith("text/csv")
+    assert "attachment" in response["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(body(response))))
+    assert [r["action"] for r in rows] == ["thing.two", "thing.one"]
+    assert rows[1]["reason"].startswith("'=HYPERLINK")  # not run as a formula
+
+
+def test_jsonl_export_keeps_events_exactly_so_their_hashes_verify(demo, client):
+    client.force_login(demo.auditor)
+    request_change(demo.engineer, "staging")
+    response = client.get("/audit/export.jsonl?actor=engineer")
+    assert response["Content-Type"] == "application/x-ndjson"
+    lines = [json.loads(line) for line in body(response).splitlines()]
+    assert {row["action"] for row in lines} == {"change.created", "change.submitted"}
+    for row in lines:
+        stored = AuditEvent.objects.get(pk=row["id"])
+        assert row["hash"] == stored.hash == compute_hash(stored)
+        assert row["after"] == stored.after
+
+
+def test_exports_are_themselves_audited(demo, client):
+    client.force_login(demo.auditor)
+    body(client.get("/audit/export.csv?environment=production"))
+    event = AuditEvent.objects.get(action="audit.exported")
+    assert event.actor_name == "auditor"
+    assert event.after == {"format": "csv", "filters": {"environment": "production"}}
+
+
+def test_export_with_a_bad_filter_is_a_400(demo, client):
+    client.force_login(demo.auditor)
+    response = client.get("/audit/export.jsonl?until=soon")
+    assert response.status_code == 400
+    assert not AuditEvent.objects.filter(action="audit.exported").exists()
+
+
+# --- deployment history and evidence -------------------------------------------
+
+
+def test_history_filters_by_environment_requester_approver_and_status(demo, client):
+    client.force_login(demo.auditor)
+    production = make_deployment(approved_production_change(demo))
+    staging_change = request_change(demo.techlead, "staging")
+    staging = make_deployment(staging_change, status="failed")
+
+    def ids(query):
+        page = client.get(f"/auditor/deployments/?{query}")
+        assert page.status_code == 200
+        return [row["deployment"].pk for row in page.context["rows"]]
+
+    assert ids("") == [staging.pk, production.pk]
+    assert ids("environment=production") == [production.pk]
+    assert ids("requester=techlead") == [staging.pk]
+    assert ids("approver=security") == [production.pk]
+    assert ids("status=failed") == [staging.pk]
+    assert ids(f"version={production.release.version}") == [production.pk]
+    assert ids("since=2000-01-01&until=2000-01-02") == []
+
+
+def test_history_pages_by_keyset(demo, client):
+    client.force_login(demo.auditor)
+    change = approved_production_change(demo)
+    made = [make_deployment(change, steps=(), lines=0) for _ in range(55)]
+    first = client.get("/auditor/deployments/")
+    assert len(first.context["rows"]) == 50
+    last = first.context["page"].next_before
+    second = client.get(f"/auditor/deployments/?before={last}")
+    assert [r["deployment"].pk for r in second.context["rows"]] == [d.pk for d in made[:5]][::-1]
+
+
+def test_history_query_count_is_constant_as_deployments_grow(demo, client):
+    client.force_login(demo.auditor)
+    make_deployment(approved_production_change(demo))
+    few = queries(client, "/auditor/deployments/")
+    for _ in range(6):
+        make_deployment(approved_production_change(demo))
+    assert queries(client, "/auditor/deployments/") == few
+
+
+def test_evidence_page_shows_request_approvals_checklist_log_and_trail(demo, client):
+    change = approved_production_change(demo)
+    deployment = make_deployment(change)
+    client.force_login(demo.auditor)
+    page = client.get(f"/auditor/deployments/{deployment.pk}/").content.decode()
+    assert change.reference in page and "engineer" in page
+    for approver in ("cab", "security", "business"):
+        assert f"<td>{approver}</td>" in page
+    assert "security ok" in page  # the approver's comment
+    assert "Redeploy 1.0.0." in page
+    assert f"line 2 of #{deployment.pk}" in page
+    assert "gate.approved" in page and "change.submitted" in page
+    assert "Every event below still matches its hash." in page
+
+
+def test_evidence_page_flags_an_altered_event(demo, client):
+    change = approved_production_change(demo)
+    deployment = make_deployment(change)
+    event = AuditEvent.objects.filter(action="gate.approved").first()
+    with triggers_disabled():
+        sql("UPDATE portal_auditevent SET actor_name = 'mallory' WHERE id = %s", [event.pk])
+    client.force_login(demo.auditor)
+    page = client.get(f"/auditor/deployments/{deployment.pk}/").content.decode()
+    assert "no longer match their hash" in page
+    assert "<strong>altered</strong>" in page
+
+
+def test_evidence_query_count_is_constant_as_logs_and_events_grow(demo, client):
+    client.force_login(demo.auditor)
+    change = approved_production_change(demo)
+    small = make_deployment(change, lines=1)
+    big = make_deployment(change, lines=40)
+    for _ in range(10):
+        record("deployment.note", object_id=str(big.pk))
+    assert queries(client, f"/auditor/deployments/{big.pk}/") == queries(
+        client, f"/auditor/deployments/{small.pk}/")
+
+
+# --- SOP 13.2 checklist -------------------------------------------------------
+
+
+def statuses(deployment):
+    return {i.key: i.status for i in compliance_for([deployment])[deployment.pk].items}
+
+
+def test_compliance_of_an_approved_production_deployment(demo):
+    deployment = make_deployment(approved_production_change(demo))
+    assert statuses(deployment) == {
+        "change_approval": "done", "security_review": "done", "backup": "done",
+        "monitoring": "done", "rollback_tested": "not_recorded",
+        "stakeholders": "not_recorded", "post_review": "not_recorded",
+    }
+    items = compliance_for([deployment])[deployment.pk].items
+    assert "security gate approved by security" in items[1].evidence
+    assert "cab" in items[0].evidence
+
+
+def test_compliance_shows_what_is_missing(demo):
+    # Nobody approved it and CI reported no security scan.
+    change = request_change(demo.engineer, "production", release=ReleaseFactory(checks={}))
+    deployment = make_deployment(change, step_status="failed")
+    got = statuses(deployment)
+    assert got["change_approval"] == "missing"
+    assert got["backup"] == "missing" and got["monitoring"] == "missing"
+    assert got["rollback_tested"] == "missing"  # no rollback plan written
+    assert got["security_review"] == "not_recorded"
+
+
+def test_a_security_scan_reported_by_ci_counts_as_security_review(demo):
+    release = ReleaseFactory(checks={"security_scan": {"status": "passed",
+                                                        "url": "https://ci/scan/1"}})
+    change = request_change(demo.engineer, "staging", release=release)
+    deployment = make_deployment(change)
+    assert statuses(deployment)["security_review"] == "done"
+
+
+# --- access review and sign-ins ---------------------------------------------------
+
+
+def test_sign_ins_and_refused_sign_ins_are_audited_and_reviewed(demo, client):
+    client.post("/login/", {"username": "cab", "password": "wrong"})
+    client.post("/login/", {"username": "cab", "password": "wrong"})
+    client.post("/login/", {"username": "cab", "password": PASSWORD})
+    refused = AuditEvent.objects.filter(action="auth.login_failed")
+    assert refused.count() == 2
+    assert "wrong" not in json.dumps(list(refused.values("before", "after", "reason")))
+    assert AuditEvent.objects.get(action="auth.login").actor_name == "cab"
+    client.post("/logout/")
+    assert AuditEvent.objects.filter(action="auth.logout", actor_name="cab").exists()
+
+    client.force_login(demo.auditor)
+    rows = {r.user.username: r for r in client.get("/auditor/access/").context["rows"]}
+    assert (rows["cab"].logins, rows["cab"].failed_logins) == (1, 2)
+    assert "approve_cab" in rows["cab"].environment_permissions["production"]
+    assert rows["auditor"].auditor and not rows["engineer"].auditor
+    assert rows["admin"].environment_permissions["production"] == ["all"]
+
+
+def test_access_review_query_count_is_constant_as_users_grow(demo, client):
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    client.force_login(demo.auditor)
+    few = queries(client, "/auditor/access/")
+    group = Group.objects.get(name__icontains="cab")
+    for i in range(8):
+        get_user_model().objects.create_user(f"extra{i}").groups.add(group)
+    assert queries(client, "/auditor/access/") == few
+
+
+def test_the_history_page_links_each_deployment_to_its_evidence(demo, client):
+    deployment = make_deployment(approved_production_change(demo))
+    client.force_login(demo.auditor)
+    page = client.get("/auditor/deployments/").content.decode()
+    assert f'href="/auditor/deployments/{deployment.pk}/"' in page
+    assert "SOP 13.2 4/7" in page
+    assert Environment.objects.get(slug="production").name in page
