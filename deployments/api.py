@@ -231,6 +231,28 @@ class DeploymentRollback(ApiView):
         return Response(DeploymentSerializer(rolled).data, status=status.HTTP_202_ACCEPTED)
 
 
+class DeploymentCancelInSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, default="",
+                                   max_length=2000)
+
+
+class DeploymentCancel(ApiView):
+    write_scopes = frozenset({DEPLOY})
+
+    @extend_schema(request=DeploymentCancelInSerializer, responses={200: DeploymentSerializer},
+                   summary="Stop a queued or running deployment before its next step")
+    @idempotent
+    def post(self, request, pk: int):
+        deployment = get_object_or_404(selectors.deployments_visible_to(request.user), pk=pk)
+        data = DeploymentCancelInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.deployment_cancel(actor=request.user, deployment=deployment,
+                                   reason=data.validated_data["reason"])
+        deployment = selectors.deployments_visible_to(request.user).prefetch_related(
+            "steps").get(pk=pk)
+        return Response(DeploymentSerializer(deployment).data)
+
+
 # --- DORA metrics ---------------------------------------------------------------------
 
 

@@ -35,6 +35,8 @@ api_v1 = [
          name="api-deployment-log"),
     path("deployments/<int:pk>/rollback", deployments_api.DeploymentRollback.as_view(),
          name="api-deployment-rollback"),
+    path("deployments/<int:pk>/cancel", deployments_api.DeploymentCancel.as_view(),
+         name="api-deployment-cancel"),
     path("audit-events/", api_views.AuditEventList.as_view(), name="api-audit-events"),
     path("metrics/dora/", deployments_api.DoraMetrics.as_view(), name="api-dora"),
     path("hooks/ci", api_views.CiHook.as_view(), name="api-hook-ci"),
