@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from approvals import api as approvals_api
 from approvals import views as approvals_views
 from deployments import api as deployments_api
+from deployments import metrics_views
 from deployments import views as deployments_views
 from portal import api as portal_api
 from portal import api_views, auditor_views, token_views, views
@@ -38,7 +39,7 @@ api_v1 = [
     path("deployments/<int:pk>/cancel", deployments_api.DeploymentCancel.as_view(),
          name="api-deployment-cancel"),
     path("audit-events/", api_views.AuditEventList.as_view(), name="api-audit-events"),
-    path("metrics/dora/", deployments_api.DoraMetrics.as_view(), name="api-dora"),
+    path("metrics/dora/", metrics_views.DoraMetrics.as_view(), name="api-dora"),
     path("hooks/ci", api_views.CiHook.as_view(), name="api-hook-ci"),
     path("hooks/push", api_views.PushHook.as_view(), name="api-hook-push"),
     path("hooks/alertmanager", api_views.AlertmanagerHook.as_view(),
@@ -86,6 +87,10 @@ urlpatterns = [
     path("auditor/access/", auditor_views.access_review, name="auditor-access"),
     path("tokens/", token_views.token_list, name="token-list"),
     path("tokens/<int:pk>/revoke", token_views.token_revoke, name="token-revoke"),
+    # Metrics, dashboard, notifications and configuration (SOP 4.1, 7, 11.2, 12.1).
+    path("metrics/", metrics_views.metrics_page, name="metrics"),
+    path("dashboard/", metrics_views.dashboard, name="dashboard"),
+    path("dashboard/live", metrics_views.dashboard_live, name="dashboard-live"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
