@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from deployments.models import Deployment, Environment
+from deployments.models import AnalysisVerdict, Deployment, DeploymentStep, Environment
 from portal.permissions import environment_permissions, is_auditor
 
 
@@ -55,3 +55,38 @@ def rollback_options(application, environment) -> list[dict]:
             if crossing else "no irreversible migration since",
         })
     return options
+
+
+def target_progress(deployment: Deployment) -> list[dict]:
+    """Per target: its steps done of total, the step running now, whether it serves the
+    new version yet. Reads the deployment's prefetched steps (no query per target)."""
+    rows: dict[int, dict] = {}
+    for step in deployment.steps.all():
+        if step.target_id is None:
+            continue
+        row = rows.setdefault(step.target_id, {
+            "name": step.target.name, "done": 0, "total": 0, "phase": step.phase,
+            "current": "", "failed": False, "on_new_version": False})
+        row["total"] += 1
+        if step.status in (DeploymentStep.Status.SUCCEEDED, DeploymentStep.Status.SKIPPED):
+            row["done"] += 1
+            if step.name in ("deploy", "switch"):
+                row["on_new_version"] = True
+        elif step.status == DeploymentStep.Status.RUNNING:
+            row["current"] = step.title
+        elif step.status == DeploymentStep.Status.FAILED:
+            row["failed"] = True
+            row["current"] = step.title
+    for row in rows.values():
+        row["percent"] = int(row["done"] * 100 / row["total"]) if row["total"] else 0
+    return sorted(rows.values(), key=lambda r: r["name"])
+
+
+def deployment_verdicts(deployment: Deployment) -> list[AnalysisVerdict]:
+    return list(AnalysisVerdict.objects.filter(deployment=deployment).order_by("created_at",
+                                                                                 "id"))
+
+
+def related_rollbacks(deployment: Deployment) -> list[Deployment]:
+    return list(Deployment.objects.filter(rolled_back_deployment=deployment)
+                .select_related("release").order_by("created_at"))

@@ -6,10 +6,12 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
 
 from deployments import selectors, services
 from deployments.models import SEMVER, SHA256, Application, Deployment, Environment
 from portal.errors import DomainError
+from portal.permissions import has_env_perm
 
 
 class ReleaseForm(forms.Form):
@@ -66,8 +68,25 @@ def deployment_history(request):
 
 def _deployment(request, pk: int) -> Deployment:
     return get_object_or_404(
-        selectors.deployments_visible_to(request.user).prefetch_related("steps"), pk=pk
+        selectors.deployments_visible_to(request.user)
+        .select_related("rolled_back_deployment__release")
+        .prefetch_related("steps__target"), pk=pk
     )
+
+
+def _engine_context(request, deployment: Deployment) -> dict:
+    """Targets, verdicts and the actions this user may take: a fixed number of queries."""
+    may_rollback = has_env_perm(request.user, "rollback", deployment.environment)
+    may_deploy = may_rollback or has_env_perm(request.user, "deploy", deployment.environment)
+    return {
+        "targets": selectors.target_progress(deployment),
+        "verdicts": selectors.deployment_verdicts(deployment),
+        "rollbacks": selectors.related_rollbacks(deployment),
+        "can_cancel": may_deploy and not deployment.is_final,
+        "can_rollback": may_rollback and deployment.status in (
+            Deployment.Status.RUNNING, Deployment.Status.SUCCEEDED, Deployment.Status.FAILED,
+            Deployment.Status.CANCELLED),
+    }
 
 
 @login_required
@@ -76,7 +95,45 @@ def deployment_detail(request, pk: int):
     return render(request, "deployments/detail.html", {
         "deployment": deployment,
         "log": list(deployment.log_lines.order_by("-seq")[:200])[::-1],
+        **_engine_context(request, deployment),
     })
+
+
+@login_required
+def deployment_engine(request, pk: int):
+    """Per-target progress, health verdicts and actions, polled by HTMX."""
+    deployment = _deployment(request, pk)
+    return render(request, "deployments/_engine.html", {
+        "deployment": deployment, **_engine_context(request, deployment)})
+
+
+@login_required
+@require_POST
+def deployment_rollback(request, pk: int):
+    deployment = _deployment(request, pk)
+    try:
+        rollback = services.deployment_rollback(actor=request.user, deployment=deployment,
+                                                reason=request.POST.get("reason", ""))
+    except DomainError as exc:
+        messages.error(request, f"Not rolled back: {exc.detail}")
+        return redirect("deployment-detail", pk=deployment.pk)
+    messages.success(request, f"Rolling back to {rollback.release.version}.")
+    return redirect("deployment-detail", pk=rollback.pk)
+
+
+@login_required
+@require_POST
+def deployment_cancel(request, pk: int):
+    deployment = _deployment(request, pk)
+    try:
+        services.deployment_cancel(actor=request.user, deployment=deployment,
+                                   reason=request.POST.get("reason", "").strip()
+                                   or f"cancelled by {request.user.get_username()}")
+    except DomainError as exc:
+        messages.error(request, f"Not cancelled: {exc.detail}")
+    else:
+        messages.success(request, "Cancelled: the deployment stops before its next step.")
+    return redirect("deployment-detail", pk=deployment.pk)
 
 
 @login_required

@@ -76,6 +76,13 @@ urlpatterns = [
          name="deployment-detail"),
     path("deployments/<int:pk>/progress", deployments_views.deployment_progress,
          name="deployment-progress"),
+    # Deployment engine pages: live targets and verdicts, rollback and cancel buttons.
+    path("deployments/<int:pk>/engine", deployments_views.deployment_engine,
+         name="deployment-engine"),
+    path("deployments/<int:pk>/rollback", deployments_views.deployment_rollback,
+         name="deployment-rollback"),
+    path("deployments/<int:pk>/cancel", deployments_views.deployment_cancel,
+         name="deployment-cancel"),
     # Auditors: the audit trail and its exports, deployment evidence, access review.
     path("audit/", auditor_views.audit_events, name="audit-list"),
     path("audit/export.csv", auditor_views.audit_export_csv, name="audit-export-csv"),
