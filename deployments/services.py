@@ -631,7 +631,9 @@ def deployment_rollback(*, actor, deployment: Deployment, reason: str) -> Deploy
             locked = (Deployment.objects.select_for_update(of=("self",))
                       .select_related("environment", "application", "release")
                       .get(pk=deployment.pk))
-            if not has_env_perm(actor, "rollback", locked.environment):
+            # An authenticated hook acting as the portal (System) holds no permissions.
+            if not isinstance(actor, System) and not has_env_perm(actor, "rollback",
+                                                                  locked.environment):
                 raise Refused(f"you may not roll back in {locked.environment.name}",
                               code="not_permitted")
             if locked.status == Deployment.Status.QUEUED:
@@ -655,7 +657,8 @@ def deployment_rollback(*, actor, deployment: Deployment, reason: str) -> Deploy
             before = locked.status
             locked.status = Deployment.Status.ROLLED_BACK
             locked.finished_at = locked.finished_at or timezone.now()
-            locked.failure_reason = (f"rolled back by {actor.get_username()}: {reason}")
+            who = actor.reason if isinstance(actor, System) else actor.get_username()
+            locked.failure_reason = f"rolled back by {who}: {reason}"
             locked.save(update_fields=["status", "finished_at", "failure_reason"])
             audit_record(actor=actor, action="deployment.rolled_back", obj=locked,
                          environment=locked.environment.slug, before={"status": before},

@@ -84,7 +84,8 @@ class Executor:
         return self.base / "journal"
 
     def run(self, step) -> str:
-        marker = self.journal / f"{step.pk}.done"
+        # Named by the deployment's unique task id as well: ids restart in a new database.
+        marker = self.journal / f"{self.deployment.task_id}-{step.pk}.done"
         if marker.exists():
             return json.loads(marker.read_text()).get("detail", "") + " (already applied)"
         handler = getattr(self, f"step_{step.name}", None)

@@ -61,7 +61,7 @@ def test_beat_resumes_a_deployment_whose_worker_died_mid_step(
     Deployment.objects.filter(pk=dead.pk).update(
         status="running", finished_at=None, attempts=1,
         heartbeat_at=timezone.now() - timedelta(minutes=10))
-    (shop.base / "journal" / f"{steps[half].pk}.done").unlink(missing_ok=True)
+    (shop.base / "journal" / f"{dead.task_id}-{steps[half].pk}.done").unlink(missing_ok=True)
 
     assert services.deployments_resume_stale() == 1
 

@@ -113,3 +113,33 @@ def test_failing_health_check_on_a_blue_green_idle_slot_never_switches_traffic(
     rollback = shop.wait(Deployment.objects.get(rolled_back_deployment=deployment))
     assert rollback.status == "succeeded"
     assert set(shop.served_versions().values()) == {"1.0.0"}
+
+
+def test_demo_data_bad_version_is_rolled_back_by_canary_analysis_in_production(
+        demo, celery_worker_process):
+    """The story of the demo: 1.2.0 is good, 1.3.0 answers with errors."""
+    from django.db import transaction
+
+    from deployments import services
+    from deployments.models import Environment, Release
+    from tests.conftest import wait_for
+
+    production = Environment.objects.get(slug="production")
+
+    def deploy(version):
+        release = Release.objects.get(application__slug="storefront", version=version)
+        with transaction.atomic():
+            d = services.deployment_create(actor=demo.oncall, release=release,
+                                           environment=production, strategy="canary")
+        wait_for(lambda: Deployment.objects.get(pk=d.pk).is_final, timeout=120)
+        d.refresh_from_db()
+        return d
+
+    assert deploy("1.2.0").status == "succeeded"
+    bad = deploy("1.3.0")
+    assert bad.status == "rolled_back", bad.failure_reason
+    assert bad.verdicts.get(outcome="failed").figures["canary"]["error_rate"] > 1.0
+    rollback = Deployment.objects.get(rolled_back_deployment=bad)
+    wait_for(lambda: Deployment.objects.get(pk=rollback.pk).is_final, timeout=120)
+    rollback.refresh_from_db()
+    assert rollback.status == "succeeded" and rollback.release.version == "1.2.0"

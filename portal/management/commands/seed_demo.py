@@ -12,6 +12,7 @@ from guardian.shortcuts import assign_perm
 from approvals.models import MaintenanceWindow
 from approvals.policies import seed_default_policies
 from deployments.models import Application, Environment, Release, Target
+from portal import embedded
 from portal.audit import System, audit_record
 
 DEFAULT_PASSWORD = "demo-portal-2026"
@@ -100,19 +101,40 @@ class Command(BaseCommand):
             slug="storefront",
             defaults={"name": "Storefront", "team": "Web",
                       "repository_url": "https://git.example.com/web/storefront"})
+        # The storefront runs on the demo fleet: one loopback service per target, four
+        # in production so a canary moves through 5%, 50% and 100% of them.
+        if not app.executor_settings:
+            app.executor_settings = {"fleet": "demo", "analysis": {"samples": 20},
+                                     "keep_releases": 5}
+            app.save(update_fields=["executor_settings"])
         for env in envs.values():
-            Target.objects.get_or_create(application=app, environment=env, name="app-1",
-                                         defaults={"address": "127.0.0.1"})
+            names = ["app-1", "app-2", "app-3", "app-4"] if env.slug == "production" \
+                else ["app-1"]
+            for name in names:
+                Target.objects.get_or_create(application=app, environment=env, name=name,
+                                             defaults={"address": "127.0.0.1"})
         engineer = User.objects.get(username="engineer")
-        for version, notes in [("1.0.0", "First release of the storefront."),
-                               ("1.1.0", "Faster checkout; new search box."),
-                               ("1.2.0", "Gift cards.")]:
+        # 1.3.0 is the bad demo version: its artifact tells the demo service to answer
+        # most pages with errors, so canary analysis rolls it back (SOP 8.1).
+        artifacts = embedded.var_dir() / "demo-artifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        bad_artifact = artifacts / "storefront-1.3.0.json"
+        bad_artifact.write_text('{"error_rate": 0.6}\n')
+        for version, notes, extra in [
+            ("1.0.0", "First release of the storefront.", {}),
+            ("1.1.0", "Faster checkout; new search box.", {}),
+            ("1.2.0", "Gift cards.", {"migration_plan": [
+                {"name": "0012_gift_cards", "kind": "expand"}]}),
+            ("1.3.0", "New recommendations (the demo's bad version: answers with errors).",
+             {"artifact_url": bad_artifact.as_uri(),
+              "artifact_sha256": hashlib.sha256(bad_artifact.read_bytes()).hexdigest()}),
+        ]:
             release, created = Release.objects.get_or_create(
                 application=app, version=version,
                 defaults={"notes": notes, "created_by": engineer,
                           "commit_sha": hashlib.sha1(version.encode()).hexdigest()[:12],
                           "checks": {"tests": {"status": "passed"},
-                                     "security_scan": {"status": "passed"}}})
+                                     "security_scan": {"status": "passed"}}, **extra})
             if created:
                 audit_record(actor=System("demo data"), action="release.registered",
                              obj=release, after={"version": version})
