@@ -63,13 +63,14 @@ class WebhookExecutor(Executor):
         }, step_id)
         deadline = time.monotonic() + float(self.settings.get("timeout", 900))
         interval = float(self.settings.get("poll_interval", 2))
+        status_url = ""
         while answer.get("status") in ("running", "queued", "accepted"):
             if time.monotonic() > deadline:
                 raise StepFailed(f"{step_name} did not finish on the deployer in time")
-            time.sleep(interval)
-            status_url = urllib.parse.urljoin(url, answer.get("status_url") or "")
-            if not answer.get("status_url"):
+            status_url = urllib.parse.urljoin(url, answer.get("status_url") or status_url)
+            if not status_url:
                 raise StepFailed("the deployer said running but gave no status_url")
+            time.sleep(interval)
             answer = self._request(status_url, None, step_id)
         detail = str(answer.get("detail", ""))[:500]
         if answer.get("status") != "succeeded":
