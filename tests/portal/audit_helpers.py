@@ -9,7 +9,10 @@ from unittest import mock
 from django.db import connection, transaction
 from django.utils import timezone
 
+from approvals import services as approval_services
+from deployments.models import Deployment, DeploymentLogLine, DeploymentStep
 from portal.audit import System, audit_record
+from tests.factories import request_change
 
 
 def record(action: str = "thing.done", *, days_ago: float = 0, **fields):
@@ -35,3 +38,28 @@ def triggers_disabled(table: str = "portal_auditevent"):
         yield
     finally:
         sql(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+
+
+def approved_production_change(demo):
+    change = request_change(demo.engineer, "production", rollback_plan="Redeploy 1.0.0.")
+    for user, role in ((demo.cab, "cab"), (demo.security, "security"),
+                       (demo.business, "business")):
+        approval_services.gate_approve(actor=user, change=change, role=role,
+                                       comment=f"{role} ok")
+    return change
+
+
+def make_deployment(change, *, status="succeeded", steps=("backup", "health_check"),
+                    step_status="succeeded", lines=2) -> Deployment:
+    deployment = Deployment.objects.create(
+        application=change.release.application, environment=change.environment,
+        release=change.release, change_id=change.pk, status=status,
+        started_by=change.requested_by, started_at=timezone.now(), finished_at=timezone.now())
+    for position, name in enumerate(steps, start=1):
+        DeploymentStep.objects.create(deployment=deployment, position=position, name=name,
+                                      title=name.replace("_", " "), status=step_status,
+                                      finished_at=timezone.now())
+    for seq in range(lines):
+        DeploymentLogLine.objects.create(deployment=deployment, seq=seq + 1,
+                                         message=f"line {seq + 1} of #{deployment.pk}")
+    return deployment

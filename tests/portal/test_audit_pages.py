@@ -12,41 +12,22 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from approvals import services as approval_services
-from deployments.models import Deployment, DeploymentLogLine, DeploymentStep, Environment
+from deployments.models import Environment
 from portal.audit import compute_hash
 from portal.audit_selectors import compliance_for
 from portal.models import AuditEvent
 from tests.conftest import PASSWORD
 from tests.factories import ReleaseFactory, request_change
-from tests.portal.audit_helpers import record, sql, triggers_disabled
+from tests.portal.audit_helpers import (
+    approved_production_change,
+    make_deployment,
+    record,
+    sql,
+    triggers_disabled,
+)
 
 AUDITOR_URLS = ["/audit/", "/audit/export.csv", "/audit/export.jsonl",
                 "/auditor/deployments/", "/auditor/access/"]
-
-
-def approved_production_change(demo):
-    change = request_change(demo.engineer, "production", rollback_plan="Redeploy 1.0.0.")
-    for user, role in ((demo.cab, "cab"), (demo.security, "security"),
-                       (demo.business, "business")):
-        approval_services.gate_approve(actor=user, change=change, role=role,
-                                       comment=f"{role} ok")
-    return change
-
-
-def make_deployment(change, *, status="succeeded", steps=("backup", "health_check"),
-                    step_status="succeeded", lines=2) -> Deployment:
-    deployment = Deployment.objects.create(
-        application=change.release.application, environment=change.environment,
-        release=change.release, change_id=change.pk, status=status,
-        started_by=change.requested_by, started_at=timezone.now(), finished_at=timezone.now())
-    for position, name in enumerate(steps, start=1):
-        DeploymentStep.objects.create(deployment=deployment, position=position, name=name,
-                                      title=name.replace("_", " "), status=step_status,
-                                      finished_at=timezone.now())
-    for seq in range(lines):
-        DeploymentLogLine.objects.create(deployment=deployment, seq=seq + 1,
-                                         message=f"line {seq + 1} of #{deployment.pk}")
-    return deployment
 
 
 def queries(client, url) -> int:
