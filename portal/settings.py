@@ -44,6 +44,8 @@ INSTALLED_APPS = [
     "portal",
     "deployments",
     "approvals",
+    "notifications",
+    "configuration",
 ]
 
 MIDDLEWARE = [
@@ -99,6 +101,10 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# Notifications (SOP 11.2) print to the console unless a real backend is configured.
+EMAIL_BACKEND = env.str("DJANGO_EMAIL_BACKEND",
+                        default="django.core.mail.backends.console.EmailBackend")
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"

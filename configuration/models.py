@@ -1,0 +1,56 @@
+"""Versioned configuration per application and environment (SOP 7.1, 7.2).
+
+Every save is a new version with who and why. Values under secret-looking keys are
+references (``${env:NAME}``, ``vault:path#key``), resolved only on the worker at
+deployment time; resolved values are never stored.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from deployments.models import Application, Environment
+
+
+class ConfigurationSchema(models.Model):
+    """The JSON Schema an application declares for its configuration documents."""
+
+    application = models.OneToOneField(Application, on_delete=models.CASCADE,
+                                       related_name="configuration_schema")
+    schema = models.JSONField(default=dict)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
+                                   related_name="+")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"Configuration schema of {self.application.slug}"
+
+
+class ConfigurationVersion(models.Model):
+    application = models.ForeignKey(Application, on_delete=models.PROTECT,
+                                    related_name="configuration_versions")
+    environment = models.ForeignKey(Environment, on_delete=models.PROTECT,
+                                    related_name="configuration_versions")
+    number = models.PositiveIntegerField()
+    document = models.TextField(help_text="The YAML as written.")
+    data = models.JSONField(default=dict, help_text="The parsed document (references as text).")
+    digest = models.CharField(max_length=64)
+    secret_references = models.JSONField(default=list, blank=True)
+    secret_references_digest = models.CharField(max_length=64)
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
+                               related_name="+")
+    reason = models.CharField(max_length=300)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["application", "environment", "-number"]
+        constraints = [
+            # Two saves at once cannot both become version N.
+            models.UniqueConstraint(fields=["application", "environment", "number"],
+                                    name="configuration_unique_version"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.application.slug}/{self.environment.slug} v{self.number}"

@@ -1,0 +1,73 @@
+"""Resolving secret references, on the worker only, at deployment time (SOP 7.2).
+
+Values are returned to the caller and never written anywhere: not to the database,
+not to the log. Errors name the reference, never a value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+
+from configuration.validation import ENV_REFERENCE, VAULT_REFERENCE
+from portal.errors import Conflict
+
+VAULT_TIMEOUT = 10
+
+
+class SecretUnavailable(Conflict):
+    code = "secret_unavailable"
+
+
+def resolve_reference(reference: str, *, environ=None) -> str:
+    environ = os.environ if environ is None else environ
+    match = ENV_REFERENCE.match(reference)
+    if match:
+        name = match.group(1)
+        if name not in environ:
+            raise SecretUnavailable(f"{reference}: the variable {name} is not set on the worker")
+        return environ[name]
+    match = VAULT_REFERENCE.match(reference)
+    if match:
+        return _vault(reference, match.group(1), match.group(2), environ)
+    raise SecretUnavailable(f"{reference!r} is not a secret reference")
+
+
+def _vault(reference: str, path: str, key: str, environ) -> str:
+    """HashiCorp Vault's HTTP API: KV version 2 (data.data) or version 1 (data)."""
+    address = environ.get("VAULT_ADDR", "").rstrip("/")
+    token = environ.get("VAULT_TOKEN", "")
+    if not address or not token:
+        raise SecretUnavailable(f"{reference}: VAULT_ADDR and VAULT_TOKEN must be set on "
+                                "the worker")
+    request = urllib.request.Request(f"{address}/v1/{path}",
+                                     headers={"X-Vault-Token": token})
+    try:
+        with urllib.request.urlopen(request, timeout=VAULT_TIMEOUT) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise SecretUnavailable(f"{reference}: Vault answered HTTP {exc.code}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError) as exc:
+        raise SecretUnavailable(f"{reference}: Vault could not be read "
+                                f"({type(exc).__name__})") from None
+    data = body.get("data") or {}
+    if isinstance(data.get("data"), dict):
+        data = data["data"]
+    if key not in data:
+        raise SecretUnavailable(f"{reference}: Vault has no key {key!r} at {path}")
+    return str(data[key])
+
+
+def resolve(value, *, environ=None):
+    """A copy of ``value`` with every reference replaced by what it names."""
+    from configuration.validation import is_reference
+
+    if isinstance(value, dict):
+        return {k: resolve(v, environ=environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, environ=environ) for v in value]
+    if is_reference(value):
+        return resolve_reference(value, environ=environ)
+    return value
