@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from approvals import api as approvals_api
 from approvals import views as approvals_views
+from configuration import views as configuration_views
 from deployments import api as deployments_api
 from deployments import metrics_views
 from deployments import views as deployments_views
@@ -98,6 +99,10 @@ urlpatterns = [
     path("metrics/", metrics_views.metrics_page, name="metrics"),
     path("dashboard/", metrics_views.dashboard, name="dashboard"),
     path("dashboard/live", metrics_views.dashboard_live, name="dashboard-live"),
+    path("configuration/<slug:application>/<slug:environment>/",
+         configuration_views.configuration_detail, name="configuration-detail"),
+    path("configuration/<slug:application>/<slug:environment>/diff",
+         configuration_views.configuration_diff, name="configuration-diff"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
