@@ -288,7 +288,8 @@ def metrics_page(request):
     applications = list(Application.objects.order_by("name"))
     default_env = "production" if any(e.slug == "production" for e in environments) else "all"
     form = MetricsFilterForm(request.GET or None, environments=environments,
-                             applications=applications)
+                             applications=applications,
+                             initial={"environment": default_env, "months": 6})
     environment, application, months = default_env, None, 6
     if form.is_bound and form.is_valid():
         environment = form.cleaned_data["environment"] or default_env

@@ -25,9 +25,9 @@ def history():
         n += 1
         finished = now - timedelta(days=days_ago)
         failed = n % 6 == 0
-        make_deployment(app, env, version=f"7.{n}.0", committed=finished - timedelta(hours=n % 30 + 2),
-                        finished=finished, status="failed" if failed else "succeeded",
-                        failed_step=failed)
+        make_deployment(app, env, version=f"7.{n}.0",
+                        committed=finished - timedelta(hours=n % 30 + 2), finished=finished,
+                        status="failed" if failed else "succeeded", failed_step=failed)
     return app, env
 
 
@@ -37,6 +37,7 @@ def test_metrics_page_draws_every_chart_with_bars_and_bands(demo_live, live_serv
     login("auditor")
     page.goto(f"{live_server.url}/metrics/")
     expect(page.get_by_role("heading", name="Deployment metrics")).to_be_visible()
+    expect(page.get_by_label("Environment")).to_have_value("production")
     charts = page.locator("svg.chart-svg")
     expect(charts).to_have_count(5)
     for key in ("frequency", "lead-time", "mttr", "failure-rate", "success-rate"):
