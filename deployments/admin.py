@@ -1,7 +1,14 @@
 from django.contrib import admin
 from guardian.admin import GuardedModelAdmin
 
-from deployments.models import Application, Deployment, Environment, Release, Target
+from deployments.models import (
+    AnalysisVerdict,
+    Application,
+    Deployment,
+    Environment,
+    Release,
+    Target,
+)
 
 
 @admin.register(Environment)
@@ -29,8 +36,18 @@ class ReleaseAdmin(admin.ModelAdmin):
 
 @admin.register(Deployment)
 class DeploymentAdmin(admin.ModelAdmin):
-    list_display = ["pk", "application", "environment", "release", "status", "created_at"]
+    list_display = ["pk", "application", "environment", "release", "kind", "status",
+                    "created_at"]
     list_filter = ["status", "environment"]
 
     def has_change_permission(self, request, obj=None):
         return False  # executions change only through the engine
+
+
+@admin.register(AnalysisVerdict)
+class AnalysisVerdictAdmin(admin.ModelAdmin):
+    list_display = ["deployment", "phase", "provider", "outcome", "action", "created_at"]
+    list_filter = ["outcome", "action"]
+
+    def has_change_permission(self, request, obj=None):
+        return False  # verdicts are evidence
