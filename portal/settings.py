@@ -192,6 +192,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "AlertStatusEnum": ["firing", "resolved"],
         "CheckStatusEnum": ["passed", "failed"],
+        "DoraBandEnum": ["elite", "high", "medium", "low"],
     },
 }
 

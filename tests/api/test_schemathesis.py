@@ -30,7 +30,7 @@ from tests.factories import ReleaseFactory, request_change
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
-EXAMPLES_PER_OPERATION = 12
+EXAMPLES_PER_OPERATION = 15
 ROLES = ["engineer", "techlead", "auditor", "admin", "outsider", None]
 
 TOTALS = {"cases": 0, "failed": 0, "operations": 0}
