@@ -331,8 +331,10 @@ def compliance_for(deployments) -> dict[int, Compliance]:
             add("rollback_tested", SOP_13_2[4][1], NOT_RECORDED,
                 "rollback plan written; no test of it recorded")
 
-        # Stakeholder notification sent: the portal sends none of its own yet
-        add("stakeholders", SOP_13_2[5][1], NOT_RECORDED, "no notification recorded")
+        # Stakeholder notification sent: counted from the change's checklist tick only
+        # for now; the notifications the portal sends are not yet read here.
+        add("stakeholders", SOP_13_2[5][1], NOT_RECORDED,
+            "not ticked on the change's compliance checklist")
 
         # Post-deployment review conducted
         if change is not None and str(change.pk) in reviewed:
