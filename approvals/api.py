@@ -280,19 +280,26 @@ class ChangeCancel(_ChangeAction):
 
 
 class PreflightQuerySerializer(serializers.Serializer):
+    change = serializers.IntegerField(
+        min_value=1, max_value=2**63 - 1, required=False,
+        help_text="An existing change: its own gates, checklist and schedule count.")
     release = serializers.IntegerField(min_value=1, max_value=2**63 - 1, required=False,
                                        help_text="Release id; or give application and version.")
     application = serializers.SlugField(required=False)
     version = serializers.CharField(required=False, max_length=64)
-    environment = serializers.SlugField()
+    environment = serializers.SlugField(required=False)
     change_type = serializers.ChoiceField(choices=ChangeType.choices, default=ChangeType.STANDARD)
     at = serializers.DateTimeField(required=False,
                                    help_text="When the deployment would run (default: now).")
 
     def validate(self, attrs):
+        if attrs.get("change"):
+            return attrs
         if not attrs.get("release") and not (attrs.get("application") and attrs.get("version")):
             raise serializers.ValidationError({"release": [
-                "Give the release id, or application and version."]})
+                "Give the change id, the release id, or application and version."]})
+        if not attrs.get("environment"):
+            raise serializers.ValidationError({"environment": ["This field is required."]})
         return attrs
 
 
@@ -320,9 +327,14 @@ class Preflight(ApiView):
         query = PreflightQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         params = query.validated_data
-        preflight = getattr(selectors, "preflight", None)
-        if preflight is None:
-            raise Conflict("preflight is not available yet", code="preflight_unavailable")
+        if params.get("change"):
+            change = get_object_or_404(selectors.changes_visible_to(request.user),
+                                       pk=params["change"])
+            result = selectors.preflight_change(change, at=params.get("at"))
+            return Response(PreflightOutSerializer({
+                "release": change.release_id, "environment": change.environment.slug,
+                "change_type": change.change_type, **result}).data)
+        preflight = selectors.preflight
         releases = Release.objects.select_related("application")
         if params.get("release"):
             release = get_object_or_404(releases, pk=params["release"])

@@ -242,6 +242,19 @@ def preflight(*, release: Release, environment: Environment, change_type: str,
     }
 
 
+def preflight_change(change: ChangeRequest, *, at: datetime | None = None) -> dict:
+    """Preflight of an existing change: its own gates, checklist, schedule and calendar."""
+    at = at or timezone.now()
+    rules = rules_for([change])
+    blockers = change_blockers(change, rules=rules, at=at)
+    if change.status in (ChangeRequest.Status.PENDING_APPROVAL, ChangeRequest.Status.DRAFT):
+        blockers += unsatisfiable_gates(change)
+    earliest = None if change.environment.locked or change.status in CLOSED else \
+        earliest_deploy_time(change, rules=rules, at=at)
+    return {"ready": not blockers, "blockers": [b.as_dict() for b in blockers],
+            "earliest": earliest, "at": at}
+
+
 def change_detail_queryset() -> QuerySet[ChangeRequest]:
     """Changes with everything their page or API body shows, in a constant number of queries."""
     latest = Deployment.objects.filter(change_id=OuterRef("pk")).order_by("-id")

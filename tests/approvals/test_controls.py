@@ -377,3 +377,18 @@ def test_window_in_a_time_zone_spanning_midnight(demo):
     friday_late = datetime(2026, 11, 28, 4, 30, tzinfo=UTC)  # Fri 23:30 New York
     assert schedule.current_window([window], friday_late)
     assert not schedule.current_window([window], friday_late + timedelta(hours=2))
+
+
+def test_preflight_of_an_existing_change_turns_ready_as_gates_are_approved(demo, api):
+    change = request_change(demo.engineer, "staging", release=green_release())
+    client = api(demo.engineer)
+    first = client.get(f"/api/v1/preflight/?change={change.pk}").json()
+    assert first["ready"] is False
+    assert [b["code"] for b in first["blockers"]] == ["gate_tech_lead", "gate_qa"]
+    approve_all(change, demo)
+    after = client.get(f"/api/v1/preflight/?change={change.pk}").json()
+    assert after["ready"] is True and after["blockers"] == []
+    assert after["earliest"] is not None
+    assert api(demo.outsider).get(f"/api/v1/preflight/?change={change.pk}").status_code == 404
+    missing = client.get("/api/v1/preflight/?release=1")
+    assert missing.status_code == 400 and "environment" in missing.json()["fields"]
