@@ -16,8 +16,12 @@ pytestmark = pytest.mark.django_db
 def test_beat_leaves_alone_a_deployment_whose_run_is_alive(fleet, demo):
     shop = fleet(targets=1)
     deployment = shop.start("1.0.0")
+    # An id no other deployment (of an earlier test, still winding down on the shared
+    # worker) has held, so the lock below is the only one on it.
     Deployment.objects.filter(pk=deployment.pk).update(
-        status="running", heartbeat_at=timezone.now() - timedelta(minutes=10))
+        id=2_000_000_000 + deployment.pk, status="running",
+        heartbeat_at=timezone.now() - timedelta(minutes=10))
+    deployment = Deployment.objects.get(pk=2_000_000_000 + deployment.pk)
     # Another session holds the run lock, as a live worker in a long step does.
     from django.db import connections
 
