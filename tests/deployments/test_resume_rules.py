@@ -18,11 +18,11 @@ def test_beat_leaves_alone_a_deployment_whose_run_is_alive(fleet, demo):
     # A bare running row under an id no earlier test's deployment (perhaps still winding
     # down on the shared worker) has held, so the lock below is the only one on it.
     started = shop.start("1.0.0")
+    Deployment.objects.filter(pk=started.pk).update(status="cancelled")
     deployment = Deployment.objects.create(
         id=2_000_000_000 + started.pk, application=shop.app, environment=shop.environment,
         release=started.release, status="running", task_id="t",
         heartbeat_at=timezone.now() - timedelta(minutes=10))
-    Deployment.objects.filter(pk=started.pk).update(status="cancelled")
     # Another session holds the run lock, as a live worker in a long step does.
     from django.db import connections
 
