@@ -2,6 +2,7 @@
 
 from django.dispatch import receiver
 
+from configuration.signals import configuration_changed
 from deployments.models import Deployment
 from deployments.signals import deployment_finished
 
@@ -11,3 +12,11 @@ def close_change_on_deployment_finished(sender, deployment, status, **kwargs):
     from approvals.services import change_request_deployment_finished
 
     change_request_deployment_finished(deployment=deployment, status=status)
+
+
+@receiver(configuration_changed, dispatch_uid="approvals.reopen_on_configuration")
+def reopen_gates_when_configuration_changes(sender, version, **kwargs):
+    from approvals.services import changes_reopen_for_configuration
+
+    changes_reopen_for_configuration(application_id=version.application_id,
+                                     environment_id=version.environment_id)

@@ -30,6 +30,7 @@ from approvals.models import (
     Strategy,
 )
 from approvals.selectors import change_blockers, unsatisfiable_gates
+from configuration.selectors import digests_for
 from deployments import services as deployment_services
 from deployments.models import Deployment, Environment, Release
 from portal.audit import System, audit_record
@@ -82,13 +83,14 @@ def _digest(value) -> str:
 def fingerprint(change: ChangeRequest) -> dict[str, str]:
     """A hash per concern of what an approver approves."""
     release = change.release
+    config_digest, secrets_digest = digests_for(change)
     return {
         "artifact": _digest([release.version, release.artifact_sha256, release.artifact_url]),
         "strategy": _digest(change.strategy),
         "rollback_plan": _digest(change.rollback_plan.strip()),
         "migration_plan": _digest(getattr(release, "migration_plan", None)),
-        "configuration": _digest(getattr(change, "configuration_digest", "")),
-        "secret_references": _digest(getattr(change, "secret_references_digest", "")),
+        "configuration": _digest(config_digest),
+        "secret_references": _digest(secrets_digest),
         "on_call": _digest(change.on_call_id),
     }
 
@@ -396,6 +398,22 @@ def _reopen_changed_concerns(change: ChangeRequest) -> list[str]:
                             "changed": changed})
         _tell_approver(change, approval, changed)
     return reopened
+
+
+def changes_reopen_for_configuration(*, application_id: int, environment_id: int) -> list[int]:
+    """Configuration changed after approval: reopen the gates concerned on open changes."""
+    touched = []
+    ids = list(ChangeRequest.objects.filter(
+        release__application_id=application_id, environment_id=environment_id,
+        status__in=[ChangeRequest.Status.PENDING_APPROVAL, ChangeRequest.Status.APPROVED,
+                    ChangeRequest.Status.SCHEDULED]).values_list("pk", flat=True))
+    for pk in ids:
+        with transaction.atomic():
+            change = (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
+                      .filter(pk=pk, status__in=ChangeRequest.OPEN).first())
+            if change is not None and _reopen_changed_concerns(change):
+                touched.append(pk)
+    return touched
 
 
 def _tell_approver(change: ChangeRequest, approval: Approval, changed: list[str]) -> None:

@@ -13,7 +13,7 @@ from django.utils import timezone
 from configuration import references
 from configuration.models import ConfigurationSchema, ConfigurationVersion
 from configuration.signals import configuration_changed
-from configuration.validation import parse
+from configuration.validation import is_reference, parse
 from deployments.models import Application, Deployment, Environment
 from portal.audit import audit_record
 from portal.errors import Conflict, Invalid, Refused
@@ -25,6 +25,17 @@ logger = logging.getLogger(__name__)
 def digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"),
                                      default=str).encode()).hexdigest()
+
+
+def without_references(value):
+    """The document with each secret reference masked: its digest changes only when
+    something other than a secret reference does, so a new reference goes back to
+    security alone (DESIGN.md section 8)."""
+    if isinstance(value, dict):
+        return {k: without_references(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_references(v) for v in value]
+    return "<secret reference>" if is_reference(value) else value
 
 
 def _may_edit(actor, environment: Environment) -> bool:
@@ -56,7 +67,7 @@ def configuration_save(*, actor, application: Application, environment: Environm
         latest = (ConfigurationVersion.objects.filter(application=application,
                                                       environment=environment)
                   .order_by("-number").first())
-        new_digest = digest(parsed.data)
+        new_digest = digest(without_references(parsed.data))
         refs_digest = digest(parsed.references)
         if latest is not None and latest.digest == new_digest and latest.document == document:
             raise Conflict("nothing changed since version "

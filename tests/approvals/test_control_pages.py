@@ -1,7 +1,6 @@
 """Pages for the controls: calendar, environment locks, delegations, checklist, edit, withdraw."""
 
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 from django.utils import timezone
 
@@ -135,7 +134,7 @@ def test_scheduled_for_in_the_past_is_refused_next_to_the_field(demo, client):
     response = client.post("/changes/new/", {
         "release": ReleaseFactory().pk, "environment": "staging", "change_type": "standard",
         "strategy": "all_at_once",
-        "scheduled_for": datetime(2020, 1, 1, tzinfo=dt_timezone.utc).strftime(
+        "scheduled_for": datetime(2020, 1, 1, tzinfo=UTC).strftime(
             "%Y-%m-%dT%H:%M")})
     assert response.status_code == 400
     assert "Choose a time in the future." in response.content.decode()

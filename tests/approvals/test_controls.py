@@ -392,3 +392,37 @@ def test_preflight_of_an_existing_change_turns_ready_as_gates_are_approved(demo,
     assert api(demo.outsider).get(f"/api/v1/preflight/?change={change.pk}").status_code == 404
     missing = client.get("/api/v1/preflight/?release=1")
     assert missing.status_code == 400 and "environment" in missing.json()["fields"]
+
+
+def test_configuration_changes_after_approval_reopen_only_the_gates_concerned(
+        demo, django_capture_on_commit_callbacks):
+    from configuration.services import configuration_save
+    from deployments.models import Application
+
+    app = Application.objects.get(slug="storefront")
+
+    def save(document, environment):
+        with django_capture_on_commit_callbacks(execute=True):
+            configuration_save(actor=demo.engineer, application=app,
+                               environment=env(environment), document=document,
+                               reason="tune")
+
+    save("app:\n  workers: 4\n", "staging")
+    staging = approve_all(request_change(demo.engineer, "staging", release=green_release()),
+                          demo)
+    save("app:\n  workers: 8\n", "staging")
+    assert {g.role: g.status for g in staging.gates.all()} == {"tech_lead": "pending",
+                                                               "qa": "approved"}
+
+    save("database:\n  password: ${env:DB_PASSWORD}\n", "production")
+    release = green_release()
+    succeed_in("staging", release, demo)
+    production = approve_all(request_change(demo.engineer, "production", release=release,
+                                            on_call=demo.oncall, rollback_plan="Redeploy"),
+                             demo)
+    save("database:\n  password: vault:db/prod#password\n", "production")
+    # A new secret reference goes back to security, not to everyone.
+    assert {g.role: g.status for g in production.gates.all()} == {
+        "cab": "approved", "security": "pending", "business": "approved"}
+    event = AuditEvent.objects.filter(action="approval.invalidated").order_by("id").last()
+    assert event.after["changed"] == ["secret_references"]
