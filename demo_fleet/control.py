@@ -38,7 +38,7 @@ def instance_info(instance_dir: Path) -> dict | None:
 
 
 def start_instance(instance_dir: Path, release_dir: Path, name: str,
-                   timeout: float = 15.0) -> dict:
+                   timeout: float = 15.0, env: dict[str, str] | None = None) -> dict:
     """Run an instance of ``release_dir`` in ``instance_dir``; keep a matching live one."""
     instance_dir = Path(instance_dir)
     instance_dir.mkdir(parents=True, exist_ok=True)
@@ -53,6 +53,8 @@ def start_instance(instance_dir: Path, release_dir: Path, name: str,
          "--instance-file", str(instance_dir / INSTANCE_FILE), "--name", name],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,
+        # The configuration (secrets resolved) reaches the service in memory only.
+        env=dict(os.environ, **(env or {})),
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

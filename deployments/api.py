@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import django_filters
+from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status
@@ -11,6 +12,7 @@ from rest_framework.response import Response
 
 from deployments import selectors, services
 from deployments.models import (
+    AnalysisVerdict,
     Application,
     Deployment,
     DeploymentLogLine,
@@ -116,9 +118,20 @@ class ReleaseDetail(ApiMixin, generics.RetrieveAPIView):
 
 
 class StepSerializer(serializers.ModelSerializer):
+    target = serializers.CharField(source="target.name", read_only=True, allow_null=True,
+                                   default=None)
+
     class Meta:
         model = DeploymentStep
-        fields = ["position", "name", "title", "status", "started_at", "finished_at", "detail"]
+        fields = ["position", "name", "title", "target", "phase", "status", "attempts",
+                  "started_at", "finished_at", "detail"]
+
+
+class VerdictSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AnalysisVerdict
+        fields = ["phase", "provider", "outcome", "dry_run", "action", "figures", "reasons",
+                  "created_at"]
 
 
 class DeploymentSerializer(serializers.ModelSerializer):
@@ -128,16 +141,22 @@ class DeploymentSerializer(serializers.ModelSerializer):
     change = serializers.IntegerField(source="change_id", read_only=True, allow_null=True)
     duration_seconds = serializers.SerializerMethodField()
     steps = StepSerializer(many=True, read_only=True)
+    verdicts = VerdictSerializer(many=True, read_only=True)
 
     class Meta:
         model = Deployment
         fields = ["id", "application", "environment", "release", "version", "change",
+                  "kind", "rolled_back_deployment", "dry_run",
                   "strategy", "status", "progress", "created_at", "started_at", "finished_at",
-                  "duration_seconds", "failure_reason", "steps"]
+                  "duration_seconds", "failure_reason", "steps", "verdicts"]
 
     def get_duration_seconds(self, obj) -> float | None:
         duration = obj.duration
         return duration.total_seconds() if duration is not None else None
+
+
+DEPLOYMENT_PREFETCH = (Prefetch("steps", queryset=DeploymentStep.objects.select_related("target")),
+                       "verdicts")
 
 
 class DeploymentFilter(django_filters.FilterSet):
@@ -162,7 +181,8 @@ class DeploymentList(ApiMixin, generics.ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Deployment.objects.none()
-        return selectors.deployments_visible_to(self.request.user).prefetch_related("steps")
+        return (selectors.deployments_visible_to(self.request.user)
+                .prefetch_related(*DEPLOYMENT_PREFETCH))
 
 
 class DeploymentDetail(ApiMixin, generics.RetrieveAPIView):
@@ -171,7 +191,8 @@ class DeploymentDetail(ApiMixin, generics.RetrieveAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Deployment.objects.none()
-        return selectors.deployments_visible_to(self.request.user).prefetch_related("steps")
+        return (selectors.deployments_visible_to(self.request.user)
+                .prefetch_related(*DEPLOYMENT_PREFETCH))
 
 
 class LogLineSerializer(serializers.ModelSerializer):
@@ -223,7 +244,7 @@ class DeploymentRollback(ApiView):
         rolled = rollback(actor=request.user, deployment=deployment,
                           reason=data.validated_data["reason"])
         rolled = selectors.deployments_visible_to(request.user).filter(pk=rolled.pk) \
-            .prefetch_related("steps").first() or rolled
+            .prefetch_related(*DEPLOYMENT_PREFETCH).first() or rolled
         return Response(DeploymentSerializer(rolled).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -245,5 +266,5 @@ class DeploymentCancel(ApiView):
         services.deployment_cancel(actor=request.user, deployment=deployment,
                                    reason=data.validated_data["reason"])
         deployment = selectors.deployments_visible_to(request.user).prefetch_related(
-            "steps").get(pk=pk)
+            *DEPLOYMENT_PREFETCH).get(pk=pk)
         return Response(DeploymentSerializer(deployment).data)

@@ -35,6 +35,7 @@ from portal.audit import System, audit_record
 from portal.errors import (
     Conflict,
     DeploymentInProgress,
+    DomainError,
     Invalid,
     InvalidTransition,
     Refused,
@@ -296,6 +297,20 @@ def deployment_run(*, deployment_id: int) -> str | None:
         _run_unlock(deployment_id)
 
 
+def _configuration_for(deployment: Deployment) -> dict:
+    """The deployment's configuration with its secret references resolved (SOP 7).
+
+    Resolved here, on the worker, for this run only: the values live in memory and
+    reach the deployed process through its environment; they are never saved or logged.
+    The configuration app sits above the engine, hence the import here.
+    """
+    try:
+        from configuration.services import render_for_deployment
+    except ImportError:  # a deployment of the engine without the configuration app
+        return {}
+    return render_for_deployment(deployment)
+
+
 def _run_locked(deployment_id: int) -> str | None:
     deployment = _claim_run(deployment_id)
     if deployment is None:
@@ -318,9 +333,10 @@ def _run_locked(deployment_id: int) -> str | None:
 
     try:
         executor = executor_for(deployment, log)
-    except StepFailed as exc:
+        executor.configuration = _configuration_for(deployment)
+    except (StepFailed, DomainError) as exc:
         first = deployment.steps.order_by("position").first()
-        return _fail(deployment, first, str(exc))
+        return _fail(deployment, first, getattr(exc, "detail", None) or str(exc))
     steps = list(deployment.steps.select_related("target").order_by("position"))
     total = len(steps)
     if deployment.attempts == 1:

@@ -73,6 +73,14 @@ class Executor:
         self.deployment = deployment
         self.log = log
         self.settings = deployment.application.executor_settings or {}
+        # Resolved configuration for this run (secrets included): memory only.
+        self.configuration: dict = {}
+
+    def configuration_environment(self) -> dict[str, str]:
+        """The configuration for the deployed process's environment, never for a file or log."""
+        if not self.configuration:
+            return {}
+        return {"PORTAL_CONFIGURATION": json.dumps(self.configuration, sort_keys=True)}
 
     @property
     def base(self) -> Path:

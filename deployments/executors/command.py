@@ -59,6 +59,7 @@ class CommandExecutor(Executor):
             raise StepFailed(f"the command for {step_name} is malformed: {exc}") from exc
         timeout = float(self.settings.get("timeout", 600))
         env = dict(os.environ, **{k: str(v) for k, v in self.settings.get("env", {}).items()},
+                   **self.configuration_environment(),
                    PORTAL_VERSION=d.release.version, PORTAL_ENVIRONMENT=d.environment.slug)
         cwd = self.settings.get("cwd") or None
         if cwd:

@@ -260,7 +260,7 @@ class LocalExecutor(Executor):
         self._set_state("running", self.target_dir(target))
         if self.fleet:
             info = demo_fleet.start_instance(self.slot_dir(target, slot), self.release_dir,
-                                             target.name)
+                                             target.name, env=self.configuration_environment())
             return f"{target.name} serves {info['version']} on port {info['port']}"
         return f"started {self.target_version(target)} on {target.name}"
 
@@ -288,7 +288,7 @@ class LocalExecutor(Executor):
         self._point_slot(target, slot)
         if self.fleet:
             info = demo_fleet.start_instance(self.slot_dir(target, slot), self.release_dir,
-                                             target.name)
+                                             target.name, env=self.configuration_environment())
             return (f"{target.name}: {slot} slot runs {info['version']} on port "
                     f"{info['port']}")
         return f"{target.name}: {slot} slot -> releases/{self.deployment.release.version}"

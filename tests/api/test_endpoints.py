@@ -143,6 +143,10 @@ def test_rollback_through_the_api_answers_with_the_rollback_deployment(demo, api
                                    {"reason": "error rate up"}, format="json")
     assert answer.status_code == 202, answer.json()
     assert answer.json()["status"] == "queued" and answer.json()["id"] != latest.pk
+    assert answer.json()["kind"] == "rollback"
+    assert answer.json()["rolled_back_deployment"] == latest.pk
+    assert {"target", "phase", "attempts"} <= set(answer.json()["steps"][0])
+    assert answer.json()["verdicts"] == []
     twice = api(demo.oncall).post(f"/api/v1/deployments/{latest.pk}/rollback",
                                   {"reason": "again"}, format="json")
     assert twice.status_code == 409
