@@ -21,7 +21,8 @@ from approvals.models import (
     PostImplementationReview,
     Strategy,
 )
-from deployments.models import Deployment, Environment, Release
+from deployments import selectors as deployment_selectors
+from deployments.models import Deployment, Environment, MigrationKind, Release
 from portal.errors import DomainError
 from portal.models import AuditEvent
 from portal.permissions import environment_permissions
@@ -121,7 +122,15 @@ def _change_context(request, change: ChangeRequest) -> dict:
     timeline = AuditEvent.objects.filter(object_type="changerequest",
                                          object_id=str(change.pk)).order_by("id")
     review = PostImplementationReview.objects.filter(change=change).first()
+    migrations = change.release.migration_plan or []
     return {
+        # DESIGN.md section 8: CAB sees before approving whether this release can be
+        # rolled back, and on-call sees to which versions it is safe to return.
+        "migrations": migrations,
+        "irreversible": [m.get("name", "") for m in migrations
+                         if m.get("kind") == MigrationKind.IRREVERSIBLE],
+        "rollback_options": deployment_selectors.rollback_options(
+            change.release.application, change.environment),
         "change": change,
         "blockers": blockers,
         "earliest": earliest,

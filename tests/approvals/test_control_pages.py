@@ -139,3 +139,17 @@ def test_scheduled_for_in_the_past_is_refused_next_to_the_field(demo, client):
     assert response.status_code == 400
     assert "Choose a time in the future." in response.content.decode()
     assert not ChangeRequest.objects.exists()
+
+
+def test_change_page_warns_cab_of_an_irreversible_migration_before_approval(demo, client):
+    from tests.factories import ReleaseFactory
+
+    release = ReleaseFactory(migration_plan=[
+        {"name": "0007_add_orders_index", "kind": "expand"},
+        {"name": "0008_drop_legacy_prices", "kind": "irreversible"}])
+    change = request_change(demo.engineer, "production", release=release)
+    client.force_login(demo.cab)
+    html = client.get(f"/changes/{change.pk}/").content.decode()
+    assert "0007_add_orders_index" in html
+    assert ("cannot be rolled back automatically past 0008_drop_legacy_prices: it is "
+            "irreversible") in html
