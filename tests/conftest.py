@@ -21,6 +21,20 @@ def embedded_services():
     services.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_demo_fleet_at_the_end(tmp_path_factory):
+    """Deployments of the demo application start sample services; none outlives the run."""
+    yield
+    from pathlib import Path
+
+    from django.conf import settings
+
+    import demo_fleet
+
+    demo_fleet.stop_all(Path(settings.PORTAL_DEPLOY_ROOT))
+    demo_fleet.stop_all(tmp_path_factory.getbasetemp())
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(embedded_services, django_db_setup):
     """pytest-django's test database, created on the embedded server."""

@@ -17,12 +17,6 @@ from deployments.models import Application, Deployment, Environment, Release, Ta
 from tests.conftest import wait_for
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _stop_fleet_at_the_end():
-    yield
-    demo_fleet.stop_all(Path(settings.PORTAL_DEPLOY_ROOT))
-
-
 class Fleet:
     """One application with its own targets in one environment, deployed by on-call."""
 
