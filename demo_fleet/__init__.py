@@ -6,6 +6,14 @@ with ``error_rate`` (0 to 1), ``latency_ms`` and ``healthy``: the "bad" demo ver
 answers with errors, so canary analysis and automatic rollback can be seen for real.
 """
 
-from demo_fleet.control import instance_info, start_instance, stop_all, stop_instance
+from demo_fleet.control import (
+    instance_info,
+    resume_all,
+    start_instance,
+    stop_all,
+    stop_instance,
+    suspend_all,
+)
 
-__all__ = ["instance_info", "start_instance", "stop_all", "stop_instance"]
+__all__ = ["instance_info", "resume_all", "start_instance", "stop_all", "stop_instance",
+           "suspend_all"]

@@ -91,3 +91,32 @@ def stop_all(root: Path) -> int:
     for path in Path(root).rglob(INSTANCE_FILE):
         stopped += stop_instance(path.parent)
     return stopped
+
+
+def suspend_all(root: Path, record: Path) -> int:
+    """Stop every instance under ``root``, noting what ran where for ``resume_all``."""
+    running = []
+    for path in Path(root).rglob(INSTANCE_FILE):
+        info = instance_info(path.parent)
+        if info:
+            running.append({"instance_dir": str(path.parent),
+                            "release_dir": info.get("release_dir", ""),
+                            "name": info.get("name") or path.parent.parent.name})
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(running))
+    return stop_all(root)
+
+
+def resume_all(record: Path) -> int:
+    """Start again what ``suspend_all`` stopped, where its release is still there."""
+    try:
+        running = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return 0
+    started = 0
+    for row in running:
+        if Path(row.get("release_dir", "")).is_dir():
+            start_instance(Path(row["instance_dir"]), Path(row["release_dir"]), row["name"])
+            started += 1
+    record.unlink(missing_ok=True)
+    return started

@@ -12,10 +12,12 @@ import subprocess
 import sys
 import time
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+import demo_fleet
 from portal import embedded
 from portal.management.commands.seed_demo import DEFAULT_PASSWORD, USERS
 
@@ -59,6 +61,11 @@ class Command(BaseCommand):
                 call_command("seed_demo", password=password, verbosity=0)
             connections.close_all()
 
+            fleet_record = embedded.var_dir() / "demo-fleet.json"
+            resumed = demo_fleet.resume_all(fleet_record)
+            if resumed:
+                self._say(f"restarted {resumed} demo service(s) where they ran before")
+
             python = sys.executable
             bin_dir = os.path.dirname(python)
             env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -78,7 +85,9 @@ class Command(BaseCommand):
                 children.append(subprocess.Popen(cmd, env=env, start_new_session=True))
             _wait_for_port(host, port, 30)
             self._banner(host, port, password if first_run else None)
-            signal.signal(signal.SIGTERM, _raise_interrupt)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                # SIGINT too: a shell that starts us in the background ignores it.
+                signal.signal(signum, _raise_interrupt)
             while True:
                 for child, name in zip(children, commands, strict=True):
                     if child.poll() is not None:
@@ -91,6 +100,10 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         finally:
             _stop_children(children)
+            # The demo application's sample services stop with the portal and come
+            # back with it on the next start.
+            demo_fleet.suspend_all(settings.PORTAL_DEPLOY_ROOT,
+                                   embedded.var_dir() / "demo-fleet.json")
             if services is not None:
                 services.stop()
             lock.release()
