@@ -1,4 +1,6 @@
 # The two commands a newcomer needs: `make run` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,8 +11,10 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet -e '.[dev]'
+	@echo "installing the portal and its dependencies into $(VENV)…"
+	@# Quiet: drop pip's notes about package mirrors absent here and setuptools' editable-install notice.
+	@$(PY) -m pip install --quiet --upgrade pip 2>&1 | sed '/^WARNING: Location/d'
+	@PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[dev]' 2>&1 | sed '/^WARNING: Location/d'
 	@touch $(STAMP)
 
 install: $(STAMP)
