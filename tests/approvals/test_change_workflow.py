@@ -154,3 +154,35 @@ def test_deploy_of_an_approved_change_queues_a_deployment(demo):
     assert names[0] == "pre_health_check"
     assert AuditEvent.objects.filter(action="deployment.queued",
                                      object_id=str(deployment.pk)).exists()
+
+
+@pytest.mark.parametrize("environment,change_type,gates", [
+    ("development", "standard", {}),
+    ("development", "hotfix", {}),
+    ("development", "emergency", {}),
+    ("staging", "standard", {"tech_lead": 1, "qa": 1}),
+    ("staging", "hotfix", {"tech_lead": 1, "qa": 1}),
+    ("staging", "emergency", {"emergency": 1}),
+    ("production", "standard", {"cab": 1, "security": 1, "business": 1}),
+    ("production", "hotfix", {"tech_lead": 1, "cab": 1}),
+    ("production", "emergency", {"emergency": 1}),
+])
+def test_every_default_policy_row_gives_its_gates(demo, environment, change_type, gates):
+    change = request_change(demo.oncall, environment, change_type=change_type,
+                            rollback_plan="Redeploy the previous release")
+    assert gate_roles(change) == gates
+
+
+@pytest.mark.parametrize("change_type,conditions", [
+    ("standard", {"requires_window", "requires_promotion", "requires_on_call",
+                  "requires_rollback_plan"}),
+    ("hotfix", {"requires_on_call", "requires_rollback_plan"}),
+    ("emergency", {"requires_rollback_plan", "passes_freeze", "opens_review"}),
+])
+def test_production_policies_carry_their_other_conditions(demo, change_type, conditions):
+    from approvals.models import ApprovalPolicy
+
+    policy = ApprovalPolicy.objects.get(environment__slug="production", change_type=change_type)
+    flags = {"requires_window", "requires_promotion", "requires_on_call",
+             "requires_rollback_plan", "passes_freeze", "opens_review"}
+    assert {f for f in flags if getattr(policy, f)} == conditions

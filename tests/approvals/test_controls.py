@@ -426,3 +426,22 @@ def test_configuration_changes_after_approval_reopen_only_the_gates_concerned(
         "cab": "approved", "security": "pending", "business": "approved"}
     event = AuditEvent.objects.filter(action="approval.invalidated").order_by("id").last()
     assert event.after["changed"] == ["secret_references"]
+
+
+def test_each_state_blocker_says_what_it_is(demo):
+    draft = request_change(demo.engineer, "development", draft=True)
+    assert codes(draft) == ["draft"]
+
+    closed = request_change(demo.engineer, "staging")
+    services.change_request_cancel(actor=demo.engineer, change=closed)
+    assert codes(closed) == ["change_closed"]
+
+    first = request_change(demo.engineer, "development")
+    services.change_request_deploy(actor=demo.engineer, change=first)
+    assert codes(first) == ["deploying"]
+    second = request_change(demo.engineer, "development")
+    assert codes(second) == ["deployment_in_progress"]
+
+    bare = request_change(demo.engineer, "production", change_type="hotfix",
+                          release=green_release())
+    assert {"on_call_missing", "rollback_plan_missing"} <= set(codes(bare))
