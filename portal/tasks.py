@@ -19,3 +19,11 @@ def audit_retention_purge() -> dict:
              result.events_removed, result.log_lines_removed, result.cutoff.isoformat())
     return {"events_removed": result.events_removed,
             "log_lines_removed": result.log_lines_removed}
+
+
+@shared_task(name="portal.tasks.idempotency_keys_purge", ignore_result=True)
+def idempotency_keys_purge() -> None:
+    """Hourly: forget Idempotency-Keys past their retention period (docs/api.md)."""
+    from portal.idempotency import idempotency_keys_purge as purge
+
+    log.info("idempotency keys purged: %s", purge())

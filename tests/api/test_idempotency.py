@@ -109,6 +109,22 @@ def test_keys_expire_after_the_retention_period(demo, api):
     assert not IdempotencyKey.objects.exists()
 
 
+def test_beat_purges_expired_keys_hourly(demo, api, settings):
+    from portal.tasks import idempotency_keys_purge as beat_task
+
+    entry = settings.CELERY_BEAT_SCHEDULE["idempotency-keys-purge"]
+    assert entry == {"task": beat_task.name, "schedule": 3600.0}
+    ci = api(demo.engineer)
+    ci.post("/api/v1/changes/", {"release": ReleaseFactory().pk, "environment": "staging"},
+            format="json", HTTP_IDEMPOTENCY_KEY="expired")
+    ci.post("/api/v1/changes/", {"release": ReleaseFactory().pk, "environment": "staging"},
+            format="json", HTTP_IDEMPOTENCY_KEY="fresh")
+    IdempotencyKey.objects.filter(key="expired").update(
+        created_at=timezone.now() - timedelta(days=2))
+    beat_task()
+    assert list(IdempotencyKey.objects.values_list("key", flat=True)) == ["fresh"]
+
+
 def test_error_answers_are_replayed_too(demo, api):
     ci = api(demo.engineer)
     bad = {"application": "storefront", "version": "not-semver"}
