@@ -62,3 +62,14 @@ def test_cab_security_and_business_approve_and_the_window_holds_the_change(
     for gate in ("cab", "security", "business"):
         expect(page.locator(f"#gate-{gate}")).to_contain_text("Approved")
     screenshot("change-page-production-held-by-window")
+
+
+def test_the_user_menu_leads_to_delegations_and_signs_out(demo_live, live_server, page, login):
+    login("cab")
+    page.goto(f"{live_server.url}/")
+    page.locator("details.who summary").click()
+    page.get_by_role("link", name="Delegations").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Delegations")
+    page.locator("details.who summary").click()
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
