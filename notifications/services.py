@@ -563,3 +563,35 @@ def subscription_delete(*, actor, subscription_id: int) -> None:
                      before={"channel": subscription.channel, "target": subscription.target})
         subscription.delete()
 
+
+
+# A send claimed longer ago than this was cut off by a dying worker.
+INTERRUPTED_AFTER = timedelta(minutes=15)
+
+
+def notifications_settle_interrupted(*, now: datetime | None = None) -> int:
+    """Mark sends cut off mid-way as failed, saying why; they are not tried again.
+
+    The message may or may not have left before the worker died. Sending it again
+    could send it twice, so it is shown as failed with the reason instead of being
+    left "sending" for ever.
+    """
+    cutoff = (now or timezone.now()) - INTERRUPTED_AFTER
+    settled = 0
+    for pk in list(Notification.objects.filter(status=Notification.Status.SENDING,
+                                               claimed_at__lt=cutoff)
+                   .values_list("pk", flat=True)):
+        with transaction.atomic():
+            changed = Notification.objects.filter(
+                pk=pk, status=Notification.Status.SENDING, claimed_at__lt=cutoff,
+            ).update(status=Notification.Status.FAILED,
+                     last_error="interrupted while sending; not retried, so that it is "
+                                "never sent twice")
+            if changed:
+                notification = Notification.objects.get(pk=pk)
+                audit_record(actor=System("interrupted notification detector"),
+                             action="notification.interrupted", obj=notification,
+                             environment=notification.environment,
+                             after={"status": notification.status})
+                settled += 1
+    return settled

@@ -14,3 +14,8 @@ def notification_send(self, notification_id: int) -> None:
     outcome = services.notification_send(notification_id=notification_id)
     if outcome == "retry":
         raise self.retry(countdown=RETRY_BASE_SECONDS * 2 ** self.request.retries)
+
+
+@shared_task(ignore_result=True)
+def notifications_settle_interrupted() -> None:
+    services.notifications_settle_interrupted()

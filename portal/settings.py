@@ -223,6 +223,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "portal.tasks.audit_retention_purge",
         "schedule": 24 * 3600.0,
     },
+    "notifications-settle-interrupted": {
+        "task": "notifications.tasks.notifications_settle_interrupted",
+        "schedule": 300.0,
+    },
     "idempotency-keys-purge": {
         "task": "portal.tasks.idempotency_keys_purge",
         "schedule": 3600.0,

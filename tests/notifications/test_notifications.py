@@ -189,6 +189,25 @@ def test_a_row_claimed_by_another_delivery_is_not_sent_again(demo):
     assert mail.outbox == []
 
 
+def test_a_send_cut_off_by_a_dying_worker_is_settled_as_failed_never_resent(demo):
+    change = production_change(demo)
+    stuck, fresh = of_kind(Kind.APPROVAL_REQUEST, change_id=change.pk)[:2]
+    Notification.objects.filter(pk=stuck.pk).update(
+        status="sending", attempts=1, claimed_at=timezone.now() - timedelta(minutes=20))
+    Notification.objects.filter(pk=fresh.pk).update(
+        status="sending", attempts=1, claimed_at=timezone.now() - timedelta(minutes=1))
+    mail.outbox.clear()
+    assert services.notifications_settle_interrupted() == 1
+    stuck.refresh_from_db()
+    fresh.refresh_from_db()
+    assert stuck.status == "failed" and "never sent twice" in stuck.last_error
+    assert fresh.status == "sending"
+    assert services.notification_send(notification_id=stuck.pk) == "skipped"
+    assert mail.outbox == []
+    assert AuditEvent.objects.filter(action="notification.interrupted",
+                                     object_id=str(stuck.pk)).exists()
+
+
 def test_notifications_are_listed_on_the_change_page_fragment(demo, client):
     from django.template import Context, Template
 
