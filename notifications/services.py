@@ -31,6 +31,7 @@ from deployments.models import AnalysisVerdict, Application, Deployment, Environ
 from notifications.models import Channel, Kind, Notification, Subscription
 from portal.audit import System, audit_record
 from portal.errors import Invalid, NotFound, Refused
+from portal.permissions import environment_permissions
 
 logger = logging.getLogger(__name__)
 
@@ -538,6 +539,8 @@ def subscription_create(*, actor, channel: str, target: str = "",
                       fields={"kinds": [f"Choose among {', '.join(Kind.values)}."]})
     target = (target or "").strip()
     _validate_target(channel, target, user)
+    _authorise_subscription(actor, environment, personal=(
+        channel == Channel.EMAIL and not target and user is not None and user.pk == actor.pk))
     with transaction.atomic():
         subscription = Subscription.objects.create(
             channel=channel, target=target, application=application, environment=environment,
@@ -549,6 +552,28 @@ def subscription_create(*, actor, channel: str, target: str = "",
                             "environment": environment.slug if environment else None,
                             "kinds": kinds})
     return subscription
+
+
+def _authorise_subscription(actor, environment, *, personal: bool) -> None:
+    """Who may subscribe, so that nobody hears about changes they may not see.
+
+    A person subscribes themselves to an environment they hold a permission on; a
+    team channel (a webhook, a list's address) needs `deploy` or `rollback` there.
+    Subscriptions to every environment, and on anyone else's behalf, are for
+    administrators.
+    """
+    if actor.is_staff or actor.is_superuser:
+        return
+    if environment is None:
+        raise Refused("choose an environment: subscriptions to all of them are for "
+                      "administrators", code="not_permitted")
+    held = environment_permissions(actor).get(environment.pk, set())
+    if personal and held:
+        return
+    if not personal and held & {"deploy", "rollback"}:
+        return
+    raise Refused(f"you may not subscribe {'yourself' if personal else 'a team channel'} to "
+                  f"{environment.name}", code="not_permitted")
 
 
 def subscription_delete(*, actor, subscription_id: int) -> None:

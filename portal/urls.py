@@ -9,6 +9,7 @@ from configuration import views as configuration_views
 from deployments import api as deployments_api
 from deployments import metrics_views
 from deployments import views as deployments_views
+from notifications import views as notifications_views
 from portal import api as portal_api
 from portal import api_views, auditor_views, token_views, views
 
@@ -71,6 +72,7 @@ urlpatterns = [
     path("calendar/", approvals_views.calendar, name="calendar"),
     path("environments/", approvals_views.environments, name="environments"),
     path("delegations/", approvals_views.delegations, name="delegations"),
+    path("notifications/", notifications_views.subscriptions, name="subscriptions"),
     path("releases/new/", deployments_views.release_new, name="release-new"),
     path("deployments/", deployments_views.deployment_history, name="deployment-history"),
     path("deployments/<int:pk>/", deployments_views.deployment_detail,

@@ -1,0 +1,62 @@
+"""The subscriptions page and who may subscribe to what."""
+
+import pytest
+
+from notifications import services
+from notifications.models import Subscription
+from portal.errors import Refused
+
+
+def test_a_person_subscribes_themselves_to_an_environment_they_work_in(demo, client):
+    client.force_login(demo.qa)
+    response = client.post("/notifications/", {"environment": "staging", "channel": "email",
+                                                "target": "", "kinds": ["post_deployment"]},
+                           follow=True)
+    assert "Subscribed." in response.content.decode()
+    subscription = Subscription.objects.get()
+    assert (subscription.user, subscription.environment.slug, subscription.kinds) == (
+        demo.qa, "staging", ["post_deployment"])
+    assert "Post-deployment summary" in response.content.decode()
+
+
+def test_nobody_hears_about_an_environment_they_may_not_see(demo, client):
+    outsider = demo.outsider
+    outsider.email = "outsider@example.com"
+    outsider.save()
+    client.force_login(outsider)
+    response = client.post("/notifications/", {"environment": "production",
+                                                "channel": "email", "target": ""})
+    assert response.status_code == 400
+    assert "you may not subscribe yourself to Production" in response.content.decode()
+    assert not Subscription.objects.exists()
+
+
+def test_team_channels_need_deploy_or_rollback_and_all_environments_need_an_admin(demo):
+    from deployments.models import Environment
+
+    with pytest.raises(Refused):
+        services.subscription_create(actor=demo.engineer, channel="slack",
+                                     target="https://hooks.example.com/x", environment=None)
+
+    production = Environment.objects.get(slug="production")
+    with pytest.raises(Refused):
+        services.subscription_create(actor=demo.engineer, channel="slack",
+                                     target="https://hooks.example.com/x",
+                                     environment=production)
+    services.subscription_create(actor=demo.oncall, channel="slack",
+                                 target="https://hooks.example.com/x", environment=production)
+    assert Subscription.objects.count() == 1
+
+
+def test_only_the_creator_removes_a_subscription(demo, client):
+    from deployments.models import Environment
+
+    subscription = services.subscription_create(
+        actor=demo.oncall, channel="webhook", target="https://hooks.example.com/ops",
+        environment=Environment.objects.get(slug="production"))
+    client.force_login(demo.engineer)
+    client.post("/notifications/", {"delete": str(subscription.pk)})
+    assert Subscription.objects.filter(pk=subscription.pk).exists()
+    client.force_login(demo.oncall)
+    client.post("/notifications/", {"delete": str(subscription.pk)})
+    assert not Subscription.objects.filter(pk=subscription.pk).exists()
