@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from approvals import selectors, services
 from approvals.models import Approval, ChangeRequest, ChangeType, Gate, GateRole, Strategy
 from deployments.models import Deployment, Environment, Release
-from portal.api import APPROVE, DEPLOY, REQUEST, ApiMixin, ApiView
+from portal.api import APPROVE, DEPLOY, REQUEST, ApiMixin, ApiView, BoundedDateTimeField
 from portal.errors import Conflict
 from portal.idempotency import idempotent
 
@@ -289,7 +289,7 @@ class PreflightQuerySerializer(serializers.Serializer):
     version = serializers.CharField(required=False, max_length=64)
     environment = serializers.SlugField(required=False)
     change_type = serializers.ChoiceField(choices=ChangeType.choices, default=ChangeType.STANDARD)
-    at = serializers.DateTimeField(required=False,
+    at = BoundedDateTimeField(required=False,
                                    help_text="When the deployment would run (default: now).")
 
     def validate(self, attrs):

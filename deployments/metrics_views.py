@@ -21,7 +21,7 @@ from rest_framework.response import Response
 
 from deployments import metrics, selectors
 from deployments.models import Application, Deployment, Environment
-from portal.api import ApiView
+from portal.api import ApiView, BoundedDateTimeField
 
 PERIODS = ["month", "week", "day"]
 MAX_DAYS = 3 * 366
@@ -49,9 +49,9 @@ class DoraQuerySerializer(serializers.Serializer):
     environment = serializers.SlugField(
         default="production", help_text="An environment slug, or 'all'.")
     application = serializers.SlugField(required=False, help_text="Default: every application.")
-    since = serializers.DateTimeField(required=False,
+    since = BoundedDateTimeField(required=False,
                                       help_text="Default: the start of the month five months ago.")
-    until = serializers.DateTimeField(required=False, help_text="Default: now.")
+    until = BoundedDateTimeField(required=False, help_text="Default: now.")
     period = serializers.ChoiceField(choices=PERIODS, default="month")
 
     def validate_environment(self, value):

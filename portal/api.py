@@ -16,7 +16,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import DataError
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework import exceptions, pagination, parsers, permissions, status
+from rest_framework import exceptions, pagination, parsers, permissions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -116,6 +116,28 @@ class CursorPagination(pagination.CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
     ordering = "-id"
+
+    def decode_cursor(self, request):
+        cursor = super().decode_cursor(request)
+        # The position is compared with integer ids: anything else is a forged cursor.
+        if cursor is not None and cursor.position is not None:
+            try:
+                int(cursor.position)
+            except (TypeError, ValueError):
+                raise exceptions.NotFound(self.invalid_cursor_message) from None
+        return cursor
+
+
+class BoundedDateTimeField(serializers.DateTimeField):
+    """A date-time within years the calendar arithmetic behind it can handle."""
+
+    default_error_messages = {"range": "Choose a date between the years 1970 and 2200."}
+
+    def to_internal_value(self, value):
+        result = super().to_internal_value(value)
+        if not 1970 <= result.year <= 2200:
+            self.fail("range")
+        return result
 
 
 # --- token scopes -------------------------------------------------------------------

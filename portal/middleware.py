@@ -24,3 +24,41 @@ class RequestContextMiddleware:
             unbind_request(token)
         response["X-Request-ID"] = request_id[:64]
         return response
+
+
+class RejectNulBytesMiddleware:
+    """A NUL character in a query string or form field is a 400, never a 500.
+
+    PostgreSQL refuses NUL in text, so such a value would otherwise fail deep in a
+    query. Checked once here for every page and API request.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if self._has_nul(request):
+            message = "The request contains a NUL character, which no field accepts."
+            if request.path.startswith("/api/"):
+                from django.http import JsonResponse
+
+                return JsonResponse({"code": "invalid", "detail": message}, status=400)
+            from django.http import HttpResponseBadRequest
+
+            return HttpResponseBadRequest(message, content_type="text/plain")
+        return self.get_response(request)
+
+    @staticmethod
+    def _has_nul(request) -> bool:
+        if "\x00" in request.path or "%00" in request.META.get("QUERY_STRING", ""):
+            return True
+        if any("\x00" in v for values in request.GET.lists() for v in values[1]):
+            return True
+        content_type = request.META.get("CONTENT_TYPE", "")
+        if request.method == "POST" and content_type.startswith(
+                ("application/x-www-form-urlencoded", "multipart/form-data")):
+            try:
+                return any("\x00" in v for _, values in request.POST.lists() for v in values)
+            except Exception:  # a malformed body is Django's to answer
+                return False
+        return False
