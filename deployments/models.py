@@ -120,6 +120,11 @@ class Release(models.Model):
             models.UniqueConstraint(fields=["application", "version"],
                                     name="release_unique_version"),
         ]
+        permissions = [
+            # CI's word on a release (tests green, scan clean, who wrote and merged it)
+            # satisfies checklist items and blocks approvers: only CI accounts give it.
+            ("report_ci", "Can report CI results, authors and mergers of releases"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.application.slug} {self.version}"

@@ -107,7 +107,9 @@ def release_checks_record(*, actor, release, check: str | None = None, status: s
     """
     from deployments.models import Release
 
-    _may_register(actor)
+    if not actor.has_perm("deployments.report_ci"):
+        raise Refused("only CI accounts report check results and authorship of releases",
+                      code="not_permitted")
     with transaction.atomic():
         release = (Release.objects.select_for_update(of=("self",))
                    .select_related("application").get(pk=release.pk))

@@ -17,7 +17,7 @@ def register_release(client, **overrides):
 
 
 def test_ci_registers_requests_approves_and_deploys_through_the_api(demo, api):
-    ci, techlead, qa = api(demo.engineer), api(demo.techlead), api(demo.qa)
+    ci, techlead, qa = api(demo.ci), api(demo.techlead), api(demo.qa)
 
     created = register_release(ci)
     assert created.status_code == 201, created.json()

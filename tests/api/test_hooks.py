@@ -16,8 +16,8 @@ from tests.factories import ReleaseFactory
 @pytest.fixture
 def ci_bot(demo, settings):
     """The service account signed hooks act as: an engineer (and on call, for rollbacks)."""
-    user = get_user_model().objects.create(username="ci-bot")
-    user.groups.add(Group.objects.get(name="engineers"), Group.objects.get(name="on-call"))
+    user = get_user_model().objects.get(username="ci-bot")
+    user.groups.add(Group.objects.get(name="on-call"))
     settings.PORTAL_HOOK_USER = "ci-bot"
     return user
 
@@ -77,6 +77,20 @@ def test_ci_hook_refuses_people_who_may_not_register_releases(demo, api):
     assert answer.status_code == 403 and answer.json()["code"] == "not_permitted"
 
 
+def test_only_ci_accounts_report_checks_not_the_engineers_whose_release_it_is(demo, api):
+    release = ReleaseFactory(checks={"security_scan": {"status": "failed", "critical": 2}})
+    forged = api(demo.engineer).post("/api/v1/hooks/ci", {
+        "release": release.pk, "check": "security_scan", "status": "passed", "critical": 0},
+        format="json")
+    assert forged.status_code == 403
+    release.refresh_from_db()
+    assert release.checks["security_scan"]["status"] == "failed"
+    reported = api(demo.ci).post("/api/v1/hooks/ci", {
+        "release": release.pk, "check": "security_scan", "status": "passed", "critical": 0},
+        format="json")
+    assert reported.status_code == 200
+
+
 def test_ci_hook_needs_check_and_status_together(demo, api):
     release = ReleaseFactory()
     answer = api(demo.engineer).post("/api/v1/hooks/ci", {"release": release.pk,
@@ -85,7 +99,7 @@ def test_ci_hook_needs_check_and_status_together(demo, api):
 
 
 def test_a_push_registers_the_release_and_deploys_it_to_development(demo, api):
-    ci = api(demo.engineer)
+    ci = api(demo.ci)
     body = {"application": "storefront", "version": "5.1.0", "ref": "refs/heads/main",
             "commit_sha": "abcdef1", "authors": ["alice"]}
     answer = ci.post("/api/v1/hooks/push", body, format="json")

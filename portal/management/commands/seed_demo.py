@@ -97,6 +97,17 @@ class Command(BaseCommand):
             admin.set_password(password)
             admin.save()
 
+        # The CI service account: signed hooks act as it (PORTAL_HOOK_USER); it reports
+        # check results and authorship, registers releases and deploys pushes to
+        # development. It signs in with API tokens only.
+        ci, _ = Group.objects.get_or_create(name="ci")
+        ci.permissions.add(Permission.objects.get(codename="report_ci"))
+        bot, created = User.objects.get_or_create(username="ci-bot")
+        if created:
+            bot.set_unusable_password()
+            bot.save()
+        bot.groups.add(ci, groups["engineers"])
+
         app, _ = Application.objects.get_or_create(
             slug="storefront",
             defaults={"name": "Storefront", "team": "Web",
