@@ -40,7 +40,7 @@ from portal.errors import (
     InvalidTransition,
     Refused,
 )
-from portal.permissions import has_env_perm
+from portal.permissions import environment_permissions, has_env_perm
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,12 @@ def release_register(
     """Register a release; the same body again returns the existing one (created False).
 
     Releases are immutable: the same version with different content is a conflict.
+    Only people (and CI accounts) who may request changes somewhere register them:
+    a version claimed by anyone else would lock CI out of it.
     """
+    if not isinstance(actor, System) and not any(
+            "request_change" in codes for codes in environment_permissions(actor).values()):
+        raise Refused("you may not register releases", code="not_permitted")
     wanted = {
         "artifact_url": artifact_url,
         "artifact_sha256": artifact_sha256.lower(),

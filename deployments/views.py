@@ -10,7 +10,7 @@ from django.views.decorators.http import require_POST
 
 from deployments import selectors, services
 from deployments.models import SEMVER, SHA256, Application, Deployment, Environment
-from portal.errors import DomainError
+from portal.errors import DomainError, Refused
 from portal.permissions import has_env_perm
 
 
@@ -35,6 +35,8 @@ def release_new(request):
         try:
             release, created = services.release_register(actor=request.user,
                                                          **form.cleaned_data)
+        except Refused as exc:
+            form.add_error(None, exc.detail)
         except DomainError as exc:
             form.add_error("version", exc.detail)
         else:

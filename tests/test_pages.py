@@ -134,3 +134,14 @@ def test_pages_need_login(db, client):
 def test_unknown_objects_are_404_pages(demo, client, url):
     client.force_login(demo.engineer)
     assert client.get(url).status_code == 404
+
+
+def test_release_form_refuses_someone_who_may_not_request_changes(demo, client):
+    from deployments.models import Release
+
+    client.force_login(demo.outsider)
+    response = client.post("/releases/new/", {"application": "storefront", "version": "9.9.9",
+                                              "artifact_url": "https://evil.example/a.tgz"})
+    assert response.status_code == 400
+    assert "you may not register releases" in response.content.decode()
+    assert not Release.objects.filter(version="9.9.9").exists()
