@@ -29,7 +29,7 @@ from approvals.models import (
     PostImplementationReview,
     Strategy,
 )
-from approvals.selectors import change_blockers, unsatisfiable_gates
+from approvals.selectors import Blocker, change_blockers, unsatisfiable_gates
 from configuration.selectors import digests_for
 from deployments import services as deployment_services
 from deployments.models import Deployment, Environment, Release
@@ -416,6 +416,24 @@ def changes_reopen_for_configuration(*, application_id: int, environment_id: int
     return touched
 
 
+def _outdated_approvals(change: ChangeRequest) -> list[Blocker]:
+    """Approvals whose concern changed since they were given (a missed reopen)."""
+    now = fingerprint(change)
+    outdated = []
+    for approval in change.approvals.filter(withdrawn_at__isnull=True,
+                                            decision=Approval.Decision.APPROVED
+                                            ).select_related("gate"):
+        changed = [part for part, digest in now.items()
+                   if approval.fingerprint.get(part) != digest
+                   and approval.gate.role in CONCERNS.get(part, set())]
+        if changed:
+            outdated.append(Blocker(
+                "approval_outdated",
+                f"the {approval.gate.get_role_display()} approval was given before the "
+                f"{', '.join(changed)} changed; it has to be given again"))
+    return outdated
+
+
 def _tell_approver(change: ChangeRequest, approval: Approval, changed: list[str]) -> None:
     email = approval.approver.email
     if not email:
@@ -483,7 +501,11 @@ def _start_deployment(*, actor, change: ChangeRequest) -> Deployment:
     if change.status == ChangeRequest.Status.DEPLOYING:
         raise InvalidTransition(f"{change.reference} is already deploying",
                                 code="already_deploying")
-    blockers = change_blockers(change)
+    # The environment's row too: a lock taken by on-call at this moment either lands
+    # before this check or waits until the deployment exists.
+    change.environment = Environment.objects.select_for_update().get(
+        pk=change.environment_id)
+    blockers = change_blockers(change) + _outdated_approvals(change)
     if blockers:
         raise NotReady(
             f"{change.reference} cannot deploy yet: " + "; ".join(b.message for b in blockers),

@@ -445,3 +445,20 @@ def test_each_state_blocker_says_what_it_is(demo):
     bare = request_change(demo.engineer, "production", change_type="hotfix",
                           release=green_release())
     assert {"on_call_missing", "rollback_plan_missing"} <= set(codes(bare))
+
+
+def test_deploy_refuses_approvals_given_before_a_change_they_did_not_see(demo):
+    from approvals.models import Approval
+
+    change = approve_all(request_change(demo.engineer, "staging", release=green_release()),
+                         demo)
+    # As if the configuration had changed and its reopen had not run yet.
+    approval = Approval.objects.get(change=change, gate__role="tech_lead")
+    approval.fingerprint["configuration"] = "an earlier configuration"
+    approval.save()
+    with pytest.raises(NotReady) as exc:
+        services.change_request_deploy(actor=demo.engineer, change=change)
+    assert [b["code"] for b in exc.value.blockers] == ["approval_outdated"]
+    assert exc.value.blockers[0]["message"] == (
+        "the Tech lead approval was given before the configuration changed; it has to be "
+        "given again")
