@@ -60,6 +60,7 @@ class Rules:
     succeeded: set[tuple[int, int]] = field(default_factory=set)  # (release, environment)
     active: dict[tuple[int, int], list[tuple[int, int | None]]] = field(
         default_factory=lambda: defaultdict(list))  # (app, env) -> [(deployment, change)]
+    last_final: dict[tuple[int, int], str] = field(default_factory=dict)  # (app, env) -> status
 
     def previous_environment(self, environment: Environment) -> Environment | None:
         earlier = [e for e in self.environments.values() if e.order < environment.order]
@@ -86,6 +87,14 @@ def load_rules(*, environment_ids: set[int], release_ids: set[int],
             application_id__in=application_ids, status__in=Deployment.ACTIVE
     ).values_list("pk", "application_id", "environment_id", "change_id"):
         rules.active[(app_id, env_id)].append((pk, change_id))
+    for app_id, env_id, status in (
+            Deployment.objects.filter(application_id__in=application_ids,
+                                      environment_id__in=environment_ids,
+                                      status__in=Deployment.FINAL)
+            .order_by("application_id", "environment_id", "-id")
+            .distinct("application_id", "environment_id")
+            .values_list("application_id", "environment_id", "status")):
+        rules.last_final[(app_id, env_id)] = status
     return rules
 
 
@@ -166,7 +175,7 @@ def change_blockers(change: ChangeRequest, *, rules: Rules | None = None,
     for item in change.checklist.all():
         if item.kind not in PRE_DEPLOYMENT_KINDS or item.auto_check in covered:
             continue
-        done, why = checks.evaluate(item, change)
+        done, why = checks.evaluate(item, change, rules)
         if not done:
             blockers.append(Blocker(
                 "checklist", f"checklist: {item.text}" + (f" ({why})" if why else "")))

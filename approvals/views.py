@@ -115,7 +115,7 @@ def _change_context(request, change: ChangeRequest) -> dict:
         earliest = selectors.earliest_deploy_time(change, rules=rules)
     checklist = []
     for item in change.checklist.all():
-        done, why = checks.evaluate(item, change)
+        done, why = checks.evaluate(item, change, rules)
         checklist.append({"item": item, "done": done, "why": why})
     may_tick = (change.requested_by_id == user.pk or change.on_call_id == user.pk
                 or "deploy" in held or bool(delegated))

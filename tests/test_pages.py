@@ -145,3 +145,18 @@ def test_release_form_refuses_someone_who_may_not_request_changes(demo, client):
     assert response.status_code == 400
     assert "you may not register releases" in response.content.decode()
     assert not Release.objects.filter(version="9.9.9").exists()
+
+
+def test_api_change_list_queries_stay_constant_with_production_readiness_checks(demo, api):
+    ci = api(demo.engineer)
+
+    def api_queries():
+        with CaptureQueriesContext(connection) as ctx:
+            assert ci.get("/api/v1/changes/").status_code == 200
+        return len(ctx.captured_queries)
+
+    request_change(demo.engineer, "production")
+    few = api_queries()
+    for _ in range(6):
+        request_change(demo.engineer, "production")
+    assert api_queries() == few
