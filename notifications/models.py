@@ -9,6 +9,17 @@ from django.utils import timezone
 from deployments.models import Application, Environment
 
 
+def redact_target(target: str) -> str:
+    """A webhook URL works as a secret: show and record only its scheme, host and a hash."""
+    if not target.startswith(("http://", "https://")):
+        return target
+    from hashlib import sha256
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(target)
+    return f"{parts.scheme}://{parts.hostname}/… (#{sha256(target.encode()).hexdigest()[:10]})"
+
+
 class Channel(models.TextChoices):
     EMAIL = "email", "Email"
     WEBHOOK = "webhook", "Webhook (generic JSON)"
@@ -52,7 +63,7 @@ class Subscription(models.Model):
     def __str__(self) -> str:
         scope = (f"{self.application.slug if self.application else 'all applications'} / "
                  f"{self.environment.slug if self.environment else 'all environments'}")
-        return f"{self.get_channel_display()} {self.target or self.user} ({scope})"
+        return f"{self.get_channel_display()} {redact_target(self.target) or self.user} ({scope})"
 
 
 class Notification(models.Model):
@@ -99,4 +110,8 @@ class Notification(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.get_kind_display()} to {self.recipient} ({self.status})"
+        return f"{self.get_kind_display()} to {self.shown_recipient} ({self.status})"
+
+    @property
+    def shown_recipient(self) -> str:
+        return self.recipient_name or redact_target(self.recipient)

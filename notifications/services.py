@@ -28,7 +28,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from deployments.models import AnalysisVerdict, Application, Deployment, Environment
-from notifications.models import Channel, Kind, Notification, Subscription
+from notifications.models import Channel, Kind, Notification, Subscription, redact_target
 from portal.audit import System, audit_record
 from portal.errors import Invalid, NotFound, Refused
 from portal.permissions import environment_permissions
@@ -497,7 +497,8 @@ def _audit_outcome(notification: Notification, action: str, error: str) -> None:
                  object_repr=f"{notification.get_kind_display()}: {notification.subject}"[:300],
                  environment=notification.environment,
                  after={"kind": notification.kind, "channel": notification.channel,
-                        "recipient": notification.recipient, "change": notification.change_id,
+                        "recipient": redact_target(notification.recipient),
+                        "change": notification.change_id,
                         "deployment": notification.deployment_id,
                         "attempts": notification.attempts},
                  reason=error)
@@ -547,7 +548,7 @@ def subscription_create(*, actor, channel: str, target: str = "",
             kinds=kinds, user=user, created_by=actor)
         audit_record(actor=actor, action="subscription.created", obj=subscription,
                      environment=environment.slug if environment else "",
-                     after={"channel": channel, "target": target,
+                     after={"channel": channel, "target": redact_target(target),
                             "application": application.slug if application else None,
                             "environment": environment.slug if environment else None,
                             "kinds": kinds})
@@ -585,7 +586,8 @@ def subscription_delete(*, actor, subscription_id: int) -> None:
         if subscription.created_by_id != actor.pk and not actor.is_staff:
             raise Refused("only who made a subscription, or an administrator, removes it")
         audit_record(actor=actor, action="subscription.deleted", obj=subscription,
-                     before={"channel": subscription.channel, "target": subscription.target})
+                     before={"channel": subscription.channel,
+                             "target": redact_target(subscription.target)})
         subscription.delete()
 
 

@@ -10,7 +10,7 @@ from django.shortcuts import redirect, render
 
 from deployments.models import Application, Environment
 from notifications import services
-from notifications.models import Channel, Kind, Subscription
+from notifications.models import Channel, Kind, Subscription, redact_target
 from portal.errors import DomainError
 
 
@@ -60,6 +60,7 @@ def subscriptions(request):
     mine = (Subscription.objects.filter(Q(user=request.user) | Q(created_by=request.user))
             .select_related("application", "environment", "user").order_by("id"))
     labels = dict(Kind.choices)
-    rows = [{"subscription": s, "kinds": [labels.get(k, k) for k in s.kinds]} for s in mine]
+    rows = [{"subscription": s, "kinds": [labels.get(k, k) for k in s.kinds],
+             "target": redact_target(s.target)} for s in mine]
     return render(request, "notifications/subscriptions.html", {"form": form, "rows": rows},
         status=400 if form.errors else 200)

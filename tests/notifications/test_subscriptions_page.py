@@ -60,3 +60,18 @@ def test_only_the_creator_removes_a_subscription(demo, client):
     client.force_login(demo.oncall)
     client.post("/notifications/", {"delete": str(subscription.pk)})
     assert not Subscription.objects.filter(pk=subscription.pk).exists()
+
+
+def test_webhook_urls_stay_out_of_the_audit_trail_and_the_pages(demo, client):
+    from deployments.models import Environment
+    from portal.models import AuditEvent
+
+    url = "https://hooks.example.com/services/T000/B000/very-secret-token"
+    services.subscription_create(actor=demo.oncall, channel="slack", target=url,
+                                 environment=Environment.objects.get(slug="production"))
+    event = AuditEvent.objects.get(action="subscription.created")
+    assert "very-secret-token" not in str(event.after)
+    assert event.after["target"].startswith("https://hooks.example.com/")
+    client.force_login(demo.oncall)
+    page = client.get("/notifications/").content.decode()
+    assert "very-secret-token" not in page and "hooks.example.com" in page
