@@ -58,11 +58,29 @@ class Message:
 
 
 def _subscriptions(kind: str, application_id: int, environment_id: int) -> list[Subscription]:
-    return [s for s in Subscription.objects.filter(
+    """Subscriptions that want this kind, whose holder may still see the environment.
+
+    Permissions are checked again at each event, not only when subscribing: someone
+    who left the team stops hearing about its changes.
+    """
+    wanted = [s for s in Subscription.objects.filter(
         Q(application_id=application_id) | Q(application__isnull=True),
         Q(environment_id=environment_id) | Q(environment__isnull=True),
-        active=True).select_related("user")
+        active=True).select_related("user", "created_by")
         if not s.kinds or kind in s.kinds]
+    held: dict[int, set[str]] = {}
+
+    def may(user, needed: set[str] | None) -> bool:
+        if user is None or not user.is_active:
+            return False
+        if user.is_staff or user.is_superuser:
+            return True
+        if user.pk not in held:
+            held[user.pk] = environment_permissions(user).get(environment_id, set())
+        return bool(held[user.pk] & needed) if needed else bool(held[user.pk])
+
+    return [s for s in wanted
+            if (may(s.user, None) if s.user_id else may(s.created_by, {"deploy", "rollback"}))]
 
 
 def _subscription_recipient(subscription: Subscription) -> tuple[str, str]:
@@ -70,7 +88,7 @@ def _subscription_recipient(subscription: Subscription) -> tuple[str, str]:
         address = subscription.target or (subscription.user.email if subscription.user else "")
         name = subscription.user.get_username() if subscription.user else address
         return address, name
-    return subscription.target, subscription.target
+    return subscription.target, redact_target(subscription.target)
 
 
 def _queue(*, event_key: str, message: Message, change_id, deployment_id, environment: str,

@@ -75,3 +75,17 @@ def test_webhook_urls_stay_out_of_the_audit_trail_and_the_pages(demo, client):
     client.force_login(demo.oncall)
     page = client.get("/notifications/").content.decode()
     assert "very-secret-token" not in page and "hooks.example.com" in page
+
+
+def test_someone_who_lost_access_stops_hearing_about_the_environment(demo):
+    from deployments.models import Environment
+    from notifications.services import _subscriptions
+
+    staging = Environment.objects.get(slug="staging")
+    qa = demo.qa
+    qa.email = "qa@example.com"
+    qa.save()
+    services.subscription_create(actor=qa, channel="email", environment=staging, user=qa)
+    assert len(_subscriptions("post_deployment", 1, staging.pk)) == 1
+    qa.groups.clear()
+    assert _subscriptions("post_deployment", 1, staging.pk) == []
