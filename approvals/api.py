@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import generics, serializers, status
+from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
 from approvals import selectors, services
@@ -17,6 +18,7 @@ from deployments.models import Deployment, Environment, Release
 from portal.api import APPROVE, DEPLOY, REQUEST, ApiMixin, ApiView, BoundedDateTimeField
 from portal.errors import Conflict
 from portal.idempotency import idempotent
+from portal.permissions import environment_permissions, is_auditor
 
 
 class ApprovalSerializer(serializers.ModelSerializer):
@@ -342,6 +344,11 @@ class Preflight(ApiView):
             release = get_object_or_404(releases, application__slug=params["application"],
                                         version=params["version"])
         environment = get_object_or_404(Environment, slug=params["environment"])
+        user = request.user
+        if not (user.is_superuser or is_auditor(user)
+                or environment.pk in environment_permissions(user)):
+            # What runs in an environment is for those who work in it.
+            raise NotFound("No such environment.")
         result = preflight(release=release, environment=environment,
                            change_type=params["change_type"], at=params.get("at"))
         return Response(PreflightOutSerializer({

@@ -462,3 +462,11 @@ def test_deploy_refuses_approvals_given_before_a_change_they_did_not_see(demo):
     assert exc.value.blockers[0]["message"] == (
         "the Tech lead approval was given before the configuration changed; it has to be "
         "given again")
+
+
+def test_preflight_is_only_for_environments_one_works_in(demo, api):
+    release = green_release()
+    url = f"/api/v1/preflight/?release={release.pk}&environment=production"
+    assert api(demo.outsider).get(url).status_code == 404
+    assert api(demo.cab).get(url).status_code == 200
+    assert api(demo.auditor).get(url).status_code == 200
