@@ -106,6 +106,14 @@ class _Echo:
         return value
 
 
+_csv_writer = csv.writer(_Echo())
+
+
+def _csv_line(cells: list[str]) -> bytes:
+    """One CSV line as csv.writer writes it, without its line ending."""
+    return _csv_writer.writerow(cells)[:-2].encode()
+
+
 def _export(request, kind: str):
     form, filters = _event_filters(request)
     if form.errors:
@@ -119,23 +127,20 @@ def _export(request, kind: str):
         audit_record(actor=request.user, action="audit.exported", object_type="auditevent",
                      object_repr=f"audit trail ({kind})",
                      after={"format": kind, "filters": used})
-    rows = sel.events_matching(filters).values(*EXPORT_FIELDS).iterator(chunk_size=2000)
+    events = sel.events_matching(filters)
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    # PostgreSQL builds each line (see audit_selectors.export_stream); _csv_cell and
+    # DjangoJSONEncoder remain the definition of what a line holds.
     if kind == "csv":
-        writer = csv.writer(_Echo())
-
-        def lines():
-            yield writer.writerow(EXPORT_FIELDS)
-            for row in rows:
-                yield writer.writerow([_csv_cell(row[name]) for name in EXPORT_FIELDS])
-
-        response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+        lines = sel.export_stream(
+            events, EXPORT_FIELDS, sel.export_csv_line_sql(EXPORT_FIELDS, style="auditor"),
+            header=_csv_line(EXPORT_FIELDS) + b"\r\n", terminator=b"\r\n",
+            fallback=lambda row: _csv_line([_csv_cell(row[name]) for name in EXPORT_FIELDS]))
+        response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
     else:
-        def lines():
-            for row in rows:
-                yield json.dumps(row, cls=DjangoJSONEncoder, ensure_ascii=False) + "\n"
-
-        response = StreamingHttpResponse(lines(), content_type="application/x-ndjson")
+        lines = sel.export_stream(events, EXPORT_FIELDS, sel.export_jsonl_line_sql(EXPORT_FIELDS),
+                                  terminator=b"\n")
+        response = StreamingHttpResponse(lines, content_type="application/x-ndjson")
     response["Content-Disposition"] = f'attachment; filename="audit-{stamp}.{kind}"'
     return response
 

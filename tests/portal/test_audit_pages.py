@@ -7,14 +7,18 @@ import json
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.core.serializers.json import DjangoJSONEncoder
+from django.core.signals import request_finished
+from django.db import close_old_connections, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from approvals import services as approval_services
 from deployments.models import Environment
+from portal.api_views import _cell as api_cell
 from portal.audit import compute_hash
 from portal.audit_selectors import compliance_for
+from portal.auditor_views import EXPORT_FIELDS, _csv_cell
 from portal.models import AuditEvent
 from tests.conftest import PASSWORD
 from tests.factories import ReleaseFactory, request_change
@@ -180,6 +184,130 @@ def test_export_with_a_bad_filter_is_a_400(demo, client):
     response = client.get("/audit/export.jsonl?until=soon")
     assert response.status_code == 400
     assert not AuditEvent.objects.filter(action="audit.exported").exists()
+
+
+def tricky_events(count: int = 1) -> list[AuditEvent]:
+    """Events whose every field stresses an export: formula characters, separators,
+    quotes, line breaks, non-ASCII, every kind of JSON value, both IP families, and
+    times with and without (milli/micro)seconds."""
+    texts = ["=cmd|' /C calc'!A0", "-5", "+1", "@SUM(A1)", "\tTab", "\rCR", "a,b",
+             'say "hi"', "line\nbreak", "back\\slash", "unicode \u00e9 \u65e5\u672c \U0001f389",
+             "\x01ctrl \x7f", "'quoted", "", "plain"]
+    jsons = [None, {}, {"status": "pending", "n": 1, "ok": True, "no": False, "x": None},
+             {"b": 1, "a": 2, "aa": 3, "B": 0}, {"nested": {"z": 1, "a": [1, {"y": 2}]}},
+             {"f": 0.25, "tiny": 1e-05}, {"s": "it's"}, {"s": "caf\u00e9"},
+             {"q": 'say "hi"', "nl": "a\nb", "bs": "a\\b", "c": "x,y", "t": "\t"},
+             ["list", 1], "=formula", 5, True, {"big": 12345678901234567890, "neg": -3},
+             {"=k": "-v", "emoji": "\U0001f389"}]
+    ips = [None, "10.0.0.1", "2001:db8::1"]
+    micro = [0, 123456, 500, 999999]
+    base = timezone.now().replace(microsecond=0) - timedelta(days=1)
+    events = []
+    for i in range(count):
+        text = texts[i % len(texts)]
+        events.append(AuditEvent(
+            occurred_at=base + timedelta(seconds=i, microseconds=micro[i % len(micro)]),
+            actor_name=texts[(i + 3) % len(texts)] or "someone", actor_kind="user",
+            action="tricky.case", object_type="thing", object_id=str(i), object_repr=text,
+            environment=["staging", "", "production"][i % 3],
+            before=jsons[i % len(jsons)], after=jsons[(i * 7 + 3) % len(jsons)],
+            reason=texts[(i + 5) % len(texts)], request_id=texts[(i + 7) % len(texts)][:64],
+            ip=ips[i % len(ips)], user_agent=texts[(i + 11) % len(texts)],
+            prev_hash="0" * 64, hash=f"{i:064x}"))
+    return AuditEvent.objects.bulk_create(events)
+
+
+def reference_csv(rows, cell) -> bytes:
+    """What csv.writer writes for these rows with the view's own cell function."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(EXPORT_FIELDS)
+    for row in rows:
+        writer.writerow([cell(row[name]) for name in EXPORT_FIELDS])
+    return out.getvalue().encode()
+
+
+def test_csv_export_writes_exactly_what_the_cell_rules_say(demo, client):
+    # PostgreSQL builds the lines; every value must come out as _csv_cell writes it.
+    tricky_events(60)
+    client.force_login(demo.auditor)
+    got = b"".join(client.get("/audit/export.csv?action=tricky.case").streaming_content)
+    rows = AuditEvent.objects.filter(action="tricky.case").order_by("-id").values(
+        *EXPORT_FIELDS)
+    assert got == reference_csv(rows, _csv_cell)
+    parsed = list(csv.DictReader(io.StringIO(got.decode())))
+    assert len(parsed) == 60 and parsed[0]["action"] == "tricky.case"
+
+
+def test_jsonl_export_lines_hold_the_same_values_as_the_stored_events(demo, client):
+    tricky_events(60)
+    client.force_login(demo.auditor)
+    got = b"".join(client.get("/audit/export.jsonl?action=tricky.case").streaming_content)
+    lines = got.decode().split("\n")
+    assert lines.pop() == ""
+    rows = list(AuditEvent.objects.filter(action="tricky.case").order_by("-id")
+                .values(*EXPORT_FIELDS))
+    assert len(lines) == len(rows) == 60
+    for line, row in zip(lines, rows, strict=True):
+        expected = json.dumps(row, cls=DjangoJSONEncoder, ensure_ascii=False)
+        assert json.loads(line) == json.loads(expected)
+        assert list(json.loads(line)) == EXPORT_FIELDS
+        if "tiny" not in expected:  # PostgreSQL writes 1e-05 as 0.00001: same number
+            assert line == expected
+
+
+def test_api_csv_writes_exactly_what_the_cell_rules_say(demo, api):
+    tricky_events(45)
+    got = b"".join(api(demo.auditor).get(
+        "/api/v1/audit-events/?format=csv&action=tricky.case").streaming_content)
+    events = AuditEvent.objects.filter(action="tricky.case").order_by("id")
+    rows = [{name: getattr(e, name) for name in EXPORT_FIELDS} for e in events]
+    assert got == reference_csv(rows, api_cell)
+
+
+def test_export_filters_with_quotes_and_wildcards_are_bound_not_spliced(demo, client, api):
+    record("thing.odd", object_id="o'brien%_\\x")
+    record("thing.odd", object_id="o'brienX")
+    client.force_login(demo.auditor)
+    csv_rows = list(csv.DictReader(io.StringIO(body(client.get(
+        "/audit/export.csv?object_id=o'brien%25_%5Cx")))))
+    assert [r["object_id"] for r in csv_rows] == ["o'brien%_\\x"]
+    streamed = api(demo.auditor).get("/api/v1/audit-events/?format=csv&actor=system%25'--")
+    assert streamed.status_code == 200
+    assert b"".join(streamed.streaming_content).count(b"\r\n") == 1  # the header alone
+
+
+def test_an_export_that_matches_nothing_is_the_header_alone(demo, client):
+    client.force_login(demo.auditor)
+    # An actor nobody is and a time range with no events: empty queries, no SQL error.
+    assert body(client.get("/audit/export.csv?since=2999-01-01")) == ",".join(
+        EXPORT_FIELDS) + "\r\n"
+    assert body(client.get("/audit/export.jsonl?actor=nobody-at-all")) == ""
+
+
+def test_an_export_abandoned_midway_leaves_the_connection_usable(demo, rf):
+    from portal.auditor_views import audit_export_jsonl
+
+    tricky_events(1500)  # about 600 kB: PostgreSQL is still sending when the client leaves
+    request = rf.get("/audit/export.jsonl")
+    request.user = demo.auditor
+    response = audit_export_jsonl(request)
+    assert next(response.streaming_content).startswith(b'{"id": ')
+    # The client hangs up and the server closes the response mid-COPY. (The signal that
+    # would then close the connection is held back, to go on using it here.)
+    request_finished.disconnect(close_old_connections)
+    try:
+        response.close()
+    finally:
+        request_finished.connect(close_old_connections)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+                       " AND datname = current_database() AND query LIKE 'COPY (SELECT %%'")
+        assert cursor.fetchone() == (0,)
+    assert AuditEvent.objects.filter(action="tricky.case").count() == 1500
+    request = rf.get("/audit/export.jsonl", {"action": "tricky.case"})
+    request.user = demo.auditor
+    assert len(b"".join(audit_export_jsonl(request).streaming_content).splitlines()) == 1500
 
 
 # --- deployment history and evidence -------------------------------------------
