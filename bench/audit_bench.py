@@ -17,6 +17,7 @@ import random
 import statistics
 import sys
 import time
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -56,8 +57,8 @@ def setup(database: str, fresh: bool) -> None:
     call_command("migrate", verbosity=0)
 
 
-def generate(rows: int) -> None:
-    """Append ``rows`` events with a valid chain, spread over three years, by COPY."""
+def generate(rows: int, years: float = 2) -> None:
+    """Append ``rows`` events with a valid chain, spread over ``years`` up to now, by COPY."""
     from django.db import connection
     from psycopg.types.json import Jsonb
 
@@ -66,9 +67,8 @@ def generate(rows: int) -> None:
 
     last = AuditEvent.objects.order_by("-id").values("hash", "occurred_at").first()
     prev = last["hash"] if last else GENESIS_HASH
-    # Spread over the three years up to now, as a trail past one purge would be.
     now = datetime.now(UTC)
-    start = last["occurred_at"] if last else now - timedelta(days=3 * 365)
+    start = last["occurred_at"] if last else now - timedelta(days=365 * years - 1)
     step = (now - start) / (max(rows, 1) + 1)
     rng = random.Random(42)
     columns = list(HASHED_FIELDS) + ["hash"]
@@ -98,6 +98,122 @@ def generate(rows: int) -> None:
     print(f"generated {rows} events in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
 
+def _insert_select(model, values: dict[str, str], source: str, params=()) -> int:
+    """``INSERT INTO <model> (...) SELECT ... FROM <source>``: ``values`` maps columns to
+    SQL expressions; every other column gets its field's default as a parameter."""
+    from django.db import connection
+
+    columns, exprs, defaults = [], [], []
+    for f in model._meta.concrete_fields:
+        columns.append(f'"{f.column}"')
+        if f.column in values:
+            exprs.append(values[f.column].replace("%", "%%"))
+        else:
+            exprs.append("%s")
+            defaults.append(None if f.null and not f.has_default()
+                            else f.get_db_prep_save(f.get_default(), connection))
+    unknown = set(values) - {f.column for f in model._meta.concrete_fields}
+    assert not unknown, unknown
+    # Defaults first (they appear first in the SELECT list), then the source's params.
+    sql = (f'INSERT INTO "{model._meta.db_table}" ({", ".join(columns)}) '
+           f'SELECT {", ".join(exprs)} FROM {source}')
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*defaults, *params])
+        count = cursor.rowcount
+        cursor.execute(f"SELECT setval(pg_get_serial_sequence('{model._meta.db_table}', 'id'), "
+                       f'(SELECT max(id) FROM "{model._meta.db_table}"))')
+    return count
+
+
+APPLICATIONS = [f"service-{i:02d}" for i in range(12)]
+
+
+def generate_deployments(count: int, years: float = 2) -> None:
+    """``count`` deployments over ``years`` up to now, in id and time order, each with its
+    release, its change (requester, two gates, two approvals) and its backup and
+    health-check steps: what the deployment history pages read."""
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+
+    from approvals.models import Approval, ChangeRequest, Gate
+    from deployments.models import Application, Deployment, DeploymentStep, Environment, Release
+
+    t0 = time.perf_counter()
+    User = get_user_model()
+    people = [User.objects.get_or_create(username=f"user{i:03d}")[0].pk for i in range(40)]
+    for order, slug in enumerate(ENVIRONMENTS):
+        Environment.objects.get_or_create(slug=slug, defaults={"name": slug.title(),
+                                                               "order": order})
+    envs = list(Environment.objects.filter(slug__in=ENVIRONMENTS).order_by("order")
+                .values_list("pk", flat=True))
+    for slug in APPLICATIONS:
+        Application.objects.get_or_create(slug=slug, defaults={"name": slug.title()})
+    app_ids = list(Application.objects.filter(slug__in=APPLICATIONS).order_by("slug")
+                   .values_list("pk", flat=True))
+
+    def base(model) -> int:
+        return model.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+    span = f"interval '{365 * years - 1} days'"
+    # A release goes to development, staging, then production: three deployments each.
+    releases = count // 3 + 1
+    r0, c0, d0, g0, a0, s0 = (base(m) for m in (Release, ChangeRequest, Deployment, Gate,
+                                                 Approval, DeploymentStep))
+    apps_arr = "ARRAY[" + ",".join(map(str, app_ids)) + "]"
+    envs_arr = "ARRAY[" + ",".join(map(str, envs)) + "]"
+    people_arr = "ARRAY[" + ",".join(map(str, people)) + "]"
+    at = f"(now() - {span} + {span} * (g::float8 / {count}))"
+    _insert_select(Release, {
+        "id": f"{r0} + g", "application_id": f"({apps_arr})[1 + g % {len(app_ids)}]",
+        "version": f"'2.' || (g / {len(app_ids)}) || '.0'",
+        "commit_sha": "md5(g::text)", "artifact_sha256": "md5(g::text) || md5(g::text)",
+        "checks": "CASE WHEN g % 4 = 0 THEN '{\"security_scan\": {\"status\": \"passed\"}}'"
+                  "::jsonb ELSE '{}'::jsonb END",
+        "created_by_id": f"({people_arr})[1 + g % {len(people)}]",
+        "created_at": f"(now() - {span} + {span} * (g::float8 * 3 / {count}))",
+    }, f"generate_series(1, {releases}) AS g")
+    # One change per deployment, by one of 40 people, approved by two others.
+    _insert_select(ChangeRequest, {
+        "id": f"{c0} + g", "release_id": f"{r0} + 1 + (g - 1) / 3",
+        "environment_id": f"({envs_arr})[1 + (g - 1) % 3]",
+        "status": "'deployed'", "risk": "'low'",
+        "rollback_plan": "'Redeploy the previous release.'",
+        "requested_by_id": f"({people_arr})[1 + g % {len(people)}]",
+        "created_at": at, "submitted_at": at, "closed_at": at,
+    }, f"generate_series(1, {count}) AS g")
+    _insert_select(Gate, {
+        "id": f"{g0} + g", "change_id": f"{c0} + (g + 1) / 2",
+        "role": "CASE WHEN g % 2 = 1 THEN 'tech_lead' ELSE 'cab' END", "status": "'approved'",
+    }, f"generate_series(1, {2 * count}) AS g")
+    _insert_select(Approval, {
+        "id": f"{a0} + g", "gate_id": f"{g0} + g", "change_id": f"{c0} + (g + 1) / 2",
+        "approver_id": f"({people_arr})[1 + ((g + 1) / 2 + 1 + g % 2) % {len(people)}]",
+        "decision": "'approved'", "decided_at": f"(now() - {span} + {span} * "
+                                                f"(((g + 1) / 2)::float8 / {count}))",
+    }, f"generate_series(1, {2 * count}) AS g")
+    _insert_select(Deployment, {
+        "id": f"{d0} + g", "application_id": f"({apps_arr})[1 + ((g - 1) / 3 + 1) % "
+                                             f"{len(app_ids)}]",
+        "environment_id": f"({envs_arr})[1 + (g - 1) % 3]",
+        "release_id": f"{r0} + 1 + (g - 1) / 3", "change_id": f"{c0} + g",
+        "status": "CASE WHEN g % 50 = 0 THEN 'failed' WHEN g % 97 = 0 THEN 'cancelled' "
+                  "ELSE 'succeeded' END",
+        "progress": "100", "started_by_id": f"({people_arr})[1 + g % {len(people)}]",
+        "created_at": at, "started_at": at, "finished_at": f"{at} + interval '4 minutes'",
+    }, f"generate_series(1, {count}) AS g")
+    _insert_select(DeploymentStep, {
+        "id": f"{s0} + g", "deployment_id": f"{d0} + (g + 1) / 2",
+        "position": "2 - g % 2",
+        "name": "CASE WHEN g % 2 = 1 THEN 'backup' ELSE 'health_check' END",
+        "title": "CASE WHEN g % 2 = 1 THEN 'Backup' ELSE 'Health check' END",
+        "status": "'succeeded'",
+    }, f"generate_series(1, {2 * count}) AS g")
+    with connection.cursor() as cursor:
+        for model in (Release, ChangeRequest, Gate, Approval, Deployment, DeploymentStep):
+            cursor.execute(f'ANALYZE "{model._meta.db_table}"')
+    print(f"generated {count} deployments in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+
 def timed(fn, repeat: int = 5) -> float:
     """Median seconds of ``repeat`` runs after one warm-up run."""
     fn()
@@ -120,7 +236,75 @@ def bare(sql: str, params=()):
     return run
 
 
-def measure(rows_target: int, repeat: int) -> list[tuple[str, float, float, str]]:
+def api_client(user):
+    """A REST client with a fresh bearer token of ``user``."""
+    from rest_framework.test import APIClient
+
+    from portal.audit import System
+    from portal.services import api_token_issue
+
+    _, raw = api_token_issue(actor=System("bench"), user=user, name=f"bench-{time.time_ns()}")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    return client
+
+
+def measure_history(client, repeat: int) -> list[tuple[str, float, float, str]]:
+    """The first page of the deployment history pages, filtered, against the bare
+    SELECT of the same page."""
+    from deployments.models import Application, Deployment, Environment
+
+    if not Deployment.objects.exists():
+        return []
+    production = Environment.objects.get(slug="production").pk
+    app = Application.objects.get(slug=APPLICATIONS[3])
+    year_ago = datetime.now(UTC) - timedelta(days=365)
+    month = f"since={year_ago:%Y-%m-%d}&until={year_ago + timedelta(days=30):%Y-%m-%d}"
+    table = "deployments_deployment"
+    cases = [
+        ("auditor history, newest page", "/auditor/deployments/",
+         f"SELECT * FROM {table} ORDER BY id DESC LIMIT 51", ()),
+        ("auditor history, production", "/auditor/deployments/?environment=production",
+         f"SELECT * FROM {table} WHERE environment_id = %s ORDER BY id DESC LIMIT 51",
+         (production,)),
+        ("auditor history, application + production + failed",
+         f"/auditor/deployments/?application={app.slug}&environment=production&status=failed",
+         f"SELECT * FROM {table} WHERE application_id = %s AND environment_id = %s "
+         "AND status = 'failed' ORDER BY id DESC LIMIT 51", (app.pk, production)),
+        ("auditor history, one requester", "/auditor/deployments/?requester=user007",
+         f"SELECT * FROM {table} WHERE change_id IN (SELECT id FROM approvals_changerequest "
+         "WHERE requested_by_id = (SELECT id FROM auth_user WHERE username = 'user007')) "
+         "ORDER BY id DESC LIMIT 51", ()),
+        ("auditor history, one approver", "/auditor/deployments/?approver=user011",
+         f"SELECT * FROM {table} WHERE change_id IN (SELECT change_id FROM approvals_approval "
+         "WHERE approver_id = (SELECT id FROM auth_user WHERE username = 'user011')) "
+         "ORDER BY id DESC LIMIT 51", ()),
+        ("auditor history, one month a year ago", f"/auditor/deployments/?{month}",
+         f"SELECT * FROM {table} WHERE created_at >= %s AND created_at < %s "
+         "ORDER BY id DESC LIMIT 51", (year_ago.date(), (year_ago + timedelta(days=30)).date())),
+        ("deployments page, newest", "/deployments/",
+         f"SELECT * FROM {table} ORDER BY created_at DESC, id DESC LIMIT 100", ()),
+        ("deployments page, application + production",
+         f"/deployments/?application={app.slug}&environment=production",
+         f"SELECT * FROM {table} WHERE application_id = %s AND environment_id = %s "
+         "ORDER BY created_at DESC, id DESC LIMIT 100", (app.pk, production)),
+        ("deployments page, failed", "/deployments/?status=failed",
+         f"SELECT * FROM {table} WHERE status = 'failed' "
+         "ORDER BY created_at DESC, id DESC LIMIT 100", ()),
+    ]
+    results = []
+    for name, url, sql, params in cases:
+        def page(url=url):
+            response = client.get(url)
+            assert response.status_code == 200, (url, response.status_code)
+
+        results.append((name, timed(page, repeat), timed(bare(sql, params), repeat),
+                        "first page, rendered"))
+    return results
+
+
+def measure(rows_target: int, repeat: int,
+            skip_chain: bool = False) -> list[tuple[str, float, float, str]]:
     from django.contrib.auth import get_user_model
     from django.db import connection, transaction
     from django.test import Client
@@ -168,22 +352,49 @@ def measure(rows_target: int, repeat: int) -> list[tuple[str, float, float, str]
         results.append((name, timed(page(url), repeat), timed(bare(sql, params), repeat),
                         "one page of 50, rendered"))
 
-    # Export: JSON Lines of one environment's events for one month.
-    month_from = datetime.now(UTC) - timedelta(days=400)
-    month_to = month_from + timedelta(days=30)
-    export_url = (f"/audit/export.jsonl?environment=staging&since={month_from:%Y-%m-%d}"
-                  f"&until={month_to:%Y-%m-%d}")
-    exported = {}
+    results += measure_history(client, repeat)
 
-    def export():
-        response = client.get(export_url)
-        exported["n"] = sum(chunk.count(b"\n") for chunk in response.streaming_content)
+    # Exports: one environment over 60 days (about 270,000 events at 10 million), each
+    # of the three formats, against a bare SELECT of the same rows; then, traced, the
+    # peak of Python memory while streaming, which must not grow with the rows.
+    since = datetime.now(UTC) - timedelta(days=400)
+    until = since + timedelta(days=60)
+    window = f"environment=staging&since={since:%Y-%m-%d}&until={until:%Y-%m-%d}"
+    exports = [
+        ("export JSON Lines", f"/audit/export.jsonl?{window}", client),
+        ("export CSV", f"/audit/export.csv?{window}", client),
+        ("API export CSV", f"/api/v1/audit-events/?format=csv&environment=staging"
+         f"&since={since:%Y-%m-%d}T00:00:00Z&until={until:%Y-%m-%d}T00:00:00Z",
+         api_client(auditor)),
+    ]
+    bare_export = bare("SELECT * FROM portal_auditevent WHERE environment = 'staging' "
+                       "AND occurred_at >= %s AND occurred_at < %s", (since, until))
+    bare_s = timed(bare_export, 3)
+    for name, url, who in exports:
+        streamed = {}
 
-    results.append(("export JSON Lines, one environment, one month", timed(export, repeat),
-                    timed(bare(f"SELECT {cols} FROM portal_auditevent WHERE environment = "
-                               "'staging' AND occurred_at >= %s AND occurred_at < %s",
-                               (month_from, month_to)), repeat),
-                    f"{exported['n']} rows streamed"))
+        def export(url=url, who=who, streamed=streamed):
+            response = who.get(url)
+            assert response.status_code == 200, response.status_code
+            lines = size = 0
+            for chunk in response.streaming_content:
+                lines += chunk.count(b"\n")
+                size += len(chunk)
+            streamed.update(lines=lines, size=size)
+
+        took = timed(export, 3)
+        tracemalloc.start()
+        export()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        rows = streamed["lines"] - (1 if "csv" in url else 0)
+        results.append((f"{name}, one environment, 60 days", took, bare_s,
+                        f"{rows} rows, {rows / took:,.0f} rows/s, "
+                        f"{streamed['size'] / took / 1e6:.0f} MB/s, "
+                        f"Python peak {peak / 1024:,.0f} KiB"))
+    if skip_chain:
+        print(f"measured at {total} events", file=sys.stderr)
+        return results
 
     # Writing: audit_record (chain lock, head lookup, SHA-256) against a bare INSERT.
     n = 500
@@ -257,17 +468,24 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--database", default="portal_bench")
+    parser.add_argument("--deployments", type=int, default=200_000)
     parser.add_argument("--fresh", action="store_true", help="drop and recreate the database")
+    parser.add_argument("--skip-chain", action="store_true",
+                        help="pages and exports only: no writes, verify_audit or purge")
     args = parser.parse_args()
     setup(args.database, args.fresh)
+    from deployments.models import Deployment
     from portal.models import AuditEvent
 
     have = AuditEvent.objects.count()
     if have < args.rows:
         generate(args.rows - have)
+    have = Deployment.objects.count()
+    if have < args.deployments:
+        generate_deployments(args.deployments - have)
     print("| measurement | portal (s) | bare stack (s) | ratio | note |")
     print("| --- | ---: | ---: | ---: | --- |")
-    for name, ours, base, note in measure(args.rows, args.repeat):
+    for name, ours, base, note in measure(args.rows, args.repeat, args.skip_chain):
         print(f"| {name} | {ours:.4f} | {base:.4f} | {ours / base:.1f}x | {note} |")
 
 
