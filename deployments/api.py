@@ -21,7 +21,6 @@ from deployments.models import (
     Release,
 )
 from portal.api import DEPLOY, REQUEST, ApiMixin, ApiView, DateTimeFilter
-from portal.errors import Conflict
 from portal.idempotency import idempotent
 
 
@@ -233,12 +232,8 @@ class DeploymentRollback(ApiView):
         deployment = get_object_or_404(selectors.deployments_visible_to(request.user), pk=pk)
         data = RollbackInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        rollback = getattr(services, "deployment_rollback", None)
-        if rollback is None:
-            raise Conflict("this portal cannot roll back deployments yet",
-                           code="rollback_unavailable")
-        rolled = rollback(actor=request.user, deployment=deployment,
-                          reason=data.validated_data["reason"])
+        rolled = services.deployment_rollback(actor=request.user, deployment=deployment,
+                                              reason=data.validated_data["reason"])
         rolled = selectors.deployments_visible_to(request.user).filter(pk=rolled.pk) \
             .prefetch_related(*DEPLOYMENT_PREFETCH).first() or rolled
         return Response(DeploymentSerializer(rolled).data, status=status.HTTP_202_ACCEPTED)
