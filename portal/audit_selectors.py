@@ -496,12 +496,12 @@ _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 def _sql_iso(column: str, *, sep: str = "T", fraction: str = "US", zulu: bool = False) -> str:
     """``datetime.isoformat()`` of a timestamptz in UTC (DjangoJSONEncoder style when
     ``zulu``: milliseconds and "Z"). The fraction is left out when the microseconds
-    are zero, as Python does."""
-    at = f"({column} AT TIME ZONE 'UTC')"
-    return (f"(to_char({at}, 'YYYY-MM-DD\"{sep}\"HH24:MI:SS')"
-            f" || CASE WHEN extract(microseconds FROM {column})::int % 1000000 <> 0"
-            f" THEN to_char({at}, '.{fraction}') ELSE '' END"
-            f" || '{'Z' if zulu else '+00:00'}')")
+    are zero, as Python does (milliseconds are cut from them, not rounded)."""
+    text = f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"{sep}\"HH24:MI:SS.US')"
+    whole = f"CASE WHEN right({text}, 6) = '000000' THEN left({text}, 19)"
+    if fraction == "MS":
+        return f"({whole} ELSE left({text}, 23) END || '{'Z' if zulu else '+00:00'}')"
+    return f"({whole} ELSE {text} END || '{'Z' if zulu else '+00:00'}')"
 
 
 def _sql_ip(column: str) -> str:
@@ -519,15 +519,37 @@ def _sql_csv_cell(expr: str) -> str:
             f" || '\"' ELSE {text} END)")
 
 
+def _sql_flat(text: str, chars: str) -> str:
+    """Whether ``text`` (a jsonb's text) is an object whose keys and string values use
+    only ``chars`` (a regular expression class body) and whose other values are
+    integers, booleans or null: what the fast paths below can write as it stands."""
+    string = f'"[{chars}]*"'
+    pair = f"{string}: ({string}|-?[0-9]+|true|false|null)"
+    return f"({text} ~ '^\\{{({pair}(, {pair})*)?\\}}$')"
+
+
+# Printable ASCII without " and \ (sorted JSON); also without ' and : (Python repr).
+_JSON_PLAIN = r" !#-\[\]-~"
+_REPR_PLAIN = r" !#-&(-9;-\[\]-~"
+
+
 def _sql_json_sorted(column: str) -> str:
     """``json.dumps(value, sort_keys=True)`` (ASCII) of a flat object whose values are
-    strings, integers, booleans or null; NULL for anything else."""
+    strings, integers, booleans or null; NULL for anything else.
+
+    When the keys already come in code point order (always, with one key) and the
+    strings need no escaping, the jsonb's own text is that JSON; otherwise the keys
+    are sorted one by one."""
+    text = f"{column}::text"
     simple = ("(jsonb_typeof(v) IN ('string', 'boolean', 'null')"
               " OR (jsonb_typeof(v) = 'number' AND v::text ~ '^-?[0-9]+$'))")
+    in_order = (f"(strpos({text}, ', \"') = 0 OR (SELECT array_agg(k ORDER BY n) = array_agg("
+                f"k ORDER BY k COLLATE \"C\") FROM jsonb_object_keys({column})"
+                " WITH ORDINALITY AS o(k, n)))")
     return (f"(CASE WHEN {column} IS NULL OR jsonb_typeof({column}) = 'null' THEN ''"
-            f" WHEN jsonb_typeof({column}) = 'object'"
-            f" AND octet_length({column}::text) = length({column}::text) THEN"
-            f" (SELECT CASE WHEN coalesce(bool_and({simple}), true) THEN '{{' || coalesce("
+            f" WHEN {_sql_flat(text, _JSON_PLAIN)} AND {in_order} THEN {text}"
+            f" WHEN jsonb_typeof({column}) = 'object' AND octet_length({text}) = length({text})"
+            f" THEN (SELECT CASE WHEN coalesce(bool_and({simple}), true) THEN '{{' || coalesce("
             f"string_agg(to_json(k)::text || ': ' || v::text, ', ' ORDER BY k COLLATE \"C\"),"
             f" '') || '}}' END FROM jsonb_each({column}) AS j(k, v)) END)")
 
@@ -535,15 +557,22 @@ def _sql_json_sorted(column: str) -> str:
 def _sql_python_repr(column: str) -> str:
     """``str(value)`` (Python's repr of the dict) of a flat object whose keys and string
     values are printable ASCII without quotes or backslashes, and whose other values
-    are integers, booleans or null; NULL for anything else."""
-    safe = "'^[ -&(-\\[\\]-~]*$'"
+    are integers, booleans or null; NULL for anything else.
+
+    With no colon in its strings either, the jsonb's text becomes that repr by swapping
+    the quotes and the three literals; otherwise it is written value by value."""
+    text = f"{column}::text"
+    safe = r"'^[ -&(-\[\]-~]*$'"
     simple = (f"(k ~ {safe} AND ((jsonb_typeof(v) = 'string' AND (v #>> '{{}}') ~ {safe})"
               " OR jsonb_typeof(v) IN ('boolean', 'null')"
               " OR (jsonb_typeof(v) = 'number' AND v::text ~ '^-?[0-9]+$')))")
     value = ("CASE jsonb_typeof(v) WHEN 'string' THEN '''' || (v #>> '{}') || ''''"
              " WHEN 'boolean' THEN CASE WHEN v = 'true'::jsonb THEN 'True' ELSE 'False' END"
              " WHEN 'null' THEN 'None' ELSE v::text END")
+    swapped = (f"replace(replace(replace(translate({text}, '\"', ''''), ': true', ': True'),"
+               " ': false', ': False'), ': null', ': None')")
     return (f"(CASE WHEN {column} IS NULL OR jsonb_typeof({column}) = 'null' THEN ''"
+            f" WHEN {_sql_flat(text, _REPR_PLAIN)} THEN {swapped}"
             f" WHEN jsonb_typeof({column}) = 'object' THEN"
             f" (SELECT CASE WHEN coalesce(bool_and({simple}), true) THEN '{{' || coalesce("
             f"string_agg('''' || k || ''': ' || {value}, ', ' ORDER BY n), '') || '}}' END"
@@ -573,28 +602,39 @@ def export_csv_line_sql(fields: list[str], *, style: str) -> tuple[str, str]:
     JSON values the SQL cannot render becomes a fallback line instead.
     """
     render = _sql_json_sorted if style == "auditor" else _sql_python_repr
-    cells, rendered = [], []
+    cells, texts, rendered = [], [], []
     for name in fields:
         column = f'e."{name}"'
         if name == "id":
             cells.append(f"{column}::text")
         elif name == "occurred_at":
             cells.append(_sql_iso(column, sep="T" if style == "auditor" else " "))
-        elif name == "ip":
-            cells.append(f"coalesce({_sql_csv_cell(_sql_ip(column))}, '')")
         elif name in ("before", "after"):
-            rendered.append(f"{render(column)} AS {name}")
-            cells.append(_sql_csv_cell(f"r.{name}"))
+            rendered.append(f"{_sql_csv_cell(render(column))} AS {name}")
+            cells.append(f"r.{name}")
         else:
-            cells.append(_sql_csv_cell(column))
+            value = f"coalesce({_sql_ip(column)}, '')" if name == "ip" else column
+            texts.append(value)
+            cells.append(f"\x00{len(texts) - 1}\x00")
     line = " || ',' || ".join(cells)
+    # Most rows hold no cell that needs quoting or a formula mark: one regular expression
+    # over all their text cells (each after a \x1f) finds those that do, and only they
+    # take the cell by cell path.
+    check = " || ".join(f"E'\\x1f' || {value}" for value in texts)
+    fast, slow = line, line
+    for i, value in enumerate(texts):
+        fast = fast.replace(f"\x00{i}\x00", value)
+        slow = slow.replace(f"\x00{i}\x00", _sql_csv_cell(value))
+    line = (f"CASE WHEN ({check}) ~ '[,\"\\r\\n]|\\x1f[-=+@\\t]' THEN {slow} ELSE {fast} END"
+            if texts else fast)
     if not rendered:
         return line, ""
-    # Each JSON value is rendered once, in a lateral subquery; NULL there means the
-    # SQL could not render it and the view's Python renders the row.
+    # Each JSON value is rendered once, in a lateral subquery (OFFSET 0 keeps the
+    # planner from copying it into every reference); NULL there means the SQL could
+    # not render it and the view's Python renders the row.
     missing = " OR ".join(f"r.{name} IS NULL" for name in fields if name in ("before", "after"))
     return (f"CASE WHEN {missing} THEN {_sql_fallback(fields)} ELSE {line} END",
-            f"CROSS JOIN LATERAL (SELECT {', '.join(rendered)}) AS r")
+            f"CROSS JOIN LATERAL (SELECT {', '.join(rendered)} OFFSET 0) AS r")
 
 
 def export_jsonl_line_sql(fields: list[str]) -> tuple[str, str]:

@@ -198,7 +198,8 @@ def tricky_events(count: int = 1) -> list[AuditEvent]:
              {"f": 0.25, "tiny": 1e-05}, {"s": "it's"}, {"s": "caf\u00e9"},
              {"q": 'say "hi"', "nl": "a\nb", "bs": "a\\b", "c": "x,y", "t": "\t"},
              ["list", 1], "=formula", 5, True, {"big": 12345678901234567890, "neg": -3},
-             {"=k": "-v", "emoji": "\U0001f389"}]
+             {"=k": "-v", "emoji": "\U0001f389"}, {"status": "pending"},
+             {"a": 1, "bb": "x, y", "ccc": True}, {"a": "t: true"}]
     ips = [None, "10.0.0.1", "2001:db8::1"]
     micro = [0, 123456, 500, 999999]
     base = timezone.now().replace(microsecond=0) - timedelta(days=1)
