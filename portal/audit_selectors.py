@@ -497,11 +497,11 @@ def _sql_iso(column: str, *, sep: str = "T", fraction: str = "US", zulu: bool = 
     """``datetime.isoformat()`` of a timestamptz in UTC (DjangoJSONEncoder style when
     ``zulu``: milliseconds and "Z"). The fraction is left out when the microseconds
     are zero, as Python does (milliseconds are cut from them, not rounded)."""
-    text = f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"{sep}\"HH24:MI:SS.US')"
-    whole = f"CASE WHEN right({text}, 6) = '000000' THEN left({text}, 19)"
-    if fraction == "MS":
-        return f"({whole} ELSE left({text}, 23) END || '{'Z' if zulu else '+00:00'}')"
-    return f"({whole} ELSE {text} END || '{'Z' if zulu else '+00:00'}')"
+    at = f"({column} AT TIME ZONE 'UTC')"
+    return (f"(CASE WHEN date_trunc('second', {column}) = {column}"
+            f" THEN to_char({at}, 'YYYY-MM-DD\"{sep}\"HH24:MI:SS')"
+            f" ELSE to_char({at}, 'YYYY-MM-DD\"{sep}\"HH24:MI:SS.{fraction}') END"
+            f" || '{'Z' if zulu else '+00:00'}')")
 
 
 def _sql_ip(column: str) -> str:
@@ -533,36 +533,47 @@ _JSON_PLAIN = r" !#-\[\]-~"
 _REPR_PLAIN = r" !#-&(-9;-\[\]-~"
 
 
-def _sql_json_sorted(column: str) -> str:
-    """``json.dumps(value, sort_keys=True)`` (ASCII) of a flat object whose values are
-    strings, integers, booleans or null; NULL for anything else.
+def _sql_quoted(text: str) -> str:
+    """A CSV cell that csv.writer would quote (it holds a quote or a comma)."""
+    return f"""('"' || replace({text}, '"', '""') || '"')"""
+
+
+def _sql_json_sorted_cell(column: str) -> str:
+    """The CSV cell of ``json.dumps(value, sort_keys=True)`` (ASCII) of a flat object
+    whose values are strings, integers, booleans or null; '' for none; NULL for
+    anything else (the row is then rendered by the view's Python).
 
     When the keys already come in code point order (always, with one key) and the
     strings need no escaping, the jsonb's own text is that JSON; otherwise the keys
-    are sorted one by one."""
+    are sorted one by one. Every expression here is written once per row: the row's
+    line is built in a single pass."""
     text = f"{column}::text"
     simple = ("(jsonb_typeof(v) IN ('string', 'boolean', 'null')"
               " OR (jsonb_typeof(v) = 'number' AND v::text ~ '^-?[0-9]+$'))")
     in_order = (f"(strpos({text}, ', \"') = 0 OR (SELECT array_agg(k ORDER BY n) = array_agg("
                 f"k ORDER BY k COLLATE \"C\") FROM jsonb_object_keys({column})"
                 " WITH ORDINALITY AS o(k, n)))")
+    sorted_ = ("'{' || string_agg(to_json(k)::text || ': ' || v::text, ', '"
+               " ORDER BY k COLLATE \"C\") || '}'")
     return (f"(CASE WHEN {column} IS NULL OR jsonb_typeof({column}) = 'null' THEN ''"
-            f" WHEN {_sql_flat(text, _JSON_PLAIN)} AND {in_order} THEN {text}"
+            f" WHEN {column} = '{{}}'::jsonb THEN '{{}}'"
+            f" WHEN {_sql_flat(text, _JSON_PLAIN)} AND {in_order} THEN {_sql_quoted(text)}"
             f" WHEN jsonb_typeof({column}) = 'object' AND octet_length({text}) = length({text})"
-            f" THEN (SELECT CASE WHEN coalesce(bool_and({simple}), true) THEN '{{' || coalesce("
-            f"string_agg(to_json(k)::text || ': ' || v::text, ', ' ORDER BY k COLLATE \"C\"),"
-            f" '') || '}}' END FROM jsonb_each({column}) AS j(k, v)) END)")
+            f" THEN (SELECT CASE WHEN bool_and({simple}) THEN {_sql_quoted(sorted_)} END"
+            f" FROM jsonb_each({column}) AS j(k, v)) END)")
 
 
-def _sql_python_repr(column: str) -> str:
-    """``str(value)`` (Python's repr of the dict) of a flat object whose keys and string
-    values are printable ASCII without quotes or backslashes, and whose other values
-    are integers, booleans or null; NULL for anything else.
+def _sql_python_repr_cell(column: str) -> str:
+    """The CSV cell of ``str(value)`` (Python's repr of the dict) of a flat object whose
+    keys and string values are printable ASCII without quotes or backslashes, and
+    whose other values are integers, booleans or null; '' for none; NULL for anything
+    else (the row is then rendered by the view's Python).
 
     With no colon in its strings either, the jsonb's text becomes that repr by swapping
-    the quotes and the three literals; otherwise it is written value by value."""
+    the quotes and the three literals; otherwise it is written value by value. A repr
+    here holds no double quote, so it is quoted exactly when it holds a comma."""
     text = f"{column}::text"
-    safe = r"'^[ -&(-\[\]-~]*$'"
+    safe = r"'^[ -!#-&(-\[\]-~]*$'"
     simple = (f"(k ~ {safe} AND ((jsonb_typeof(v) = 'string' AND (v #>> '{{}}') ~ {safe})"
               " OR jsonb_typeof(v) IN ('boolean', 'null')"
               " OR (jsonb_typeof(v) = 'number' AND v::text ~ '^-?[0-9]+$')))")
@@ -571,11 +582,14 @@ def _sql_python_repr(column: str) -> str:
              " WHEN 'null' THEN 'None' ELSE v::text END")
     swapped = (f"replace(replace(replace(translate({text}, '\"', ''''), ': true', ': True'),"
                " ': false', ': False'), ': null', ': None')")
+    by_value = "'{' || string_agg('''' || k || ''': ' || " + value + ", ', ' ORDER BY n) || '}'"
     return (f"(CASE WHEN {column} IS NULL OR jsonb_typeof({column}) = 'null' THEN ''"
-            f" WHEN {_sql_flat(text, _REPR_PLAIN)} THEN {swapped}"
+            f" WHEN {column} = '{{}}'::jsonb THEN '{{}}'"
+            f" WHEN {_sql_flat(text, _REPR_PLAIN)} THEN CASE WHEN strpos({text}, ',') > 0"
+            f" THEN '\"' || {swapped} || '\"' ELSE {swapped} END"
             f" WHEN jsonb_typeof({column}) = 'object' THEN"
-            f" (SELECT CASE WHEN coalesce(bool_and({simple}), true) THEN '{{' || coalesce("
-            f"string_agg('''' || k || ''': ' || {value}, ', ' ORDER BY n), '') || '}}' END"
+            f" (SELECT CASE WHEN bool_and({simple}) THEN CASE WHEN strpos({by_value}, ',') > 0"
+            f" THEN '\"' || {by_value} || '\"' ELSE {by_value} END END"
             f" FROM jsonb_each({column}) WITH ORDINALITY AS j(k, v, n)) END)")
 
 
@@ -594,15 +608,14 @@ def _sql_fallback(fields: list[str]) -> str:
 
 
 def export_csv_line_sql(fields: list[str], *, style: str) -> tuple[str, str]:
-    """SQL for one CSV line of an event (alias ``e``) with the cells of ``fields``, and
-    the lateral join it reads the rendered JSON values from.
+    """SQL for one CSV line of an event (alias ``e``) with the cells of ``fields``.
 
     ``style`` "auditor" writes times as ``isoformat()`` and JSON values as sorted JSON
     (``_csv_cell``); "api" writes ``str()`` of each value (``_cell``). A row whose
     JSON values the SQL cannot render becomes a fallback line instead.
     """
-    render = _sql_json_sorted if style == "auditor" else _sql_python_repr
-    cells, texts, rendered = [], [], []
+    render = _sql_json_sorted_cell if style == "auditor" else _sql_python_repr_cell
+    cells, texts = [], []
     for name in fields:
         column = f'e."{name}"'
         if name == "id":
@@ -610,8 +623,7 @@ def export_csv_line_sql(fields: list[str], *, style: str) -> tuple[str, str]:
         elif name == "occurred_at":
             cells.append(_sql_iso(column, sep="T" if style == "auditor" else " "))
         elif name in ("before", "after"):
-            rendered.append(f"{_sql_csv_cell(render(column))} AS {name}")
-            cells.append(f"r.{name}")
+            cells.append(render(column))
         else:
             value = f"coalesce({_sql_ip(column)}, '')" if name == "ip" else column
             texts.append(value)
@@ -625,16 +637,11 @@ def export_csv_line_sql(fields: list[str], *, style: str) -> tuple[str, str]:
     for i, value in enumerate(texts):
         fast = fast.replace(f"\x00{i}\x00", value)
         slow = slow.replace(f"\x00{i}\x00", _sql_csv_cell(value))
-    line = (f"CASE WHEN ({check}) ~ '[,\"\\r\\n]|\\x1f[-=+@\\t]' THEN {slow} ELSE {fast} END"
-            if texts else fast)
-    if not rendered:
-        return line, ""
-    # Each JSON value is rendered once, in a lateral subquery (OFFSET 0 keeps the
-    # planner from copying it into every reference); NULL there means the SQL could
-    # not render it and the view's Python renders the row.
-    missing = " OR ".join(f"r.{name} IS NULL" for name in fields if name in ("before", "after"))
-    return (f"CASE WHEN {missing} THEN {_sql_fallback(fields)} ELSE {line} END",
-            f"CROSS JOIN LATERAL (SELECT {', '.join(rendered)} OFFSET 0) AS r")
+    if texts:
+        line = f"CASE WHEN ({check}) ~ '[,\"\\r\\n]|\\x1f[-=+@\\t]' THEN {slow} ELSE {fast} END"
+    # A JSON value the SQL cannot render is NULL, and so is the line: the row then goes
+    # to the view's Python.
+    return f"coalesce({line}, {_sql_fallback(fields)})", ""
 
 
 def export_jsonl_line_sql(fields: list[str]) -> tuple[str, str]:

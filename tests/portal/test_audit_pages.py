@@ -199,7 +199,8 @@ def tricky_events(count: int = 1) -> list[AuditEvent]:
              {"q": 'say "hi"', "nl": "a\nb", "bs": "a\\b", "c": "x,y", "t": "\t"},
              ["list", 1], "=formula", 5, True, {"big": 12345678901234567890, "neg": -3},
              {"=k": "-v", "emoji": "\U0001f389"}, {"status": "pending"},
-             {"a": 1, "bb": "x, y", "ccc": True}, {"a": "t: true"}]
+             {"a": 1, "bb": "x, y", "ccc": True}, {"a": "t: true"}, {"c": "x, y: z"},
+             {"d": 'say "hi"'}]
     ips = [None, "10.0.0.1", "2001:db8::1"]
     micro = [0, 123456, 500, 999999]
     base = timezone.now().replace(microsecond=0) - timedelta(days=1)
