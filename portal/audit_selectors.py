@@ -646,20 +646,22 @@ def export_csv_line_sql(fields: list[str], *, style: str) -> tuple[str, str]:
 
 def export_jsonl_line_sql(fields: list[str]) -> tuple[str, str]:
     """SQL for one JSON Lines line of an event (alias ``e``): the same keys, order and
-    values as ``json.dumps(row, cls=DjangoJSONEncoder, ensure_ascii=False)``."""
+    values as ``json.dumps(row, cls=DjangoJSONEncoder, ensure_ascii=False)``, except
+    ``occurred_at``, written whole (``isoformat()``, microseconds included) as the hash
+    covers it: every exported event can be hashed again elsewhere."""
     parts = []
     for name in fields:
         column = f'e."{name}"'
         if name == "id":
             value = f"{column}::text"
         elif name == "occurred_at":
-            value = f"'\"' || {_sql_iso(column, fraction='MS', zulu=True)} || '\"'"
+            value = f"'\"' || {_sql_iso(column)} || '\"'"
         elif name == "ip":
             value = f"coalesce(to_json({_sql_ip(column)})::text, 'null')"
         elif name in ("before", "after"):
             value = f"coalesce({column}::text, 'null')"
         else:
-            value = f"to_json({column})::text"
+            value = f"coalesce(to_json({column})::text, 'null')"
         parts.append(f"'{', ' if parts else '{'}\"{name}\": ' || {value}")
     return " || ".join(parts) + " || '}'", ""
 

@@ -24,6 +24,8 @@ from portal.permissions import is_auditor
 EXPORT_FIELDS = ["id", "occurred_at", "actor_name", "actor_kind", "action", "object_type",
                  "object_id", "object_repr", "environment", "before", "after", "reason",
                  "request_id", "ip", "user_agent", "prev_hash", "hash"]
+# JSON Lines carries every field the hash covers, so each line can be hashed again.
+JSONL_FIELDS = ["id", "occurred_at", "actor_id", *EXPORT_FIELDS[2:]]
 
 
 def auditor_required(view):
@@ -138,7 +140,7 @@ def _export(request, kind: str):
             fallback=lambda row: _csv_line([_csv_cell(row[name]) for name in EXPORT_FIELDS]))
         response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
     else:
-        lines = sel.export_stream(events, EXPORT_FIELDS, sel.export_jsonl_line_sql(EXPORT_FIELDS),
+        lines = sel.export_stream(events, JSONL_FIELDS, sel.export_jsonl_line_sql(JSONL_FIELDS),
                                   terminator=b"\n")
         response = StreamingHttpResponse(lines, content_type="application/x-ndjson")
     response["Content-Disposition"] = f'attachment; filename="audit-{stamp}.{kind}"'

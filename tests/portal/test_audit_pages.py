@@ -4,7 +4,7 @@ the SOP 13.2 checklist and the access review, with constant query counts."""
 import csv
 import io
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.core.serializers.json import DjangoJSONEncoder
@@ -18,7 +18,7 @@ from deployments.models import Environment
 from portal.api_views import _cell as api_cell
 from portal.audit import compute_hash
 from portal.audit_selectors import compliance_for
-from portal.auditor_views import EXPORT_FIELDS, _csv_cell
+from portal.auditor_views import EXPORT_FIELDS, JSONL_FIELDS, _csv_cell
 from portal.models import AuditEvent
 from tests.conftest import PASSWORD
 from tests.factories import ReleaseFactory, request_change
@@ -169,6 +169,10 @@ def test_jsonl_export_keeps_events_exactly_so_their_hashes_verify(demo, client):
         stored = AuditEvent.objects.get(pk=row["id"])
         assert row["hash"] == stored.hash == compute_hash(stored)
         assert row["after"] == stored.after
+        # Hashed again from the exported line alone, as an auditor's own tool would.
+        rebuilt = AuditEvent(**{k: v for k, v in row.items() if k not in ("id", "hash")})
+        rebuilt.occurred_at = datetime.fromisoformat(row["occurred_at"])
+        assert compute_hash(rebuilt) == row["hash"]
 
 
 def test_exports_are_themselves_audited(demo, client):
@@ -248,12 +252,13 @@ def test_jsonl_export_lines_hold_the_same_values_as_the_stored_events(demo, clie
     lines = got.decode().split("\n")
     assert lines.pop() == ""
     rows = list(AuditEvent.objects.filter(action="tricky.case").order_by("-id")
-                .values(*EXPORT_FIELDS))
+                .values(*JSONL_FIELDS))
     assert len(lines) == len(rows) == 60
     for line, row in zip(lines, rows, strict=True):
+        row["occurred_at"] = row["occurred_at"].isoformat()  # whole, as the hash covers it
         expected = json.dumps(row, cls=DjangoJSONEncoder, ensure_ascii=False)
         assert json.loads(line) == json.loads(expected)
-        assert list(json.loads(line)) == EXPORT_FIELDS
+        assert list(json.loads(line)) == JSONL_FIELDS
         if "tiny" not in expected:  # PostgreSQL writes 1e-05 as 0.00001: same number
             assert line == expected
 
