@@ -186,6 +186,15 @@ class Deployment(models.Model):
                 name="deployment_one_active_per_app_env",
             ),
         ]
+        indexes = [
+            # History pages filtered by application and environment, newest first.
+            models.Index(fields=["application", "environment", "-created_at", "-id"],
+                         name="deployment_app_env_recent_idx"),
+            # Auditors' SOP 13.2 status asks for each application's successful rollbacks.
+            models.Index(fields=["application", "created_at"],
+                         condition=models.Q(kind="rollback", status="succeeded"),
+                         name="deployment_rollback_ok_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"Deployment #{self.pk} {self.release} to {self.environment.slug}"
