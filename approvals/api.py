@@ -16,7 +16,6 @@ from approvals import selectors, services
 from approvals.models import Approval, ChangeRequest, ChangeType, Gate, GateRole, Strategy
 from deployments.models import Deployment, Environment, Release
 from portal.api import APPROVE, DEPLOY, REQUEST, ApiMixin, ApiView, BoundedDateTimeField
-from portal.errors import Conflict
 from portal.idempotency import idempotent
 from portal.permissions import environment_permissions, is_auditor
 
@@ -151,10 +150,9 @@ class ChangeFilter(django_filters.FilterSet):
                   "requested_by"]
 
 
-def _rules(changes) -> object | None:
-    """The blockers' inputs for a page of changes at once, when the selectors offer it."""
-    rules_for = getattr(selectors, "rules_for", None)
-    return rules_for(list(changes)) if rules_for and changes else None
+def _rules(changes) -> selectors.Rules | None:
+    """The blockers' inputs for a page of changes at once."""
+    return selectors.rules_for(list(changes)) if changes else None
 
 
 class ChangeListCreate(ApiMixin, generics.ListAPIView):
@@ -243,11 +241,9 @@ class ChangeChecklistItem(_ChangeAction):
         change = self.get_change(request, pk)
         data = ChecklistInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        item_set = getattr(services, "checklist_item_set", None)
-        if item_set is None:
-            raise Conflict("changes have no checklist to tick yet", code="no_checklist")
-        item = item_set(actor=request.user, change=change, item_id=item_id,
-                        done=data.validated_data["done"], note=data.validated_data["note"])
+        item = services.checklist_item_set(actor=request.user, change=change, item_id=item_id,
+                                           done=data.validated_data["done"],
+                                           note=data.validated_data["note"])
         return Response({"id": item.pk, "text": item.text, "kind": item.kind,
                          "done": item.done, "automatic": bool(item.auto_check),
                          "note": item.note})
