@@ -86,6 +86,36 @@ def pytest_configure(config):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+_WORKER = {"running": False}
+
+
+def _quiesce_worker(timeout: float = 10.0) -> None:
+    """Drop queued tasks and wait for the worker's running ones to finish.
+
+    A transactional test ends by emptying every table; a task the worker is still
+    running against them (a notification queued on commit, say) would deadlock with
+    that. Tasks in progress sit in kombu's ``unacked`` hash until acknowledged.
+    """
+    import time
+
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.delete("celery")
+    deadline = time.monotonic() + timeout
+    while client.hlen("unacked") and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def _django_db_helper(_django_db_helper):
+    """pytest-django's database fixture, with the worker quiet before tables are emptied."""
+    yield _django_db_helper
+    if _WORKER["running"]:
+        _quiesce_worker()
+
+
 @pytest.fixture(scope="session")
 def celery_worker_process(django_db_setup, django_db_blocker):
     """A real Celery worker on the embedded Redis, reading and writing the test database."""
@@ -124,7 +154,9 @@ def celery_worker_process(django_db_setup, django_db_blocker):
         time.sleep(0.2)
     else:
         raise RuntimeError("celery worker did not become ready in 60 s")
+    _WORKER["running"] = True
     yield proc
+    _WORKER["running"] = False
     import signal
 
     os.killpg(proc.pid, signal.SIGTERM)
