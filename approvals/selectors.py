@@ -321,9 +321,13 @@ def inbox_gates(user, *, environment: str = "", change_type: str = "") -> QueryS
         .exclude(change__requested_by=user)
         .exclude(change__approvals__approver=user, change__approvals__withdrawn_at__isnull=True)
         .select_related("change__release__application", "change__environment",
-                        "change__requested_by")
-        .prefetch_related(Prefetch("approvals", queryset=Approval.objects.filter(
-            withdrawn_at__isnull=True).select_related("approver")))
+                        "change__requested_by", "change__on_call")
+        .prefetch_related(
+            Prefetch("approvals", queryset=Approval.objects.filter(
+                withdrawn_at__isnull=True).select_related("approver")),
+            Prefetch("change__gates", queryset=Gate.objects.prefetch_related("approvals")),
+            Prefetch("change__checklist", queryset=ChecklistItem.objects.select_related(
+                "done_by")))
         .order_by("change__submitted_at", "id")
     )
     if environment:

@@ -221,6 +221,14 @@ def inbox(request):
     change_type = request.GET.get("change_type", "")
     gates = list(selectors.inbox_gates(request.user, environment=environment,
                                        change_type=change_type)[:200])
+    # What else stands in the way of each change, so an approver knows whether their
+    # decision is the last thing it waits for.
+    changes = [gate.change for gate in gates]
+    rules = selectors.rules_for(changes) if changes else None
+    for gate in gates:
+        others = [b for b in selectors.change_blockers(gate.change, rules=rules)
+                  if b.code != f"gate_{gate.role}"]
+        gate.other_blockers = others
     return render(request, "approvals/inbox.html", {
         "gates": gates,
         "reviews": list(selectors.open_reviews(request.user)[:50]),

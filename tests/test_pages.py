@@ -160,3 +160,15 @@ def test_api_change_list_queries_stay_constant_with_production_readiness_checks(
     for _ in range(6):
         request_change(demo.engineer, "production")
     assert api_queries() == few
+
+
+def test_inbox_says_what_else_a_change_waits_for_or_that_the_decision_is_the_last(demo, client):
+    from approvals import services
+
+    change = request_change(demo.engineer, "staging")
+    client.force_login(demo.qa)
+    page = client.get("/approvals/").content.decode()
+    assert "Also waiting for:" in page and "Tech lead approval pending (0 of 1)" in page
+    services.gate_approve(actor=demo.techlead, change=change, role="tech_lead")
+    page = client.get("/approvals/").content.decode()
+    assert "Your decision is the last thing this change waits for." in page
