@@ -277,6 +277,18 @@ class ChangeCancel(_ChangeAction):
         return self.respond(change)
 
 
+class ChangeSubmit(_ChangeAction):
+    write_scopes = frozenset({REQUEST})
+
+    @extend_schema(request=None, responses={200: ChangeOutSerializer},
+                   summary="Submit a draft for approval (the requester only)")
+    @idempotent
+    def post(self, request, pk: int):
+        change = self.get_change(request, pk)
+        services.change_request_submit(actor=request.user, change=change)
+        return self.respond(change)
+
+
 class PreflightQuerySerializer(serializers.Serializer):
     change = serializers.IntegerField(
         min_value=1, max_value=2**63 - 1, required=False,

@@ -366,7 +366,7 @@ def change_request_update(*, actor, change: ChangeRequest, **fields) -> ChangeRe
         for name, value in fields.items():
             setattr(change, name, value)
         change.save(update_fields=list(fields))
-        reopened = _reopen_changed_concerns(change)
+        reopened = _reopen_changed_concerns(change, f"{change.reference} was edited")
         if change.status == ChangeRequest.Status.APPROVED and change.scheduled_for and \
                 change.scheduled_for > timezone.now():
             change.status = ChangeRequest.Status.SCHEDULED
@@ -377,20 +377,27 @@ def change_request_update(*, actor, change: ChangeRequest, **fields) -> ChangeRe
     return change
 
 
-def _reopen_changed_concerns(change: ChangeRequest) -> list[str]:
+def _stale_approvals(change: ChangeRequest) -> list[tuple[Approval, list[str]]]:
+    """Standing approvals with the parts of their concern that changed since given."""
     now = fingerprint(change)
-    reopened = []
+    stale = []
     for approval in change.approvals.filter(withdrawn_at__isnull=True,
                                             decision=Approval.Decision.APPROVED
                                             ).select_related("gate", "approver"):
         changed = [part for part, digest in now.items()
                    if approval.fingerprint.get(part) != digest
                    and approval.gate.role in CONCERNS.get(part, set())]
-        if not changed:
-            continue
+        if changed:
+            stale.append((approval, changed))
+    return stale
+
+
+def _reopen_changed_concerns(change: ChangeRequest, why: str) -> list[str]:
+    reopened = []
+    for approval, changed in _stale_approvals(change):
         _reopen(change, approval, f"superseded: {', '.join(changed)} changed")
         reopened.append(approval.gate.role)
-        audit_record(actor=System(f"{change.reference} was edited"),
+        audit_record(actor=System(why),
                      action="approval.invalidated", obj=change,
                      environment=change.environment.slug,
                      after={"role": approval.gate.role,
@@ -411,27 +418,18 @@ def changes_reopen_for_configuration(*, application_id: int, environment_id: int
         with transaction.atomic():
             change = (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
                       .filter(pk=pk, status__in=ChangeRequest.OPEN).first())
-            if change is not None and _reopen_changed_concerns(change):
+            if change is not None and _reopen_changed_concerns(
+                    change, "the configuration changed after approval"):
                 touched.append(pk)
     return touched
 
 
 def _outdated_approvals(change: ChangeRequest) -> list[Blocker]:
     """Approvals whose concern changed since they were given (a missed reopen)."""
-    now = fingerprint(change)
-    outdated = []
-    for approval in change.approvals.filter(withdrawn_at__isnull=True,
-                                            decision=Approval.Decision.APPROVED
-                                            ).select_related("gate"):
-        changed = [part for part, digest in now.items()
-                   if approval.fingerprint.get(part) != digest
-                   and approval.gate.role in CONCERNS.get(part, set())]
-        if changed:
-            outdated.append(Blocker(
-                "approval_outdated",
-                f"the {approval.gate.get_role_display()} approval was given before the "
-                f"{', '.join(changed)} changed; it has to be given again"))
-    return outdated
+    return [Blocker("approval_outdated",
+                    f"the {approval.gate.get_role_display()} approval was given before the "
+                    f"{', '.join(changed)} changed; it has to be given again")
+            for approval, changed in _stale_approvals(change)]
 
 
 def _tell_approver(change: ChangeRequest, approval: Approval, changed: list[str]) -> None:
@@ -442,6 +440,21 @@ def _tell_approver(change: ChangeRequest, approval: Approval, changed: list[str]
     body = (f"{change} changed after you approved it ({', '.join(changed)}). "
             "Your approval no longer counts; please review the change again.")
     transaction.on_commit(lambda: send_mail(subject, body, None, [email], fail_silently=True))
+
+
+def may_tick_checklist(actor, change: ChangeRequest) -> bool:
+    """The requester, the on-call engineer, its approvers and who may deploy there."""
+    return (change.requested_by_id == actor.pk
+            or change.on_call_id == actor.pk
+            or has_env_perm(actor, "deploy", change.environment)
+            or any(may_decide(actor, change.environment, g.role)[0]
+                   for g in change.gates.all()))
+
+
+def may_cancel(actor, change: ChangeRequest) -> bool:
+    """The requester, or someone who may deploy to the change's environment."""
+    return change.requested_by_id == actor.pk or has_env_perm(actor, "deploy",
+                                                              change.environment)
 
 
 def checklist_item_set(*, actor, change: ChangeRequest, item_id: int, done: bool,
@@ -457,12 +470,7 @@ def checklist_item_set(*, actor, change: ChangeRequest, item_id: int, done: bool
         if item.automatic:
             raise InvalidTransition(f"'{item.text}' is checked automatically from data; it "
                                     "cannot be ticked by hand", code="automatic_item")
-        held = (change.requested_by_id == actor.pk
-                or change.on_call_id == actor.pk
-                or has_env_perm(actor, "deploy", change.environment)
-                or any(may_decide(actor, change.environment, g.role)[0]
-                       for g in change.gates.all()))
-        if not held:
+        if not may_tick_checklist(actor, change):
             raise Refused("only the requester, the on-call engineer, approvers and people who "
                           "may deploy here tick the checklist", code="not_permitted")
         if item.pre_deployment and change.status not in ChangeRequest.OPEN:
@@ -531,8 +539,7 @@ def change_request_cancel(*, actor, change: ChangeRequest, reason: str = "") -> 
             raise InvalidTransition(
                 f"{change.reference} is {change.get_status_display().lower()} and cannot be "
                 "cancelled")
-        if change.requested_by_id != actor.pk and not has_env_perm(
-                actor, "deploy", change.environment):
+        if not may_cancel(actor, change):
             raise Refused("only the requester or someone who may deploy there can cancel",
                           code="not_permitted")
         before = change.status

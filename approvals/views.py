@@ -117,8 +117,7 @@ def _change_context(request, change: ChangeRequest) -> dict:
     for item in change.checklist.all():
         done, why = checks.evaluate(item, change, rules)
         checklist.append({"item": item, "done": done, "why": why})
-    may_tick = (change.requested_by_id == user.pk or change.on_call_id == user.pk
-                or "deploy" in held or bool(delegated))
+    may_tick = services.may_tick_checklist(user, change)
     timeline = AuditEvent.objects.filter(object_type="changerequest",
                                          object_id=str(change.pk)).order_by("id")
     review = PostImplementationReview.objects.filter(change=change).first()
@@ -138,8 +137,7 @@ def _change_context(request, change: ChangeRequest) -> dict:
         "can_deploy": "deploy" in held,
         "can_decide": can_decide,
         "can_withdraw": can_withdraw,
-        "can_cancel": change.status in ChangeRequest.OPEN and (
-            "deploy" in held or change.requested_by_id == user.pk),
+        "can_cancel": change.status in ChangeRequest.OPEN and services.may_cancel(user, change),
         "can_edit": change.status in ChangeRequest.OPEN and change.requested_by_id == user.pk,
         "checklist": checklist,
         "may_tick": may_tick,
@@ -199,6 +197,18 @@ def change_deploy(request, pk: int):
     else:
         messages.success(request, f"Deployment #{deployment.pk} queued.")
     return redirect("change-detail", pk=pk)
+
+
+@login_required
+@require_POST
+def change_submit(request, pk: int):
+    change = get_object_or_404(selectors.changes_visible_to(request.user), pk=pk)
+    error = None
+    try:
+        services.change_request_submit(actor=request.user, change=change)
+    except DomainError as exc:
+        error = exc.detail
+    return _back_to_change(request, pk, error, f"{change.reference} submitted for approval.")
 
 
 @login_required
@@ -279,7 +289,7 @@ def checklist_tick(request, pk: int, item_id: int):
         done, why = checks.evaluate(item, change)
         return render(request, "approvals/_checklist_item.html", {
             "change": change, "row": {"item": item, "done": done, "why": why},
-            "may_tick": True, "error": error})
+            "may_tick": services.may_tick_checklist(request.user, change), "error": error})
     return _back_to_change(request, pk, error, "Checklist updated.")
 
 

@@ -57,6 +57,7 @@ ENDPOINTS = [
     ("post", "/api/v1/changes/{change}/checklist/{item}", {"request"}, {"done": True}),
     ("post", "/api/v1/changes/{change}/deploy", {"deploy"}, {}),
     ("post", "/api/v1/changes/{change}/cancel", {"deploy"}, {}),
+    ("post", "/api/v1/changes/{change}/submit", {"request"}, {}),
     ("get", "/api/v1/preflight/?release={release}&environment=staging", {"read"}, None),
     ("get", "/api/v1/deployments/", {"read"}, None),
     ("get", "/api/v1/deployments/{deployment}/", {"read"}, None),

@@ -153,3 +153,61 @@ def test_change_page_warns_cab_of_an_irreversible_migration_before_approval(demo
     assert "0007_add_orders_index" in html
     assert ("cannot be rolled back automatically past 0008_drop_legacy_prices: it is "
             "irreversible") in html
+
+
+def test_a_draft_is_submitted_by_its_requester_from_the_page_or_the_api(demo, client, api):
+    draft = request_change(demo.engineer, "staging", draft=True)
+    assert draft.gates.count() == 0
+    other = api(demo.techlead).post(f"/api/v1/changes/{draft.pk}/submit")
+    assert other.status_code == 403 and other.json()["code"] == "not_requester"
+    client.force_login(demo.engineer)
+    page = client.get(f"/changes/{draft.pk}/").content.decode()
+    assert "Submit for approval" in page
+    assert "The gates come from Staging's policy when the draft is submitted." in page
+    client.post(f"/changes/{draft.pk}/submit")
+    draft.refresh_from_db()
+    assert draft.status == "pending_approval" and draft.gates.count() == 2
+    again = api(demo.engineer).post(f"/api/v1/changes/{draft.pk}/submit")
+    assert again.status_code == 409 and again.json()["code"] == "invalid_state"
+
+
+def test_refusals_on_the_control_pages_change_nothing(demo, client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    change = request_change(demo.engineer, "staging")
+    # Someone else may not edit the change.
+    client.force_login(demo.techlead)
+    response = client.post(f"/changes/{change.pk}/edit/", {
+        "strategy": "canary", "risk": "", "impact": "", "rollback_plan": "", "on_call": "",
+        "scheduled_for": ""})
+    assert response.status_code == 400
+    assert "only the requester edits a change" in response.content.decode()
+    change.refresh_from_db()
+    assert change.strategy == "all_at_once"
+    # QA may not cancel it.
+    client.force_login(demo.qa)
+    client.post(f"/changes/{change.pk}/cancel", {"reason": "no"})
+    change.refresh_from_db()
+    assert change.status == "pending_approval"
+    # Only the delegator revokes a delegation.
+    delegation = services.delegation_create(
+        actor=demo.cab, environment=Environment.objects.get(slug="production"), role="cab",
+        delegate=demo.cab2, expires_at=timezone.now() + timedelta(days=1))
+    client.force_login(demo.cab2)
+    response = client.post("/delegations/", {"revoke": str(delegation.pk)}, follow=True)
+    assert "only the delegator revokes a delegation" in response.content.decode()
+    delegation.refresh_from_db()
+    assert delegation.revoked_at is None
+    # An engineer may not unlock an environment on-call locked.
+    services.environment_lock(actor=demo.oncall, environment=Environment.objects.get(
+        slug="staging"), reason="INC-3")
+    client.force_login(demo.engineer)
+    client.post("/environments/", {"environment": "staging", "action": "unlock"})
+    assert Environment.objects.get(slug="staging").locked
+    # Another person may not withdraw techlead's approval.
+    services.gate_approve(actor=demo.techlead, change=change, role="tech_lead")
+    client.force_login(demo.qa)
+    client.post(f"/changes/{change.pk}/gates/tech_lead/withdraw")
+    assert change.gates.get(role="tech_lead").status == "approved"

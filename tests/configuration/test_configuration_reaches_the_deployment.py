@@ -4,47 +4,28 @@ and the resolved values are written nowhere."""
 import json
 import sys
 
-from django.db import connection, transaction
+from django.db import connection
 
 from configuration.services import configuration_save
-from deployments import services
-from deployments.models import Application, DeploymentLogLine, Environment, Release, Target
+from deployments.models import DeploymentLogLine
 from portal.models import AuditEvent
+from tests.factories import executor_app, run_deployment
 
 SECRET = "s3cr3t-value-for-the-test"
-
-
-def _app(settings):
-    app = Application.objects.create(slug="svc-config", name="svc", executor="command",
-                                     executor_settings=settings)
-    env = Environment.objects.get(slug="staging")
-    Target.objects.create(application=app, environment=env, name="node-1")
-    return app, env
-
-
-def _run(demo, app, env, version="1.0.0"):
-    release = Release.objects.create(application=app, version=version,
-                                     created_by=demo.engineer)
-    with transaction.atomic():
-        deployment = services.deployment_create(actor=demo.oncall, release=release,
-                                                environment=env)
-    services.deployment_run(deployment_id=deployment.pk)
-    deployment.refresh_from_db()
-    return deployment
 
 
 def test_deployment_hands_resolved_configuration_to_the_process_and_stores_no_secret(
         demo, tmp_path, monkeypatch):
     monkeypatch.setenv("STOREFRONT_DB_PASSWORD", SECRET)
     seen = tmp_path / "seen.json"
-    app, env = _app({"commands": {
+    app, env = executor_app("command", {"commands": {
         "deploy": f"{sys.executable} -c \"import os, pathlib; "
                   f"pathlib.Path('{seen}').write_text(os.environ['PORTAL_CONFIGURATION'])\""}})
     configuration_save(actor=demo.engineer, application=app, environment=env, reason="db",
                        document="database:\n  host: db.internal\n"
                                 "  password: ${env:STOREFRONT_DB_PASSWORD}\n")
 
-    deployment = _run(demo, app, env, "1.0.0")
+    deployment = run_deployment(demo, app, env, "1.0.0")
 
     assert deployment.status == "succeeded", deployment.failure_reason
     assert json.loads(seen.read_text()) == {
@@ -59,10 +40,10 @@ def test_deployment_hands_resolved_configuration_to_the_process_and_stores_no_se
 
 def test_a_missing_secret_fails_the_deployment_naming_only_the_reference(demo, monkeypatch):
     monkeypatch.delenv("MISSING_TOKEN", raising=False)
-    app, env = _app({"commands": {"deploy": f"{sys.executable} -c 'pass'"}})
+    app, env = executor_app("command", {"commands": {"deploy": f"{sys.executable} -c 'pass'"}})
     configuration_save(actor=demo.engineer, application=app, environment=env, reason="api",
                        document="api:\n  token: ${env:MISSING_TOKEN}\n")
-    deployment = _run(demo, app, env, "1.0.0")
+    deployment = run_deployment(demo, app, env, "1.0.0")
     assert deployment.status == "failed"
     assert "${env:MISSING_TOKEN}" in deployment.failure_reason
     assert "not set on the worker" in deployment.failure_reason

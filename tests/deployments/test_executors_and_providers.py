@@ -11,32 +11,12 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from django.db import transaction
 
-from deployments import health, services
-from deployments.models import Application, Environment, Release, Target
+from deployments import health
+from tests.factories import executor_app as _app
+from tests.factories import run_deployment as _run
 
 pytestmark = pytest.mark.django_db
-
-
-def _app(executor, settings, targets=1):
-    app = Application.objects.create(slug=f"svc-{executor}", name=executor, executor=executor,
-                                     executor_settings=settings)
-    env = Environment.objects.get(slug="staging")
-    for i in range(1, targets + 1):
-        Target.objects.create(application=app, environment=env, name=f"node-{i}")
-    return app, env
-
-
-def _run(demo, app, env, version="1.0.0", **release_fields):
-    release = Release.objects.create(application=app, version=version,
-                                     created_by=demo.engineer, **release_fields)
-    with transaction.atomic():
-        deployment = services.deployment_create(actor=demo.oncall, release=release,
-                                                environment=env)
-    services.deployment_run(deployment_id=deployment.pk)
-    deployment.refresh_from_db()
-    return deployment
 
 
 @pytest.fixture
