@@ -14,6 +14,7 @@ from rest_framework.response import Response
 
 from approvals import selectors, services
 from approvals.models import Approval, ChangeRequest, ChangeType, Gate, GateRole, Strategy
+from configuration.selectors import digests_for_many
 from deployments.models import Deployment, Environment, Release
 from portal.api import APPROVE, DEPLOY, REQUEST, ApiMixin, ApiView, BoundedDateTimeField
 from portal.idempotency import idempotent
@@ -58,6 +59,13 @@ class ChangeOutSerializer(serializers.ModelSerializer):
     checklist = serializers.SerializerMethodField()
     blockers = serializers.SerializerMethodField()
     deployment = serializers.SerializerMethodField()
+    deployer = serializers.CharField(source="deployer.username", read_only=True, default=None,
+                                     allow_null=True, help_text="Who the deployment starts "
+                                     "as when it starts by itself (once approved or at the "
+                                     "scheduled time).")
+    fingerprint = serializers.SerializerMethodField(
+        help_text="The version of the change as shown here; send it back with approve or "
+                  "reject, which are refused (409 changed_since_viewed) if the change moved.")
 
     class Meta:
         model = ChangeRequest
@@ -65,7 +73,12 @@ class ChangeOutSerializer(serializers.ModelSerializer):
                   "change_type", "strategy", "risk", "impact", "rollback_plan", "on_call",
                   "scheduled_for", "deploy_when_approved", "status", "requested_by",
                   "created_at", "submitted_at", "closed_at", "gates", "checklist",
-                  "blockers", "deployment"]
+                  "blockers", "deployment", "deployer", "fingerprint"]
+
+    def get_fingerprint(self, obj) -> str:
+        digests = self.context.get("digests")
+        return services.change_version(obj, digests=digests.get(
+            (obj.release.application_id, obj.environment_id)) if digests else None)
 
     @extend_schema_field(ChecklistItemOutSerializer(many=True))
     def get_checklist(self, obj) -> list[dict]:
@@ -115,6 +128,12 @@ class DecisionInSerializer(serializers.Serializer):
     gate = serializers.ChoiceField(choices=GateRole.choices)
     comment = serializers.CharField(required=False, allow_blank=True, default="",
                                     max_length=5000)
+    # Optional so that clients written before it keep working (docs/api.md); when given
+    # and no longer current the decision is refused, and an audit event records whether
+    # a decision was made on a version seen or blind.
+    fingerprint = serializers.CharField(
+        required=False, allow_null=True, default=None, max_length=64,
+        help_text="The change's `fingerprint` as read before deciding.")
 
 
 class RejectInSerializer(DecisionInSerializer):
@@ -167,7 +186,8 @@ class ChangeListCreate(ApiMixin, generics.ListAPIView):
 
     def list(self, request, *args, **kwargs):
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
-        body = ChangeOutSerializer(page, many=True, context={"rules": _rules(page)}).data
+        body = ChangeOutSerializer(page, many=True, context={
+            "rules": _rules(page), "digests": digests_for_many(page or [])}).data
         return self.get_paginated_response(body)
 
     @extend_schema(request=ChangeInSerializer, responses={201: ChangeOutSerializer},
@@ -212,7 +232,8 @@ class ChangeApprove(_ChangeAction):
         data = DecisionInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         services.gate_approve(actor=request.user, change=change, role=data.validated_data["gate"],
-                              comment=data.validated_data["comment"])
+                              comment=data.validated_data["comment"],
+                              seen=data.validated_data["fingerprint"])
         return self.respond(change)
 
 
@@ -227,7 +248,8 @@ class ChangeReject(_ChangeAction):
         data = RejectInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         services.gate_reject(actor=request.user, change=change, role=data.validated_data["gate"],
-                             comment=data.validated_data["comment"])
+                             comment=data.validated_data["comment"],
+                             seen=data.validated_data["fingerprint"])
         return self.respond(change)
 
 

@@ -87,7 +87,7 @@ class PolicyGate(models.Model):
 class ChangeRequestQuerySet(models.QuerySet):
     def with_related(self):
         return self.select_related(
-            "release__application", "environment", "requested_by", "on_call"
+            "release__application", "environment", "requested_by", "on_call", "deployer"
         )
 
 
@@ -120,6 +120,12 @@ class ChangeRequest(models.Model):
                                 on_delete=models.PROTECT, related_name="+")
     scheduled_for = models.DateTimeField(null=True, blank=True)
     deploy_when_approved = models.BooleanField(default=False)
+    # Who starts the deployment when it starts by itself (deploy_when_approved or
+    # scheduled_for): the person who asked for that, checked again for `deploy` at the
+    # start, and named as the deployment's actor rather than the last approver.
+    deployer = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                 on_delete=models.PROTECT, related_name="+",
+                                 help_text="Starts the deployment when it starts by itself.")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.DRAFT,
                               db_index=True)
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.core.mail import send_mail
 from django.db import transaction
@@ -33,9 +33,12 @@ from approvals.selectors import Blocker, change_blockers, unsatisfiable_gates
 from configuration.selectors import digests_for
 from deployments import services as deployment_services
 from deployments.models import Deployment, Environment, Release
+from portal import context as request_context
 from portal.audit import System, audit_record
+from portal.context import RequestContext
 from portal.errors import (
     AlreadyDecided,
+    ChangedSinceViewed,
     DomainError,
     Invalid,
     InvalidTransition,
@@ -56,6 +59,10 @@ CONCERNS: dict[str, set[str]] = {
     "configuration": {GateRole.TECH_LEAD, GateRole.SECURITY, GateRole.EMERGENCY},
     "secret_references": {GateRole.SECURITY},
     "on_call": {GateRole.CAB, GateRole.EMERGENCY},
+    # What CAB and the business weigh: how risky, whom it affects, and when it runs.
+    "risk": {GateRole.CAB, GateRole.BUSINESS, GateRole.EMERGENCY},
+    "impact": {GateRole.CAB, GateRole.BUSINESS, GateRole.EMERGENCY},
+    "scheduled_for": {GateRole.CAB, GateRole.BUSINESS, GateRole.EMERGENCY},
 }
 
 EDITABLE_FIELDS = ("strategy", "rollback_plan", "risk", "impact", "on_call", "scheduled_for")
@@ -72,6 +79,7 @@ def _snapshot(change: ChangeRequest) -> dict:
         "rollback_plan": change.rollback_plan,
         "on_call": change.on_call.get_username() if change.on_call_id else None,
         "scheduled_for": change.scheduled_for,
+        "deployer": change.deployer.get_username() if change.deployer_id else None,
     }
 
 
@@ -80,10 +88,20 @@ def _digest(value) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def fingerprint(change: ChangeRequest) -> dict[str, str]:
-    """A hash per concern of what an approver approves."""
+def _moment(value: datetime | None) -> str | None:
+    """A time to the second in UTC, so a value read back from the database hashes alike."""
+    return value.astimezone(UTC).isoformat(timespec="seconds") if value else None
+
+
+def fingerprint(change: ChangeRequest, *, digests: tuple[str, str] | None = None
+                ) -> dict[str, str]:
+    """A hash per concern of what an approver approves.
+
+    ``digests`` are the change's configuration digests when the caller read them for
+    many changes at once (``configuration.selectors.digests_for_many``).
+    """
     release = change.release
-    config_digest, secrets_digest = digests_for(change)
+    config_digest, secrets_digest = digests if digests is not None else digests_for(change)
     return {
         "artifact": _digest([release.version, release.artifact_sha256, release.artifact_url]),
         "strategy": _digest(change.strategy),
@@ -92,7 +110,19 @@ def fingerprint(change: ChangeRequest) -> dict[str, str]:
         "configuration": _digest(config_digest),
         "secret_references": _digest(secrets_digest),
         "on_call": _digest(change.on_call_id),
+        "risk": _digest(change.risk),
+        "impact": _digest(change.impact.strip()),
+        "scheduled_for": _digest(_moment(change.scheduled_for)),
     }
+
+
+def change_version(change: ChangeRequest, *, digests: tuple[str, str] | None = None) -> str:
+    """One value for everything an approver is shown and decides on: the page and the
+    API hand it out, a decision brings it back, and a decision on a version that is no
+    longer current is refused (approve what you saw)."""
+    parts = fingerprint(change, digests=digests)
+    parts["what"] = _digest([change.release_id, change.environment_id, change.change_type])
+    return _digest(parts)
 
 
 def _policy(change: ChangeRequest) -> ApprovalPolicy | None:
@@ -106,6 +136,21 @@ def _refusal_audited(action: str, actor, change: ChangeRequest, exc: DomainError
     with transaction.atomic():
         audit_record(actor=actor, action=action, obj=change, environment=change.environment.slug,
                      after={"code": exc.code, **extra}, reason=exc.detail)
+
+
+def _require_deploy_for_self_start(actor, environment: Environment, *,
+                                   deploy_when_approved: bool, scheduled_for) -> None:
+    """Asking the portal to start the deployment by itself (once approved, or at a set
+    time) is starting a deployment: it needs `deploy` on the environment, as pressing
+    Deploy does. Without this, approvers' decisions would deploy for someone who may not."""
+    asked = [name for name, value in (("deploy_when_approved", deploy_when_approved),
+                                      ("scheduled_for", scheduled_for)) if value]
+    if asked and not has_env_perm(actor, "deploy", environment):
+        message = (f"You may not deploy to {environment.name}, so the portal cannot start "
+                   "this deployment for you; someone who may deploy there starts it.")
+        raise Refused(f"you may not deploy to {environment.name}: only someone who may "
+                      "deploy there can have the deployment start by itself",
+                      code="not_permitted", fields={name: [message] for name in asked})
 
 
 def change_request_create(
@@ -139,12 +184,26 @@ def change_request_create(
     if not has_env_perm(actor, "request_change", environment):
         raise Refused(f"you may not request changes to {environment.name}",
                       code="not_permitted")
+    try:
+        _require_deploy_for_self_start(actor, environment,
+                                       deploy_when_approved=deploy_when_approved,
+                                       scheduled_for=scheduled_for)
+    except Refused as exc:
+        with transaction.atomic():
+            audit_record(actor=actor, action="change.create.refused",
+                         object_type="changerequest", object_repr=f"{release} to "
+                         f"{environment.slug}", environment=environment.slug,
+                         after={"code": exc.code, "release": release.version,
+                                "deploy_when_approved": deploy_when_approved,
+                                "scheduled_for": scheduled_for}, reason=exc.detail)
+        raise
     with transaction.atomic():
         change = ChangeRequest.objects.create(
             release=release, environment=environment, change_type=change_type,
             strategy=strategy, rollback_plan=rollback_plan, risk=risk, impact=impact,
             on_call=on_call, scheduled_for=scheduled_for,
             deploy_when_approved=deploy_when_approved, requested_by=actor,
+            deployer=actor if (deploy_when_approved or scheduled_for) else None,
         )
         audit_record(actor=actor, action="change.created", obj=change,
                      environment=environment.slug, after=_snapshot(change))
@@ -194,7 +253,8 @@ def _submit(*, actor, change: ChangeRequest) -> None:
                         "gates": {g.role: g.required for g in gates},
                         "unsatisfiable": [b.message for b in unfillable]})
     if change.status == ChangeRequest.Status.APPROVED and change.deploy_when_approved:
-        _start_deployment(actor=actor, change=change)
+        _start_by_itself(change=change, why=f"{change.reference} submitted with no gates "
+                                            "to pass, to deploy when approved")
 
 
 def _approved_status(change: ChangeRequest) -> str:
@@ -203,19 +263,36 @@ def _approved_status(change: ChangeRequest) -> str:
     return ChangeRequest.Status.APPROVED
 
 
+def _delegators(user, environment: Environment, role: str) -> list:
+    """Who lends ``user`` their authority over ``role`` there now (and still holds it)."""
+    return [d.delegator for d in Delegation.objects.filter(
+            delegate=user, environment=environment, role=role, revoked_at__isnull=True,
+            expires_at__gt=timezone.now()).select_related("delegator").order_by("id")
+            if has_env_perm(d.delegator, GateRole(role).permission, environment)]
+
+
 def may_decide(user, environment: Environment, role: str):
     """(allowed, delegator): directly by permission, or through an active delegation."""
     if has_env_perm(user, GateRole(role).permission, environment):
         return True, None
-    for delegation in Delegation.objects.filter(
-            delegate=user, environment=environment, role=role, revoked_at__isnull=True,
-            expires_at__gt=timezone.now()).select_related("delegator"):
-        if has_env_perm(delegation.delegator, GateRole(role).permission, environment):
-            return True, delegation.delegator
-    return False, None
+    delegators = _delegators(user, environment, role)
+    return (True, delegators[0]) if delegators else (False, None)
 
 
-def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: str) -> Gate:
+def _conflict_of(person, change: ChangeRequest) -> str | None:
+    """Why ``person`` may not decide on ``change`` (segregation of duties), if they may not."""
+    username = person.get_username()
+    if change.requested_by_id == person.pk:
+        return "requested"
+    if username in (change.release.authors or []):
+        return "wrote commits in"
+    if username in (change.release.mergers or []):
+        return "merged commits in"
+    return None
+
+
+def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: str,
+            seen: str | None) -> Gate:
     action = f"gate.{decision}"
     try:
         with transaction.atomic():
@@ -244,6 +321,25 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
             if not allowed:
                 raise NotEligible(f"you may not decide the {gate.get_role_display()} gate "
                                   f"on {change.environment.name}")
+            if delegator is not None:
+                # A delegate stands in for the delegator, and inherits their conflicts:
+                # nobody approves their own change through someone else's hand.
+                delegators = _delegators(actor, change.environment, role)
+                free = [d for d in delegators if _conflict_of(d, change) is None]
+                if not free:
+                    conflicted = delegators[0]
+                    why = _conflict_of(conflicted, change)
+                    what = change.reference if why == "requested" else str(change.release)
+                    raise NotEligible(
+                        f"you decide the {gate.get_role_display()} gate for "
+                        f"{conflicted.get_username()}, who {why} {what}; a delegate cannot "
+                        "decide a change their delegator could not", code="delegate_conflict")
+                delegator = free[0]
+            current = change_version(change)
+            if seen is not None and seen != current:
+                raise ChangedSinceViewed(
+                    f"{change.reference} changed since you opened it; reload it, review what "
+                    "changed and decide again")
             if gate.status != Gate.Status.PENDING:
                 raise AlreadyDecided(f"the {gate.get_role_display()} gate is already "
                                      f"{gate.status}")
@@ -278,26 +374,35 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
                          after={"gate": gate.status, "change": change.status, "role": role,
                                 "comment": comment,
                                 "on_behalf_of": delegator.get_username() if delegator
-                                else None})
+                                else None,
+                                # The version decided on; None: an API client sent none.
+                                "version": current, "version_seen": seen})
             if change.status == ChangeRequest.Status.APPROVED and change.deploy_when_approved:
-                _start_deployment(actor=actor, change=change)
+                _start_by_itself(change=change, why=f"the last approval of {change.reference}"
+                                                    f" ({role}, by {username})")
             return gate
-    except Refused as exc:
-        _refusal_audited(f"{action}.refused", actor, change, exc, role=role)
+    except (Refused, ChangedSinceViewed) as exc:
+        _refusal_audited(f"{action}.refused", actor, change, exc, role=role,
+                         version_seen=seen)
         raise
 
 
-def gate_approve(*, actor, change: ChangeRequest, role: str, comment: str = "") -> Gate:
+def gate_approve(*, actor, change: ChangeRequest, role: str, comment: str = "",
+                 seen: str | None = None) -> Gate:
+    """Approve one gate. ``seen`` is the change version the approver was shown
+    (``change_version``); a decision on an older version is refused. Pages always send
+    it; API clients may leave it out (``None``), see docs/api.md."""
     return _decide(actor=actor, change=change, role=role,
-                   decision=Approval.Decision.APPROVED, comment=comment.strip())
+                   decision=Approval.Decision.APPROVED, comment=comment.strip(), seen=seen)
 
 
-def gate_reject(*, actor, change: ChangeRequest, role: str, comment: str) -> Gate:
+def gate_reject(*, actor, change: ChangeRequest, role: str, comment: str,
+                seen: str | None = None) -> Gate:
     if not comment or not comment.strip():
         raise Invalid("a rejection needs a comment saying why",
                       fields={"comment": ["Say why the change is rejected."]})
     return _decide(actor=actor, change=change, role=role,
-                   decision=Approval.Decision.REJECTED, comment=comment.strip())
+                   decision=Approval.Decision.REJECTED, comment=comment.strip(), seen=seen)
 
 
 def _reopen(change: ChangeRequest, approval: Approval, reason: str) -> None:
@@ -350,6 +455,15 @@ def change_request_update(*, actor, change: ChangeRequest, **fields) -> ChangeRe
     if "strategy" in fields and fields["strategy"] not in Strategy.values:
         raise Invalid("unknown strategy", fields={"strategy": [
             f"Choose one of {', '.join(Strategy.values)}."]})
+    try:
+        return _update(actor=actor, change=change, fields=fields)
+    except Refused as exc:
+        _refusal_audited("change.edit.refused", actor, change, exc,
+                         fields=sorted(fields))
+        raise
+
+
+def _update(*, actor, change: ChangeRequest, fields: dict) -> ChangeRequest:
     with transaction.atomic():
         change = (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
                   .get(pk=change.pk))
@@ -362,6 +476,12 @@ def change_request_update(*, actor, change: ChangeRequest, **fields) -> ChangeRe
                 and not (fields["rollback_plan"] or "").strip()):
             raise Invalid("an emergency change needs a rollback plan", fields={
                 "rollback_plan": ["An emergency change needs a rollback plan (SOP 5.3)."]})
+        if fields.get("scheduled_for"):
+            _require_deploy_for_self_start(actor, change.environment,
+                                           deploy_when_approved=False,
+                                           scheduled_for=fields["scheduled_for"])
+            # The one who set the time is the one the scheduled start acts for.
+            fields = {**fields, "deployer": actor}
         before = _snapshot(change)
         for name, value in fields.items():
             setattr(change, name, value)
@@ -504,7 +624,37 @@ def change_request_deploy(*, actor, change: ChangeRequest) -> Deployment:
         raise
 
 
-def _start_deployment(*, actor, change: ChangeRequest) -> Deployment:
+def _start_by_itself(*, change: ChangeRequest, why: str) -> Deployment | None:
+    """Start the deployment its deployer asked the portal to start (once approved, or at
+    the scheduled time), inside the transaction holding the change's row lock.
+
+    The deployer's `deploy` permission is checked again now: if it is gone, nothing
+    starts, the change stays approved for someone who may deploy there, and the refusal
+    is audited (and so notified to the deployer and requester). The deployment and the
+    audit trail name the deployer, not the approver or the clock that set it off.
+    """
+    deployer = change.deployer or change.requested_by
+    if not has_env_perm(deployer, "deploy", change.environment):
+        audit_record(actor=System(why), action="change.start_refused", obj=change,
+                     environment=change.environment.slug,
+                     before={"status": change.status},
+                     after={"status": change.status, "code": "not_permitted",
+                            "deployer": deployer.get_username(), "trigger": why},
+                     reason=f"{deployer.get_username()} may no longer deploy to "
+                            f"{change.environment.name}; the change stays approved until "
+                            "someone who may deploy there starts it")
+        return None
+    ctx = request_context.current()
+    # The deployer acts, not the caller's API token (if the last approver used one).
+    bound = request_context.bind_request(RequestContext(
+        request_id=ctx.request_id, ip=ctx.ip, user_agent=ctx.user_agent))
+    try:
+        return _start_deployment(actor=deployer, change=change, trigger=why)
+    finally:
+        request_context.unbind_request(bound)
+
+
+def _start_deployment(*, actor, change: ChangeRequest, trigger: str = "") -> Deployment:
     """Inside the transaction holding the change's row lock: check again, then start."""
     if change.status == ChangeRequest.Status.DEPLOYING:
         raise InvalidTransition(f"{change.reference} is already deploying",
@@ -527,7 +677,8 @@ def _start_deployment(*, actor, change: ChangeRequest) -> Deployment:
     audit_record(actor=actor, action="change.deploying", obj=change,
                  environment=change.environment.slug, before={"status": before},
                  after={"status": change.status, "deployment": deployment.pk,
-                        "preflight": "clear"})
+                        "preflight": "clear", "deployer": actor.get_username(),
+                        "trigger": trigger or "deployed by hand"})
     return deployment
 
 
@@ -580,7 +731,11 @@ def changes_start_scheduled(*, now: datetime | None = None) -> list[int]:
                              reason="not ready at its scheduled time")
                 continue
             change.status = ChangeRequest.Status.APPROVED
-            deployment = _start_deployment(actor=system, change=change)
+            deployment = _start_by_itself(change=change, why=system.reason)
+            if deployment is None:
+                # The deployer may no longer deploy: it waits, approved, for someone who may.
+                change.save(update_fields=["status"])
+                continue
             started.append(deployment.pk)
     return started
 

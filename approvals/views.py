@@ -21,9 +21,10 @@ from approvals.models import (
     PostImplementationReview,
     Strategy,
 )
+from configuration.selectors import digests_for_many
 from deployments import selectors as deployment_selectors
 from deployments.models import Deployment, Environment, MigrationKind, Release
-from portal.errors import DomainError
+from portal.errors import ChangedSinceViewed, DomainError
 from portal.models import AuditEvent
 from portal.permissions import environment_permissions
 
@@ -49,6 +50,10 @@ class ChangeRequestForm(forms.Form):
     scheduled_for = forms.DateTimeField(
         required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
         help_text="Optional: start by itself at this time (UTC) once approved and ready.")
+    deploy_when_approved = forms.BooleanField(
+        required=False, label="Deploy when approved",
+        help_text="Start the deployment as you once the last gate approves; needs "
+                  "permission to deploy to the environment.")
 
 
 def _apply_domain_error(form: forms.Form, exc: DomainError) -> None:
@@ -131,6 +136,8 @@ def _change_context(request, change: ChangeRequest) -> dict:
         "rollback_options": deployment_selectors.rollback_options(
             change.release.application, change.environment),
         "change": change,
+        # What this page shows, sent back with a decision (approve what you saw).
+        "version_shown": services.change_version(change),
         "blockers": blockers,
         "earliest": earliest,
         "deployment": deployment,
@@ -160,21 +167,30 @@ def gate_decide(request, pk: int, role: str):
     change = get_object_or_404(selectors.changes_visible_to(request.user), pk=pk)
     decision = request.POST.get("decision")
     comment = request.POST.get("comment", "")
-    error = None
+    # The version of the change the page showed: a page always sends it (a form
+    # without it decides on nothing), so a decision never lands on a change that moved.
+    seen = request.POST.get("fingerprint", "")[:64]
+    error = stale = None
     try:
         if decision == "reject":
-            services.gate_reject(actor=request.user, change=change, role=role, comment=comment)
+            services.gate_reject(actor=request.user, change=change, role=role, comment=comment,
+                                 seen=seen)
         elif decision == "approve":
-            services.gate_approve(actor=request.user, change=change, role=role, comment=comment)
+            services.gate_approve(actor=request.user, change=change, role=role,
+                                  comment=comment, seen=seen)
         else:
             error = "Choose approve or reject."
     except DomainError as exc:
         error = exc.detail
+        stale = exc.code == ChangedSinceViewed.code
     change = selectors.change_detail_queryset().get(pk=pk)
     gate = next((g for g in change.gates.all() if g.role == role), None)
     if request.htmx:
+        # After a refusal the card offers the form again for what it still shows, unless
+        # the change moved: then only opening it again shows what there is to decide.
         return render(request, "approvals/_decision_result.html", {
             "change": change, "gate": gate, "error": error, "role": role,
+            "stale": stale, "version_shown": seen,
         }, status=200)
     if error:
         messages.error(request, error)
@@ -235,10 +251,14 @@ def inbox(request):
     # decision is the last thing it waits for.
     changes = [gate.change for gate in gates]
     rules = selectors.rules_for(changes) if changes else None
+    digests = digests_for_many(changes)
     for gate in gates:
         others = [b for b in selectors.change_blockers(gate.change, rules=rules)
                   if b.code != f"gate_{gate.role}"]
         gate.other_blockers = others
+        # The version the card shows, sent back with the decision.
+        gate.change.version_shown = services.change_version(gate.change, digests=digests[
+            (gate.change.release.application_id, gate.change.environment_id)])
     return render(request, "approvals/inbox.html", {
         "gates": gates,
         "reviews": list(selectors.open_reviews(request.user)[:50]),

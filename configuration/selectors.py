@@ -31,6 +31,23 @@ def digests_for(change) -> tuple[str, str]:
     return row if row else (EMPTY_DIGEST, EMPTY_DIGEST)
 
 
+def digests_for_many(changes) -> dict[tuple[int, int], tuple[str, str]]:
+    """``digests_for`` of many changes in one query, by (application id, environment id);
+    a pair absent from the answer has no configuration (empty digests)."""
+    pairs = {(c.release.application_id, c.environment_id) for c in changes}
+    if not pairs:
+        return {}
+    rows = (ConfigurationVersion.objects
+            .filter(application_id__in={a for a, _ in pairs},
+                    environment_id__in={e for _, e in pairs})
+            .order_by("application_id", "environment_id", "-number")
+            .distinct("application_id", "environment_id")
+            .values_list("application_id", "environment_id", "digest",
+                         "secret_references_digest"))
+    found = {(a, e): (digest, secrets) for a, e, digest, secrets in rows}
+    return {pair: found.get(pair, (EMPTY_DIGEST, EMPTY_DIGEST)) for pair in pairs}
+
+
 def diff_lines(left: ConfigurationVersion | None, right: ConfigurationVersion | None,
                left_label: str, right_label: str) -> list[dict]:
     """A unified diff of two documents as rows the page colours."""

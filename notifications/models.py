@@ -33,6 +33,7 @@ class Kind(models.TextChoices):
     POST_DEPLOYMENT = "post_deployment", "Post-deployment summary (SOP 11.2)"
     FAILED = "failed", "Deployment failed"
     ROLLED_BACK = "rolled_back", "Rollback"
+    START_REFUSED = "start_refused", "Deployment not started (deployer may not deploy)"
 
 
 class Subscription(models.Model):

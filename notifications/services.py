@@ -39,7 +39,8 @@ MAX_ATTEMPTS = 5
 WEBHOOK_TIMEOUT = 10
 
 # Audit actions that make notifications (the approval workflow sends no signals).
-AUDIT_ACTIONS = {"change.submitted", "gate.rejected", "change.deploying", "gate.approved"}
+AUDIT_ACTIONS = {"change.submitted", "gate.rejected", "change.deploying", "gate.approved",
+                 "change.start_refused"}
 
 
 def base_url() -> str:
@@ -226,6 +227,15 @@ def rejected_message(change, *, gate: str, rejected_by: str, comment: str) -> Me
     return Message(Kind.REJECTED, subject, body, fields)
 
 
+def start_refused_message(change, *, deployer: str, trigger: str) -> Message:
+    fields = {**_change_fields(change), "deployer": deployer, "trigger": trigger}
+    subject = (f"[NOT DEPLOYED] {change.reference} {change.release.application.name} "
+               f"{change.release.version} to {change.environment.name}: {deployer} may no "
+               "longer deploy there")
+    body = render_to_string("notifications/messages/start_refused.txt", {"f": fields})
+    return Message(Kind.START_REFUSED, subject, body, fields)
+
+
 def _key_metrics(deployment: Deployment) -> dict:
     """The health figures measured last (SOP 11.2 key metrics)."""
     verdict = (AnalysisVerdict.objects.filter(deployment=deployment)
@@ -333,6 +343,15 @@ def notifications_for_audit_event(*, event) -> list[int]:
         return ids
     if event.action == "gate.approved":
         return _pre_deployment(change, event, at=change.scheduled_for or timezone.now())
+    if event.action == "change.start_refused":
+        # The deployer (and the requester) learn that nothing started, and why.
+        deployer = change.deployer or change.requested_by
+        message = start_refused_message(change, deployer=after.get("deployer", ""),
+                                        trigger=after.get("trigger", ""))
+        return _queue(event_key=f"change:{change.pk}:start_refused:"
+                                f"{event.occurred_at:%Y%m%d%H%M%S}",
+                      message=message, change_id=change.pk, deployment_id=None,
+                      environment=env, people=[deployer, change.requested_by])
     if event.action == "gate.rejected":
         gate = after.get("role", "")
         message = rejected_message(change, gate=gate.replace("_", " "),

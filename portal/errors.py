@@ -67,3 +67,9 @@ class NotReady(Conflict):
 
 class DeploymentInProgress(Conflict):
     code = "deployment_in_progress"
+
+
+class ChangedSinceViewed(Conflict):
+    """A decision was made on a version of the change that is no longer current."""
+
+    code = "changed_since_viewed"
