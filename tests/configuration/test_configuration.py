@@ -222,7 +222,9 @@ def test_pages_show_history_refuse_secrets_with_the_line_and_diff(demo, where, c
     assert "-  timeout: 60" in diff and "+  timeout: 90" in diff
     services.configuration_save(actor=demo.engineer, application=where[0],
                                 environment=Environment.objects.get(slug="staging"),
-                                document=SOP_EXAMPLE.replace("prod-db", "staging-db"),
+                                document=SOP_EXAMPLE.replace("prod-db", "staging-db")
+                                .replace("PRODUCTION_", "STAGING_")
+                                .replace("secret/production/", "secret/staging/"),
                                 reason="Staging")
     across = client.get(url + "diff?against=staging").content.decode()
     assert "-  host: staging-db.internal" in across and "+  host: prod-db.internal" in across
