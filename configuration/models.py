@@ -54,3 +54,36 @@ class ConfigurationVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.application.slug}/{self.environment.slug} v{self.number}"
+
+
+class SecretAllowance(models.Model):
+    """One entry of an application's secret allow-list in one environment (SOP 7.2).
+
+    Besides its own namespace (``secret/<environment>/<application>/`` in Vault,
+    ``<ENVIRONMENT>_<APPLICATION>_*`` variables) a configuration may name what these
+    entries allow. The deny-list (``configuration.secret_policy``) wins over them.
+    """
+
+    class Kind(models.TextChoices):
+        VAULT = "vault", "Vault path (a trailing / allows everything below)"
+        ENV = "env", "Environment variable (a trailing * makes a prefix)"
+
+    application = models.ForeignKey(Application, on_delete=models.CASCADE,
+                                    related_name="secret_allowances")
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE,
+                                    related_name="secret_allowances")
+    kind = models.CharField(max_length=5, choices=Kind.choices)
+    value = models.CharField(max_length=300)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["application", "environment", "kind", "value"]
+        constraints = [
+            models.UniqueConstraint(fields=["application", "environment", "kind", "value"],
+                                    name="secret_allowance_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.application.slug}/{self.environment.slug}: {self.kind} {self.value}"

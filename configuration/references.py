@@ -21,6 +21,12 @@ class SecretUnavailable(Conflict):
     code = "secret_unavailable"
 
 
+class SecretNotAllowed(SecretUnavailable):
+    """A saved reference the allow-list no longer covers: it is not resolved."""
+
+    code = "secret_not_allowed"
+
+
 def resolve_reference(reference: str, *, environ=None) -> str:
     environ = os.environ if environ is None else environ
     match = ENV_REFERENCE.match(reference)
@@ -60,14 +66,18 @@ def _vault(reference: str, path: str, key: str, environ) -> str:
     return str(data[key])
 
 
-def resolve(value, *, environ=None):
-    """A copy of ``value`` with every reference replaced by what it names."""
+def resolve(value, *, environ=None, secrets: set[str] | None = None):
+    """A copy of ``value`` with every reference replaced by what it names; the values
+    read are added to ``secrets`` when given."""
     from configuration.validation import is_reference
 
     if isinstance(value, dict):
-        return {k: resolve(v, environ=environ) for k, v in value.items()}
+        return {k: resolve(v, environ=environ, secrets=secrets) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve(v, environ=environ) for v in value]
+        return [resolve(v, environ=environ, secrets=secrets) for v in value]
     if is_reference(value):
-        return resolve_reference(value, environ=environ)
+        resolved = resolve_reference(value, environ=environ)
+        if secrets is not None:
+            secrets.add(resolved)
+        return resolved
     return value

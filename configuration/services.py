@@ -6,20 +6,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from configuration import references
-from configuration.models import ConfigurationSchema, ConfigurationVersion
+from configuration import references, secret_policy
+from configuration.models import ConfigurationSchema, ConfigurationVersion, SecretAllowance
 from configuration.signals import configuration_changed
-from configuration.validation import is_reference, parse
+from configuration.validation import Problem, is_reference, parse
 from deployments.models import Application, Deployment, Environment
 from portal.audit import audit_record
 from portal.errors import Conflict, Invalid, Refused
 from portal.permissions import has_env_perm
 
 logger = logging.getLogger(__name__)
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+VAULT_PATH = re.compile(r"^[A-Za-z0-9_.-][A-Za-z0-9_./-]*$")
 
 
 def digest(value) -> str:
@@ -57,10 +61,15 @@ def configuration_save(*, actor, application: Application, environment: Environm
     schema = (ConfigurationSchema.objects.filter(application=application)
               .values_list("schema", flat=True).first())
     parsed = parse(document, schema)
-    if not parsed.ok:
-        raise Invalid(f"the configuration has {len(parsed.problems)} problem"
-                      f"{'s' if len(parsed.problems) > 1 else ''}",
-                      fields={"document": [str(p) for p in parsed.problems]})
+    refused = _refused_references(parsed, application, environment)
+    problems = sorted(parsed.problems + refused, key=lambda p: (p.line or 0, p.path))
+    if refused:
+        _refusal_audited(actor, application, environment, refused)
+    if problems:
+        raise Invalid(f"the configuration has {len(problems)} problem"
+                      f"{'s' if len(problems) > 1 else ''}",
+                      code="secret_not_allowed" if refused else None,
+                      fields={"document": [str(p) for p in problems]})
     with transaction.atomic():
         # Serialises saves of one application: numbering stays gapless and ordered.
         Application.objects.select_for_update().filter(pk=application.pk).first()
@@ -97,6 +106,85 @@ def configuration_save(*, actor, application: Application, environment: Environm
     return version
 
 
+def _refused_references(parsed, application: Application,
+                        environment: Environment) -> list[Problem]:
+    """A problem, with its line, for each reference outside the allow-list (SOP 7.2)."""
+    found = []
+    for line, path, reference in parsed.located:
+        why = secret_policy.refusal(reference, application_id=application.pk,
+                                    environment_id=environment.pk)
+        if why:
+            found.append(Problem(line, path, why))
+    return found
+
+
+def _refusal_audited(actor, application: Application, environment: Environment,
+                     refused: list[Problem]) -> None:
+    """A refused secret reference is on the record (references only, never values)."""
+    with transaction.atomic():
+        audit_record(actor=actor, action="configuration.secret_refused", obj=application,
+                     environment=environment.slug, reason=refused[0].message,
+                     after={"application": application.slug,
+                            "refused": [f"line {p.line}: {p.path}" for p in refused],
+                            "code": "secret_not_allowed"})
+
+
+def secret_allowance_check(*, kind: str, value: str, environment: Environment) -> None:
+    """Refuse an allow-list entry that is malformed or that the deny-list covers."""
+    if kind not in SecretAllowance.Kind.values:
+        raise Invalid(f"unknown kind {kind!r}", fields={"kind": ["Choose vault or env."]})
+    probe = value[:-1] if kind == "env" and value.endswith("*") else value
+    shape = ENV_NAME if kind == "env" else VAULT_PATH
+    if not shape.match(probe):
+        raise Invalid(f"{value!r} is not a valid {kind} entry",
+                      fields={"value": ["Write a variable name (or a prefix ending in *) or "
+                                        "a Vault path (or a prefix ending in /)."]})
+    denied = secret_policy.denial(kind, probe, environment.slug)
+    if denied:
+        raise Invalid(f"{value} cannot be allowed: {denied}", code="secret_denied",
+                      fields={"value": [denied]})
+
+
+def secret_allowance_add(*, actor, application: Application, environment: Environment,
+                         kind: str, value: str) -> SecretAllowance:
+    """Allow ``application`` to name a Vault path (prefix ending in /) or a variable
+    (prefix ending in *) in ``environment``. Administrators only; the deny-list wins."""
+    if not getattr(actor, "is_staff", False):
+        raise Refused("only administrators change the secret allow-list",
+                      code="not_permitted")
+    value = (value or "").strip()
+    secret_allowance_check(kind=kind, value=value, environment=environment)
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                entry = SecretAllowance.objects.create(
+                    application=application, environment=environment, kind=kind,
+                    value=value, created_by=actor)
+        except IntegrityError:
+            raise Conflict(f"{value} is already allowed", code="already_allowed") from None
+        audit_record(actor=actor, action="configuration.secret_allowed", obj=entry,
+                     environment=environment.slug,
+                     after={"application": application.slug, "kind": kind, "value": value})
+    return entry
+
+
+def secret_allowance_remove(*, actor, allowance: SecretAllowance) -> None:
+    """Remove an entry: references it allowed no longer resolve on the worker."""
+    if not getattr(actor, "is_staff", False):
+        raise Refused("only administrators change the secret allow-list",
+                      code="not_permitted")
+    with transaction.atomic():
+        entry = SecretAllowance.objects.select_for_update().select_related(
+            "application", "environment").filter(pk=allowance.pk).first()
+        if entry is None:
+            return
+        audit_record(actor=actor, action="configuration.secret_disallowed", obj=entry,
+                     environment=entry.environment.slug,
+                     before={"application": entry.application.slug, "kind": entry.kind,
+                             "value": entry.value})
+        entry.delete()
+
+
 def configuration_schema_set(*, actor, application: Application,
                              schema: dict) -> ConfigurationSchema:
     if not getattr(actor, "is_staff", False):
@@ -121,13 +209,16 @@ def configuration_schema_set(*, actor, application: Application,
     return current
 
 
-def render_for_deployment(deployment: Deployment, *, environ=None) -> dict:
+def render_for_deployment(deployment: Deployment, *, environ=None,
+                          secrets: set[str] | None = None) -> dict:
     """The configuration a deployment runs with, secret references resolved.
 
     Call it on the worker, just before the executor needs it, and pass the result
     on in memory (the process environment of the deployed service, a pipe): it holds
     secrets, so it is never saved, logged or put in an audit event. Raises
-    ``SecretUnavailable`` naming the reference (never a value) when one cannot be read.
+    ``SecretUnavailable`` naming the reference (never a value) when one cannot be read,
+    ``SecretNotAllowed`` when the allow-list no longer lets the application name it.
+    The resolved values are added to ``secrets``, for masking in the run's log.
     """
     version = (ConfigurationVersion.objects
                .filter(application_id=deployment.application_id,
@@ -136,7 +227,12 @@ def render_for_deployment(deployment: Deployment, *, environ=None) -> dict:
                .order_by("-number").first())
     if version is None:
         return {}
-    resolved = references.resolve(version.data, environ=environ)
+    for reference in version.secret_references:
+        why = secret_policy.refusal(reference, application_id=deployment.application_id,
+                                    environment_id=deployment.environment_id)
+        if why:
+            raise references.SecretNotAllowed(why)
+    resolved = references.resolve(version.data, environ=environ, secrets=secrets)
     logger.info("configuration v%s of %s resolved for deployment %s (%s references)",
                 version.number, version.application_id, deployment.pk,
                 len(version.secret_references))

@@ -7,7 +7,7 @@ guessing.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jsonschema
 import yaml
@@ -45,6 +45,8 @@ class Parsed:
     data: dict
     references: list[str]
     problems: list[Problem]
+    # (line, key path, reference) of every reference, for refusals that name the line.
+    located: list[tuple[int | None, str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -102,6 +104,7 @@ def parse(document: str, schema: dict | None = None) -> Parsed:
 
     problems: list[Problem] = []
     references: list[str] = []
+    located: list[tuple[int | None, str, str]] = []
 
     def walk(value, path: tuple, secret: bool) -> None:
         if isinstance(value, dict):
@@ -116,6 +119,7 @@ def parse(document: str, schema: dict | None = None) -> Parsed:
                 walk(inner, (*path, index), secret)
         elif is_reference(value):
             references.append(value)
+            located.append((_line_of(lines, path), _path_text(path), value))
         elif isinstance(value, str) and ("${" in value or value.startswith("vault:")):
             problems.append(Problem(
                 _line_of(lines, path), _path_text(path),
@@ -143,4 +147,4 @@ def parse(document: str, schema: dict | None = None) -> Parsed:
                 problems.append(Problem(_line_of(lines, path), _path_text(path),
                                         error.message))
     problems.sort(key=lambda p: (p.line or 0, p.path))
-    return Parsed(data, sorted(set(references)), problems)
+    return Parsed(data, sorted(set(references)), problems, located)

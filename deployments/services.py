@@ -195,6 +195,12 @@ def _enqueue(deployment_id: int, task_id: str) -> None:
     deployment_execute.apply_async(args=[deployment_id], task_id=task_id)
 
 
+# What replaces a resolved secret value in log lines, step details and reasons.
+SECRET_MASK = "***"
+# Values shorter than this are not masked: they would blank out ordinary words.
+SECRET_MASK_MIN_LENGTH = 3
+
+
 @dataclass
 class RunState:
     """Per-run state of one execution; never kept on the task instance."""
@@ -202,11 +208,29 @@ class RunState:
     deployment_id: int
     next_seq: int = 1
     lines: list = field(default_factory=list)
+    # The resolved secret values of this run (memory only), masked wherever text is kept.
+    secrets: set = field(default_factory=set, repr=False)
+
+    def mask(self, text: str) -> str:
+        """``text`` with every resolved secret value of the run replaced by ***, as CI
+        systems mask theirs; each line of a multi-line value is masked on its own too,
+        since command output arrives line by line."""
+        if not self.secrets or not text:
+            return text
+        pieces = set()
+        for value in self.secrets:
+            pieces.add(value)
+            pieces.update(part.strip() for part in value.splitlines())
+        for piece in sorted((p for p in pieces if len(p) >= SECRET_MASK_MIN_LENGTH),
+                            key=len, reverse=True):
+            text = text.replace(piece, SECRET_MASK)
+        return text
 
 
 def _log(state: RunState, level: str, message: str) -> None:
     DeploymentLogLine.objects.create(
-        deployment_id=state.deployment_id, seq=state.next_seq, level=level, message=message
+        deployment_id=state.deployment_id, seq=state.next_seq, level=level,
+        message=state.mask(message)
     )
     state.next_seq += 1
 
@@ -302,7 +326,7 @@ def deployment_run(*, deployment_id: int) -> str | None:
         _run_unlock(deployment_id)
 
 
-def _configuration_for(deployment: Deployment) -> dict:
+def _configuration_for(deployment: Deployment, secrets: set | None = None) -> dict:
     """The deployment's configuration with its secret references resolved (SOP 7).
 
     Resolved here, on the worker, for this run only: the values live in memory and
@@ -313,7 +337,7 @@ def _configuration_for(deployment: Deployment) -> dict:
         from configuration.services import render_for_deployment
     except ImportError:  # a deployment of the engine without the configuration app
         return {}
-    return render_for_deployment(deployment)
+    return render_for_deployment(deployment, secrets=secrets)
 
 
 def _run_locked(deployment_id: int) -> str | None:
@@ -338,10 +362,12 @@ def _run_locked(deployment_id: int) -> str | None:
 
     try:
         executor = executor_for(deployment, log)
-        executor.configuration = _configuration_for(deployment)
+        executor.configuration = _configuration_for(deployment, state.secrets)
     except (StepFailed, DomainError) as exc:
         first = deployment.steps.order_by("position").first()
-        return _fail(deployment, first, getattr(exc, "detail", None) or str(exc))
+        reason = getattr(exc, "detail", None) or str(exc)
+        log("error", f"Configuration not handed to the deployment: {reason}")
+        return _fail(deployment, first, state.mask(reason))
     steps = list(deployment.steps.select_related("target").order_by("position"))
     total = len(steps)
     if deployment.attempts == 1:
@@ -386,19 +412,23 @@ def _run_locked(deployment_id: int) -> str | None:
                     return outcome
                 detail = step.detail
             else:
-                detail = executor.run(step)
+                detail = state.mask(executor.run(step))
                 if step.name == "pre_health_check":
                     _record_baseline(deployment, step, executor, log)
         except StepFailed as exc:
-            log("error", f"{step.title} failed: {exc}")
+            said = state.mask(str(exc))
+            log("error", f"{step.title} failed: {said}")
             if step.name in HEALTH_STEPS and deployment.kind == Deployment.Kind.DEPLOY:
                 return _roll_back_automatically(
-                    deployment, step, f"health check failing: {exc}", log)
-            return _fail(deployment, step, str(exc))
+                    deployment, step, f"health check failing: {said}", log)
+            return _fail(deployment, step, said)
         except Exception as exc:  # an executor bug must still end the deployment cleanly
-            logger.exception("step %s of deployment %s crashed", step.name, deployment.pk)
-            log("error", f"{step.title} failed: {exc.__class__.__name__}: {exc}")
-            return _fail(deployment, step, f"{exc.__class__.__name__}: {exc}")
+            said = state.mask(f"{exc.__class__.__name__}: {exc}")
+            # The traceback may quote a secret: only a run without secrets logs it.
+            logger.error("step %s of deployment %s crashed: %s", step.name, deployment.pk,
+                         said, exc_info=not state.secrets)
+            log("error", f"{step.title} failed: {said}")
+            return _fail(deployment, step, said)
         log("info", f"{step.title}: {detail}")
         done = step.position
         DeploymentStep.objects.filter(pk=step.pk).update(

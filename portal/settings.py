@@ -239,6 +239,12 @@ PORTAL_DEPLOY_ROOT = Path(env.str("PORTAL_DEPLOY_ROOT", default=str(embedded.var
 # A running deployment whose heartbeat is older than this is taken as orphaned.
 PORTAL_HEARTBEAT_STALE_SECONDS = env.int("PORTAL_HEARTBEAT_STALE_SECONDS", default=120)
 
+# Secrets stay in their environment (docs/security.md): worker variables a deployed
+# command may see besides PATH, HOME, LANG and the like, and variables no configuration
+# may name besides the portal's own (a trailing * makes a prefix).
+PORTAL_DEPLOY_ENV_PASSTHROUGH = env.list("PORTAL_DEPLOY_ENV_PASSTHROUGH", default=[])
+PORTAL_SECRET_DENIED_ENV = env.list("PORTAL_SECRET_DENIED_ENV", default=[])
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -88,6 +88,14 @@ def pytest_configure(config):
 
 _WORKER = {"running": False}
 
+# Variables the worker holds besides the test run's own (which win): the portal's key and
+# two secrets, which the security tests look for in what deployed commands see and log.
+WORKER_TEST_ENV = {
+    "DJANGO_SECRET_KEY": "portal-key-held-by-the-worker-5Xq9",
+    "STAGING_SECRET_PROBE_API_TOKEN": "tok-in-namespace-8Hw3Lr",
+    "SHARED_PAYMENTS_API_TOKEN": "tok-shared-payments-2Kd7Pz",
+}
+
 
 def _quiesce_worker(timeout: float = 10.0) -> None:
     """Drop queued tasks and wait for the worker's running ones to finish.
@@ -133,7 +141,8 @@ def celery_worker_process(django_db_setup, django_db_blocker):
     database_url = (f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}"
                     f"/{db['NAME']}")
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
-    env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=settings.REDIS_URL,
+    env = dict({**WORKER_TEST_ENV, **os.environ}, DATABASE_URL=database_url,
+               REDIS_URL=settings.REDIS_URL,
                PORTAL_HEARTBEAT_STALE_SECONDS=os.environ.get("PORTAL_HEARTBEAT_STALE_SECONDS",
                                                              "120"))
     log_path = Path(os.environ["PORTAL_VAR_DIR"]) / "test-worker.log"

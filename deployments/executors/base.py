@@ -12,6 +12,18 @@ from pathlib import Path
 
 from django.conf import settings
 
+# Variables of the worker a deployed command or process may see (SOP 10.2): what a
+# program needs to run, nothing of the portal's own settings. PORTAL_DEPLOY_ENV_PASSTHROUGH
+# adds names; the executor settings' "env" and the resolved configuration come on top.
+PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES",
+                   "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL", "TERM")
+
+
+def passthrough_environment() -> dict[str, str]:
+    """The part of the worker's environment a deployed command inherits."""
+    names = PASSTHROUGH_ENV + tuple(getattr(settings, "PORTAL_DEPLOY_ENV_PASSTHROUGH", ()))
+    return {name: os.environ[name] for name in names if name in os.environ}
+
 
 class StepFailed(Exception):
     """A step could not be completed; the message says why, for the deployment log."""

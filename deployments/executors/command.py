@@ -9,7 +9,10 @@ Executor settings::
 Placeholders: {application}, {environment}, {version}, {target}, {address},
 {artifact} (the verified local copy of the artifact), {deployment}. A step without a
 command is recorded as such and succeeds. Output is streamed into the deployment log
-line by line; the exit code decides; a command past its timeout is killed.
+line by line; the exit code decides; a command past its timeout is killed. The command
+sees only PATH, HOME, LANG and the like of the worker's environment
+(``passthrough_environment``), its "env" settings, PORTAL_CONFIGURATION (the resolved
+configuration), PORTAL_VERSION and PORTAL_ENVIRONMENT.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ import threading
 import time
 from pathlib import Path
 
-from deployments.executors.base import Executor, StepFailed, fetch_artifact
+from deployments.executors.base import (
+    Executor,
+    StepFailed,
+    fetch_artifact,
+    passthrough_environment,
+)
 
 
 class CommandExecutor(Executor):
@@ -58,7 +66,9 @@ class CommandExecutor(Executor):
         except (KeyError, ValueError) as exc:
             raise StepFailed(f"the command for {step_name} is malformed: {exc}") from exc
         timeout = float(self.settings.get("timeout", 600))
-        env = dict(os.environ, **{k: str(v) for k, v in self.settings.get("env", {}).items()},
+        # Not the worker's environment: no DJANGO_SECRET_KEY, DATABASE_URL, hook secrets.
+        env = dict(passthrough_environment(),
+                   **{k: str(v) for k, v in self.settings.get("env", {}).items()},
                    **self.configuration_environment(),
                    PORTAL_VERSION=d.release.version, PORTAL_ENVIRONMENT=d.environment.slug)
         cwd = self.settings.get("cwd") or None

@@ -414,13 +414,13 @@ def test_configuration_changes_after_approval_reopen_only_the_gates_concerned(
     assert {g.role: g.status for g in staging.gates.all()} == {"tech_lead": "pending",
                                                                "qa": "approved"}
 
-    save("database:\n  password: ${env:DB_PASSWORD}\n", "production")
+    save("database:\n  password: ${env:PRODUCTION_STOREFRONT_DB_PASSWORD}\n", "production")
     release = green_release()
     succeed_in("staging", release, demo)
     production = approve_all(request_change(demo.engineer, "production", release=release,
                                             on_call=demo.oncall, rollback_plan="Redeploy"),
                              demo)
-    save("database:\n  password: vault:db/prod#password\n", "production")
+    save("database:\n  password: vault:secret/production/storefront/db#password\n", "production")
     # A new secret reference goes back to security, not to everyone.
     assert {g.role: g.status for g in production.gates.all()} == {
         "cab": "approved", "security": "pending", "business": "approved"}

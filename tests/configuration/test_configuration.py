@@ -24,11 +24,11 @@ database:
   host: prod-db.internal
   port: 5432
   name: app_production
-  password: ${env:PORTAL_TEST_DB_PASSWORD}
+  password: ${env:PRODUCTION_STOREFRONT_DB_PASSWORD}
 api:
   base_url: https://api.company.com
   timeout: 60
-  token: vault:secret/storefront#api_token
+  token: vault:secret/production/storefront#api_token
 features:
   new_dashboard: false
   beta_features: false
@@ -65,8 +65,8 @@ def test_every_save_is_a_new_audited_version(demo, where):
     assert (first.number, second.number) == (1, 2)
     assert second.data["api"]["timeout"] == 90
     assert second.author == demo.engineer and second.reason == "Slow partner API"
-    assert second.secret_references == ["${env:PORTAL_TEST_DB_PASSWORD}",
-                                        "vault:secret/storefront#api_token"]
+    assert second.secret_references == ["${env:PRODUCTION_STOREFRONT_DB_PASSWORD}",
+                                        "vault:secret/production/storefront#api_token"]
     event = AuditEvent.objects.filter(action="configuration.changed").order_by("-id").first()
     assert event.actor_name == "engineer" and event.reason == "Slow partner API"
     assert event.before["version"] == 1 and event.after["version"] == 2
@@ -145,7 +145,7 @@ class FakeVault(BaseHTTPRequestHandler):
             self.send_response(403)
             self.end_headers()
             return
-        if self.path == "/v1/secret/storefront":
+        if self.path == "/v1/secret/production/storefront":
             body = {"data": {"data": {"api_token": "tok-FROM-VAULT-42"}}}
             self.send_response(200)
             self.end_headers()
@@ -172,7 +172,7 @@ def test_references_are_resolved_for_the_deployment_and_never_stored_or_logged(
     release = ReleaseFactory(application=where[0])
     deployment = Deployment.objects.create(application=where[0], environment=where[1],
                                            release=release, status="running")
-    environ = {"PORTAL_TEST_DB_PASSWORD": "pw-FROM-ENV-7", "VAULT_ADDR": vault,
+    environ = {"PRODUCTION_STOREFRONT_DB_PASSWORD": "pw-FROM-ENV-7", "VAULT_ADDR": vault,
                "VAULT_TOKEN": "vault-test-token"}
     with caplog.at_level(logging.DEBUG):
         config = services.render_for_deployment(deployment, environ=environ)
@@ -198,11 +198,12 @@ def test_a_missing_secret_names_the_reference_not_a_value(demo, where, vault):
     with pytest.raises(SecretUnavailable) as caught:
         services.render_for_deployment(deployment, environ={
             "VAULT_ADDR": vault, "VAULT_TOKEN": "vault-test-token"})
-    assert "PORTAL_TEST_DB_PASSWORD" in caught.value.detail
+    assert "PRODUCTION_STOREFRONT_DB_PASSWORD" in caught.value.detail
     with pytest.raises(SecretUnavailable) as caught:
         services.render_for_deployment(deployment, environ={
-            "PORTAL_TEST_DB_PASSWORD": "pw", "VAULT_ADDR": vault, "VAULT_TOKEN": "wrong"})
-    assert "vault:secret/storefront#api_token" in caught.value.detail
+            "PRODUCTION_STOREFRONT_DB_PASSWORD": "pw", "VAULT_ADDR": vault,
+            "VAULT_TOKEN": "wrong"})
+    assert "vault:secret/production/storefront#api_token" in caught.value.detail
     assert "403" in caught.value.detail
 
 
@@ -212,7 +213,8 @@ def test_pages_show_history_refuse_secrets_with_the_line_and_diff(demo, where, c
     client.force_login(demo.engineer)
     url = "/configuration/storefront/production/"
     page = client.get(url).content.decode()
-    assert "Version 2" in page and "Slower API" in page and "vault:secret/storefront" in page
+    assert "Version 2" in page and "Slower API" in page
+    assert "vault:secret/production/storefront" in page
     response = client.post(url, {"document": "db:\n  password: hunter2\n", "reason": "x"})
     assert response.status_code == 400
     assert "line 2: db.password" in response.content.decode()
@@ -220,7 +222,9 @@ def test_pages_show_history_refuse_secrets_with_the_line_and_diff(demo, where, c
     assert "-  timeout: 60" in diff and "+  timeout: 90" in diff
     services.configuration_save(actor=demo.engineer, application=where[0],
                                 environment=Environment.objects.get(slug="staging"),
-                                document=SOP_EXAMPLE.replace("prod-db", "staging-db"),
+                                document=SOP_EXAMPLE.replace("prod-db", "staging-db")
+                                .replace("PRODUCTION_", "STAGING_")
+                                .replace("secret/production/", "secret/staging/"),
                                 reason="Staging")
     across = client.get(url + "diff?against=staging").content.decode()
     assert "-  host: staging-db.internal" in across and "+  host: prod-db.internal" in across

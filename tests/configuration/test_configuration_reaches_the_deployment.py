@@ -16,14 +16,14 @@ SECRET = "s3cr3t-value-for-the-test"
 
 def test_deployment_hands_resolved_configuration_to_the_process_and_stores_no_secret(
         demo, tmp_path, monkeypatch):
-    monkeypatch.setenv("STOREFRONT_DB_PASSWORD", SECRET)
+    monkeypatch.setenv("STAGING_SVC_COMMAND_DB_PASSWORD", SECRET)
     seen = tmp_path / "seen.json"
     app, env = executor_app("command", {"commands": {
         "deploy": f"{sys.executable} -c \"import os, pathlib; "
                   f"pathlib.Path('{seen}').write_text(os.environ['PORTAL_CONFIGURATION'])\""}})
     configuration_save(actor=demo.engineer, application=app, environment=env, reason="db",
                        document="database:\n  host: db.internal\n"
-                                "  password: ${env:STOREFRONT_DB_PASSWORD}\n")
+                                "  password: ${env:STAGING_SVC_COMMAND_DB_PASSWORD}\n")
 
     deployment = run_deployment(demo, app, env, "1.0.0")
 
@@ -39,11 +39,11 @@ def test_deployment_hands_resolved_configuration_to_the_process_and_stores_no_se
 
 
 def test_a_missing_secret_fails_the_deployment_naming_only_the_reference(demo, monkeypatch):
-    monkeypatch.delenv("MISSING_TOKEN", raising=False)
+    monkeypatch.delenv("STAGING_SVC_COMMAND_MISSING_TOKEN", raising=False)
     app, env = executor_app("command", {"commands": {"deploy": f"{sys.executable} -c 'pass'"}})
     configuration_save(actor=demo.engineer, application=app, environment=env, reason="api",
-                       document="api:\n  token: ${env:MISSING_TOKEN}\n")
+                       document="api:\n  token: ${env:STAGING_SVC_COMMAND_MISSING_TOKEN}\n")
     deployment = run_deployment(demo, app, env, "1.0.0")
     assert deployment.status == "failed"
-    assert "${env:MISSING_TOKEN}" in deployment.failure_reason
+    assert "${env:STAGING_SVC_COMMAND_MISSING_TOKEN}" in deployment.failure_reason
     assert "not set on the worker" in deployment.failure_reason
