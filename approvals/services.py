@@ -39,6 +39,7 @@ from portal.context import RequestContext
 from portal.errors import (
     AlreadyDecided,
     ChangedSinceViewed,
+    DeploymentInProgress,
     DomainError,
     Invalid,
     InvalidTransition,
@@ -649,7 +650,20 @@ def _start_by_itself(*, change: ChangeRequest, why: str) -> Deployment | None:
     bound = request_context.bind_request(RequestContext(
         request_id=ctx.request_id, ip=ctx.ip, user_agent=ctx.user_agent))
     try:
-        return _start_deployment(actor=deployer, change=change, trigger=why)
+        # A savepoint: a change that is approved but not ready yet (outside its window,
+        # checklist open, another deployment running) stays approved, and the decision
+        # that approved it stands; it does not start later by surprise.
+        with transaction.atomic():
+            return _start_deployment(actor=deployer, change=change, trigger=why)
+    except (NotReady, DeploymentInProgress) as exc:
+        audit_record(actor=System(why), action="change.start_deferred", obj=change,
+                     environment=change.environment.slug,
+                     after={"status": change.status, "code": exc.code,
+                            "blockers": getattr(exc, "blockers", None) or [],
+                            "deployer": deployer.get_username(), "trigger": why},
+                     reason="approved, but not ready to deploy; someone who may deploy "
+                            "there starts it when it is")
+        return None
     finally:
         request_context.unbind_request(bound)
 

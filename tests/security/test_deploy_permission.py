@@ -161,6 +161,25 @@ def test_deploy_when_approved_starts_as_the_deployer_not_the_last_approver(demo,
     assert AuditEvent.objects.get(action="deployment.queued").actor_name == "engineer"
 
 
+def test_last_approval_of_a_change_not_ready_yet_stands_and_nothing_starts(demo, api):
+    change = request_change(demo.engineer, "staging", deploy_when_approved=True)
+    services.gate_approve(actor=demo.techlead, change=change, role="tech_lead")
+    services.environment_lock(actor=demo.oncall, environment=env("staging"),
+                              reason="INC-7 database failover")
+
+    response = api(demo.qa).post(f"/api/v1/changes/{change.pk}/approve", {"gate": "qa"},
+                                 format="json")
+
+    assert response.status_code == 200, response.json()
+    change.refresh_from_db()
+    assert change.status == ChangeRequest.Status.APPROVED
+    assert Approval.objects.filter(change=change, approver=demo.qa).exists()
+    assert not Deployment.objects.filter(change_id=change.pk).exists()
+    deferred = AuditEvent.objects.get(action="change.start_deferred")
+    assert deferred.after["code"] == "not_ready"
+    assert "environment_locked" in {b["code"] for b in deferred.after["blockers"]}
+
+
 def test_deployer_who_lost_deploy_before_the_last_approval_does_not_deploy(demo, api):
     change = request_change(demo.engineer, "staging", deploy_when_approved=True)
     assert change.deployer == demo.engineer
