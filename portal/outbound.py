@@ -139,10 +139,16 @@ def address_refusal(address, host: str = "") -> str | None:
 
 
 def _host_literal(host: str):
+    """The address a host written as a number means (127.1 and 0x7f.0.0.1 included)."""
     try:
         return ipaddress.ip_address(host.strip("[]").split("%")[0])
     except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError, ValueError):
         return None
+    return ipaddress.ip_address(infos[0][4][0].split("%")[0])
 
 
 def check_url(url: str, *, resolve: bool = True) -> list[tuple]:
