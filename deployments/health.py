@@ -12,13 +12,12 @@ criterion, so nobody has to guess why a deployment was rolled back.
 
 from __future__ import annotations
 
-import http.client
-import json
 import math
 import time
 import urllib.parse
-import urllib.request
 from dataclasses import asdict, dataclass, field
+
+from portal import outbound
 
 # SOP 8.1 thresholds.
 ERROR_RATE_POINTS = 1.0
@@ -118,18 +117,18 @@ def evaluate(canary: Figures, baseline: Figures | None, thresholds: Thresholds) 
 
 
 def _get(host: str, port: int, path: str, timeout: float) -> tuple[int, float]:
-    """(status, milliseconds); status 0 when the target did not answer."""
+    """(status, milliseconds); status 0 when the target did not answer.
+
+    The call goes through ``portal.outbound``: a target at an address the portal may
+    not call raises ``outbound.DestinationRefused``.
+    """
     started = time.perf_counter()
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        status = response.status
-    except OSError:
+        status = outbound.request("GET", f"http://{netloc}{path}", connect_timeout=timeout,
+                                  read_timeout=timeout, total_timeout=timeout * 2).status
+    except (outbound.Unreachable, outbound.ResponseTooLarge):
         status = 0
-    finally:
-        conn.close()
     return status, round((time.perf_counter() - started) * 1000, 2)
 
 
@@ -148,7 +147,10 @@ class HttpProber:
     def health(self, endpoint: tuple[str, int] | None) -> tuple[bool, str]:
         if endpoint is None:
             return False, "not running"
-        status, _ = _get(*endpoint, self.health_path, self.timeout)
+        try:
+            status, _ = _get(*endpoint, self.health_path, self.timeout)
+        except outbound.DestinationRefused as exc:
+            return False, f"not probed: {exc}"
         return status == 200, f"/health answered {status or 'nothing'}"
 
     def measure(self, endpoints: dict[str, tuple[str, int] | None]) -> Figures:
@@ -159,7 +161,7 @@ class HttpProber:
             healthy, _ = self.health(endpoint)
             if not healthy:
                 figures.health_failures.append(name)
-            if endpoint is None:
+            if endpoint is None or not healthy and _refused(endpoint):
                 continue
             for _ in range(WARM_UP_REQUESTS):
                 _get(*endpoint, self.path, self.timeout)
@@ -174,6 +176,17 @@ class HttpProber:
         figures.p95_ms = percentile(latencies, 95)
         figures.p99_ms = percentile(latencies, 99)
         return figures
+
+
+def _refused(endpoint: tuple[str, int]) -> bool:
+    """Whether the portal may not call this endpoint at all (nothing to sample there)."""
+    host, port = endpoint
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        outbound.check_url(f"http://{netloc}/", resolve=False)
+    except outbound.DestinationRefused:
+        return True
+    return False
 
 
 class PrometheusProvider:
@@ -193,9 +206,14 @@ class PrometheusProvider:
 
     def query(self, expression: str) -> list[dict]:
         params = urllib.parse.urlencode({"query": expression})
-        with urllib.request.urlopen(f"{self.url}/api/v1/query?{params}",
-                                    timeout=self.timeout) as response:
-            payload = json.load(response)
+        try:
+            answer = outbound.request("GET", f"{self.url}/api/v1/query?{params}",
+                                      connect_timeout=self.timeout, read_timeout=self.timeout)
+            payload = answer.json()
+        except outbound.OutboundError as exc:
+            raise ValueError(f"Prometheus could not be queried: {exc}") from None
+        if not isinstance(payload, dict):
+            raise ValueError(f"Prometheus answered HTTP {answer.status} without a result")
         if payload.get("status") != "success":
             raise ValueError(f"Prometheus answered {payload.get('error', payload)}")
         return payload["data"]["result"]

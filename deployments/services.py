@@ -6,7 +6,10 @@ Each is one transaction with its audit event.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -31,6 +34,7 @@ from deployments.models import (
 )
 from deployments.signals import deployment_finished
 from deployments.strategies import STRATEGIES, build_plan
+from portal import outbound
 from portal.audit import System, audit_record
 from portal.errors import (
     Conflict,
@@ -79,6 +83,94 @@ def _release_snapshot(release: Release) -> dict:
     }
 
 
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _artifact_refused(why: str) -> Invalid:
+    return Invalid(f"artifact_url: {why}", code="artifact_untrusted",
+                   fields={"artifact_url": [why]})
+
+
+def artifact_display(url: str) -> str:
+    """An artifact URL fit for logs and messages: no credentials, no query string."""
+    parsed = urllib.parse.urlsplit(url)
+    netloc = parsed.hostname or ""
+    try:
+        if parsed.port:
+            netloc += f":{parsed.port}"
+    except ValueError:
+        pass
+    return urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, "", ""))[:300]
+
+
+def artifact_source_check(*, url: str) -> str:
+    """SOP 10.1: the artifact URL names a trusted source (``PORTAL_ARTIFACT_SOURCES``).
+
+    Returns what is to be read: the real path of a file:// artifact (symlinks resolved,
+    inside a trusted directory), or the URL of an http(s) one. Raises ``Invalid`` on
+    the ``artifact_url`` field otherwise. Registration and the worker both call it.
+    """
+    sources = [s.strip() for s in settings.PORTAL_ARTIFACT_SOURCES if s.strip()]
+    trusted = ", ".join(sources) or "none configured"
+    if any(c in url for c in "\x00\r\n\t\\"):
+        raise _artifact_refused("the URL contains control characters or backslashes")
+    parsed = urllib.parse.urlsplit(url)
+    scheme = parsed.scheme.lower()
+    path = urllib.parse.unquote(parsed.path)
+    if ".." in path.split("/"):
+        raise _artifact_refused("'..' is not allowed in an artifact path")
+    if scheme == "file":
+        if parsed.netloc not in ("", "localhost") or not path.startswith("/"):
+            raise _artifact_refused("a file:// artifact URL is an absolute path on this host")
+        real = os.path.realpath(path)
+        for source in sources:
+            prefix = urllib.parse.urlsplit(source)
+            if prefix.scheme.lower() != "file":
+                continue
+            root = os.path.realpath(urllib.parse.unquote(prefix.path)).rstrip("/") + "/"
+            if real.startswith(root):
+                return real
+        raise _artifact_refused(f"{artifact_display(url)} is not inside a trusted artifact "
+                                f"source ({trusted})")
+    if scheme not in ("http", "https"):
+        raise _artifact_refused("artifact URLs are file://, http:// or https://")
+    if parsed.username is not None or parsed.password is not None:
+        raise _artifact_refused("credentials do not belong in an artifact URL")
+    try:
+        outbound.check_url(url, resolve=False)
+    except outbound.DestinationRefused as exc:
+        raise _artifact_refused(str(exc)) from None
+    try:
+        port = parsed.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise _artifact_refused("the URL's port is not a number") from None
+    for source in sources:
+        prefix = urllib.parse.urlsplit(source)
+        if prefix.scheme.lower() != scheme or not prefix.hostname:
+            continue
+        prefix_port = prefix.port or (443 if scheme == "https" else 80)
+        if (prefix.hostname.lower(), prefix_port) != ((parsed.hostname or "").lower(), port):
+            continue
+        root = prefix.path if prefix.path.endswith("/") else prefix.path + "/"
+        if parsed.path.startswith(root) or parsed.path == prefix.path:
+            return url
+    raise _artifact_refused(f"{artifact_display(url)} is not under a trusted artifact "
+                            f"source ({trusted})")
+
+
+def _artifact_check(artifact_url: str, artifact_sha256: str) -> None:
+    if artifact_sha256 and not SHA256_HEX.match(artifact_sha256):
+        raise Invalid("artifact_sha256: not a SHA-256 digest", fields={
+            "artifact_sha256": ["A SHA-256 digest is 64 hex characters."]})
+    if not artifact_url:
+        return
+    artifact_source_check(url=artifact_url)
+    if not artifact_sha256:
+        raise Invalid("artifact_sha256: a release with an artifact carries its SHA-256",
+                      code="artifact_digest_missing", fields={"artifact_sha256": [
+                          "Give the artifact's SHA-256: it is checked before deployment."]})
+
+
 def release_register(
     *,
     actor,
@@ -99,9 +191,23 @@ def release_register(
     if not isinstance(actor, System) and not any(
             "request_change" in codes for codes in environment_permissions(actor).values()):
         raise Refused("you may not register releases", code="not_permitted")
+    artifact_url = (artifact_url or "").strip()
+    artifact_sha256 = (artifact_sha256 or "").strip().lower()
+    try:
+        _artifact_check(artifact_url, artifact_sha256)
+    except Invalid as exc:
+        # Recorded in its own transaction: an attempt to register an untrusted
+        # artifact is worth an auditor's attention even though nothing was created.
+        with transaction.atomic():
+            audit_record(actor=actor, action="release.refused", object_type="release",
+                         object_repr=f"{application.slug} {version}"[:300],
+                         after={"code": exc.code,
+                                "artifact_url": artifact_display(artifact_url)},
+                         reason=exc.detail)
+        raise
     wanted = {
         "artifact_url": artifact_url,
-        "artifact_sha256": artifact_sha256.lower(),
+        "artifact_sha256": artifact_sha256,
         "commit_sha": commit_sha,
         "committed_at": committed_at,
         "notes": notes,

@@ -38,7 +38,11 @@ def release_new(request):
         except Refused as exc:
             form.add_error(None, exc.detail)
         except DomainError as exc:
-            form.add_error("version", exc.detail)
+            if exc.fields:
+                for name, errors in exc.fields.items():
+                    form.add_error(name if name in form.fields else None, errors)
+            else:
+                form.add_error("version", exc.detail)
         else:
             if created:
                 messages.success(request, f"Release {release} registered.")

@@ -14,8 +14,6 @@ import json
 import logging
 import os
 import statistics
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -29,6 +27,7 @@ from django.utils import timezone
 
 from deployments.models import AnalysisVerdict, Application, Deployment, Environment
 from notifications.models import Channel, Kind, Notification, Subscription, redact_target
+from portal import outbound
 from portal.audit import System, audit_record
 from portal.errors import Invalid, NotFound, Refused
 from portal.permissions import environment_permissions
@@ -37,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 WEBHOOK_TIMEOUT = 10
+WEBHOOK_ANSWER_MAX_BYTES = 64 * 1024
 
 # Audit actions that make notifications (the approval workflow sends no signals).
 AUDIT_ACTIONS = {"change.submitted", "gate.rejected", "change.deploying", "gate.approved",
@@ -462,19 +462,24 @@ def _json_body(notification: Notification) -> dict:
 
 def _post(url: str, body: dict, notification: Notification) -> None:
     data = json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="POST", headers={
+    headers = {
         "Content-Type": "application/json", "User-Agent": "change-portal",
         # Receivers can drop a repeat of the same message by this key.
-        "Idempotency-Key": f"notification-{notification.pk}"})
+        "Idempotency-Key": f"notification-{notification.pk}"}
     try:
-        with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as response:
-            response.read(1024)
-    except urllib.error.HTTPError as exc:
-        if exc.code >= 500 or exc.code == 429:
-            raise TransientError(f"HTTP {exc.code}") from None
-        raise ValueError(f"HTTP {exc.code}: the receiver refused the message") from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        raise TransientError(str(getattr(exc, "reason", exc))) from None
+        answer = outbound.request("POST", url, body=data, headers=headers,
+                                  connect_timeout=WEBHOOK_TIMEOUT, read_timeout=WEBHOOK_TIMEOUT,
+                                  max_bytes=WEBHOOK_ANSWER_MAX_BYTES)
+    except outbound.DestinationRefused as exc:
+        raise ValueError(f"destination refused: {exc}") from None
+    except outbound.ResponseTooLarge as exc:
+        raise ValueError(str(exc)) from None
+    except outbound.Unreachable as exc:
+        raise TransientError(str(exc)) from None
+    if answer.status >= 500 or answer.status == 429:
+        raise TransientError(f"HTTP {answer.status}")
+    if answer.status >= 400:
+        raise ValueError(f"HTTP {answer.status}: the receiver refused the message")
 
 
 def _deliver(notification: Notification) -> None:
@@ -561,6 +566,13 @@ def _validate_target(channel: str, target: str, user) -> None:
         except ValidationError:
             raise Invalid("a webhook needs an http(s) URL",
                           fields={"target": ["Give the webhook's http or https URL."]}) from None
+        # Refused when saved, not only when sent (where the resolved address is checked).
+        try:
+            outbound.check_url(target, resolve=False)
+        except outbound.DestinationRefused as exc:
+            raise Invalid("the webhook's address may not be called", code="destination_refused",
+                          fields={"target": [f"The portal does not call this address: {exc}"]}
+                          ) from None
 
 
 def subscription_create(*, actor, channel: str, target: str = "",

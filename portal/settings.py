@@ -236,6 +236,21 @@ CELERY_BEAT_SCHEDULE = {
 
 # Where the local executor lays out releases (releases/<version>, current).
 PORTAL_DEPLOY_ROOT = Path(env.str("PORTAL_DEPLOY_ROOT", default=str(embedded.var_dir() / "deploy")))
+# SOP 10.1: artifacts come only from trusted sources. The portal's own store is a
+# directory (served as file:// URLs); PORTAL_ARTIFACT_SOURCES lists the URL prefixes
+# releases may name (file:// directories, http(s):// prefixes). Default: the store only.
+PORTAL_ARTIFACT_STORE = Path(env.str("PORTAL_ARTIFACT_STORE",
+                                     default=str(embedded.var_dir() / "artifacts")))
+PORTAL_ARTIFACT_SOURCES = env.list("PORTAL_ARTIFACT_SOURCES",
+                                   default=[PORTAL_ARTIFACT_STORE.as_uri() + "/"])
+# Largest artifact downloaded over http(s).
+PORTAL_ARTIFACT_MAX_BYTES = env.int("PORTAL_ARTIFACT_MAX_BYTES", default=2 * 1024 ** 3)
+# Outbound calls (portal.outbound): loopback, private, link-local, metadata and other
+# non-public addresses are refused unless listed here (host names, addresses, CIDRs).
+PORTAL_OUTBOUND_ALLOW = env.list("PORTAL_OUTBOUND_ALLOW", default=[])
+PORTAL_OUTBOUND_CONNECT_TIMEOUT = env.float("PORTAL_OUTBOUND_CONNECT_TIMEOUT", default=5.0)
+PORTAL_OUTBOUND_READ_TIMEOUT = env.float("PORTAL_OUTBOUND_READ_TIMEOUT", default=30.0)
+PORTAL_OUTBOUND_MAX_BYTES = env.int("PORTAL_OUTBOUND_MAX_BYTES", default=1024 ** 2)
 # A running deployment whose heartbeat is older than this is taken as orphaned.
 PORTAL_HEARTBEAT_STALE_SECONDS = env.int("PORTAL_HEARTBEAT_STALE_SECONDS", default=120)
 

@@ -6,7 +6,6 @@ import os
 import shutil
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,36 +39,55 @@ def sha256_of(path: Path) -> str:
 def fetch_artifact(release, into: Path, log: Callable[[str, str], None]) -> Path | None:
     """Copy or download the release's artifact into ``into`` and verify its SHA-256.
 
-    SOP 10.1: only verified artifacts are deployed. A mismatch fails the step before
-    anything is switched.
+    SOP 10.1: only verified artifacts from trusted sources are deployed. The source is
+    checked again here (``deployments.services.artifact_source_check``), downloads go
+    through ``portal.outbound``, and a missing or mismatching digest fails the step
+    before anything is switched. The log names the artifact, its source and digest.
     """
     if not release.artifact_url:
         return None
+    from deployments.services import artifact_display, artifact_source_check
+    from portal import outbound
+    from portal.errors import Invalid
+
+    shown = artifact_display(release.artifact_url)
+    expected = release.artifact_sha256
     parsed = urllib.parse.urlparse(release.artifact_url)
     name = Path(urllib.parse.unquote(parsed.path)).name or "artifact"
+    if not expected:
+        raise StepFailed(f"artifact {name} from {shown} has no SHA-256 to be verified "
+                         "against; not deployed")
+    try:
+        source = artifact_source_check(url=release.artifact_url)
+    except Invalid as exc:
+        why = (exc.fields or {}).get("artifact_url", [exc.detail])[0]
+        raise StepFailed(f"artifact {name} from {shown} refused: {why}") from None
+    log("info", f"fetching artifact {name} from {shown} (expected SHA-256 {expected})")
     target = Path(into) / name
-    if parsed.scheme in ("file", ""):
-        source = Path(urllib.parse.unquote(parsed.path))
-        if not source.is_file():
-            raise StepFailed(f"artifact {source} does not exist")
-        shutil.copy2(source, target)
-    elif parsed.scheme in ("http", "https"):
-        try:
-            with urllib.request.urlopen(release.artifact_url, timeout=60) as response, \
-                    target.open("wb") as fh:
-                shutil.copyfileobj(response, fh)
-        except OSError as exc:
-            raise StepFailed(f"artifact {release.artifact_url} could not be fetched: {exc}") \
-                from exc
+    if parsed.scheme == "file":
+        if not Path(source).is_file():
+            raise StepFailed(f"artifact {name} does not exist at {shown}")
+        shutil.copyfile(source, target)  # the checked real path, not the link
     else:
-        raise StepFailed(f"artifact scheme {parsed.scheme!r} is not supported")
+        try:
+            with target.open("wb") as fh:
+                answer = outbound.request(
+                    "GET", release.artifact_url, sink=fh,
+                    max_bytes=int(getattr(settings, "PORTAL_ARTIFACT_MAX_BYTES", 2 << 30)),
+                    total_timeout=3600)
+        except outbound.OutboundError as exc:
+            target.unlink(missing_ok=True)
+            raise StepFailed(f"artifact {name} could not be fetched from {shown}: {exc}") \
+                from None
+        if answer.status != 200:
+            target.unlink(missing_ok=True)
+            raise StepFailed(f"artifact {name}: {shown} answered HTTP {answer.status}")
     actual = sha256_of(target)
-    if release.artifact_sha256 and actual != release.artifact_sha256:
+    if actual != expected:
         target.unlink(missing_ok=True)
-        raise StepFailed(f"artifact checksum mismatch: expected {release.artifact_sha256}, "
-                         f"got {actual}")
-    if release.artifact_sha256:
-        log("info", f"artifact {name} verified (SHA-256 {actual[:12]}...)")
+        raise StepFailed(f"artifact checksum mismatch: {name} from {shown} has SHA-256 "
+                         f"{actual}, the release expects {expected}; not deployed")
+    log("info", f"artifact {name} from {shown} verified: SHA-256 {actual}")
     return target
 
 

@@ -43,6 +43,9 @@ class CommandExecutor(Executor):
         return str(path or "")
 
     def run(self, step) -> str:
+        if step.name == "pre_health_check":
+            # SOP 10.1: the artifact is verified before any command stops anything.
+            self._artifact()
         if step.name not in self.settings.get("commands", {}):
             return f"no command configured for {step.name}"
         return super().run(step)

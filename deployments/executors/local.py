@@ -170,6 +170,8 @@ class LocalExecutor(Executor):
 
     def step_pre_health_check(self, target=None) -> str:
         self.base.mkdir(parents=True, exist_ok=True)
+        # SOP 10.1: the artifact is fetched and verified before any target is stopped.
+        self.ensure_release()
         current = self.current_version()
         if not current:
             return "first deployment here: nothing running yet"

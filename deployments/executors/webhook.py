@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 from deployments.executors.base import Executor, StepFailed
+from portal import outbound
 
 STEPS = ("pre_health_check", "backup", "backup_database", "maintenance_on", "migrate",
          "verify_migrations", "maintenance_off", "stop", "deploy", "start", "health_check",
@@ -33,15 +32,19 @@ class WebhookExecutor(Executor):
         if self.settings.get("token"):
             headers["Authorization"] = f"Bearer {self.settings['token']}"
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(url, data=data, headers=headers,
-                                         method="POST" if data else "GET")
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return json.load(response)
-        except urllib.error.HTTPError as exc:
-            raise StepFailed(f"the deployer answered HTTP {exc.code} for {url}") from exc
-        except (OSError, ValueError) as exc:
-            raise StepFailed(f"the deployer at {url} could not be reached: {exc}") from exc
+            answer = outbound.request("POST" if data else "GET", url, body=data,
+                                      headers=headers, read_timeout=30)
+        except outbound.DestinationRefused as exc:
+            raise StepFailed(f"the deployer at {url} may not be called: {exc}") from None
+        except outbound.OutboundError as exc:
+            raise StepFailed(f"the deployer at {url} could not be reached: {exc}") from None
+        if answer.status >= 400:
+            raise StepFailed(f"the deployer answered HTTP {answer.status} for {url}")
+        try:
+            return answer.json()
+        except ValueError as exc:
+            raise StepFailed(f"the deployer at {url} answered no JSON: {exc}") from None
 
     def __getattr__(self, name: str):
         if name.startswith("step_") and name[5:] in STEPS:

@@ -4,7 +4,9 @@ Points the test run at its own embedded PostgreSQL and Redis under var/test on
 their own ports, so `make test` works while `make run` is running.
 """
 
+import getpass
 import os
+import tempfile
 from pathlib import Path
 
 _base = Path(__file__).resolve().parents[2]
@@ -14,3 +16,10 @@ os.environ.setdefault("PORTAL_PG_PORT", "54339")
 os.environ.setdefault("PORTAL_REDIS_PORT", "63799")
 os.environ.setdefault("PORTAL_DEPLOY_ROOT", str(_var / "deploy"))
 os.environ.setdefault("DJANGO_DEBUG", "true")
+# Test servers and the demo fleet listen on loopback.
+os.environ.setdefault("PORTAL_OUTBOUND_ALLOW", "127.0.0.1")
+# Tests keep artifacts in the store or in pytest's temporary directories.
+os.environ.setdefault("PORTAL_ARTIFACT_STORE", str(_var / "artifacts"))
+os.environ.setdefault("PORTAL_ARTIFACT_SOURCES", ",".join([
+    Path(os.environ["PORTAL_ARTIFACT_STORE"]).as_uri() + "/",
+    Path(tempfile.gettempdir(), f"pytest-of-{getpass.getuser()}").as_uri() + "/"]))

@@ -69,6 +69,8 @@ class Command(BaseCommand):
             python = sys.executable
             bin_dir = os.path.dirname(python)
             env = dict(os.environ, PYTHONUNBUFFERED="1")
+            # The demo fleet's services listen on loopback: the worker probes them.
+            env.setdefault("PORTAL_OUTBOUND_ALLOW", "127.0.0.1")
             commands = {
                 "web": [os.path.join(bin_dir, "gunicorn"), "portal.wsgi:application",
                         "--bind", f"{host}:{port}", "--workers", "2", "--threads", "4",

@@ -2,7 +2,9 @@
 
 import hashlib
 from datetime import time
+from pathlib import Path
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.core.management.base import BaseCommand
@@ -12,7 +14,6 @@ from guardian.shortcuts import assign_perm
 from approvals.models import MaintenanceWindow
 from approvals.policies import seed_default_policies
 from deployments.models import Application, Environment, Release, Target
-from portal import embedded
 from portal.audit import System, audit_record
 
 DEFAULT_PASSWORD = "demo-portal-2026"
@@ -127,7 +128,8 @@ class Command(BaseCommand):
         engineer = User.objects.get(username="engineer")
         # 1.3.0 is the bad demo version: its artifact tells the demo service to answer
         # most pages with errors, so canary analysis rolls it back (SOP 8.1).
-        artifacts = embedded.var_dir() / "demo-artifacts"
+        # Kept in the portal's artifact store, the one trusted source by default (SOP 10.1).
+        artifacts = Path(settings.PORTAL_ARTIFACT_STORE)
         artifacts.mkdir(parents=True, exist_ok=True)
         bad_artifact = artifacts / "storefront-1.3.0.json"
         bad_artifact.write_text('{"error_rate": 0.6}\n')
