@@ -232,12 +232,18 @@ CELERY_BEAT_SCHEDULE = {
         "task": "portal.tasks.idempotency_keys_purge",
         "schedule": 3600.0,
     },
+    "hook-deliveries-purge": {
+        "task": "portal.tasks.hook_deliveries_purge",
+        "schedule": 3600.0,
+    },
 }
 
 # Where the local executor lays out releases (releases/<version>, current).
 PORTAL_DEPLOY_ROOT = Path(env.str("PORTAL_DEPLOY_ROOT", default=str(embedded.var_dir() / "deploy")))
 # A running deployment whose heartbeat is older than this is taken as orphaned.
 PORTAL_HEARTBEAT_STALE_SECONDS = env.int("PORTAL_HEARTBEAT_STALE_SECONDS", default=120)
+# How long hook delivery ids are remembered against replays (portal.hooks).
+PORTAL_HOOK_DELIVERY_RETENTION_DAYS = env.int("PORTAL_HOOK_DELIVERY_RETENTION_DAYS", default=30)
 
 LOGGING = {
     "version": 1,
