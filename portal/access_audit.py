@@ -206,6 +206,23 @@ def audit_account_flags(sender, instance, created, update_fields=None, raw=False
                      after={flag: now[flag] for flag in sorted(changed)})
 
 
+@receiver(pre_delete, sender=User, dispatch_uid="portal.access_audit.user_pre_delete")
+def remember_account_access(sender, instance, **kwargs):
+    # Deleting an account drops its memberships without an m2m signal.
+    instance._access_audit_deleted = {
+        "groups": _owner_state(instance, "groups"),
+        "user_permissions": _owner_state(instance, "user_permissions"),
+        **{flag: getattr(instance, flag) for flag in ACCOUNT_FLAGS}}
+
+
+@receiver(post_delete, sender=User, dispatch_uid="portal.access_audit.user_post_delete")
+def audit_account_deleted(sender, instance, **kwargs):
+    with transaction.atomic():
+        audit_record(actor=acting(), action="access.account_deleted", object_type="user",
+                     object_id=instance.pk, object_repr=instance.get_username(),
+                     before=getattr(instance, "_access_audit_deleted", None), after=None)
+
+
 # --- object permissions (django-guardian) ---------------------------------------------------
 
 
@@ -228,7 +245,10 @@ def _record_object_permission(row, granted: bool) -> None:
             actor=acting(),
             action=("access.object_permission_granted" if granted
                     else "access.object_permission_revoked"),
-            object_type=row.content_type.model, object_id=str(row.object_pk)[:64],
+            # Its own object type, so the object's own history (its events) stays apart;
+            # the environment field and the object id still find it.
+            object_type="object_permission",
+            object_id=f"{row.content_type.model}:{row.object_pk}"[:64],
             object_repr=described["object"], environment=environment,
             before={**described, "granted": not granted},
             after={**described, "granted": granted})

@@ -215,7 +215,8 @@ def test_an_object_permission_granted_on_guardians_admin_page_is_audited(admin_c
 def test_assign_perm_and_remove_perm_from_code_are_audited_with_a_system_reason(demo):
     production = Environment.objects.get(slug="production")
     assign_perm("deployments.deploy", demo.outsider, production)
-    granted = events("access.object_permission_granted", object_id=str(production.pk)).last()
+    granted = events("access.object_permission_granted",
+                     object_id=f"environment:{production.pk}").last()
     assert granted.actor_kind == "system" and granted.reason == OUTSIDE_A_REQUEST
     assert granted.after["user"] == "outsider" and granted.after["granted"] is True
 
@@ -286,3 +287,21 @@ def test_a_token_revoked_from_the_admin_goes_through_the_audited_service(admin_c
     assert event.actor_name == "admin"
     recorded = everything_recorded()
     assert raw not in recorded and token.token_hash not in recorded
+
+
+def test_deleting_an_account_or_a_group_records_the_access_it_held(demo):
+    outsider = demo.outsider
+    cab = Group.objects.get(name="cab")
+    outsider.groups.add(cab)
+    outsider_id = outsider.pk
+    outsider.delete()
+    gone = events("access.account_deleted").get()
+    assert gone.object_id == str(outsider_id) and gone.before["groups"] == ["cab"]
+
+    members = sorted(cab.user_set.values_list("username", flat=True))
+    cab.delete()
+    deleted = events("access.group_deleted").get()
+    assert deleted.before["members"] == members and deleted.object_repr == "cab"
+    # Its object permissions went with it, each on the record.
+    assert events("access.object_permission_revoked").filter(
+        after__group="cab").exists()
