@@ -112,8 +112,9 @@ def _delivery_id(value: str) -> str:
 def delivery_keys_from_headers(headers) -> tuple[str, ...]:
     """The delivery id a token-authenticated caller sent, if any, as a delivery key."""
     for name in DELIVERY_ID_HEADERS:
-        if headers.get(name):
-            return (f"id:{_delivery_id(headers[name])}",)
+        delivery_id = _delivery_id(headers.get(name, ""))
+        if delivery_id:
+            return (f"id:{delivery_id}",)
     return ()
 
 
