@@ -9,6 +9,7 @@ from approvals.models import (
     MaintenanceWindow,
     PolicyGate,
 )
+from portal.admin import AuditedModelAdmin, ReadOnlyModelAdmin
 
 
 class PolicyGateInline(admin.TabularInline):
@@ -17,28 +18,33 @@ class PolicyGateInline(admin.TabularInline):
 
 
 @admin.register(ApprovalPolicy)
-class ApprovalPolicyAdmin(admin.ModelAdmin):
+class ApprovalPolicyAdmin(AuditedModelAdmin):
     list_display = ["environment", "change_type", "requires_window", "requires_promotion",
                     "requires_on_call", "requires_rollback_plan", "passes_freeze",
                     "opens_review"]
     list_filter = ["environment", "change_type"]
     inlines = [PolicyGateInline]
 
+    def audit_snapshot(self, obj) -> dict:
+        # The gates are edited inline; their roles and counts are part of the policy.
+        return {**super().audit_snapshot(obj),
+                "gates": {gate.role: gate.required for gate in obj.gates.all()}}
+
 
 @admin.register(ChecklistTemplate)
-class ChecklistTemplateAdmin(admin.ModelAdmin):
+class ChecklistTemplateAdmin(AuditedModelAdmin):
     list_display = ["text", "environment", "change_type", "kind", "position", "auto_check"]
     list_filter = ["environment", "change_type", "kind"]
 
 
 @admin.register(MaintenanceWindow)
-class MaintenanceWindowAdmin(admin.ModelAdmin):
+class MaintenanceWindowAdmin(AuditedModelAdmin):
     list_display = ["environment", "weekday", "start_time", "end_time", "timezone"]
     list_filter = ["environment"]
 
 
 @admin.register(Freeze)
-class FreezeAdmin(admin.ModelAdmin):
+class FreezeAdmin(AuditedModelAdmin):
     list_display = ["environment", "reason", "starts_at", "ends_at", "recurs_yearly"]
     list_filter = ["environment"]
 
@@ -54,11 +60,13 @@ class DelegationAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        return False
+
 
 @admin.register(ChangeRequest)
-class ChangeRequestAdmin(admin.ModelAdmin):
+class ChangeRequestAdmin(ReadOnlyModelAdmin):
+    # Changes, their gates and decisions move only through the approval workflow,
+    # which audits them; the admin neither adds, edits nor deletes them.
     list_display = ["reference", "release", "environment", "change_type", "status", "created_at"]
     list_filter = ["status", "environment", "change_type"]
-
-    def has_change_permission(self, request, obj=None):
-        return False  # decisions go through the approval workflow, which audits them

@@ -9,20 +9,23 @@ from deployments.models import (
     Release,
     Target,
 )
+from portal.admin import AuditedModelAdmin
 
 
 @admin.register(Environment)
-class EnvironmentAdmin(GuardedModelAdmin):
+class EnvironmentAdmin(AuditedModelAdmin, GuardedModelAdmin):
+    # The lock and its reason are audited here; the object permissions granted on
+    # the guardian pages (Object permissions) by portal.access_audit.
     list_display = ["name", "slug", "order", "locked"]
 
 
 @admin.register(Application)
-class ApplicationAdmin(admin.ModelAdmin):
+class ApplicationAdmin(AuditedModelAdmin):
     list_display = ["name", "slug", "team", "executor"]
 
 
 @admin.register(Target)
-class TargetAdmin(admin.ModelAdmin):
+class TargetAdmin(AuditedModelAdmin):
     list_display = ["application", "environment", "name", "address"]
 
 

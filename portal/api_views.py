@@ -16,7 +16,14 @@ from rest_framework.response import Response
 from deployments.api import ReleaseInSerializer, ReleaseOutSerializer
 from deployments.models import Release
 from portal import hooks
-from portal.api import DEPLOY, REQUEST, ApiMixin, ApiView, DateTimeFilter
+from portal.api import (
+    DEPLOY,
+    REQUEST,
+    ApiMixin,
+    ApiView,
+    BoundedDateTimeField,
+    DateTimeFilter,
+)
 from portal.audit_selectors import export_csv_line_sql, export_stream
 from portal.authentication import BearerTokenAuthentication
 from portal.idempotency import idempotent
@@ -120,6 +127,21 @@ class HookView(ApiView):
     authentication_classes = [hooks.HookSignatureAuthentication, BearerTokenAuthentication]
     hook_name = ""
 
+    def once(self, request, apply):
+        """Apply this delivery unless it was applied before: (applied, result)."""
+        auth = request.auth
+        keys = (auth.delivery_keys if isinstance(auth, hooks.HookCredential)
+                else hooks.delivery_keys_from_headers(request.headers))
+        return hooks.hook_delivery_once(actor=request.user, hook=self.hook_name, keys=keys,
+                                        apply=apply)
+
+    @staticmethod
+    def duplicate() -> Response:
+        # 200, not an error: the sender must stop redelivering what was applied.
+        return Response({"duplicate": True,
+                         "detail": "This delivery was already received and applied; "
+                                   "nothing was applied again."})
+
 
 class CiHookInSerializer(serializers.Serializer):
     release = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
@@ -137,6 +159,9 @@ class CiHookInSerializer(serializers.Serializer):
     mergers = serializers.ListField(child=serializers.CharField(max_length=150),
                                     required=False, max_length=500,
                                     help_text="Usernames of who merged the commits.")
+    reported_at = BoundedDateTimeField(
+        required=False, help_text="When the check finished (default: now). A result older "
+                                  "than the one held for the check is not applied.")
 
     def validate(self, attrs):
         if bool(attrs.get("check")) != bool(attrs.get("status")):
@@ -148,11 +173,20 @@ class CiHookInSerializer(serializers.Serializer):
         return attrs
 
 
+class CiHookOutSerializer(ReleaseOutSerializer):
+    superseded = serializers.BooleanField(
+        read_only=True, help_text="True when the reported result was older than the one "
+                                  "held for the check and so was not applied.")
+
+    class Meta(ReleaseOutSerializer.Meta):
+        fields = [*ReleaseOutSerializer.Meta.fields, "superseded"]
+
+
 class CiHook(HookView):
     hook_name = "ci"
     write_scopes = frozenset({REQUEST})
 
-    @extend_schema(request=CiHookInSerializer, responses={200: ReleaseOutSerializer},
+    @extend_schema(request=CiHookInSerializer, responses={200: CiHookOutSerializer},
                    summary="CI reports a check result and the release's authors and mergers")
     @idempotent
     def post(self, request):
@@ -161,8 +195,12 @@ class CiHook(HookView):
         params = dict(data.validated_data)
         release = get_object_or_404(Release.objects.select_related("application"),
                                     pk=params.pop("release"))
-        release = hooks.release_checks_record(actor=request.user, release=release, **params)
-        return Response(ReleaseOutSerializer(release).data)
+        applied, release = self.once(request, lambda: hooks.release_checks_record(
+            actor=request.user, release=release, **params))
+        if not applied:
+            return self.duplicate()
+        return Response({**ReleaseOutSerializer(release).data,
+                         "superseded": release.report_superseded})
 
 
 class PushHookInSerializer(ReleaseInSerializer):
@@ -193,8 +231,11 @@ class PushHook(HookView):
     def post(self, request):
         data = PushHookInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        release, change, deployment, created = hooks.push_deploy(actor=request.user,
-                                                                 **data.validated_data)
+        applied, result = self.once(request, lambda: hooks.push_deploy(
+            actor=request.user, **data.validated_data))
+        if not applied:
+            return self.duplicate()
+        release, change, deployment, created = result
         return Response({"release": release.pk, "release_created": created,
                          "change": change.pk,
                          "deployment": deployment.pk if deployment else None,
@@ -229,7 +270,7 @@ class AlertOutcomeSerializer(serializers.Serializer):
     alertname = serializers.CharField(allow_blank=True)
     fingerprint = serializers.CharField(allow_blank=True)
     outcome = serializers.ChoiceField(choices=["rolled_back", "notified", "no_deployment",
-                                               "refused"])
+                                               "refused", "duplicate"])
     code = serializers.CharField(required=False)
     detail = serializers.CharField(required=False)
     deployment = serializers.IntegerField(required=False)
@@ -251,6 +292,9 @@ class AlertmanagerHook(HookView):
     def post(self, request):
         data = AlertmanagerInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        results = hooks.alerts_receive(actor=request.user, payload=data.validated_data)
+        applied, results = self.once(request, lambda: hooks.alerts_receive(
+            actor=request.user, payload=data.validated_data))
+        if not applied:
+            return self.duplicate()
         return Response({"results": results})
 

@@ -6,5 +6,6 @@ class PortalConfig(AppConfig):
     verbose_name = "Portal"
 
     def ready(self) -> None:
-        # receivers audits sign-ins; schema registers the bearer scheme with the schema.
-        from portal import receivers, schema  # noqa: F401
+        # receivers audits sign-ins, access_audit every change of who may do what;
+        # schema registers the bearer scheme with the schema.
+        from portal import access_audit, receivers, schema  # noqa: F401

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -12,6 +13,9 @@ class RequestContext:
     ip: str | None = None
     user_agent: str = ""
     client: str = ""  # the API token's name when the request came with one
+    # The request itself, whose user (signed in, or authenticated by the API) is the
+    # actor of changes recorded from signals, such as access changes in the admin.
+    request: Any = field(default=None, compare=False, repr=False)
 
 
 _EMPTY = RequestContext()
@@ -36,6 +40,13 @@ def set_client(name: str) -> None:
     ctx = current()
     _current.set(
         RequestContext(
-            request_id=ctx.request_id, ip=ctx.ip, user_agent=ctx.user_agent, client=name
+            request_id=ctx.request_id, ip=ctx.ip, user_agent=ctx.user_agent, client=name,
+            request=ctx.request,
         )
     )
+
+
+def current_user():
+    """The authenticated user of the request being served, or None outside one."""
+    user = getattr(current().request, "user", None)
+    return user if getattr(user, "is_authenticated", False) else None

@@ -16,6 +16,7 @@ class RequestContextMiddleware:
                 request_id=request_id[:64],
                 ip=request.META.get("REMOTE_ADDR") or None,
                 user_agent=request.headers.get("User-Agent", "")[:300],
+                request=request,
             )
         )
         try:

@@ -158,3 +158,27 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id}:{self.key}"
+
+
+class HookDelivery(models.Model):
+    """A hook delivery (or an alert) already acted on, so that a replay is not.
+
+    ``key`` is the sender's delivery id (``webhook-id``, ``X-GitHub-Delivery``),
+    the digest of a body signed without a delivery id, or an Alertmanager alert's
+    fingerprint, start and status. The unique (hook, key) constraint lets one of
+    two concurrent deliveries of the same id through; the other waits for it and
+    is answered as a duplicate. Rows are purged after
+    ``PORTAL_HOOK_DELIVERY_RETENTION_DAYS``.
+    """
+
+    hook = models.CharField(max_length=30)
+    key = models.CharField(max_length=300)
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["hook", "key"], name="hook_delivery_unique_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hook}:{self.key}"

@@ -232,6 +232,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "portal.tasks.idempotency_keys_purge",
         "schedule": 3600.0,
     },
+    "hook-deliveries-purge": {
+        "task": "portal.tasks.hook_deliveries_purge",
+        "schedule": 3600.0,
+    },
 }
 
 # Where the local executor lays out releases (releases/<version>, current).
@@ -253,6 +257,8 @@ PORTAL_OUTBOUND_READ_TIMEOUT = env.float("PORTAL_OUTBOUND_READ_TIMEOUT", default
 PORTAL_OUTBOUND_MAX_BYTES = env.int("PORTAL_OUTBOUND_MAX_BYTES", default=1024 ** 2)
 # A running deployment whose heartbeat is older than this is taken as orphaned.
 PORTAL_HEARTBEAT_STALE_SECONDS = env.int("PORTAL_HEARTBEAT_STALE_SECONDS", default=120)
+# How long hook delivery ids are remembered against replays (portal.hooks).
+PORTAL_HOOK_DELIVERY_RETENTION_DAYS = env.int("PORTAL_HOOK_DELIVERY_RETENTION_DAYS", default=30)
 
 # Secrets stay in their environment (docs/security.md): worker variables a deployed
 # command may see besides PATH, HOME, LANG and the like, and variables no configuration

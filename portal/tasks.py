@@ -27,3 +27,11 @@ def idempotency_keys_purge() -> None:
     from portal.idempotency import idempotency_keys_purge as purge
 
     log.info("idempotency keys purged: %s", purge())
+
+
+@shared_task(name="portal.tasks.hook_deliveries_purge", ignore_result=True)
+def hook_deliveries_purge() -> None:
+    """Hourly: forget hook delivery ids past their retention (docs/api.md)."""
+    from portal.hooks import hook_deliveries_purge as purge
+
+    log.info("hook delivery ids purged: %s", purge())

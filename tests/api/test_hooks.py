@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -125,8 +127,11 @@ def test_a_push_needs_deploy_rights_on_development(demo, api):
 
 
 def alert(action="trigger_rollback", status="firing", **labels):
-    return {"status": status, "fingerprint": "f1",
-            "labels": {"alertname": "high_error_rate", "action": action, **labels},
+    labels = {"alertname": "high_error_rate", "action": action, **labels}
+    # Alertmanager's fingerprint is a hash of the alert's labels.
+    fingerprint = hashlib.sha256(repr(sorted(labels.items())).encode()).hexdigest()[:16]
+    return {"status": status, "fingerprint": fingerprint, "labels": labels,
+            "startsAt": "2026-01-01T00:00:00Z",
             "annotations": {"summary": "error rate above 1%"}}
 
 
@@ -149,8 +154,10 @@ def test_alertmanager_trigger_rollback_rolls_back_the_latest_deployment(ci_bot, 
     assert notified["outcome"] == "notified"
     assert AuditEvent.objects.filter(action="alert.received").count() == 1
 
-    repeated = signed_post("alertmanager", body).json()["results"][0]
-    assert repeated["outcome"] == "refused"
+    # The same signed body again is a replay; nothing is rolled back twice.
+    repeated = signed_post("alertmanager", body).json()
+    assert repeated["duplicate"] is True
+    assert Deployment.objects.filter(kind="rollback").count() == 1
 
 
 def test_alertmanager_without_a_deployment_or_resolved_alerts_do_not_roll_back(ci_bot,
