@@ -756,8 +756,9 @@ def _refusal_audited(actor, deployment: Deployment, exc) -> None:
 def deployment_cancel(*, actor, deployment: Deployment, reason: str = "") -> Deployment:
     """Stop a queued or running deployment.
 
-    A queued one is cancelled at once. A running one goes to ``stopping``: its step
-    in progress ends, then the worker marks it cancelled (``_stopped``). Stopping
+    A queued one, or a running one whose worker is gone, is cancelled at once. A
+    running one goes to ``stopping``: its step in progress ends, then the worker marks
+    it cancelled (``_stopped``). Stopping
     still counts as active, so no other deployment starts on its targets meanwhile.
     """
     with transaction.atomic():
@@ -776,7 +777,9 @@ def deployment_cancel(*, actor, deployment: Deployment, reason: str = "") -> Dep
                                     code="already_stopping")
         before = locked.status
         locked.failure_reason = reason or "cancelled"
-        if before == Deployment.Status.RUNNING:
+        if before == Deployment.Status.RUNNING and run_is_live(locked.pk):
+            # A worker is in a step: it ends that step, then marks the deployment
+            # cancelled. Without a live run (its worker died) it is cancelled at once.
             locked.status = Deployment.Status.STOPPING
             locked.save(update_fields=["status", "failure_reason"])
             audit_record(actor=actor, action="deployment.stopping", obj=locked,

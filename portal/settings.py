@@ -1,9 +1,10 @@
 """Settings, read from the environment (12-factor).
 
-Development defaults are safe and need nothing set: the embedded PostgreSQL
-and Redis (see ``portal.embedded``) stand in when ``DATABASE_URL`` and
-``REDIS_URL`` are unset. Production sets ``DJANGO_DEBUG=false``,
-``DJANGO_SECRET_KEY``, ``DJANGO_ALLOWED_HOSTS`` and both URLs.
+The embedded PostgreSQL and Redis (see ``portal.embedded``) stand in when
+``DATABASE_URL`` and ``REDIS_URL`` are unset. DEBUG is off unless ``DJANGO_DEBUG``
+turns it on (``manage.py run``, the local demo, does); with it off the process needs
+``DJANGO_SECRET_KEY`` (not the development key), and production sets
+``DJANGO_ALLOWED_HOSTS`` and both URLs too.
 """
 
 from datetime import timedelta
