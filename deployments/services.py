@@ -589,11 +589,8 @@ def _analyse(deployment, step, steps, executor, log) -> str | None:
         step.detail = f"failed (dry run, no action): {summary}"
         return None
     log("error", f"Analysis failed: {summary}")
-    result = _roll_back_automatically(deployment, step, f"analysis at {step.phase}: {summary}",
-                                      log)
-    if result == Deployment.Status.FAILED:
-        AnalysisVerdict.objects.filter(pk=record.pk).update(action="rollback_refused")
-    return result
+    return _roll_back_automatically(deployment, step, f"analysis at {step.phase}: {summary}",
+                                    log, verdict_id=record.pk)
 
 
 # --- rollback (SOP 8) ---------------------------------------------------------
@@ -658,7 +655,8 @@ def _start_rollback(*, actor, deployment: Deployment, back_to: Deployment,
     return rollback
 
 
-def _roll_back_automatically(deployment, step, reason: str, log) -> str:
+def _roll_back_automatically(deployment, step, reason: str, log,
+                             verdict_id: int | None = None) -> str:
     """SOP 8.1 criteria crossed: redeploy the previous good release, or say why not."""
     with transaction.atomic():
         DeploymentStep.objects.filter(pk=step.pk).update(
@@ -675,6 +673,10 @@ def _roll_back_automatically(deployment, step, reason: str, log) -> str:
                          "must decide.")
             audit_record(actor=actor, action="deployment.rollback_refused", obj=locked,
                          environment=locked.environment.slug, reason=refusal)
+            if verdict_id is not None:
+                # In the transaction that ends the deployment: whoever sees it failed
+                # sees why.
+                AnalysisVerdict.objects.filter(pk=verdict_id).update(action="rollback_refused")
             _finish(locked, Deployment.Status.FAILED,
                     f"{reason}. Automatic rollback refused: {refusal}")
             return Deployment.Status.FAILED
