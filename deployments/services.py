@@ -760,8 +760,8 @@ def deployment_cancel(*, actor, deployment: Deployment, reason: str = "") -> Dep
 
     A queued one, or a running one whose worker is gone, is cancelled at once. A
     running one goes to ``stopping``: its step in progress ends, then the worker marks
-    it cancelled (``_stopped``). Stopping
-    still counts as active, so no other deployment starts on its targets meanwhile.
+    it cancelled (``_stopped``). Stopping still counts as active, so no other
+    deployment starts on its targets meanwhile.
     """
     with transaction.atomic():
         locked = Deployment.objects.select_for_update().select_related("environment").get(
