@@ -10,6 +10,11 @@ def main() -> None:
     from portal import embedded
 
     command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command in embedded.SELF_MANAGED_COMMANDS:
+        # The local demo (`make run`) serves plain HTTP on loopback with the
+        # development key: DEBUG is turned on for it explicitly. Everything else
+        # runs with DEBUG off unless DJANGO_DEBUG says otherwise.
+        os.environ.setdefault("DJANGO_DEBUG", "true")
     # `run` and `services` manage the embedded servers themselves; every other
     # command needs them up, and stops them again if it was the one to start them.
     if command not in embedded.SELF_MANAGED_COMMANDS:

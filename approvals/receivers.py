@@ -4,10 +4,13 @@ from django.dispatch import receiver
 
 from configuration.signals import configuration_changed
 from deployments.models import Deployment
-from deployments.signals import deployment_finished
+from deployments.signals import deployment_ending
 
 
-@receiver(deployment_finished, sender=Deployment, dispatch_uid="approvals.close_change")
+# In the transaction that ends the deployment: the change closes with it. Should this
+# fail, the deployment still ends and approvals.services.changes_close_finished (beat)
+# closes the change.
+@receiver(deployment_ending, sender=Deployment, dispatch_uid="approvals.close_change")
 def close_change_on_deployment_finished(sender, deployment, status, **kwargs):
     from approvals.services import change_request_deployment_finished
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 
 from django.core.mail import send_mail
@@ -49,6 +50,8 @@ from portal.errors import (
     SelfApproval,
 )
 from portal.permissions import has_env_perm
+
+logger = logging.getLogger(__name__)
 
 # Which gates each part of an approved change concerns (DESIGN.md section 8): an
 # edit reopens only the gates whose concern changed.
@@ -718,40 +721,77 @@ def change_request_cancel(*, actor, change: ChangeRequest, reason: str = "") -> 
 
 
 def changes_start_scheduled(*, now: datetime | None = None) -> list[int]:
-    """Beat: start scheduled changes whose time has come, only if still ready."""
+    """Beat: start scheduled changes whose time has come, only if still ready.
+
+    Each change in its own transaction: one that fails (its target busy, say) goes
+    back to approved with the failure audited, and the others still start.
+    """
     now = now or timezone.now()
     started = []
     due = list(ChangeRequest.objects.filter(status=ChangeRequest.Status.SCHEDULED,
                                             scheduled_for__lte=now).values_list("pk", flat=True))
     for pk in due:
-        with transaction.atomic():
-            change = (ChangeRequest.objects.select_for_update(of=("self",), skip_locked=True)
-                      .with_related().filter(pk=pk, status=ChangeRequest.Status.SCHEDULED)
-                      .first())
-            if change is None:
-                continue
-            when = f"{change.scheduled_for:%Y-%m-%d %H:%M}"
-            system = System(f"{change.reference} scheduled for {when}")
-            blockers = change_blockers(change)
-            if blockers:
-                # Not ready at its time: it does not start later by surprise.
-                change.status = ChangeRequest.Status.APPROVED
-                change.save(update_fields=["status"])
-                audit_record(actor=system, action="change.schedule_missed", obj=change,
-                             environment=change.environment.slug,
-                             before={"status": ChangeRequest.Status.SCHEDULED},
-                             after={"status": change.status,
-                                    "blockers": [b.as_dict() for b in blockers]},
-                             reason="not ready at its scheduled time")
-                continue
-            change.status = ChangeRequest.Status.APPROVED
-            deployment = _start_by_itself(change=change, why=system.reason)
-            if deployment is None:
-                # The deployer may no longer deploy: it waits, approved, for someone who may.
-                change.save(update_fields=["status"])
-                continue
-            started.append(deployment.pk)
+        try:
+            deployment_id = _start_scheduled(pk)
+        except Exception as exc:
+            logger.exception("scheduled change %s failed to start", pk)
+            _schedule_failed(pk, exc)
+            continue
+        if deployment_id is not None:
+            started.append(deployment_id)
     return started
+
+
+def _start_scheduled(pk: int) -> int | None:
+    with transaction.atomic():
+        change = (ChangeRequest.objects.select_for_update(of=("self",), skip_locked=True)
+                  .with_related().filter(pk=pk, status=ChangeRequest.Status.SCHEDULED)
+                  .first())
+        if change is None:
+            return None
+        when = f"{change.scheduled_for:%Y-%m-%d %H:%M}"
+        system = System(f"{change.reference} scheduled for {when}")
+        blockers = change_blockers(change)
+        if blockers:
+            # Not ready at its time: it does not start later by surprise.
+            change.status = ChangeRequest.Status.APPROVED
+            change.save(update_fields=["status"])
+            audit_record(actor=system, action="change.schedule_missed", obj=change,
+                         environment=change.environment.slug,
+                         before={"status": ChangeRequest.Status.SCHEDULED},
+                         after={"status": change.status,
+                                "blockers": [b.as_dict() for b in blockers]},
+                         reason="not ready at its scheduled time")
+            return None
+        change.status = ChangeRequest.Status.APPROVED
+        deployment = _start_by_itself(change=change, why=system.reason)
+        if deployment is None:
+            # The deployer may no longer deploy: it waits, approved, for someone who may.
+            change.save(update_fields=["status"])
+            return None
+        return deployment.pk
+
+
+def _schedule_failed(pk: int, exc: Exception) -> None:
+    """A scheduled change that could not start: back to approved, on the record."""
+    detail = getattr(exc, "detail", None) or f"{exc.__class__.__name__}"
+    try:
+        with transaction.atomic():
+            change = (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
+                      .filter(pk=pk, status=ChangeRequest.Status.SCHEDULED).first())
+            if change is None:
+                return
+            change.status = ChangeRequest.Status.APPROVED
+            change.save(update_fields=["status"])
+            audit_record(actor=System(f"{change.reference} scheduled start"),
+                         action="change.schedule_failed", obj=change,
+                         environment=change.environment.slug,
+                         before={"status": ChangeRequest.Status.SCHEDULED},
+                         after={"status": change.status,
+                                "code": getattr(exc, "code", "error")},
+                         reason=f"could not start at its scheduled time: {detail}")
+    except Exception:
+        logger.exception("recording the failed start of scheduled change %s failed", pk)
 
 
 def change_request_deployment_finished(*, deployment: Deployment, status: str) -> None:
@@ -795,6 +835,36 @@ def change_request_deployment_finished(*, deployment: Deployment, status: str) -
                      obj=change, environment=change.environment.slug,
                      before={"status": ChangeRequest.Status.DEPLOYING},
                      after={"status": outcome, "deployment": deployment.pk})
+
+
+def changes_close_finished() -> list[int]:
+    """Beat: close changes still deploying whose deployment has ended.
+
+    The change normally closes in the transaction that ends its deployment; this
+    settles one whose closing failed there. Each change on its own, so one that
+    fails again does not keep the others open. Returns the ids of the changes closed.
+    """
+    closed = []
+    stuck = ChangeRequest.objects.filter(status=ChangeRequest.Status.DEPLOYING)
+    for change_id in stuck.values_list("pk", flat=True):
+        deployments = Deployment.objects.filter(change_id=change_id)
+        if deployments.filter(status__in=Deployment.ACTIVE).exists():
+            continue
+        ended = (deployments.filter(kind=Deployment.Kind.DEPLOY,
+                                    status__in=Deployment.FINAL)
+                 .order_by("-created_at", "-id").first())
+        if ended is None:
+            continue
+        try:
+            change_request_deployment_finished(deployment=ended, status=ended.status)
+        except Exception:
+            logger.exception("closing change %s after deployment %s failed", change_id,
+                             ended.pk)
+            continue
+        closed.append(change_id)
+        logger.warning("closed change %s left deploying after deployment %s %s",
+                       change_id, ended.pk, ended.status)
+    return closed
 
 
 def review_close(*, actor, review: PostImplementationReview, findings: str

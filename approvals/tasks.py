@@ -8,3 +8,8 @@ from approvals import services
 @shared_task(ignore_result=True)
 def changes_start_scheduled() -> None:
     services.changes_start_scheduled()
+
+
+@shared_task(ignore_result=True)
+def changes_close_finished() -> None:
+    services.changes_close_finished()

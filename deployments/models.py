@@ -134,6 +134,8 @@ class Deployment(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
+        # Cancelled while a step ran: the worker ends that step, then marks it cancelled.
+        STOPPING = "stopping", "Stopping"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
         ROLLED_BACK = "rolled_back", "Rolled back"
@@ -144,7 +146,8 @@ class Deployment(models.Model):
         ROLLBACK = "rollback", "Rollback"
 
     FINAL = {Status.SUCCEEDED, Status.FAILED, Status.ROLLED_BACK, Status.CANCELLED}
-    ACTIVE = {Status.QUEUED, Status.RUNNING}
+    # Still holds its target: no other deployment of the application there may start.
+    ACTIVE = {Status.QUEUED, Status.RUNNING, Status.STOPPING}
 
     application = models.ForeignKey(Application, on_delete=models.PROTECT,
                                     related_name="deployments")
@@ -179,10 +182,11 @@ class Deployment(models.Model):
         ordering = ["-created_at", "-id"]
         constraints = [
             # One deployment at a time per application and environment: the
-            # database settles two deploy presses at once.
+            # database settles two deploy presses at once. A stopping deployment still
+            # has a step running, so it counts.
             models.UniqueConstraint(
                 fields=["application", "environment"],
-                condition=models.Q(status__in=["queued", "running"]),
+                condition=models.Q(status__in=["queued", "running", "stopping"]),
                 name="deployment_one_active_per_app_env",
             ),
         ]

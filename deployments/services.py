@@ -32,7 +32,7 @@ from deployments.models import (
     Release,
     Target,
 )
-from deployments.signals import deployment_finished
+from deployments.signals import deployment_ending, deployment_finished
 from deployments.strategies import STRATEGIES, build_plan
 from portal import outbound
 from portal.audit import System, audit_record
@@ -374,6 +374,11 @@ def _claim_run(deployment_id: int) -> Deployment | None:
         )
         if deployment is None or deployment.is_final:
             return None
+        if deployment.status == Deployment.Status.STOPPING:
+            # Cancelled while a step ran, and that run is gone: nothing runs any more.
+            _finish(deployment, Deployment.Status.CANCELLED, deployment.failure_reason
+                    or "cancelled")
+            return None
         if deployment.attempts >= MAX_ATTEMPTS:
             _finish(deployment, Deployment.Status.FAILED,
                     f"gave up after {deployment.attempts} attempts")
@@ -410,9 +415,35 @@ def _finish(deployment: Deployment, status: str, reason: str = "", actor=None) -
         before={"status": before}, after={"status": status, "kind": deployment.kind},
         reason=reason,
     )
-    transaction.on_commit(
-        lambda: deployment_finished.send(sender=Deployment, deployment=deployment, status=status)
-    )
+    _announce_end(deployment, status)
+
+
+def _announce_end(deployment: Deployment, status: str) -> None:
+    """Inside the transaction that made ``deployment`` final.
+
+    ``deployment_ending`` listeners (the change that released it is closed) run now,
+    each failure confined to its savepoint so the deployment's end always commits;
+    ``deployment_finished`` listeners (notifications) run after commit, one failing
+    listener never keeping the others from theirs.
+    """
+    try:
+        with transaction.atomic():
+            for _receiver, result in deployment_ending.send_robust(
+                    sender=Deployment, deployment=deployment, status=status):
+                if isinstance(result, Exception):
+                    raise result
+    except Exception:
+        logger.exception("a listener failed on the end of deployment %s; the beat task "
+                         "closes what it left open", deployment.pk)
+
+    def finished() -> None:
+        for receiver, result in deployment_finished.send_robust(
+                sender=Deployment, deployment=deployment, status=status):
+            if isinstance(result, Exception):
+                logger.error("deployment_finished listener %r failed for deployment %s: %r",
+                             receiver, deployment.pk, result, exc_info=result)
+
+    transaction.on_commit(finished)
 
 
 def deployment_run(*, deployment_id: int) -> str | None:
@@ -456,14 +487,19 @@ def _run_locked(deployment_id: int) -> str | None:
     def log(level: str, message: str) -> None:
         _log(state, level, message)
 
-    if deployment.rolled_back_deployment_id:
-        # A rollback of a deployment that was still running: let its run stop first
-        # (it sees its final status before its next step).
-        deadline = time.monotonic() + 120
+    if deployment.rolled_back_deployment_id and run_is_live(
+            deployment.rolled_back_deployment_id):
+        # A rollback of a deployment that was still running: it is queued behind the
+        # running step, so two runs never act on the same targets at once. The run
+        # sees its final status before its next step and lets go; a run whose worker
+        # dies lets go at once, and the task time limit bounds a step that hangs.
+        log("info", f"Waiting for the running step of deployment "
+                    f"#{deployment.rolled_back_deployment_id} to end")
+        beat = time.monotonic()
         while run_is_live(deployment.rolled_back_deployment_id):
-            if time.monotonic() > deadline:
-                log("warning", "the rolled back deployment's run is still busy; going ahead")
-                break
+            if time.monotonic() - beat > 10:
+                Deployment.objects.filter(pk=deployment.pk).update(heartbeat_at=timezone.now())
+                beat = time.monotonic()
             time.sleep(0.2)
 
     try:
@@ -551,6 +587,12 @@ def _run_locked(deployment_id: int) -> str | None:
         )
         if deployment.is_final:
             return deployment.status
+        if deployment.status == Deployment.Status.STOPPING:
+            log("warning", "Cancelled after its last step")
+            _finish(deployment, Deployment.Status.CANCELLED,
+                    deployment.failure_reason or "cancelled",
+                    actor=System(f"worker stopping deployment #{deployment.pk}"))
+            return Deployment.Status.CANCELLED
         what = "Rollback" if deployment.kind == Deployment.Kind.ROLLBACK else "Deployment"
         log("info", f"{what} succeeded")
         _finish(deployment, Deployment.Status.SUCCEEDED)
@@ -558,8 +600,17 @@ def _run_locked(deployment_id: int) -> str | None:
 
 
 def _stopped(deployment_id: int) -> str | None:
-    """The final status someone gave the deployment while it ran (cancel, rollback)."""
+    """The final status someone gave the deployment while it ran (rollback), or
+    ``cancelled`` once a deployment being stopped is between steps."""
     status = Deployment.objects.filter(pk=deployment_id).values_list("status", flat=True).first()
+    if status == Deployment.Status.STOPPING:
+        with transaction.atomic():
+            locked = Deployment.objects.select_for_update().select_related("environment").get(
+                pk=deployment_id)
+            if locked.status == Deployment.Status.STOPPING:
+                _finish(locked, Deployment.Status.CANCELLED, locked.failure_reason or "cancelled",
+                        actor=System(f"worker stopping deployment #{locked.pk}"))
+            status = locked.status
     return status if status in Deployment.FINAL else None
 
 
@@ -674,11 +725,8 @@ def _analyse(deployment, step, steps, executor, log) -> str | None:
         step.detail = f"failed (dry run, no action): {summary}"
         return None
     log("error", f"Analysis failed: {summary}")
-    result = _roll_back_automatically(deployment, step, f"analysis at {step.phase}: {summary}",
-                                      log)
-    if result == Deployment.Status.FAILED:
-        AnalysisVerdict.objects.filter(pk=record.pk).update(action="rollback_refused")
-    return result
+    return _roll_back_automatically(deployment, step, f"analysis at {step.phase}: {summary}",
+                                    log, verdict_id=record.pk)
 
 
 # --- rollback (SOP 8) ---------------------------------------------------------
@@ -743,7 +791,8 @@ def _start_rollback(*, actor, deployment: Deployment, back_to: Deployment,
     return rollback
 
 
-def _roll_back_automatically(deployment, step, reason: str, log) -> str:
+def _roll_back_automatically(deployment, step, reason: str, log,
+                             verdict_id: int | None = None) -> str:
     """SOP 8.1 criteria crossed: redeploy the previous good release, or say why not."""
     with transaction.atomic():
         DeploymentStep.objects.filter(pk=step.pk).update(
@@ -760,6 +809,10 @@ def _roll_back_automatically(deployment, step, reason: str, log) -> str:
                          "must decide.")
             audit_record(actor=actor, action="deployment.rollback_refused", obj=locked,
                          environment=locked.environment.slug, reason=refusal)
+            if verdict_id is not None:
+                # In the transaction that ends the deployment: whoever sees it failed
+                # sees why.
+                AnalysisVerdict.objects.filter(pk=verdict_id).update(action="rollback_refused")
             _finish(locked, Deployment.Status.FAILED,
                     f"{reason}. Automatic rollback refused: {refusal}")
             return Deployment.Status.FAILED
@@ -823,8 +876,7 @@ def deployment_rollback(*, actor, deployment: Deployment, reason: str) -> Deploy
                          reason=reason)
             rollback = _start_rollback(actor=actor, deployment=locked, back_to=back_to,
                                        reason=reason)
-            transaction.on_commit(lambda: deployment_finished.send(
-                sender=Deployment, deployment=locked, status=locked.status))
+            _announce_end(locked, locked.status)
             return rollback
     except (Refused, Conflict) as exc:
         _refusal_audited(actor, deployment, exc)
@@ -840,7 +892,13 @@ def _refusal_audited(actor, deployment: Deployment, exc) -> None:
 
 
 def deployment_cancel(*, actor, deployment: Deployment, reason: str = "") -> Deployment:
-    """Stop a queued or running deployment; a running one stops before its next step."""
+    """Stop a queued or running deployment.
+
+    A queued one, or a running one whose worker is gone, is cancelled at once. A
+    running one goes to ``stopping``: its step in progress ends, then the worker marks
+    it cancelled (``_stopped``). Stopping still counts as active, so no other
+    deployment starts on its targets meanwhile.
+    """
     with transaction.atomic():
         locked = Deployment.objects.select_for_update().select_related("environment").get(
             pk=deployment.pk
@@ -852,16 +910,27 @@ def deployment_cancel(*, actor, deployment: Deployment, reason: str = "") -> Dep
                           code="not_permitted")
         if locked.is_final:
             raise InvalidTransition(f"deployment #{locked.pk} has already {locked.status}")
+        if locked.status == Deployment.Status.STOPPING:
+            raise InvalidTransition(f"deployment #{locked.pk} is already stopping",
+                                    code="already_stopping")
         before = locked.status
+        locked.failure_reason = reason or "cancelled"
+        if before == Deployment.Status.RUNNING and run_is_live(locked.pk):
+            # A worker is in a step: it ends that step, then marks the deployment
+            # cancelled. Without a live run (its worker died) it is cancelled at once.
+            locked.status = Deployment.Status.STOPPING
+            locked.save(update_fields=["status", "failure_reason"])
+            audit_record(actor=actor, action="deployment.stopping", obj=locked,
+                         environment=locked.environment.slug, before={"status": before},
+                         after={"status": locked.status}, reason=reason)
+            return locked
         locked.status = Deployment.Status.CANCELLED
         locked.finished_at = timezone.now()
-        locked.failure_reason = reason or "cancelled"
         locked.save(update_fields=["status", "finished_at", "failure_reason"])
         audit_record(actor=actor, action="deployment.cancelled", obj=locked,
                      environment=locked.environment.slug, before={"status": before},
                      after={"status": locked.status}, reason=reason)
-        transaction.on_commit(lambda: deployment_finished.send(
-            sender=Deployment, deployment=locked, status=locked.status))
+        _announce_end(locked, locked.status)
     return locked
 
 
@@ -875,7 +944,9 @@ def deployments_resume_stale() -> int:
     cutoff = timezone.now() - timedelta(seconds=settings.PORTAL_HEARTBEAT_STALE_SECONDS)
     handled = 0
     stale_ids = list(
-        Deployment.objects.filter(status=Deployment.Status.RUNNING, heartbeat_at__lt=cutoff)
+        Deployment.objects.filter(status__in=(Deployment.Status.RUNNING,
+                                              Deployment.Status.STOPPING),
+                                  heartbeat_at__lt=cutoff)
         .values_list("pk", flat=True)
     ) + list(
         Deployment.objects.filter(status=Deployment.Status.QUEUED, created_at__lt=cutoff,
@@ -890,7 +961,12 @@ def deployments_resume_stale() -> int:
             ).select_related("environment").first()
             if deployment is None:
                 continue
-            if deployment.attempts >= MAX_ATTEMPTS:
+            if deployment.status == Deployment.Status.STOPPING:
+                # Its worker died while it was being stopped: nothing runs, it is cancelled.
+                _finish(deployment, Deployment.Status.CANCELLED,
+                        deployment.failure_reason or "cancelled",
+                        actor=System("stale deployment detector"))
+            elif deployment.attempts >= MAX_ATTEMPTS:
                 _finish(deployment, Deployment.Status.FAILED,
                         "the worker stopped responding and attempts are exhausted",
                         actor=System("stale deployment detector"))

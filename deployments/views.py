@@ -88,7 +88,8 @@ def _engine_context(request, deployment: Deployment) -> dict:
         "targets": selectors.target_progress(deployment),
         "verdicts": selectors.deployment_verdicts(deployment),
         "rollbacks": selectors.related_rollbacks(deployment),
-        "can_cancel": may_deploy and not deployment.is_final,
+        "can_cancel": may_deploy and deployment.status in (Deployment.Status.QUEUED,
+                                                          Deployment.Status.RUNNING),
         "can_rollback": may_rollback and deployment.status in (
             Deployment.Status.RUNNING, Deployment.Status.SUCCEEDED, Deployment.Status.FAILED,
             Deployment.Status.CANCELLED),

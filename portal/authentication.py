@@ -1,5 +1,6 @@
 """Bearer tokens for REST clients: looked up by their SHA-256, never stored in clear."""
 
+from axes.backends import AxesStandaloneBackend
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
@@ -33,3 +34,18 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request):
         return "Bearer"
+
+
+class SignInLockoutBackend(AxesStandaloneBackend):
+    """Refuses a sign-in for a username and address locked out by repeated failures.
+
+    Every sign-in form (the login page, the admin) passes the request. A call without
+    one comes from code, not from a person typing a password (Django's test client
+    ``login``), and has no address to count failures against: it is passed on to the
+    next backend instead of failing.
+    """
+
+    def authenticate(self, request, username=None, password=None, **kwargs):
+        if request is None:
+            return None
+        return super().authenticate(request, username=username, password=password, **kwargs)

@@ -63,3 +63,39 @@ class RejectNulBytesMiddleware:
             except Exception:  # a malformed body is Django's to answer
                 return False
         return False
+
+
+class ServiceUnavailableMiddleware:
+    """A database or Redis outage is a 503; under /api/ every other crash is a JSON 500.
+
+    Pages: a friendly 503 page when PostgreSQL or Redis is unreachable; other errors go
+    on to Django's handler500 (``portal.error_views``). API: a JSON body with a code
+    (``database_unavailable``, ``queue_unavailable``, ``server_error``), even with
+    DEBUG on, so an API client never receives an HTML debug page.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        import logging
+
+        from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
+        from django.http import Http404
+
+        from portal import error_views
+
+        logger = logging.getLogger("portal.errors")
+        code = error_views.outage_code(exception)
+        if code:
+            logger.error("%s on %s %s: %s", code, request.method, request.path,
+                         exception.__class__.__name__)
+            return error_views.unavailable(request, code)
+        if error_views.is_api(request) and not isinstance(
+                exception, Http404 | PermissionDenied | BadRequest | SuspiciousOperation):
+            logger.exception("error on %s %s", request.method, request.path)
+            return error_views.server_error(request)
+        return None

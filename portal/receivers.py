@@ -3,6 +3,7 @@ access to deployment systems). Connected in ``PortalConfig.ready``."""
 
 from __future__ import annotations
 
+from axes.signals import user_locked_out
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.db import transaction
 from django.dispatch import receiver
@@ -34,3 +35,23 @@ def audit_login_failed(sender, credentials, request=None, **kwargs):
     with transaction.atomic():
         audit_record(actor=System("sign-in refused"), action="auth.login_failed",
                      object_type="user", object_repr=username)
+
+
+@receiver(user_locked_out, dispatch_uid="portal.audit.locked_out")
+def audit_locked_out(sender, request=None, username=None, ip_address=None, **kwargs):
+    # Sign-in for this username from this address is paused for the cool-off
+    # (django-axes, settings.AXES_*). Axes repeats the signal for each attempt during
+    # the cool-off; those are audited as auth.login_failed, the lockout itself once.
+    if request is not None and not getattr(request, "axes_failures_since_start", None):
+        return
+    with transaction.atomic():
+        audit_record(actor=System("sign-in lockout"), action="auth.locked_out",
+                     object_type="user", object_repr=str(username or "")[:150],
+                     after={"ip": ip_address,
+                            "cooloff_minutes": cooloff_minutes()})
+
+
+def cooloff_minutes() -> int:
+    from django.conf import settings
+
+    return max(1, int(settings.AXES_COOLOFF_TIME.total_seconds() // 60))

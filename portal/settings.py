@@ -1,14 +1,17 @@
 """Settings, read from the environment (12-factor).
 
-Development defaults are safe and need nothing set: the embedded PostgreSQL
-and Redis (see ``portal.embedded``) stand in when ``DATABASE_URL`` and
-``REDIS_URL`` are unset. Production sets ``DJANGO_DEBUG=false``,
-``DJANGO_SECRET_KEY``, ``DJANGO_ALLOWED_HOSTS`` and both URLs.
+The embedded PostgreSQL and Redis (see ``portal.embedded``) stand in when
+``DATABASE_URL`` and ``REDIS_URL`` are unset. DEBUG is off unless ``DJANGO_DEBUG``
+turns it on (``manage.py run``, the local demo, does); with it off the process needs
+``DJANGO_SECRET_KEY`` (not the development key), and production sets
+``DJANGO_ALLOWED_HOSTS`` and both URLs too.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from portal import embedded
 
@@ -16,13 +19,22 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
+# Off unless turned on explicitly (`manage.py run`, the demo, and the test run do).
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
 
-# A development key only when DEBUG is on; production must set its own.
+# A development key only when DEBUG is on; production must set its own, and a
+# production process refuses to start with the development one.
+DEVELOPMENT_SECRET_KEY = "dev-only-insecure-key-not-for-production"
 if DEBUG:
-    SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="dev-only-insecure-key-not-for-production")
+    SECRET_KEY = env.str("DJANGO_SECRET_KEY", default=DEVELOPMENT_SECRET_KEY)
 else:
     SECRET_KEY = env.str("DJANGO_SECRET_KEY")
+    if not SECRET_KEY.strip():
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY is empty; set a random key")
+    if SECRET_KEY == DEVELOPMENT_SECRET_KEY:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is the development key; set a random key of your own "
+            "before starting with DJANGO_DEBUG off")
 
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
@@ -42,6 +54,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Swagger UI served from here, no internet needed
     "django_htmx",
     "guardian",
+    "axes",
     "portal",
     "deployments",
     "approvals",
@@ -61,6 +74,10 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "portal.middleware.RequestContextMiddleware",
+    # A database or Redis outage is a 503 (JSON under /api/), never a debug page.
+    "portal.middleware.ServiceUnavailableMiddleware",
+    # Sign-in lockout (django-axes): last, as its documentation asks.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -91,6 +108,8 @@ DATABASES["default"]["TEST"] = {"NAME": env.str("DATABASE_TEST_NAME", default="t
 REDIS_URL = env.str("REDIS_URL", default=embedded.embedded_redis_url())
 
 AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out username and address before the password is checked.
+    "portal.authentication.SignInLockoutBackend",
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -107,6 +126,24 @@ AUTH_PASSWORD_VALIDATORS = [
 # Notifications (SOP 11.2) print to the console unless a real backend is configured.
 EMAIL_BACKEND = env.str("DJANGO_EMAIL_BACKEND",
                         default="django.core.mail.backends.console.EmailBackend")
+
+# Sign-in lockout (django-axes): five failures for one username from one address lock
+# that pair out for the cool-off; other users and other addresses sign in meanwhile.
+# A successful sign-in clears the count. API tokens are not affected.
+AXES_FAILURE_LIMIT = env.int("PORTAL_SIGNIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("PORTAL_SIGNIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Attempts during the cool-off are refused without extending it, so the page can say
+# when it ends.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "portal.error_views.signin_locked_out"
+AXES_ENABLE_ACCESS_FAILURE_LOG = False
+AXES_VERBOSE = False
+# The client address as Django sees it (REMOTE_ADDR); the proxy in front sets it.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+# The portal's own pages answer a CSRF failure.
+CSRF_FAILURE_VIEW = "portal.error_views.csrf_failure"
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -227,6 +264,11 @@ CELERY_BEAT_SCHEDULE = {
     "notifications-settle-interrupted": {
         "task": "notifications.tasks.notifications_settle_interrupted",
         "schedule": 300.0,
+    },
+    # A change left deploying after its deployment ended (a listener failed) is closed.
+    "close-changes-of-finished-deployments": {
+        "task": "approvals.tasks.changes_close_finished",
+        "schedule": 60.0,
     },
     "idempotency-keys-purge": {
         "task": "portal.tasks.idempotency_keys_purge",
