@@ -138,6 +138,9 @@ class Deployment(models.Model):
         FAILED = "failed", "Failed"
         ROLLED_BACK = "rolled_back", "Rolled back"
         CANCELLED = "cancelled", "Cancelled"
+        # A step was interrupted and is not safe to repeat: on-call decides
+        # (retry it, mark it done, or roll back). Neither active nor final.
+        NEEDS_ATTENTION = "needs_attention", "Needs attention"
 
     class Kind(models.TextChoices):
         DEPLOY = "deploy", "Deployment"

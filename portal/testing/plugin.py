@@ -14,3 +14,6 @@ os.environ.setdefault("PORTAL_PG_PORT", "54339")
 os.environ.setdefault("PORTAL_REDIS_PORT", "63799")
 os.environ.setdefault("PORTAL_DEPLOY_ROOT", str(_var / "deploy"))
 os.environ.setdefault("DJANGO_DEBUG", "true")
+# Test servers skip fsync and synchronous commit for speed (their data is thrown
+# away); `make run` and tests of durability run them durable (portal.embedded.durable).
+os.environ.setdefault("PORTAL_DURABLE", "false")
