@@ -138,12 +138,13 @@ class _Watch:
 
 class Supervisor:
     def __init__(self, components: list[Component], *, say: Callable[[str], None],
-                 max_failures: int = 5, window: float = 60.0, max_delay: float = 8.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 max_failures: int = 5, window: float = 60.0, first_delay: float = 1.0,
+                 max_delay: float = 8.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.watches = [_Watch(c) for c in components]
         self.say = say
         self.max_failures = max_failures
         self.window = window
+        self.first_delay = first_delay
         self.max_delay = max_delay
         self.clock = clock
 
@@ -166,7 +167,7 @@ class Supervisor:
         if count >= self.max_failures:
             raise GiveUp(f"the {watch.component.name} {what}; it failed {count} times in "
                          f"{int(self.window)} s, stopping everything")
-        delay = min(self.max_delay, 2.0 ** (count - 1))
+        delay = min(self.max_delay, self.first_delay * 2.0 ** (count - 1))
         watch.restart_at = now + delay
         self.say(f"the {watch.component.name} {what}; restarting it in {delay:g} s "
                  f"(failure {count} of {self.max_failures} allowed in {int(self.window)} s)")

@@ -88,7 +88,8 @@ class Command(BaseCommand):
             watch = supervisor.Supervisor(
                 servers + children, say=self._say,
                 max_failures=int(os.environ.get("PORTAL_SUPERVISOR_MAX_FAILURES", 5)),
-                window=float(os.environ.get("PORTAL_SUPERVISOR_WINDOW_SECONDS", 60)))
+                window=float(os.environ.get("PORTAL_SUPERVISOR_WINDOW_SECONDS", 60)),
+                first_delay=float(os.environ.get("PORTAL_SUPERVISOR_FIRST_DELAY_SECONDS", 1)))
             for child in children:
                 child.start()
             _wait_for_port(host, port, 30)
