@@ -482,7 +482,7 @@ def _decide_interrupted(*, actor, deployment: Deployment, decision: str,
         step = _interrupted_step(locked)
         who = actor.get_username()
         if step is not None:
-            if decision == "retry":
+            if decision == "retried":
                 # Pending again: the next run claims and runs it as a new attempt.
                 DeploymentStep.objects.filter(pk=step.pk).update(
                     status=DeploymentStep.Status.PENDING)

@@ -86,11 +86,12 @@ def test_on_call_marks_the_step_done_and_the_rest_runs(fleet, demo):
 def test_without_deploy_permission_nothing_changes(fleet, demo, api):
     shop, deployment, step = _interrupted(fleet)
     services.deployment_run(deployment_id=deployment.pk)
+    engineer = api(demo.engineer)
     events = AuditEvent.objects.count()
 
     with pytest.raises(Refused):
         services.deployment_retry_step(actor=demo.engineer, deployment=deployment)
-    answer = api(demo.engineer).post(f"/api/v1/deployments/{deployment.pk}/mark-step-done",
+    answer = engineer.post(f"/api/v1/deployments/{deployment.pk}/mark-step-done",
                                      {"reason": "trust me"}, format="json")
     assert answer.status_code in (403, 404)
 
