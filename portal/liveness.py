@@ -26,9 +26,13 @@ BEAT_KEY = "portal:heartbeat:beat"
 
 def _client():
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
+    # No retries: redis-py's default backoff makes one refused call take seconds,
+    # and a page view or /readyz must answer at once while Redis is away.
     return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1,
-                                socket_timeout=1)
+                                socket_timeout=1, retry=Retry(NoBackoff(), 0))
 
 
 def beat_worker(name: str, *, now: float | None = None) -> None:

@@ -174,13 +174,18 @@ REST_FRAMEWORK = {
     },
 }
 
+from redis.backoff import NoBackoff  # noqa: E402
+from redis.retry import Retry  # noqa: E402
+
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "portal",
-        # A Redis that went away answers "unreachable" quickly instead of hanging pages.
-        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 2},
+        # A Redis that went away answers "unreachable" at once instead of hanging pages
+        # (redis-py would otherwise retry with backoff for seconds).
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 2,
+                    "retry": Retry(NoBackoff(), 0)},
     },
 }
 

@@ -18,10 +18,17 @@ pytestmark = pytest.mark.worker
 
 
 @pytest.fixture(scope="module")
-def portal(tmp_path_factory):
-    # A Redis killed stays down for two seconds before its restart: long enough to
+def portal():
+    # Under the suite's own var dir: pytest's temporary folders are pruned by other
+    # test runs on the same machine while the servers live there.
+    import shutil
+    from pathlib import Path
+
+    root = Path(os.environ["PORTAL_VAR_DIR"]) / "supervised"
+    shutil.rmtree(root, ignore_errors=True)
+    # A Redis killed stays down for three seconds before its restart: long enough to
     # watch a request being accepted while it is away.
-    p = Portal(tmp_path_factory.mktemp("supervised"), step_delay=0.8, first_delay=2.0)
+    p = Portal(root, step_delay=0.8, first_delay=3.0)
     p.start()
     yield p
     code = p.stop()
@@ -78,6 +85,8 @@ def test_a_deploy_request_during_a_redis_outage_runs_once_redis_is_back(portal):
                REDIS_URL=f"redis://127.0.0.1:{portal.redis_port}/0")
     code = f"""
 import pathlib, time, redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from deployments import services
@@ -87,10 +96,12 @@ app = Application.objects.get(slug="drill")
 release, _ = Release.objects.get_or_create(application=app, version="outage-1",
                                            defaults=dict(created_by=user))
 env = Environment.objects.get(slug="production")
+print("WAITING", flush=True)
 while not pathlib.Path({str(flag)!r}).exists():
     time.sleep(0.02)
 try:
-    redis.Redis(port={portal.redis_port}, socket_connect_timeout=0.5).ping()
+    redis.Redis(port={portal.redis_port}, socket_connect_timeout=0.5,
+                retry=Retry(NoBackoff(), 0)).ping()
     print("REDIS UP")
 except Exception:
     print("REDIS DOWN")
@@ -101,7 +112,8 @@ print("DEPLOYMENT", d.pk)
     shell = subprocess.Popen([sys.executable, "manage.py", "shell", "-c", code],
                              cwd=ROOT, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(6)  # the shell's Django start-up
+    while "WAITING" not in shell.stdout.readline():  # the shell's Django start-up
+        assert shell.poll() is None, shell.stderr.read()[-2000:]
     os.kill(portal.pid_of("redis"), signal.SIGKILL)
     wait_until(lambda: portal.ready()[0] == 503, 5, interval=0.05, what="Redis down")
     flag.write_text("go")

@@ -75,7 +75,10 @@ class Command(BaseCommand):
                                "--graceful-timeout", "5"],
                 "worker": [os.path.join(bin_dir, "celery"), "-A", "portal", "worker",
                            "--loglevel", "INFO", "--concurrency", "2",
-                           "--hostname", "worker@%h"],
+                           "--hostname", "worker@%h",
+                           # One worker: nothing to gossip with, and both break on a
+                           # Redis restart where the worker itself reconnects.
+                           "--without-gossip", "--without-mingle"],
                 "beat": [os.path.join(bin_dir, "celery"), "-A", "portal", "beat",
                          "--loglevel", "INFO",
                          "--schedule", str(embedded.var_dir() / "celerybeat-schedule")],
