@@ -147,8 +147,10 @@ def deployment_create(
     if strategy not in STRATEGIES:
         raise Invalid(f"unknown strategy {strategy!r}",
                       fields={"strategy": [f"Choose one of {', '.join(STRATEGIES)}."]})
+    # One waiting for on-call (needs attention) still holds its target: decide it first.
     if Deployment.objects.filter(
-        application=application, environment=environment, status__in=Deployment.ACTIVE
+        application=application, environment=environment,
+        status__in=Deployment.ACTIVE | {Deployment.Status.NEEDS_ATTENTION},
     ).exists():
         raise DeploymentInProgress(
             f"another deployment of {application.slug} to {environment.slug} is in progress"

@@ -8,7 +8,7 @@ import pytest
 
 from deployments import services
 from deployments.models import Deployment, DeploymentStep
-from portal.errors import InvalidTransition, Refused
+from portal.errors import DeploymentInProgress, InvalidTransition, Refused
 from portal.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
@@ -42,6 +42,10 @@ def test_an_interrupted_step_not_safe_to_repeat_waits_for_on_call(fleet, demo):
                                      object_id=str(deployment.pk)).exists()
     # The sweep leaves it alone: it is neither queued nor running.
     assert services.deployments_resume_stale(on_worker_start=True) == 0
+    # Nothing else deploys there until on-call has decided.
+    with pytest.raises(DeploymentInProgress):
+        shop.start("1.0.1")
+    assert Deployment.objects.filter(application=shop.app).count() == 1
 
 
 def test_an_executor_setting_can_declare_steps_safe_to_repeat(fleet, demo):
