@@ -909,7 +909,7 @@ def deployments_resume_stale(*, on_worker_start: bool = False) -> int:
     return handled
 
 
-def _resent_before(before):
+def _resent_before(before: datetime):
     """Queued deployments never re-sent, or re-sent before ``before``."""
     from django.db.models import Q
 
