@@ -45,8 +45,9 @@ def _worker_shutdown(sender=None, **kwargs) -> None:
     stop = _heartbeats.pop("worker", None)
     if stop is not None:
         stop.set()
-    if sender is not None:
-        liveness.forget_worker(sender.hostname)
+    name = getattr(sender, "hostname", None)
+    if name:
+        liveness.forget_worker(name)
 
 
 @signals.beat_init.connect
