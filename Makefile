@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean-var
+.PHONY: run test lint install clean-var browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -22,8 +22,14 @@ install: $(STAMP)
 run: $(STAMP)
 	@$(PY) manage.py run
 
+# The browser tests need Chromium: scripts/ensure-browser finds or installs one,
+# or stops at once saying what to install.
 test: $(STAMP)
-	@$(PY) -m pytest $(PYTEST_ARGS)
+	@browser="$$(scripts/ensure-browser $(PY))" || exit 1; \
+	PORTAL_CHROMIUM="$$browser" $(PY) -m pytest $(PYTEST_ARGS)
+
+browser:
+	@scripts/ensure-browser $(PY)
 
 lint: $(STAMP)
 	@$(VENV)/bin/ruff check .

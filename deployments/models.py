@@ -140,6 +140,9 @@ class Deployment(models.Model):
         FAILED = "failed", "Failed"
         ROLLED_BACK = "rolled_back", "Rolled back"
         CANCELLED = "cancelled", "Cancelled"
+        # A step was interrupted and is not safe to repeat: on-call decides
+        # (retry it, mark it done, or roll back). Neither active nor final.
+        NEEDS_ATTENTION = "needs_attention", "Needs attention"
 
     class Kind(models.TextChoices):
         DEPLOY = "deploy", "Deployment"
@@ -183,10 +186,11 @@ class Deployment(models.Model):
         constraints = [
             # One deployment at a time per application and environment: the
             # database settles two deploy presses at once. A stopping deployment still
-            # has a step running, so it counts.
+            # has a step running, and one waiting for on-call holds its target: both count.
             models.UniqueConstraint(
                 fields=["application", "environment"],
-                condition=models.Q(status__in=["queued", "running", "stopping"]),
+                condition=models.Q(status__in=["queued", "running", "stopping",
+                                               "needs_attention"]),
                 name="deployment_one_active_per_app_env",
             ),
         ]

@@ -253,8 +253,10 @@ def deployment_create(
     if strategy not in STRATEGIES:
         raise Invalid(f"unknown strategy {strategy!r}",
                       fields={"strategy": [f"Choose one of {', '.join(STRATEGIES)}."]})
+    # One waiting for on-call (needs attention) still holds its target: decide it first.
     if Deployment.objects.filter(
-        application=application, environment=environment, status__in=Deployment.ACTIVE
+        application=application, environment=environment,
+        status__in=Deployment.ACTIVE | {Deployment.Status.NEEDS_ATTENTION},
     ).exists():
         raise DeploymentInProgress(
             f"another deployment of {application.slug} to {environment.slug} is in progress"
@@ -295,10 +297,22 @@ def deployment_create(
     return deployment
 
 
-def _enqueue(deployment_id: int, task_id: str) -> None:
+def _enqueue(deployment_id: int, task_id: str) -> bool:
+    """Hand the deployment to the workers; False when Redis cannot be reached.
+
+    The deployment row is committed before this runs, so a refused publish loses
+    nothing: the sweep (deployments_resume_stale) queues it again once Redis is back.
+    """
     from deployments.tasks import deployment_execute
 
-    deployment_execute.apply_async(args=[deployment_id], task_id=task_id)
+    try:
+        deployment_execute.apply_async(args=[deployment_id], task_id=task_id)
+    except Exception as exc:  # noqa: BLE001 - kombu's connection errors vary by transport
+        logger.warning("deployment %s is queued but its task could not reach the broker "
+                       "(%s); it is sent again once the broker is back",
+                       deployment_id, exc.__class__.__name__)
+        return False
+    return True
 
 
 # What replaces a resolved secret value in log lines, step details and reasons.
@@ -531,7 +545,13 @@ def _run_locked(deployment_id: int) -> str | None:
             return _fail(deployment, step, step.detail or f"step '{step.title}' failed")
         if step.status == DeploymentStep.Status.RUNNING:
             # Claimed by a run whose worker died mid-step (we hold the run lock, so
-            # that run is gone). Steps are idempotent: run it again, within the cap.
+            # that run is gone). Run it again only if its executor says the step is
+            # safe to repeat; otherwise on-call decides (retry, roll back, mark done).
+            if not executor.safe_to_repeat(step.name):
+                return _needs_attention(
+                    deployment, step,
+                    f"step '{step.title}' was interrupted and is not safe to repeat; "
+                    "check the target, then retry it, mark it done or roll back", log)
             if step.attempts >= STEP_MAX_ATTEMPTS:
                 return _fail(deployment, step,
                              f"step '{step.title}' was interrupted {step.attempts} times; "
@@ -597,6 +617,92 @@ def _run_locked(deployment_id: int) -> str | None:
         log("info", f"{what} succeeded")
         _finish(deployment, Deployment.Status.SUCCEEDED)
     return Deployment.Status.SUCCEEDED
+
+
+def _needs_attention(deployment: Deployment, step: DeploymentStep, reason: str, log) -> str:
+    """Stop the run at an interrupted step whose effect is unknown: on-call decides."""
+    with transaction.atomic():
+        locked = Deployment.objects.select_for_update().select_related("environment").get(
+            pk=deployment.pk)
+        if locked.is_final:
+            return locked.status
+        log("error", f"Needs attention: {reason}")
+        before = locked.status
+        locked.status = Deployment.Status.NEEDS_ATTENTION
+        locked.failure_reason = reason
+        locked.save(update_fields=["status", "failure_reason"])
+        audit_record(actor=System(f"worker running deployment #{locked.pk}"),
+                     action="deployment.needs_attention", obj=locked,
+                     environment=locked.environment.slug, before={"status": before},
+                     after={"status": locked.status, "step": step.name,
+                            "step_position": step.position}, reason=reason)
+    return Deployment.Status.NEEDS_ATTENTION
+
+
+def _interrupted_step(deployment: Deployment) -> DeploymentStep | None:
+    return (deployment.steps.filter(status=DeploymentStep.Status.RUNNING)
+            .select_related("target").order_by("position").first())
+
+
+def _decide_interrupted(*, actor, deployment: Deployment, decision: str,
+                        reason: str) -> Deployment:
+    """Retry the interrupted step, or record it as done, and let the run go on."""
+    reason = (reason or "").strip()
+    with transaction.atomic():
+        locked = (Deployment.objects.select_for_update(of=("self",))
+                  .select_related("environment").get(pk=deployment.pk))
+        if not (has_env_perm(actor, "deploy", locked.environment)
+                or has_env_perm(actor, "rollback", locked.environment)):
+            raise Refused(f"you may not act on deployments in {locked.environment.name}",
+                          code="not_permitted")
+        if locked.status != Deployment.Status.NEEDS_ATTENTION:
+            raise InvalidTransition(
+                f"deployment #{locked.pk} does not need attention (it is {locked.status})",
+                code="not_needs_attention")
+        step = _interrupted_step(locked)
+        who = actor.get_username()
+        if step is not None:
+            if decision == "retried":
+                # Pending again: the next run claims and runs it as a new attempt.
+                DeploymentStep.objects.filter(pk=step.pk).update(
+                    status=DeploymentStep.Status.PENDING)
+            else:
+                DeploymentStep.objects.filter(pk=step.pk).update(
+                    status=DeploymentStep.Status.SUCCEEDED, finished_at=timezone.now(),
+                    detail=f"marked done by {who}" + (f": {reason}" if reason else ""))
+        locked.status = Deployment.Status.RUNNING
+        locked.failure_reason = ""
+        locked.heartbeat_at = timezone.now()
+        locked.attempts = min(locked.attempts, MAX_ATTEMPTS - 1)
+        locked.save(update_fields=["status", "failure_reason", "heartbeat_at", "attempts"])
+        audit_record(actor=actor, action=f"deployment.step_{decision}",
+                     obj=locked, environment=locked.environment.slug,
+                     before={"status": Deployment.Status.NEEDS_ATTENTION},
+                     after={"status": locked.status,
+                            "step": step.name if step else None}, reason=reason)
+        transaction.on_commit(lambda: _enqueue(locked.pk, uuid.uuid4().hex))
+    return locked
+
+
+def deployment_retry_step(*, actor, deployment: Deployment, reason: str = "") -> Deployment:
+    """On-call checked the target: run the interrupted step again, then the rest.
+
+    Needs `deploy` (or `rollback`) on the environment; audited.
+    """
+    return _decide_interrupted(actor=actor, deployment=deployment, decision="retried",
+                               reason=reason)
+
+
+def deployment_mark_step_done(*, actor, deployment: Deployment, reason: str) -> Deployment:
+    """On-call checked the target and found the interrupted step applied: go on after it.
+
+    Needs `deploy` (or `rollback`) on the environment and a reason; audited.
+    """
+    if not (reason or "").strip():
+        raise Invalid("marking a step done needs a reason",
+                      fields={"reason": ["Say what you checked."]})
+    return _decide_interrupted(actor=actor, deployment=deployment, decision="marked_done",
+                               reason=reason)
 
 
 def _stopped(deployment_id: int) -> str | None:
@@ -934,30 +1040,40 @@ def deployment_cancel(*, actor, deployment: Deployment, reason: str = "") -> Dep
     return locked
 
 
-def deployments_resume_stale() -> int:
-    """Find deployments whose worker died; re-queue them or fail them with the reason.
+def deployments_resume_stale(*, on_worker_start: bool = False) -> int:
+    """Find deployments whose run died or whose task never started; queue them again.
 
-    Running ones whose heartbeat went stale, and queued ones whose message was lost.
-    A deployment whose run still holds its advisory lock is alive (a long step) and
-    left alone.
+    - Running ones whose run lock is free (their worker died, or their run stopped
+      on an error such as a database outage) and whose heartbeat is older than
+      PORTAL_HEARTBEAT_STALE_SECONDS (at once when a worker has just started).
+      A run that holds its advisory lock is alive (a long step) and left alone.
+      Once their attempts are used up they fail with the reason.
+    - Queued ones whose task has not started after PORTAL_REQUEUE_AFTER_SECONDS:
+      the message never reached Redis (it was down when the deployment was
+      requested) or Redis lost it. They are sent again, and again every
+      PORTAL_REQUEUE_AFTER_SECONDS while they wait.
+
+    Sending twice is harmless: a run takes the run lock, claims the deployment under
+    its row lock and each step with a conditional update, so a second message for
+    the same deployment finds nothing to do.
     """
-    cutoff = timezone.now() - timedelta(seconds=settings.PORTAL_HEARTBEAT_STALE_SECONDS)
+    now = timezone.now()
+    cutoff = now - timedelta(
+        seconds=0 if on_worker_start else settings.PORTAL_HEARTBEAT_STALE_SECONDS)
+    detector = System("stale deployment detector")
     handled = 0
     stale_ids = list(
         Deployment.objects.filter(status__in=(Deployment.Status.RUNNING,
                                               Deployment.Status.STOPPING),
                                   heartbeat_at__lt=cutoff)
         .values_list("pk", flat=True)
-    ) + list(
-        Deployment.objects.filter(status=Deployment.Status.QUEUED, created_at__lt=cutoff,
-                                  heartbeat_at__isnull=True).values_list("pk", flat=True)
     )
     for pk in stale_ids:
         if run_is_live(pk):
             continue
         with transaction.atomic():
             deployment = Deployment.objects.select_for_update(skip_locked=True).filter(
-                pk=pk, status__in=Deployment.ACTIVE
+                pk=pk, status=Deployment.Status.RUNNING
             ).select_related("environment").first()
             if deployment is None:
                 continue
@@ -969,15 +1085,44 @@ def deployments_resume_stale() -> int:
             elif deployment.attempts >= MAX_ATTEMPTS:
                 _finish(deployment, Deployment.Status.FAILED,
                         "the worker stopped responding and attempts are exhausted",
-                        actor=System("stale deployment detector"))
+                        actor=detector)
             else:
                 deployment.heartbeat_at = timezone.now()
                 deployment.save(update_fields=["heartbeat_at"])
-                audit_record(actor=System("stale deployment detector"),
-                             action="deployment.requeued", obj=deployment,
+                audit_record(actor=detector, action="deployment.requeued", obj=deployment,
                              environment=deployment.environment.slug,
-                             reason="heartbeat went stale")
+                             reason="its run stopped (worker or database gone)")
                 transaction.on_commit(
                     lambda d=deployment: _enqueue(d.pk, uuid.uuid4().hex))
             handled += 1
+
+    waiting = now - timedelta(seconds=settings.PORTAL_REQUEUE_AFTER_SECONDS)
+    queued = list(
+        Deployment.objects.filter(status=Deployment.Status.QUEUED, created_at__lt=waiting)
+        .filter(_resent_before(waiting)).values_list("pk", "heartbeat_at")
+    )
+    for pk, last_sent in queued:
+        if run_is_live(pk):
+            continue
+        if not _enqueue(pk, uuid.uuid4().hex):
+            break  # the broker is still away; the next sweep tries again
+        with transaction.atomic():
+            deployment = Deployment.objects.select_for_update(skip_locked=True).filter(
+                pk=pk, status=Deployment.Status.QUEUED).select_related("environment").first()
+            if deployment is None:
+                continue
+            deployment.heartbeat_at = timezone.now()
+            deployment.save(update_fields=["heartbeat_at"])
+            if last_sent is None:  # on the record once, not at every resend
+                audit_record(actor=detector, action="deployment.requeued", obj=deployment,
+                             environment=deployment.environment.slug,
+                             reason="its task had not started; sent to the workers again")
+        handled += 1
     return handled
+
+
+def _resent_before(before: datetime):
+    """Queued deployments never re-sent, or re-sent before ``before``."""
+    from django.db.models import Q
+
+    return Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=before)

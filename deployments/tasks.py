@@ -11,5 +11,5 @@ def deployment_execute(deployment_id: int) -> None:
 
 
 @shared_task(ignore_result=True)
-def deployments_resume_stale() -> None:
-    services.deployments_resume_stale()
+def deployments_resume_stale(on_worker_start: bool = False) -> None:
+    services.deployments_resume_stale(on_worker_start=on_worker_start)

@@ -92,7 +92,10 @@ def _engine_context(request, deployment: Deployment) -> dict:
                                                           Deployment.Status.RUNNING),
         "can_rollback": may_rollback and deployment.status in (
             Deployment.Status.RUNNING, Deployment.Status.SUCCEEDED, Deployment.Status.FAILED,
-            Deployment.Status.CANCELLED),
+            Deployment.Status.CANCELLED, Deployment.Status.NEEDS_ATTENTION),
+        # An interrupted step that is not safe to repeat: on-call decides.
+        "can_decide": may_deploy
+        and deployment.status == Deployment.Status.NEEDS_ATTENTION,
     }
 
 
@@ -151,3 +154,31 @@ def deployment_progress(request, pk: int):
         "deployment": deployment,
         "log": list(deployment.log_lines.order_by("-seq")[:200])[::-1],
     })
+
+
+@login_required
+@require_POST
+def deployment_retry_step(request, pk: int):
+    deployment = _deployment(request, pk)
+    try:
+        services.deployment_retry_step(actor=request.user, deployment=deployment,
+                                       reason=request.POST.get("reason", ""))
+    except DomainError as exc:
+        messages.error(request, f"Not retried: {exc.detail}")
+    else:
+        messages.success(request, "The interrupted step runs again, then the rest.")
+    return redirect("deployment-detail", pk=deployment.pk)
+
+
+@login_required
+@require_POST
+def deployment_mark_step_done(request, pk: int):
+    deployment = _deployment(request, pk)
+    try:
+        services.deployment_mark_step_done(actor=request.user, deployment=deployment,
+                                           reason=request.POST.get("reason", ""))
+    except DomainError as exc:
+        messages.error(request, f"Not marked done: {exc.detail}")
+    else:
+        messages.success(request, "The interrupted step is marked done; the rest runs.")
+    return redirect("deployment-detail", pk=deployment.pk)

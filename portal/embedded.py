@@ -65,6 +65,17 @@ def _port_from_env(name: str, default: int) -> int:
     return port
 
 
+def durable() -> bool:
+    """Whether the embedded servers write through to disk (the default).
+
+    `make run` is a real deployment: PostgreSQL runs with ``fsync`` and
+    ``synchronous_commit`` on, and Redis keeps an append-only file, so committed
+    work survives a killed server. The test plugin sets ``PORTAL_DURABLE=false``
+    for speed: test data is thrown away anyway.
+    """
+    return os.environ.get("PORTAL_DURABLE", "true").strip().lower() not in ("0", "false", "no")
+
+
 def embedded_database_url() -> str:
     return f"postgres://{PG_ROLE}@127.0.0.1:{pg_port()}/{PG_DATABASE}"
 
@@ -190,9 +201,11 @@ class Postgres:
                  "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
                 run_as, "initdb",
             )
+        sync = "on" if durable() else "off"
         options = (
             f"-p {self.port} -h 127.0.0.1 -c unix_socket_directories='' "
-            "-c max_connections=200 -c fsync=off -c synchronous_commit=off"
+            f"-c max_connections=200 -c fsync={sync} -c synchronous_commit={sync} "
+            f"-c full_page_writes={sync}"
         )
         self._call(
             [self.bin("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file), "-o",
@@ -218,6 +231,21 @@ class Postgres:
             ).fetchone()
             if not exists:
                 conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+
+    def kill_orphans(self) -> None:
+        """After the postmaster was killed: end its backends, which keep the port's
+        shared memory busy and would refuse a new start for a while."""
+        try:
+            import psutil
+        except ImportError:
+            return
+        data_dir = str(self.data_dir)
+        for proc in psutil.process_iter(["name"]):
+            try:
+                if "postgres" in (proc.info["name"] or "") and proc.cwd() == data_dir:
+                    proc.kill()
+            except (psutil.Error, OSError):
+                continue
 
     def stop(self) -> None:
         if not self.running_pid():
@@ -274,7 +302,9 @@ class Redis:
             [self.executable(), "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", str(self.dir), "--pidfile", str(self.pid_file),
              "--logfile", str(self.dir / "redis.log"), "--daemonize", "yes",
-             "--save", "", "--appendonly", "no"],
+             "--save", "",
+             *(["--appendonly", "yes", "--appendfsync", "everysec"] if durable()
+               else ["--appendonly", "no"])],
             capture_output=True, text=True,
         )
         if result.returncode != 0:

@@ -211,11 +211,18 @@ REST_FRAMEWORK = {
     },
 }
 
+from redis.backoff import NoBackoff  # noqa: E402
+from redis.retry import Retry  # noqa: E402
+
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "portal",
+        # A Redis that went away answers "unreachable" at once instead of hanging pages
+        # (redis-py would otherwise retry with backoff for seconds).
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 2,
+                    "retry": Retry(NoBackoff(), 0)},
     },
 }
 
@@ -247,6 +254,13 @@ CELERY_TASK_TIME_LIMIT = env.int("PORTAL_TASK_TIME_LIMIT", default=3600)
 # Longer than the longest run, so a slow deployment is not redelivered mid-run.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Keep reconnecting to a Redis that went away, however long it takes (make run
+# restarts it; the worker and beat resume without a restart of their own).
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# A publish while Redis is away gives up quickly: the deployment row is committed
+# and beat's sweep queues it once Redis is back (deployments_resume_stale).
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0,
+                                    "interval_step": 0.5, "interval_max": 1}
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "start-scheduled-changes": {
@@ -255,7 +269,11 @@ CELERY_BEAT_SCHEDULE = {
     },
     "resume-stale-deployments": {
         "task": "deployments.tasks.deployments_resume_stale",
-        "schedule": 30.0,
+        "schedule": env.float("PORTAL_RESUME_SWEEP_SECONDS", default=5.0),
+    },
+    "backup-portal-database": {
+        "task": "portal.tasks.portal_backup",
+        "schedule": env.float("PORTAL_BACKUP_INTERVAL_SECONDS", default=24 * 3600.0),
     },
     "audit-retention-purge": {
         "task": "portal.tasks.audit_retention_purge",
@@ -297,8 +315,6 @@ PORTAL_OUTBOUND_ALLOW = env.list("PORTAL_OUTBOUND_ALLOW", default=[])
 PORTAL_OUTBOUND_CONNECT_TIMEOUT = env.float("PORTAL_OUTBOUND_CONNECT_TIMEOUT", default=5.0)
 PORTAL_OUTBOUND_READ_TIMEOUT = env.float("PORTAL_OUTBOUND_READ_TIMEOUT", default=30.0)
 PORTAL_OUTBOUND_MAX_BYTES = env.int("PORTAL_OUTBOUND_MAX_BYTES", default=1024 ** 2)
-# A running deployment whose heartbeat is older than this is taken as orphaned.
-PORTAL_HEARTBEAT_STALE_SECONDS = env.int("PORTAL_HEARTBEAT_STALE_SECONDS", default=120)
 # How long hook delivery ids are remembered against replays (portal.hooks).
 PORTAL_HOOK_DELIVERY_RETENTION_DAYS = env.int("PORTAL_HOOK_DELIVERY_RETENTION_DAYS", default=30)
 
@@ -307,6 +323,20 @@ PORTAL_HOOK_DELIVERY_RETENTION_DAYS = env.int("PORTAL_HOOK_DELIVERY_RETENTION_DA
 # may name besides the portal's own (a trailing * makes a prefix).
 PORTAL_DEPLOY_ENV_PASSTHROUGH = env.list("PORTAL_DEPLOY_ENV_PASSTHROUGH", default=[])
 PORTAL_SECRET_DENIED_ENV = env.list("PORTAL_SECRET_DENIED_ENV", default=[])
+# A running deployment whose heartbeat is older than this is taken as orphaned.
+# The run lock (an advisory lock held by the live run) tells a long step from a dead
+# run, so this can be short: it only guards the moment between a claim and its lock.
+PORTAL_HEARTBEAT_STALE_SECONDS = env.int("PORTAL_HEARTBEAT_STALE_SECONDS", default=15)
+# A queued deployment whose task has not started after this long is queued again
+# (its message never reached Redis, or Redis lost it); duplicates are harmless.
+PORTAL_REQUEUE_AFTER_SECONDS = env.int("PORTAL_REQUEUE_AFTER_SECONDS", default=10)
+# Workers and beat write a heartbeat this often (portal.liveness); one silent for
+# PORTAL_LIVENESS_SECONDS counts as gone (dashboard banner, /readyz).
+PORTAL_HEARTBEAT_INTERVAL_SECONDS = env.float("PORTAL_HEARTBEAT_INTERVAL_SECONDS", default=3.0)
+PORTAL_LIVENESS_SECONDS = env.float("PORTAL_LIVENESS_SECONDS", default=12.0)
+# Backups of the portal's own database (manage.py backup; beat daily).
+PORTAL_BACKUP_DIR = Path(env.str("PORTAL_BACKUP_DIR", default=str(embedded.var_dir() / "backups")))
+PORTAL_BACKUP_KEEP = env.int("PORTAL_BACKUP_KEEP", default=7)
 
 LOGGING = {
     "version": 1,

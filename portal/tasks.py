@@ -35,3 +35,13 @@ def hook_deliveries_purge() -> None:
     from portal.hooks import hook_deliveries_purge as purge
 
     log.info("hook delivery ids purged: %s", purge())
+
+
+@shared_task(name="portal.tasks.portal_backup", ignore_result=True)
+def portal_backup() -> None:
+    """Daily: dump the portal database to PORTAL_BACKUP_DIR, keeping PORTAL_BACKUP_KEEP."""
+    from portal.audit import System
+    from portal.services import backup_create
+
+    path = backup_create(actor=System("daily backup"))
+    log.info("portal database backed up to %s", path)

@@ -94,10 +94,26 @@ def fetch_artifact(release, into: Path, log: Callable[[str, str], None]) -> Path
 class Executor:
     """Runs one step of one deployment.
 
-    Steps must be safe to repeat: a step interrupted by a dying worker runs again.
+    A step interrupted by a dying worker runs again only when ``safe_to_repeat``
+    says so; otherwise the deployment waits for on-call (needs attention).
     ``run`` also keeps a journal per step: a step whose effect was recorded as applied
     is not applied again when a resumed run meets it.
     """
+
+    # True: every step may run again after an interruption. A set of step names:
+    # those may. Executors that run commands they do not understand say False.
+    steps_safe_to_repeat: bool | frozenset[str] = False
+
+    def safe_to_repeat(self, step_name: str) -> bool:
+        """Whether an interrupted ``step_name`` may simply run again.
+
+        The application's ``executor_settings["safe_to_repeat"]`` (true, false or a
+        list of step names) overrides the executor's own declaration.
+        """
+        declared = self.settings.get("safe_to_repeat", self.steps_safe_to_repeat)
+        if isinstance(declared, bool):
+            return declared
+        return step_name in set(declared or ())
 
     def __init__(self, deployment, log: Callable[[str, str], None]) -> None:
         self.deployment = deployment

@@ -50,6 +50,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 class LocalExecutor(Executor):
+    # Every step converges (symlinks renamed into place, journal markers): safe to repeat.
+    steps_safe_to_repeat = True
+
     @property
     def release_dir(self) -> Path:
         return self.base / "releases" / self.deployment.release.version

@@ -27,6 +27,9 @@ STEPS = ("pre_health_check", "backup", "backup_database", "maintenance_on", "mig
 
 
 class WebhookExecutor(Executor):
+    # Each step is sent with a stable Idempotency-Key: the deployer applies it once.
+    steps_safe_to_repeat = True
+
     def _request(self, url: str, body: dict | None, key: str) -> dict:
         headers = {"Content-Type": "application/json", "Idempotency-Key": key}
         if self.settings.get("token"):

@@ -23,3 +23,6 @@ os.environ.setdefault("PORTAL_ARTIFACT_STORE", str(_var / "artifacts"))
 os.environ.setdefault("PORTAL_ARTIFACT_SOURCES", ",".join([
     Path(os.environ["PORTAL_ARTIFACT_STORE"]).as_uri() + "/",
     Path(tempfile.gettempdir(), f"pytest-of-{getpass.getuser()}").as_uri() + "/"]))
+# Test servers skip fsync and synchronous commit for speed (their data is thrown
+# away); `make run` and tests of durability run them durable (portal.embedded.durable).
+os.environ.setdefault("PORTAL_DURABLE", "false")

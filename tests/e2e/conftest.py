@@ -12,6 +12,7 @@ at the pages, not for asserting anything.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,8 @@ from tests.conftest import PASSWORD, Cast
 # only gets in the way.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
-CHROMIUM = "/usr/bin/chromium"
+# The browser scripts/ensure-browser found or installed (make test sets it).
+CHROMIUM = os.environ.get("PORTAL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -49,7 +51,8 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is not installed: apt-get install chromium (.ci/run does)")
+        pytest.fail(f"{CHROMIUM} is not installed: run scripts/ensure-browser "
+                    "(make test does) or apt-get install chromium")
     playwright = sync_playwright().start()
     browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                          args=CHROMIUM_ARGS)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 
@@ -18,7 +17,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 import demo_fleet
-from portal import embedded
+from portal import embedded, supervisor
 from portal.management.commands.seed_demo import DEFAULT_PASSWORD, USERS
 
 
@@ -35,7 +34,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, host: str, port: int, password: str, **options):
         lock = embedded.RunLock()
-        children: list[subprocess.Popen] = []
+        children: list[supervisor.ProcessComponent] = []
         services = None
         try:
             lock.acquire()
@@ -72,29 +71,42 @@ class Command(BaseCommand):
             # The demo fleet's services listen on loopback: the worker probes them.
             env.setdefault("PORTAL_OUTBOUND_ALLOW", "127.0.0.1")
             commands = {
-                "web": [os.path.join(bin_dir, "gunicorn"), "portal.wsgi:application",
-                        "--bind", f"{host}:{port}", "--workers", "2", "--threads", "4",
-                        "--access-logfile", "-", "--log-level", "warning",
-                        "--graceful-timeout", "5"],
+                "web server": [os.path.join(bin_dir, "gunicorn"), "portal.wsgi:application",
+                               "--bind", f"{host}:{port}", "--workers", "2", "--threads", "4",
+                               "--access-logfile", "-", "--log-level", "warning",
+                               "--graceful-timeout", "5"],
                 "worker": [os.path.join(bin_dir, "celery"), "-A", "portal", "worker",
                            "--loglevel", "INFO", "--concurrency", "2",
-                           "--hostname", "worker@%h"],
+                           "--hostname", "worker@%h",
+                           # One worker: nothing to gossip with, and both break on a
+                           # Redis restart where the worker itself reconnects.
+                           "--without-gossip", "--without-mingle"],
                 "beat": [os.path.join(bin_dir, "celery"), "-A", "portal", "beat",
                          "--loglevel", "INFO",
                          "--schedule", str(embedded.var_dir() / "celerybeat-schedule")],
             }
-            for cmd in commands.values():
-                children.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+            servers = [supervisor.ServerComponent(name, server) for name, server in
+                       (("PostgreSQL server", services.postgres),
+                        ("Redis server", services.redis)) if server is not None]
+            children = [supervisor.ProcessComponent(name, argv, env)
+                        for name, argv in commands.items()]
+            watch = supervisor.Supervisor(
+                servers + children, say=self._say,
+                max_failures=int(os.environ.get("PORTAL_SUPERVISOR_MAX_FAILURES", 5)),
+                window=float(os.environ.get("PORTAL_SUPERVISOR_WINDOW_SECONDS", 60)),
+                first_delay=float(os.environ.get("PORTAL_SUPERVISOR_FIRST_DELAY_SECONDS", 1)))
+            for child in children:
+                child.start()
             _wait_for_port(host, port, 30)
             self._banner(host, port, password if first_run else None)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 # SIGINT too: a shell that starts us in the background ignores it.
                 signal.signal(signum, _raise_interrupt)
             while True:
-                for child, name in zip(children, commands, strict=True):
-                    if child.poll() is not None:
-                        raise CommandError(f"the {name} process exited with code "
-                                           f"{child.returncode}; stopping everything")
+                try:
+                    watch.check()
+                except supervisor.GiveUp as exc:
+                    raise CommandError(str(exc)) from None
                 time.sleep(0.5)
         except KeyboardInterrupt:
             self._say("stopping…")
@@ -152,20 +164,9 @@ def _wait_for_port(host: str, port: int, seconds: float) -> None:
     raise CommandError(f"the web server did not start listening on {host}:{port}")
 
 
-def _stop_children(children: list[subprocess.Popen]) -> None:
+def _stop_children(children: list[supervisor.ProcessComponent]) -> None:
     for child in children:
-        if child.poll() is None:
-            try:
-                os.killpg(child.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        child.stop()
     deadline = time.monotonic() + 15
     for child in children:
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(child.pid, signal.SIGKILL)  # anything left in its group
-        except (ProcessLookupError, PermissionError):
-            pass
+        child.wait_stopped(deadline)
