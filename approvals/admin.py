@@ -9,7 +9,7 @@ from approvals.models import (
     MaintenanceWindow,
     PolicyGate,
 )
-from portal.admin import AuditedModelAdmin, ReadOnlyModelAdmin
+from core.admin import AuditedModelAdmin, ReadOnlyModelAdmin
 
 
 class PolicyGateInline(admin.TabularInline):

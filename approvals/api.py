@@ -14,11 +14,13 @@ from rest_framework.response import Response
 
 from approvals import selectors, services
 from approvals.models import Approval, ChangeRequest, ChangeType, Gate, GateRole, Strategy
+from catalog.models import Environment, Release
+from catalog.permissions import environment_permissions
 from configuration.selectors import digests_for_many
-from deployments.models import Deployment, Environment, Release
-from portal.api import APPROVE, DEPLOY, REQUEST, ApiMixin, ApiView, BoundedDateTimeField
-from portal.idempotency import idempotent
-from portal.permissions import environment_permissions, is_auditor
+from core.api import APPROVE, DEPLOY, REQUEST, ApiMixin, ApiView, BoundedDateTimeField
+from core.idempotency import idempotent
+from core.permissions import is_auditor
+from deployments.models import Deployment
 
 
 class ApprovalSerializer(serializers.ModelSerializer):

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from deployments.models import Environment, Release
+from catalog.models import Environment, Release
 
 
 class ChangeType(models.TextChoices):

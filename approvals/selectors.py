@@ -32,8 +32,10 @@ from approvals.models import (
     MaintenanceWindow,
     PostImplementationReview,
 )
-from deployments.models import Deployment, Environment, Release
-from portal.permissions import environment_permissions, is_auditor
+from catalog.models import Environment, Release
+from catalog.permissions import environment_permissions
+from core.permissions import is_auditor
+from deployments.models import Deployment
 
 CLOSED = {ChangeRequest.Status.REJECTED, ChangeRequest.Status.CANCELLED,
           ChangeRequest.Status.DEPLOYED, ChangeRequest.Status.FAILED,

@@ -31,13 +31,13 @@ from approvals.models import (
     Strategy,
 )
 from approvals.selectors import Blocker, change_blockers, unsatisfiable_gates
+from catalog.models import Environment, Release
+from catalog.permissions import has_env_perm
 from configuration.selectors import digests_for
-from deployments import services as deployment_services
-from deployments.models import Deployment, Environment, Release
-from portal import context as request_context
-from portal.audit import System, audit_record
-from portal.context import RequestContext
-from portal.errors import (
+from core import context as request_context
+from core.audit import System, audit_record
+from core.context import RequestContext
+from core.errors import (
     AlreadyDecided,
     ChangedSinceViewed,
     DeploymentInProgress,
@@ -49,7 +49,8 @@ from portal.errors import (
     Refused,
     SelfApproval,
 )
-from portal.permissions import has_env_perm
+from deployments import services as deployment_services
+from deployments.models import Deployment
 
 logger = logging.getLogger(__name__)
 

@@ -21,12 +21,13 @@ from approvals.models import (
     PostImplementationReview,
     Strategy,
 )
+from catalog.models import Environment, MigrationKind, Release
+from catalog.permissions import environment_permissions
 from configuration.selectors import digests_for_many
+from core.errors import ChangedSinceViewed, DomainError
+from core.models import AuditEvent
 from deployments import selectors as deployment_selectors
-from deployments.models import Deployment, Environment, MigrationKind, Release
-from portal.errors import ChangedSinceViewed, DomainError
-from portal.models import AuditEvent
-from portal.permissions import environment_permissions
+from deployments.models import Deployment
 
 
 class ChangeRequestForm(forms.Form):

@@ -64,8 +64,8 @@ def generate(rows: int, years: float = 2) -> None:
     from django.db import connection
     from psycopg.types.json import Jsonb
 
-    from portal.audit import GENESIS_HASH, HASHED_FIELDS, compute_hash
-    from portal.models import AuditEvent
+    from core.audit import GENESIS_HASH, HASHED_FIELDS, compute_hash
+    from core.models import AuditEvent
 
     last = AuditEvent.objects.order_by("-id").values("hash", "occurred_at").first()
     prev = last["hash"] if last else GENESIS_HASH
@@ -138,7 +138,8 @@ def generate_deployments(count: int, years: float = 2) -> None:
     from django.db import connection
 
     from approvals.models import Approval, ChangeRequest, Gate
-    from deployments.models import Application, Deployment, DeploymentStep, Environment, Release
+    from catalog.models import Application, Environment, Release
+    from deployments.models import Deployment, DeploymentStep
 
     t0 = time.perf_counter()
     User = get_user_model()
@@ -242,8 +243,8 @@ def api_client(user):
     """A REST client with a fresh bearer token of ``user``."""
     from rest_framework.test import APIClient
 
-    from portal.audit import System
-    from portal.services import api_token_issue
+    from core.audit import System
+    from core.services import api_token_issue
 
     _, raw = api_token_issue(actor=System("bench"), user=user, name=f"bench-{time.time_ns()}")
     client = APIClient()
@@ -254,7 +255,8 @@ def api_client(user):
 def measure_history(client, repeat: int) -> list[tuple[str, float, float, str]]:
     """The first page of the deployment history pages, filtered, against the bare
     SELECT of the same page."""
-    from deployments.models import Application, Deployment, Environment
+    from catalog.models import Application, Environment
+    from deployments.models import Deployment
 
     if not Deployment.objects.exists():
         return []
@@ -311,8 +313,8 @@ def measure(rows_target: int, repeat: int,
     from django.db import connection, transaction
     from django.test import Client
 
-    from portal.audit import System, audit_record, verify_chain
-    from portal.models import AuditEvent
+    from core.audit import System, audit_record, verify_chain
+    from core.models import AuditEvent
 
     User = get_user_model()
     auditor, _ = User.objects.get_or_create(username="bench-auditor",
@@ -440,7 +442,7 @@ def measure(rows_target: int, repeat: int,
     # Retention purge of everything older than two years, against a bare DELETE of the
     # same rows (trigger disabled, rolled back). A trail generated over two years has
     # nothing to purge yet (generate with --years 3 for a third of it).
-    from portal.audit import audit_purge_expired, retention_days
+    from core.audit import audit_purge_expired, retention_days
 
     cutoff = datetime.now(UTC) - timedelta(days=retention_days())
     expired = AuditEvent.objects.filter(occurred_at__lt=cutoff).count()
@@ -482,8 +484,8 @@ def main() -> None:
                         help="pages and exports only: no writes, verify_audit or purge")
     args = parser.parse_args()
     setup(args.database, args.fresh)
+    from core.models import AuditEvent
     from deployments.models import Deployment
-    from portal.models import AuditEvent
 
     have = AuditEvent.objects.count()
     if have < args.rows:

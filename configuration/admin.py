@@ -6,7 +6,7 @@ from django.contrib import admin
 
 from configuration import services
 from configuration.models import SecretAllowance
-from portal.errors import DomainError
+from core.errors import DomainError
 
 
 class SecretAllowanceForm(forms.ModelForm):

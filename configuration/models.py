@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from deployments.models import Application, Environment
+from catalog.models import Application, Environment
 
 
 class ConfigurationSchema(models.Model):

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 
 from configuration.validation import ENV_REFERENCE, VAULT_REFERENCE
-from portal.errors import Conflict
+from core.errors import Conflict
 
 VAULT_TIMEOUT = 10
 

@@ -82,7 +82,7 @@ def _vault_under(path: str, prefix: str) -> bool:
 
 
 def _other_environments(environment_slug: str) -> list[str]:
-    from deployments.models import Environment
+    from catalog.models import Environment
 
     return [slug for slug in Environment.objects.values_list("slug", flat=True)
             if slug != environment_slug]
@@ -122,8 +122,8 @@ def split(reference: str) -> tuple[str, str] | None:
 
 def refusal(reference: str, *, application_id: int, environment_id: int) -> str | None:
     """Why this application may not name ``reference`` in this environment, or None."""
+    from catalog.models import Application, Environment
     from configuration.models import SecretAllowance
-    from deployments.models import Application, Environment
 
     parts = split(reference)
     if parts is None:

@@ -11,14 +11,14 @@ import re
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from catalog.models import Application, Environment
+from catalog.permissions import has_env_perm
 from configuration import references, secret_policy
 from configuration.models import ConfigurationSchema, ConfigurationVersion, SecretAllowance
 from configuration.signals import configuration_changed
 from configuration.validation import Problem, is_reference, parse
-from deployments.models import Application, Deployment, Environment
-from portal.audit import audit_record
-from portal.errors import Conflict, Invalid, Refused
-from portal.permissions import has_env_perm
+from core.audit import audit_record
+from core.errors import Conflict, Invalid, Refused
 
 logger = logging.getLogger(__name__)
 
@@ -209,9 +209,12 @@ def configuration_schema_set(*, actor, application: Application,
     return current
 
 
-def render_for_deployment(deployment: Deployment, *, environ=None,
+def render_for_deployment(deployment, *, environ=None,
                           secrets: set[str] | None = None) -> dict:
     """The configuration a deployment runs with, secret references resolved.
+
+    The engine calls it through ``PORTAL_CONFIGURATION_PROVIDER``; ``deployment`` is
+    the engine's deployment row (its application, environment, time and id are read).
 
     Call it on the worker, just before the executor needs it, and pass the result
     on in memory (the process environment of the deployed service, a pipe): it holds

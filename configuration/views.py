@@ -8,10 +8,10 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 
+from catalog.models import Application, Environment
+from catalog.selectors import visible_environment_ids
 from configuration import selectors, services
-from deployments.models import Application, Environment
-from deployments.selectors import visible_environment_ids
-from portal.errors import DomainError
+from core.errors import DomainError
 
 
 class ConfigurationForm(forms.Form):

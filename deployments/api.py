@@ -1,5 +1,5 @@
 """REST API v1: environments, applications, releases, deployments, log, rollback, cancel
-(DESIGN.md section 7; DORA metrics live in deployments.metrics_views)."""
+(DESIGN.md section 7; DORA metrics live in reporting.metrics_views)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,11 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 
+from catalog.models import Application, Environment, Release
+from core.api import DEPLOY, REQUEST, ApiMixin, ApiView, DateTimeFilter
+from core.idempotency import idempotent
 from deployments import selectors, services
-from deployments.models import (
-    AnalysisVerdict,
-    Application,
-    Deployment,
-    DeploymentLogLine,
-    DeploymentStep,
-    Environment,
-    Release,
-)
-from portal.api import DEPLOY, REQUEST, ApiMixin, ApiView, DateTimeFilter
-from portal.idempotency import idempotent
+from deployments.models import AnalysisVerdict, Deployment, DeploymentLogLine, DeploymentStep
 
 
 class EnvironmentSerializer(serializers.ModelSerializer):

@@ -17,7 +17,7 @@ import time
 import urllib.parse
 from dataclasses import asdict, dataclass, field
 
-from portal import outbound
+from core import outbound
 
 # SOP 8.1 thresholds.
 ERROR_RATE_POINTS = 1.0
@@ -119,7 +119,7 @@ def evaluate(canary: Figures, baseline: Figures | None, thresholds: Thresholds) 
 def _get(host: str, port: int, path: str, timeout: float) -> tuple[int, float]:
     """(status, milliseconds); status 0 when the target did not answer.
 
-    The call goes through ``portal.outbound``: a target at an address the portal may
+    The call goes through ``core.outbound``: a target at an address the portal may
     not call raises ``outbound.DestinationRefused``.
     """
     started = time.perf_counter()

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from deployments.models import AnalysisVerdict, Deployment, DeploymentStep, Environment
-from portal.permissions import environment_permissions, is_auditor
-
-
-def visible_environment_ids(user) -> list[int] | None:
-    """Environments whose deployments ``user`` may see; None means all of them."""
-    if user.is_superuser or is_auditor(user):
-        return None
-    return list(environment_permissions(user).keys())
+from catalog.selectors import visible_environment_ids
+from deployments.models import AnalysisVerdict, Deployment, DeploymentStep
 
 
 def deployments_visible_to(user) -> QuerySet[Deployment]:
@@ -23,10 +16,6 @@ def deployments_visible_to(user) -> QuerySet[Deployment]:
     if env_ids is not None:
         qs = qs.filter(environment_id__in=env_ids)
     return qs
-
-
-def environments() -> QuerySet[Environment]:
-    return Environment.objects.order_by("order")
 
 
 def rollback_options(application, environment) -> list[dict]:

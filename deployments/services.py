@@ -18,25 +18,13 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Max
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
-from deployments import health
-from deployments.executors import StepFailed, executor_for
-from deployments.models import (
-    AnalysisVerdict,
-    Application,
-    Deployment,
-    DeploymentLogLine,
-    DeploymentStep,
-    Environment,
-    MigrationKind,
-    Release,
-    Target,
-)
-from deployments.signals import deployment_ending, deployment_finished
-from deployments.strategies import STRATEGIES, build_plan
-from portal import outbound
-from portal.audit import System, audit_record
-from portal.errors import (
+from catalog.models import Application, Environment, MigrationKind, Release, Target
+from catalog.permissions import environment_permissions, has_env_perm
+from core import outbound
+from core.audit import System, audit_record
+from core.errors import (
     Conflict,
     DeploymentInProgress,
     DomainError,
@@ -44,7 +32,11 @@ from portal.errors import (
     InvalidTransition,
     Refused,
 )
-from portal.permissions import environment_permissions, has_env_perm
+from deployments import health
+from deployments.executors import StepFailed, executor_for
+from deployments.models import AnalysisVerdict, Deployment, DeploymentLogLine, DeploymentStep
+from deployments.signals import deployment_ending, deployment_finished
+from deployments.strategies import STRATEGIES, build_plan
 
 logger = logging.getLogger(__name__)
 
@@ -482,13 +474,19 @@ def _configuration_for(deployment: Deployment, secrets: set | None = None) -> di
 
     Resolved here, on the worker, for this run only: the values live in memory and
     reach the deployed process through its environment; they are never saved or logged.
-    The configuration app sits above the engine, hence the import here.
+    The engine does not know where configuration comes from: the callable named by
+    ``PORTAL_CONFIGURATION_PROVIDER`` (``deployment, secrets=set -> dict``) does; with
+    none, deployments run without configuration.
     """
-    try:
-        from configuration.services import render_for_deployment
-    except ImportError:  # a deployment of the engine without the configuration app
+    provider = configuration_provider()
+    if provider is None:
         return {}
-    return render_for_deployment(deployment, secrets=secrets)
+    return provider(deployment, secrets=secrets)
+
+
+def configuration_provider():
+    path = getattr(settings, "PORTAL_CONFIGURATION_PROVIDER", "")
+    return import_string(path) if path else None
 
 
 def _run_locked(deployment_id: int) -> str | None:

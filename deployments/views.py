@@ -8,10 +8,11 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from catalog.models import SEMVER, SHA256, Application, Environment
+from catalog.permissions import has_env_perm
+from core.errors import DomainError, Refused
 from deployments import selectors, services
-from deployments.models import SEMVER, SHA256, Application, Deployment, Environment
-from portal.errors import DomainError, Refused
-from portal.permissions import has_env_perm
+from deployments.models import Deployment
 
 
 class ReleaseForm(forms.Form):

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from deployments.models import Application, Environment
+from catalog.models import Application, Environment
 
 
 def redact_target(target: str) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from django.db.models.signals import post_save
 from django.dispatch import receiver
 
+from core.models import AuditEvent
 from deployments.models import Deployment
 from deployments.signals import deployment_finished
-from portal.models import AuditEvent
 
 
 @receiver(post_save, sender=AuditEvent, dispatch_uid="notifications.audit_event")

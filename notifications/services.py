@@ -25,12 +25,13 @@ from django.db.models import F, Q
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from deployments.models import AnalysisVerdict, Application, Deployment, Environment
+from catalog.models import Application, Environment
+from catalog.permissions import environment_permissions
+from core import outbound
+from core.audit import System, audit_record
+from core.errors import Invalid, NotFound, Refused
+from deployments.models import AnalysisVerdict, Deployment
 from notifications.models import Channel, Kind, Notification, Subscription, redact_target
-from portal import outbound
-from portal.audit import System, audit_record
-from portal.errors import Invalid, NotFound, Refused
-from portal.permissions import environment_permissions
 
 logger = logging.getLogger(__name__)
 

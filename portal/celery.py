@@ -25,7 +25,7 @@ def _worker_ready(sender=None, **kwargs) -> None:
     Resuming here, not only on beat's schedule, is what makes a deployment whose
     worker died continue within seconds of a worker being back.
     """
-    from portal import liveness
+    from core import liveness
 
     name = sender.hostname if sender is not None else "worker"
     _heartbeats["worker"] = liveness.start_heartbeat(
@@ -40,7 +40,7 @@ def _worker_ready(sender=None, **kwargs) -> None:
 
 @signals.worker_shutdown.connect
 def _worker_shutdown(sender=None, **kwargs) -> None:
-    from portal import liveness
+    from core import liveness
 
     stop = _heartbeats.pop("worker", None)
     if stop is not None:
@@ -52,6 +52,6 @@ def _worker_shutdown(sender=None, **kwargs) -> None:
 
 @signals.beat_init.connect
 def _beat_init(sender=None, **kwargs) -> None:
-    from portal import liveness
+    from core import liveness
 
     _heartbeats["beat"] = liveness.start_heartbeat(liveness.beat_scheduler, "beat")

@@ -55,11 +55,15 @@ INSTALLED_APPS = [
     "django_htmx",
     "guardian",
     "axes",
-    "portal",
+    "core",
+    "catalog",
     "deployments",
-    "approvals",
-    "notifications",
     "configuration",
+    "approvals",
+    "integrations",
+    "notifications",
+    "reporting",
+    "portal",
 ]
 
 MIDDLEWARE = [
@@ -68,14 +72,14 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "portal.middleware.RejectNulBytesMiddleware",
+    "core.middleware.RejectNulBytesMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    "portal.middleware.RequestContextMiddleware",
+    "core.middleware.RequestContextMiddleware",
     # A database or Redis outage is a 503 (JSON under /api/), never a debug page.
-    "portal.middleware.ServiceUnavailableMiddleware",
+    "core.middleware.ServiceUnavailableMiddleware",
     # Sign-in lockout (django-axes): last, as its documentation asks.
     "axes.middleware.AxesMiddleware",
 ]
@@ -93,7 +97,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "portal.context_processors.navigation",
+                "core.context_processors.navigation",
             ],
         },
     },
@@ -109,7 +113,7 @@ REDIS_URL = env.str("REDIS_URL", default=embedded.embedded_redis_url())
 
 AUTHENTICATION_BACKENDS = [
     # First: refuses a locked-out username and address before the password is checked.
-    "portal.authentication.SignInLockoutBackend",
+    "core.authentication.SignInLockoutBackend",
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -137,13 +141,13 @@ AXES_RESET_ON_SUCCESS = True
 # Attempts during the cool-off are refused without extending it, so the page can say
 # when it ends.
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
-AXES_LOCKOUT_CALLABLE = "portal.error_views.signin_locked_out"
+AXES_LOCKOUT_CALLABLE = "core.error_views.signin_locked_out"
 AXES_ENABLE_ACCESS_FAILURE_LOG = False
 AXES_VERBOSE = False
 # The client address as Django sees it (REMOTE_ADDR); the proxy in front sets it.
 AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
 # The portal's own pages answer a CSRF failure.
-CSRF_FAILURE_VIEW = "portal.error_views.csrf_failure"
+CSRF_FAILURE_VIEW = "core.error_views.csrf_failure"
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -190,21 +194,21 @@ if not DEBUG:
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "portal.authentication.BearerTokenAuthentication",
+        "core.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "portal.api.CursorPagination",
+    "DEFAULT_PAGINATION_CLASS": "core.api.CursorPagination",
     "PAGE_SIZE": 50,
-    "EXCEPTION_HANDLER": "portal.api.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "portal.schema.PortalAutoSchema",  # adds the error answers
+    "EXCEPTION_HANDLER": "core.api.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "core.schema.PortalAutoSchema",  # adds the error answers
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # 429 past these rates; counted in the Redis cache so every web process shares them.
-    "DEFAULT_THROTTLE_CLASSES": ["portal.throttling.UserThrottle",
-                                 "portal.throttling.AnonThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["core.throttling.UserThrottle",
+                                 "core.throttling.AnonThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "user": env.str("PORTAL_API_RATE_USER", default="1200/min"),
         "anon": env.str("PORTAL_API_RATE_ANON", default="60/min"),
@@ -272,11 +276,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env.float("PORTAL_RESUME_SWEEP_SECONDS", default=5.0),
     },
     "backup-portal-database": {
-        "task": "portal.tasks.portal_backup",
+        "task": "core.tasks.portal_backup",
         "schedule": env.float("PORTAL_BACKUP_INTERVAL_SECONDS", default=24 * 3600.0),
     },
     "audit-retention-purge": {
-        "task": "portal.tasks.audit_retention_purge",
+        "task": "core.tasks.audit_retention_purge",
         "schedule": 24 * 3600.0,
     },
     "notifications-settle-interrupted": {
@@ -289,11 +293,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
     },
     "idempotency-keys-purge": {
-        "task": "portal.tasks.idempotency_keys_purge",
+        "task": "core.tasks.idempotency_keys_purge",
         "schedule": 3600.0,
     },
     "hook-deliveries-purge": {
-        "task": "portal.tasks.hook_deliveries_purge",
+        "task": "integrations.tasks.hook_deliveries_purge",
         "schedule": 3600.0,
     },
 }
@@ -309,13 +313,13 @@ PORTAL_ARTIFACT_SOURCES = env.list("PORTAL_ARTIFACT_SOURCES",
                                    default=[PORTAL_ARTIFACT_STORE.as_uri() + "/"])
 # Largest artifact downloaded over http(s).
 PORTAL_ARTIFACT_MAX_BYTES = env.int("PORTAL_ARTIFACT_MAX_BYTES", default=2 * 1024 ** 3)
-# Outbound calls (portal.outbound): loopback, private, link-local, metadata and other
+# Outbound calls (core.outbound): loopback, private, link-local, metadata and other
 # non-public addresses are refused unless listed here (host names, addresses, CIDRs).
 PORTAL_OUTBOUND_ALLOW = env.list("PORTAL_OUTBOUND_ALLOW", default=[])
 PORTAL_OUTBOUND_CONNECT_TIMEOUT = env.float("PORTAL_OUTBOUND_CONNECT_TIMEOUT", default=5.0)
 PORTAL_OUTBOUND_READ_TIMEOUT = env.float("PORTAL_OUTBOUND_READ_TIMEOUT", default=30.0)
 PORTAL_OUTBOUND_MAX_BYTES = env.int("PORTAL_OUTBOUND_MAX_BYTES", default=1024 ** 2)
-# How long hook delivery ids are remembered against replays (portal.hooks).
+# How long hook delivery ids are remembered against replays (integrations.hooks).
 PORTAL_HOOK_DELIVERY_RETENTION_DAYS = env.int("PORTAL_HOOK_DELIVERY_RETENTION_DAYS", default=30)
 
 # Secrets stay in their environment (docs/security.md): worker variables a deployed
@@ -330,7 +334,7 @@ PORTAL_HEARTBEAT_STALE_SECONDS = env.int("PORTAL_HEARTBEAT_STALE_SECONDS", defau
 # A queued deployment whose task has not started after this long is queued again
 # (its message never reached Redis, or Redis lost it); duplicates are harmless.
 PORTAL_REQUEUE_AFTER_SECONDS = env.int("PORTAL_REQUEUE_AFTER_SECONDS", default=10)
-# Workers and beat write a heartbeat this often (portal.liveness); one silent for
+# Workers and beat write a heartbeat this often (core.liveness); one silent for
 # PORTAL_LIVENESS_SECONDS counts as gone (dashboard banner, /readyz).
 PORTAL_HEARTBEAT_INTERVAL_SECONDS = env.float("PORTAL_HEARTBEAT_INTERVAL_SECONDS", default=3.0)
 PORTAL_LIVENESS_SECONDS = env.float("PORTAL_LIVENESS_SECONDS", default=12.0)
@@ -351,3 +355,8 @@ LOGGING = {
         "django.server": {"level": "WARNING"},
     },
 }
+
+# Where the deployment engine gets a run's configuration (secret references resolved):
+# a callable (deployment, secrets=set) -> dict. The engine names no configuration app.
+PORTAL_CONFIGURATION_PROVIDER = env.str(
+    "PORTAL_CONFIGURATION_PROVIDER", default="configuration.services.render_for_deployment")

@@ -6,12 +6,16 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from approvals import api as approvals_api
 from approvals import views as approvals_views
 from configuration import views as configuration_views
+from core import api as core_api
+from core import token_views
 from deployments import api as deployments_api
-from deployments import metrics_views
 from deployments import views as deployments_views
+from integrations import api as integrations_api
 from notifications import views as notifications_views
-from portal import api as portal_api
-from portal import api_views, auditor_views, token_views, views
+from portal import views
+from reporting import api as reporting_api
+from reporting import auditor_views, metrics_views
+from reporting import views as reporting_views
 
 api_v1 = [
     path("environments/", deployments_api.EnvironmentList.as_view(), name="api-environments"),
@@ -47,18 +51,18 @@ api_v1 = [
     path("deployments/<int:pk>/mark-step-done",
          deployments_api.DeploymentMarkStepDone.as_view(),
          name="api-deployment-mark-step-done"),
-    path("audit-events/", api_views.AuditEventList.as_view(), name="api-audit-events"),
+    path("audit-events/", reporting_api.AuditEventList.as_view(), name="api-audit-events"),
     path("metrics/dora/", metrics_views.DoraMetrics.as_view(), name="api-dora"),
-    path("hooks/ci", api_views.CiHook.as_view(), name="api-hook-ci"),
-    path("hooks/push", api_views.PushHook.as_view(), name="api-hook-push"),
-    path("hooks/alertmanager", api_views.AlertmanagerHook.as_view(),
+    path("hooks/ci", integrations_api.CiHook.as_view(), name="api-hook-ci"),
+    path("hooks/push", integrations_api.PushHook.as_view(), name="api-hook-push"),
+    path("hooks/alertmanager", integrations_api.AlertmanagerHook.as_view(),
          name="api-hook-alertmanager"),
     # Anything else under /api/v1/ is a JSON 404, never an HTML page.
-    re_path(r"^.*$", portal_api.not_found),
+    re_path(r"^.*$", core_api.not_found),
 ]
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", reporting_views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
@@ -125,7 +129,7 @@ urlpatterns = [
 ]
 
 # The portal's own error pages (JSON under /api/), never a traceback.
-handler400 = "portal.error_views.bad_request"
-handler403 = "portal.error_views.permission_denied"
-handler404 = "portal.error_views.page_not_found"
-handler500 = "portal.error_views.server_error"
+handler400 = "core.error_views.bad_request"
+handler403 = "core.error_views.permission_denied"
+handler404 = "core.error_views.page_not_found"
+handler500 = "core.error_views.server_error"

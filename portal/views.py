@@ -1,43 +1,8 @@
-"""Pages of the shared core: home, health. The auditor's pages are in auditor_views."""
+"""Health of the process: liveness and readiness probes."""
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse, JsonResponse
-from django.shortcuts import render
-
-from approvals.selectors import change_detail_queryset, inbox_gates
-from deployments.selectors import deployments_visible_to
-
-
-@login_required
-def home(request):
-    my_changes = list(
-        change_detail_queryset().filter(requested_by=request.user).order_by("-created_at")[:10]
-    )
-    waiting = inbox_gates(request.user).count()
-    recent = list(deployments_visible_to(request.user).order_by("-created_at")[:10])
-    return render(request, "portal/home.html", {
-        "my_changes": my_changes, "waiting": waiting, "recent": recent,
-        "background": _background_banner(),
-    })
-
-
-def _background_banner() -> str:
-    """One line when no worker or no beat is alive, saying what waits for them."""
-    from deployments.models import Deployment
-    from portal import liveness
-
-    alive = liveness.status()
-    if alive.ok:
-        return ""
-    pending = Deployment.objects.filter(status__in=Deployment.ACTIVE).count()
-    waits = f"{pending} deployment{'s' if pending != 1 else ''} wait{'s' if pending == 1 else ''}"
-    if not alive.redis:
-        return f"{waits}; the task queue (Redis) cannot be reached"
-    if alive.workers == 0:
-        return f"{waits}; no worker is running"
-    return f"{waits}; the scheduler (beat) is not running, so stalled deployments are not resumed"
 
 
 def healthz(request):
@@ -49,7 +14,7 @@ def readyz(request):
     """Readiness: PostgreSQL, Redis, a live worker and a fresh beat; 503 if one fails."""
     from django.db import connection
 
-    from portal import liveness
+    from core import liveness
 
     checks = {}
     try:

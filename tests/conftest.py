@@ -64,8 +64,8 @@ class Cast:
 @pytest.fixture
 def api():
     """An API client factory: api(user) authenticates with a freshly issued bearer token."""
-    from portal.audit import System
-    from portal.services import api_token_issue
+    from core.audit import System
+    from core.services import api_token_issue
 
     def make(user=None) -> APIClient:
         client = APIClient()

@@ -6,7 +6,7 @@ import factory
 from django.contrib.auth import get_user_model
 
 from approvals import services as approval_services
-from deployments.models import Application, Environment, Release, Target
+from catalog.models import Application, Environment, Release, Target
 
 
 class ReleaseFactory(factory.django.DjangoModelFactory):

@@ -5,7 +5,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from approvals import services
-from deployments.models import Environment
+from catalog.models import Environment
 from deployments.services import deployment_create
 from tests.factories import ReleaseFactory, request_change
 
@@ -137,7 +137,7 @@ def test_unknown_objects_are_404_pages(demo, client, url):
 
 
 def test_release_form_refuses_someone_who_may_not_request_changes(demo, client):
-    from deployments.models import Release
+    from catalog.models import Release
 
     client.force_login(demo.outsider)
     response = client.post("/releases/new/", {"application": "storefront", "version": "9.9.9",

@@ -41,14 +41,14 @@ def fetch_artifact(release, into: Path, log: Callable[[str, str], None]) -> Path
 
     SOP 10.1: only verified artifacts from trusted sources are deployed. The source is
     checked again here (``deployments.services.artifact_source_check``), downloads go
-    through ``portal.outbound``, and a missing or mismatching digest fails the step
+    through ``core.outbound``, and a missing or mismatching digest fails the step
     before anything is switched. The log names the artifact, its source and digest.
     """
     if not release.artifact_url:
         return None
+    from core import outbound
+    from core.errors import Invalid
     from deployments.services import artifact_display, artifact_source_check
-    from portal import outbound
-    from portal.errors import Invalid
 
     shown = artifact_display(release.artifact_url)
     expected = release.artifact_sha256

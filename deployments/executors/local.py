@@ -26,10 +26,18 @@ from pathlib import Path
 
 from django.utils import timezone
 
-import demo_fleet
 from deployments.executors.base import Executor, StepFailed, fetch_artifact
 
 SLOTS = ("blue", "green")
+
+# Services the local executor can run on loopback ports, by the name an application's
+# executor settings give (``{"fleet": "demo"}``). A fleet registers itself at startup
+# (the demo fleet: portal.apps); it offers start_instance, stop_instance, instance_info.
+FLEETS: dict[str, object] = {}
+
+
+def register_fleet(name: str, fleet) -> None:
+    FLEETS[name] = fleet
 
 
 def _switch_symlink(link: Path, points_to: Path) -> None:
@@ -58,8 +66,8 @@ class LocalExecutor(Executor):
         return self.base / "releases" / self.deployment.release.version
 
     @property
-    def fleet(self) -> bool:
-        return self.settings.get("fleet") == "demo"
+    def fleet(self):
+        return FLEETS.get(self.settings.get("fleet") or "")
 
     def current_version(self, link: Path | None = None) -> str:
         link = link or self.base / "current"
@@ -103,7 +111,7 @@ class LocalExecutor(Executor):
         found: dict[str, tuple[str, int] | None] = {}
         for target in targets:
             which = self.live_slot(target) if slot == "live" else self.idle_slot(target)
-            info = demo_fleet.instance_info(self.slot_dir(target, which))
+            info = self.fleet.instance_info(self.slot_dir(target, which))
             found[target.name] = ("127.0.0.1", int(info["port"])) if info else None
         return found
 
@@ -159,7 +167,7 @@ class LocalExecutor(Executor):
             raise StepFailed(f"{label} does not report version {expected}")
 
     def _check_http(self, target, slot: str) -> str:
-        info = demo_fleet.instance_info(self.slot_dir(target, slot))
+        info = self.fleet.instance_info(self.slot_dir(target, slot))
         if not info:
             raise StepFailed(f"{target.name} ({slot} slot) is not running")
         from deployments.health import HttpProber
@@ -240,7 +248,7 @@ class LocalExecutor(Executor):
             self._set_state("stopped")
             return f"stopped {self.current_version()}"
         slot = self.live_slot(target)
-        stopped = self.fleet and demo_fleet.stop_instance(self.slot_dir(target, slot))
+        stopped = self.fleet and self.fleet.stop_instance(self.slot_dir(target, slot))
         self._set_state("stopped", self.target_dir(target))
         version = self.target_version(target)
         if not version:
@@ -264,7 +272,7 @@ class LocalExecutor(Executor):
         slot = self.live_slot(target)
         self._set_state("running", self.target_dir(target))
         if self.fleet:
-            info = demo_fleet.start_instance(self.slot_dir(target, slot), self.release_dir,
+            info = self.fleet.start_instance(self.slot_dir(target, slot), self.release_dir,
                                              target.name, env=self.configuration_environment())
             return f"{target.name} serves {info['version']} on port {info['port']}"
         return f"started {self.target_version(target)} on {target.name}"
@@ -292,7 +300,7 @@ class LocalExecutor(Executor):
         slot = self.idle_slot(target)
         self._point_slot(target, slot)
         if self.fleet:
-            info = demo_fleet.start_instance(self.slot_dir(target, slot), self.release_dir,
+            info = self.fleet.start_instance(self.slot_dir(target, slot), self.release_dir,
                                              target.name, env=self.configuration_environment())
             return (f"{target.name}: {slot} slot runs {info['version']} on port "
                     f"{info['port']}")

@@ -18,8 +18,8 @@ import json
 import time
 import urllib.parse
 
+from core import outbound
 from deployments.executors.base import Executor, StepFailed
-from portal import outbound
 
 STEPS = ("pre_health_check", "backup", "backup_database", "maintenance_on", "migrate",
          "verify_migrations", "maintenance_off", "stop", "deploy", "start", "health_check",

@@ -92,7 +92,7 @@ class Portal:
         if self.proc.poll() is not None:
             raise AssertionError(f"manage.py run exited: {self.output()[-3000:]}")
         self.shell(f"""
-from deployments.models import Application, Environment, Target
+from catalog.models import Application, Environment, Target
 app, _ = Application.objects.get_or_create(slug={APP!r}, defaults=dict(
     name={APP!r}, executor="local", executor_settings={{"step_delay": {self.step_delay}}}))
 env = Environment.objects.get(slug={ENVIRONMENT!r})
@@ -142,7 +142,7 @@ for i in (1, 2):
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from deployments import services
-from deployments.models import Application, Environment, Release
+from catalog.models import Application, Environment, Release
 user = get_user_model().objects.get(username="oncall")
 app = Application.objects.get(slug={APP!r})
 release, _ = Release.objects.get_or_create(application=app, version={version!r},

@@ -7,9 +7,9 @@ import json
 import pytest
 from rest_framework.test import APIClient
 
-from portal.audit import System
-from portal.hooks import sign
-from portal.services import api_token_issue
+from core.audit import System
+from core.services import api_token_issue
+from integrations.hooks import sign
 
 _counter = {"n": 0}
 

@@ -6,7 +6,8 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from deployments.models import Application, Deployment, Environment
+from catalog.models import Application, Environment
+from deployments.models import Deployment
 from tests.factories import ReleaseFactory
 
 

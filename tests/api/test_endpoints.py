@@ -10,8 +10,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
+from core.throttling import UserThrottle
 from deployments.models import DeploymentLogLine
-from portal.throttling import UserThrottle
 from tests.api.helpers import finished_deployment
 from tests.factories import ReleaseFactory, request_change
 

@@ -9,8 +9,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
 from approvals.models import ChangeRequest
-from deployments.models import Deployment, Release
-from portal.models import AuditEvent
+from catalog.models import Release
+from core.models import AuditEvent
+from deployments.models import Deployment
 from tests.api.helpers import finished_deployment
 from tests.factories import ReleaseFactory
 
@@ -58,7 +59,7 @@ def test_a_hook_secret_opens_only_its_own_hook(ci_bot, settings):
 
     from rest_framework.test import APIClient
 
-    from portal.hooks import sign
+    from integrations.hooks import sign
 
     settings.PORTAL_HOOK_SECRET_CI = "ci-secret"
     settings.PORTAL_HOOK_SECRET_PUSH = "ci-secret"

@@ -10,9 +10,10 @@ from django.db import connection
 from django.utils import timezone
 
 from approvals.models import ChangeRequest
-from deployments.models import Deployment, Release
-from portal.idempotency import fingerprint, idempotency_keys_purge
-from portal.models import AuditEvent, IdempotencyKey
+from catalog.models import Release
+from core.idempotency import fingerprint, idempotency_keys_purge
+from core.models import AuditEvent, IdempotencyKey
+from deployments.models import Deployment
 from tests.factories import ReleaseFactory, request_change
 
 RELEASE = {"application": "storefront", "version": "4.0.0", "notes": "Idempotent."}
@@ -110,7 +111,7 @@ def test_keys_expire_after_the_retention_period(demo, api):
 
 
 def test_beat_purges_expired_keys_hourly(demo, api, settings):
-    from portal.tasks import idempotency_keys_purge as beat_task
+    from core.tasks import idempotency_keys_purge as beat_task
 
     entry = settings.CELERY_BEAT_SCHEDULE["idempotency-keys-purge"]
     assert entry == {"task": beat_task.name, "schedule": 3600.0}

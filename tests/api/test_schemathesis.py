@@ -23,9 +23,9 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from portal.audit import System
-from portal.services import api_token_issue
-from portal.throttling import AnonThrottle, UserThrottle
+from core.audit import System
+from core.services import api_token_issue
+from core.throttling import AnonThrottle, UserThrottle
 from tests.factories import ReleaseFactory, request_change
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,

@@ -11,10 +11,10 @@ from django.urls import URLPattern
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from portal.api import ApiMixin
-from portal.audit import System
-from portal.models import ApiToken, AuditEvent
-from portal.services import api_token_issue
+from core.api import ApiMixin
+from core.audit import System
+from core.models import ApiToken, AuditEvent
+from core.services import api_token_issue
 from portal.urls import api_v1
 from tests.api.helpers import finished_deployment
 from tests.factories import ReleaseFactory, request_change
@@ -126,7 +126,7 @@ def test_expired_and_revoked_tokens_get_401(demo):
 
 
 def test_issuing_rejects_unknown_scopes_and_past_expiry(demo):
-    from portal.errors import Invalid
+    from core.errors import Invalid
 
     with pytest.raises(Invalid):
         api_token_issue(actor=System("test"), user=demo.engineer, name="x", scopes=["admin"])

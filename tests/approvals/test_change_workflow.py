@@ -4,8 +4,8 @@ import pytest
 
 from approvals import services
 from approvals.models import ChangeRequest, Gate
-from portal.errors import AlreadyDecided, Invalid, NotEligible, NotReady, SelfApproval
-from portal.models import AuditEvent
+from core.errors import AlreadyDecided, Invalid, NotEligible, NotReady, SelfApproval
+from core.models import AuditEvent
 from tests.factories import request_change
 
 
@@ -91,7 +91,7 @@ def test_approving_every_gate_approves_the_change(demo):
 def test_one_person_decides_at_most_one_gate_of_a_change(demo):
     from guardian.shortcuts import assign_perm
 
-    assign_perm("deployments.approve_qa", demo.techlead, change_env := demo_env("staging"))
+    assign_perm("catalog.approve_qa", demo.techlead, change_env := demo_env("staging"))
     assert change_env
     change = request_change(demo.engineer, "staging")
     services.gate_approve(actor=demo.techlead, change=change, role="tech_lead")
@@ -102,7 +102,7 @@ def test_one_person_decides_at_most_one_gate_of_a_change(demo):
 
 
 def demo_env(slug):
-    from deployments.models import Environment
+    from catalog.models import Environment
 
     return Environment.objects.get(slug=slug)
 

@@ -6,8 +6,8 @@ from django.utils import timezone
 
 from approvals import services
 from approvals.models import ChangeRequest, Delegation, Freeze
-from deployments.models import Environment
-from portal.models import AuditEvent
+from catalog.models import Environment
+from core.models import AuditEvent
 from tests.factories import request_change
 
 

@@ -15,9 +15,10 @@ from approvals.models import (
     MaintenanceWindow,
     PostImplementationReview,
 )
-from deployments.models import Deployment, Environment
-from portal.errors import Invalid, InvalidTransition, NotEligible, NotReady, Refused
-from portal.models import AuditEvent
+from catalog.models import Environment
+from core.errors import Invalid, InvalidTransition, NotEligible, NotReady, Refused
+from core.models import AuditEvent
+from deployments.models import Deployment
 from tests.factories import ReleaseFactory, request_change
 
 UTC = UTC
@@ -396,8 +397,8 @@ def test_preflight_of_an_existing_change_turns_ready_as_gates_are_approved(demo,
 
 def test_configuration_changes_after_approval_reopen_only_the_gates_concerned(
         demo, django_capture_on_commit_callbacks):
+    from catalog.models import Application
     from configuration.services import configuration_save
-    from deployments.models import Application
 
     app = Application.objects.get(slug="storefront")
 

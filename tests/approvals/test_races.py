@@ -7,8 +7,8 @@ from django.db import connection
 
 from approvals import services
 from approvals.models import Approval, ChangeRequest
+from core.errors import DomainError
 from deployments.models import Deployment
-from portal.errors import DomainError
 from tests.factories import request_change
 
 pytestmark = pytest.mark.django_db(transaction=True)

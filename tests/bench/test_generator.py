@@ -6,10 +6,10 @@ from datetime import timedelta
 from django.utils import timezone
 
 from bench.audit_bench import generate, generate_deployments
+from core.audit import verify_chain
+from core.models import AuditEvent
 from deployments.models import Deployment
-from portal.audit import verify_chain
-from portal.audit_selectors import compliance_for
-from portal.models import AuditEvent
+from reporting.audit_selectors import compliance_for
 
 
 def test_generated_trail_chains_and_spans_two_years(db):

@@ -11,12 +11,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.db import connection
 
+from catalog.models import Application, Environment
 from configuration import selectors, services
 from configuration.models import ConfigurationVersion
 from configuration.references import SecretUnavailable
-from deployments.models import Application, Deployment, Environment
-from portal.errors import Conflict, Invalid, Refused
-from portal.models import AuditEvent
+from core.errors import Conflict, Invalid, Refused
+from core.models import AuditEvent
+from deployments.models import Deployment
 from tests.factories import ReleaseFactory, request_change
 
 SOP_EXAMPLE = """\

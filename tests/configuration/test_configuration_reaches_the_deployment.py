@@ -7,8 +7,8 @@ import sys
 from django.db import connection
 
 from configuration.services import configuration_save
+from core.models import AuditEvent
 from deployments.models import DeploymentLogLine
-from portal.models import AuditEvent
 from tests.factories import executor_app, run_deployment
 
 SECRET = "s3cr3t-value-for-the-test"

@@ -12,8 +12,9 @@ from django.conf import settings
 from django.db import transaction
 
 import demo_fleet
+from catalog.models import Application, Environment, Release, Target
 from deployments import services
-from deployments.models import Application, Deployment, Environment, Release, Target
+from deployments.models import Deployment
 from tests.conftest import wait_for
 
 

@@ -5,9 +5,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from core.errors import Refused
 from deployments import services
 from deployments.models import Deployment, DeploymentStep
-from portal.errors import Refused
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]

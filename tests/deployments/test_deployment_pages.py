@@ -5,8 +5,9 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from catalog.models import Release, Target
 from deployments import services
-from deployments.models import AnalysisVerdict, Deployment, Release, Target
+from deployments.models import AnalysisVerdict, Deployment
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -27,7 +28,7 @@ def _deploy(demo, app, version, status="succeeded"):
 
 @pytest.fixture
 def shop(demo):
-    from deployments.models import Application, Environment
+    from catalog.models import Application, Environment
 
     app = Application.objects.create(slug="shop", name="Shop",
                                      executor_settings={"fleet": "demo"})

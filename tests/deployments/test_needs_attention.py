@@ -6,10 +6,10 @@ is called directly, as a worker picking up the dead run would.
 
 import pytest
 
+from core.errors import DeploymentInProgress, InvalidTransition, Refused
+from core.models import AuditEvent
 from deployments import services
 from deployments.models import Deployment, DeploymentStep
-from portal.errors import DeploymentInProgress, InvalidTransition, Refused
-from portal.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
 

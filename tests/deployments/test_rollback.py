@@ -2,10 +2,10 @@
 
 import pytest
 
+from core.errors import Conflict, Invalid, InvalidTransition, Refused
+from core.models import AuditEvent
 from deployments import services
 from deployments.models import Deployment
-from portal.errors import Conflict, Invalid, InvalidTransition, Refused
-from portal.models import AuditEvent
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 

@@ -2,9 +2,9 @@
 
 import pytest
 
+from core.models import AuditEvent
 from deployments.models import AnalysisVerdict, Deployment
 from deployments.strategies import canary_phases
-from portal.models import AuditEvent
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -120,8 +120,8 @@ def test_demo_data_bad_version_is_rolled_back_by_canary_analysis_in_production(
     """The story of the demo: 1.2.0 is good, 1.3.0 answers with errors."""
     from django.db import transaction
 
+    from catalog.models import Environment, Release
     from deployments import services
-    from deployments.models import Environment, Release
     from tests.conftest import wait_for
 
     production = Environment.objects.get(slug="production")

@@ -8,7 +8,8 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from deployments.models import Application, Deployment, Environment
+from catalog.models import Application, Environment
+from deployments.models import Deployment
 from tests.factories import ReleaseFactory, request_change
 from tests.metrics.conftest import make_deployment
 

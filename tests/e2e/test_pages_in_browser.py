@@ -5,8 +5,9 @@ from playwright.sync_api import expect
 
 from approvals import services as approval_services
 from approvals.models import ChangeRequest
+from catalog.models import Release
 from deployments import services as deployment_services
-from deployments.models import Deployment, Release
+from deployments.models import Deployment
 from tests.factories import ReleaseFactory, request_change
 
 pytestmark = pytest.mark.django_db(transaction=True)

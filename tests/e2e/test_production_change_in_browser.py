@@ -9,7 +9,8 @@ from playwright.sync_api import expect
 
 from approvals import services
 from approvals.models import ChangeRequest, MaintenanceWindow
-from deployments.models import Deployment, Environment
+from catalog.models import Environment
+from deployments.models import Deployment
 from tests.factories import ReleaseFactory, request_change
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from django.contrib.auth import get_user_model
 
-from deployments.models import Application, Deployment, DeploymentStep, Environment, Release
+from catalog.models import Application, Environment, Release
+from deployments.models import Deployment, DeploymentStep
 
 
 def at(month: int, day: int, hour: int = 12, minute: int = 0, year: int = 2025) -> datetime:

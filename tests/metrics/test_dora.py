@@ -7,8 +7,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from deployments import metrics
-from deployments.metrics_views import dora_for
+from reporting import metrics
+from reporting.metrics_views import dora_for
 from tests.metrics.conftest import SINCE, UNTIL
 
 

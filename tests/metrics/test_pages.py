@@ -9,7 +9,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from deployments.models import Application, Deployment, Environment
+from catalog.models import Application, Environment
+from deployments.models import Deployment
 from tests.factories import ReleaseFactory, request_change
 from tests.metrics.conftest import make_deployment
 

@@ -10,11 +10,11 @@ from django.core import mail
 from django.utils import timezone
 
 from approvals import services as approvals
+from core.models import AuditEvent
 from deployments.models import AnalysisVerdict, Deployment, DeploymentStep
 from notifications import services
 from notifications.models import Kind, Notification, Subscription
 from notifications.tasks import notification_send
-from portal.models import AuditEvent
 from tests.factories import ReleaseFactory, request_change
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -2,9 +2,9 @@
 
 import pytest
 
+from core.errors import Refused
 from notifications import services
 from notifications.models import Subscription
-from portal.errors import Refused
 
 
 def test_a_person_subscribes_themselves_to_an_environment_they_work_in(demo, client):
@@ -32,7 +32,7 @@ def test_nobody_hears_about_an_environment_they_may_not_see(demo, client):
 
 
 def test_team_channels_need_deploy_or_rollback_and_all_environments_need_an_admin(demo):
-    from deployments.models import Environment
+    from catalog.models import Environment
 
     with pytest.raises(Refused):
         services.subscription_create(actor=demo.engineer, channel="slack",
@@ -49,7 +49,7 @@ def test_team_channels_need_deploy_or_rollback_and_all_environments_need_an_admi
 
 
 def test_only_the_creator_removes_a_subscription(demo, client):
-    from deployments.models import Environment
+    from catalog.models import Environment
 
     subscription = services.subscription_create(
         actor=demo.oncall, channel="webhook", target="https://hooks.example.com/ops",
@@ -63,8 +63,8 @@ def test_only_the_creator_removes_a_subscription(demo, client):
 
 
 def test_webhook_urls_stay_out_of_the_audit_trail_and_the_pages(demo, client):
-    from deployments.models import Environment
-    from portal.models import AuditEvent
+    from catalog.models import Environment
+    from core.models import AuditEvent
 
     url = "https://hooks.example.com/services/T000/B000/very-secret-token"
     services.subscription_create(actor=demo.oncall, channel="slack", target=url,
@@ -78,7 +78,7 @@ def test_webhook_urls_stay_out_of_the_audit_trail_and_the_pages(demo, client):
 
 
 def test_someone_who_lost_access_stops_hearing_about_the_environment(demo):
-    from deployments.models import Environment
+    from catalog.models import Environment
     from notifications.services import _subscriptions
 
     staging = Environment.objects.get(slug="staging")

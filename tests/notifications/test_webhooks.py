@@ -96,7 +96,7 @@ def test_a_refusing_receiver_fails_without_retrying(demo, receiver):
 
 
 def test_subscriptions_refuse_bad_targets(demo):
-    from portal.errors import Invalid
+    from core.errors import Invalid
 
     with pytest.raises(Invalid):
         subscribe(demo, "webhook", "ftp://example.com/hook")

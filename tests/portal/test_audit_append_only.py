@@ -8,8 +8,9 @@ from django.core.management import call_command
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from deployments.models import Application, Deployment, DeploymentLogLine, Environment, Release
-from portal.models import AuditCheckpoint, AuditEvent
+from catalog.models import Application, Environment, Release
+from core.models import AuditCheckpoint, AuditEvent
+from deployments.models import Deployment, DeploymentLogLine
 from tests.portal.audit_helpers import record, sql
 
 pytestmark = pytest.mark.django_db
@@ -114,7 +115,7 @@ def test_checkpoints_cannot_be_edited_or_deleted_even_by_the_purge():
 
 
 def test_deleting_a_user_keeps_their_events_unchanged(db):
-    from portal.audit import audit_record
+    from core.audit import audit_record
 
     user = get_user_model().objects.create_user("leaver")
     with transaction.atomic():

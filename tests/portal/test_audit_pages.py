@@ -14,12 +14,12 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from approvals import services as approval_services
-from deployments.models import Environment
-from portal.api_views import _cell as api_cell
-from portal.audit import compute_hash
-from portal.audit_selectors import compliance_for
-from portal.auditor_views import EXPORT_FIELDS, JSONL_FIELDS, _csv_cell
-from portal.models import AuditEvent
+from catalog.models import Environment
+from core.audit import compute_hash
+from core.models import AuditEvent
+from reporting.api import _cell as api_cell
+from reporting.audit_selectors import compliance_for
+from reporting.auditor_views import EXPORT_FIELDS, JSONL_FIELDS, _csv_cell
 from tests.conftest import PASSWORD
 from tests.factories import ReleaseFactory, request_change
 from tests.portal.audit_helpers import (
@@ -293,7 +293,7 @@ def test_an_export_that_matches_nothing_is_the_header_alone(demo, client):
 
 
 def test_an_export_abandoned_midway_leaves_the_connection_usable(demo, rf):
-    from portal.auditor_views import audit_export_jsonl
+    from reporting.auditor_views import audit_export_jsonl
 
     tricky_events(1500)  # about 600 kB: PostgreSQL is still sending when the client leaves
     request = rf.get("/audit/export.jsonl")

@@ -12,9 +12,9 @@ import psycopg
 import pytest
 from django.db import connection
 
-from portal.audit import System
-from portal.models import AuditEvent
-from portal.services import backup_create, backup_restore
+from core.audit import System
+from core.models import AuditEvent
+from core.services import backup_create, backup_restore
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ def test_backups_keep_the_newest_n_and_say_which_were_removed(demo, tmp_path):
 
 
 def test_a_missing_backup_file_is_refused_and_changes_nothing(demo, tmp_path):
-    from portal.errors import Invalid
+    from core.errors import Invalid
 
     events = AuditEvent.objects.count()
     with pytest.raises(Invalid):

@@ -90,7 +90,7 @@ from redis.retry import Retry
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from deployments import services
-from deployments.models import Application, Environment, Release
+from catalog.models import Application, Environment, Release
 user = get_user_model().objects.get(username="oncall")
 app = Application.objects.get(slug="drill")
 release, _ = Release.objects.get_or_create(application=app, version="outage-1",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from portal import liveness
+from core import liveness
 from portal.supervisor import GiveUp, ProcessComponent, Supervisor
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@
 from django.urls import path
 from rest_framework.response import Response
 
-from portal.api import ApiView
+from core.api import ApiView
 from portal.urls import handler400, handler403, handler404, handler500  # noqa: F401
 from portal.urls import urlpatterns as portal_urlpatterns
 

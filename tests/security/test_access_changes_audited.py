@@ -15,11 +15,11 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, get_perms, remove_perm
 
 from approvals.models import ApprovalPolicy, ChangeRequest, Delegation, MaintenanceWindow
-from deployments.models import Application, Environment
-from portal.access_audit import OUTSIDE_A_REQUEST
-from portal.audit import System
-from portal.models import ApiToken, AuditEvent
-from portal.services import api_token_issue
+from catalog.models import Application, Environment
+from core.access_audit import OUTSIDE_A_REQUEST
+from core.audit import System
+from core.models import ApiToken, AuditEvent
+from core.services import api_token_issue
 from tests.conftest import PASSWORD
 from tests.factories import request_change
 
@@ -198,8 +198,8 @@ def test_an_object_permission_granted_on_guardians_admin_page_is_audited(admin_c
     assert {"rollback", "deploy"} <= set(get_perms(qa_group, production))
 
     granted = list(events("access.object_permission_granted"))
-    assert sorted(e.after["permission"] for e in granted) == ["deployments.deploy",
-                                                              "deployments.rollback"]
+    assert sorted(e.after["permission"] for e in granted) == ["catalog.deploy",
+                                                              "catalog.rollback"]
     event = granted[0]
     assert event.actor_name == "admin" and event.environment == "production"
     assert event.before == {**event.after, "granted": False}
@@ -208,19 +208,19 @@ def test_an_object_permission_granted_on_guardians_admin_page_is_audited(admin_c
     assert admin_client.post(url, {"permissions": [*held, "deploy"]}).status_code == 302
     assert "rollback" not in get_perms(qa_group, production)
     revoked = events("access.object_permission_revoked").get()
-    assert revoked.after["permission"] == "deployments.rollback"
+    assert revoked.after["permission"] == "catalog.rollback"
     assert revoked.after["granted"] is False and revoked.actor_name == "admin"
 
 
 def test_assign_perm_and_remove_perm_from_code_are_audited_with_a_system_reason(demo):
     production = Environment.objects.get(slug="production")
-    assign_perm("deployments.deploy", demo.outsider, production)
+    assign_perm("catalog.deploy", demo.outsider, production)
     granted = events("access.object_permission_granted",
                      object_id=f"environment:{production.pk}").last()
     assert granted.actor_kind == "system" and granted.reason == OUTSIDE_A_REQUEST
     assert granted.after["user"] == "outsider" and granted.after["granted"] is True
 
-    remove_perm("deployments.deploy", demo.outsider, production)
+    remove_perm("catalog.deploy", demo.outsider, production)
     revoked = events("access.object_permission_revoked").get()
     assert revoked.after["user"] == "outsider" and revoked.before["granted"] is True
 
@@ -240,7 +240,7 @@ def test_group_and_permission_changes_in_code_are_audited_on_every_road(demo):
     cab.permissions.add(audit)
     engineer.user_permissions.add(audit)
     assert events("access.group_permissions_changed").get().after["permissions"] == [
-        "portal.view_audit_trail"]
+        "core.view_audit_trail"]
     assert events("access.user_permissions_changed").get().object_repr == "engineer"
 
     engineer.is_superuser = True

@@ -15,10 +15,11 @@ from guardian.shortcuts import remove_perm
 
 from approvals import services
 from approvals.models import Approval, ChangeRequest
-from deployments.models import Deployment, Environment
+from catalog.models import Environment
+from core.errors import Refused
+from core.models import AuditEvent
+from deployments.models import Deployment
 from notifications.models import Kind, Notification
-from portal.errors import Refused
-from portal.models import AuditEvent
 from tests.factories import ReleaseFactory, request_change
 
 pytestmark = pytest.mark.django_db
@@ -46,7 +47,7 @@ def in_an_hour():
 
 
 def revoke_deploy(group_name: str, environment: str) -> None:
-    remove_perm("deployments.deploy", Group.objects.get(name=group_name), env(environment))
+    remove_perm("catalog.deploy", Group.objects.get(name=group_name), env(environment))
 
 
 # Asking for a self-starting deployment --------------------------------------------------------

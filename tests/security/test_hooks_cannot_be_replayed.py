@@ -17,9 +17,11 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from deployments.models import Deployment, Release
-from portal.hooks import hook_deliveries_purge, sign, sign_standard
-from portal.models import AuditEvent, HookDelivery
+from catalog.models import Release
+from core.models import AuditEvent
+from deployments.models import Deployment
+from integrations.hooks import hook_deliveries_purge, sign, sign_standard
+from integrations.models import HookDelivery
 from tests.api.helpers import finished_deployment
 from tests.factories import ReleaseFactory
 

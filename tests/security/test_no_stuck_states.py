@@ -13,10 +13,11 @@ from django.utils import timezone
 from approvals import services as approval_services
 from approvals import tasks as approval_tasks
 from approvals.models import ChangeRequest
+from catalog.models import Environment
+from core.errors import DeploymentInProgress
+from core.models import AuditEvent
 from deployments import services
-from deployments.models import Deployment, DeploymentStep, Environment
-from portal.errors import DeploymentInProgress
-from portal.models import AuditEvent
+from deployments.models import Deployment, DeploymentStep
 from tests.conftest import wait_for
 from tests.deployments.conftest import fleet  # noqa: F401  (the demo fleet fixture)
 from tests.factories import ReleaseFactory, request_change
@@ -224,6 +225,6 @@ def test_one_failing_scheduled_change_does_not_stop_the_others(demo):
 
 
 def _other_app():
-    from deployments.models import Application
+    from catalog.models import Application
 
     return Application.objects.create(slug="billing", name="Billing")

@@ -1,4 +1,4 @@
-"""One guarded client for every outbound call (portal.outbound).
+"""One guarded client for every outbound call (core.outbound).
 
 The servers are real HTTP servers on loopback, started here. Loopback is what the
 guard refuses by default, so each test empties or sets ``PORTAL_OUTBOUND_ALLOW``
@@ -14,14 +14,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from catalog.models import Application, Release, Target
+from core import outbound
+from core.errors import Invalid
+from core.models import AuditEvent
 from deployments import health
 from deployments.executors.base import StepFailed, fetch_artifact
-from deployments.models import Application, Release, Target
 from notifications import services as notification_services
 from notifications.models import Notification, Subscription
-from portal import outbound
-from portal.errors import Invalid
-from portal.models import AuditEvent
 from tests.factories import executor_app, run_deployment
 
 BIG = 2 * 1024 * 1024
@@ -309,7 +309,7 @@ def test_a_webhook_to_the_metadata_address_is_refused_on_the_page_and_nothing_sa
                                     "http://2130706433/x", "http://169.254.169.254./x"])
 def test_webhook_subscriptions_to_internal_addresses_are_refused_with_the_field(
         demo, no_allow_list, target):
-    from deployments.models import Environment
+    from catalog.models import Environment
 
     with pytest.raises(Invalid) as refused:
         notification_services.subscription_create(

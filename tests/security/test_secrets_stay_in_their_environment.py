@@ -14,20 +14,13 @@ import sys
 import pytest
 from django.db import connection, transaction
 
+from catalog.models import Application, Environment, Release, Target
 from configuration import services
 from configuration.models import ConfigurationVersion, SecretAllowance
+from core.errors import Invalid, Refused
+from core.models import AuditEvent
 from deployments import services as deployment_services
-from deployments.models import (
-    Application,
-    Deployment,
-    DeploymentLogLine,
-    DeploymentStep,
-    Environment,
-    Release,
-    Target,
-)
-from portal.errors import Invalid, Refused
-from portal.models import AuditEvent
+from deployments.models import Deployment, DeploymentLogLine, DeploymentStep
 from tests.conftest import WORKER_TEST_ENV, wait_for
 
 

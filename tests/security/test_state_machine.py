@@ -40,10 +40,11 @@ from hypothesis.stateful import (
 
 from approvals import services as approvals
 from approvals.models import Approval, ChangeRequest, ChangeType, Delegation, Gate, GateRole
+from catalog.models import Environment
+from core.errors import DomainError
 from deployments import services as engine
-from deployments.models import Deployment, Environment
+from deployments.models import Deployment
 from deployments.signals import deployment_finished
-from portal.errors import DomainError
 from tests.factories import ReleaseFactory
 
 EXAMPLES = int(os.environ.get("PORTAL_STATE_MACHINE_EXAMPLES", "40"))
@@ -70,7 +71,7 @@ def _user(username: str):
 
 
 def _holds(username: str, codename: str, environment: Environment) -> bool:
-    return _user(username).has_perm(f"deployments.{codename}", environment)
+    return _user(username).has_perm(f"catalog.{codename}", environment)
 
 
 def _may_decide_now(username: str, environment: Environment, role: str):

@@ -13,8 +13,8 @@ from guardian.shortcuts import assign_perm
 
 from approvals.models import MaintenanceWindow
 from approvals.policies import seed_default_policies
-from deployments.models import Application, Environment, Release, Target
-from portal.audit import System, audit_record
+from catalog.models import Application, Environment, Release, Target
+from core.audit import System, audit_record
 
 DEFAULT_PASSWORD = "demo-portal-2026"
 
@@ -78,7 +78,7 @@ class Command(BaseCommand):
             groups[group_name] = group
             for env_slug, codenames in per_env.items():
                 for codename in codenames:
-                    assign_perm(f"deployments.{codename}", group, envs[env_slug])
+                    assign_perm(f"catalog.{codename}", group, envs[env_slug])
         auditors, _ = Group.objects.get_or_create(name="auditors")
         auditors.permissions.add(Permission.objects.get(codename="view_audit_trail"))
         groups["auditors"] = auditors

@@ -1,0 +1,97 @@
+from django.contrib import admin, messages
+from django.db import transaction
+
+from core import access_audit, services
+from core.errors import DomainError
+from core.models import ApiToken, AuditEvent
+
+
+class AuditedModelAdmin(admin.ModelAdmin):
+    """An admin whose additions, changes and deletions enter the audit trail with
+    before and after, the signed-in administrator as the actor, in the admin's
+    transaction (core.access_audit.admin_change_record)."""
+
+    audit_exclude: tuple[str, ...] = ()
+
+    def audit_snapshot(self, obj) -> dict:
+        return access_audit.snapshot(obj, exclude=self.audit_exclude)
+
+    def _fresh(self, obj):
+        return type(obj)._default_manager.get(pk=obj.pk)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            # The stored state, before the form's values are written over it.
+            request._audit_before = self.audit_snapshot(self._fresh(obj))
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        # After the inlines and many-to-many fields, so that they are in "after" too.
+        obj = form.instance
+        access_audit.admin_change_record(
+            actor=request.user, obj=obj, verb="changed" if change else "added",
+            before=getattr(request, "_audit_before", None) if change else None,
+            after=self.audit_snapshot(self._fresh(obj)))
+        request._audit_before = None
+
+    def delete_model(self, request, obj):
+        before = self.audit_snapshot(obj)
+        pk = obj.pk
+        super().delete_model(request, obj)
+        obj.pk = pk
+        access_audit.admin_change_record(actor=request.user, obj=obj, verb="deleted",
+                                         before=before, after=None)
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            for obj in queryset:
+                self.delete_model(request, obj)
+
+
+class ReadOnlyModelAdmin(admin.ModelAdmin):
+    """Shown for reference; its objects change only through the services that audit them."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(ReadOnlyModelAdmin):
+    """Tokens are issued on the tokens page; here an administrator may only revoke them,
+    through the service that audits it."""
+
+    list_display = ["name", "user", "prefix", "created_at", "expires_at", "revoked_at",
+                    "last_used_at"]
+    exclude = ["token_hash"]
+    actions = ["revoke"]
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request, queryset):
+        for token in queryset:
+            try:
+                services.api_token_revoke(actor=request.user, token=token)
+            except DomainError as exc:
+                self.message_user(request, f"{token}: {exc.detail}", messages.WARNING)
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ["occurred_at", "actor_name", "action", "object_repr", "environment"]
+    list_filter = ["action", "environment"]
+
+    # The audit trail is append-only: nobody edits or deletes it from the admin.
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,358 @@
+"""Writing the audit trail (DESIGN.md section 6).
+
+Services call ``audit_record`` inside the transaction of the change they make,
+so the event and the change commit or roll back together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, models, transaction
+from django.utils import timezone
+
+from core import context
+from core.models import AuditCheckpoint, AuditEvent
+
+GENESIS_HASH = "0" * 64
+# Key of the PostgreSQL advisory lock that keeps one linear chain when several
+# transactions write events at once.
+AUDIT_CHAIN_LOCK = 7_300_001
+# SOP 13.1: deployment logs (and the trail around them) are kept for two years. The
+# retention setting may lengthen this, never shorten it; the PostgreSQL trigger
+# (migration portal 0004) enforces the same floor on its own.
+RETENTION_FLOOR_DAYS = 730
+DEFAULT_RETENTION_DAYS = 730
+# The fields an event's hash covers, in the order canonical() names them.
+HASHED_FIELDS = (
+    "occurred_at", "actor_id", "actor_name", "actor_kind", "action", "object_type",
+    "object_id", "object_repr", "environment", "before", "after", "reason", "request_id",
+    "ip", "user_agent", "prev_hash",
+)
+
+
+class AuditError(Exception):
+    """An audit write that cannot be trusted: a bug, never a user error."""
+
+
+@dataclass(frozen=True)
+class System:
+    """The portal itself acting (a worker, beat, a hook), with the reason why."""
+
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not self.reason:
+            raise AuditError("a system actor needs a reason")
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None:
+        return None
+    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+def canonical(event: AuditEvent | dict) -> str:
+    """The canonical JSON form that an event's hash covers (a model or a ``values()`` row)."""
+    if isinstance(event, AuditEvent):
+        row = {name: getattr(event, name) for name in HASHED_FIELDS}
+    else:
+        row = event
+    payload = {name: row[name] for name in HASHED_FIELDS}
+    payload["occurred_at"] = row["occurred_at"].isoformat()
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def compute_hash(event: AuditEvent | dict) -> str:
+    return hashlib.sha256(canonical(event).encode()).hexdigest()
+
+
+def audit_record(
+    *,
+    actor: Any,
+    action: str,
+    obj: models.Model | None = None,
+    object_type: str = "",
+    object_id: str | int = "",
+    object_repr: str = "",
+    environment: str = "",
+    before: dict | None = None,
+    after: dict | None = None,
+    reason: str = "",
+) -> AuditEvent:
+    """Append one event to the chain. Must run inside the caller's transaction."""
+    if actor is None or (not isinstance(actor, System) and not getattr(actor, "pk", None)):
+        raise AuditError(f"audit event {action!r} has no actor")
+    if not connection.in_atomic_block:
+        raise AuditError(f"audit event {action!r} written outside a transaction")
+
+    ctx = context.current()
+    if isinstance(actor, System):
+        actor_user, actor_name, actor_kind = None, "system", "system"
+        reason = reason or actor.reason
+    else:
+        actor_user, actor_name = actor, actor.get_username()
+        actor_kind = "api" if ctx.client else "user"
+        if ctx.client:
+            actor_name = f"{actor_name} (token {ctx.client})"
+
+    if obj is not None:
+        object_type = object_type or obj._meta.model_name
+        object_id = object_id or obj.pk
+        object_repr = object_repr or str(obj)
+
+    with connection.cursor() as cursor:
+        # Serialises chain writers until commit: one linear chain, no forks.
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_CHAIN_LOCK])
+    prev = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
+
+    event = AuditEvent(
+        occurred_at=timezone.now(),
+        actor=actor_user,
+        actor_name=actor_name[:150],
+        actor_kind=actor_kind,
+        action=action,
+        object_type=object_type,
+        object_id=str(object_id),
+        object_repr=str(object_repr)[:300],
+        environment=environment,
+        before=_jsonable(before),
+        after=_jsonable(after),
+        reason=reason,
+        request_id=ctx.request_id,
+        ip=ctx.ip,
+        user_agent=ctx.user_agent,
+        prev_hash=prev or GENESIS_HASH,
+    )
+    event.hash = compute_hash(event)
+    event.save(force_insert=True)
+    return event
+
+
+# ---------------------------------------------------------------------------
+# Verification
+
+
+@dataclass
+class ChainReport:
+    """What ``verify_chain`` found: how far it got and the first broken link, if any."""
+
+    checked: int = 0
+    problem: str | None = None
+    broken_event_id: int | None = None
+    first_event_id: int | None = None
+    head_event_id: int | None = None
+    head_hash: str | None = None
+    checkpoint: AuditCheckpoint | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def _short(digest: str) -> str:
+    return f"{digest[:12]}…"
+
+
+def _describe_broken_link(row: dict, prev: dict | None, expected_prev: str) -> str:
+    """Why ``row`` does not follow what came before it (deleted, reordered or rewritten)."""
+    found = (AuditEvent.objects.filter(hash=row["prev_hash"])
+             .values_list("id", flat=True).first())
+    if prev is None:
+        where = (f"the retention checkpoint (hash {_short(expected_prev)})"
+                 if expected_prev != GENESIS_HASH else "the start of the trail")
+        if found is not None:
+            return (f"event {row['id']} is the oldest after {where} but follows event "
+                    f"{found}: the rows were reordered")
+        return (f"event {row['id']} is the oldest after {where} but follows hash "
+                f"{_short(row['prev_hash'])}, which no checkpoint explains: events before it "
+                "were deleted")
+    if found is not None:
+        return (f"event {row['id']} should follow event {prev['id']} but follows event "
+                f"{found}: the rows were reordered")
+    return (f"event {row['id']} should follow event {prev['id']} (hash "
+            f"{_short(expected_prev)}) but follows hash {_short(row['prev_hash'])}, which is "
+            f"no longer in the trail: an event between them was deleted, or event "
+            f"{prev['id']} was rewritten together with its hash")
+
+
+def verify_chain(*, chunk_size: int = 5000) -> ChainReport:
+    """Walk the chain oldest first from the latest retention checkpoint.
+
+    Every event must hash to its stored ``hash`` (no field changed) and carry the
+    hash of the event before it as ``prev_hash`` (nothing deleted, inserted or
+    reordered); the oldest remaining event follows the checkpoint, or the genesis
+    hash when nothing was ever purged. Stops at the first broken link.
+    """
+    if connection.in_atomic_block:
+        return _verify_chain(chunk_size)
+    with transaction.atomic():
+        # One snapshot for the whole walk, so a purge or new events committed
+        # meanwhile cannot look like a break.
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        return _verify_chain(chunk_size)
+
+
+def _verify_chain(chunk_size: int) -> ChainReport:
+    report = ChainReport()
+    checkpoint = AuditCheckpoint.objects.order_by("-last_event_id").first()
+    report.checkpoint = checkpoint
+    expected_prev = checkpoint.last_hash if checkpoint else GENESIS_HASH
+    start = checkpoint.last_event_id if checkpoint else 0
+    prev: dict | None = None
+    rows = (AuditEvent.objects.filter(id__gt=start).order_by("id")
+            .values("id", "hash", *HASHED_FIELDS).iterator(chunk_size=chunk_size))
+    for row in rows:
+        if report.first_event_id is None:
+            report.first_event_id = row["id"]
+        if row["prev_hash"] != expected_prev:
+            report.problem = _describe_broken_link(row, prev, expected_prev)
+            report.broken_event_id = row["id"]
+            return report
+        if compute_hash(row) != row["hash"]:
+            report.problem = (f"event {row['id']} ({row['action']} by {row['actor_name']}) was "
+                              "altered after it was written: its fields no longer match its hash")
+            report.broken_event_id = row["id"]
+            return report
+        expected_prev = row["hash"]
+        prev = row
+        report.checked += 1
+    if prev is not None:
+        report.head_event_id, report.head_hash = prev["id"], prev["hash"]
+    elif checkpoint is not None:
+        report.head_hash = checkpoint.last_hash
+    return report
+
+
+# ---------------------------------------------------------------------------
+# Retention
+
+
+def retention_days() -> int:
+    """Days events and deployment logs are kept; never below the SOP 13.1 floor."""
+    days = getattr(settings, "PORTAL_AUDIT_RETENTION_DAYS", None)
+    if days is None:
+        raw = os.environ.get("PORTAL_AUDIT_RETENTION_DAYS", str(DEFAULT_RETENTION_DAYS))
+        try:
+            days = int(raw)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"PORTAL_AUDIT_RETENTION_DAYS must be a whole number of days, not {raw!r}"
+            ) from None
+    if days < RETENTION_FLOOR_DAYS:
+        raise ImproperlyConfigured(
+            f"PORTAL_AUDIT_RETENTION_DAYS={days} is below the floor of {RETENTION_FLOOR_DAYS} "
+            "days (SOP 13.1 keeps deployment logs for two years)"
+        )
+    return days
+
+
+@dataclass
+class PurgeResult:
+    cutoff: datetime
+    events_removed: int = 0
+    log_lines_removed: int = 0
+    checkpoints: list[AuditCheckpoint] = field(default_factory=list)
+
+
+def audit_purge_expired(*, batch_size: int = 20_000) -> PurgeResult:
+    """Remove events and deployment log lines older than the retention period.
+
+    Each batch is one transaction: it holds the chain lock, checks that the events it
+    removes still chain correctly (the purge never erases the evidence of tampering),
+    deletes them and the expired log lines under ``portal.audit_purge``, records an
+    ``AuditCheckpoint`` so the remaining chain still verifies, and writes an
+    ``audit.purged`` event. Only the oldest events go, as one unbroken prefix.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive")
+    cutoff = timezone.now() - timedelta(days=retention_days())
+    result = PurgeResult(cutoff=cutoff)
+    while True:
+        removed, lines, checkpoint = _purge_batch(cutoff=cutoff, batch_size=batch_size)
+        if not removed and not lines:
+            return result
+        result.events_removed += removed
+        result.log_lines_removed += lines
+        if checkpoint is not None:
+            result.checkpoints.append(checkpoint)
+
+
+@transaction.atomic
+def _purge_batch(*, cutoff: datetime, batch_size: int):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_CHAIN_LOCK])
+        # Lets the append-only triggers accept DELETE of rows older than the floor,
+        # for this transaction only.
+        cursor.execute("SET LOCAL portal.audit_purge = 'on'")
+
+    previous = AuditCheckpoint.objects.order_by("-last_event_id").first()
+    start = previous.last_event_id if previous else 0
+    expected_prev = previous.last_hash if previous else GENESIS_HASH
+    # Events are written in time order under the chain lock, so the expired ones are a
+    # prefix by id; stop at the first young one all the same, so that a clock step
+    # backwards can never punch a hole in the middle of the chain.
+    first_young = (AuditEvent.objects.filter(id__gt=start, occurred_at__gte=cutoff)
+                   .order_by("id").values_list("id", flat=True).first())
+    expired = AuditEvent.objects.filter(id__gt=start)
+    if first_young is not None:
+        expired = expired.filter(id__lt=first_young)
+    batch = list(expired.order_by("id").values("id", "hash", *HASHED_FIELDS)[:batch_size])
+
+    for row in batch:
+        if row["prev_hash"] != expected_prev or compute_hash(row) != row["hash"]:
+            raise AuditError(
+                f"retention purge stopped at event {row['id']}: the chain is broken there; "
+                "run manage.py verify_audit"
+            )
+        expected_prev = row["hash"]
+
+    with connection.cursor() as cursor:
+        if batch:
+            cursor.execute("DELETE FROM portal_auditevent WHERE id > %s AND id <= %s",
+                           [start, batch[-1]["id"]])
+            removed = cursor.rowcount
+        else:
+            removed = 0
+        cursor.execute(
+            "DELETE FROM deployments_deploymentlogline WHERE id IN ("
+            " SELECT id FROM deployments_deploymentlogline WHERE at < %s ORDER BY id LIMIT %s)",
+            [cutoff, batch_size],
+        )
+        lines = cursor.rowcount
+    with connection.cursor() as cursor:
+        # Off again at once, in case a caller's outer transaction goes on after the batch.
+        cursor.execute("SET LOCAL portal.audit_purge = 'off'")
+    if not removed and not lines:
+        return 0, 0, None
+
+    checkpoint = None
+    if batch:
+        last = batch[-1]
+        checkpoint = AuditCheckpoint.objects.create(
+            cutoff=cutoff, last_event_id=last["id"], last_hash=last["hash"],
+            last_occurred_at=last["occurred_at"], events_removed=removed,
+            log_lines_removed=lines,
+        )
+    audit_record(
+        actor=System("retention purge"), action="audit.purged",
+        obj=checkpoint, object_type="auditcheckpoint",
+        object_id=checkpoint.pk if checkpoint else "",
+        object_repr=str(checkpoint) if checkpoint else f"{lines} deployment log lines",
+        after={
+            "cutoff": cutoff, "retention_days": retention_days(),
+            "events_removed": removed, "log_lines_removed": lines,
+            "through_event": batch[-1]["id"] if batch else None,
+            "through_hash": batch[-1]["hash"] if batch else None,
+        },
+    )
+    return removed, lines, checkpoint

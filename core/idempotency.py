@@ -1,0 +1,158 @@
+"""Idempotency-Key for creating POSTs (IETF draft "The Idempotency-Key HTTP Header Field").
+
+A client that sends ``Idempotency-Key: <key>`` may retry the request as often
+as it likes; the portal acts once:
+
+- first use: the key is recorded (committed at once, so a concurrent retry
+  sees it), the request runs, and its answer is stored with the key;
+- same key, same method, path and body: the stored answer is replayed with
+  ``Idempotent-Replayed: true``, and nothing runs again;
+- same key with a different method, path or body: 422 ``idempotency_key_reused``;
+- same key while the first request is still running: 409 ``idempotency_in_flight``.
+
+Keys belong to one user (a client never sees another's answers) and are kept
+for ``RETENTION`` (24 hours); after that the key may be used afresh. Answers of
+5xx (none are expected) are not kept, so such a request may be retried.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from datetime import timedelta
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from rest_framework.response import Response
+
+from core.errors import Conflict, DomainError, Invalid
+from core.models import IdempotencyKey
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+RETENTION = timedelta(hours=24)
+# A key still "running" after this long belongs to a request whose process died;
+# a retry may take it over. Far longer than any request the API serves.
+ABANDONED_AFTER = timedelta(minutes=10)
+MAX_KEY_LENGTH = 255
+
+
+class KeyReused(DomainError):
+    status = 422
+    code = "idempotency_key_reused"
+
+
+def parse_key(raw: str) -> str:
+    """The key as the draft sends it (a structured-field string, quoted), or bare."""
+    key = raw.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise Invalid("the Idempotency-Key header must be 1 to 255 printable characters",
+                      fields={HEADER: ["Send 1 to 255 printable characters, e.g. a UUID."]})
+    return key
+
+
+def fingerprint(method: str, path: str, body) -> str:
+    canonical = json.dumps({"method": method, "path": path, "body": body}, sort_keys=True,
+                           separators=(",", ":"), cls=DjangoJSONEncoder)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def idempotency_begin(*, user, key: str, method: str, path: str, request_hash: str
+                      ) -> tuple[IdempotencyKey | None, IdempotencyKey | None]:
+    """Claim ``key`` for this request: (claimed row, None), or (None, completed row to replay).
+
+    The claim is committed before the request runs: the unique (user, key)
+    constraint lets exactly one of two concurrent requests through.
+    """
+    now = timezone.now()
+    IdempotencyKey.objects.filter(user=user, created_at__lt=now - RETENTION).delete()
+    for _attempt in range(2):
+        try:
+            with transaction.atomic():
+                row = IdempotencyKey.objects.create(user=user, key=key, method=method,
+                                                    path=path[:300],
+                                                    request_hash=request_hash)
+            return row, None
+        except IntegrityError:
+            existing = IdempotencyKey.objects.filter(user=user, key=key).first()
+            if existing is None:
+                continue  # expired and purged between our insert and read: claim again
+        if existing.request_hash != request_hash:
+            raise KeyReused(
+                f"the Idempotency-Key {key!r} was used for a different request "
+                f"({existing.method} {existing.path}); send a new key for a new request")
+        if existing.completed_at is not None:
+            return None, existing
+        if existing.created_at < now - ABANDONED_AFTER:
+            # Take over a claim whose request never finished; the conditional delete
+            # lets one retry win if several arrive together.
+            IdempotencyKey.objects.filter(pk=existing.pk, completed_at__isnull=True).delete()
+            continue
+        raise Conflict(
+            f"a request with the Idempotency-Key {key!r} is still being processed; "
+            "retry in a moment", code="idempotency_in_flight")
+    raise Conflict(f"the Idempotency-Key {key!r} is contended; retry in a moment",
+                   code="idempotency_in_flight")
+
+
+def idempotency_complete(*, row: IdempotencyKey, status: int, body) -> None:
+    stored = json.loads(json.dumps(body, cls=DjangoJSONEncoder)) if body is not None else None
+    IdempotencyKey.objects.filter(pk=row.pk).update(
+        response_status=status, response_body=stored, completed_at=timezone.now())
+
+
+def idempotency_release(*, row: IdempotencyKey) -> None:
+    """Forget a claim whose request produced no answer worth replaying."""
+    IdempotencyKey.objects.filter(pk=row.pk, completed_at__isnull=True).delete()
+
+
+def idempotency_keys_purge(*, now=None) -> int:
+    """Delete keys past their retention period; returns how many went."""
+    cutoff = (now or timezone.now()) - RETENTION
+    deleted, _ = IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()
+    return deleted
+
+
+def idempotent(handler):
+    """Decorate an API view's ``post`` so that it honours ``Idempotency-Key``.
+
+    It runs after authentication, permissions and throttling (the key is scoped
+    to the authenticated user) and stores the answer the handler gives,
+    including its error answers, as the draft asks.
+    """
+
+    @functools.wraps(handler)
+    def wrapper(view, request, *args, **kwargs):
+        raw = request.headers.get(HEADER)
+        if raw is None:
+            return handler(view, request, *args, **kwargs)
+        key = parse_key(raw)
+        request_hash = fingerprint(request.method, request.path, request.data)
+        row, done = idempotency_begin(user=request.user, key=key, method=request.method,
+                                      path=request.path, request_hash=request_hash)
+        if done is not None:
+            response = Response(done.response_body, status=done.response_status)
+            response[REPLAYED_HEADER] = "true"
+            return response
+        try:
+            try:
+                response = handler(view, request, *args, **kwargs)
+            except Exception as exc:
+                # The error answer is part of what the key stands for; an exception
+                # nobody maps (a bug) re-raises here and the claim is released.
+                response = view.handle_exception(exc)
+        except BaseException:
+            idempotency_release(row=row)
+            raise
+        if response.status_code >= 500 or not hasattr(response, "data"):
+            idempotency_release(row=row)
+        else:
+            idempotency_complete(row=row, status=response.status_code, body=response.data)
+        return response
+
+    wrapper.idempotent = True
+    return wrapper

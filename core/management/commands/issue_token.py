@@ -1,0 +1,42 @@
+"""Print a new API token for a user, once; only its hash is stored."""
+
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from core.audit import System
+from core.errors import DomainError
+from core.models import TokenScope
+from core.services import api_token_issue
+
+
+class Command(BaseCommand):
+    help = "Issue an API token for USER and print it once."
+
+    def add_arguments(self, parser):
+        parser.add_argument("username")
+        parser.add_argument("--name", default="", help="Token name (default: cli-<time>).")
+        parser.add_argument("--days", type=int, default=90,
+                            help="Days until it expires; 0 for no expiry.")
+        parser.add_argument("--scopes", default=",".join(TokenScope.values),
+                            help="Comma-separated scopes out of "
+                                 f"{', '.join(TokenScope.values)} (default: all).")
+
+    def handle(self, *args, username: str, name: str, days: int, scopes: str, **options):
+        try:
+            user = get_user_model().objects.get(username=username, is_active=True)
+        except get_user_model().DoesNotExist:
+            raise CommandError(f"no active user named {username!r}") from None
+        if days < 0:
+            raise CommandError("--days must be 0 or more")
+        name = name or f"cli-{timezone.now():%Y%m%d%H%M%S}"
+        expires = timezone.now() + timedelta(days=days) if days else None
+        try:
+            _, raw = api_token_issue(actor=System("manage.py issue_token"), user=user,
+                                     name=name, expires_at=expires,
+                                     scopes=[s.strip() for s in scopes.split(",") if s.strip()])
+        except DomainError as exc:
+            raise CommandError(exc.detail) from None
+        self.stdout.write(raw)

@@ -1,0 +1,164 @@
+"""The shared kernel's tables: API tokens, idempotency keys and the audit trail."""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+def hash_token(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class ApiTokenQuerySet(models.QuerySet):
+    def active(self):
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
+        )
+
+
+class TokenScope(models.TextChoices):
+    READ = "read", "Read"
+    REQUEST = "request", "Request changes and register releases"
+    APPROVE = "approve", "Approve and reject"
+    DEPLOY = "deploy", "Deploy, cancel and roll back"
+
+
+def all_scopes() -> list[str]:
+    return list(TokenScope.values)
+
+
+class ApiToken(models.Model):
+    """A bearer token for REST clients. Only its SHA-256 is stored.
+
+    Scopes limit what the token may do even when its user may do more.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, help_text="First characters, to recognise a token.")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    scopes = models.JSONField(default=all_scopes)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        db_table = "portal_apitoken"
+        constraints = [
+            models.UniqueConstraint(fields=["user", "name"], name="api_token_unique_name_per_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class AuditEvent(models.Model):
+    """One append-only, hash-chained record of something someone or something did.
+
+    Written only by ``core.audit.audit_record`` inside the transaction of the
+    change it records. ``prev_hash`` and ``hash`` chain every event to the one
+    before it (SHA-256 over a canonical JSON form).
+    """
+
+    occurred_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # DO_NOTHING: the actor id is part of the hashed record, so deleting a user must not
+    # rewrite it (and the append-only trigger would refuse the UPDATE anyway).
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                              on_delete=models.DO_NOTHING, related_name="+", db_constraint=False)
+    actor_name = models.CharField(max_length=150)
+    actor_kind = models.CharField(max_length=10)  # user, api, system
+    action = models.CharField(max_length=64, db_index=True)
+    object_type = models.CharField(max_length=64)
+    object_id = models.CharField(max_length=64)
+    object_repr = models.CharField(max_length=300)
+    environment = models.CharField(max_length=50, blank=True, db_index=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        db_table = "portal_auditevent"
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["object_type", "object_id"], name="audit_object_idx"),
+            models.Index(fields=["actor_name", "-id"], name="audit_actor_idx"),
+            # The audit browser pages by id (keyset); each filter has an index that
+            # yields its rows already in id order, so a page costs the same at any depth.
+            models.Index(fields=["actor", "-id"], name="audit_actor_id_idx"),
+            models.Index(fields=["action", "-id"], name="audit_action_id_idx"),
+            models.Index(fields=["environment", "-id"], name="audit_env_id_idx"),
+        ]
+        permissions = [("view_audit_trail", "Can browse and export the audit trail")]
+
+    def __str__(self) -> str:
+        when = f"{self.occurred_at:%Y-%m-%d %H:%M:%S}"
+        return f"{when} {self.actor_name} {self.action} {self.object_repr}"
+
+
+class AuditCheckpoint(models.Model):
+    """Where the retention purge cut the chain, so that verification still passes.
+
+    The events up to and including ``last_event_id`` were removed; the oldest
+    remaining event must carry ``last_hash`` as its ``prev_hash``. Append-only
+    like the events (a PostgreSQL trigger refuses UPDATE and DELETE).
+    """
+
+    created_at = models.DateTimeField(default=timezone.now)
+    cutoff = models.DateTimeField(help_text="Events older than this were due for removal.")
+    last_event_id = models.BigIntegerField()
+    last_hash = models.CharField(max_length=64)
+    last_occurred_at = models.DateTimeField()
+    events_removed = models.PositiveIntegerField()
+    log_lines_removed = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        db_table = "portal_auditcheckpoint"
+        ordering = ["-last_event_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["last_event_id"], name="audit_checkpoint_unique_event"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Purged through event {self.last_event_id} ({self.events_removed} events)"
+
+
+class IdempotencyKey(models.Model):
+    """A creating POST's Idempotency-Key, with the response to replay for a retry.
+
+    Scoped per client (user); ``request_hash`` tells a retry (same body) from a
+    misuse (different body). ``completed_at`` is empty while the first request runs.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="+")
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=10)
+    path = models.CharField(max_length=300)
+    request_hash = models.CharField(max_length=64)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "portal_idempotencykey"
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="idempotency_unique_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}:{self.key}"

@@ -1,0 +1,223 @@
+"""The auditor's pages: deployment history with the evidence behind each deployment,
+the audit trail browser and its exports, and the access review. Auditors and
+administrators only (``core.view_audit_trail``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from functools import wraps
+
+from django import forms
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+
+from core.audit import audit_record
+from core.permissions import is_auditor
+from reporting import audit_selectors as sel
+
+EXPORT_FIELDS = ["id", "occurred_at", "actor_name", "actor_kind", "action", "object_type",
+                 "object_id", "object_repr", "environment", "before", "after", "reason",
+                 "request_id", "ip", "user_agent", "prev_hash", "hash"]
+# JSON Lines carries every field the hash covers, so each line can be hashed again.
+JSONL_FIELDS = ["id", "occurred_at", "actor_id", *EXPORT_FIELDS[2:]]
+
+
+def auditor_required(view):
+    @login_required
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        if not is_auditor(request.user):
+            raise PermissionDenied("Only auditors and administrators may see this page.")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+def _before(request) -> int | None:
+    raw = request.GET.get("before", "")
+    return int(raw) if raw.isdigit() and len(raw) < 19 else None
+
+
+def _query_without(request, *names: str) -> str:
+    params = request.GET.copy()
+    for name in names:
+        params.pop(name, None)
+    return params.urlencode()
+
+
+# ---------------------------------------------------------------------------
+# Audit trail browser and exports
+
+
+class EventFilterForm(forms.Form):
+    action = forms.CharField(required=False, max_length=64,
+                             help_text='Exact, or a prefix ending in "." such as gate.')
+    actor = forms.CharField(required=False, max_length=150,
+                            help_text='A username, or "system".')
+    object_type = forms.CharField(required=False, max_length=64)
+    object_id = forms.CharField(required=False, max_length=64)
+    environment = forms.CharField(required=False, max_length=50)
+    since = forms.DateTimeField(required=False, help_text="UTC, e.g. 2025-01-31 or "
+                                                          "2025-01-31 14:00")
+    until = forms.DateTimeField(required=False)
+
+    def filters(self) -> sel.EventFilters:
+        # Only the fields that parsed; the others are shown as errors and left out.
+        data = getattr(self, "cleaned_data", {})
+        text = {name: data.get(name) or "" for name in
+                ("action", "actor", "object_type", "object_id", "environment")}
+        return sel.EventFilters(**text, since=data.get("since"), until=data.get("until"))
+
+
+def _event_filters(request) -> tuple[EventFilterForm, sel.EventFilters]:
+    form = EventFilterForm(request.GET or None)
+    form.is_valid()
+    return form, form.filters()
+
+
+@auditor_required
+def audit_events(request):
+    form, filters = _event_filters(request)
+    page = sel.keyset_page(sel.events_matching(filters), _before(request))
+    query = _query_without(request, "before")
+    return render(request, "auditor/events.html", {
+        "form": form, "filters": filters, "page": page, "query": query,
+        "export_query": query, "tab": "events",
+    }, status=400 if form.errors else 200)
+
+
+def _csv_cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, sort_keys=True, cls=DjangoJSONEncoder)
+    value = value.isoformat() if hasattr(value, "isoformat") else str(value)
+    # A cell a spreadsheet would run as a formula is quoted (the JSON Lines export
+    # keeps every value exactly as stored, hashes included, for verification).
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+_csv_writer = csv.writer(_Echo())
+
+
+def _csv_line(cells: list[str]) -> bytes:
+    """One CSV line as csv.writer writes it, without its line ending."""
+    return _csv_writer.writerow(cells)[:-2].encode()
+
+
+def _export(request, kind: str):
+    form, filters = _event_filters(request)
+    if form.errors:
+        return HttpResponseBadRequest("Some filters do not parse: "
+                                      + "; ".join(f"{k}: {' '.join(v)}"
+                                                  for k, v in form.errors.items()),
+                                      content_type="text/plain")
+    used = {k: v for k, v in getattr(form, "cleaned_data", {}).items() if v}
+    with transaction.atomic():
+        # SOP 13.1: who took a copy of the trail, and of what.
+        audit_record(actor=request.user, action="audit.exported", object_type="auditevent",
+                     object_repr=f"audit trail ({kind})",
+                     after={"format": kind, "filters": used})
+    events = sel.events_matching(filters)
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    # PostgreSQL builds each line (see audit_selectors.export_stream); _csv_cell and
+    # DjangoJSONEncoder remain the definition of what a line holds.
+    if kind == "csv":
+        lines = sel.export_stream(
+            events, EXPORT_FIELDS, sel.export_csv_line_sql(EXPORT_FIELDS, style="auditor"),
+            header=_csv_line(EXPORT_FIELDS) + b"\r\n", terminator=b"\r\n",
+            fallback=lambda row: _csv_line([_csv_cell(row[name]) for name in EXPORT_FIELDS]))
+        response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
+    else:
+        lines = sel.export_stream(events, JSONL_FIELDS, sel.export_jsonl_line_sql(JSONL_FIELDS),
+                                  terminator=b"\n")
+        response = StreamingHttpResponse(lines, content_type="application/x-ndjson")
+    response["Content-Disposition"] = f'attachment; filename="audit-{stamp}.{kind}"'
+    return response
+
+
+@auditor_required
+def audit_export_csv(request):
+    return _export(request, "csv")
+
+
+@auditor_required
+def audit_export_jsonl(request):
+    return _export(request, "jsonl")
+
+
+# ---------------------------------------------------------------------------
+# Deployment history and evidence
+
+
+class DeploymentFilterForm(forms.Form):
+    application = forms.CharField(required=False, max_length=50)
+    environment = forms.CharField(required=False, max_length=50)
+    status = forms.CharField(required=False, max_length=20)
+    version = forms.CharField(required=False, max_length=64)
+    requester = forms.CharField(required=False, max_length=150)
+    approver = forms.CharField(required=False, max_length=150)
+    since = forms.DateTimeField(required=False)
+    until = forms.DateTimeField(required=False)
+
+
+@auditor_required
+def deployment_history(request):
+    from catalog.models import Application, Environment
+    from deployments.models import Deployment
+
+    form = DeploymentFilterForm(request.GET or None)
+    form.is_valid()
+    data = getattr(form, "cleaned_data", {})
+    filters = sel.DeploymentFilters(**{k: v for k, v in data.items() if v})
+    page = sel.keyset_page(sel.deployment_history(filters), _before(request))
+    changes = sel.changes_by_id(d.change_id for d in page.rows)
+    compliance = sel.compliance_for(page.rows)
+    rows = [{"deployment": d, "change": changes.get(d.change_id),
+             "compliance": compliance[d.pk]} for d in page.rows]
+    return render(request, "auditor/deployments.html", {
+        "form": form, "rows": rows, "page": page, "tab": "deployments",
+        "query": _query_without(request, "before"),
+        "applications": Application.objects.order_by("name"),
+        "environments": Environment.objects.order_by("order"),
+        "statuses": Deployment.Status.choices,
+    }, status=400 if form.errors else 200)
+
+
+@auditor_required
+def deployment_evidence(request, pk: int):
+    from deployments.models import Deployment
+
+    try:
+        deployment = Deployment.objects.select_related(
+            "application", "environment", "release", "started_by").get(pk=pk)
+    except Deployment.DoesNotExist:
+        raise Http404("no such deployment") from None
+    context = sel.evidence(deployment)
+    context["tab"] = "deployments"
+    context["all_intact"] = all(e["intact"] for e in context["events"])
+    return render(request, "auditor/evidence.html", context)
+
+
+# ---------------------------------------------------------------------------
+# Access review
+
+
+@auditor_required
+def access_review(request):
+    return render(request, "auditor/access.html", {
+        "rows": sel.access_review(days=90), "days": 90, "tab": "access",
+        "generated_at": timezone.now(),
+    })
+
