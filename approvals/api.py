@@ -13,7 +13,15 @@ from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
 from approvals import selectors, services
-from approvals.models import Approval, ChangeRequest, ChangeType, Gate, GateRole, Strategy
+from approvals.models import (
+    Approval,
+    ChangeRequest,
+    ChangeType,
+    Gate,
+    GateRole,
+    Risk,
+    Strategy,
+)
 from catalog.models import Environment, Release
 from catalog.permissions import environment_permissions
 from configuration.selectors import digests_for_many
@@ -114,7 +122,7 @@ class ChangeInSerializer(serializers.Serializer):
     strategy = serializers.ChoiceField(choices=Strategy.choices, default=Strategy.ALL_AT_ONCE)
     rollback_plan = serializers.CharField(required=False, allow_blank=True, default="",
                                           max_length=20000)
-    risk = serializers.ChoiceField(choices=["low", "medium", "high"], required=False,
+    risk = serializers.ChoiceField(choices=Risk.values, required=False,
                                    allow_blank=True, default="")
     impact = serializers.CharField(required=False, allow_blank=True, default="",
                                    max_length=20000)

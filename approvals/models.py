@@ -84,6 +84,14 @@ class PolicyGate(models.Model):
         return f"{self.get_role_display()} × {self.required}"
 
 
+class Risk(models.TextChoices):
+    """The requester's estimate of a change's risk (the form, the API and the model)."""
+
+    LOW = "low", "Low"
+    MEDIUM = "medium", "Medium"
+    HIGH = "high", "High"
+
+
 class ChangeRequestQuerySet(models.QuerySet):
     def with_related(self):
         return self.select_related(
@@ -112,8 +120,7 @@ class ChangeRequest(models.Model):
                                    default=ChangeType.STANDARD)
     strategy = models.CharField(max_length=20, choices=Strategy.choices,
                                 default=Strategy.ALL_AT_ONCE)
-    risk = models.CharField(max_length=10, blank=True,
-                            choices=[("low", "Low"), ("medium", "Medium"), ("high", "High")])
+    risk = models.CharField(max_length=10, blank=True, choices=Risk.choices)
     impact = models.TextField(blank=True)
     rollback_plan = models.TextField(blank=True)
     on_call = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,

@@ -15,6 +15,7 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
+from approvals import signals
 from approvals.models import (
     PRE_DEPLOYMENT_KINDS,
     Approval,
@@ -111,7 +112,7 @@ def fingerprint(change: ChangeRequest, *, digests: tuple[str, str] | None = None
         "artifact": _digest([release.version, release.artifact_sha256, release.artifact_url]),
         "strategy": _digest(change.strategy),
         "rollback_plan": _digest(change.rollback_plan.strip()),
-        "migration_plan": _digest(getattr(release, "migration_plan", None)),
+        "migration_plan": _digest(release.migration_plan),
         "configuration": _digest(config_digest),
         "secret_references": _digest(secrets_digest),
         "on_call": _digest(change.on_call_id),
@@ -257,6 +258,8 @@ def _submit(*, actor, change: ChangeRequest) -> None:
                  after={"status": change.status,
                         "gates": {g.role: g.required for g in gates},
                         "unsatisfiable": [b.message for b in unfillable]})
+    signals.send_after_commit(signals.change_submitted, change_id=change.pk,
+                              status=change.status, at=change.submitted_at)
     if change.status == ChangeRequest.Status.APPROVED and change.deploy_when_approved:
         _start_by_itself(change=change, why=f"{change.reference} submitted with no gates "
                                             "to pass, to deploy when approved")
@@ -305,74 +308,14 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
             # approve racing reject, or two approvers at once, settle here.
             change = (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
                       .get(pk=change.pk))
-            if change.status != ChangeRequest.Status.PENDING_APPROVAL:
-                raise AlreadyDecided(
-                    f"{change.reference} is {change.get_status_display().lower()}; "
-                    "it takes no more decisions")
-            gate = change.gates.filter(role=role).first()
-            if gate is None:
-                raise Invalid(f"{change.reference} has no {role} gate",
-                              fields={"gate": [f"This change has no {role!r} gate."]})
-            if change.requested_by_id == actor.pk:
-                raise SelfApproval("you requested this change, so you cannot decide its gates")
-            username = actor.get_username()
-            if username in (change.release.authors or []):
-                raise NotEligible(f"you wrote commits in {change.release}, so you cannot "
-                                  "approve a change that ships it", code="author")
-            if username in (change.release.mergers or []):
-                raise NotEligible(f"you merged commits in {change.release}, so you cannot "
-                                  "approve a change that ships it", code="merger")
-            allowed, delegator = may_decide(actor, change.environment, role)
-            if not allowed:
-                raise NotEligible(f"you may not decide the {gate.get_role_display()} gate "
-                                  f"on {change.environment.name}")
-            if delegator is not None:
-                # A delegate stands in for the delegator, and inherits their conflicts:
-                # nobody approves their own change through someone else's hand.
-                delegators = _delegators(actor, change.environment, role)
-                free = [d for d in delegators if _conflict_of(d, change) is None]
-                if not free:
-                    conflicted = delegators[0]
-                    why = _conflict_of(conflicted, change)
-                    what = change.reference if why == "requested" else str(change.release)
-                    raise NotEligible(
-                        f"you decide the {gate.get_role_display()} gate for "
-                        f"{conflicted.get_username()}, who {why} {what}; a delegate cannot "
-                        "decide a change their delegator could not", code="delegate_conflict")
-                delegator = free[0]
+            gate = _gate_open_to_decisions(change, role)
+            delegator = _decider_standing(actor, change, gate, role)
             current = change_version(change)
-            if seen is not None and seen != current:
-                raise ChangedSinceViewed(
-                    f"{change.reference} changed since you opened it; reload it, review what "
-                    "changed and decide again")
-            if gate.status != Gate.Status.PENDING:
-                raise AlreadyDecided(f"the {gate.get_role_display()} gate is already "
-                                     f"{gate.status}")
-            already = (change.approvals.filter(approver=actor, withdrawn_at__isnull=True)
-                       .select_related("gate").first())
-            if already is not None:
-                raise NotEligible(
-                    f"you already decided the {already.gate.get_role_display()} gate of "
-                    f"{change.reference}; one person decides at most one gate",
-                    code="one_gate_per_person")
+            _check_decision_is_new(actor, change, gate, seen=seen, current=current)
             Approval.objects.create(gate=gate, change=change, approver=actor,
                                     decision=decision, comment=comment,
                                     fingerprint=fingerprint(change), on_behalf_of=delegator)
-            before = {"gate": gate.status, "change": change.status}
-            if decision == Approval.Decision.REJECTED:
-                gate.status = Gate.Status.REJECTED
-                change.status = ChangeRequest.Status.REJECTED
-                change.closed_at = timezone.now()
-            else:
-                count = gate.approvals.filter(decision=Approval.Decision.APPROVED,
-                                              withdrawn_at__isnull=True).count()
-                if count >= gate.required:
-                    gate.status = Gate.Status.APPROVED
-            gate.save(update_fields=["status"])
-            if (decision == Approval.Decision.APPROVED
-                    and not change.gates.exclude(status=Gate.Status.APPROVED).exists()):
-                change.status = _approved_status(change)
-            change.save(update_fields=["status", "closed_at"])
+            before = _apply_decision(change, gate, decision)
             audit_record(actor=actor, action=action, obj=change,
                          object_repr=f"{change} / {gate.get_role_display()}",
                          environment=change.environment.slug, before=before,
@@ -382,14 +325,113 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
                                 else None,
                                 # The version decided on; None: an API client sent none.
                                 "version": current, "version_seen": seen})
+            _announce_decision(change, gate, actor, comment)
             if change.status == ChangeRequest.Status.APPROVED and change.deploy_when_approved:
                 _start_by_itself(change=change, why=f"the last approval of {change.reference}"
-                                                    f" ({role}, by {username})")
+                                                    f" ({role}, by {actor.get_username()})")
             return gate
     except (Refused, ChangedSinceViewed) as exc:
         _refusal_audited(f"{action}.refused", actor, change, exc, role=role,
                          version_seen=seen)
         raise
+
+
+def _gate_open_to_decisions(change: ChangeRequest, role: str) -> Gate:
+    """The change's ``role`` gate, while the change still takes decisions."""
+    if change.status != ChangeRequest.Status.PENDING_APPROVAL:
+        raise AlreadyDecided(
+            f"{change.reference} is {change.get_status_display().lower()}; "
+            "it takes no more decisions")
+    gate = change.gates.filter(role=role).first()
+    if gate is None:
+        raise Invalid(f"{change.reference} has no {role} gate",
+                      fields={"gate": [f"This change has no {role!r} gate."]})
+    return gate
+
+
+def _decider_standing(actor, change: ChangeRequest, gate: Gate, role: str):
+    """Refuses a decider the segregation rules exclude; returns the delegator ``actor``
+    stands in for (None when ``actor`` holds the permission themselves)."""
+    if change.requested_by_id == actor.pk:
+        raise SelfApproval("you requested this change, so you cannot decide its gates")
+    username = actor.get_username()
+    if username in (change.release.authors or []):
+        raise NotEligible(f"you wrote commits in {change.release}, so you cannot "
+                          "approve a change that ships it", code="author")
+    if username in (change.release.mergers or []):
+        raise NotEligible(f"you merged commits in {change.release}, so you cannot "
+                          "approve a change that ships it", code="merger")
+    allowed, delegator = may_decide(actor, change.environment, role)
+    if not allowed:
+        raise NotEligible(f"you may not decide the {gate.get_role_display()} gate "
+                          f"on {change.environment.name}")
+    if delegator is None:
+        return None
+    # A delegate stands in for the delegator, and inherits their conflicts:
+    # nobody approves their own change through someone else's hand.
+    delegators = _delegators(actor, change.environment, role)
+    free = [d for d in delegators if _conflict_of(d, change) is None]
+    if not free:
+        conflicted = delegators[0]
+        why = _conflict_of(conflicted, change)
+        what = change.reference if why == "requested" else str(change.release)
+        raise NotEligible(
+            f"you decide the {gate.get_role_display()} gate for "
+            f"{conflicted.get_username()}, who {why} {what}; a delegate cannot "
+            "decide a change their delegator could not", code="delegate_conflict")
+    return free[0]
+
+
+def _check_decision_is_new(actor, change: ChangeRequest, gate: Gate, *, seen: str | None,
+                           current: str) -> None:
+    """Refuses a decision on an older version, on a decided gate, or by someone who
+    already decided a gate of this change."""
+    if seen is not None and seen != current:
+        raise ChangedSinceViewed(
+            f"{change.reference} changed since you opened it; reload it, review what "
+            "changed and decide again")
+    if gate.status != Gate.Status.PENDING:
+        raise AlreadyDecided(f"the {gate.get_role_display()} gate is already "
+                             f"{gate.status}")
+    already = (change.approvals.filter(approver=actor, withdrawn_at__isnull=True)
+               .select_related("gate").first())
+    if already is not None:
+        raise NotEligible(
+            f"you already decided the {already.gate.get_role_display()} gate of "
+            f"{change.reference}; one person decides at most one gate",
+            code="one_gate_per_person")
+
+
+def _apply_decision(change: ChangeRequest, gate: Gate, decision: str) -> dict:
+    """The gate and change after a decision (the Approval row already counted); returns
+    their statuses before it."""
+    before = {"gate": gate.status, "change": change.status}
+    if decision == Approval.Decision.REJECTED:
+        gate.status = Gate.Status.REJECTED
+        change.status = ChangeRequest.Status.REJECTED
+        change.closed_at = timezone.now()
+    else:
+        count = gate.approvals.filter(decision=Approval.Decision.APPROVED,
+                                      withdrawn_at__isnull=True).count()
+        if count >= gate.required:
+            gate.status = Gate.Status.APPROVED
+    gate.save(update_fields=["status"])
+    if (decision == Approval.Decision.APPROVED
+            and not change.gates.exclude(status=Gate.Status.APPROVED).exists()):
+        change.status = _approved_status(change)
+    change.save(update_fields=["status", "closed_at"])
+    return before
+
+
+def _announce_decision(change: ChangeRequest, gate: Gate, actor, comment: str) -> None:
+    """Tell listeners about a decision once it has committed."""
+    if gate.status == Gate.Status.REJECTED:
+        signals.send_after_commit(signals.gate_rejected, change_id=change.pk, role=gate.role,
+                                  rejected_by=actor.get_username(), comment=comment,
+                                  at=timezone.now())
+    else:
+        signals.send_after_commit(signals.gate_approved, change_id=change.pk, role=gate.role,
+                                  change_status=change.status, at=timezone.now())
 
 
 def gate_approve(*, actor, change: ChangeRequest, role: str, comment: str = "",
@@ -648,6 +690,9 @@ def _start_by_itself(*, change: ChangeRequest, why: str) -> Deployment | None:
                      reason=f"{deployer.get_username()} may no longer deploy to "
                             f"{change.environment.name}; the change stays approved until "
                             "someone who may deploy there starts it")
+        signals.send_after_commit(signals.change_start_refused, change_id=change.pk,
+                                  deployer=deployer.get_username(), trigger=why,
+                                  at=timezone.now())
         return None
     ctx = request_context.current()
     # The deployer acts, not the caller's API token (if the last approver used one).
@@ -697,6 +742,8 @@ def _start_deployment(*, actor, change: ChangeRequest, trigger: str = "") -> Dep
                  after={"status": change.status, "deployment": deployment.pk,
                         "preflight": "clear", "deployer": actor.get_username(),
                         "trigger": trigger or "deployed by hand"})
+    signals.send_after_commit(signals.change_deploying, change_id=change.pk,
+                              deployment_id=deployment.pk, at=timezone.now())
     return deployment
 
 

@@ -19,6 +19,7 @@ from approvals.models import (
     GateRole,
     MaintenanceWindow,
     PostImplementationReview,
+    Risk,
     Strategy,
 )
 from catalog.models import Environment, MigrationKind, Release
@@ -40,8 +41,7 @@ class ChangeRequestForm(forms.Form):
                                          to_field_name="slug")
     change_type = forms.ChoiceField(choices=ChangeType.choices, initial=ChangeType.STANDARD)
     strategy = forms.ChoiceField(choices=Strategy.choices, initial=Strategy.ALL_AT_ONCE)
-    risk = forms.ChoiceField(choices=[("", "—"), ("low", "Low"), ("medium", "Medium"),
-                                      ("high", "High")], required=False)
+    risk = forms.ChoiceField(choices=[("", "—"), *Risk.choices], required=False)
     impact = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
     rollback_plan = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
                                     help_text="How to return to the previous version (SOP 8.2).")
@@ -316,8 +316,7 @@ def checklist_tick(request, pk: int, item_id: int):
 
 class ChangeEditForm(forms.Form):
     strategy = forms.ChoiceField(choices=Strategy.choices)
-    risk = forms.ChoiceField(choices=[("", "—"), ("low", "Low"), ("medium", "Medium"),
-                                      ("high", "High")], required=False)
+    risk = forms.ChoiceField(choices=[("", "—"), *Risk.choices], required=False)
     impact = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
     rollback_plan = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
     on_call = ChangeRequestForm.base_fields["on_call"]

@@ -27,13 +27,3 @@ def idempotency_keys_purge() -> None:
     from core.idempotency import idempotency_keys_purge as purge
 
     log.info("idempotency keys purged: %s", purge())
-
-
-@shared_task(name="core.tasks.portal_backup", ignore_result=True)
-def portal_backup() -> None:
-    """Daily: dump the portal database to PORTAL_BACKUP_DIR, keeping PORTAL_BACKUP_KEEP."""
-    from core.audit import System
-    from core.services import backup_create
-
-    path = backup_create(actor=System("daily backup"))
-    log.info("portal database backed up to %s", path)

@@ -58,7 +58,6 @@ class Deployment(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     failure_reason = models.TextField(blank=True)
-    previous_version = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

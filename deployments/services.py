@@ -489,7 +489,13 @@ def configuration_provider():
     return import_string(path) if path else None
 
 
+# What _run_step returns when the run goes on to the next step.
+_NEXT_STEP = object()
+
+
 def _run_locked(deployment_id: int) -> str | None:
+    """Run a claimed deployment's remaining steps in order; the outcome, or None when
+    another run holds it."""
     deployment = _claim_run(deployment_id)
     if deployment is None:
         return None
@@ -499,21 +505,7 @@ def _run_locked(deployment_id: int) -> str | None:
     def log(level: str, message: str) -> None:
         _log(state, level, message)
 
-    if deployment.rolled_back_deployment_id and run_is_live(
-            deployment.rolled_back_deployment_id):
-        # A rollback of a deployment that was still running: it is queued behind the
-        # running step, so two runs never act on the same targets at once. The run
-        # sees its final status before its next step and lets go; a run whose worker
-        # dies lets go at once, and the task time limit bounds a step that hangs.
-        log("info", f"Waiting for the running step of deployment "
-                    f"#{deployment.rolled_back_deployment_id} to end")
-        beat = time.monotonic()
-        while run_is_live(deployment.rolled_back_deployment_id):
-            if time.monotonic() - beat > 10:
-                Deployment.objects.filter(pk=deployment.pk).update(heartbeat_at=timezone.now())
-                beat = time.monotonic()
-            time.sleep(0.2)
-
+    _wait_for_rolled_back_run(deployment, log)
     try:
         executor = executor_for(deployment, log)
         executor.configuration = _configuration_for(deployment, state.secrets)
@@ -523,7 +515,37 @@ def _run_locked(deployment_id: int) -> str | None:
         log("error", f"Configuration not handed to the deployment: {reason}")
         return _fail(deployment, first, state.mask(reason))
     steps = list(deployment.steps.select_related("target").order_by("position"))
-    total = len(steps)
+    _log_start(deployment, log)
+    for step in steps:
+        if step.status in (DeploymentStep.Status.SUCCEEDED, DeploymentStep.Status.SKIPPED):
+            continue
+        outcome = _run_step(deployment, step, steps, executor, state, log)
+        if outcome is not _NEXT_STEP:
+            return outcome
+    return _end_run(deployment, log)
+
+
+def _wait_for_rolled_back_run(deployment: Deployment, log) -> None:
+    """A rollback of a deployment that was still running waits for its running step.
+
+    It is queued behind that step, so two runs never act on the same targets at once.
+    The run sees its final status before its next step and lets go; a run whose worker
+    dies lets go at once, and the task time limit bounds a step that hangs.
+    """
+    if not (deployment.rolled_back_deployment_id
+            and run_is_live(deployment.rolled_back_deployment_id)):
+        return
+    log("info", f"Waiting for the running step of deployment "
+                f"#{deployment.rolled_back_deployment_id} to end")
+    beat = time.monotonic()
+    while run_is_live(deployment.rolled_back_deployment_id):
+        if time.monotonic() - beat > 10:
+            Deployment.objects.filter(pk=deployment.pk).update(heartbeat_at=timezone.now())
+            beat = time.monotonic()
+        time.sleep(0.2)
+
+
+def _log_start(deployment: Deployment, log) -> None:
     if deployment.attempts == 1:
         what = "rollback" if deployment.kind == Deployment.Kind.ROLLBACK else "deployment"
         log("info", f"Starting {what} of {deployment.release} to {deployment.environment.name}"
@@ -532,73 +554,88 @@ def _run_locked(deployment_id: int) -> str | None:
     else:
         log("warning", f"Resuming after the previous run stopped (attempt {deployment.attempts})")
 
-    for step in steps:
-        if step.status in (DeploymentStep.Status.SUCCEEDED, DeploymentStep.Status.SKIPPED):
-            continue
-        stopped = _stopped(deployment.pk)
-        if stopped:
-            log("warning", f"{stopped.capitalize().replace('_', ' ')}: no further steps run")
-            return stopped
-        if step.status == DeploymentStep.Status.FAILED:
-            return _fail(deployment, step, step.detail or f"step '{step.title}' failed")
-        if step.status == DeploymentStep.Status.RUNNING:
-            # Claimed by a run whose worker died mid-step (we hold the run lock, so
-            # that run is gone). Run it again only if its executor says the step is
-            # safe to repeat; otherwise on-call decides (retry, roll back, mark done).
-            if not executor.safe_to_repeat(step.name):
-                return _needs_attention(
-                    deployment, step,
-                    f"step '{step.title}' was interrupted and is not safe to repeat; "
-                    "check the target, then retry it, mark it done or roll back", log)
-            if step.attempts >= STEP_MAX_ATTEMPTS:
-                return _fail(deployment, step,
-                             f"step '{step.title}' was interrupted {step.attempts} times; "
-                             "check the target before deploying again")
-            log("warning", f"{step.title}: interrupted by a stopped worker, running it again "
-                           f"(attempt {step.attempts + 1} of {STEP_MAX_ATTEMPTS})")
-        claimed = DeploymentStep.objects.filter(
-            pk=step.pk, status=step.status, attempts=step.attempts
-        ).update(status=DeploymentStep.Status.RUNNING, started_at=timezone.now(),
-                 attempts=F("attempts") + 1)
-        if claimed != 1:
-            return None  # another run holds this step
-        step.attempts += 1
-        Deployment.objects.filter(pk=deployment.pk).update(heartbeat_at=timezone.now())
-        log("info", f"{step.title}...")
-        try:
-            if step.name == "analysis":
-                outcome = _analyse(deployment, step, steps, executor, log)
-                if outcome is not None:
-                    return outcome
-                detail = step.detail
-            else:
-                detail = state.mask(executor.run(step))
-                if step.name == "pre_health_check":
-                    _record_baseline(deployment, step, executor, log)
-        except StepFailed as exc:
-            said = state.mask(str(exc))
-            log("error", f"{step.title} failed: {said}")
-            if step.name in HEALTH_STEPS and deployment.kind == Deployment.Kind.DEPLOY:
-                return _roll_back_automatically(
-                    deployment, step, f"health check failing: {said}", log)
-            return _fail(deployment, step, said)
-        except Exception as exc:  # an executor bug must still end the deployment cleanly
-            said = state.mask(f"{exc.__class__.__name__}: {exc}")
-            # The traceback may quote a secret: only a run without secrets logs it.
-            logger.error("step %s of deployment %s crashed: %s", step.name, deployment.pk,
-                         said, exc_info=not state.secrets)
-            log("error", f"{step.title} failed: {said}")
-            return _fail(deployment, step, said)
-        log("info", f"{step.title}: {detail}")
-        done = step.position
-        DeploymentStep.objects.filter(pk=step.pk).update(
-            status=DeploymentStep.Status.SUCCEEDED, finished_at=timezone.now(), detail=detail
-        )
-        step.status = DeploymentStep.Status.SUCCEEDED
-        Deployment.objects.filter(pk=deployment.pk).update(
-            progress=int(done * 100 / total), heartbeat_at=timezone.now()
-        )
 
+def _resumable(deployment: Deployment, step: DeploymentStep, executor, log):
+    """Whether the run may (re)claim ``step``: None if so, else the run's outcome."""
+    stopped = _stopped(deployment.pk)
+    if stopped:
+        log("warning", f"{stopped.capitalize().replace('_', ' ')}: no further steps run")
+        return stopped
+    if step.status == DeploymentStep.Status.FAILED:
+        return _fail(deployment, step, step.detail or f"step '{step.title}' failed")
+    if step.status == DeploymentStep.Status.RUNNING:
+        # Claimed by a run whose worker died mid-step (we hold the run lock, so
+        # that run is gone). Run it again only if its executor says the step is
+        # safe to repeat; otherwise on-call decides (retry, roll back, mark done).
+        if not executor.safe_to_repeat(step.name):
+            return _needs_attention(
+                deployment, step,
+                f"step '{step.title}' was interrupted and is not safe to repeat; "
+                "check the target, then retry it, mark it done or roll back", log)
+        if step.attempts >= STEP_MAX_ATTEMPTS:
+            return _fail(deployment, step,
+                         f"step '{step.title}' was interrupted {step.attempts} times; "
+                         "check the target before deploying again")
+        log("warning", f"{step.title}: interrupted by a stopped worker, running it again "
+                       f"(attempt {step.attempts + 1} of {STEP_MAX_ATTEMPTS})")
+    return None
+
+
+def _run_step(deployment: Deployment, step: DeploymentStep, steps: list, executor,
+              state: RunState, log):
+    """Claim ``step`` (committed before its side effect), run it and record it.
+
+    Returns ``_NEXT_STEP`` when the run goes on, else the run's outcome (None: another
+    run holds the step)."""
+    refused = _resumable(deployment, step, executor, log)
+    if refused is not None:
+        return refused
+    claimed = DeploymentStep.objects.filter(
+        pk=step.pk, status=step.status, attempts=step.attempts
+    ).update(status=DeploymentStep.Status.RUNNING, started_at=timezone.now(),
+             attempts=F("attempts") + 1)
+    if claimed != 1:
+        return None  # another run holds this step
+    step.attempts += 1
+    Deployment.objects.filter(pk=deployment.pk).update(heartbeat_at=timezone.now())
+    log("info", f"{step.title}...")
+    try:
+        if step.name == "analysis":
+            outcome = _analyse(deployment, step, steps, executor, log)
+            if outcome is not None:
+                return outcome
+            detail = step.detail
+        else:
+            detail = state.mask(executor.run(step))
+            if step.name == "pre_health_check":
+                _record_baseline(deployment, step, executor, log)
+    except StepFailed as exc:
+        said = state.mask(str(exc))
+        log("error", f"{step.title} failed: {said}")
+        if step.name in HEALTH_STEPS and deployment.kind == Deployment.Kind.DEPLOY:
+            return _roll_back_automatically(
+                deployment, step, f"health check failing: {said}", log)
+        return _fail(deployment, step, said)
+    except Exception as exc:  # an executor bug must still end the deployment cleanly
+        said = state.mask(f"{exc.__class__.__name__}: {exc}")
+        # The traceback may quote a secret: only a run without secrets logs it.
+        logger.error("step %s of deployment %s crashed: %s", step.name, deployment.pk,
+                     said, exc_info=not state.secrets)
+        log("error", f"{step.title} failed: {said}")
+        return _fail(deployment, step, said)
+    log("info", f"{step.title}: {detail}")
+    DeploymentStep.objects.filter(pk=step.pk).update(
+        status=DeploymentStep.Status.SUCCEEDED, finished_at=timezone.now(), detail=detail
+    )
+    step.status = DeploymentStep.Status.SUCCEEDED
+    Deployment.objects.filter(pk=deployment.pk).update(
+        progress=int(step.position * 100 / len(steps)), heartbeat_at=timezone.now()
+    )
+    return _NEXT_STEP
+
+
+def _end_run(deployment: Deployment, log) -> str:
+    """Every step done: the deployment succeeded, unless it was cancelled meanwhile."""
     with transaction.atomic():
         deployment = Deployment.objects.select_for_update().select_related("environment").get(
             pk=deployment.pk

@@ -62,64 +62,91 @@ def build_plan(*, strategy: str, targets: list, release, environment, applicatio
                kind: str = "deploy") -> list[StepSpec]:
     """The ordered steps of one deployment (SOP 4.1 phase 2, SOP 5.4, 5.5, 6)."""
     settings = application.executor_settings or {}
-    env_settings = environment.deploy_settings or {}
     analysed = bool(settings.get("analysis", {}).get("enabled", bool(settings.get("fleet"))))
     analysed = analysed and kind == "deploy"
     has_migrations = bool(release.migration_plan) and kind == "deploy"
-
-    steps = [StepSpec("pre_health_check", "Pre-deployment health check")]
-    steps.append(StepSpec("backup", "Back up current version"))
-    if has_migrations:
-        if env_settings.get("backup"):
-            steps.append(StepSpec("backup_database", "Back up the database"))
-        if env_settings.get("maintenance"):
-            steps.append(StepSpec("maintenance_on", "Put the application in maintenance mode"))
-    steps.append(StepSpec("migrate", "Run database migrations"))
-    if has_migrations:
-        steps.append(StepSpec("verify_migrations", "Verify database migrations"))
-        if env_settings.get("maintenance"):
-            steps.append(StepSpec("maintenance_off", "Remove maintenance mode"))
-
+    steps = [StepSpec("pre_health_check", "Pre-deployment health check"),
+             StepSpec("backup", "Back up current version"),
+             *_migration_steps(environment.deploy_settings or {}, has_migrations)]
     if not targets:
-        steps += [
-            StepSpec("stop", "Stop application services"),
-            StepSpec("deploy", "Deploy new version"),
-            StepSpec("start", "Start application services"),
-            StepSpec("health_check", "Post-deployment health check"),
-        ]
+        steps += _untargeted_steps()
     elif strategy == BLUE_GREEN:
-        for target in targets:
-            steps.append(StepSpec("deploy_idle", f"Deploy to the idle slot of {target.name}",
-                                  target, "idle slot"))
-            steps.append(StepSpec("health_check_idle",
-                                  f"Health check the idle slot of {target.name}",
-                                  target, "idle slot"))
-        for target in targets:
-            steps.append(StepSpec("switch", f"Switch traffic on {target.name}", target,
-                                  "switch"))
-        if analysed:
-            steps.append(StepSpec("analysis", "Health analysis after the switch",
-                                  phase="after switch"))
+        steps += _blue_green_steps(targets, analysed)
     elif strategy == CANARY:
-        done = 0
-        for percent, count in canary_phases(len(targets)):
-            phase = f"canary {percent}%"
-            for target in targets[done:count]:
-                steps += _in_place(target, phase)
-            done = count
-            if analysed:
-                steps.append(StepSpec("analysis", f"Health analysis at {percent}%",
-                                      phase=phase))
+        steps += _canary_steps(targets, analysed)
     else:
-        size = len(targets)
-        if strategy == ROLLING:
-            size = max(1, int(settings.get("batch_size", 1)))
-        batches = [targets[i:i + size] for i in range(0, len(targets), size)]
-        for n, batch in enumerate(batches, start=1):
-            phase = f"batch {n} of {len(batches)}" if strategy == ROLLING else ""
-            for target in batch:
-                steps += _in_place(target, phase)
-        if analysed:
-            steps.append(StepSpec("analysis", "Health analysis", phase="all targets"))
+        batch_size = max(1, int(settings.get("batch_size", 1))) if strategy == ROLLING else 0
+        steps += _batched_steps(targets, batch_size, analysed)
     steps.append(StepSpec("finalize", "Record the release as current"))
+    return steps
+
+
+def _migration_steps(env_settings: dict, has_migrations: bool) -> list[StepSpec]:
+    """Database migrations, with the environment's backup and maintenance mode around
+    them when the release has any (SOP 6.2)."""
+    if not has_migrations:
+        return [StepSpec("migrate", "Run database migrations")]
+    steps = []
+    if env_settings.get("backup"):
+        steps.append(StepSpec("backup_database", "Back up the database"))
+    if env_settings.get("maintenance"):
+        steps.append(StepSpec("maintenance_on", "Put the application in maintenance mode"))
+    steps += [StepSpec("migrate", "Run database migrations"),
+              StepSpec("verify_migrations", "Verify database migrations")]
+    if env_settings.get("maintenance"):
+        steps.append(StepSpec("maintenance_off", "Remove maintenance mode"))
+    return steps
+
+
+def _untargeted_steps() -> list[StepSpec]:
+    """An application without targets deploys as one unit."""
+    return [
+        StepSpec("stop", "Stop application services"),
+        StepSpec("deploy", "Deploy new version"),
+        StepSpec("start", "Start application services"),
+        StepSpec("health_check", "Post-deployment health check"),
+    ]
+
+
+def _blue_green_steps(targets: list, analysed: bool) -> list[StepSpec]:
+    """Deploy and check every idle slot, then switch every target."""
+    steps = []
+    for target in targets:
+        steps.append(StepSpec("deploy_idle", f"Deploy to the idle slot of {target.name}",
+                              target, "idle slot"))
+        steps.append(StepSpec("health_check_idle",
+                              f"Health check the idle slot of {target.name}",
+                              target, "idle slot"))
+    for target in targets:
+        steps.append(StepSpec("switch", f"Switch traffic on {target.name}", target, "switch"))
+    if analysed:
+        steps.append(StepSpec("analysis", "Health analysis after the switch",
+                              phase="after switch"))
+    return steps
+
+
+def _canary_steps(targets: list, analysed: bool) -> list[StepSpec]:
+    """Targets in the canary phases, with a health analysis after each phase."""
+    steps, done = [], 0
+    for percent, count in canary_phases(len(targets)):
+        phase = f"canary {percent}%"
+        for target in targets[done:count]:
+            steps += _in_place(target, phase)
+        done = count
+        if analysed:
+            steps.append(StepSpec("analysis", f"Health analysis at {percent}%", phase=phase))
+    return steps
+
+
+def _batched_steps(targets: list, batch_size: int, analysed: bool) -> list[StepSpec]:
+    """Rolling (``batch_size`` targets at a time) or, with 0, all at once."""
+    size = batch_size or len(targets)
+    batches = [targets[i:i + size] for i in range(0, len(targets), size)]
+    steps = []
+    for n, batch in enumerate(batches, start=1):
+        phase = f"batch {n} of {len(batches)}" if batch_size else ""
+        for target in batch:
+            steps += _in_place(target, phase)
+    if analysed:
+        steps.append(StepSpec("analysis", "Health analysis", phase="all targets"))
     return steps

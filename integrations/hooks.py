@@ -43,7 +43,6 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
-from catalog.permissions import environment_permissions
 from core import context
 from core.api import ViewBoundCredential
 from core.audit import audit_record
@@ -262,11 +261,6 @@ def hook_deliveries_purge(*, now: datetime | None = None) -> int:
     cutoff = (now or timezone.now()) - delivery_retention()
     deleted, _ = HookDelivery.objects.filter(received_at__lt=cutoff).delete()
     return deleted
-
-
-def _may_register(actor) -> None:
-    if not any("request_change" in codes for codes in environment_permissions(actor).values()):
-        raise Refused("you may not register releases or report on them", code="not_permitted")
 
 
 def _merged(existing: list, new: list | None) -> list[str]:

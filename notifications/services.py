@@ -1,11 +1,12 @@
 """Notifications (SOP 4.1 phase 1, 11.2): who is told what, and sending it exactly once.
 
-Events reach this module two ways: the audit events of the approval workflow
-(``change.submitted``, ``gate.rejected``, ``change.deploying``, a change becoming
-scheduled), inside the transaction that records them, and ``deployment_finished``
-from the engine after commit. Either way the messages become ``Notification`` rows
-in one transaction and their sending is queued on commit; the Celery task claims a
-row before sending, so a redelivered task never sends a message twice.
+Events reach this module as domain events sent after commit (``receivers.py``): the
+approval workflow's (``approvals.signals``: submitted, approved, rejected, deploying,
+start refused) and the engine's ``deployment_finished``. A failing or slow notification
+never undoes or delays the decision that caused it. The messages of one event become
+``Notification`` rows in one transaction and their sending is queued on commit; the
+Celery task claims a row before sending, so a redelivered task never sends a message
+twice.
 """
 
 from __future__ import annotations
@@ -38,11 +39,6 @@ logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 WEBHOOK_TIMEOUT = 10
 WEBHOOK_ANSWER_MAX_BYTES = 64 * 1024
-
-# Audit actions that make notifications (the approval workflow sends no signals).
-AUDIT_ACTIONS = {"change.submitted", "gate.rejected", "change.deploying", "gate.approved",
-                 "change.start_refused"}
-
 
 def base_url() -> str:
     return os.environ.get("PORTAL_BASE_URL", "http://localhost:8000").rstrip("/")
@@ -325,49 +321,74 @@ def _change(change_id):
             .prefetch_related("gates").filter(pk=change_id).first())
 
 
-def notifications_for_audit_event(*, event) -> list[int]:
-    """Inside the transaction that wrote ``event``: the messages it calls for."""
-    if event.action not in AUDIT_ACTIONS or event.object_type != "changerequest":
-        return []
-    after = event.after or {}
-    if event.action == "gate.approved" and after.get("change") != "scheduled":
-        return []
-    change = _change(event.object_id)
-    if change is None:
-        return []
-    app_id, env_id = change.release.application_id, change.environment_id
-    env = change.environment.slug
-    if event.action == "change.submitted":
-        ids = _approval_requests(change, event)
-        if after.get("status") == "scheduled":
-            ids += _pre_deployment(change, event, at=change.scheduled_for)
+def notifications_for_change_submitted(*, change_id: int, status: str, at=None,
+                                       **kwargs) -> list[int]:
+    """After a submission: approval requests to who may decide, and the pre-deployment
+    notice when the change is already scheduled."""
+    with transaction.atomic():
+        change = _change(change_id)
+        if change is None:
+            return []
+        ids = _approval_requests(change)
+        if status == "scheduled":
+            ids += _pre_deployment(change, at=change.scheduled_for)
         return ids
-    if event.action == "gate.approved":
-        return _pre_deployment(change, event, at=change.scheduled_for or timezone.now())
-    if event.action == "change.start_refused":
-        # The deployer (and the requester) learn that nothing started, and why.
-        deployer = change.deployer or change.requested_by
-        message = start_refused_message(change, deployer=after.get("deployer", ""),
-                                        trigger=after.get("trigger", ""))
-        return _queue(event_key=f"change:{change.pk}:start_refused:"
-                                f"{event.occurred_at:%Y%m%d%H%M%S}",
-                      message=message, change_id=change.pk, deployment_id=None,
-                      environment=env, people=[deployer, change.requested_by])
-    if event.action == "gate.rejected":
-        gate = after.get("role", "")
-        message = rejected_message(change, gate=gate.replace("_", " "),
-                                   rejected_by=event.actor_name,
-                                   comment=after.get("comment") or event.reason)
+
+
+def notifications_for_gate_approved(*, change_id: int, change_status: str, at=None,
+                                    **kwargs) -> list[int]:
+    """An approval that made the change scheduled announces the deployment."""
+    if change_status != "scheduled":
+        return []
+    with transaction.atomic():
+        change = _change(change_id)
+        if change is None:
+            return []
+        return _pre_deployment(change, at=change.scheduled_for or timezone.now())
+
+
+def notifications_for_gate_rejected(*, change_id: int, role: str, rejected_by: str,
+                                    comment: str, **kwargs) -> list[int]:
+    """The requester (and subscribers) learn who rejected the change, and why."""
+    with transaction.atomic():
+        change = _change(change_id)
+        if change is None:
+            return []
+        message = rejected_message(change, gate=role.replace("_", " "),
+                                   rejected_by=rejected_by, comment=comment)
         return _queue(event_key=f"change:{change.pk}:rejected", message=message,
-                      change_id=change.pk, deployment_id=None, environment=env,
-                      people=[change.requested_by],
-                      subscriptions=_subscriptions(Kind.REJECTED, app_id, env_id))
-    # change.deploying: the deployment starts now.
-    return _pre_deployment(change, event, at=event.occurred_at,
-                           deployment_id=after.get("deployment"))
+                      change_id=change.pk, deployment_id=None,
+                      environment=change.environment.slug, people=[change.requested_by],
+                      subscriptions=_subscriptions(Kind.REJECTED,
+                                                   change.release.application_id,
+                                                   change.environment_id))
 
 
-def _pre_deployment(change, event, *, at, deployment_id=None) -> list[int]:
+def notifications_for_change_start_refused(*, change_id: int, deployer: str, trigger: str,
+                                           at, **kwargs) -> list[int]:
+    """The deployer (and the requester) learn that nothing started, and why."""
+    with transaction.atomic():
+        change = _change(change_id)
+        if change is None:
+            return []
+        message = start_refused_message(change, deployer=deployer, trigger=trigger)
+        return _queue(event_key=f"change:{change.pk}:start_refused:{at:%Y%m%d%H%M%S}",
+                      message=message, change_id=change.pk, deployment_id=None,
+                      environment=change.environment.slug,
+                      people=[change.deployer or change.requested_by, change.requested_by])
+
+
+def notifications_for_change_deploying(*, change_id: int, deployment_id: int, at,
+                                       **kwargs) -> list[int]:
+    """The deployment starts now: the pre-deployment notice (SOP 11.2)."""
+    with transaction.atomic():
+        change = _change(change_id)
+        if change is None:
+            return []
+        return _pre_deployment(change, at=at, deployment_id=deployment_id)
+
+
+def _pre_deployment(change, *, at, deployment_id=None) -> list[int]:
     message = pre_deployment_message(change, at=at or timezone.now())
     key = (f"change:{change.pk}:pre:{deployment_id}" if deployment_id
            else f"change:{change.pk}:pre:{(at or timezone.now()):%Y%m%d%H%M}")
@@ -379,7 +400,7 @@ def _pre_deployment(change, event, *, at, deployment_id=None) -> list[int]:
                                                change.environment_id))
 
 
-def _approval_requests(change, event) -> list[int]:
+def _approval_requests(change) -> list[int]:
     """One message per person who may decide a pending gate (SOP 3.3), naming the gates."""
     from django.contrib.auth import get_user_model
 

@@ -276,7 +276,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env.float("PORTAL_RESUME_SWEEP_SECONDS", default=5.0),
     },
     "backup-portal-database": {
-        "task": "core.tasks.portal_backup",
+        "task": "portal.tasks.portal_backup",
         "schedule": env.float("PORTAL_BACKUP_INTERVAL_SECONDS", default=24 * 3600.0),
     },
     "audit-retention-purge": {

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-
 import django_filters
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -14,7 +12,7 @@ from rest_framework.renderers import JSONRenderer
 from core.api import ApiMixin, DateTimeFilter
 from core.models import AuditEvent
 from core.permissions import is_auditor
-from reporting.audit_selectors import export_csv_line_sql, export_stream
+from reporting import exports
 
 
 class IsAuditor(permissions.BasePermission):
@@ -27,9 +25,7 @@ class IsAuditor(permissions.BasePermission):
 class AuditEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = AuditEvent
-        fields = ["id", "occurred_at", "actor_name", "actor_kind", "action", "object_type",
-                  "object_id", "object_repr", "environment", "before", "after", "reason",
-                  "request_id", "ip", "user_agent", "prev_hash", "hash"]
+        fields = exports.EXPORT_FIELDS
 
 
 class AuditEventFilter(django_filters.FilterSet):
@@ -44,33 +40,6 @@ class AuditEventFilter(django_filters.FilterSet):
     class Meta:
         model = AuditEvent
         fields = ["action", "actor", "object_type", "object_id", "environment", "since", "until"]
-
-
-class _Echo:
-    def write(self, value):
-        return value
-
-
-def _cell(value) -> str:
-    text = "" if value is None else str(value)
-    # A cell a spreadsheet would run as a formula is written as text.
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
-CSV_FIELDS = AuditEventSerializer.Meta.fields
-
-
-def _csv_line(cells: list[str]) -> bytes:
-    return csv.writer(_Echo()).writerow(cells)[:-2].encode()
-
-
-def audit_csv_rows(events):
-    """The CSV of ``events`` in their order, built by PostgreSQL (see
-    reporting.audit_selectors.export_stream); ``_cell`` defines each cell."""
-    return export_stream(
-        events, CSV_FIELDS, export_csv_line_sql(CSV_FIELDS, style="api"),
-        header=_csv_line(CSV_FIELDS) + b"\r\n", terminator=b"\r\n",
-        fallback=lambda row: _csv_line([_cell(row[name]) for name in CSV_FIELDS]))
 
 
 class AuditEventList(ApiMixin, generics.ListAPIView):
@@ -99,7 +68,7 @@ class AuditEventList(ApiMixin, generics.ListAPIView):
             raise serializers.ValidationError({"format": ["Choose json or csv."]})
         if wanted == "csv":
             events = self.filter_queryset(self.get_queryset()).order_by("id")
-            response = StreamingHttpResponse(audit_csv_rows(events),
+            response = StreamingHttpResponse(exports.audit_csv(events, style="api"),
                                              content_type="text/csv; charset=utf-8")
             response["Content-Disposition"] = 'attachment; filename="audit-events.csv"'
             return response

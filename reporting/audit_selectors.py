@@ -15,15 +15,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import psycopg
-from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.core.exceptions import EmptyResultSet
 from django.db import connection, transaction
 from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
+from approvals.models import Approval, ChangeRequest, ChecklistItem, Gate
+from catalog.models import Environment
 from core.audit import compute_hash
-from core.models import AuditEvent
+from core.models import ApiToken, AuditEvent
+from core.permissions import permission_grants
+from deployments.models import Deployment, DeploymentStep
 
 PAGE_SIZE = 50
 
@@ -121,9 +124,6 @@ class DeploymentFilters:
 
 def deployment_history(filters: DeploymentFilters) -> QuerySet:
     """Every deployment (auditors see all environments), newest first, with its change."""
-    Deployment = apps.get_model("deployments", "Deployment")
-    ChangeRequest = apps.get_model("approvals", "ChangeRequest")
-    Approval = apps.get_model("approvals", "Approval")
     qs = Deployment.objects.select_related("application", "environment", "release",
                                            "started_by")
     if filters.application:
@@ -149,7 +149,6 @@ def deployment_history(filters: DeploymentFilters) -> QuerySet:
 
 def changes_by_id(change_ids) -> dict:
     """The changes behind deployments, with requester, in one query."""
-    ChangeRequest = apps.get_model("approvals", "ChangeRequest")
     ids = {i for i in change_ids if i}
     if not ids:
         return {}
@@ -200,15 +199,130 @@ class Compliance:
 
 def _checklist_items(change_ids) -> dict[int, dict[str, object]]:
     """Ticked SOP 13.2 compliance items, {change id: {lowercased text: item}}."""
-    try:
-        ChecklistItem = apps.get_model("approvals", "ChecklistItem")
-    except LookupError:  # the approvals app keeps no checklists
-        return {}
     found: dict[int, dict[str, object]] = defaultdict(dict)
     for item in (ChecklistItem.objects.filter(change_id__in=change_ids, kind="compliance")
                  .select_related("done_by")):
         found[item.change_id][item.text.strip().lower()] = item
     return found
+
+
+@dataclass
+class _ComplianceFacts:
+    """What the SOP 13.2 items of some deployments are judged on, read at once."""
+
+    changes: dict
+    gates: dict[int, list]  # change id -> its gates
+    approvals: dict[int, list]  # gate id -> its standing approvals
+    steps: dict[int, dict[str, object]]  # deployment id -> {"backup"|"health_check": step}
+    ticked: dict[int, dict[str, object]]  # change id -> {item text: checklist item}
+    reviewed: set[str]  # ids of changes whose post-implementation review closed
+    first_rollback: dict[int, datetime]  # application id -> its first successful rollback
+
+
+def _compliance_facts(deployments: list) -> _ComplianceFacts:
+    change_ids = {d.change_id for d in deployments if d.change_id}
+    gates: dict[int, list] = defaultdict(list)
+    for gate in Gate.objects.filter(change_id__in=change_ids):
+        gates[gate.change_id].append(gate)
+    approvals: dict[int, list] = defaultdict(list)
+    for approval in (Approval.objects.filter(change_id__in=change_ids, decision="approved",
+                                             withdrawn_at__isnull=True)
+                     .select_related("approver")):
+        approvals[approval.gate_id].append(approval)
+    steps: dict[int, dict[str, object]] = defaultdict(dict)
+    for step in DeploymentStep.objects.filter(deployment__in=[d.pk for d in deployments],
+                                              name__in=["backup", "health_check"]):
+        steps[step.deployment_id][step.name] = step
+    reviewed = set(AuditEvent.objects.filter(
+        action="review.closed", object_type="changerequest",
+        object_id__in=[str(i) for i in change_ids]).values_list("object_id", flat=True))
+    # A rollback of the application that succeeded before a deployment, in any
+    # environment (typically staging), shows that its rollback path works.
+    app_ids = {d.application_id for d in deployments}
+    first_rollback = dict(
+        Deployment.objects.filter(application_id__in=app_ids, kind="rollback",
+                                  status="succeeded")
+        .values("application_id").annotate(first=Min("created_at"))
+        .values_list("application_id", "first")) if app_ids else {}
+    return _ComplianceFacts(changes=changes_by_id(change_ids), gates=gates,
+                            approvals=approvals, steps=steps,
+                            ticked=_checklist_items(change_ids), reviewed=reviewed,
+                            first_rollback=first_rollback)
+
+
+def _change_approval_item(d, change, facts: _ComplianceFacts) -> tuple[str, str]:
+    change_gates = facts.gates.get(d.change_id, [])
+    if change is None:
+        return MISSING, "no change request released this deployment"
+    if not change_gates:
+        return MISSING, f"{change.reference} had no approval gates"
+    short = [g for g in change_gates if len(facts.approvals.get(g.pk, [])) < g.required]
+    decided = ", ".join(
+        f"{g.get_role_display()}: " + ", ".join(
+            f"{a.approver.get_username()} {a.decided_at:%Y-%m-%d %H:%M}"
+            for a in facts.approvals.get(g.pk, []))
+        for g in change_gates)
+    return (MISSING if short else DONE,
+            (f"gates without their approvals: "
+             f"{', '.join(g.get_role_display() for g in short)}; " if short else "")
+            + decided)
+
+
+def _security_review_item(d, facts: _ComplianceFacts) -> tuple[str, str]:
+    security = [g for g in facts.gates.get(d.change_id, []) if g.role == "security"]
+    scan = (d.release.checks or {}).get("security_scan") or {}
+    if security and all(len(facts.approvals.get(g.pk, [])) >= g.required for g in security):
+        who = ", ".join(a.approver.get_username()
+                        for g in security for a in facts.approvals.get(g.pk, []))
+        return DONE, f"security gate approved by {who}"
+    if scan.get("status") == "passed":
+        return DONE, ("security scan reported passed by CI"
+                      + (f" ({scan['url']})" if scan.get("url") else ""))
+    if scan.get("status") == "failed":
+        return MISSING, "security scan reported failed"
+    return NOT_RECORDED, "no security gate and no security scan reported"
+
+
+def _step_item(d, name: str, what: str, facts: _ComplianceFacts) -> tuple[str, str]:
+    """Backup procedures executed / monitoring configured: the deployment's own steps."""
+    step = facts.steps.get(d.pk, {}).get(name)
+    if step is None:
+        return NOT_RECORDED, f"no {what} in this deployment"
+    if step.status == "succeeded":
+        return DONE, (f"{what} succeeded"
+                      + (f" at {step.finished_at:%Y-%m-%d %H:%M:%S}" if step.finished_at
+                         else ""))
+    return MISSING, f"{what} {step.status}"
+
+
+def _rollback_tested_item(d, change, facts: _ComplianceFacts) -> tuple[str, str]:
+    plan = (change.rollback_plan or "").strip() if change else ""
+    tested = facts.first_rollback.get(d.application_id)
+    if not plan:
+        return MISSING, "no rollback plan written"
+    if tested and tested < d.created_at:
+        return DONE, (f"rollback plan written; rollbacks of {d.application.slug} have "
+                      f"succeeded since {tested:%Y-%m-%d}")
+    return NOT_RECORDED, "rollback plan written; no test of it recorded"
+
+
+def _post_review_item(change, facts: _ComplianceFacts) -> tuple[str, str]:
+    if change is not None and str(change.pk) in facts.reviewed:
+        return DONE, "post-implementation review closed by CAB"
+    return NOT_RECORDED, "no review recorded"
+
+
+def _with_tick(key: str, text: str, judged: tuple[str, str], ticks: dict) -> ComplianceItem:
+    """An item the portal holds no evidence for is done when someone ticked it on the
+    change's compliance checklist; the tick (who, when, note) is its evidence."""
+    status, evidence = judged
+    tick = ticks.get(text.lower())
+    if status != DONE and tick is not None and tick.done:
+        who = tick.done_by.get_username() if tick.done_by else "automatic check"
+        when = f" on {tick.done_at:%Y-%m-%d %H:%M}" if tick.done_at else ""
+        note = f": {tick.note}" if tick.note else ""
+        status, evidence = DONE, f"ticked by {who}{when}{note}"
+    return ComplianceItem(key, text, status, evidence)
 
 
 def compliance_for(deployments) -> dict[int, Compliance]:
@@ -221,133 +335,26 @@ def compliance_for(deployments) -> dict[int, Compliance]:
     ticked is "not_recorded"; a control that failed is "missing".
     """
     deployments = list(deployments)
-    Gate = apps.get_model("approvals", "Gate")
-    Approval = apps.get_model("approvals", "Approval")
-    DeploymentStep = apps.get_model("deployments", "DeploymentStep")
-    Deployment = apps.get_model("deployments", "Deployment")
-
-    change_ids = {d.change_id for d in deployments if d.change_id}
-    changes = changes_by_id(change_ids)
-    gates: dict[int, list] = defaultdict(list)
-    for gate in Gate.objects.filter(change_id__in=change_ids):
-        gates[gate.change_id].append(gate)
-    approvals: dict[int, list] = defaultdict(list)
-    approval_fields = {f.name for f in Approval._meta.get_fields()}
-    live = Approval.objects.filter(change_id__in=change_ids, decision="approved")
-    if "withdrawn_at" in approval_fields:
-        live = live.filter(withdrawn_at__isnull=True)
-    for approval in live.select_related("approver"):
-        approvals[approval.gate_id].append(approval)
-    steps: dict[int, dict[str, object]] = defaultdict(dict)
-    for step in DeploymentStep.objects.filter(deployment__in=[d.pk for d in deployments],
-                                              name__in=["backup", "health_check"]):
-        steps[step.deployment_id][step.name] = step
-    ticked = _checklist_items(change_ids)
-    reviewed = set(AuditEvent.objects.filter(
-        action="review.closed", object_type="changerequest",
-        object_id__in=[str(i) for i in change_ids]).values_list("object_id", flat=True))
-    first_rollback: dict[int, datetime] = {}
-    app_ids = {d.application_id for d in deployments}
-    if app_ids and "kind" in {f.name for f in Deployment._meta.get_fields()}:
-        # A rollback of the application that succeeded before this deployment, in
-        # any environment (typically staging), shows that its rollback path works.
-        first_rollback = dict(
-            Deployment.objects.filter(application_id__in=app_ids, kind="rollback",
-                                      status="succeeded")
-            .values("application_id").annotate(first=Min("created_at"))
-            .values_list("application_id", "first")
-        )
-
+    facts = _compliance_facts(deployments)
     result = {}
     for d in deployments:
-        change = changes.get(d.change_id)
-        ticks = ticked.get(d.change_id, {})
-        items = []
-
-        def add(key, text, status, evidence, ticks=ticks, items=items):
-            tick = ticks.get(text.lower())
-            if status != DONE and tick is not None and tick.done:
-                who = tick.done_by.get_username() if tick.done_by else "automatic check"
-                when = f" on {tick.done_at:%Y-%m-%d %H:%M}" if tick.done_at else ""
-                note = f": {tick.note}" if tick.note else ""
-                status, evidence = DONE, f"ticked by {who}{when}{note}"
-            items.append(ComplianceItem(key, text, status, evidence))
-
-        # Change approval documented
-        change_gates = gates.get(d.change_id, [])
-        if change is None:
-            add("change_approval", SOP_13_2[0][1], MISSING,
-                "no change request released this deployment")
-        elif not change_gates:
-            add("change_approval", SOP_13_2[0][1], MISSING,
-                f"{change.reference} had no approval gates")
-        else:
-            short = [g for g in change_gates
-                     if len(approvals.get(g.pk, [])) < g.required]
-            decided = ", ".join(
-                f"{g.get_role_display()}: " + ", ".join(
-                    f"{a.approver.get_username()} {a.decided_at:%Y-%m-%d %H:%M}"
-                    for a in approvals.get(g.pk, []))
-                for g in change_gates)
-            add("change_approval", SOP_13_2[0][1], MISSING if short else DONE,
-                (f"gates without their approvals: "
-                 f"{', '.join(g.get_role_display() for g in short)}; " if short else "")
-                + decided)
-
-        # Security review completed
-        security = [g for g in change_gates if g.role == "security"]
-        scan = (d.release.checks or {}).get("security_scan") or {}
-        if security and all(len(approvals.get(g.pk, [])) >= g.required for g in security):
-            who = ", ".join(a.approver.get_username()
-                            for g in security for a in approvals.get(g.pk, []))
-            add("security_review", SOP_13_2[1][1], DONE, f"security gate approved by {who}")
-        elif scan.get("status") == "passed":
-            add("security_review", SOP_13_2[1][1], DONE,
-                "security scan reported passed by CI" + (f" ({scan['url']})"
-                                                         if scan.get("url") else ""))
-        elif scan.get("status") == "failed":
-            add("security_review", SOP_13_2[1][1], MISSING, "security scan reported failed")
-        else:
-            add("security_review", SOP_13_2[1][1], NOT_RECORDED,
-                "no security gate and no security scan reported")
-
-        # Backup procedures executed / Monitoring configured: the deployment's own steps
-        for key, text, name, what in (
-                ("backup", SOP_13_2[2][1], "backup", "backup step"),
-                ("monitoring", SOP_13_2[3][1], "health_check", "post-deployment health check")):
-            step = steps.get(d.pk, {}).get(name)
-            if step is None:
-                add(key, text, NOT_RECORDED, f"no {what} in this deployment")
-            elif step.status == "succeeded":
-                add(key, text, DONE, f"{what} succeeded"
-                    + (f" at {step.finished_at:%Y-%m-%d %H:%M:%S}" if step.finished_at else ""))
-            else:
-                add(key, text, MISSING, f"{what} {step.status}")
-
-        # Rollback plan tested
-        plan = (change.rollback_plan or "").strip() if change else ""
-        tested = first_rollback.get(d.application_id)
-        if not plan:
-            add("rollback_tested", SOP_13_2[4][1], MISSING, "no rollback plan written")
-        elif tested and tested < d.created_at:
-            add("rollback_tested", SOP_13_2[4][1], DONE,
-                f"rollback plan written; rollbacks of {d.application.slug} have succeeded "
-                f"since {tested:%Y-%m-%d}")
-        else:
-            add("rollback_tested", SOP_13_2[4][1], NOT_RECORDED,
-                "rollback plan written; no test of it recorded")
-
-        # Stakeholder notification sent: counted from the change's checklist tick only
-        # for now; the notifications the portal sends are not yet read here.
-        add("stakeholders", SOP_13_2[5][1], NOT_RECORDED,
-            "not ticked on the change's compliance checklist")
-
-        # Post-deployment review conducted
-        if change is not None and str(change.pk) in reviewed:
-            add("post_review", SOP_13_2[6][1], DONE, "post-implementation review closed by CAB")
-        else:
-            add("post_review", SOP_13_2[6][1], NOT_RECORDED, "no review recorded")
-        result[d.pk] = Compliance(items)
+        change = facts.changes.get(d.change_id)
+        judged = [
+            ("change_approval", _change_approval_item(d, change, facts)),
+            ("security_review", _security_review_item(d, facts)),
+            ("backup", _step_item(d, "backup", "backup step", facts)),
+            ("monitoring", _step_item(d, "health_check", "post-deployment health check",
+                                      facts)),
+            ("rollback_tested", _rollback_tested_item(d, change, facts)),
+            # Stakeholder notification sent: from the change's checklist tick only.
+            ("stakeholders", (NOT_RECORDED,
+                              "not ticked on the change's compliance checklist")),
+            ("post_review", _post_review_item(change, facts)),
+        ]
+        ticks = facts.ticked.get(d.change_id, {})
+        result[d.pk] = Compliance([_with_tick(key, text, verdict, ticks)
+                                   for (key, verdict), (_, text) in zip(judged, SOP_13_2,
+                                                                        strict=True)])
     return result
 
 
@@ -367,22 +374,13 @@ def evidence_events(deployment, change) -> list[dict]:
 
 
 def evidence(deployment) -> dict:
-    Approval = apps.get_model("approvals", "Approval")
-    Gate = apps.get_model("approvals", "Gate")
     change = changes_by_id([deployment.change_id]).get(deployment.change_id)
     gates = list(Gate.objects.filter(change=change).prefetch_related("approvals__approver")
                  ) if change else []
     decisions = list(Approval.objects.filter(change=change).select_related("approver", "gate")
                      .order_by("decided_at", "id")) if change else []
-    checklist = []
-    if change is not None:
-        try:
-            ChecklistItem = apps.get_model("approvals", "ChecklistItem")
-        except LookupError:
-            ChecklistItem = None
-        if ChecklistItem is not None:
-            checklist = list(ChecklistItem.objects.filter(change=change)
-                             .select_related("done_by"))
+    checklist = (list(ChecklistItem.objects.filter(change=change).select_related("done_by"))
+                 if change is not None else [])
     return {
         "deployment": deployment,
         "change": change,
@@ -416,23 +414,15 @@ class AccessRow:
 def access_review(days: int = 90) -> list[AccessRow]:
     """Who holds what on which environment, and how they used it, in a fixed number of
     queries: for the periodic access review of SOP 13.1."""
-    from guardian.models import GroupObjectPermission, UserObjectPermission
-
-    Environment = apps.get_model("catalog", "Environment")
-    ApiToken = apps.get_model("core", "ApiToken")
     User = get_user_model()
     users = list(User.objects.order_by("username").prefetch_related("groups"))
     envs = {str(e.pk): e.slug for e in Environment.objects.all()}
-    from django.contrib.contenttypes.models import ContentType
-
-    ct = ContentType.objects.get_for_model(Environment)
+    user_grants, group_grants = permission_grants(Environment)
     by_group: dict[int, list[tuple[str, str]]] = defaultdict(list)
-    for gid, obj, codename in GroupObjectPermission.objects.filter(content_type=ct).values_list(
-            "group_id", "object_pk", "permission__codename"):
+    for gid, obj, codename in group_grants:
         by_group[gid].append((obj, codename))
     by_user: dict[int, list[tuple[str, str]]] = defaultdict(list)
-    for uid, obj, codename in UserObjectPermission.objects.filter(content_type=ct).values_list(
-            "user_id", "object_pk", "permission__codename"):
+    for uid, obj, codename in user_grants:
         by_user[uid].append((obj, codename))
     auditors = set(User.objects.filter(
         Q(user_permissions__codename="view_audit_trail")

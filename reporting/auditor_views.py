@@ -4,14 +4,11 @@ administrators only (``core.view_audit_trail``)."""
 
 from __future__ import annotations
 
-import csv
-import json
 from functools import wraps
 
 from django import forms
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import render
@@ -20,12 +17,7 @@ from django.utils import timezone
 from core.audit import audit_record
 from core.permissions import is_auditor
 from reporting import audit_selectors as sel
-
-EXPORT_FIELDS = ["id", "occurred_at", "actor_name", "actor_kind", "action", "object_type",
-                 "object_id", "object_repr", "environment", "before", "after", "reason",
-                 "request_id", "ip", "user_agent", "prev_hash", "hash"]
-# JSON Lines carries every field the hash covers, so each line can be hashed again.
-JSONL_FIELDS = ["id", "occurred_at", "actor_id", *EXPORT_FIELDS[2:]]
+from reporting import exports
 
 
 def auditor_required(view):
@@ -92,30 +84,6 @@ def audit_events(request):
     }, status=400 if form.errors else 200)
 
 
-def _csv_cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (dict, list)):
-        value = json.dumps(value, sort_keys=True, cls=DjangoJSONEncoder)
-    value = value.isoformat() if hasattr(value, "isoformat") else str(value)
-    # A cell a spreadsheet would run as a formula is quoted (the JSON Lines export
-    # keeps every value exactly as stored, hashes included, for verification).
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
-
-
-class _Echo:
-    def write(self, value):
-        return value
-
-
-_csv_writer = csv.writer(_Echo())
-
-
-def _csv_line(cells: list[str]) -> bytes:
-    """One CSV line as csv.writer writes it, without its line ending."""
-    return _csv_writer.writerow(cells)[:-2].encode()
-
-
 def _export(request, kind: str):
     form, filters = _event_filters(request)
     if form.errors:
@@ -131,18 +99,12 @@ def _export(request, kind: str):
                      after={"format": kind, "filters": used})
     events = sel.events_matching(filters)
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
-    # PostgreSQL builds each line (see audit_selectors.export_stream); _csv_cell and
-    # DjangoJSONEncoder remain the definition of what a line holds.
     if kind == "csv":
-        lines = sel.export_stream(
-            events, EXPORT_FIELDS, sel.export_csv_line_sql(EXPORT_FIELDS, style="auditor"),
-            header=_csv_line(EXPORT_FIELDS) + b"\r\n", terminator=b"\r\n",
-            fallback=lambda row: _csv_line([_csv_cell(row[name]) for name in EXPORT_FIELDS]))
-        response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
+        response = StreamingHttpResponse(exports.audit_csv(events, style="auditor"),
+                                         content_type="text/csv; charset=utf-8")
     else:
-        lines = sel.export_stream(events, JSONL_FIELDS, sel.export_jsonl_line_sql(JSONL_FIELDS),
-                                  terminator=b"\n")
-        response = StreamingHttpResponse(lines, content_type="application/x-ndjson")
+        response = StreamingHttpResponse(exports.audit_jsonl(events),
+                                         content_type="application/x-ndjson")
     response["Content-Disposition"] = f'attachment; filename="audit-{stamp}.{kind}"'
     return response
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from django.db.models import Count, Q
 from django.utils import timezone
@@ -261,7 +261,3 @@ def default_range(now: datetime | None = None, months: int = 6) -> tuple[datetim
     for _ in range(months - 1):
         start = (start - timedelta(days=1)).replace(day=1)
     return start, now
-
-
-def aware(value: datetime) -> datetime:
-    return value if timezone.is_aware(value) else value.replace(tzinfo=UTC)

@@ -8,7 +8,6 @@ like ``portal/urls.py`` it sits above both apps and is imported by nothing.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from datetime import datetime
 
 from django import forms
@@ -20,7 +19,9 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from catalog.models import Application, Environment
+from catalog.selectors import visible_environment_ids
 from core.api import ApiView, BoundedDateTimeField
+from core.permissions import permission_holders
 from deployments import selectors
 from deployments.models import Deployment
 from reporting import metrics
@@ -315,107 +316,122 @@ def metrics_page(request):
 
 
 def _people_by_permission(environment_ids: list[int]) -> dict[tuple[int, str], list[str]]:
-    """{(environment id, codename): [username, ...]} in two queries, for "waiting for whom"."""
+    """{(environment id, gate role or "deploy"): [username, ...]}, for "waiting for whom":
+    the deciders of each gate (delegates included) and who may deploy, as every page and
+    the API see them."""
     from django.contrib.auth import get_user_model
-    from django.contrib.contenttypes.models import ContentType
-    from guardian.models import GroupObjectPermission, UserObjectPermission
 
-    ct = ContentType.objects.get_for_model(Environment)
-    pks = [str(pk) for pk in environment_ids]
-    people: dict[tuple[int, str], set[str]] = defaultdict(set)
-    for object_pk, codename, username in UserObjectPermission.objects.filter(
-            content_type=ct, object_pk__in=pks, user__is_active=True).values_list(
-            "object_pk", "permission__codename", "user__username"):
-        people[(int(object_pk), codename)].add(username)
-    User = get_user_model()
-    group_perms = list(GroupObjectPermission.objects.filter(
-        content_type=ct, object_pk__in=pks).values_list("object_pk", "permission__codename",
-                                                        "group_id"))
-    members: dict[int, set[str]] = defaultdict(set)
-    for group_id, username in User.objects.filter(
-            is_active=True, groups__in={g for _, _, g in group_perms}).values_list(
-            "groups", "username"):
-        members[group_id].add(username)
-    for object_pk, codename, group_id in group_perms:
-        people[(int(object_pk), codename)] |= members[group_id]
-    return {key: sorted(names) for key, names in people.items()}
+    from approvals.selectors import deciders
+
+    ids = {**deciders(environment_ids),
+           **{key: users for key, users in permission_holders(Environment, environment_ids)
+              .items() if key[1] == "deploy"}}
+    names = dict(get_user_model().objects.filter(
+        pk__in={pk for users in ids.values() for pk in users}).values_list("pk", "username"))
+    return {key: sorted(names[pk] for pk in users) for key, users in ids.items()}
 
 
-def dashboard_data(user) -> dict:
-    """Per application: the version running in each environment, what is in flight and
-    what it waits for, over what ``user`` may see, in a constant number of queries."""
-    from approvals.models import ChangeRequest, Gate, GateRole
-    from approvals.selectors import changes_visible_to
+class _Board:
+    """The dashboard's grid: one row per application, one cell per visible environment."""
 
-    environments = list(Environment.objects.order_by("order"))
-    env_ids = selectors.visible_environment_ids(user)
-    visible_envs = [e for e in environments if env_ids is None or e.pk in env_ids]
+    def __init__(self, environments: list) -> None:
+        self.environments = environments
+        self.apps: dict[int, dict] = {}
+
+    def cell(self, application, environment_id: int) -> dict | None:
+        entry = self.apps.get(application.pk)
+        if entry is None:
+            entry = self.apps[application.pk] = {
+                "application": application,
+                "cells": {e.pk: {"environment": e, "running": None, "last": None,
+                                 "in_flight": [], "waiting": []} for e in self.environments}}
+        return entry["cells"].get(environment_id)
+
+    def rows(self) -> list[dict]:
+        rows = sorted(self.apps.values(), key=lambda entry: entry["application"].name.lower())
+        for entry in rows:
+            entry["columns"] = [entry["cells"][e.pk] for e in self.environments]
+        return rows
+
+
+def _place_deployments(board: _Board, user) -> None:
+    """The version running in each cell (the latest successful run; a rollback run puts
+    the older release back, so it counts too), a last run that did not succeed, and
+    what is in flight."""
     deployments = selectors.deployments_visible_to(user)
-    # The version running: the latest successful run (a rollback run puts the older
-    # release back, so it counts too).
     running = (deployments.filter(status=Deployment.Status.SUCCEEDED)
                .order_by("application_id", "environment_id", "-finished_at", "-id")
                .distinct("application_id", "environment_id"))
-    in_flight = list(deployments.filter(status__in=Deployment.ACTIVE).order_by("created_at"))
     latest = (deployments.exclude(status__in=Deployment.ACTIVE)
               .order_by("application_id", "environment_id", "-created_at", "-id")
               .distinct("application_id", "environment_id"))
-    waiting = list(
-        changes_visible_to(user).filter(status__in=[
-            ChangeRequest.Status.PENDING_APPROVAL, ChangeRequest.Status.APPROVED,
-            ChangeRequest.Status.SCHEDULED]).order_by("submitted_at", "id")[:200])
-    people = _people_by_permission([e.pk for e in visible_envs])
-
-    apps: dict[int, dict] = {}
-
-    def app_entry(application) -> dict:
-        entry = apps.get(application.pk)
-        if entry is None:
-            entry = apps[application.pk] = {
-                "application": application,
-                "cells": {e.pk: {"environment": e, "running": None, "last": None,
-                                 "in_flight": [], "waiting": []} for e in visible_envs}}
-        return entry
-
+    in_flight = deployments.filter(status__in=Deployment.ACTIVE).order_by("created_at")
     for deployment in running:
-        cell = app_entry(deployment.application)["cells"].get(deployment.environment_id)
+        cell = board.cell(deployment.application, deployment.environment_id)
         if cell is not None:
             cell["running"] = deployment
     for deployment in latest:
-        cell = app_entry(deployment.application)["cells"].get(deployment.environment_id)
+        cell = board.cell(deployment.application, deployment.environment_id)
         if cell is not None and deployment.status != Deployment.Status.SUCCEEDED:
             cell["last"] = deployment
     for deployment in in_flight:
-        cell = app_entry(deployment.application)["cells"].get(deployment.environment_id)
+        cell = board.cell(deployment.application, deployment.environment_id)
         if cell is not None:
             cell["in_flight"].append(deployment)
+
+
+def _waiting_for_approval(change, people: dict) -> list[dict]:
+    """Per pending gate: who may still decide it and how many approvals it needs."""
+    from approvals.models import Gate
+
+    who = []
+    for gate in change.gates.all():
+        if gate.status != Gate.Status.PENDING:
+            continue
+        decided = {a.approver.get_username() for a in gate.approvals.all()
+                   if a.withdrawn_at is None}
+        names = [n for n in people.get((change.environment_id, gate.role), [])
+                 if n != change.requested_by.get_username() and n not in decided]
+        who.append({"gate": gate.get_role_display(), "people": names,
+                    "needed": gate.required - len(decided)})
+    return who
+
+
+def _place_waiting_changes(board: _Board, user) -> None:
+    """Changes waiting for approval, their time or someone to deploy them, and for whom."""
+    from approvals.models import ChangeRequest
+    from approvals.selectors import changes_visible_to
+
+    Status = ChangeRequest.Status
+    waiting = list(changes_visible_to(user).filter(
+        status__in=[Status.PENDING_APPROVAL, Status.APPROVED, Status.SCHEDULED])
+        .order_by("submitted_at", "id")[:200])
+    people = _people_by_permission([e.pk for e in board.environments])
     for change in waiting:
-        cell = app_entry(change.release.application)["cells"].get(change.environment_id)
+        cell = board.cell(change.release.application, change.environment_id)
         if cell is None:
             continue
-        if change.status == ChangeRequest.Status.PENDING_APPROVAL:
-            who = []
-            for gate in change.gates.all():
-                if gate.status != Gate.Status.PENDING:
-                    continue
-                decided = {a.approver.get_username() for a in gate.approvals.all()
-                           if a.withdrawn_at is None}
-                names = [n for n in people.get((change.environment_id,
-                                                GateRole(gate.role).permission), [])
-                         if n != change.requested_by.get_username() and n not in decided]
-                who.append({"gate": gate.get_role_display(), "people": names,
-                            "needed": gate.required - len(decided)})
-            cell["waiting"].append({"change": change, "for": "approval", "gates": who})
-        elif change.status == ChangeRequest.Status.SCHEDULED:
+        if change.status == Status.PENDING_APPROVAL:
+            cell["waiting"].append({"change": change, "for": "approval",
+                                    "gates": _waiting_for_approval(change, people)})
+        elif change.status == Status.SCHEDULED:
             cell["waiting"].append({"change": change, "for": "schedule",
                                     "at": change.scheduled_for})
         else:
             cell["waiting"].append({"change": change, "for": "deploy",
                                     "people": people.get((change.environment_id, "deploy"), [])})
-    rows = sorted(apps.values(), key=lambda entry: entry["application"].name.lower())
-    for entry in rows:
-        entry["columns"] = [entry["cells"][e.pk] for e in visible_envs]
-    return {"environments": visible_envs, "rows": rows, "now": timezone.now()}
+
+
+def dashboard_data(user) -> dict:
+    """Per application: the version running in each environment, what is in flight and
+    what it waits for, over what ``user`` may see, in a constant number of queries."""
+    env_ids = visible_environment_ids(user)
+    visible_envs = [e for e in Environment.objects.order_by("order")
+                    if env_ids is None or e.pk in env_ids]
+    board = _Board(visible_envs)
+    _place_deployments(board, user)
+    _place_waiting_changes(board, user)
+    return {"environments": visible_envs, "rows": board.rows(), "now": timezone.now()}
 
 
 @login_required

@@ -52,3 +52,43 @@ def test_an_engineer_cannot_open_the_evidence_page(demo_live, live_server, page,
            ).to_have_count(0)
     response = page.goto(f"{live_server.url}/auditor/deployments/{deployment.pk}/")
     assert response.status == 403
+
+
+def test_the_audit_trail_fits_the_window_one_line_per_event(demo_live, live_server, page,
+                                                             login, screenshot):
+    from django.db import transaction
+
+    from core.audit import System, audit_record
+
+    approved_production_change(demo_live)
+    long = "a very long value that would push the table past the card " * 2
+    with transaction.atomic():
+        audit_record(actor=System("import"), action="configuration.version_created",
+                     object_type="configurationversion", object_id="42",
+                     object_repr=f"storefront / production v42 {long}"[:100],
+                     environment="production", before={"status": "draft", "note": long},
+                     after={"status": "active", "note": long}, reason=long)
+
+    login("auditor")
+    page.goto(f"{live_server.url}/audit/")
+    table = page.locator("table.audit-trail")
+    expect(table).to_be_visible()
+    card = page.locator("section.card").filter(has=table)
+    # Nothing overflows the card to the right: the source column is on screen.
+    overflow = card.evaluate("c => c.scrollWidth - c.clientWidth")
+    assert overflow <= 0
+    expect(table.get_by_role("columnheader", name="From")).to_be_in_viewport()
+    # One line per event: every row is as tall as the others, however long its values.
+    heights = table.locator("tbody tr").evaluate_all(
+        "rows => rows.map(r => r.getBoundingClientRect().height)")
+    assert len(heights) > 3 and max(heights) < 1.5 * min(heights)
+    screenshot("audit-trail")
+
+    row = table.locator("tbody tr").filter(has_text="configuration.version_created")
+    expect(row.locator(".kv-before")).not_to_be_visible()
+    row.locator("summary").click()
+    expect(row.locator(".kv-before")).to_be_visible()
+    expect(row.locator(".kv-after")).to_contain_text("active")
+    expect(row.locator(".reason")).to_contain_text("a very long value")
+    assert card.evaluate("c => c.scrollWidth - c.clientWidth") <= 0
+    screenshot("audit-trail-details")

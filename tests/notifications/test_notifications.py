@@ -77,9 +77,8 @@ def test_pre_deployment_notification_follows_the_sop_template(demo):
     # not scheduled; the message is about the start the event reports.
     change = production_change(demo)
     start = timezone.now()
-    services.notifications_for_audit_event(event=AuditEvent(
-        action="change.deploying", object_type="changerequest", object_id=str(change.pk),
-        occurred_at=start, after={"deployment": 999}, actor_name="engineer"))
+    services.notifications_for_change_deploying(change_id=change.pk, deployment_id=999,
+                                                at=start)
     [to_requester] = of_kind(Kind.PRE_DEPLOYMENT, change_id=change.pk,
                              recipient=demo.engineer.email, deployment_id=999)
     body = to_requester.body

@@ -17,9 +17,9 @@ from approvals import services as approval_services
 from catalog.models import Environment
 from core.audit import compute_hash
 from core.models import AuditEvent
-from reporting.api import _cell as api_cell
 from reporting.audit_selectors import compliance_for
-from reporting.auditor_views import EXPORT_FIELDS, JSONL_FIELDS, _csv_cell
+from reporting.exports import EXPORT_FIELDS, JSONL_FIELDS, api_cell
+from reporting.exports import auditor_cell as _csv_cell
 from tests.conftest import PASSWORD
 from tests.factories import ReleaseFactory, request_change
 from tests.portal.audit_helpers import (

@@ -14,7 +14,7 @@ from django.db import connection
 
 from core.audit import System
 from core.models import AuditEvent
-from core.services import backup_create, backup_restore
+from portal.backups import backup_create, backup_restore
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parents[2]

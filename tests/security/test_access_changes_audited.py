@@ -144,7 +144,7 @@ def test_a_window_changed_added_and_deleted_in_the_admin_is_audited(admin_client
 def test_an_environment_lock_and_executor_settings_edited_in_the_admin_are_audited_without_secrets(
         admin_client, demo):
     staging = Environment.objects.get(slug="staging")
-    url = f"/admin/deployments/environment/{staging.pk}/change/"
+    url = f"/admin/catalog/environment/{staging.pk}/change/"
     data = change_page(admin_client, url)
     data["locked"] = "on"
     assert admin_client.post(url, data).status_code == 302
@@ -152,7 +152,7 @@ def test_an_environment_lock_and_executor_settings_edited_in_the_admin_are_audit
     assert (lock.before["locked"], lock.after["locked"]) == (False, True)
 
     app = Application.objects.get(slug="storefront")
-    url = f"/admin/deployments/application/{app.pk}/change/"
+    url = f"/admin/catalog/application/{app.pk}/change/"
     data = change_page(admin_client, url)
     data["executor"] = "webhook"
     data["executor_settings"] = json.dumps({"url": "https://deploy.example/run",
@@ -189,7 +189,7 @@ def test_a_users_groups_and_flags_changed_in_the_admin_are_audited_without_the_p
 def test_an_object_permission_granted_on_guardians_admin_page_is_audited(admin_client, demo):
     production = Environment.objects.get(slug="production")
     qa_group = Group.objects.get(name="qa")
-    url = (f"/admin/deployments/environment/{production.pk}/permissions/"
+    url = (f"/admin/catalog/environment/{production.pk}/permissions/"
            f"group-manage/{qa_group.pk}/")
     held = get_perms(qa_group, production)
     assert "rollback" not in held and "deploy" not in held
@@ -271,7 +271,7 @@ def test_read_only_admins_refuse_edits_and_nothing_changes(admin_client, demo):
 
     token, _ = api_token_issue(actor=System("test"), user=demo.engineer, name="laptop",
                                scopes=["read"])
-    answer = admin_client.post(f"/admin/portal/apitoken/{token.pk}/change/",
+    answer = admin_client.post(f"/admin/core/apitoken/{token.pk}/change/",
                                {"name": "laptop", "scopes": '["read", "deploy"]'})
     assert answer.status_code == 403
     assert ApiToken.objects.get(pk=token.pk).scopes == ["read"]
@@ -279,7 +279,7 @@ def test_read_only_admins_refuse_edits_and_nothing_changes(admin_client, demo):
 
 def test_a_token_revoked_from_the_admin_goes_through_the_audited_service(admin_client, demo):
     token, raw = api_token_issue(actor=System("test"), user=demo.engineer, name="ci-laptop")
-    answer = admin_client.post("/admin/portal/apitoken/", {
+    answer = admin_client.post("/admin/core/apitoken/", {
         "action": "revoke", "_selected_action": [token.pk]})
     assert answer.status_code == 302
     assert ApiToken.objects.get(pk=token.pk).revoked_at is not None

@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from core.audit import System
 from core.errors import DomainError
-from core.services import backup_create
+from portal.backups import backup_create
 
 
 class Command(BaseCommand):

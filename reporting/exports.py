@@ -1,0 +1,77 @@
+"""The audit trail's exports: one CSV writer, for the auditor's download and the API.
+
+PostgreSQL builds each line (``audit_selectors.export_stream``); the cell functions
+here remain the definition of what a cell holds, and write the rows the SQL cannot.
+The two CSV styles differ only in their cells, kept as they were published:
+
+- ``auditor`` (``/audit/export.csv``): times as ``isoformat()``, JSON values as sorted
+  JSON (``auditor_cell``);
+- ``api`` (``/api/v1/audit-events/?format=csv``): ``str()`` of each value (``api_cell``).
+
+Either way a cell a spreadsheet would run as a formula is written as text.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+
+from django.core.serializers.json import DjangoJSONEncoder
+
+from reporting import audit_selectors as sel
+
+EXPORT_FIELDS = ["id", "occurred_at", "actor_name", "actor_kind", "action", "object_type",
+                 "object_id", "object_repr", "environment", "before", "after", "reason",
+                 "request_id", "ip", "user_agent", "prev_hash", "hash"]
+# JSON Lines carries every field the hash covers, so each line can be hashed again.
+JSONL_FIELDS = ["id", "occurred_at", "actor_id", *EXPORT_FIELDS[2:]]
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _as_text(text: str) -> str:
+    return "'" + text if text[:1] in FORMULA_STARTS else text
+
+
+def auditor_cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, sort_keys=True, cls=DjangoJSONEncoder)
+    # The JSON Lines export keeps every value exactly as stored, for verification.
+    return _as_text(value.isoformat() if hasattr(value, "isoformat") else str(value))
+
+
+def api_cell(value) -> str:
+    return _as_text("" if value is None else str(value))
+
+
+CELLS = {"auditor": auditor_cell, "api": api_cell}
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+_writer = csv.writer(_Echo())
+
+
+def _line(cells: list[str]) -> bytes:
+    """One CSV line as csv.writer writes it, without its line ending."""
+    return _writer.writerow(cells)[:-2].encode()
+
+
+def audit_csv(events, *, style: str, fields: list[str] = EXPORT_FIELDS) -> Iterator[bytes]:
+    """The CSV of ``events`` in their order, header first, in ``style``'s cells."""
+    cell = CELLS[style]
+    return sel.export_stream(
+        events, fields, sel.export_csv_line_sql(fields, style=style),
+        header=_line(fields) + b"\r\n", terminator=b"\r\n",
+        fallback=lambda row: _line([cell(row[name]) for name in fields]))
+
+
+def audit_jsonl(events, *, fields: list[str] = JSONL_FIELDS) -> Iterator[bytes]:
+    return sel.export_stream(events, fields, sel.export_jsonl_line_sql(fields),
+                             terminator=b"\n")
