@@ -177,6 +177,46 @@ def test_cancel_during_a_step_stops_after_it_and_blocks_other_deployments_meanwh
     assert shop.deploy("1.0.1").status == "succeeded"
 
 
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_rollback_during_a_step_starts_only_after_that_step_ends(
+        fleet, celery_worker_process, api):  # noqa: F811
+    import threading
+
+    shop = fleet(targets=1, environment="staging", step_delay=3)
+    assert shop.deploy("1.0.0").status == "succeeded"
+    deployment = shop.start("1.1.0")
+    wait_for(lambda: DeploymentStep.objects.filter(deployment=deployment,
+                                                   status="running").exists(), timeout=60)
+    running = DeploymentStep.objects.get(deployment=deployment, status="running")
+
+    response = api(shop.demo.oncall).post(f"/api/v1/deployments/{deployment.pk}/rollback",
+                                          {"reason": "errors are up"}, format="json")
+    assert response.status_code == 202, response.content
+    rollback = Deployment.objects.get(rolled_back_deployment=deployment)
+    # A second worker picks the rollback up at once (here: a thread of this process).
+    def second_worker():
+        from django.db import connection
+
+        try:
+            services.deployment_run(deployment_id=rollback.pk)
+        finally:
+            connection.close()
+
+    second = threading.Thread(target=second_worker)
+    second.start()
+    rollback = shop.wait(rollback)
+    second.join(timeout=60)
+
+    assert rollback.status == "succeeded"
+    running.refresh_from_db()
+    first = rollback.steps.order_by("started_at").first()
+    assert first.started_at >= running.finished_at, (
+        "the rollback acted on the target while the interrupted step still ran")
+    assert rollback.log_lines.filter(message__startswith="Waiting for the running step").exists()
+    assert shop.served_versions() == {"web-1": "1.0.0"}
+
+
 def test_a_deployment_stopping_when_its_worker_died_is_cancelled_by_the_beat(demo):
     release = green_release()
     with transaction.atomic():
