@@ -235,35 +235,50 @@ def test_a_deployment_stopping_when_its_worker_died_is_cancelled_by_the_beat(dem
 # --- scheduled changes -------------------------------------------------------------------
 
 
-def test_one_failing_scheduled_change_does_not_stop_the_others(demo):
+def test_one_failing_scheduled_change_does_not_stop_the_others(demo, monkeypatch):
     when = timezone.now() + timedelta(hours=1)
     first = approve_all(request_change(demo.engineer, "development", release=green_release(),
                                        scheduled_for=when), demo)
-    broken = approve_all(request_change(demo.engineer, "staging", release=green_release(),
+    stale = approve_all(request_change(demo.engineer, "staging", release=green_release(),
+                                       scheduled_for=when), demo)
+    broken = approve_all(request_change(demo.engineer, "staging",
+                                        release=green_release(application=_other_app("api")),
                                         scheduled_for=when), demo)
     last = approve_all(request_change(demo.engineer, "staging",
                                       release=green_release(application=_other_app()),
                                       scheduled_for=when), demo)
-    for change in (first, broken, last):
+    for change in (first, stale, broken, last):
         assert change.status == ChangeRequest.Status.SCHEDULED
     # Its strategy changed behind the approvals' back: starting it is refused.
-    ChangeRequest.objects.filter(pk=broken.pk).update(strategy="blue_green")
+    ChangeRequest.objects.filter(pk=stale.pk).update(strategy="blue_green")
+    # And one whose start fails in a way nobody foresaw.
+    create = services.deployment_create
+
+    def failing_create(**kwargs):
+        if kwargs["release"].application.slug == "api":
+            raise RuntimeError("executor settings unreadable")
+        return create(**kwargs)
+
+    monkeypatch.setattr(services, "deployment_create", failing_create)
 
     started = approval_services.changes_start_scheduled(now=when + timedelta(seconds=1))
 
     assert len(started) == 2
-    for change in (first, broken, last):
+    for change in (first, stale, broken, last):
         change.refresh_from_db()
     assert first.status == last.status == ChangeRequest.Status.DEPLOYING
-    assert broken.status == ChangeRequest.Status.APPROVED  # never starts later by surprise
-    assert not Deployment.objects.filter(change_id=broken.pk).exists()
+    # Neither starts later by surprise: both wait, approved, for someone to deploy them.
+    assert stale.status == broken.status == ChangeRequest.Status.APPROVED
+    assert not Deployment.objects.filter(change_id__in=[stale.pk, broken.pk]).exists()
+    deferred = AuditEvent.objects.get(action="change.start_deferred")
+    assert deferred.object_id == str(stale.pk) and deferred.after["code"] == "not_ready"
+    assert any("strategy" in b["message"] for b in deferred.after["blockers"])
     failed = AuditEvent.objects.get(action="change.schedule_failed")
     assert failed.object_id == str(broken.pk)
-    assert "given before the strategy changed" in failed.reason
-    assert failed.after["code"] == "not_ready"
+    assert failed.after["code"] == "error"
 
 
-def _other_app():
+def _other_app(slug="billing"):
     from deployments.models import Application
 
-    return Application.objects.create(slug="billing", name="Billing")
+    return Application.objects.create(slug=slug, name=slug.title())

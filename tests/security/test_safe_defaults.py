@@ -217,11 +217,17 @@ def test_pages_show_a_friendly_503_when_postgresql_is_down(demo):
     assert "Traceback" not in body and "OperationalError" not in body
 
 
+@pytest.mark.urls("tests.security.error_urls")
 def test_api_answers_503_queue_unavailable_when_redis_is_down(demo, api, settings):
     client = api(demo.engineer)
     client.raise_request_exception = False
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
                                    "LOCATION": DEAD["REDIS_URL"]}}
-    response = client.get("/api/v1/changes/")  # the rate limit counts in Redis
+    # What needs Redis to answer says so with a code ...
+    response = client.get("/api/v1/cache-probe/")
     assert response.status_code == 503
     assert response.json()["code"] == "queue_unavailable"
+    assert response["Retry-After"]
+    # ... while reads that do not need it keep working (the rate limit is not counted).
+    response = client.get("/api/v1/changes/")
+    assert response.status_code == 200
