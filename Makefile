@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean-var browser
+.PHONY: run test lint install clean-var browser nightly
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -30,6 +30,11 @@ test: $(STAMP)
 
 browser:
 	@scripts/ensure-browser $(PY)
+
+# Longer random searches than `make test` runs (docs/security.md).
+nightly: $(STAMP)
+	@PORTAL_STATE_MACHINE_EXAMPLES=500 PORTAL_STATE_MACHINE_STEPS=60 \
+	  $(PY) -m pytest -q -p no:cacheprovider tests/security/test_state_machine.py
 
 # ruff, and import-linter's contracts (pyproject.toml): an import against the
 # direction of the apps fails here and in CI.

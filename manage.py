@@ -15,6 +15,9 @@ def main() -> None:
         # development key: DEBUG is turned on for it explicitly. Everything else
         # runs with DEBUG off unless DJANGO_DEBUG says otherwise.
         os.environ.setdefault("DJANGO_DEBUG", "true")
+    elif not os.environ.get("DATABASE_URL"):
+        # On the embedded servers (a developer machine): a key of this machine's own.
+        os.environ.setdefault("DJANGO_SECRET_KEY", embedded.local_secret_key())
     # `run` and `services` manage the embedded servers themselves; every other
     # command needs them up, and stops them again if it was the one to start them.
     if command not in embedded.SELF_MANAGED_COMMANDS:

@@ -6,12 +6,10 @@ not to the log. Errors name the reference, never a value.
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.error
-import urllib.request
 
 from configuration.validation import ENV_REFERENCE, VAULT_REFERENCE
+from core import outbound
 from core.errors import Conflict
 
 VAULT_TIMEOUT = 10
@@ -48,16 +46,21 @@ def _vault(reference: str, path: str, key: str, environ) -> str:
     if not address or not token:
         raise SecretUnavailable(f"{reference}: VAULT_ADDR and VAULT_TOKEN must be set on "
                                 "the worker")
-    request = urllib.request.Request(f"{address}/v1/{path}",
-                                     headers={"X-Vault-Token": token})
+    # Vault is called like every other outbound destination: through the guarded
+    # client (a Vault on a private network is named in PORTAL_OUTBOUND_ALLOW).
     try:
-        with urllib.request.urlopen(request, timeout=VAULT_TIMEOUT) as response:
-            body = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        raise SecretUnavailable(f"{reference}: Vault answered HTTP {exc.code}") from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError) as exc:
+        answer = outbound.request("GET", f"{address}/v1/{path}",
+                                  headers={"X-Vault-Token": token},
+                                  connect_timeout=VAULT_TIMEOUT, read_timeout=VAULT_TIMEOUT)
+    except outbound.OutboundError as exc:
         raise SecretUnavailable(f"{reference}: Vault could not be read "
                                 f"({type(exc).__name__})") from None
+    if answer.status != 200:
+        raise SecretUnavailable(f"{reference}: Vault answered HTTP {answer.status}")
+    try:
+        body = answer.json() or {}
+    except ValueError:
+        raise SecretUnavailable(f"{reference}: Vault's answer is not JSON") from None
     data = body.get("data") or {}
     if isinstance(data.get("data"), dict):
         data = data["data"]

@@ -37,6 +37,15 @@ def instance_info(instance_dir: Path) -> dict | None:
     return info
 
 
+# What a Python program needs from the starting process's environment to run.
+BASE_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH",
+                    "VIRTUAL_ENV")
+
+
+def _base_environment() -> dict[str, str]:
+    return {name: os.environ[name] for name in BASE_ENVIRONMENT if name in os.environ}
+
+
 def start_instance(instance_dir: Path, release_dir: Path, name: str,
                    timeout: float = 15.0, env: dict[str, str] | None = None) -> dict:
     """Run an instance of ``release_dir`` in ``instance_dir``; keep a matching live one."""
@@ -53,8 +62,9 @@ def start_instance(instance_dir: Path, release_dir: Path, name: str,
          "--instance-file", str(instance_dir / INSTANCE_FILE), "--name", name],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,
-        # The configuration (secrets resolved) reaches the service in memory only.
-        env=dict(os.environ, **(env or {})),
+        # The configuration (secrets resolved) reaches the service in memory only, and
+        # nothing of the worker's own environment (its secret key, database URL) does.
+        env=dict(_base_environment(), **(env or {})),
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

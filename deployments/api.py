@@ -259,37 +259,40 @@ class StepDecisionInSerializer(serializers.Serializer):
                                    max_length=2000)
 
 
-class DeploymentRetryStep(ApiView):
+class _StepDecision(ApiView):
+    """On-call's decision on the interrupted step of a deployment that needs attention."""
+
     write_scopes = frozenset({DEPLOY})
+    decide = None  # the service that carries the decision out
+
+    def post(self, request, pk: int):
+        deployment = get_object_or_404(selectors.deployments_visible_to(request.user), pk=pk)
+        data = StepDecisionInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        type(self).decide(actor=request.user, deployment=deployment,
+                          reason=data.validated_data["reason"])
+        deployment = selectors.deployments_visible_to(request.user).prefetch_related(
+            *DEPLOYMENT_PREFETCH).get(pk=pk)
+        return Response(DeploymentSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
+
+
+class DeploymentRetryStep(_StepDecision):
+    decide = services.deployment_retry_step
 
     @extend_schema(request=StepDecisionInSerializer, responses={202: DeploymentSerializer},
                    summary="Run the interrupted step of a deployment that needs attention "
                            "again, then the rest")
     @idempotent
     def post(self, request, pk: int):
-        deployment = get_object_or_404(selectors.deployments_visible_to(request.user), pk=pk)
-        data = StepDecisionInSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        services.deployment_retry_step(actor=request.user, deployment=deployment,
-                                       reason=data.validated_data["reason"])
-        deployment = selectors.deployments_visible_to(request.user).prefetch_related(
-            *DEPLOYMENT_PREFETCH).get(pk=pk)
-        return Response(DeploymentSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
+        return super().post(request, pk)
 
 
-class DeploymentMarkStepDone(ApiView):
-    write_scopes = frozenset({DEPLOY})
+class DeploymentMarkStepDone(_StepDecision):
+    decide = services.deployment_mark_step_done
 
     @extend_schema(request=StepDecisionInSerializer, responses={202: DeploymentSerializer},
                    summary="Record the interrupted step of a deployment that needs attention "
                            "as done (checked by hand), then run the rest")
     @idempotent
     def post(self, request, pk: int):
-        deployment = get_object_or_404(selectors.deployments_visible_to(request.user), pk=pk)
-        data = StepDecisionInSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        services.deployment_mark_step_done(actor=request.user, deployment=deployment,
-                                           reason=data.validated_data["reason"])
-        deployment = selectors.deployments_visible_to(request.user).prefetch_related(
-            *DEPLOYMENT_PREFETCH).get(pk=pk)
-        return Response(DeploymentSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
+        return super().post(request, pk)

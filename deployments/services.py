@@ -1108,7 +1108,7 @@ def deployments_resume_stale(*, on_worker_start: bool = False) -> int:
             continue
         with transaction.atomic():
             deployment = Deployment.objects.select_for_update(skip_locked=True).filter(
-                pk=pk, status=Deployment.Status.RUNNING
+                pk=pk, status__in=(Deployment.Status.RUNNING, Deployment.Status.STOPPING)
             ).select_related("environment").first()
             if deployment is None:
                 continue

@@ -157,29 +157,27 @@ def deployment_progress(request, pk: int):
     })
 
 
+def _step_decision(request, pk: int, decide, refused: str, done: str):
+    deployment = _deployment(request, pk)
+    try:
+        decide(actor=request.user, deployment=deployment,
+               reason=request.POST.get("reason", ""))
+    except DomainError as exc:
+        messages.error(request, f"{refused}: {exc.detail}")
+    else:
+        messages.success(request, done)
+    return redirect("deployment-detail", pk=deployment.pk)
+
+
 @login_required
 @require_POST
 def deployment_retry_step(request, pk: int):
-    deployment = _deployment(request, pk)
-    try:
-        services.deployment_retry_step(actor=request.user, deployment=deployment,
-                                       reason=request.POST.get("reason", ""))
-    except DomainError as exc:
-        messages.error(request, f"Not retried: {exc.detail}")
-    else:
-        messages.success(request, "The interrupted step runs again, then the rest.")
-    return redirect("deployment-detail", pk=deployment.pk)
+    return _step_decision(request, pk, services.deployment_retry_step, "Not retried",
+                          "The interrupted step runs again, then the rest.")
 
 
 @login_required
 @require_POST
 def deployment_mark_step_done(request, pk: int):
-    deployment = _deployment(request, pk)
-    try:
-        services.deployment_mark_step_done(actor=request.user, deployment=deployment,
-                                           reason=request.POST.get("reason", ""))
-    except DomainError as exc:
-        messages.error(request, f"Not marked done: {exc.detail}")
-    else:
-        messages.success(request, "The interrupted step is marked done; the rest runs.")
-    return redirect("deployment-detail", pk=deployment.pk)
+    return _step_decision(request, pk, services.deployment_mark_step_done, "Not marked done",
+                          "The interrupted step is marked done; the rest runs.")

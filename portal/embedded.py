@@ -44,6 +44,24 @@ def var_dir() -> Path:
     return Path(os.environ.get("PORTAL_VAR_DIR", BASE_DIR / "var")).resolve()
 
 
+def local_secret_key() -> str:
+    """A random secret key for this machine's embedded portal, made once under var/.
+
+    Management commands on a developer machine (``issue_token``, ``verify_audit``...)
+    run with DEBUG off like production; they get this key instead of needing one set
+    by hand, and it is never the published development key.
+    """
+    import secrets
+
+    path = var_dir() / "secret-key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
 def pg_port() -> int:
     return _port_from_env("PORTAL_PG_PORT", 54329)
 

@@ -20,7 +20,17 @@ class CrashingApi(ApiView):
         return Response({})  # pragma: no cover
 
 
+class CacheReadingApi(ApiView):
+    """An endpoint that cannot answer without Redis (reads the shared cache)."""
+
+    def get(self, request):
+        from django.core.cache import cache
+
+        return Response({"value": cache.get("probe")})
+
+
 urlpatterns = [
+    path("api/v1/cache-probe/", CacheReadingApi.as_view()),
     path("crash/", crashing_page),
     path("api/v1/crash/", CrashingApi.as_view()),
     *portal_urlpatterns,

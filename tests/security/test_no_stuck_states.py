@@ -178,6 +178,46 @@ def test_cancel_during_a_step_stops_after_it_and_blocks_other_deployments_meanwh
     assert shop.deploy("1.0.1").status == "succeeded"
 
 
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_rollback_during_a_step_starts_only_after_that_step_ends(
+        fleet, celery_worker_process, api):  # noqa: F811
+    import threading
+
+    shop = fleet(targets=1, environment="staging", step_delay=3)
+    assert shop.deploy("1.0.0").status == "succeeded"
+    deployment = shop.start("1.1.0")
+    wait_for(lambda: DeploymentStep.objects.filter(deployment=deployment,
+                                                   status="running").exists(), timeout=60)
+    running = DeploymentStep.objects.get(deployment=deployment, status="running")
+
+    response = api(shop.demo.oncall).post(f"/api/v1/deployments/{deployment.pk}/rollback",
+                                          {"reason": "errors are up"}, format="json")
+    assert response.status_code == 202, response.content
+    rollback = Deployment.objects.get(rolled_back_deployment=deployment)
+    # A second worker picks the rollback up at once (here: a thread of this process).
+    def second_worker():
+        from django.db import connection
+
+        try:
+            services.deployment_run(deployment_id=rollback.pk)
+        finally:
+            connection.close()
+
+    second = threading.Thread(target=second_worker)
+    second.start()
+    rollback = shop.wait(rollback)
+    second.join(timeout=60)
+
+    assert rollback.status == "succeeded"
+    running.refresh_from_db()
+    first = rollback.steps.order_by("started_at").first()
+    assert first.started_at >= running.finished_at, (
+        "the rollback acted on the target while the interrupted step still ran")
+    assert rollback.log_lines.filter(message__startswith="Waiting for the running step").exists()
+    assert shop.served_versions() == {"web-1": "1.0.0"}
+
+
 def test_a_deployment_stopping_when_its_worker_died_is_cancelled_by_the_beat(demo):
     release = green_release()
     with transaction.atomic():
@@ -196,35 +236,50 @@ def test_a_deployment_stopping_when_its_worker_died_is_cancelled_by_the_beat(dem
 # --- scheduled changes -------------------------------------------------------------------
 
 
-def test_one_failing_scheduled_change_does_not_stop_the_others(demo):
+def test_one_failing_scheduled_change_does_not_stop_the_others(demo, monkeypatch):
     when = timezone.now() + timedelta(hours=1)
     first = approve_all(request_change(demo.engineer, "development", release=green_release(),
                                        scheduled_for=when), demo)
-    broken = approve_all(request_change(demo.engineer, "staging", release=green_release(),
+    stale = approve_all(request_change(demo.engineer, "staging", release=green_release(),
+                                       scheduled_for=when), demo)
+    broken = approve_all(request_change(demo.engineer, "staging",
+                                        release=green_release(application=_other_app("api")),
                                         scheduled_for=when), demo)
     last = approve_all(request_change(demo.engineer, "staging",
                                       release=green_release(application=_other_app()),
                                       scheduled_for=when), demo)
-    for change in (first, broken, last):
+    for change in (first, stale, broken, last):
         assert change.status == ChangeRequest.Status.SCHEDULED
     # Its strategy changed behind the approvals' back: starting it is refused.
-    ChangeRequest.objects.filter(pk=broken.pk).update(strategy="blue_green")
+    ChangeRequest.objects.filter(pk=stale.pk).update(strategy="blue_green")
+    # And one whose start fails in a way nobody foresaw.
+    create = services.deployment_create
+
+    def failing_create(**kwargs):
+        if kwargs["release"].application.slug == "api":
+            raise RuntimeError("executor settings unreadable")
+        return create(**kwargs)
+
+    monkeypatch.setattr(services, "deployment_create", failing_create)
 
     started = approval_services.changes_start_scheduled(now=when + timedelta(seconds=1))
 
     assert len(started) == 2
-    for change in (first, broken, last):
+    for change in (first, stale, broken, last):
         change.refresh_from_db()
     assert first.status == last.status == ChangeRequest.Status.DEPLOYING
-    assert broken.status == ChangeRequest.Status.APPROVED  # never starts later by surprise
-    assert not Deployment.objects.filter(change_id=broken.pk).exists()
+    # Neither starts later by surprise: both wait, approved, for someone to deploy them.
+    assert stale.status == broken.status == ChangeRequest.Status.APPROVED
+    assert not Deployment.objects.filter(change_id__in=[stale.pk, broken.pk]).exists()
+    deferred = AuditEvent.objects.get(action="change.start_deferred")
+    assert deferred.object_id == str(stale.pk) and deferred.after["code"] == "not_ready"
+    assert any("strategy" in b["message"] for b in deferred.after["blockers"])
     failed = AuditEvent.objects.get(action="change.schedule_failed")
     assert failed.object_id == str(broken.pk)
-    assert "given before the strategy changed" in failed.reason
-    assert failed.after["code"] == "not_ready"
+    assert failed.after["code"] == "error"
 
 
-def _other_app():
+def _other_app(slug="billing"):
     from catalog.models import Application
 
-    return Application.objects.create(slug="billing", name="Billing")
+    return Application.objects.create(slug=slug, name=slug.title())

@@ -243,6 +243,16 @@ def test_prometheus_queries_go_through_the_client(server, no_allow_list):
     assert server.seen == []
 
 
+def test_vault_lookups_go_through_the_client(server, no_allow_list):
+    from configuration.references import SecretUnavailable, resolve_reference
+
+    for address in (server.url, "http://169.254.169.254"):
+        with pytest.raises(SecretUnavailable, match="DestinationRefused"):
+            resolve_reference("vault:secret/production/storefront#token",
+                              environ={"VAULT_ADDR": address, "VAULT_TOKEN": "t"})
+    assert server.seen == []
+
+
 @pytest.mark.django_db
 def test_artifact_downloads_go_through_the_client(demo, server, settings, tmp_path):
     settings.PORTAL_OUTBOUND_ALLOW = ["127.0.0.1", "localhost"]

@@ -52,6 +52,30 @@ def test_production_refuses_to_start_with_the_development_key():
                          "with DJANGO_DEBUG off")
 
 
+def test_production_without_a_key_refuses_to_start():
+    result = _manage("check")
+    assert result.returncode != 0, result.stdout
+    assert "Set the DJANGO_SECRET_KEY environment variable" in result.stderr
+
+
+def test_commands_on_the_embedded_servers_use_a_machine_key_of_their_own(tmp_path):
+    from django.conf import settings
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("DJANGO_") and k not in ("DATABASE_URL", "REDIS_URL")}
+    env["PORTAL_VAR_DIR"] = str(tmp_path)
+    code = "from django.conf import settings; print(settings.DEBUG, settings.SECRET_KEY)"
+    runs = [subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=BASE_DIR,
+                           env=env, capture_output=True, text=True, timeout=120)
+            for _ in range(2)]
+    assert runs[0].returncode == 0, runs[0].stderr[-2000:]
+    debug, key = runs[0].stdout.strip().splitlines()[-1].split(" ", 1)
+    assert debug == "False"
+    assert key != settings.DEVELOPMENT_SECRET_KEY and len(key) >= 50
+    assert runs[1].stdout.strip().splitlines()[-1] == f"False {key}"  # made once, kept
+    assert (tmp_path / "secret-key").stat().st_mode & 0o077 == 0
+
+
 def test_production_refuses_to_start_with_an_empty_key():
     result = _manage("check", DJANGO_SECRET_KEY="  ")
     assert result.returncode != 0, result.stdout
@@ -217,11 +241,17 @@ def test_pages_show_a_friendly_503_when_postgresql_is_down(demo):
     assert "Traceback" not in body and "OperationalError" not in body
 
 
+@pytest.mark.urls("tests.security.error_urls")
 def test_api_answers_503_queue_unavailable_when_redis_is_down(demo, api, settings):
     client = api(demo.engineer)
     client.raise_request_exception = False
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
                                    "LOCATION": DEAD["REDIS_URL"]}}
-    response = client.get("/api/v1/changes/")  # the rate limit counts in Redis
+    # What needs Redis to answer says so with a code ...
+    response = client.get("/api/v1/cache-probe/")
     assert response.status_code == 503
     assert response.json()["code"] == "queue_unavailable"
+    assert response["Retry-After"]
+    # ... while reads that do not need it keep working (the rate limit is not counted).
+    response = client.get("/api/v1/changes/")
+    assert response.status_code == 200

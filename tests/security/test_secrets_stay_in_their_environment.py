@@ -287,3 +287,24 @@ def test_a_reference_whose_allow_list_entry_was_removed_does_not_resolve(
     response = api(demo.oncall).get(f"/api/v1/deployments/{deployment.pk}/log")
     assert secret not in response.content.decode()
     nowhere_in_the_database(secret)
+
+
+def test_demo_services_get_their_configuration_but_not_the_workers_environment(
+        tmp_path, monkeypatch):
+    import psutil
+
+    from demo_fleet import control
+
+    monkeypatch.setenv("DJANGO_SECRET_KEY", "worker-only-key-123")
+    monkeypatch.setenv("DATABASE_URL", "postgres://portal:pw@db/portal")
+    release = tmp_path / "releases" / "1.0.0"
+    release.mkdir(parents=True)
+    info = control.start_instance(tmp_path / "instance", release, "web-1",
+                                  env={"PORTAL_CONFIGURATION": '{"timeout": 60}'})
+    try:
+        seen = psutil.Process(info["pid"]).environ()
+    finally:
+        control.stop_instance(tmp_path / "instance")
+    assert seen["PORTAL_CONFIGURATION"] == '{"timeout": 60}'
+    assert "DJANGO_SECRET_KEY" not in seen and "DATABASE_URL" not in seen
+    assert "PATH" in seen

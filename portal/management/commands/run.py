@@ -68,6 +68,10 @@ class Command(BaseCommand):
             python = sys.executable
             bin_dir = os.path.dirname(python)
             env = dict(os.environ, PYTHONUNBUFFERED="1")
+            log_level = os.environ.get("PORTAL_LOG_LEVEL", "WARNING").upper()
+            if hasattr(os, "geteuid") and os.geteuid() == 0:
+                # Celery warns at length when run as root; one line here says it instead.
+                env["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser"
             # The demo fleet's services listen on loopback: the worker probes them.
             env.setdefault("PORTAL_OUTBOUND_ALLOW", "127.0.0.1")
             commands = {
@@ -75,14 +79,16 @@ class Command(BaseCommand):
                                "--bind", f"{host}:{port}", "--workers", "2", "--threads", "4",
                                "--access-logfile", "-", "--log-level", "warning",
                                "--graceful-timeout", "5"],
-                "worker": [os.path.join(bin_dir, "celery"), "-A", "portal", "worker",
-                           "--loglevel", "INFO", "--concurrency", "2",
+                # Quiet by default: the banner above stays readable, each deployment's
+                # progress is on its page; PORTAL_LOG_LEVEL=INFO shows every task.
+                "worker": [os.path.join(bin_dir, "celery"), "-A", "portal", "--quiet",
+                           "worker", "--loglevel", log_level, "--concurrency", "2",
                            "--hostname", "worker@%h",
                            # One worker: nothing to gossip with, and both break on a
                            # Redis restart where the worker itself reconnects.
                            "--without-gossip", "--without-mingle"],
-                "beat": [os.path.join(bin_dir, "celery"), "-A", "portal", "beat",
-                         "--loglevel", "INFO",
+                "beat": [os.path.join(bin_dir, "celery"), "-A", "portal", "--quiet", "beat",
+                         "--loglevel", log_level,
                          "--schedule", str(embedded.var_dir() / "celerybeat-schedule")],
             }
             servers = [supervisor.ServerComponent(name, server) for name, server in
