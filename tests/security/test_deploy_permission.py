@@ -181,6 +181,8 @@ def test_last_approval_of_a_change_not_ready_yet_stands_and_nothing_starts(demo,
     assert "environment_locked" in {b["code"] for b in deferred.after["blockers"]}
 
 
+# Notifications leave after the decision commits: the transaction commits here.
+@pytest.mark.django_db(transaction=True)
 def test_deployer_who_lost_deploy_before_the_last_approval_does_not_deploy(demo, api):
     change = request_change(demo.engineer, "staging", deploy_when_approved=True)
     assert change.deployer == demo.engineer
@@ -225,6 +227,8 @@ def test_deployer_who_lost_deploy_cannot_start_it_by_hand_either(demo):
     assert AuditEvent.objects.filter(action="change.deploy.refused").count() == 1
 
 
+# Notifications leave after the decision commits: the transaction commits here.
+@pytest.mark.django_db(transaction=True)
 def test_scheduled_change_whose_deployer_lost_deploy_is_not_started_by_the_beat(demo):
     when = in_an_hour()
     change = request_change(demo.engineer, "staging", scheduled_for=when)
