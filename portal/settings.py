@@ -235,6 +235,8 @@ SPECTACULAR_SETTINGS = {
     # Operations named and grouped by resource (changes_create, tag "changes"), which is
     # what client generators turn into module and function names.
     "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "portal.schema.answers_carry_every_field"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
