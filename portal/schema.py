@@ -9,7 +9,12 @@ from django.core.validators import RegexValidator
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    OpenApiWebhook,
+    extend_schema,
+)
 from rest_framework import serializers
 
 
@@ -201,4 +206,57 @@ def answers_carry_every_field(result, generator, request, public):
         properties = component.get("properties")
         if properties:
             component["required"] = sorted(properties)
+    for component in result.get("components", {}).get("schemas", {}).values():
+        for prop in component.get("properties", {}).values():
+            # A field that may be blank is "blank, or a value of its format or pattern":
+            # anyOf, since "" may satisfy both; its default ("") belongs to the field, not
+            # to the branch it does not match.
+            branches = prop.get("oneOf", [])
+            if {"type": "string", "maxLength": 0} in branches:
+                prop["anyOf"] = prop.pop("oneOf")
+                for branch in branches:
+                    if "default" in branch:
+                        prop["default"] = branch.pop("default")
     return result
+
+
+# --- outgoing webhooks (OpenAPI 3.1 `webhooks`) ------------------------------------------
+
+
+class NotificationWebhookSerializer(serializers.Serializer):
+    """What the portal POSTs to a subscription's generic JSON webhook
+    (notifications.services._json_body)."""
+
+    kind = serializers.ChoiceField(
+        choices=["approval_request", "rejected", "pre_deployment", "post_deployment",
+                 "failed", "rolled_back", "start_refused"],
+        help_text="What happened (the subscription's kinds filter these).")
+    subject = serializers.CharField(help_text="One line, e.g. `CR-12 approved`.")
+    text = serializers.CharField(help_text="The message in plain text.")
+    change = serializers.IntegerField(allow_null=True, help_text="The change request's id.")
+    deployment = serializers.IntegerField(allow_null=True, help_text="The deployment's id.")
+    environment = serializers.CharField(allow_blank=True, help_text="Environment slug.")
+    fields = serializers.DictField(help_text="Facts of the event by name (application, "
+                                             "version, status, ...).")
+    notification = serializers.IntegerField(
+        help_text="The notification's id; the same message sent again carries the same id "
+                  "(and Idempotency-Key).")
+
+
+NOTIFICATION_WEBHOOK = OpenApiWebhook(
+    name="notification",
+    decorator=extend_schema(
+        summary="A notification, POSTed to a subscription's generic JSON webhook",
+        description="Sent once per notification, retried while the receiver answers 5xx or "
+                    "429 or cannot be reached; any 2xx ends the delivery, another 4xx stops "
+                    "it. The body is not signed: give the subscription a URL holding a secret "
+                    "of the receiver's (a path or query token) and serve it over HTTPS. "
+                    "Slack-compatible webhooks receive Slack's `{text, blocks}` instead.",
+        request=NotificationWebhookSerializer,
+        parameters=[OpenApiParameter(
+            name="Idempotency-Key", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
+            required=True, description="`notification-<id>`: the same for every attempt of "
+                                       "one message, so a receiver can drop repeats.")],
+        responses={200: OpenApiResponse(description="Received (any 2xx).")},
+    ),
+)
