@@ -253,10 +253,24 @@ NOTIFICATION_WEBHOOK = OpenApiWebhook(
                     "of the receiver's (a path or query token) and serve it over HTTPS. "
                     "Slack-compatible webhooks receive Slack's `{text, blocks}` instead.",
         request=NotificationWebhookSerializer,
-        parameters=[OpenApiParameter(
-            name="Idempotency-Key", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
-            required=True, description="`notification-<id>`: the same for every attempt of "
-                                       "one message, so a receiver can drop repeats.")],
         responses={200: OpenApiResponse(description="Received (any 2xx).")},
     ),
 )
+
+
+NOTIFICATION_WEBHOOK_HEADERS = [
+    {"in": "header", "name": "Idempotency-Key", "required": True, "schema": {"type": "string"},
+     "description": "`notification-<id>`: the same for every attempt of one message, so a "
+                    "receiver can drop repeats."},
+    {"in": "header", "name": "User-Agent", "required": True,
+     "schema": {"type": "string", "enum": ["change-portal"]}},
+]
+
+
+def webhook_headers(result, generator, request, public):
+    """Postprocessing hook: the headers the portal sends with a notification webhook
+    (drf-spectacular's webhooks take no header parameters)."""
+    post = result.get("webhooks", {}).get(NOTIFICATION_WEBHOOK.name, {}).get("post")
+    if post is not None:
+        post["parameters"] = NOTIFICATION_WEBHOOK_HEADERS
+    return result

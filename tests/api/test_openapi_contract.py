@@ -72,8 +72,9 @@ def test_hooks_document_the_signature_and_delivery_headers_they_read(schema):
     for path, operation in hooks:
         read = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
         assert HOOK_HEADERS <= read, (path, read)
-        answers = json.dumps(operation["responses"]["200"])
-        assert "HookDuplicate" in answers, path
+        answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
+        name = answer["$ref"].split("/")[-1]
+        assert "HookDuplicate" in name + json.dumps(schema["components"]["schemas"][name]), path
 
 
 def test_lists_document_their_cursor_pagination(schema):
