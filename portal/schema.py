@@ -247,10 +247,11 @@ NOTIFICATION_WEBHOOK = OpenApiWebhook(
     name="notification",
     decorator=extend_schema(
         summary="A notification, POSTed to a subscription's generic JSON webhook",
-        description="Sent once per notification, retried while the receiver answers 5xx or "
-                    "429 or cannot be reached; any 2xx ends the delivery, another 4xx stops "
-                    "it. The body is not signed: give the subscription a URL holding a secret "
-                    "of the receiver's (a path or query token) and serve it over HTTPS. "
+        description="Sent once per notification, retried while the receiver answers 5xx "
+                    "or 429 or cannot be reached; an answer below 400 ends the delivery, "
+                    "another 4xx stops it. The body is not signed: give the subscription a "
+                    "URL holding a secret of the receiver's (a path or query token) and "
+                    "serve it over HTTPS. "
                     "Slack-compatible webhooks receive Slack's `{text, blocks}` instead.",
         request=NotificationWebhookSerializer,
         responses={200: OpenApiResponse(description="Received (any 2xx).")},
