@@ -212,7 +212,11 @@ def answers_carry_every_field(result, generator, request, public):
             # anyOf, since "" may satisfy both; its default ("") belongs to the field, not
             # to the branch it does not match.
             branches = prop.get("oneOf", [])
-            if {"type": "string", "maxLength": 0} in branches:
+            if {} in branches:
+                # "Anything, or null" (a nullable JSON field in OpenAPI 3.1): null would
+                # match both branches of the oneOf; it is simply anything.
+                del prop["oneOf"]
+            elif {"type": "string", "maxLength": 0} in branches:
                 prop["anyOf"] = prop.pop("oneOf")
                 for branch in branches:
                     if "default" in branch:

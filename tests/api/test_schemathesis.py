@@ -66,7 +66,7 @@ load_all_checks()
 ALL_CHECKS = [valid_data_accepted if check is positive_data_acceptance else check
               for check in CHECKS.get_all() if check is not valid_data_accepted]
 # Bounded: 8 roles x ~30 operations x 2 modes stays within a few minutes.
-EXAMPLES_PER_OPERATION = 6
+EXAMPLES_PER_OPERATION = 4
 ROLES = ["engineer", "techlead", "cab", "auditor", "ci", "admin", "outsider", None]
 MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
 VALID_KEY = re.compile(KEY_PATTERN)
