@@ -8,7 +8,7 @@ import django_filters
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import generics, permissions, serializers, status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -29,6 +29,7 @@ from portal.authentication import BearerTokenAuthentication
 from portal.idempotency import idempotent
 from portal.models import AuditEvent
 from portal.permissions import is_auditor
+from portal.schema import HookDuplicateSerializer
 
 
 class IsAuditor(permissions.BasePermission):
@@ -186,7 +187,9 @@ class CiHook(HookView):
     hook_name = "ci"
     write_scopes = frozenset({REQUEST})
 
-    @extend_schema(request=CiHookInSerializer, responses={200: CiHookOutSerializer},
+    @extend_schema(request=CiHookInSerializer, responses={200: PolymorphicProxySerializer(
+                       component_name="CiHookAnswer", resource_type_field_name=None,
+                       serializers=[CiHookOutSerializer, HookDuplicateSerializer])},
                    summary="CI reports a check result and the release's authors and mergers")
     @idempotent
     def post(self, request):
@@ -224,7 +227,8 @@ class PushHook(HookView):
     hook_name = "push"
     write_scopes = frozenset({REQUEST, DEPLOY})
 
-    @extend_schema(request=PushHookInSerializer, responses={202: PushHookOutSerializer},
+    @extend_schema(request=PushHookInSerializer, responses={202: PushHookOutSerializer,
+                                                            200: HookDuplicateSerializer},
                    summary="A push: register the release and deploy it to development "
                            "without approvals (SOP 2.2)")
     @idempotent
@@ -285,7 +289,9 @@ class AlertmanagerHook(HookView):
     hook_name = "alertmanager"
     write_scopes = frozenset({DEPLOY})
 
-    @extend_schema(request=AlertmanagerInSerializer, responses={200: AlertmanagerOutSerializer},
+    @extend_schema(request=AlertmanagerInSerializer, responses={200: PolymorphicProxySerializer(
+                       component_name="AlertmanagerAnswer", resource_type_field_name=None,
+                       serializers=[AlertmanagerOutSerializer, HookDuplicateSerializer])},
                    summary="Alertmanager webhook: action=trigger_rollback rolls back the latest "
                            "deployment the alert names (SOP 9.2); other alerts are recorded")
     @idempotent
