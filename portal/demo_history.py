@@ -85,7 +85,7 @@ class HistoryClock:
     """
 
     def __init__(self, start: datetime, tick: timedelta = timedelta(seconds=2)) -> None:
-        self.current = start
+        self.current = start.astimezone(UTC)
         self.tick = tick
         self._real = django.utils.timezone.now
         self._fields: list = []
@@ -96,6 +96,8 @@ class HistoryClock:
         return value
 
     def at(self, moment: datetime) -> datetime:
+        # In UTC, as the real clock reads: an event's hash covers its time as written.
+        moment = moment.astimezone(UTC)
         if moment > self.current:
             self.current = moment
         return self.current
@@ -675,8 +677,9 @@ class Generator:
 
     def twist(self, slug: str, n: int, count: int) -> str:
         if self.small:
-            return {("payments-api", 1): "canary_fails", ("mobile-backend", 1):
-                    "manual_rollback", ("data-pipeline", 1): "scheduled"}.get((slug, n), "")
+            return {("payments-api", 1): "canary_fails", ("payments-api", 2): "security_rejects",
+                    ("mobile-backend", 1): "manual_rollback", ("mobile-backend", 2): "qa_rejects",
+                    ("data-pipeline", 1): "scheduled"}.get((slug, n), "")
         return {
             ("payments-api", 3): "security_rejects", ("payments-api", 7): "canary_fails",
             ("payments-api", 10): "scheduled", ("payments-api", 5): "qa_rejects",
