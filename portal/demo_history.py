@@ -190,7 +190,7 @@ class HistoryProvider:
         if self.bad and new:
             errors, p95 = int(requests * 0.35), 640.0 + self.random.randint(0, 80)
         else:
-            errors, p95 = 0, 110.0 + self.random.randint(0, 30)
+            errors, p95 = 0, 110.0 + self.random.randint(0, 8)
         return health.Figures(targets=names, requests=requests, errors=errors,
                               p50_ms=round(p95 / 2.4, 1), p95_ms=p95,
                               p99_ms=round(p95 * 1.3, 1))
@@ -344,6 +344,18 @@ def _local(day: datetime, hour: int, minute: int = 0) -> datetime:
     return datetime.combine(local.date(), time(hour, minute), tzinfo=LONDON).astimezone(UTC)
 
 
+def _working(moment: datetime, rng: random.Random) -> datetime:
+    """``moment``, or the next working hour after it in London (people request in the day)."""
+    local = moment.astimezone(LONDON)
+    if local.hour >= 18:
+        local = (local + timedelta(days=1)).replace(hour=9)
+    elif local.hour < 9:
+        local = local.replace(hour=9)
+    while local.weekday() >= 5:
+        local = (local + timedelta(days=1)).replace(hour=9)
+    return local.replace(minute=rng.randint(0, 59)).astimezone(UTC)
+
+
 def _artifact(slug: str, version: str) -> tuple[str, str]:
     """A small artifact in the portal's artifact store (the trusted source) and its SHA-256."""
     store = Path(settings.PORTAL_ARTIFACT_STORE)
@@ -471,7 +483,7 @@ class Generator:
         add(t0, lambda: self.push(app, plan, version, notes, migration_plan))
 
         # Staging, the next working day or two.
-        t1 = t0 + timedelta(hours=self.random.randint(20, 44))
+        t1 = _working(t0 + timedelta(hours=self.random.randint(20, 44)), self.random)
         strategy = "all_at_once" if plan.strategy == "canary" else plan.strategy
         add(t1, lambda: self.request(app, version, "staging", strategy=strategy, risk="low",
                                      impact=f"{app.name}: {notes}"))
@@ -491,7 +503,7 @@ class Generator:
             return
 
         # Production: a standard change in the next window, or a hotfix.
-        t2 = t1 + timedelta(hours=self.random.randint(24, 60))
+        t2 = _working(t1 + timedelta(hours=self.random.randint(24, 60)), self.random)
         change_type = ChangeType.HOTFIX if twist == "hotfix" else ChangeType.STANDARD
         scheduled = twist == "scheduled"
         rollback_plan = (f"Roll back to the previous {app.name} release with the portal's "
@@ -535,6 +547,16 @@ class Generator:
             add(when, lambda: self.deploy(app, version, "production", "oncall"))
         if twist == "manual_rollback":
             add(when + timedelta(hours=1, minutes=40), lambda: self.roll_back(app))
+        elif n % 4 != 3:
+            # The SOP 13.2 compliance list, the morning after (a few are left for the
+            # auditor to find).
+            add(_working(when + timedelta(hours=10), self.random),
+                lambda: self.tick_compliance(app, version))
+
+    def tick_compliance(self, app: Application, version: str) -> None:
+        change = self.change(app, version, "production")
+        if change is not None and change.status == ChangeRequest.Status.DEPLOYED:
+            self.tick_all(change, "oncall", kinds=[ChecklistKind.COMPLIANCE])
 
     def tick_prod(self, app: Application, version: str) -> None:
         change = self.change(app, version, "production")
@@ -706,6 +728,20 @@ class Generator:
                                                          "On-call handover screen.", None))
         add(base + timedelta(hours=21), lambda: self.request(
             console, "0.9.0", "staging", impact="Ops console: handover screen."))
+        # Releases through staging last week, now asking for production.
+        for app, plan in ((mobile, plans["mobile-backend"]), (pipeline, plans["data-pipeline"])):
+            start = base - timedelta(days=5)
+            add(start, lambda app=app, plan=plan: self.push(
+                app, plan, "5.0.0", "Larger release: see the release notes.", None))
+            add(start + timedelta(days=1), lambda app=app: self.request(
+                app, "5.0.0", "staging", strategy="all_at_once", risk="medium",
+                impact=f"{app.name}: larger release."))
+            add(start + timedelta(days=1, hours=2),
+                lambda app=app: self.decide(app, "5.0.0", "staging", "tech_lead", "techlead"))
+            add(start + timedelta(days=1, hours=4),
+                lambda app=app: self.decide(app, "5.0.0", "staging", "qa", "qa"))
+            add(start + timedelta(days=1, hours=5),
+                lambda app=app: self.deploy(app, "5.0.0", "staging", "engineer"))
         # Production standard change: CAB, security and business to decide.
         last_mobile = self.latest_promoted("mobile-backend")
         add(base + timedelta(hours=26), lambda: self.request(
@@ -720,10 +756,30 @@ class Generator:
             risk="low", on_call=self.people["oncall"],
             impact="Nightly aggregates finish an hour earlier.",
             rollback_plan="Redeploy the previous release; the migration is additive."))
+        # Scheduled for the next production window, approved and ready: the beat starts it.
+        add(base + timedelta(hours=31), lambda: self.schedule_next_window(console))
         # CAB has decided part of one: security and business still to go.
         add(base + timedelta(hours=33), lambda: self.decide(
             mobile, last_mobile(), "production", "cab", "cab2",
             comment="Fine for Thursday's window."))
+
+    def schedule_next_window(self, app: Application) -> None:
+        staged = (Deployment.objects.filter(application=app, environment=self.envs["staging"],
+                                            status=Deployment.Status.SUCCEEDED)
+                  .order_by("-id").values_list("release__version", flat=True).first())
+        if staged is None:
+            return
+        when = self.window_after(self.now + timedelta(hours=2))
+        self.request(app, staged, "production", who="oncall", scheduled_for=when,
+                     change_type=ChangeType.STANDARD, risk="low",
+                     impact="Ops console in production for the on-call rota.",
+                     rollback_plan="Roll back with the portal; no data to migrate.",
+                     on_call=self.people["oncall"])
+        for role, who in (("cab", "cab2"), ("security", "security"),
+                          ("business", "business")):
+            self.decide(app, staged, "production", role, who)
+        change = self.change(app, staged, "production")
+        self.tick_all(change, "oncall")
 
     def latest_promoted(self, slug: str) -> Callable[[], str]:
         """The newest version of ``slug`` that reached staging but not production (read late)."""
