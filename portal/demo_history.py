@@ -322,9 +322,11 @@ class _Timeline:
     def add(self, when: datetime, action: Callable[[], None]) -> None:
         heapq.heappush(self._heap, (when, next(self._seq), action))
 
-    def run(self, clock: HistoryClock, history: History) -> None:
+    def run(self, clock: HistoryClock, history: History, *, until: datetime) -> None:
         while self._heap:
             when, _, action = heapq.heappop(self._heap)
+            if max(when, clock.current) >= until:
+                continue  # a story that would go on past the present stops here
             clock.at(when)
             # One transaction per step of the story: the workers and beat of a running
             # portal never see a historical change half-way (a deployment queued, a
@@ -382,6 +384,7 @@ class Generator:
         self.history = History()
         self.apps: dict[str, Application] = {}
         self.clock: HistoryClock | None = None
+        self.scheduled_version = ""
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -453,7 +456,9 @@ class Generator:
             approval_services.gate_approve(actor=self.people[who], change=change, role=role,
                                            comment=comment or self.comment(role), seen=seen)
 
-    def tick_all(self, change: ChangeRequest, who: str, kinds=None) -> None:
+    def tick_all(self, change: ChangeRequest | None, who: str, kinds=None) -> None:
+        if change is None:
+            return
         items = change.checklist.filter(auto_check="", done=False)
         if kinds:
             items = items.filter(kind__in=kinds)
@@ -545,7 +550,12 @@ class Generator:
                                                               "oncall"))
         else:
             add(when, lambda: self.deploy(app, version, "production", "oncall"))
-        if twist == "manual_rollback":
+        if twist == "canary_fails":
+            # The fix, once the canary has been rolled back: a hotfix the next day.
+            fix = f"{version.rsplit('.', 1)[0]}.1"
+            add(when + timedelta(minutes=30), lambda: self.release_story(
+                app, plan, n, fix, when + timedelta(days=1), "hotfix"))
+        elif twist == "manual_rollback":
             add(when + timedelta(hours=1, minutes=40), lambda: self.roll_back(app))
         elif n % 4 != 3:
             # The SOP 13.2 compliance list, the morning after (a few are left for the
@@ -585,7 +595,7 @@ class Generator:
         change = ChangeRequest.objects.get(pk=latest.change_id)
         self.tick_all(change, "oncall", kinds=[ChecklistKind.ROLLBACK_VERIFICATION])
 
-    def emergency(self, app: Application, day: datetime, *, review: str) -> None:
+    def emergency(self, app: Application, day: datetime, *, impact: str, review: str) -> None:
         add = self.timeline.add
         t0 = _local(day, 3, 10)
         holder: dict[str, str] = {}
@@ -611,7 +621,7 @@ class Generator:
         add(t0 + timedelta(minutes=25), lambda: holder and self.request(
             app, holder["version"], "production", change_type=ChangeType.EMERGENCY,
             strategy="all_at_once", risk="high",
-            impact="Customers cannot complete payments: P1 incident INC-4711.",
+            impact=impact,
             rollback_plan="Redeploy the previous release; the fix changes no schema.",
             on_call=self.people["oncall"]))
         add(t0 + timedelta(minutes=35), lambda: holder and self.decide(
@@ -619,6 +629,8 @@ class Generator:
         add(t0 + timedelta(minutes=40), lambda: holder and self.deploy(app, holder["version"],
                                                             "production", "oncall"))
         if review:
+            add(t0 + timedelta(days=1, hours=7),
+                lambda: holder and self.tick_compliance(app, holder["version"]))
             add(t0 + timedelta(days=3, hours=8),
                 lambda: holder and self.close_review(app, holder["version"], review))
 
@@ -686,15 +698,16 @@ class Generator:
                         "migrate", "migration timed out after 900 s waiting for a lock on "
                                    "events; nothing was applied")
                 self.release_story(app, plan, n, version, day, twist)
-                if twist == "canary_fails":
-                    fix = f"{version.rsplit('.', 1)[0]}.1"
-                    self.release_story(app, plan, n, fix, day + timedelta(days=3), "hotfix")
         mobile, payments = self.apps["mobile-backend"], self.apps["payments-api"]
         self.emergency(mobile, self.start + timedelta(days=DAYS * 0.55),
+                       impact="Push notifications fail for every iOS user: P1 incident "
+                              "INC-4711.",
                        review="Root cause: an expired certificate on the push gateway. "
                               "Actions: certificate expiry alerting (OPS-231), runbook "
                               "updated. The emergency path was used correctly.")
-        self.emergency(payments, self.now - timedelta(days=6), review="")
+        self.emergency(payments, self.now - timedelta(days=6),
+                       impact="Card payments declined for one acquirer: P1 incident "
+                              "INC-4802.", review="")
         self.waiting_now()
 
     def twist(self, slug: str, n: int, count: int) -> str:
@@ -722,11 +735,11 @@ class Generator:
         # Staging: tech lead and QA to decide.
         add(base, lambda: self.push(payments, plans["payments-api"], "4.0.0",
                                     "New payout scheduling.", None))
-        add(base + timedelta(hours=20), lambda: self.request(
+        add(self.before_now(base + timedelta(hours=20)), lambda: self.request(
             payments, "4.0.0", "staging", risk="medium", impact="Payouts: new scheduling."))
         add(base + timedelta(hours=1), lambda: self.push(console, plans["ops-console"], "0.9.0",
                                                          "On-call handover screen.", None))
-        add(base + timedelta(hours=21), lambda: self.request(
+        add(self.before_now(base + timedelta(hours=21)), lambda: self.request(
             console, "0.9.0", "staging", impact="Ops console: handover screen."))
         # Releases through staging last week, now asking for production.
         for app, plan in ((mobile, plans["mobile-backend"]), (pipeline, plans["data-pipeline"])):
@@ -744,24 +757,37 @@ class Generator:
                 lambda app=app: self.deploy(app, "5.0.0", "staging", "engineer"))
         # Production standard change: CAB, security and business to decide.
         last_mobile = self.latest_promoted("mobile-backend")
-        add(base + timedelta(hours=26), lambda: self.request(
+        add(self.before_now(base + timedelta(hours=26)), lambda: self.request(
             mobile, last_mobile(), "production", change_type=ChangeType.STANDARD,
             strategy="rolling", risk="medium", on_call=self.people["oncall"],
             impact="Mobile app users: faster session refresh.",
             rollback_plan="Roll back to the previous release with the portal's rollback."))
         # Production hotfix: tech lead and CAB.
         last_pipeline = self.latest_promoted("data-pipeline")
-        add(base + timedelta(hours=30), lambda: self.request(
+        add(self.before_now(base + timedelta(hours=30)), lambda: self.request(
             pipeline, last_pipeline(), "production", change_type=ChangeType.HOTFIX,
             risk="low", on_call=self.people["oncall"],
             impact="Nightly aggregates finish an hour earlier.",
             rollback_plan="Redeploy the previous release; the migration is additive."))
         # Scheduled for the next production window, approved and ready: the beat starts it.
-        add(base + timedelta(hours=31), lambda: self.schedule_next_window(console))
+        asked = self.before_now(base + timedelta(hours=2))
+        add(asked, lambda: self.schedule_next_window(console))
+        for hours, (role, who) in enumerate((("cab", "cab2"), ("security", "security"),
+                                             ("business", "business")), start=1):
+            add(asked + timedelta(hours=hours, minutes=self.random.randint(0, 40)),
+                lambda role=role, who=who: self.decide(
+                    console, self.scheduled_version, "production", role, who))
+        add(asked + timedelta(hours=4, minutes=50), lambda: self.tick_all(
+            self.change(console, self.scheduled_version, "production"), "oncall"))
         # CAB has decided part of one: security and business still to go.
         add(base + timedelta(hours=33), lambda: self.decide(
             mobile, last_mobile(), "production", "cab", "cab2",
             comment="Fine for Thursday's window."))
+
+    def before_now(self, moment: datetime) -> datetime:
+        """In working hours if that is still in the past, else as it is."""
+        working = _working(moment, self.random)
+        return working if working < self.now - timedelta(hours=8) else moment
 
     def schedule_next_window(self, app: Application) -> None:
         staged = (Deployment.objects.filter(application=app, environment=self.envs["staging"],
@@ -775,11 +801,7 @@ class Generator:
                      impact="Ops console in production for the on-call rota.",
                      rollback_plan="Roll back with the portal; no data to migrate.",
                      on_call=self.people["oncall"])
-        for role, who in (("cab", "cab2"), ("security", "security"),
-                          ("business", "business")):
-            self.decide(app, staged, "production", role, who)
-        change = self.change(app, staged, "production")
-        self.tick_all(change, "oncall")
+        self.scheduled_version = staged
 
     def latest_promoted(self, slug: str) -> Callable[[], str]:
         """The newest version of ``slug`` that reached staging but not production (read late)."""
@@ -853,7 +875,7 @@ def _generate(*, size: str, now: datetime) -> History:
         with transaction.atomic():
             generator.setup()
         generator.plan()
-        generator.timeline.run(clock, generator.history)
+        generator.timeline.run(clock, generator.history, until=now - timedelta(minutes=10))
         if clock.current >= now:
             raise HistoryError("the demo history ran past the present; make it smaller")
     return generator.history

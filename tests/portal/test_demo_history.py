@@ -65,7 +65,19 @@ def _rollbacks_automatic_with_verdict_and_manual_with_verification():
                                   environment__slug="production")
     verdict = AnalysisVerdict.objects.get(deployment=auto, outcome="failed")
     assert verdict.action == "rolled_back" and verdict.reasons
-    assert auto.rollbacks.get().status == Deployment.Status.SUCCEEDED
+    restored = auto.rollbacks.get()
+    assert restored.status == Deployment.Status.SUCCEEDED
+
+    def version(d):
+        return tuple(int(p) for p in d.release.version.split("."))
+
+    # Back to the release before it, and the fix came after the failure.
+    assert version(restored) < version(auto)
+    fix = Deployment.objects.filter(application__slug="payments-api",
+                                    environment__slug="production",
+                                    created_at__gt=auto.created_at,
+                                    status=Deployment.Status.SUCCEEDED).first()
+    assert fix is not None and version(fix) > version(auto)
     manual = Deployment.objects.get(status=Deployment.Status.ROLLED_BACK,
                                     application__slug="mobile-backend")
     assert manual.failure_reason.startswith("rolled back by oncall")
