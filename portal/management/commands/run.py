@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -129,8 +130,14 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         finally:
             if history_maker is not None and history_maker.poll() is None:
-                history_maker.terminate()
-                history_maker.wait(15)
+                # Interrupted like Ctrl-C: its transaction rolls back and it disconnects
+                # before the servers stop.
+                history_maker.send_signal(signal.SIGINT)
+                try:
+                    history_maker.wait(15)
+                except subprocess.TimeoutExpired:
+                    history_maker.kill()
+                    history_maker.wait(5)
                 demo_history.marker().unlink(missing_ok=True)
             _stop_children(children)
             # The demo application's sample services stop with the portal and come
