@@ -341,7 +341,8 @@ class PreflightQuerySerializer(serializers.Serializer):
             raise serializers.ValidationError({"release": [
                 "Give the change id, the release id, or application and version."]})
         if not attrs.get("environment"):
-            raise serializers.ValidationError({"environment": ["This field is required."]})
+            raise serializers.ValidationError({"environment": [
+                "Give the environment with the release (or give the change)."]})
         return attrs
 
 

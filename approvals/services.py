@@ -862,9 +862,13 @@ def change_request_deployment_finished(*, deployment: Deployment, status: str) -
         system = System(f"deployment #{deployment.pk} {status}")
         if status == Deployment.Status.ROLLED_BACK or getattr(deployment, "kind", "") == \
                 "rollback":
-            # SOP 8.3: verify the rollback.
+            # SOP 8.3: verify the rollback, once: the rolled-back deployment and the
+            # rollback that undid it are one event for the checklist.
+            related = {deployment.pk, deployment.rolled_back_deployment_id}
+            related |= set(Deployment.objects.filter(rolled_back_deployment_id=deployment.pk)
+                           .values_list("pk", flat=True))
             if not change.checklist.filter(kind=ChecklistKind.ROLLBACK_VERIFICATION,
-                                           deployment_id=deployment.pk).exists():
+                                           deployment_id__in=related - {None}).exists():
                 _open_checklist(change, [ChecklistKind.ROLLBACK_VERIFICATION],
                                 deployment_id=deployment.pk)
         if change.status != ChangeRequest.Status.DEPLOYING:

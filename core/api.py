@@ -117,6 +117,24 @@ class CursorPagination(pagination.CursorPagination):
     max_page_size = 500
     ordering = "-id"
 
+    def get_page_size(self, request):
+        # A page size out of range is refused rather than silently replaced, as the
+        # schema states (1 to max_page_size).
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not raw.isdigit() or not 1 <= int(raw) <= self.max_page_size:
+            raise exceptions.ValidationError({self.page_size_query_param: [
+                f"A whole number from 1 to {self.max_page_size}."]})
+        return int(raw)
+
+    def get_schema_operation_parameters(self, view):
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"].update(minimum=1, maximum=self.max_page_size)
+        return parameters
+
     def decode_cursor(self, request):
         cursor = super().decode_cursor(request)
         # The position is compared with integer ids: anything else is a forged cursor.

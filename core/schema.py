@@ -3,10 +3,18 @@ error answers every operation can give, so the schema states them exactly."""
 
 from __future__ import annotations
 
+import inspect
+
+from django.core.validators import RegexValidator
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    OpenApiWebhook,
+    extend_schema,
+)
 from rest_framework import serializers
 
 
@@ -48,6 +56,13 @@ class ErrorSerializer(serializers.Serializer):
                                       help_text="409 `not_ready` only: what stands in the way.")
 
 
+class HookDuplicateSerializer(serializers.Serializer):
+    """A hook delivery received before: acknowledged, and nothing applied again."""
+
+    duplicate = serializers.BooleanField(help_text="Always true.")
+    detail = serializers.CharField()
+
+
 ERROR_DESCRIPTIONS = {
     "400": "Invalid input: `code` is `invalid` (with `fields`) or `malformed`.",
     "401": "No credentials, or a token that is unknown, expired or revoked.",
@@ -60,15 +75,65 @@ ERROR_DESCRIPTIONS = {
     "415": "The body is not JSON.",
     "422": "`idempotency_key_reused`: the Idempotency-Key was used with a different request.",
     "429": "Rate limited (`rate_limited`); wait for Retry-After seconds.",
+    "500": "A fault of the portal (`server_error`); it is logged and the answer holds no "
+           "detail of it.",
+    "503": "PostgreSQL or Redis is unreachable (`database_unavailable`, `queue_unavailable`); "
+           "retry after Retry-After seconds.",
 }
 
+# Headers every answer of a kind may carry (response headers).
+RESPONSE_HEADERS = [
+    OpenApiParameter(
+        name="Retry-After", type=OpenApiTypes.INT, location=OpenApiParameter.HEADER,
+        response=["429", "503"], description="Seconds to wait before trying again."),
+    OpenApiParameter(
+        name="WWW-Authenticate", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
+        response=["401"], description="`Bearer`: send `Authorization: Bearer <token>`."),
+]
+IDEMPOTENT_REPLAYED_HEADER = OpenApiParameter(
+    name="Idempotent-Replayed", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
+    enum=["true"], response=True,
+    description="`true` when this is the stored answer to an earlier request with the same "
+                "Idempotency-Key (success or error): nothing was done again.")
+
+# What the hooks read besides the body (docs/api.md, "Hooks").
+HOOK_HEADERS = [
+    OpenApiParameter(
+        name="webhook-id", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
+        description="Standard Webhooks: the delivery id. A delivery id seen before answers "
+                    "200 `{duplicate: true}` and changes nothing. Token callers may send it "
+                    "for the same guarantee."),
+    OpenApiParameter(
+        name="webhook-timestamp", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
+        description="Standard Webhooks: seconds since the Unix epoch; more than five minutes "
+                    "away from the portal's clock is 401 `stale_signature`."),
+    OpenApiParameter(
+        name="webhook-signature", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
+        description="Standard Webhooks: `v1,<base64 HMAC-SHA256 of \"<id>.<timestamp>.<raw "
+                    "body>\">`, keyed with the hook's secret; several may be sent, "
+                    "space-separated (key rotation)."),
+    OpenApiParameter(
+        name="X-Hub-Signature-256", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
+        description="GitHub's body signature: `sha256=<hex HMAC-SHA256 of the raw body>`; "
+                    "needs X-GitHub-Delivery."),
+    OpenApiParameter(
+        name="X-GitHub-Delivery", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
+        description="GitHub's delivery id; with X-Hub-Signature-256, or sent by a token "
+                    "caller so a delivery is applied once."),
+    OpenApiParameter(
+        name="X-Portal-Signature", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
+        description="The same value as X-Hub-Signature-256, for senders other than GitHub."),
+]
+
 IDEMPOTENCY_HEADER = OpenApiParameter(
-    name="Idempotency-Key", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
-    required=False,
+    name="Idempotency-Key", location=OpenApiParameter.HEADER, required=False,
+    type={"type": "string", "minLength": 1, "maxLength": 255,
+          "pattern": r"^[!-~]([ -~]{0,253}[!-~])?$"},
     description="Makes a retry safe: the same key with the same body replays the first "
                 "answer (with `Idempotent-Replayed: true`); with a different body it is a 422; "
                 "while the first is still running it is a 409. Keys are kept 24 hours, per "
-                "user. At most 255 characters.",
+                "user. 1 to 255 visible ASCII characters (spaces inside allowed), bare or "
+                "quoted (\"key\").",
 )
 
 
@@ -79,7 +144,27 @@ class PortalAutoSchema(AutoSchema):
             codes += ["409", "415"]
             if self._is_idempotent():
                 codes.append("422")
-        return codes
+        return [*codes, "500", "503"]
+
+    def _map_serializer_field(self, field, direction, bypass_extensions=False):
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        # A text field that may not be blank refuses "" and, trimmed, "  ": say so, so
+        # that what the schema calls valid is what the portal accepts.
+        if (direction == "request" and isinstance(field, serializers.CharField)
+                and not field.allow_blank and schema.get("type") == "string"
+                and "enum" not in schema and "format" not in schema):
+            schema.setdefault("minLength", 1)
+            if field.trim_whitespace and not any(isinstance(v, RegexValidator)
+                                                 for v in field.validators):
+                schema.setdefault("pattern", r"\S")
+        return schema
+
+    def get_description(self) -> str:
+        # The view's own docstring and the method's, not one inherited from a base class
+        # (which describes the plumbing, not the operation).
+        handler = getattr(self.view, self.method.lower(), None)
+        own = self.view.__class__.__dict__.get("__doc__")
+        return inspect.cleandoc(getattr(handler, "__doc__", None) or own or "")
 
     def _is_idempotent(self) -> bool:
         handler = getattr(self.view, self.method.lower(), None)
@@ -88,8 +173,10 @@ class PortalAutoSchema(AutoSchema):
     def get_override_parameters(self):
         params = list(super().get_override_parameters())
         if self.method == "POST" and self._is_idempotent():
-            params.append(IDEMPOTENCY_HEADER)
-        return params
+            params += [IDEMPOTENCY_HEADER, IDEMPOTENT_REPLAYED_HEADER]
+        if getattr(self.view, "hook_name", ""):
+            params += HOOK_HEADERS
+        return [*params, *RESPONSE_HEADERS]
 
     def _get_response_bodies(self, direction="response"):
         responses = super()._get_response_bodies(direction)
@@ -99,3 +186,96 @@ class PortalAutoSchema(AutoSchema):
                                                               direction=direction)
                 responses[code]["description"] = ERROR_DESCRIPTIONS[code]
         return responses
+
+
+# Answer components whose serializers leave keys out when they have nothing to say; every
+# other answer carries each of its fields on every response (null when empty).
+SPARSE_ANSWERS = {"Error", "AlertOutcome"}
+
+
+def answers_carry_every_field(result, generator, request, public):
+    """Postprocessing hook: in answers, every field a serializer writes is required.
+
+    A serializer writes all of its fields, but drf-spectacular marks a model field with a
+    default as optional even in an answer; clients generated from the schema would then
+    treat ``status`` or ``created_at`` as possibly absent.
+    """
+    for name, component in result.get("components", {}).get("schemas", {}).items():
+        if name.endswith("Request") or name in SPARSE_ANSWERS:
+            continue
+        properties = component.get("properties")
+        if properties:
+            component["required"] = sorted(properties)
+    for component in result.get("components", {}).get("schemas", {}).values():
+        for prop in component.get("properties", {}).values():
+            # A field that may be blank is "blank, or a value of its format or pattern":
+            # anyOf, since "" may satisfy both; its default ("") belongs to the field, not
+            # to the branch it does not match.
+            branches = prop.get("oneOf", [])
+            if {} in branches:
+                # "Anything, or null" (a nullable JSON field in OpenAPI 3.1): null would
+                # match both branches of the oneOf; it is simply anything.
+                del prop["oneOf"]
+            elif {"type": "string", "maxLength": 0} in branches:
+                prop["anyOf"] = prop.pop("oneOf")
+                for branch in branches:
+                    if "default" in branch:
+                        prop["default"] = branch.pop("default")
+    return result
+
+
+# --- outgoing webhooks (OpenAPI 3.1 `webhooks`) ------------------------------------------
+
+
+class NotificationWebhookSerializer(serializers.Serializer):
+    """What the portal POSTs to a subscription's generic JSON webhook
+    (notifications.services._json_body)."""
+
+    kind = serializers.ChoiceField(
+        choices=["approval_request", "rejected", "pre_deployment", "post_deployment",
+                 "failed", "rolled_back", "start_refused"],
+        help_text="What happened (the subscription's kinds filter these).")
+    subject = serializers.CharField(help_text="One line, e.g. `CR-12 approved`.")
+    text = serializers.CharField(help_text="The message in plain text.")
+    change = serializers.IntegerField(allow_null=True, help_text="The change request's id.")
+    deployment = serializers.IntegerField(allow_null=True, help_text="The deployment's id.")
+    environment = serializers.CharField(allow_blank=True, help_text="Environment slug.")
+    fields = serializers.DictField(help_text="Facts of the event by name (application, "
+                                             "version, status, ...).")
+    notification = serializers.IntegerField(
+        help_text="The notification's id; the same message sent again carries the same id "
+                  "(and Idempotency-Key).")
+
+
+NOTIFICATION_WEBHOOK = OpenApiWebhook(
+    name="notification",
+    decorator=extend_schema(
+        summary="A notification, POSTed to a subscription's generic JSON webhook",
+        description="Sent once per notification, retried while the receiver answers 5xx "
+                    "or 429 or cannot be reached; an answer below 400 ends the delivery, "
+                    "another 4xx stops it. The body is not signed: give the subscription a "
+                    "URL holding a secret of the receiver's (a path or query token) and "
+                    "serve it over HTTPS. "
+                    "Slack-compatible webhooks receive Slack's `{text, blocks}` instead.",
+        request=NotificationWebhookSerializer,
+        responses={200: OpenApiResponse(description="Received (any 2xx).")},
+    ),
+)
+
+
+NOTIFICATION_WEBHOOK_HEADERS = [
+    {"in": "header", "name": "Idempotency-Key", "required": True, "schema": {"type": "string"},
+     "description": "`notification-<id>`: the same for every attempt of one message, so a "
+                    "receiver can drop repeats."},
+    {"in": "header", "name": "User-Agent", "required": True,
+     "schema": {"type": "string", "enum": ["change-portal"]}},
+]
+
+
+def webhook_headers(result, generator, request, public):
+    """Postprocessing hook: the headers the portal sends with a notification webhook
+    (drf-spectacular's webhooks take no header parameters)."""
+    post = result.get("webhooks", {}).get(NOTIFICATION_WEBHOOK.name, {}).get("post")
+    if post is not None:
+        post["parameters"] = NOTIFICATION_WEBHOOK_HEADERS
+    return result

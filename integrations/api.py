@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
@@ -11,6 +11,7 @@ from catalog.models import Release
 from core.api import DEPLOY, REQUEST, ApiView, BoundedDateTimeField
 from core.authentication import BearerTokenAuthentication
 from core.idempotency import idempotent
+from core.schema import HookDuplicateSerializer
 from deployments.api import ReleaseInSerializer, ReleaseOutSerializer
 from integrations import hooks
 
@@ -78,7 +79,9 @@ class CiHook(HookView):
     hook_name = "ci"
     write_scopes = frozenset({REQUEST})
 
-    @extend_schema(request=CiHookInSerializer, responses={200: CiHookOutSerializer},
+    @extend_schema(request=CiHookInSerializer, responses={200: PolymorphicProxySerializer(
+                       component_name="CiHookAnswer", resource_type_field_name=None,
+                       serializers=[CiHookOutSerializer, HookDuplicateSerializer])},
                    summary="CI reports a check result and the release's authors and mergers")
     @idempotent
     def post(self, request):
@@ -116,7 +119,8 @@ class PushHook(HookView):
     hook_name = "push"
     write_scopes = frozenset({REQUEST, DEPLOY})
 
-    @extend_schema(request=PushHookInSerializer, responses={202: PushHookOutSerializer},
+    @extend_schema(request=PushHookInSerializer, responses={202: PushHookOutSerializer,
+                                                            200: HookDuplicateSerializer},
                    summary="A push: register the release and deploy it to development "
                            "without approvals (SOP 2.2)")
     @idempotent
@@ -177,7 +181,9 @@ class AlertmanagerHook(HookView):
     hook_name = "alertmanager"
     write_scopes = frozenset({DEPLOY})
 
-    @extend_schema(request=AlertmanagerInSerializer, responses={200: AlertmanagerOutSerializer},
+    @extend_schema(request=AlertmanagerInSerializer, responses={200: PolymorphicProxySerializer(
+                       component_name="AlertmanagerAnswer", resource_type_field_name=None,
+                       serializers=[AlertmanagerOutSerializer, HookDuplicateSerializer])},
                    summary="Alertmanager webhook: action=trigger_rollback rolls back the latest "
                            "deployment the alert names (SOP 9.2); other alerts are recorded")
     @idempotent

@@ -167,8 +167,10 @@ def _check_body_signature(secret: str, headers, name: str, body: bytes) -> tuple
 class HookSignatureAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request):
         headers = request.headers
-        body_header = next((h for h in SIGNATURE_HEADERS if headers.get(h)), None)
-        if body_header is None and not headers.get(STANDARD_SIGNATURE_HEADER):
+        # A signature header that is present is checked, even empty: a request never falls
+        # through to another credential past a signature that does not verify.
+        body_header = next((h for h in SIGNATURE_HEADERS if h in headers), None)
+        if body_header is None and STANDARD_SIGNATURE_HEADER not in headers:
             return None
         view = request.parser_context.get("view") if request.parser_context else None
         hook = getattr(view, "hook_name", "")
@@ -177,7 +179,7 @@ class HookSignatureAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed(
                 "This hook has no secret configured; send an API token instead.")
         body = request._request.body
-        if headers.get(STANDARD_SIGNATURE_HEADER):
+        if STANDARD_SIGNATURE_HEADER in headers:
             keys = _check_standard(secret, headers, body)
         else:
             keys = _check_body_signature(secret, headers, body_header, body)

@@ -367,6 +367,21 @@ def test_rolled_back_deployment_opens_the_rollback_verification_checklist(demo):
     items = change.checklist.filter(kind=ChecklistKind.ROLLBACK_VERIFICATION)
     assert [i.text for i in items][:2] == ["Application starts successfully",
                                            "Health checks pass"]
+    opened = items.count()
+
+    # The rollback that undid it finishing is the same event: the list is not opened again.
+    from deployments import services as engine
+    from deployments.models import Release
+
+    previous = Release.objects.create(application=deployment.application, version="0.9.0",
+                                      created_by=demo.engineer)
+    rollback = engine.deployment_create(actor=demo.oncall, release=previous,
+                                        environment=deployment.environment,
+                                        change_id=change.pk, kind="rollback",
+                                        rolled_back_deployment=deployment)
+    Deployment.objects.filter(pk=rollback.pk).update(status="succeeded")
+    services.change_request_deployment_finished(deployment=rollback, status="succeeded")
+    assert change.checklist.filter(kind=ChecklistKind.ROLLBACK_VERIFICATION).count() == opened
 
 
 def test_window_in_a_time_zone_spanning_midnight(demo):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -17,7 +18,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 import demo_fleet
-from portal import embedded, supervisor
+from portal import demo_history, embedded, supervisor
 from portal.management.commands.seed_demo import DEFAULT_PASSWORD, USERS
 
 
@@ -35,6 +36,7 @@ class Command(BaseCommand):
     def handle(self, *args, host: str, port: int, password: str, **options):
         lock = embedded.RunLock()
         children: list[supervisor.ProcessComponent] = []
+        history_maker = None
         services = None
         try:
             lock.acquire()
@@ -55,9 +57,14 @@ class Command(BaseCommand):
             connections.close_all()
             call_command("migrate", interactive=False, verbosity=0)
             first_run = not get_user_model().objects.exists()
+            # First run: six months of demo history too, made in the background once
+            # the web server is up (PORTAL_DEMO_HISTORY=false leaves it out).
+            history = first_run and os.environ.get(
+                "PORTAL_DEMO_HISTORY", "true").lower() not in ("0", "false", "no")
             if first_run:
                 self._say("first run: loading demo data")
-                call_command("seed_demo", password=password, verbosity=0)
+                call_command("seed_demo", password=password, verbosity=0,
+                             dated_for_history=history)
             connections.close_all()
 
             fleet_record = embedded.var_dir() / "demo-fleet.json"
@@ -105,6 +112,11 @@ class Command(BaseCommand):
                 child.start()
             _wait_for_port(host, port, 30)
             self._banner(host, port, password if first_run else None)
+            if history:
+                history_maker = demo_history.start_in_background(password=password, env=env)
+                self._say("making six months of demo history in the background "
+                          f"({embedded.var_dir() / 'demo-history.log'}); pages say when "
+                          "it is done")
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 # SIGINT too: a shell that starts us in the background ignores it.
                 signal.signal(signum, _raise_interrupt)
@@ -113,12 +125,26 @@ class Command(BaseCommand):
                     watch.check()
                 except supervisor.GiveUp as exc:
                     raise CommandError(str(exc)) from None
+                if history_maker is not None and history_maker.poll() is not None:
+                    self._say("demo history is ready" if history_maker.returncode == 0 else
+                              "making the demo history failed; see var/demo-history.log")
+                    history_maker = None
                 time.sleep(0.5)
         except KeyboardInterrupt:
             self._say("stopping…")
         except embedded.ServiceError as exc:
             raise CommandError(str(exc)) from None
         finally:
+            if history_maker is not None and history_maker.poll() is None:
+                # Interrupted like Ctrl-C: its transaction rolls back and it disconnects
+                # before the servers stop.
+                history_maker.send_signal(signal.SIGINT)
+                try:
+                    history_maker.wait(15)
+                except subprocess.TimeoutExpired:
+                    history_maker.kill()
+                    history_maker.wait(5)
+                demo_history.marker().unlink(missing_ok=True)
             _stop_children(children)
             # The demo application's sample services stop with the portal and come
             # back with it on the next start.

@@ -1,7 +1,7 @@
 """Demo data (DESIGN.md section 9): environments, policies, groups, one user per role."""
 
 import hashlib
-from datetime import time
+from datetime import time, timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -9,12 +9,14 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.utils import timezone
 from guardian.shortcuts import assign_perm
 
 from approvals.models import MaintenanceWindow
 from approvals.policies import seed_default_policies
 from catalog.models import Application, Environment, Release, Target
 from core.audit import System, audit_record
+from portal import demo_history
 
 DEFAULT_PASSWORD = "demo-portal-2026"
 
@@ -56,9 +58,43 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--password", default=DEFAULT_PASSWORD,
                             help="Password for every demo user.")
+        parser.add_argument("--history", action="store_true",
+                            help="Also make six months of history through the services: "
+                                 "four more applications, approvals, deployments, "
+                                 "rollbacks, reviews and changes waiting now.")
+        parser.add_argument("--history-size", choices=["full", "small"], default="full",
+                            help="small: a few releases per application (tests).")
+        parser.add_argument("--dated-for-history", action="store_true",
+                            help="Date the base data at the start of the history that a "
+                                 "later `seed_demo --history` makes (`make run` does so).")
+
+    def handle(self, *args, password: str, history: bool = False, history_size: str = "full",
+               dated_for_history: bool = False, **options):
+        if dated_for_history and not history:
+            with demo_history.HistoryClock(
+                    demo_history.start_of(timezone.now()) - timedelta(hours=1)):
+                self._seed(password)
+            return
+        if not history:
+            self._seed(password)
+            return
+        if demo_history.already_made():
+            self._seed(password)
+            self.stdout.write("The demo history is already there.")
+            return
+        now = timezone.now()
+        # The base data dated just before the history, so the trail reads in time order.
+        with demo_history.HistoryClock(demo_history.start_of(now) - timedelta(hours=1)):
+            self._seed(password)
+        made = demo_history.generate(size=history_size, now=now)
+        self.stdout.write(self.style.SUCCESS(
+            f"Demo history: {len(made.applications)} applications, {made.changes} changes, "
+            f"{made.deployments} deployments."))
+        for problem in made.problems:
+            self.stdout.write(f"  refused on the way (kept as history): {problem}")
 
     @transaction.atomic
-    def handle(self, *args, password: str, **options):
+    def _seed(self, password: str) -> None:
         envs = {}
         for slug, name, order in ENVIRONMENTS:
             envs[slug], _ = Environment.objects.get_or_create(
