@@ -46,7 +46,7 @@ class KeyReused(DomainError):
 
 
 # Visible ASCII, spaces allowed inside, 1 to 255 characters: what the OpenAPI schema
-# states (portal.schema.IDEMPOTENCY_HEADER), so clients can check a key before sending it.
+# states (core.schema.IDEMPOTENCY_HEADER), so clients can check a key before sending it.
 KEY_PATTERN = r"^[!-~]([ -~]{0,253}[!-~])?$"
 _KEY = re.compile(KEY_PATTERN)
 

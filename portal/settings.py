@@ -240,12 +240,12 @@ SPECTACULAR_SETTINGS = {
     # Operations named and grouped by resource (changes_create, tag "changes"), which is
     # what client generators turn into module and function names.
     "SCHEMA_PATH_PREFIX": r"/api/v1",
-    # 3.1 for `webhooks`: the notifications the portal sends (portal.schema).
+    # 3.1 for `webhooks`: the notifications the portal sends (core.schema).
     "OAS_VERSION": "3.1.0",
-    "WEBHOOKS": ["portal.schema.NOTIFICATION_WEBHOOK"],
+    "WEBHOOKS": ["core.schema.NOTIFICATION_WEBHOOK"],
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
-                             "portal.schema.answers_carry_every_field",
-                             "portal.schema.webhook_headers"],
+                             "core.schema.answers_carry_every_field",
+                             "core.schema.webhook_headers"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

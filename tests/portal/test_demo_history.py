@@ -19,8 +19,8 @@ from approvals.models import (
 from approvals.selectors import inbox_gates
 from catalog.models import Application
 from core.models import AuditEvent
-from deployments import metrics
 from deployments.models import AnalysisVerdict, Deployment
+from reporting import metrics
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db

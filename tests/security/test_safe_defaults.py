@@ -58,12 +58,14 @@ def test_production_without_a_key_refuses_to_start():
     assert "Set the DJANGO_SECRET_KEY environment variable" in result.stderr
 
 
-def test_commands_on_the_embedded_servers_use_a_machine_key_of_their_own(tmp_path):
+def test_commands_on_the_embedded_servers_use_a_machine_key_of_their_own():
     from django.conf import settings
 
+    from portal import embedded
+
+    # The suite's own embedded servers (and var dir): the command finds them running.
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("DJANGO_") and k not in ("DATABASE_URL", "REDIS_URL")}
-    env["PORTAL_VAR_DIR"] = str(tmp_path)
     code = "from django.conf import settings; print(settings.DEBUG, settings.SECRET_KEY)"
     runs = [subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=BASE_DIR,
                            env=env, capture_output=True, text=True, timeout=120)
@@ -73,7 +75,9 @@ def test_commands_on_the_embedded_servers_use_a_machine_key_of_their_own(tmp_pat
     assert debug == "False"
     assert key != settings.DEVELOPMENT_SECRET_KEY and len(key) >= 50
     assert runs[1].stdout.strip().splitlines()[-1] == f"False {key}"  # made once, kept
-    assert (tmp_path / "secret-key").stat().st_mode & 0o077 == 0
+    key_file = embedded.var_dir() / "secret-key"
+    assert key_file.read_text().strip() == key
+    assert key_file.stat().st_mode & 0o077 == 0
 
 
 def test_production_refuses_to_start_with_an_empty_key():
