@@ -50,18 +50,10 @@ class FreezeAdmin(AuditedModelAdmin):
 
 
 @admin.register(Delegation)
-class DelegationAdmin(admin.ModelAdmin):
+class DelegationAdmin(ReadOnlyModelAdmin):
+    """Delegations are created and revoked on their page, where they are audited."""
+
     list_display = ["delegator", "delegate", "environment", "role", "expires_at", "revoked_at"]
-
-    # Delegations are created and revoked on their page, where they are audited.
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(ChangeRequest)

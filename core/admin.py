@@ -82,16 +82,8 @@ class ApiTokenAdmin(ReadOnlyModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyModelAdmin):
+    """The audit trail is append-only: nobody adds, edits or deletes it from the admin."""
+
     list_display = ["occurred_at", "actor_name", "action", "object_repr", "environment"]
     list_filter = ["action", "environment"]
-
-    # The audit trail is append-only: nobody edits or deletes it from the admin.
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

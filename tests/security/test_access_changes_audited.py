@@ -277,6 +277,32 @@ def test_read_only_admins_refuse_edits_and_nothing_changes(admin_client, demo):
     assert ApiToken.objects.get(pk=token.pk).scopes == ["read"]
 
 
+def test_notification_admin_is_a_read_only_view_without_webhook_urls(admin_client, demo):
+    from notifications.models import Subscription
+    from notifications.services import subscription_create
+
+    secret_url = "https://hooks.example.com/services/T0/B0/s3cr3t-path"
+    subscription = subscription_create(actor=demo.oncall, channel="webhook", target=secret_url,
+                                       environment=Environment.objects.get(slug="production"))
+    # No road around the service's address check and audit: no adding, editing or deleting.
+    answer = admin_client.post("/admin/notifications/subscription/add/", {
+        "channel": "webhook", "target": "http://169.254.169.254/latest/", "kinds": "[]",
+        "active": "on"})
+    assert answer.status_code == 403
+    answer = admin_client.post(
+        f"/admin/notifications/subscription/{subscription.pk}/change/",
+        {"channel": "webhook", "target": "http://169.254.169.254/latest/", "kinds": "[]"})
+    assert answer.status_code == 403
+    assert Subscription.objects.get(pk=subscription.pk).target == secret_url
+    # The URL works as a secret: the admin shows scheme, host and a hash only.
+    for url in ("/admin/notifications/subscription/",
+                f"/admin/notifications/subscription/{subscription.pk}/change/"):
+        page = admin_client.get(url)
+        assert page.status_code == 200
+        assert "hooks.example.com" in page.content.decode()
+        assert "s3cr3t-path" not in page.content.decode()
+
+
 def test_a_token_revoked_from_the_admin_goes_through_the_audited_service(admin_client, demo):
     token, raw = api_token_issue(actor=System("test"), user=demo.engineer, name="ci-laptop")
     answer = admin_client.post("/admin/core/apitoken/", {
