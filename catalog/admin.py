@@ -2,7 +2,7 @@ from django.contrib import admin
 from guardian.admin import GuardedModelAdmin
 
 from catalog.models import Application, Environment, Release, Target
-from core.admin import AuditedModelAdmin
+from core.admin import AuditedModelAdmin, ReadOnlyModelAdmin
 
 
 @admin.register(Environment)
@@ -23,8 +23,8 @@ class TargetAdmin(AuditedModelAdmin):
 
 
 @admin.register(Release)
-class ReleaseAdmin(admin.ModelAdmin):
-    list_display = ["application", "version", "commit_sha", "created_at"]
+class ReleaseAdmin(ReadOnlyModelAdmin):
+    """Releases are immutable and registered through the service that checks their
+    artifact's source and digest (SOP 10.1) and audits them."""
 
-    def has_change_permission(self, request, obj=None):
-        return False  # releases are immutable
+    list_display = ["application", "version", "commit_sha", "created_at"]

@@ -1,22 +1,22 @@
 from django.contrib import admin
 
+from core.admin import ReadOnlyModelAdmin
 from deployments.models import AnalysisVerdict, Deployment
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin):
+class DeploymentAdmin(ReadOnlyModelAdmin):
+    """Deployments start only through the approval workflow and change only through the
+    engine; a row added here would be picked up by the worker without any gate."""
+
     list_display = ["pk", "application", "environment", "release", "kind", "status",
                     "created_at"]
     list_filter = ["status", "environment"]
 
-    def has_change_permission(self, request, obj=None):
-        return False  # executions change only through the engine
-
 
 @admin.register(AnalysisVerdict)
-class AnalysisVerdictAdmin(admin.ModelAdmin):
+class AnalysisVerdictAdmin(ReadOnlyModelAdmin):
+    """Verdicts are evidence."""
+
     list_display = ["deployment", "phase", "provider", "outcome", "action", "created_at"]
     list_filter = ["outcome", "action"]
-
-    def has_change_permission(self, request, obj=None):
-        return False  # verdicts are evidence

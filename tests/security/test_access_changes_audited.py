@@ -15,7 +15,7 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, get_perms, remove_perm
 
 from approvals.models import ApprovalPolicy, ChangeRequest, Delegation, MaintenanceWindow
-from catalog.models import Application, Environment
+from catalog.models import Application, Environment, Release
 from core.access_audit import OUTSIDE_A_REQUEST
 from core.audit import System
 from core.models import ApiToken, AuditEvent
@@ -275,6 +275,26 @@ def test_read_only_admins_refuse_edits_and_nothing_changes(admin_client, demo):
                                {"name": "laptop", "scopes": '["read", "deploy"]'})
     assert answer.status_code == 403
     assert ApiToken.objects.get(pk=token.pk).scopes == ["read"]
+
+
+def test_the_admin_cannot_add_a_release_or_a_deployment_around_the_controls(admin_client,
+                                                                            demo):
+    from deployments.models import Deployment
+
+    app = Application.objects.get(slug="storefront")
+    production = Environment.objects.get(slug="production")
+    releases, deployments = Release.objects.count(), Deployment.objects.count()
+    # An untrusted artifact without a digest, and a deployment no gate ever saw.
+    answer = admin_client.post("/admin/catalog/release/add/", {
+        "application": app.pk, "version": "6.6.6",
+        "artifact_url": "http://169.254.169.254/evil.tar.gz"})
+    assert answer.status_code == 403
+    release = Release.objects.filter(application=app).first()
+    answer = admin_client.post("/admin/deployments/deployment/add/", {
+        "application": app.pk, "environment": production.pk, "release": release.pk,
+        "status": "queued", "kind": "deploy", "strategy": "all_at_once"})
+    assert answer.status_code == 403
+    assert (Release.objects.count(), Deployment.objects.count()) == (releases, deployments)
 
 
 def test_notification_admin_is_a_read_only_view_without_webhook_urls(admin_client, demo):
