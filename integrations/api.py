@@ -75,13 +75,18 @@ class CiHookOutSerializer(ReleaseOutSerializer):
         fields = [*ReleaseOutSerializer.Meta.fields, "superseded"]
 
 
+def or_duplicate(name: str, answer) -> PolymorphicProxySerializer:
+    """A hook's answer: what it did, or that the delivery was already applied."""
+    return PolymorphicProxySerializer(component_name=name, resource_type_field_name=None,
+                                      serializers=[answer, HookDuplicateSerializer])
+
+
 class CiHook(HookView):
     hook_name = "ci"
     write_scopes = frozenset({REQUEST})
 
-    @extend_schema(request=CiHookInSerializer, responses={200: PolymorphicProxySerializer(
-                       component_name="CiHookAnswer", resource_type_field_name=None,
-                       serializers=[CiHookOutSerializer, HookDuplicateSerializer])},
+    @extend_schema(request=CiHookInSerializer,
+                   responses={200: or_duplicate("CiHookAnswer", CiHookOutSerializer)},
                    summary="CI reports a check result and the release's authors and mergers")
     @idempotent
     def post(self, request):
@@ -181,9 +186,9 @@ class AlertmanagerHook(HookView):
     hook_name = "alertmanager"
     write_scopes = frozenset({DEPLOY})
 
-    @extend_schema(request=AlertmanagerInSerializer, responses={200: PolymorphicProxySerializer(
-                       component_name="AlertmanagerAnswer", resource_type_field_name=None,
-                       serializers=[AlertmanagerOutSerializer, HookDuplicateSerializer])},
+    @extend_schema(request=AlertmanagerInSerializer,
+                   responses={200: or_duplicate("AlertmanagerAnswer",
+                                                AlertmanagerOutSerializer)},
                    summary="Alertmanager webhook: action=trigger_rollback rolls back the latest "
                            "deployment the alert names (SOP 9.2); other alerts are recorded")
     @idempotent
