@@ -679,6 +679,13 @@ def _interrupted_step(deployment: Deployment) -> DeploymentStep | None:
             .select_related("target").order_by("position").first())
 
 
+def may_operate(actor, environment) -> bool:
+    """Who may cancel a running deployment or decide on an interrupted step there: those
+    who may deploy or roll back in the environment."""
+    return (has_env_perm(actor, "deploy", environment)
+            or has_env_perm(actor, "rollback", environment))
+
+
 def _decide_interrupted(*, actor, deployment: Deployment, decision: str,
                         reason: str) -> Deployment:
     """Retry the interrupted step, or record it as done, and let the run go on."""
@@ -686,8 +693,7 @@ def _decide_interrupted(*, actor, deployment: Deployment, decision: str,
     with transaction.atomic():
         locked = (Deployment.objects.select_for_update(of=("self",))
                   .select_related("environment").get(pk=deployment.pk))
-        if not (has_env_perm(actor, "deploy", locked.environment)
-                or has_env_perm(actor, "rollback", locked.environment)):
+        if not may_operate(actor, locked.environment):
             raise Refused(f"you may not act on deployments in {locked.environment.name}",
                           code="not_permitted")
         if locked.status != Deployment.Status.NEEDS_ATTENTION:
@@ -1044,9 +1050,7 @@ def deployment_cancel(*, actor, deployment: Deployment, reason: str = "") -> Dep
         locked = Deployment.objects.select_for_update().select_related("environment").get(
             pk=deployment.pk
         )
-        if not isinstance(actor, System) and not (
-                has_env_perm(actor, "deploy", locked.environment)
-                or has_env_perm(actor, "rollback", locked.environment)):
+        if not isinstance(actor, System) and not may_operate(actor, locked.environment):
             raise Refused(f"you may not cancel deployments in {locked.environment.name}",
                           code="not_permitted")
         if locked.is_final:

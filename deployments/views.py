@@ -84,18 +84,18 @@ def _deployment(request, pk: int) -> Deployment:
 def _engine_context(request, deployment: Deployment) -> dict:
     """Targets, verdicts and the actions this user may take: a fixed number of queries."""
     may_rollback = has_env_perm(request.user, "rollback", deployment.environment)
-    may_deploy = may_rollback or has_env_perm(request.user, "deploy", deployment.environment)
+    may_operate = services.may_operate(request.user, deployment.environment)
     return {
         "targets": selectors.target_progress(deployment),
         "verdicts": selectors.deployment_verdicts(deployment),
         "rollbacks": selectors.related_rollbacks(deployment),
-        "can_cancel": may_deploy and deployment.status in (Deployment.Status.QUEUED,
+        "can_cancel": may_operate and deployment.status in (Deployment.Status.QUEUED,
                                                           Deployment.Status.RUNNING),
         "can_rollback": may_rollback and deployment.status in (
             Deployment.Status.RUNNING, Deployment.Status.SUCCEEDED, Deployment.Status.FAILED,
             Deployment.Status.CANCELLED, Deployment.Status.NEEDS_ATTENTION),
         # An interrupted step that is not safe to repeat: on-call decides.
-        "can_decide": may_deploy
+        "can_decide": may_operate
         and deployment.status == Deployment.Status.NEEDS_ATTENTION,
     }
 
