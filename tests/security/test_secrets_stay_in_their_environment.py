@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from catalog.models import Application, Environment, Release, Target
 from configuration import services
 from configuration.models import ConfigurationVersion, SecretAllowance
-from core.errors import Invalid, Refused
+from core.errors import Conflict, Invalid, Refused
 from core.models import AuditEvent
 from deployments import services as deployment_services
 from deployments.models import Deployment, DeploymentLogLine, DeploymentStep
@@ -106,6 +106,14 @@ def test_a_name_outside_the_allow_list_is_refused_until_an_administrator_allows_
                                   value="SHARED_PAYMENTS_API_TOKEN")
     version = save(demo.engineer, "development", document)
     assert version.secret_references == ["${env:SHARED_PAYMENTS_API_TOKEN}"]
+    # The same entry twice is a conflict, and records nothing more.
+    with pytest.raises(Conflict) as twice:
+        services.secret_allowance_add(actor=demo.admin, application=application,
+                                      environment=development, kind="env",
+                                      value="SHARED_PAYMENTS_API_TOKEN")
+    assert twice.value.code == "already_allowed"
+    assert SecretAllowance.objects.count() == 1
+    assert audit_count("configuration.secret_allowed") == 1
 
 
 @pytest.mark.parametrize(("kind", "value"), [

@@ -78,6 +78,7 @@ def test_api_refuses_artifacts_outside_the_trusted_sources(demo, api, store, tmp
             "artifact_sha256": DIGEST}, format="json")
         assert answer.status_code == 400, (url, answer.json())
         assert list(answer.json()["fields"]) == ["artifact_url"], url
+        assert answer.json()["code"] == "artifact_untrusted", url
         _refused(before, version)
     # Secrets in a URL do not reach the audit trail.
     assert not AuditEvent.objects.filter(reason__contains="passwd@").exists()
@@ -91,6 +92,7 @@ def test_an_artifact_without_its_sha256_is_refused(demo, api, store):
         "artifact_url": f"{store.as_uri()}/storefront-9.tgz"}, format="json")
     assert answer.status_code == 400
     assert list(answer.json()["fields"]) == ["artifact_sha256"]
+    assert answer.json()["code"] == "artifact_digest_missing"
     _refused(before, "9.1.0")
 
 
@@ -160,6 +162,7 @@ def test_the_push_hook_refuses_an_untrusted_artifact_and_deploys_nothing(demo, a
         "artifact_url": "file:///etc/shadow", "artifact_sha256": DIGEST}, format="json")
     assert answer.status_code == 400
     assert list(answer.json()["fields"]) == ["artifact_url"]
+    assert answer.json()["code"] == "artifact_untrusted"
     assert not Release.objects.filter(version="9.6.0").exists()
     assert not ChangeRequest.objects.filter(release__version="9.6.0").exists()
     assert not Deployment.objects.exists()
