@@ -24,9 +24,12 @@ run: $(STAMP)
 
 # The browser tests need Chromium: scripts/ensure-browser finds or installs one,
 # or stops at once saying what to install.
+# TEST_PROCESSES: pytest-xdist processes, each with its own embedded servers and worker
+# (portal/testing/plugin.py); a test module stays in one process (--dist loadfile).
+TEST_PROCESSES ?= 2
 test: $(STAMP)
 	@browser="$$(scripts/ensure-browser $(PY))" || exit 1; \
-	PORTAL_CHROMIUM="$$browser" $(PY) -m pytest $(PYTEST_ARGS)
+	PORTAL_CHROMIUM="$$browser" $(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 browser:
 	@scripts/ensure-browser $(PY)

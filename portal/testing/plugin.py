@@ -11,9 +11,18 @@ from pathlib import Path
 
 _base = Path(__file__).resolve().parents[2]
 os.environ.setdefault("PORTAL_VAR_DIR", str(_base / "var" / "test"))
-_var = Path(os.environ["PORTAL_VAR_DIR"])
 os.environ.setdefault("PORTAL_PG_PORT", "54339")
 os.environ.setdefault("PORTAL_REDIS_PORT", "63799")
+# Under pytest-xdist (`make test` runs two processes) each process gets servers of its
+# own: gw0 keeps the ports and directory above, gwN moves them by N * 100 and suffixes
+# the directory, so no database, Redis queue or worker is shared between processes.
+_xdist = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _xdist.startswith("gw") and _xdist != "gw0":
+    _n = int(_xdist[2:])
+    os.environ["PORTAL_VAR_DIR"] = f"{os.environ['PORTAL_VAR_DIR']}-{_xdist}"
+    for _name in ("PORTAL_PG_PORT", "PORTAL_REDIS_PORT"):
+        os.environ[_name] = str(int(os.environ[_name]) + 100 * _n)
+_var = Path(os.environ["PORTAL_VAR_DIR"])
 os.environ.setdefault("PORTAL_DEPLOY_ROOT", str(_var / "deploy"))
 os.environ.setdefault("DJANGO_DEBUG", "true")
 # Test servers and the demo fleet listen on loopback.
