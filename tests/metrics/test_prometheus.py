@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -169,6 +171,14 @@ def test_a_deployment_shows_in_the_gauges_and_the_timing_histograms(client, demo
     assert value(scraped, "portal_metrics_window_seconds") == 168 * 3600
     # The services above wrote audit events a moment ago.
     assert 0 <= value(scraped, "portal_audit_newest_event_age_seconds") < 60
+
+    # Every metric the example Grafana dashboard charts is served.
+    dashboard = (Path(__file__).resolve().parents[2] / "docs" / "grafana"
+                 / "portal-dashboard.json").read_text()
+    charted = set(re.findall(r"portal_[a-z_]+", dashboard)) - {"portal_metrics_window_seconds"}
+    client.get("/healthz")
+    served = {name for name, _ in samples(client)}
+    assert charted and charted <= served, charted - served
 
 
 def test_a_page_hit_is_timed_under_its_route_name_not_its_path(client, demo, token):
