@@ -149,12 +149,15 @@ class DatabaseCollector:
                 f"GROUP BY e.slug, d.status ORDER BY e.slug, d.status")
             by_status = cursor.fetchall()
 
+            # Only changes with a decision in the window can have been approved in it.
+            recent_decided = (f"c.id IN (SELECT change_id FROM {Approval._meta.db_table} "
+                              f"WHERE decided_at >= %s)")
             cursor.execute(_histogram_query(
                 f"SELECT e.slug AS environment, "
                 f"extract(epoch FROM ch.approved_at - ch.submitted_at) AS seconds "
-                f"FROM ({_approved_changes_sql('TRUE')}) ch "
+                f"FROM ({_approved_changes_sql(recent_decided)}) ch "
                 f"JOIN {environment} e ON e.id = ch.environment_id "
-                f"WHERE ch.approved_at >= %s", DECISION_BUCKETS), [since])
+                f"WHERE ch.approved_at >= %s", DECISION_BUCKETS), [since, since])
             to_approval = cursor.fetchall()
 
             recent_started = (f"c.id IN (SELECT change_id FROM {deployment} "
