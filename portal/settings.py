@@ -370,3 +370,22 @@ LOGGING = {
 # a callable (deployment, secrets=set) -> dict. The engine names no configuration app.
 PORTAL_CONFIGURATION_PROVIDER = env.str(
     "PORTAL_CONFIGURATION_PROVIDER", default="configuration.services.render_for_deployment")
+
+# Prometheus /metrics (docs/observability.md): request latency is timed by the outermost
+# middleware; the endpoint answers a bearer token and/or client networks, 404 with neither
+# (unless DEBUG, when loopback may read it).
+MIDDLEWARE.insert(0, "core.request_metrics.RequestLatencyMiddleware")
+PORTAL_METRICS_TOKEN = env.str("PORTAL_METRICS_TOKEN", default="")
+if PORTAL_METRICS_TOKEN and len(PORTAL_METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("PORTAL_METRICS_TOKEN is shorter than 16 characters; "
+                               "use a random one: python3 -c \"import secrets; "
+                               "print(secrets.token_urlsafe(32))\"")
+try:
+    import ipaddress as _ipaddress
+
+    PORTAL_METRICS_ALLOW = [_ipaddress.ip_network(cidr.strip(), strict=False)
+                            for cidr in env.list("PORTAL_METRICS_ALLOW", default=[])
+                            if cidr.strip()]
+except ValueError as _exc:
+    raise ImproperlyConfigured(f"PORTAL_METRICS_ALLOW: {_exc}") from None
+PORTAL_METRICS_WINDOW_HOURS = env.float("PORTAL_METRICS_WINDOW_HOURS", default=168.0)

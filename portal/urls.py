@@ -16,6 +16,7 @@ from portal import views
 from reporting import api as reporting_api
 from reporting import auditor_views, metrics_views
 from reporting import views as reporting_views
+from reporting.prometheus import metrics as prometheus_metrics
 
 api_v1 = [
     path("environments/", deployments_api.EnvironmentList.as_view(), name="api-environments"),
@@ -126,6 +127,8 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # Prometheus scrapes (docs/observability.md); the DORA page is /metrics/ above.
+    path("metrics", prometheus_metrics, name="prometheus-metrics"),
 ]
 
 # The portal's own error pages (JSON under /api/), never a traceback.
