@@ -6,8 +6,9 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_POST
 
 from approvals import checks, selectors, services
@@ -29,6 +30,9 @@ from core.errors import ChangedSinceViewed, DomainError
 from core.models import AuditEvent
 from deployments import selectors as deployment_selectors
 from deployments.models import Deployment
+
+# Gates on one page of the approvals inbox.
+INBOX_PAGE_SIZE = 25
 
 
 class ChangeRequestForm(forms.Form):
@@ -246,22 +250,28 @@ def change_cancel(request, pk: int):
 def inbox(request):
     environment = request.GET.get("environment", "")
     change_type = request.GET.get("change_type", "")
-    gates = list(selectors.inbox_gates(request.user, environment=environment,
-                                       change_type=change_type)[:200])
+    # One page of gates at a time: the page costs the same however many wait.
+    page = Paginator(selectors.inbox_gates(request.user, environment=environment,
+                                           change_type=change_type),
+                     INBOX_PAGE_SIZE).get_page(request.GET.get("page"))
+    gates = list(page.object_list)
     # What else stands in the way of each change, so an approver knows whether their
     # decision is the last thing it waits for.
     changes = [gate.change for gate in gates]
-    rules = selectors.rules_for(changes) if changes else None
+    blockers = selectors.blockers_for_many(changes)
     digests = digests_for_many(changes)
     for gate in gates:
-        others = [b for b in selectors.change_blockers(gate.change, rules=rules)
-                  if b.code != f"gate_{gate.role}"]
-        gate.other_blockers = others
+        gate.other_blockers = [b for b in blockers[gate.change.pk]
+                               if b.code != f"gate_{gate.role}"]
         # The version the card shows, sent back with the decision.
         gate.change.version_shown = services.change_version(gate.change, digests=digests[
             (gate.change.release.application_id, gate.change.environment_id)])
+    query = urlencode({k: v for k, v in (("environment", environment),
+                                          ("change_type", change_type)) if v})
     return render(request, "approvals/inbox.html", {
         "gates": gates,
+        "page": page,
+        "query": query,
         "reviews": list(selectors.open_reviews(request.user)[:50]),
         "environments": Environment.objects.order_by("order"),
         "change_types": ChangeType.choices,

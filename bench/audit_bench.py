@@ -168,7 +168,8 @@ def generate_deployments(count: int, years: float = 2) -> None:
     at = f"(now() - {span} + {span} * (g::float8 / {count}))"
     _insert_select(Release, {
         "id": f"{r0} + g", "application_id": f"({apps_arr})[1 + g % {len(app_ids)}]",
-        "version": f"'2.' || (g / {len(app_ids)}) || '.0'",
+        # Unique across calls: a second call continues the numbering.
+        "version": f"'2.' || ({r0} + g) || '.0'",
         "commit_sha": "md5(g::text)", "artifact_sha256": "md5(g::text) || md5(g::text)",
         "checks": "CASE WHEN g % 4 = 0 THEN '{\"security_scan\": {\"status\": \"passed\"}}'"
                   "::jsonb ELSE '{}'::jsonb END",
@@ -215,6 +216,59 @@ def generate_deployments(count: int, years: float = 2) -> None:
         for model in (Release, ChangeRequest, Gate, Approval, Deployment, DeploymentStep):
             cursor.execute(f'ANALYZE "{model._meta.db_table}"')
     print(f"generated {count} deployments in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+
+def generate_open_changes(count: int) -> None:
+    """``count`` changes waiting for approval, spread over the three environments, each
+    with the pending gates its environment's standard policy asks for: the approvals
+    inbox and the dashboard's "waiting for" of a busy portal. Requested by the
+    generated people (user000...), so the demo's approvers see them in their inbox."""
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+
+    from approvals.models import ApprovalPolicy, ChangeRequest, Gate
+    from catalog.models import Environment, Release
+
+    t0 = time.perf_counter()
+    User = get_user_model()
+    people = [User.objects.get_or_create(username=f"user{i:03d}")[0].pk for i in range(40)]
+    releases = list(Release.objects.filter(application__slug__in=APPLICATIONS)
+                    .order_by("-id").values_list("pk", flat=True)[:300])
+    if not releases:
+        generate_deployments(30)
+        releases = list(Release.objects.filter(application__slug__in=APPLICATIONS)
+                        .order_by("-id").values_list("pk", flat=True)[:300])
+    envs = list(Environment.objects.filter(slug__in=ENVIRONMENTS).order_by("order"))
+    people_arr = "ARRAY[" + ",".join(map(str, people)) + "]"
+    releases_arr = "ARRAY[" + ",".join(map(str, releases)) + "]"
+    for index, env in enumerate(envs):
+        share = count // len(envs) + (1 if index < count % len(envs) else 0)
+        if not share:
+            continue
+        policy = ApprovalPolicy.objects.filter(environment=env, change_type="standard").first()
+        gates = [(g.role, g.required) for g in policy.gates.all()] if policy else []
+        c0 = ChangeRequest.objects.order_by("-id").values_list("id", flat=True).first() or 0
+        at = f"(now() - interval '30 days' * (1 - g::float8 / {share}))"
+        _insert_select(ChangeRequest, {
+            "id": f"{c0} + g", "release_id": f"({releases_arr})[1 + g % {len(releases)}]",
+            "environment_id": str(env.pk), "status": "'pending_approval'", "risk": "'medium'",
+            "impact": "'Customers may see a short delay.'",
+            "rollback_plan": "'Redeploy the previous release.'",
+            "on_call_id": f"({people_arr})[1 + (g + 7) % {len(people)}]",
+            "requested_by_id": f"({people_arr})[1 + g % {len(people)}]",
+            "created_at": at, "submitted_at": at,
+        }, f"generate_series(1, {share}) AS g")
+        for role, required in gates:
+            g0 = Gate.objects.order_by("-id").values_list("id", flat=True).first() or 0
+            _insert_select(Gate, {
+                "id": f"{g0} + g", "change_id": f"{c0} + g", "role": f"'{role}'",
+                "required": str(required), "status": "'pending'",
+            }, f"generate_series(1, {share}) AS g")
+    with connection.cursor() as cursor:
+        for model in (ChangeRequest, Gate):
+            cursor.execute(f'ANALYZE "{model._meta.db_table}"')
+    print(f"generated {count} open changes in {time.perf_counter() - t0:.1f} s",
+          file=sys.stderr)
 
 
 def timed(fn, repeat: int = 5) -> float:
@@ -480,6 +534,11 @@ def main() -> None:
     parser.add_argument("--years", type=float, default=2,
                         help="the span the generated events and deployments cover")
     parser.add_argument("--fresh", action="store_true", help="drop and recreate the database")
+    parser.add_argument("--open-changes", type=int, default=450,
+                        help="changes waiting for approval (the approvals inbox)")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="build the data set and stop (bench/load_bench.py and "
+                             "bench/page_bench.py measure it)")
     parser.add_argument("--skip-chain", action="store_true",
                         help="pages and exports only: no writes, verify_audit or purge")
     args = parser.parse_args()
@@ -493,6 +552,13 @@ def main() -> None:
     have = Deployment.objects.count()
     if have < args.deployments:
         generate_deployments(args.deployments - have, args.years)
+    from approvals.models import ChangeRequest
+
+    have = ChangeRequest.objects.filter(status="pending_approval").count()
+    if have < args.open_changes:
+        generate_open_changes(args.open_changes - have)
+    if args.generate_only:
+        return
     print("| measurement | portal (s) | bare stack (s) | ratio | note |")
     print("| --- | ---: | ---: | ---: | --- |")
     for name, ours, base, note in measure(args.rows, args.repeat, args.skip_chain):

@@ -80,6 +80,11 @@ class Deployment(models.Model):
             models.Index(fields=["application", "created_at"],
                          condition=models.Q(kind="rollback", status="succeeded"),
                          name="deployment_rollback_ok_idx"),
+            # The version running per application and environment (the dashboard): the
+            # latest success by end time, one index look-up per pair.
+            models.Index(fields=["application", "environment", "-finished_at", "-id"],
+                         condition=models.Q(status="succeeded"),
+                         name="deployment_running_idx"),
         ]
 
     def __str__(self) -> str:

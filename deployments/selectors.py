@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.db import connection
 from django.db.models import QuerySet
 
 from catalog.selectors import visible_environment_ids
@@ -18,25 +19,66 @@ def deployments_visible_to(user) -> QuerySet[Deployment]:
     return qs
 
 
+def latest_per_application_environment(
+        *, environment_ids, application_ids=None, statuses=None, exclude_statuses=None,
+        by: str = "created") -> dict[tuple[int, int], tuple[int, str]]:
+    """{(application id, environment id): (id, status) of its latest deployment} among
+    those with ``statuses`` (or not in ``exclude_statuses``), latest by ``created``
+    (created_at, id) or ``finished`` (finished_at, id). One query: an index-backed
+    LATERAL look-up per pair of application and environment, so its cost follows the
+    number of pairs, not of deployments (``deployment_app_env_recent_idx``,
+    ``deployment_running_idx``)."""
+    from catalog.models import Application, Environment
+
+    order = {"created": "d.created_at DESC, d.id DESC",
+             "finished": "d.finished_at DESC, d.id DESC"}[by]
+    where, params = [], []
+    if statuses is not None:
+        where.append("d.status = ANY(%s)")
+        params.append([str(s) for s in statuses])
+    if exclude_statuses is not None:
+        where.append("NOT (d.status = ANY(%s))")
+        params.append([str(s) for s in exclude_statuses])
+    outer, outer_params = ["e.id = ANY(%s)"], [list(environment_ids)]
+    if application_ids is not None:
+        outer.append("a.id = ANY(%s)")
+        outer_params.append(list(application_ids))
+    sql = (
+        f'SELECT a.id, e.id, latest.id, latest.status FROM "{Application._meta.db_table}" a '
+        f'CROSS JOIN "{Environment._meta.db_table}" e '
+        f'CROSS JOIN LATERAL (SELECT d.id, d.status FROM "{Deployment._meta.db_table}" d '
+        f"WHERE d.application_id = a.id AND d.environment_id = e.id"
+        f"{''.join(' AND ' + w for w in where)} ORDER BY {order} LIMIT 1) latest "
+        f"WHERE {' AND '.join(outer)}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, *outer_params])
+        return {(app_id, env_id): (pk, status)
+                for app_id, env_id, pk, status in cursor.fetchall()}
+
+
 def rollback_options(application, environment) -> list[dict]:
     """Earlier releases that succeeded in ``environment``, newest first, and whether
     rolling back to each is safe (no irreversible migration applied since)."""
-    from deployments.services import irreversible_between
+    from deployments.services import irreversible_since
 
     latest = (Deployment.objects.filter(application=application, environment=environment)
               .exclude(status=Deployment.Status.QUEUED).order_by("-created_at", "-id").first())
     if latest is None:
         return []
     options, seen = [], {latest.release_id}
-    earlier = (Deployment.objects.filter(application=application, environment=environment,
-                                         status=Deployment.Status.SUCCEEDED,
-                                         created_at__lt=latest.created_at)
-               .select_related("release").order_by("-created_at", "-id")[:20])
+    earlier = list(Deployment.objects.filter(application=application, environment=environment,
+                                              status=Deployment.Status.SUCCEEDED,
+                                              created_at__lt=latest.created_at)
+                   .select_related("release").order_by("-created_at", "-id")[:20])
+    # The migrations every option would cross, read once for the oldest of them: a
+    # fixed number of queries however long the history (three).
+    applied = irreversible_since(latest, earlier[-1].created_at) if earlier else []
     for deployment in earlier:
         if deployment.release_id in seen:
             continue
         seen.add(deployment.release_id)
-        crossing = irreversible_between(latest, deployment)
+        crossing = sorted({name for at, name in applied if at > deployment.created_at})
         options.append({
             "version": deployment.release.version, "release": deployment.release,
             "safe": not crossing,

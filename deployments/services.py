@@ -888,15 +888,16 @@ def _previous_success(deployment: Deployment) -> Deployment | None:
         .order_by("-created_at", "-id").first())
 
 
-def irreversible_between(deployment: Deployment, back_to: Deployment) -> list[str]:
-    """Irreversible migrations applied in this environment after ``back_to``, up to
-    and including ``deployment``: rolling back would cross them."""
+def irreversible_since(deployment: Deployment, after) -> list[tuple[object, str]]:
+    """(when, what) of each irreversible migration applied in this environment by a
+    deployment created after the moment ``after``, up to and including ``deployment``.
+    One query, whatever the span: the rollback options of a page ask it once."""
     applied = (DeploymentStep.objects.filter(
         name="migrate", status=DeploymentStep.Status.SUCCEEDED,
         deployment__application_id=deployment.application_id,
         deployment__environment_id=deployment.environment_id,
         deployment__kind=Deployment.Kind.DEPLOY,
-        deployment__created_at__gt=back_to.created_at,
+        deployment__created_at__gt=after,
         deployment__created_at__lte=deployment.created_at,
     ).select_related("deployment__release"))
     found = []
@@ -904,8 +905,15 @@ def irreversible_between(deployment: Deployment, back_to: Deployment) -> list[st
         release = step.deployment.release
         for migration in release.migration_plan or []:
             if migration.get("kind") == MigrationKind.IRREVERSIBLE:
-                found.append(f"{migration['name']} (release {release.version})")
-    return sorted(set(found))
+                found.append((step.deployment.created_at,
+                              f"{migration['name']} (release {release.version})"))
+    return found
+
+
+def irreversible_between(deployment: Deployment, back_to: Deployment) -> list[str]:
+    """Irreversible migrations applied in this environment after ``back_to``, up to
+    and including ``deployment``: rolling back would cross them."""
+    return sorted({name for _, name in irreversible_since(deployment, back_to.created_at)})
 
 
 def _rollback_refusal(deployment: Deployment) -> tuple[Deployment | None, str]:

@@ -23,11 +23,10 @@ A period's figures count the deployments that *ended* in it.
 
 from __future__ import annotations
 
-import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import Count, Q
+from django.core.exceptions import EmptyResultSet
 from django.utils import timezone
 
 from deployments.models import Deployment
@@ -78,43 +77,17 @@ def band(metric: str, value: float | None) -> str | None:
 
 
 @dataclass
-class Row:
-    """One finished deployment, as the computation needs it."""
-
-    id: int
-    application_id: int
-    environment_id: int
-    kind: str
-    status: str
-    started_at: datetime | None
-    finished_at: datetime
-    committed_at: datetime | None
-    failed_steps: int
-    restored_at: datetime | None = None
-
-    @property
-    def is_deploy(self) -> bool:
-        return self.kind == Deployment.Kind.DEPLOY
-
-    @property
-    def failure(self) -> bool:
-        return self.is_deploy and self.status in FAILURE
-
-    @property
-    def completed(self) -> bool:
-        return self.is_deploy and (self.status == Deployment.Status.SUCCEEDED or (
-            self.status == Deployment.Status.ROLLED_BACK and self.failed_steps == 0))
-
-
-@dataclass
 class Figures:
+    """One period's (or application's) figures, as the SQL aggregate gives them."""
+
     start: datetime
     end: datetime
     deployments: int = 0
     completed: int = 0
     failures: int = 0
-    lead_times: list[float] = field(default_factory=list)  # seconds
-    restore_times: list[float] = field(default_factory=list)  # seconds
+    lead_median: float | None = None  # seconds
+    restored: int = 0
+    restore_mean: float | None = None  # seconds
 
     @property
     def days(self) -> float:
@@ -122,10 +95,8 @@ class Figures:
 
     def as_dict(self) -> dict:
         frequency = round(self.completed / self.days, 4)
-        lead = (round(statistics.median(self.lead_times) / HOUR, 2)
-                if self.lead_times else None)
-        mttr = (round(statistics.fmean(self.restore_times) / HOUR, 2)
-                if self.restore_times else None)
+        lead = round(self.lead_median / HOUR, 2) if self.lead_median is not None else None
+        mttr = round(self.restore_mean / HOUR, 2) if self.restore_mean is not None else None
         cfr = round(self.failures / self.deployments, 4) if self.deployments else None
         success = round(self.completed / self.deployments, 4) if self.deployments else None
         return {
@@ -134,7 +105,7 @@ class Figures:
             "deployments": self.deployments,
             "succeeded": self.completed,
             "failed": self.failures,
-            "restored": len(self.restore_times),
+            "restored": self.restored,
             "deployment_frequency_per_day": frequency,
             "deployments_per_week": round(frequency * 7, 2),
             "lead_time_hours": lead,
@@ -149,21 +120,6 @@ class Figures:
                 "change_failure_rate": band("change_failure_rate", cfr),
             },
         }
-
-    def add(self, row: Row) -> None:
-        if not row.is_deploy:
-            return
-        self.deployments += 1
-        if row.completed:
-            self.completed += 1
-            if row.committed_at is not None:
-                lead = (row.finished_at - row.committed_at).total_seconds()
-                if lead >= 0:
-                    self.lead_times.append(lead)
-        if row.failure:
-            self.failures += 1
-            if row.restored_at is not None:
-                self.restore_times.append((row.restored_at - row.finished_at).total_seconds())
 
 
 def month_start(moment: datetime) -> datetime:
@@ -195,30 +151,67 @@ def period_bounds(since: datetime, until: datetime, period: str) -> list[tuple[d
     return bounds
 
 
-def _rows(queryset, since: datetime, until: datetime) -> list[Row]:
-    """Deployments that ended in [since, until), plus the successes after ``until``
-    that tell when a failure inside it was restored. One query."""
-    values = (queryset.filter(status__in=FINAL, finished_at__gte=since)
-              .annotate(failed_steps=Count("steps", filter=Q(
-                  steps__status="failed")))
-              .order_by("finished_at", "id")
-              .values_list("id", "application_id", "environment_id", "kind", "status",
-                           "started_at", "finished_at", "release__committed_at",
-                           "release__created_at", "failed_steps"))
-    rows = [Row(id=v[0], application_id=v[1], environment_id=v[2], kind=v[3], status=v[4],
-                started_at=v[5], finished_at=v[6], committed_at=v[7] or v[8],
-                failed_steps=v[9]) for v in values]
-    # Restoration: the first success (deployment or rollback) of the same application
-    # in the same environment that ended after the failure.
-    waiting: dict[tuple[int, int], list[Row]] = {}
-    for row in rows:
-        key = (row.application_id, row.environment_id)
-        if row.status == Deployment.Status.SUCCEEDED:
-            for failed in waiting.pop(key, []):
-                failed.restored_at = row.finished_at
-        elif row.failure:
-            waiting.setdefault(key, []).append(row)
-    return [row for row in rows if row.finished_at < until]
+# The figures in one SQL statement: one row for the totals, one per period and one per
+# application (GROUPING SETS), so the cost is PostgreSQL's aggregate over the
+# deployments that ended in the range, never a Python loop over them. The restoring
+# success of each failure is an index look-up (deployment_running_idx).
+_FIGURES_SQL = """
+WITH base AS (
+    SELECT d.id, d.application_id, d.environment_id, d.status, d.finished_at,
+           width_bucket(d.finished_at, %s::timestamptz[]) AS bucket,
+           (d.status = 'succeeded' OR (d.status = 'rolled_back' AND NOT EXISTS (
+               SELECT 1 FROM {step} s WHERE s.deployment_id = d.id AND s.status = 'failed'
+           ))) AS completed,
+           d.status IN ('failed', 'rolled_back') AS failure,
+           EXTRACT(EPOCH FROM d.finished_at - COALESCE(r.committed_at, r.created_at))
+               AS lead_seconds
+    FROM ({deployments}) d JOIN {release} r ON r.id = d.release_id
+), timed AS (
+    SELECT base.*, EXTRACT(EPOCH FROM fix.finished_at - base.finished_at) AS restore_seconds
+    FROM base LEFT JOIN LATERAL (
+        SELECT s.finished_at FROM {deployment} s
+        WHERE base.failure AND s.application_id = base.application_id
+          AND s.environment_id = base.environment_id AND s.status = 'succeeded'
+          AND (s.finished_at, s.id) > (base.finished_at, base.id)
+        ORDER BY s.finished_at, s.id LIMIT 1
+    ) fix ON TRUE
+)
+SELECT GROUPING(bucket) AS all_buckets, GROUPING(application_id) AS all_apps,
+       bucket, application_id, count(*),
+       count(*) FILTER (WHERE completed),
+       count(*) FILTER (WHERE failure),
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY lead_seconds)
+           FILTER (WHERE completed AND lead_seconds >= 0),
+       count(*) FILTER (WHERE failure AND restore_seconds IS NOT NULL),
+       avg(restore_seconds) FILTER (WHERE failure AND restore_seconds IS NOT NULL)
+FROM timed
+GROUP BY GROUPING SETS ((), (bucket), (application_id))
+"""
+
+
+def _aggregates(queryset, since: datetime, until: datetime, starts: list[datetime]) -> list:
+    """Rows of ``_FIGURES_SQL`` over the deployments of ``queryset`` that ended in
+    [since, until). One query."""
+    from django.db import connection
+
+    from catalog.models import Release
+    from deployments.models import DeploymentStep
+
+    ended = (queryset.filter(kind=Deployment.Kind.DEPLOY, status__in=FINAL,
+                             finished_at__gte=since, finished_at__lt=until)
+             .order_by().values("id", "application_id", "environment_id", "status",
+                                "finished_at", "release_id"))
+    try:
+        inner, inner_params = ended.query.sql_with_params()
+    except EmptyResultSet:  # the reader may see no environment: nothing to count
+        return []
+    sql = _FIGURES_SQL.format(step=connection.ops.quote_name(DeploymentStep._meta.db_table),
+                              release=connection.ops.quote_name(Release._meta.db_table),
+                              deployment=connection.ops.quote_name(Deployment._meta.db_table),
+                              deployments=inner)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [list(starts), *inner_params])
+        return cursor.fetchall()
 
 
 def dora(queryset, *, since: datetime, until: datetime, period: str = "month",
@@ -226,17 +219,25 @@ def dora(queryset, *, since: datetime, until: datetime, period: str = "month",
     """The figures over ``queryset`` (deployments the reader may see, already filtered
     by environment or application): totals, one entry per period, one per application.
     """
-    rows = _rows(queryset, since, until)
+    bounds = period_bounds(since, until, period)
     totals = Figures(since, until)
-    periods = [Figures(start, end) for start, end in period_bounds(since, until, period)]
+    periods = [Figures(start, end) for start, end in bounds]
     per_app: dict[int, Figures] = {}
-    for row in rows:
-        totals.add(row)
-        for figures in periods:
-            if figures.start <= row.finished_at < figures.end:
-                figures.add(row)
-                break
-        per_app.setdefault(row.application_id, Figures(since, until)).add(row)
+    for (all_buckets, all_apps, bucket, app_id, deployments, completed, failures, lead,
+         restored, restore) in _aggregates(queryset, since, until,
+                                           [start for start, _ in bounds]):
+        if all_buckets and all_apps:
+            target = totals
+        elif all_apps:
+            if not 1 <= (bucket or 0) <= len(periods):
+                continue
+            target = periods[bucket - 1]
+        else:
+            target = per_app.setdefault(app_id, Figures(since, until))
+        target.deployments, target.completed, target.failures = deployments, completed, failures
+        target.lead_median = float(lead) if lead is not None else None
+        target.restored = restored
+        target.restore_mean = float(restore) if restore is not None else None
     by_application = []
     for app_id, figures in per_app.items():
         if not figures.deployments:

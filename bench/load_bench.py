@@ -1,0 +1,214 @@
+"""Load benchmark: concurrent users with mixed traffic against a running portal, next
+to /healthz on the same server in the same run.
+
+    PORTAL_VAR_DIR=var/run PORTAL_PG_PORT=... PORTAL_REDIS_PORT=... PORTAL_PORT=8245 make run
+    .venv/bin/python bench/load_bench.py --url http://127.0.0.1:8245 --users 50 --seconds 60
+
+Each user is a bounded asyncio loop on one httpx connection: sign in (a session for
+the pages, an API token issued by the portal's own token page for the API), then
+pick a request by weight and send it at once when the answer arrives (a closed
+loop: no think time, so the figure is the server's throughput). The traffic:
+
+- the approvals inbox as a CAB member (``cab``, ``cab2``), the change page, the
+  change list, ``GET /api/v1/changes/``;
+- ``POST /api/v1/changes/`` (a standard change to staging, as ``engineer``) and
+  ``POST /api/v1/changes/<id>/approve`` (its tech-lead gate, as ``techlead``).
+
+Then the same users hit ``/healthz`` for the same time (the bare stack: Django,
+one trivial view, no database work). Results: one Markdown table on stdout.
+Users need the demo's passwords (``PORTAL_DEMO_PASSWORD``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import httpx
+
+PASSWORD = os.environ.get("PORTAL_DEMO_PASSWORD", "demo")
+WEIGHTS = {"inbox": 20, "change page": 25, "change list": 15, "api list": 25,
+           "api create": 8, "api approve": 7}
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.latencies: dict[str, list[float]] = defaultdict(list)
+        self.errors: dict[str, list[str]] = defaultdict(list)
+
+    def add(self, name: str, seconds: float, error: str | None = None) -> None:
+        self.latencies[name].append(seconds)
+        if error:
+            self.errors[name].append(error)
+
+    def rows(self, elapsed: float):
+        every = [s for values in self.latencies.values() for s in values]
+        for name, values in sorted(self.latencies.items()) + [("all", every)]:
+            if not values:
+                continue
+            values = sorted(values)
+            errors = (sum(len(e) for e in self.errors.values()) if name == "all"
+                      else len(self.errors.get(name, [])))
+            yield (name, len(values), len(values) / elapsed, statistics.median(values),
+                   values[min(len(values) - 1, int(len(values) * 0.95))], errors)
+
+
+async def sign_in(client: httpx.AsyncClient, username: str) -> None:
+    page = await client.get("/login/")
+    token = client.cookies.get("csrftoken")
+    response = await client.post("/login/", data={
+        "username": username, "password": PASSWORD, "csrfmiddlewaretoken": token,
+    }, headers={"Referer": str(page.url)})
+    if response.status_code != 302:
+        raise SystemExit(f"signing in as {username} failed ({response.status_code}); "
+                         "set PORTAL_DEMO_PASSWORD")
+
+
+async def issue_token(client: httpx.AsyncClient, name: str) -> str:
+    """An API token from the token page, as a person would issue one."""
+    await client.get("/tokens/")
+    response = await client.post("/tokens/", data={
+        "name": name, "scopes": ["read", "request", "approve"], "days": "1",
+        "csrfmiddlewaretoken": client.cookies.get("csrftoken"),
+    }, headers={"Referer": str(client.base_url) + "/tokens/"})
+    found = re.search(r'id="new-token">([^<]+)<', response.text)
+    if not found:
+        raise SystemExit("could not issue an API token on /tokens/; "
+                         f"the page answered {response.status_code}")
+    return found.group(1)
+
+
+class World:
+    """What the users share: change ids to open, releases to request, changes to approve."""
+
+    def __init__(self, change_ids: list[int], release_ids: list[int]) -> None:
+        self.change_ids = change_ids
+        self.release_ids = release_ids
+        self.to_approve: asyncio.Queue[int] = asyncio.Queue()
+
+
+async def user(index: int, url: str, world: World, stats: Stats, deadline: float,
+               tokens: dict[str, str], rng: random.Random) -> None:
+    limits = httpx.Limits(max_connections=1)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30,
+                                 follow_redirects=False) as client:
+        await sign_in(client, "cab" if index % 2 else "cab2")
+        names, weights = zip(*WEIGHTS.items(), strict=True)
+        while time.perf_counter() < deadline:
+            name = rng.choices(names, weights)[0]
+            if name == "api approve" and world.to_approve.empty():
+                name = "api create"
+            t0 = time.perf_counter()
+            error = None
+            try:
+                if name == "inbox":
+                    response = await client.get("/approvals/")
+                elif name == "change page":
+                    response = await client.get(f"/changes/{rng.choice(world.change_ids)}/")
+                elif name == "change list":
+                    response = await client.get("/changes/")
+                elif name == "api list":
+                    response = await client.get("/api/v1/changes/", headers={
+                        "Authorization": f"Bearer {tokens['engineer']}"})
+                elif name == "api create":
+                    response = await client.post("/api/v1/changes/", json={
+                        "release": rng.choice(world.release_ids), "environment": "staging",
+                        "rollback_plan": "Redeploy the previous release.",
+                    }, headers={"Authorization": f"Bearer {tokens['engineer']}"})
+                    if response.status_code == 201:
+                        world.to_approve.put_nowait(response.json()["id"])
+                else:
+                    pk = world.to_approve.get_nowait()
+                    response = await client.post(f"/api/v1/changes/{pk}/approve", json={
+                        "gate": "tech_lead"}, headers={
+                        "Authorization": f"Bearer {tokens['techlead']}"})
+                if response.status_code >= 300 and not (name == "api create"
+                                                        and response.status_code == 201):
+                    error = f"{response.status_code} {response.text[:120]}"
+            except httpx.HTTPError as exc:
+                error = repr(exc)
+            stats.add(name, time.perf_counter() - t0, error)
+
+
+async def healthz_user(url: str, stats: Stats, deadline: float) -> None:
+    async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=1),
+                                 timeout=30) as client:
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            error = None
+            try:
+                response = await client.get("/healthz")
+                if response.status_code != 200:
+                    error = str(response.status_code)
+            except httpx.HTTPError as exc:
+                error = repr(exc)
+            stats.add("healthz", time.perf_counter() - t0, error)
+
+
+async def prepare(url: str) -> tuple[World, dict[str, str]]:
+    tokens = {}
+    for username in ("engineer", "techlead"):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            await sign_in(client, username)
+            tokens[username] = await issue_token(client, f"load-{username}-{time.time_ns()}")
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        headers = {"Authorization": f"Bearer {tokens['engineer']}"}
+        body = (await client.get("/api/v1/changes/", headers=headers)).json()
+        change_ids = [c["id"] for c in body["results"]]
+        releases = (await client.get("/api/v1/releases/", headers=headers)).json()
+        release_ids = [r["id"] for r in releases["results"]]
+    if not change_ids or not release_ids:
+        raise SystemExit("the portal has no changes or releases to work on")
+    return World(change_ids, release_ids), tokens
+
+
+async def run(url: str, users: int, seconds: float) -> list:
+    world, tokens = await prepare(url)
+    results = []
+    for phase in ("mixed", "healthz"):
+        stats = Stats()
+        start = time.perf_counter()
+        deadline = start + seconds
+        if phase == "mixed":
+            tasks = [user(i, url, world, stats, deadline, tokens, random.Random(i))
+                     for i in range(users)]
+        else:
+            tasks = [healthz_user(url, stats, deadline) for _ in range(users)]
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+        results.append((phase, list(stats.rows(elapsed)), stats.errors))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORTAL_PORT', 8000)}")
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=60)
+    args = parser.parse_args(argv)
+    results = asyncio.run(run(args.url.rstrip("/"), args.users, args.seconds))
+    print(f"{args.users} users, {args.seconds:.0f} s per phase, {args.url}")
+    print("| phase | request | count | requests/s | median (ms) | p95 (ms) | errors |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    failed = 0
+    for phase, rows, errors in results:
+        for name, count, rate, median, p95, n_errors in rows:
+            print(f"| {phase} | {name} | {count} | {rate:.1f} | {median * 1000:.0f} | "
+                  f"{p95 * 1000:.0f} | {n_errors} |")
+            if name == "all":
+                failed += n_errors
+        for name, messages in errors.items():
+            for message in sorted(set(messages))[:3]:
+                print(f"  {phase} {name}: {message}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

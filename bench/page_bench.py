@@ -1,0 +1,116 @@
+"""Page timings at scale: the median time and the number of SQL queries of each page's
+first view and of the API lists, through Django's test client (the whole request:
+session, permissions, queries, template), next to /healthz in the same run.
+
+    PORTAL_VAR_DIR=var/run PORTAL_PG_PORT=... PORTAL_REDIS_PORT=... \\
+        .venv/bin/python bench/page_bench.py --database portal
+
+Run it on the data set ``bench/audit_bench.py --generate-only`` builds (the same
+``--database``). The signed-in people are the demo's: ``cab`` for the workflow pages,
+``auditor`` for the auditor's pages and the API lists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+
+
+def pages() -> list[tuple[str, str]]:
+    """(who, url) of every page measured; the change and deployment are the newest
+    production ones of a generated application (the longest rollback history)."""
+    from approvals.models import ChangeRequest
+    from deployments.models import Deployment
+
+    deployment = (Deployment.objects.filter(environment__slug="production",
+                                            application__slug="service-01")
+                  .order_by("-id").first())
+    change = ChangeRequest.objects.get(pk=deployment.change_id)
+    return [
+        ("cab", "/healthz"),
+        ("cab", "/approvals/"),
+        ("cab", "/approvals/?page=2"),
+        ("cab", "/changes/"),
+        ("cab", f"/changes/{change.pk}/"),
+        ("cab", "/deployments/"),
+        ("cab", f"/deployments/{deployment.pk}/"),
+        ("cab", "/dashboard/"),
+        ("cab", "/dashboard/live"),
+        ("cab", "/metrics/"),
+        ("cab", "/metrics/?environment=all&months=24"),
+        ("cab", "/calendar/"),
+        ("auditor", "/audit/"),
+        ("auditor", "/auditor/deployments/"),
+        ("auditor", f"/auditor/deployments/{deployment.pk}/"),
+        ("auditor", "/auditor/access/"),
+        ("auditor-api", "/api/v1/changes/"),
+        ("auditor-api", "/api/v1/deployments/"),
+        ("auditor-api", "/api/v1/audit-events/"),
+    ]
+
+
+def measure(repeat: int) -> list[tuple[str, str, float, int, int]]:
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from bench.audit_bench import api_client
+
+    User = get_user_model()
+    clients = {}
+    for who in ("cab", "auditor"):
+        clients[who] = Client()
+        clients[who].force_login(User.objects.get(username=who))
+    clients["auditor-api"] = api_client(User.objects.get(username="auditor"))
+    rows = []
+    for who, url in pages():
+        client = clients[who]
+        response = client.get(url)  # warm-up: per-process caches
+        samples = []
+        for _ in range(repeat):
+            with CaptureQueriesContext(connection) as ctx:
+                t0 = time.perf_counter()
+                response = client.get(url)
+                samples.append(time.perf_counter() - t0)
+        rows.append((who.split("-")[0], url, statistics.median(samples),
+                     len(ctx.captured_queries), len(response.content)))
+        if response.status_code != 200:
+            raise SystemExit(f"{url} answered {response.status_code}")
+    return rows
+
+
+def main() -> None:
+    from bench.audit_bench import setup
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database", default="portal_bench")
+    parser.add_argument("--repeat", type=int, default=9)
+    args = parser.parse_args()
+    setup(args.database, fresh=False)
+    from approvals.models import ChangeRequest
+    from core.models import AuditEvent
+    from deployments.models import Deployment, DeploymentStep
+
+    print(f"{ChangeRequest.objects.count():,} changes, {Deployment.objects.count():,} "
+          f"deployments, {DeploymentStep.objects.count():,} steps, "
+          f"{AuditEvent.objects.count():,} audit events; median of {args.repeat} views")
+    rows = measure(args.repeat)
+    health = next(r[2] for r in rows if r[1] == "/healthz")
+    print("| as | page | median (ms) | x /healthz | queries | kB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for who, url, median, queries, size in rows:
+        print(f"| {who} | `{url}` | {median * 1000:.1f} | {median / health:.1f} | "
+              f"{queries} | {size / 1024:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
