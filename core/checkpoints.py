@@ -390,44 +390,57 @@ def verify_witnessed(*, batch_size: int = 5000) -> WitnessReport:
     """Check the database against every checkpoint the witness files hold.
 
     The database's own copies of the checkpoints are not read: a witness line counts
-    when its signature verifies with a key of the public-key file. The first
-    checkpoint (by event id) the database no longer agrees with is named.
+    when its signature verifies with a key of the public-key file. The files are read
+    as a stream, in batches; the checkpoint with the lowest event id that the
+    database no longer agrees with is named.
     """
     report = WitnessReport(files=[str(p) for p in settings.PORTAL_AUDIT_WITNESS_FILES
                                   if Path(p).exists()])
+    retention = AuditCheckpoint.objects.order_by("-last_event_id").first()
+    purged_through = retention.last_event_id if retention else 0
+    first_problem: tuple[int, str] | None = None
+
+    def check(batch: list[tuple[str, dict]]) -> None:
+        nonlocal first_problem
+        stored = dict(AuditEvent.objects.filter(id__in={b["event_id"] for _, b in batch})
+                      .values_list("id", "hash"))
+        for where, body in batch:
+            event_id = body["event_id"]
+            if event_id < purged_through:
+                report.before_retention += 1
+                continue
+            held = (retention.last_hash if retention and event_id == purged_through
+                    else stored.get(event_id))
+            problem = None
+            if held is None:
+                problem = (f"the database no longer agrees with {describe(body)} ({where}): "
+                           f"event {event_id} is gone (events were removed)")
+            elif held != body["hash"]:
+                problem = (f"the database no longer agrees with {describe(body)} ({where}): "
+                           f"it signed hash {body['hash'][:12]}…, the database holds "
+                           f"{held[:12]}… for event {event_id}: the history up to event "
+                           f"{event_id} was rewritten")
+            if problem:
+                if first_problem is None or event_id < first_problem[0]:
+                    first_problem = (event_id, problem)
+                continue
+            report.checked += 1
+            if report.latest is None or event_id >= report.latest["event_id"]:
+                report.latest = body
+
     try:
         keys = public_keys()
-        witnessed = {}
+        batch: list[tuple[str, dict]] = []
         for where, _number, body in _witnessed_checkpoints(keys):
-            witnessed.setdefault(body["event_id"], []).append((where, body))
+            batch.append((where, body))
+            if len(batch) >= batch_size:
+                check(batch)
+                batch = []
+        if batch:
+            check(batch)
     except (_WitnessProblem, AuditError) as exc:
         report.problem = str(exc)
         return report
-    retention = AuditCheckpoint.objects.order_by("-last_event_id").first()
-    purged_through = retention.last_event_id if retention else 0
-    ids = sorted(witnessed)
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start:start + batch_size]
-        stored = dict(AuditEvent.objects.filter(id__in=chunk).values_list("id", "hash"))
-        for event_id in chunk:
-            for where, body in witnessed[event_id]:
-                if event_id < purged_through:
-                    report.before_retention += 1
-                    continue
-                held = (retention.last_hash if event_id == purged_through and retention
-                        else stored.get(event_id))
-                if held is None:
-                    report.problem = (
-                        f"the database no longer agrees with {describe(body)} ({where}): "
-                        f"event {event_id} is gone (events were removed)")
-                    return report
-                if held != body["hash"]:
-                    report.problem = (
-                        f"the database no longer agrees with {describe(body)} ({where}): "
-                        f"it signed hash {body['hash'][:12]}…, the database holds "
-                        f"{held[:12]}… for event {event_id}: the history up to event "
-                        f"{event_id} was rewritten")
-                    return report
-                report.checked += 1
-                report.latest = body
+    if first_problem is not None:
+        report.problem = first_problem[1]
     return report
