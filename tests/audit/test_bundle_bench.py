@@ -6,5 +6,5 @@ from bench.bundle_bench import measure
 
 def test_the_bundle_benchmark_builds_and_verifies_a_small_bundle(db, tmp_path):
     generate(40)
-    ((size, seconds, peak, _rss, zipped, verify),) = measure([30], tmp_path)
+    ((size, seconds, _cpu, peak, _rss, zipped, verify, _vcpu),) = measure([30], tmp_path)
     assert size == 30 and seconds > 0 and peak > 0 and zipped > 0 and verify > 0
