@@ -136,6 +136,39 @@ class AuditCheckpoint(models.Model):
         return f"Purged through event {self.last_event_id} ({self.events_removed} events)"
 
 
+class SignedCheckpoint(models.Model):
+    """The database's copy of a signed checkpoint of the chain head (core.checkpoints).
+
+    The signature is over the canonical JSON of ``body()``; the private key is never
+    stored. Copies here feed evidence bundles; ``verify_audit`` trusts only the
+    witnesses' copies. Append-only (a PostgreSQL trigger refuses UPDATE and DELETE).
+    """
+
+    event_id = models.BigIntegerField()
+    hash = models.CharField(max_length=64)
+    signed_at = models.DateTimeField()
+    key_id = models.CharField(max_length=16)
+    public_key = models.CharField(max_length=64, help_text="Ed25519, raw, base64")
+    signature = models.CharField(max_length=100, help_text="Ed25519, base64")
+    reason = models.CharField(max_length=200)
+
+    class Meta:
+        db_table = "portal_auditsignedcheckpoint"
+        ordering = ["-event_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["event_id", "key_id"],
+                                    name="audit_signed_checkpoint_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Checkpoint of event {self.event_id} signed by key {self.key_id}"
+
+    def body(self) -> dict:
+        return {"v": 1, "event_id": self.event_id, "hash": self.hash,
+                "signed_at": self.signed_at.isoformat(), "key_id": self.key_id,
+                "reason": self.reason}
+
+
 class IdempotencyKey(models.Model):
     """A creating POST's Idempotency-Key, with the response to replay for a retry.
 

@@ -27,3 +27,20 @@ def idempotency_keys_purge() -> None:
     from core.idempotency import idempotency_keys_purge as purge
 
     log.info("idempotency keys purged: %s", purge())
+
+
+@shared_task(name="core.tasks.audit_checkpoint_sign", ignore_result=True)
+def audit_checkpoint_sign(reason: str = "schedule") -> dict:
+    """Every minute, and after a production deployment ends: sign the chain head and
+    hand the checkpoint to the witnesses (core.checkpoints)."""
+    from core.checkpoints import checkpoint_sign
+
+    result = checkpoint_sign(reason=reason)
+    if result.checkpoint is not None:
+        log.info("audit checkpoint: event %s signed by key %s, witnessed by %s%s",
+                 result.checkpoint.event_id, result.checkpoint.key_id,
+                 ", ".join(result.witnessed) or "nobody",
+                 f"; NOT by {', '.join(result.failed)}" if result.failed else "")
+    return {"event_id": result.checkpoint.event_id if result.checkpoint else None,
+            "skipped": result.skipped, "witnessed": result.witnessed,
+            "failed": result.failed}

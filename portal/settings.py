@@ -310,6 +310,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "integrations.tasks.hook_deliveries_purge",
         "schedule": 3600.0,
     },
+    # Signed checkpoints of the audit chain, handed to the witnesses (docs/audit.md).
+    "audit-checkpoint-sign": {
+        "task": "core.tasks.audit_checkpoint_sign",
+        "schedule": env.float("PORTAL_AUDIT_CHECKPOINT_SECONDS", default=60.0),
+    },
 }
 
 # Where the local executor lays out releases (releases/<version>, current).
@@ -351,6 +356,28 @@ PORTAL_LIVENESS_SECONDS = env.float("PORTAL_LIVENESS_SECONDS", default=12.0)
 # Backups of the portal's own database (manage.py backup; beat daily).
 PORTAL_BACKUP_DIR = Path(env.str("PORTAL_BACKUP_DIR", default=str(embedded.var_dir() / "backups")))
 PORTAL_BACKUP_KEEP = env.int("PORTAL_BACKUP_KEEP", default=7)
+
+# Signed audit checkpoints (core.checkpoints, docs/audit.md). The Ed25519 private key
+# is this file (made with mode 0600 on first use), or the PEM in the environment
+# variable PORTAL_AUDIT_SIGNING_KEY (read by core.checkpoints, never kept in settings).
+# Every public key ever used is appended to the public-key file. Witnesses: append-only
+# files outside the database, webhooks (through core.outbound), and email to the
+# auditors: "off", "events" (deployments and key rotations) or "all".
+PORTAL_AUDIT_SIGNING_KEY_FILE = Path(env.str(
+    "PORTAL_AUDIT_SIGNING_KEY_FILE", default=str(embedded.var_dir() / "audit-signing-key")))
+PORTAL_AUDIT_PUBLIC_KEYS_FILE = Path(env.str(
+    "PORTAL_AUDIT_PUBLIC_KEYS_FILE",
+    default=str(embedded.var_dir() / "audit-witness" / "public-keys.jsonl")))
+PORTAL_AUDIT_WITNESS_FILES = env.list(
+    "PORTAL_AUDIT_WITNESS_FILES",
+    default=[str(embedded.var_dir() / "audit-witness" / "checkpoints.jsonl")])
+PORTAL_AUDIT_WITNESS_WEBHOOKS = env.list("PORTAL_AUDIT_WITNESS_WEBHOOKS", default=[])
+PORTAL_AUDIT_WITNESS_EMAIL = env.str("PORTAL_AUDIT_WITNESS_EMAIL", default="off")
+if PORTAL_AUDIT_WITNESS_EMAIL not in ("off", "events", "all"):
+    raise ImproperlyConfigured("PORTAL_AUDIT_WITNESS_EMAIL must be off, events or all")
+# A deployment ending in these environments is followed by a checkpoint at once.
+PORTAL_AUDIT_CHECKPOINT_ENVIRONMENTS = env.list("PORTAL_AUDIT_CHECKPOINT_ENVIRONMENTS",
+                                                default=["production"])
 
 LOGGING = {
     "version": 1,

@@ -113,6 +113,11 @@ urlpatterns = [
     path("auditor/deployments/<int:pk>/", auditor_views.deployment_evidence,
          name="auditor-evidence"),
     path("auditor/access/", auditor_views.access_review, name="auditor-access"),
+    # Evidence bundles an auditor verifies offline, and the verifier itself.
+    path("auditor/deployments/<int:pk>/bundle.zip", auditor_views.deployment_bundle,
+         name="auditor-evidence-bundle"),
+    path("audit/bundle.zip", auditor_views.audit_bundle, name="audit-bundle"),
+    path("audit/verify_bundle.py", auditor_views.verifier_download, name="audit-verifier"),
     path("tokens/", token_views.token_list, name="token-list"),
     path("tokens/<int:pk>/revoke", token_views.token_revoke, name="token-revoke"),
     # Metrics, dashboard, notifications and configuration (SOP 4.1, 7, 11.2, 12.1).

@@ -4,3 +4,7 @@ from django.apps import AppConfig
 class ReportingConfig(AppConfig):
     name = "reporting"
     verbose_name = "Reporting"
+
+    def ready(self) -> None:
+        # A signed audit checkpoint after each production deployment (docs/audit.md).
+        from reporting import receivers  # noqa: F401

@@ -18,11 +18,12 @@ import psycopg
 from django.contrib.auth import get_user_model
 from django.core.exceptions import EmptyResultSet
 from django.db import connection, transaction
-from django.db.models import Count, Min, Q, QuerySet
+from django.db.models import CharField, Count, Min, Q, QuerySet
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from approvals.models import Approval, ChangeRequest, ChecklistItem, Gate
-from catalog.models import Environment
+from catalog.models import Application, Environment, Release
 from core.audit import compute_hash
 from core.models import ApiToken, AuditEvent
 from core.permissions import permission_grants
@@ -44,10 +45,12 @@ class EventFilters:
     environment: str = ""
     since: datetime | None = None
     until: datetime | None = None
+    # An application's slug: events about it, its releases, changes and deployments.
+    application: str = ""
 
     def any(self) -> bool:
         return any([self.action, self.actor, self.object_type, self.object_id,
-                    self.environment, self.since, self.until])
+                    self.environment, self.since, self.until, self.application])
 
 
 def events_matching(filters: EventFilters) -> QuerySet[AuditEvent]:
@@ -77,6 +80,8 @@ def events_matching(filters: EventFilters) -> QuerySet[AuditEvent]:
         qs = qs.filter(object_id=filters.object_id)
     if filters.environment:
         qs = qs.filter(environment=filters.environment)
+    if filters.application:
+        qs = qs.filter(_about_application(filters.application))
     if filters.since:
         first = (AuditEvent.objects.filter(occurred_at__gte=filters.since)
                  .order_by("occurred_at", "id").values_list("id", flat=True).first())
@@ -86,6 +91,21 @@ def events_matching(filters: EventFilters) -> QuerySet[AuditEvent]:
                 .order_by("-occurred_at", "-id").values_list("id", flat=True).first())
         qs = qs.filter(id__lte=last) if last is not None else qs.none()
     return qs.order_by("-id")
+
+
+def _about_application(slug: str) -> Q:
+    """Events about the application ``slug``, its releases, changes and deployments."""
+    def ids(qs):
+        return qs.annotate(as_text=Cast("pk", CharField())).values("as_text")
+
+    return (Q(object_type="application",
+              object_id__in=ids(Application.objects.filter(slug=slug)))
+            | Q(object_type="release",
+                object_id__in=ids(Release.objects.filter(application__slug=slug)))
+            | Q(object_type="changerequest",
+                object_id__in=ids(ChangeRequest.objects.filter(release__application__slug=slug)))
+            | Q(object_type="deployment",
+                object_id__in=ids(Deployment.objects.filter(application__slug=slug))))
 
 
 @dataclass

@@ -58,12 +58,14 @@ class EventFilterForm(forms.Form):
     since = forms.DateTimeField(required=False, help_text="UTC, e.g. 2025-01-31 or "
                                                           "2025-01-31 14:00")
     until = forms.DateTimeField(required=False)
+    application = forms.CharField(required=False, max_length=50,
+                                  help_text="Its events, releases, changes and deployments.")
 
     def filters(self) -> sel.EventFilters:
         # Only the fields that parsed; the others are shown as errors and left out.
         data = getattr(self, "cleaned_data", {})
         text = {name: data.get(name) or "" for name in
-                ("action", "actor", "object_type", "object_id", "environment")}
+                ("action", "actor", "object_type", "object_id", "environment", "application")}
         return sel.EventFilters(**text, since=data.get("since"), until=data.get("until"))
 
 
@@ -183,3 +185,60 @@ def access_review(request):
         "generated_at": timezone.now(),
     })
 
+
+
+# ---------------------------------------------------------------------------
+# Evidence bundles and the offline verifier (docs/audit.md)
+
+
+def _bundle_response(request, scope, name: str):
+    from reporting import bundles
+
+    plan = bundles.plan_bundle(scope)
+    bundles.bundle_download_record(actor=request.user, plan=plan)
+    response = StreamingHttpResponse(
+        bundles.bundle_stream(plan, generated_by=request.user.get_username()),
+        content_type="application/zip")
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    response["Content-Disposition"] = f'attachment; filename="{name}-{stamp}.zip"'
+    return response
+
+
+@auditor_required
+def deployment_bundle(request, pk: int):
+    from deployments.models import Deployment
+    from reporting import bundles
+
+    try:
+        deployment = Deployment.objects.select_related(
+            "application", "environment", "release", "started_by").get(pk=pk)
+    except Deployment.DoesNotExist:
+        raise Http404("no such deployment") from None
+    return _bundle_response(request, bundles.deployment_scope(deployment),
+                            f"evidence-deployment-{deployment.pk}")
+
+
+@auditor_required
+def audit_bundle(request):
+    from reporting import bundles
+
+    form, filters = _event_filters(request)
+    if form.errors:
+        return HttpResponseBadRequest("Some filters do not parse: "
+                                      + "; ".join(f"{k}: {' '.join(v)}"
+                                                  for k, v in form.errors.items()),
+                                      content_type="text/plain")
+    used = {k: (v.isoformat() if hasattr(v, "isoformat") else v)
+            for k, v in getattr(form, "cleaned_data", {}).items() if v}
+    return _bundle_response(request, bundles.trail_scope(sel.events_matching(filters), used),
+                            "evidence-audit-trail")
+
+
+@auditor_required
+def verifier_download(request):
+    from django.http import FileResponse
+
+    from reporting import bundles
+
+    return FileResponse(bundles.VERIFIER.open("rb"), as_attachment=True,
+                        filename="verify_bundle.py", content_type="text/x-python")

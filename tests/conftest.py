@@ -187,3 +187,25 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+# --- Signed audit checkpoints: each test has its own witness file and public-key file,
+# since its database starts empty; the signing key is made once for the session.
+_AUDIT_RUN = {"count": 0}
+
+
+@pytest.fixture(scope="session")
+def _audit_key_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("audit-keys")
+
+
+@pytest.fixture(autouse=True)
+def _audit_witness_of_this_test(settings, _audit_key_dir):
+    _AUDIT_RUN["count"] += 1
+    here = _audit_key_dir / f"test-{_AUDIT_RUN['count']}"
+    settings.PORTAL_AUDIT_SIGNING_KEY_FILE = _audit_key_dir / "signing-key"
+    settings.PORTAL_AUDIT_PUBLIC_KEYS_FILE = here / "public-keys.jsonl"
+    settings.PORTAL_AUDIT_WITNESS_FILES = [str(here / "checkpoints.jsonl")]
+    settings.PORTAL_AUDIT_WITNESS_WEBHOOKS = []
+    settings.PORTAL_AUDIT_WITNESS_EMAIL = "off"
+    return here

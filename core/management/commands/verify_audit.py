@@ -3,13 +3,16 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from core.audit import verify_chain
+from core.checkpoints import verify_witnessed
 from core.models import AuditEvent
 
 
 class Command(BaseCommand):
-    help = ("Verify the hash chain of the audit trail from the latest retention checkpoint; "
+    help = ("Verify the hash chain of the audit trail from the latest retention checkpoint, "
+            "then the database against every signed checkpoint the witness files hold; "
             "exit 1 and name the first broken link if an event was changed, deleted or "
-            "reordered.")
+            "reordered, or the first witnessed checkpoint the database no longer agrees "
+            "with (a consistent rewrite of history).")
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -35,6 +38,9 @@ class Command(BaseCommand):
                     f"audit trail BROKEN: anchor {digest[:12]}… is no longer in the chain "
                     "(events were removed from its end, or it was rebuilt)"
                 )
+        witnessed = verify_witnessed()
+        if not witnessed.ok:
+            raise CommandError(f"audit trail BROKEN: {witnessed.problem}")
         checkpoint = report.checkpoint
         since = (f"retention checkpoint after event {checkpoint.last_event_id}"
                  if checkpoint else "the first event")
@@ -42,3 +48,14 @@ class Command(BaseCommand):
             f"audit trail OK: {report.checked} events verified from {since}; "
             f"head event {report.head_event_id} hash {report.head_hash}"
         )
+        if witnessed.latest:
+            latest = witnessed.latest
+            self.stdout.write(
+                f"witnessed checkpoints OK: {witnessed.checked} agree with the database "
+                f"(latest: event {latest['event_id']} signed at {latest['signed_at']} by "
+                f"key {latest['key_id']})"
+                + (f"; {witnessed.before_retention} are older than the retention checkpoint"
+                   if witnessed.before_retention else ""))
+        else:
+            self.stdout.write("no witnessed checkpoint to check against (witness files: "
+                              f"{', '.join(witnessed.files) or 'none yet'})")

@@ -56,6 +56,10 @@ class Command(BaseCommand):
             from django.db import connections
             connections.close_all()
             call_command("migrate", interactive=False, verbosity=0)
+            # The key that signs audit checkpoints: made under var/ (mode 0600) on first start.
+            from core.checkpoints import signing_key
+
+            self._say(f"audit checkpoints are signed with key {signing_key().key_id}")
             first_run = not get_user_model().objects.exists()
             # First run: six months of demo history too, made in the background once
             # the web server is up (PORTAL_DEMO_HISTORY=false leaves it out).
