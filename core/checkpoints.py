@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,13 +244,15 @@ def witness(checkpoint: SignedCheckpoint, result: SignResult) -> None:
 def _witness_webhook(url: str, line: str, result: SignResult) -> None:
     from core import outbound
 
-    # The address without its query string: a token there must not reach the logs.
-    name = "webhook " + url.split("?", 1)[0]
+    # Only the scheme and host: a token in the path or query must not reach the logs.
+    parts = urllib.parse.urlsplit(url)
+    name = f"webhook {parts.scheme}://{parts.hostname or '?'}"
     try:
         response = outbound.request("POST", url, body=line.encode(),
                                     headers={"Content-Type": "application/json"})
     except outbound.OutboundError as exc:
-        log.error("audit checkpoint not delivered to %s: %s", name, exc)
+        log.error("audit checkpoint not delivered to %s: %s", name,
+                  str(exc).replace(url[:80], "<the witness URL>"))
         result.failed.append(name)
         return
     if 200 <= response.status < 300:

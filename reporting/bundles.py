@@ -230,6 +230,10 @@ def _latin(text) -> str:
     return text.encode("latin-1", "replace").decode("latin-1")
 
 
+def _when(moment) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S}" if moment else "-"
+
+
 def _report_pdf(context: dict) -> bytes:
     from fpdf import FPDF
     from fpdf.enums import XPos, YPos
@@ -243,12 +247,14 @@ def _report_pdf(context: dict) -> bytes:
 
     def heading(text: str, size: int = 13) -> None:
         pdf.set_font("Helvetica", "B", size)
-        pdf.multi_cell(width, 7, _latin(text), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        pdf.multi_cell(width, 7, _latin(text), align="L", new_x=XPos.LMARGIN,
+                       new_y=YPos.NEXT)
         pdf.ln(1)
 
     def para(text: str, size: int = 9) -> None:
         pdf.set_font("Helvetica", "", size)
-        pdf.multi_cell(width, 4.8, _latin(text), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        pdf.multi_cell(width, 4.8, _latin(text), align="L", new_x=XPos.LMARGIN,
+                       new_y=YPos.NEXT)
         pdf.ln(1)
 
     def table(rows: list, widths: tuple, header: tuple) -> None:
@@ -294,8 +300,8 @@ def _report_pdf(context: dict) -> bytes:
         change = evidence["change"]
         heading("Deployment")
         para(f"#{d.pk} {d.application.slug} {d.release.version} to {d.environment.name}: "
-             f"{d.get_status_display()}; started {d.started_at or '-'}, finished "
-             f"{d.finished_at or '-'}; commit {d.release.commit_sha or '-'}; artifact "
+             f"{d.get_status_display()}; started {_when(d.started_at)}, finished "
+             f"{_when(d.finished_at)} UTC; commit {d.release.commit_sha or '-'}; artifact "
              f"sha256 {d.release.artifact_sha256 or '-'}.")
         if change is not None:
             para(f"Change {change.reference} ({change.get_change_type_display()}); requested "

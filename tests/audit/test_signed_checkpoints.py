@@ -168,7 +168,7 @@ def test_a_webhook_witness_receives_the_signed_checkpoint(db, settings):
     thread.start()
     try:
         settings.PORTAL_AUDIT_WITNESS_WEBHOOKS = [
-            f"http://127.0.0.1:{server.server_port}/witness?token=s3cret-witness-token"]
+            f"http://127.0.0.1:{server.server_port}/s3cret-path?token=s3cret-witness-token"]
         event = record("step.0")
         result = checkpoint_sign(reason="schedule")
     finally:
@@ -186,7 +186,7 @@ def test_a_refused_webhook_does_not_stop_the_file_witness(db, settings):
     settings.PORTAL_AUDIT_WITNESS_WEBHOOKS = ["http://169.254.169.254/latest"]
     record("step.0")
     result = checkpoint_sign(reason="schedule")
-    assert result.failed == ["webhook http://169.254.169.254/latest"]
+    assert result.failed == ["webhook http://169.254.169.254"]
     assert len(witness_lines()) == 1
 
 
