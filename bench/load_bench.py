@@ -4,9 +4,10 @@ to /healthz on the same server in the same run.
     PORTAL_VAR_DIR=var/run PORTAL_PG_PORT=... PORTAL_REDIS_PORT=... PORTAL_PORT=8245 make run
     .venv/bin/python bench/load_bench.py --url http://127.0.0.1:8245 --users 50 --seconds 60
 
-Each user is a bounded asyncio loop on one httpx connection: sign in (a session for
-the pages, an API token issued by the portal's own token page for the API), then
-pick a request by weight and send it at once when the answer arrives (a closed
+Each user is a bounded asyncio loop on one httpx connection, with a CAB member's
+session for the pages and an API token issued by the portal's own token page for the
+API (both made once before the clock starts); it picks a request by weight
+and sends it at once when the answer arrives (a closed
 loop: no think time, so the figure is the server's throughput). The traffic:
 
 - the approvals inbox as a CAB member (``cab``, ``cab2``), the change page, the
@@ -33,7 +34,8 @@ from collections import defaultdict
 
 import httpx
 
-PASSWORD = os.environ.get("PORTAL_DEMO_PASSWORD", "demo")
+# The demo's default password (seed_demo.DEFAULT_PASSWORD) unless the run set another.
+PASSWORD = os.environ.get("PORTAL_DEMO_PASSWORD", "demo-portal-2026")
 WEIGHTS = {"inbox": 20, "change page": 25, "change list": 15, "api list": 25,
            "api create": 8, "api approve": 7}
 
@@ -92,14 +94,17 @@ class World:
         self.change_ids = change_ids
         self.release_ids = release_ids
         self.to_approve: asyncio.Queue[int] = asyncio.Queue()
+        self.sessions: dict[str, httpx.Cookies] = {}
 
 
 async def user(index: int, url: str, world: World, stats: Stats, deadline: float,
                tokens: dict[str, str], rng: random.Random) -> None:
     limits = httpx.Limits(max_connections=1)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30,
+    # The users share the two CAB members' sessions: signing in (a deliberately slow
+    # password hash) is not the traffic measured.
+    cookies = world.sessions["cab" if index % 2 else "cab2"]
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30, cookies=cookies,
                                  follow_redirects=False) as client:
-        await sign_in(client, "cab" if index % 2 else "cab2")
         names, weights = zip(*WEIGHTS.items(), strict=True)
         while time.perf_counter() < deadline:
             name = rng.choices(names, weights)[0]
@@ -154,26 +159,61 @@ async def healthz_user(url: str, stats: Stats, deadline: float) -> None:
 
 async def prepare(url: str) -> tuple[World, dict[str, str]]:
     tokens = {}
-    for username in ("engineer", "techlead"):
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    for username in ("engineer", "techlead", "cab"):
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
             await sign_in(client, username)
             tokens[username] = await issue_token(client, f"load-{username}-{time.time_ns()}")
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         headers = {"Authorization": f"Bearer {tokens['engineer']}"}
-        body = (await client.get("/api/v1/changes/", headers=headers)).json()
+        # Changes the CAB members may open (the pages are theirs).
+        body = (await client.get("/api/v1/changes/", headers={
+            "Authorization": f"Bearer {tokens['cab']}"})).json()
         change_ids = [c["id"] for c in body["results"]]
         releases = (await client.get("/api/v1/releases/", headers=headers)).json()
         release_ids = [r["id"] for r in releases["results"]]
     if not change_ids or not release_ids:
         raise SystemExit("the portal has no changes or releases to work on")
-    return World(change_ids, release_ids), tokens
+    world = World(change_ids, release_ids)
+    for username in ("cab", "cab2"):
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            await sign_in(client, username)
+            world.sessions[username] = httpx.Cookies(client.cookies)
+    return world, tokens
+
+
+def server_processes(url: str) -> list:
+    """The web server's processes (gunicorn's master and workers bound to ``url``'s
+    port), to read the CPU time they spend per request; [] when not found."""
+    import psutil
+
+    port = httpx.URL(url).port
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "gunicorn" in cmdline and f":{port}" in cmdline:
+            found.append(proc)
+            found += proc.children(recursive=True)
+    return list({p.pid: p for p in found}.values())
+
+
+def cpu_seconds(processes: list) -> float:
+    total = 0.0
+    for proc in processes:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except Exception:  # noqa: BLE001 - a worker restarted: its time is lost
+            pass
+    return total
 
 
 async def run(url: str, users: int, seconds: float) -> list:
     world, tokens = await prepare(url)
+    processes = server_processes(url)
     results = []
     for phase in ("mixed", "healthz"):
         stats = Stats()
+        cpu_before = cpu_seconds(processes)
         start = time.perf_counter()
         deadline = start + seconds
         if phase == "mixed":
@@ -183,7 +223,8 @@ async def run(url: str, users: int, seconds: float) -> list:
             tasks = [healthz_user(url, stats, deadline) for _ in range(users)]
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
-        results.append((phase, list(stats.rows(elapsed)), stats.errors))
+        cpu = cpu_seconds(processes) - cpu_before if processes else None
+        results.append((phase, list(stats.rows(elapsed)), stats.errors, cpu))
     return results
 
 
@@ -198,15 +239,21 @@ def main(argv: list[str] | None = None) -> int:
     print("| phase | request | count | requests/s | median (ms) | p95 (ms) | errors |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     failed = 0
-    for phase, rows, errors in results:
+    cpu_lines = []
+    for phase, rows, errors, cpu in results:
         for name, count, rate, median, p95, n_errors in rows:
             print(f"| {phase} | {name} | {count} | {rate:.1f} | {median * 1000:.0f} | "
                   f"{p95 * 1000:.0f} | {n_errors} |")
             if name == "all":
                 failed += n_errors
+                if cpu is not None and count:
+                    cpu_lines.append(f"{phase}: web server CPU {cpu:.1f} s for {count} "
+                                     f"requests, {cpu / count * 1000:.1f} ms a request")
         for name, messages in errors.items():
             for message in sorted(set(messages))[:3]:
                 print(f"  {phase} {name}: {message}", file=sys.stderr)
+    for line in cpu_lines:
+        print(line)
     return 1 if failed else 0
 
 

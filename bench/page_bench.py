@@ -57,7 +57,7 @@ def pages() -> list[tuple[str, str]]:
     ]
 
 
-def measure(repeat: int) -> list[tuple[str, str, float, int, int]]:
+def measure(repeat: int) -> list[tuple[str, str, float, int, int, float]]:
     from django.contrib.auth import get_user_model
     from django.db import connection
     from django.test import Client
@@ -81,8 +81,13 @@ def measure(repeat: int) -> list[tuple[str, str, float, int, int]]:
                 t0 = time.perf_counter()
                 response = client.get(url)
                 samples.append(time.perf_counter() - t0)
+        sql = sum(float(q["time"]) for q in ctx.captured_queries)
+        slowest = max(ctx.captured_queries, key=lambda q: float(q["time"]), default=None)
+        if os.environ.get("PAGE_BENCH_SLOWEST") and slowest:
+            print(f"{url}: slowest {float(slowest['time']) * 1000:.0f} ms: "
+                  f"{slowest['sql'][:600]}", file=sys.stderr)
         rows.append((who.split("-")[0], url, statistics.median(samples),
-                     len(ctx.captured_queries), len(response.content)))
+                     len(ctx.captured_queries), len(response.content), sql))
         if response.status_code != 200:
             raise SystemExit(f"{url} answered {response.status_code}")
     return rows
@@ -105,11 +110,11 @@ def main() -> None:
           f"{AuditEvent.objects.count():,} audit events; median of {args.repeat} views")
     rows = measure(args.repeat)
     health = next(r[2] for r in rows if r[1] == "/healthz")
-    print("| as | page | median (ms) | x /healthz | queries | kB |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for who, url, median, queries, size in rows:
+    print("| as | page | median (ms) | x /healthz | queries | SQL (ms) | kB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for who, url, median, queries, size, sql in rows:
         print(f"| {who} | `{url}` | {median * 1000:.1f} | {median / health:.1f} | "
-              f"{queries} | {size / 1024:.0f} |")
+              f"{queries} | {sql * 1000:.1f} | {size / 1024:.0f} |")
 
 
 if __name__ == "__main__":
