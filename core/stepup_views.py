@@ -38,6 +38,16 @@ def answer(request, exc: StepUpRequired | SecondFactorRequired) -> HttpResponse:
     return render(request, "core/second_factor_required.html", context, status=403)
 
 
+def _check_page(user) -> str:
+    """allauth's second-factor check for the factor ``user`` has: the code page for an
+    authenticator app (it offers a passkey too), else the passkey page."""
+    from allauth.mfa.models import Authenticator
+
+    if Authenticator.objects.filter(user_id=user.pk, type=Authenticator.Type.TOTP).exists():
+        return "mfa_reauthenticate"
+    return "mfa_reauthenticate_webauthn"
+
+
 def ask(request) -> HttpResponse:
     """Keep the posted form and send the person to the second-factor check."""
     stash = secrets.token_urlsafe(16)
@@ -46,7 +56,7 @@ def ask(request) -> HttpResponse:
         "fields": [[name, value] for name, values in request.POST.lists() for value in values
                    if name != "csrfmiddlewaretoken"],
     }
-    url = (reverse("mfa_reauthenticate") + "?"
+    url = (reverse(_check_page(request.user)) + "?"
            + urlencode({"next": reverse("step-up-resume", args=[stash])}))
     if getattr(request, "htmx", False):
         response = HttpResponse(status=200)
