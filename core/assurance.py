@@ -109,9 +109,14 @@ def current(actor) -> Assurance:
 
 
 def _is_person(actor) -> bool:
+    """A person acting: not the portal (System), and not a signed hook acting as its
+    service account (the request's credential names a ``hook``; integrations.hooks)."""
     from core.audit import System
 
-    return not isinstance(actor, System) and bool(getattr(actor, "pk", None))
+    if isinstance(actor, System) or not getattr(actor, "pk", None):
+        return False
+    request = context.current().request
+    return not getattr(getattr(request, "auth", None), "hook", None)
 
 
 def require_fresh_second_factor(*, actor, doing: str) -> dict:

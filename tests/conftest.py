@@ -63,7 +63,11 @@ class Cast:
 
 @pytest.fixture
 def api():
-    """An API client factory: api(user) authenticates with a freshly issued bearer token."""
+    """An API client factory: api(user) authenticates with a freshly issued bearer token.
+
+    Issued as ``manage.py issue_token`` issues it: for someone who holds a second factor
+    (the demo's Production people), the token carries the operator's fresh check and
+    may decide in Production (docs/identity.md)."""
     from core.audit import System
     from core.services import api_token_issue
 
