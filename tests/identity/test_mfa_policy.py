@@ -22,6 +22,7 @@ from approvals.models import Approval, ChangeRequest
 from catalog.models import Environment
 from core.assurance import SESSION_SEEN
 from core.models import ApiToken, AuditEvent
+from tests.api.helpers import finished_deployment
 from tests.conftest import sign_in_with_second_factor, totp_code
 from tests.factories import request_change
 
@@ -237,6 +238,22 @@ def test_rollback_and_unlock_in_production_ask_for_the_second_factor(demo, api):
     assert AuditEvent.objects.get(action="environment.unlocked").after[
         "second_factor"]["kind"] == "totp"
 
+    # Rolling back Production with a token made without a fresh check: refused.
+    finished_deployment("production", minutes_ago=120)
+    latest = finished_deployment("production", minutes_ago=10)
+    stale = api(demo.oncall)
+    ApiToken.objects.filter(user=demo.oncall).update(second_factor="", second_factor_at=None)
+    refused = stale.post(f"/api/v1/deployments/{latest.pk}/rollback", {"reason": "errors"},
+                         format="json")
+    assert refused.status_code == 403 and refused.json()["code"] == "step_up_required"
+    latest.refresh_from_db()
+    assert latest.status == "succeeded"
+    rolled = api(demo.oncall).post(f"/api/v1/deployments/{latest.pk}/rollback",
+                                   {"reason": "errors"}, format="json")
+    assert rolled.status_code == 202, rolled.json()
+    assert AuditEvent.objects.get(action="deployment.rolled_back").after[
+        "second_factor"]["via"] == "token"
+
 
 def test_idle_timeout_signs_out_a_production_approver_but_not_an_engineer(demo):
     cab, engineer = Client(), Client()
@@ -284,3 +301,27 @@ def test_access_review_shows_factors_and_last_sign_in_and_exports_them(demo, cli
     assert rows["engineer"]["second_factors"] == ""
     assert rows["engineer"]["must_have_second_factor"] == "no"
     assert "production: approve_cab" in rows["cab"]["permissions"]
+
+
+def test_closing_a_review_asks_for_the_second_factor_and_keeps_the_findings(demo):
+    from approvals.models import PostImplementationReview
+
+    change = request_change(demo.engineer, "production", change_type="emergency",
+                            rollback_plan="Redeploy 1.2.0")
+    review = PostImplementationReview.objects.create(change=change)
+    client = Client()
+    client.force_login(demo.cab)
+    findings = "Root cause found; monitoring added."
+
+    asked = client.post(f"/changes/{change.pk}/review/close", {"findings": findings})
+
+    assert "/2fa/reauthenticate/" in asked["Location"]
+    review.refresh_from_db()
+    assert review.closed_at is None
+    checked = client.post(asked["Location"], {"code": totp_code()})
+    resume = client.get(checked["Location"]).content.decode()
+    client.post(f"/changes/{change.pk}/review/close", dict(HIDDEN.findall(resume)))
+    review.refresh_from_db()
+    assert review.closed_by == demo.cab and review.findings == findings
+    assert AuditEvent.objects.get(action="review.closed").after[
+        "second_factor"]["kind"] == "totp"
