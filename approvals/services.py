@@ -35,6 +35,7 @@ from approvals.selectors import Blocker, change_blockers, unsatisfiable_gates
 from catalog.models import Environment, Release
 from catalog.permissions import has_env_perm
 from configuration.selectors import digests_for
+from core import assurance
 from core import context as request_context
 from core.audit import System, audit_record
 from core.context import RequestContext
@@ -142,6 +143,14 @@ def _refusal_audited(action: str, actor, change: ChangeRequest, exc: DomainError
     with transaction.atomic():
         audit_record(actor=actor, action=action, obj=change, environment=change.environment.slug,
                      after={"code": exc.code, **extra}, reason=exc.detail)
+
+
+def _step_up_for_production(actor, environment: Environment, doing: str) -> dict:
+    """In Production a person decides only with a second factor used recently (SOP
+    10.2); returns the audit entry saying which check it was."""
+    if not environment.production:
+        return {}
+    return assurance.require_fresh_second_factor(actor=actor, doing=doing)
 
 
 def _require_deploy_for_self_start(actor, environment: Environment, *,
@@ -310,6 +319,10 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
                       .get(pk=change.pk))
             gate = _gate_open_to_decisions(change, role)
             delegator = _decider_standing(actor, change, gate, role)
+            factor = _step_up_for_production(
+                actor, change.environment,
+                f"{'approve' if decision == Approval.Decision.APPROVED else 'reject'} a "
+                f"{change.environment.name} gate")
             current = change_version(change)
             _check_decision_is_new(actor, change, gate, seen=seen, current=current)
             Approval.objects.create(gate=gate, change=change, approver=actor,
@@ -324,7 +337,7 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
                                 "on_behalf_of": delegator.get_username() if delegator
                                 else None,
                                 # The version decided on; None: an API client sent none.
-                                "version": current, "version_seen": seen})
+                                "version": current, "version_seen": seen, **factor})
             _announce_decision(change, gate, actor, comment)
             if change.status == ChangeRequest.Status.APPROVED and change.deploy_when_approved:
                 _start_by_itself(change=change, why=f"the last approval of {change.reference}"
@@ -665,7 +678,9 @@ def change_request_deploy(*, actor, change: ChangeRequest) -> Deployment:
             if not has_env_perm(actor, "deploy", change.environment):
                 raise Refused(f"you may not deploy to {change.environment.name}",
                               code="not_permitted")
-            return _start_deployment(actor=actor, change=change)
+            factor = _step_up_for_production(actor, change.environment,
+                                             f"deploy to {change.environment.name}")
+            return _start_deployment(actor=actor, change=change, second_factor=factor)
     except Refused as exc:
         _refusal_audited("change.deploy.refused", actor, change, exc)
         raise
@@ -717,7 +732,8 @@ def _start_by_itself(*, change: ChangeRequest, why: str) -> Deployment | None:
         request_context.unbind_request(bound)
 
 
-def _start_deployment(*, actor, change: ChangeRequest, trigger: str = "") -> Deployment:
+def _start_deployment(*, actor, change: ChangeRequest, trigger: str = "",
+                      second_factor: dict | None = None) -> Deployment:
     """Inside the transaction holding the change's row lock: check again, then start."""
     if change.status == ChangeRequest.Status.DEPLOYING:
         raise InvalidTransition(f"{change.reference} is already deploying",
@@ -741,7 +757,7 @@ def _start_deployment(*, actor, change: ChangeRequest, trigger: str = "") -> Dep
                  environment=change.environment.slug, before={"status": before},
                  after={"status": change.status, "deployment": deployment.pk,
                         "preflight": "clear", "deployer": actor.get_username(),
-                        "trigger": trigger or "deployed by hand"})
+                        "trigger": trigger or "deployed by hand", **(second_factor or {})})
     signals.send_after_commit(signals.change_deploying, change_id=change.pk,
                               deployment_id=deployment.pk, at=timezone.now())
     return deployment
@@ -931,11 +947,13 @@ def review_close(*, actor, review: PostImplementationReview, findings: str
             raise AlreadyDecided("this review is already closed")
         if not may_decide(actor, review.change.environment, GateRole.CAB)[0]:
             raise NotEligible("only CAB closes post-implementation reviews")
+        factor = assurance.require_fresh_second_factor(
+            actor=actor, doing="close a post-implementation review")
         review.closed_at, review.closed_by, review.findings = timezone.now(), actor, findings
         review.save(update_fields=["closed_at", "closed_by", "findings"])
         audit_record(actor=actor, action="review.closed", obj=review.change,
                      environment=review.change.environment.slug,
-                     after={"findings": findings})
+                     after={"findings": findings, **factor})
     return review
 
 
@@ -1004,6 +1022,8 @@ def environment_lock(*, actor, environment: Environment, reason: str) -> Environ
 def environment_unlock(*, actor, environment: Environment) -> Environment:
     if not has_env_perm(actor, "rollback", environment):
         raise Refused(f"you may not unlock {environment.name}", code="not_permitted")
+    factor = assurance.require_fresh_second_factor(actor=actor,
+                                                   doing=f"unlock {environment.name}")
     with transaction.atomic():
         env = Environment.objects.select_for_update().get(pk=environment.pk)
         if not env.locked:
@@ -1012,5 +1032,6 @@ def environment_unlock(*, actor, environment: Environment) -> Environment:
         env.locked, env.lock_reason = False, ""
         env.save(update_fields=["locked", "lock_reason"])
         audit_record(actor=actor, action="environment.unlocked", obj=env, environment=env.slug,
-                     before={"locked": True, "reason": reason}, after={"locked": False})
+                     before={"locked": True, "reason": reason},
+                     after={"locked": False, **factor})
     return env

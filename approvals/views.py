@@ -26,7 +26,8 @@ from approvals.models import (
 from catalog.models import Environment, MigrationKind, Release
 from catalog.permissions import environment_permissions
 from configuration.selectors import digests_for_many
-from core.errors import ChangedSinceViewed, DomainError
+from core import stepup_views
+from core.errors import ChangedSinceViewed, DomainError, SecondFactorRequired, StepUpRequired
 from core.models import AuditEvent
 from deployments import selectors as deployment_selectors
 from deployments.models import Deployment
@@ -188,6 +189,8 @@ def gate_decide(request, pk: int, role: str):
                                   comment=comment, seen=seen)
         else:
             error = "Choose approve or reject."
+    except (StepUpRequired, SecondFactorRequired) as exc:
+        return stepup_views.answer(request, exc)
     except DomainError as exc:
         error = exc.detail
         stale = exc.code == ChangedSinceViewed.code
@@ -216,6 +219,8 @@ def change_deploy(request, pk: int):
     change = get_object_or_404(selectors.changes_visible_to(request.user), pk=pk)
     try:
         deployment = services.change_request_deploy(actor=request.user, change=change)
+    except (StepUpRequired, SecondFactorRequired) as exc:
+        return stepup_views.answer(request, exc)
     except DomainError as exc:
         messages.error(request, exc.detail)
     else:
@@ -413,6 +418,8 @@ def environments(request):
                                           reason=form.cleaned_data["reason"])
                 messages.success(request, f"{env.name} is locked.")
                 return redirect("environments")
+        except (StepUpRequired, SecondFactorRequired) as exc:
+            return stepup_views.answer(request, exc)
         except DomainError as exc:
             messages.error(request, exc.detail)
             return redirect("environments")
@@ -471,6 +478,8 @@ def review_close(request, pk: int):
     try:
         services.review_close(actor=request.user, review=review,
                               findings=request.POST.get("findings", "")[:5000])
+    except (StepUpRequired, SecondFactorRequired) as exc:
+        return stepup_views.answer(request, exc)
     except DomainError as exc:
         error = exc.detail
     return _back_to_change(request, pk, error, "Post-implementation review closed.")

@@ -9,7 +9,7 @@ from core.admin import AuditedModelAdmin, ReadOnlyModelAdmin
 class EnvironmentAdmin(AuditedModelAdmin, GuardedModelAdmin):
     # The lock and its reason are audited here; the object permissions granted on
     # the guardian pages (Object permissions) by core.access_audit.
-    list_display = ["name", "slug", "order", "locked"]
+    list_display = ["name", "slug", "order", "production", "locked"]
 
 
 @admin.register(Application)

@@ -48,6 +48,10 @@ class Environment(models.Model):
     # migrations (SOP 6.2), {"maintenance": true} puts the application in maintenance
     # mode while they run.
     deploy_settings = models.JSONField(default=dict, blank=True)
+    # Production: approving, deploying and rolling back here need a second factor
+    # and a fresh second-factor check (SOP 10.2, core.assurance).
+    production = models.BooleanField(
+        default=False, help_text="Decisions here need a second factor, checked recently.")
 
     class Meta:
         db_table = "deployments_environment"

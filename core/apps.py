@@ -8,4 +8,7 @@ class CoreConfig(AppConfig):
     def ready(self) -> None:
         # receivers audits sign-ins, access_audit every change of who may do what;
         # schema registers the bearer scheme with the schema.
-        from core import access_audit, receivers, schema  # noqa: F401
+        # assurance: the session remembers who must hold a second factor.
+        from core import access_audit, assurance, receivers, schema  # noqa: F401
+
+        assurance.connect()

@@ -43,6 +43,18 @@ class NotEligible(Refused):
     code = "not_eligible"
 
 
+class SecondFactorRequired(Refused):
+    """The person must enrol a second factor before doing this (SOP 10.2)."""
+
+    code = "mfa_required"
+
+
+class StepUpRequired(Refused):
+    """The person has a second factor but has not used it recently enough for this."""
+
+    code = "step_up_required"
+
+
 class NotFound(DomainError):
     status = 404
     code = "not_found"

@@ -48,6 +48,11 @@ class ApiToken(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     scopes = models.JSONField(default=all_scopes)
+    # The fresh second-factor check it was created with (core.assurance): its kind
+    # (totp, webauthn, recovery_codes; operator: issued by `manage.py issue_token`) and
+    # time. Empty: created without one; such a token decides nothing in Production.
+    second_factor = models.CharField(max_length=20, blank=True, default="")
+    second_factor_at = models.DateTimeField(null=True, blank=True)
 
     objects = ApiTokenQuerySet.as_manager()
 

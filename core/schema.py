@@ -68,6 +68,7 @@ ERROR_DESCRIPTIONS = {
     "401": "No credentials, or a token that is unknown, expired or revoked.",
     "403": "Refused: missing token scope (`insufficient_scope`), object permission "
            "(`not_permitted`, `not_eligible`), segregation of duties (`self_approval`), "
+           "a second factor for Production (`mfa_required`, `step_up_required`), "
            "or CSRF (`csrf_failed`).",
     "404": "No such object, or one the caller may not see.",
     "409": "State conflict (`not_ready` with `blockers`, `already_decided`, "

@@ -8,6 +8,7 @@ from datetime import datetime
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from core import assurance
 from core.audit import audit_record
 from core.errors import Conflict, Invalid, InvalidTransition, Refused
 from core.models import ApiToken, TokenScope, hash_token
@@ -30,6 +31,10 @@ def api_token_issue(*, actor, user, name: str, expires_at: datetime | None = Non
 
     ``scopes`` limit what the token may do even when its user may do more
     (default: every scope).
+
+    A person who holds a second factor must have used it recently to create one; the
+    token records that check (``core.assurance.token_second_factor``), without which it
+    decides nothing in Production.
     """
     scopes = _clean_scopes(TokenScope.values if scopes is None else scopes)
     name = name.strip()
@@ -39,6 +44,7 @@ def api_token_issue(*, actor, user, name: str, expires_at: datetime | None = Non
     if expires_at is not None and expires_at <= timezone.now():
         raise Invalid("the expiry must be in the future",
                       fields={"expires_at": ["Choose a time in the future."]})
+    factor = assurance.token_second_factor(actor=actor, user=user)
     raw = "cap_" + secrets.token_urlsafe(32)
     with transaction.atomic():
         if ApiToken.objects.filter(user=user, name=name).exists():
@@ -48,13 +54,16 @@ def api_token_issue(*, actor, user, name: str, expires_at: datetime | None = Non
             with transaction.atomic():
                 token = ApiToken.objects.create(user=user, name=name, prefix=raw[:8],
                                                 token_hash=hash_token(raw),
-                                                expires_at=expires_at, scopes=scopes)
+                                                expires_at=expires_at, scopes=scopes,
+                                                second_factor=factor.kind,
+                                                second_factor_at=factor.at)
         except IntegrityError:  # the same name issued concurrently
             raise Conflict(f"{user.get_username()} already has a token named {name!r}",
                            code="token_exists") from None
         audit_record(actor=actor, action="token.issued", obj=token,
                      after={"user": user.get_username(), "name": name,
-                            "expires_at": expires_at, "scopes": scopes})
+                            "expires_at": expires_at, "scopes": scopes,
+                            "second_factor": factor.as_audit() if factor.kind else None})
     return token, raw
 
 

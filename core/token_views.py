@@ -12,7 +12,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from core.errors import DomainError
+from core import stepup_views
+from core.errors import DomainError, StepUpRequired
 from core.models import ApiToken, TokenScope
 from core.services import api_token_issue, api_token_revoke
 
@@ -52,6 +53,8 @@ def token_list(request):
                     actor=request.user, user=owner, name=form.cleaned_data["name"],
                     scopes=form.cleaned_data["scopes"],
                     expires_at=timezone.now() + timedelta(days=form.cleaned_data["days"]))
+            except StepUpRequired as exc:
+                return stepup_views.answer(request, exc)
             except DomainError as exc:
                 for name, errors in (exc.fields or {"name": [exc.detail]}).items():
                     form.add_error(name if name in form.fields else None, errors)

@@ -22,7 +22,7 @@ from django.utils.module_loading import import_string
 
 from catalog.models import Application, Environment, MigrationKind, Release, Target
 from catalog.permissions import environment_permissions, has_env_perm
-from core import outbound
+from core import assurance, outbound
 from core.audit import System, audit_record
 from core.errors import (
     Conflict,
@@ -1001,6 +1001,11 @@ def deployment_rollback(*, actor, deployment: Deployment, reason: str) -> Deploy
                                                                   locked.environment):
                 raise Refused(f"you may not roll back in {locked.environment.name}",
                               code="not_permitted")
+            # In Production a person rolls back only with a second factor used recently
+            # (SOP 10.2); an alert acting as the portal is not asked.
+            factor = (assurance.require_fresh_second_factor(
+                actor=actor, doing=f"roll back in {locked.environment.name}")
+                if locked.environment.production else {})
             if locked.status == Deployment.Status.QUEUED:
                 raise InvalidTransition(f"deployment #{locked.pk} has not started; cancel it",
                                         code="not_started")
@@ -1027,7 +1032,8 @@ def deployment_rollback(*, actor, deployment: Deployment, reason: str) -> Deploy
             locked.save(update_fields=["status", "finished_at", "failure_reason"])
             audit_record(actor=actor, action="deployment.rolled_back", obj=locked,
                          environment=locked.environment.slug, before={"status": before},
-                         after={"status": locked.status, "to_version": back_to.release.version},
+                         after={"status": locked.status, "to_version": back_to.release.version,
+                                **factor},
                          reason=reason)
             rollback = _start_rollback(actor=actor, deployment=locked, back_to=back_to,
                                        reason=reason)

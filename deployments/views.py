@@ -10,7 +10,8 @@ from django.views.decorators.http import require_POST
 
 from catalog.models import SEMVER, SHA256, Application, Environment
 from catalog.permissions import has_env_perm
-from core.errors import DomainError, Refused
+from core import stepup_views
+from core.errors import DomainError, Refused, SecondFactorRequired, StepUpRequired
 from deployments import selectors, services
 from deployments.models import Deployment
 
@@ -125,6 +126,8 @@ def deployment_rollback(request, pk: int):
     try:
         rollback = services.deployment_rollback(actor=request.user, deployment=deployment,
                                                 reason=request.POST.get("reason", ""))
+    except (StepUpRequired, SecondFactorRequired) as exc:
+        return stepup_views.answer(request, exc)
     except DomainError as exc:
         messages.error(request, f"Not rolled back: {exc.detail}")
         return redirect("deployment-detail", pk=deployment.pk)

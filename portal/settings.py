@@ -64,6 +64,10 @@ INSTALLED_APPS = [
     "notifications",
     "reporting",
     "portal",
+    # Identity: django-allauth
+    "allauth",
+    "allauth.account",
+    "allauth.mfa",
 ]
 
 MIDDLEWARE = [
@@ -82,6 +86,10 @@ MIDDLEWARE = [
     "core.middleware.ServiceUnavailableMiddleware",
     # Sign-in lockout (django-axes): last, as its documentation asks.
     "axes.middleware.AxesMiddleware",
+    # Identity: django-allauth
+    "allauth.account.middleware.AccountMiddleware",
+    # Second factors: people with Production permissions are signed out when idle.
+    "core.assurance.ProductionIdleTimeoutMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -99,6 +107,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "core.context_processors.navigation",
                 "portal.demo_history.banner",
+                # Second factors: the enrol banner for Production permission holders.
+                "core.assurance.banner",
             ],
         },
     },
@@ -117,6 +127,8 @@ AUTHENTICATION_BACKENDS = [
     "core.authentication.SignInLockoutBackend",
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
+    # Identity: django-allauth
+    "allauth.account.auth_backends.AuthenticationBackend",
 ]
 ANONYMOUS_USER_NAME = None  # guardian: anonymous users hold no object permissions
 GUARDIAN_RAISE_403 = False
@@ -416,3 +428,20 @@ try:
 except ValueError as _exc:
     raise ImproperlyConfigured(f"PORTAL_METRICS_ALLOW: {_exc}") from None
 PORTAL_METRICS_WINDOW_HOURS = env.float("PORTAL_METRICS_WINDOW_HOURS", default=168.0)
+# Identity: django-allauth
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
+MFA_PASSKEY_LOGIN_ENABLED = True
+MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = DEBUG
+
+# Second factors for Production (SOP 10.2, docs/identity.md). Who must hold one: a
+# callable (user) -> bool; the catalogue answers "holds approve, deploy or rollback
+# on a Production environment". Decisions there need a second-factor check this recent.
+PORTAL_SECOND_FACTOR_REQUIRED_FOR = env.str(
+    "PORTAL_SECOND_FACTOR_REQUIRED_FOR", default="catalog.permissions.holds_production_powers")
+PORTAL_STEP_UP_SECONDS = env.int("PORTAL_STEP_UP_SECONDS", default=600)
+# People who must hold a second factor are signed out after this long without a request.
+PORTAL_PRODUCTION_IDLE_MINUTES = env.int("PORTAL_PRODUCTION_IDLE_MINUTES", default=30)
+# seed_demo enrols the demo's Production people in TOTP with this secret (base32), so
+# step-up can be tried with any authenticator app. Demo data only.
+PORTAL_DEMO_TOTP_SECRET = env.str("PORTAL_DEMO_TOTP_SECRET",
+                                  default="JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP")

@@ -7,7 +7,7 @@ from approvals import api as approvals_api
 from approvals import views as approvals_views
 from configuration import views as configuration_views
 from core import api as core_api
-from core import token_views
+from core import stepup_views, token_views
 from deployments import api as deployments_api
 from deployments import views as deployments_views
 from integrations import api as integrations_api
@@ -118,6 +118,9 @@ urlpatterns = [
          name="auditor-evidence-bundle"),
     path("audit/bundle.zip", auditor_views.audit_bundle, name="audit-bundle"),
     path("audit/verify_bundle.py", auditor_views.verifier_download, name="audit-verifier"),
+    # Access review export, with second factors (SOP 10.2, 13.1).
+    path("auditor/access/export.csv", auditor_views.access_review_export_csv,
+         name="auditor-access-export-csv"),
     path("tokens/", token_views.token_list, name="token-list"),
     path("tokens/<int:pk>/revoke", token_views.token_revoke, name="token-revoke"),
     # Metrics, dashboard, notifications and configuration (SOP 4.1, 7, 11.2, 12.1).
@@ -129,6 +132,12 @@ urlpatterns = [
     path("configuration/<slug:application>/<slug:environment>/diff",
          configuration_views.configuration_diff, name="configuration-diff"),
     path("admin/", admin.site.urls),
+    # Identity: django-allauth
+    path("accounts/", include("allauth.urls")),
+    # Second factors: finish the action a step-up interrupted.
+    path("step-up/<str:stash>/", stepup_views.resume, name="step-up-resume"),
+    path("second-factor-required/", stepup_views.second_factor_required,
+         name="second-factor-required"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

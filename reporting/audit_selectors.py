@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from approvals.models import Approval, ChangeRequest, ChecklistItem, Gate
 from catalog.models import Application, Environment, Release
+from catalog.permissions import PRODUCTION_POWERS
 from core.audit import compute_hash
 from core.models import ApiToken, AuditEvent
 from core.permissions import permission_grants
@@ -420,6 +421,21 @@ def evidence(deployment) -> dict:
 
 
 @dataclass
+class Factor:
+    """A second factor a person enrolled (allauth's Authenticator)."""
+
+    kind: str  # totp, webauthn, recovery_codes
+    enrolled_at: datetime | None
+    last_used_at: datetime | None
+
+    @property
+    def name(self) -> str:
+        from core.assurance import KIND_NAMES
+
+        return KIND_NAMES.get(self.kind, self.kind)
+
+
+@dataclass
 class AccessRow:
     user: object
     groups: list[str]
@@ -429,14 +445,36 @@ class AccessRow:
     logins: int
     failed_logins: int
     last_seen: datetime | None
+    # SOP 10.2: whether they hold Production powers (so must hold a second factor), and
+    # the factors they enrolled.
+    must_have_second_factor: bool = False
+    factors: list[Factor] = field(default_factory=list)
+
+    @property
+    def factor_last_used(self) -> datetime | None:
+        used = [f.last_used_at for f in self.factors if f.last_used_at]
+        return max(used) if used else None
+
+    @property
+    def second_factor_missing(self) -> bool:
+        return self.must_have_second_factor and not any(
+            f.kind in ("totp", "webauthn") for f in self.factors)
 
 
 def access_review(days: int = 90) -> list[AccessRow]:
     """Who holds what on which environment, and how they used it, in a fixed number of
     queries: for the periodic access review of SOP 13.1."""
     User = get_user_model()
+    from allauth.mfa.models import Authenticator
+
     users = list(User.objects.order_by("username").prefetch_related("groups"))
-    envs = {str(e.pk): e.slug for e in Environment.objects.all()}
+    environments = list(Environment.objects.all())
+    envs = {str(e.pk): e.slug for e in environments}
+    production = {e.slug for e in environments if e.production}
+    factors: dict[int, list[Factor]] = defaultdict(list)
+    for user_id, kind, created, used in Authenticator.objects.order_by(
+            "created_at", "id").values_list("user_id", "type", "created_at", "last_used_at"):
+        factors[user_id].append(Factor(kind=kind, enrolled_at=created, last_used_at=used))
     user_grants, group_grants = permission_grants(Environment)
     by_group: dict[int, list[tuple[str, str]]] = defaultdict(list)
     for gid, obj, codename in group_grants:
@@ -479,6 +517,11 @@ def access_review(days: int = 90) -> list[AccessRow]:
             logins=logins.get(user.pk, 0),
             failed_logins=failures.get(user.get_username(), 0),
             last_seen=user.last_login,
+            must_have_second_factor=user.is_active and (user.is_superuser and bool(production)
+                                                        or any(perms.get(slug, set())
+                                                               & PRODUCTION_POWERS
+                                                               for slug in production)),
+            factors=factors.get(user.pk, []),
         ))
     return rows
 

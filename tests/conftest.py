@@ -63,7 +63,11 @@ class Cast:
 
 @pytest.fixture
 def api():
-    """An API client factory: api(user) authenticates with a freshly issued bearer token."""
+    """An API client factory: api(user) authenticates with a freshly issued bearer token.
+
+    Issued as ``manage.py issue_token`` issues it: for someone who holds a second factor
+    (the demo's Production people), the token carries the operator's fresh check and
+    may decide in Production (docs/identity.md)."""
     from core.audit import System
     from core.services import api_token_issue
 
@@ -79,11 +83,45 @@ def api():
     return make
 
 
+def totp_code(secret: str | None = None, *, step: int = 0) -> str:
+    """The code an authenticator app shows now (``step`` periods later) for ``secret``
+    (default: the demo's, which seed_demo enrols Production people with)."""
+    import time
+
+    import pyotp
+    from django.conf import settings
+
+    totp = pyotp.TOTP(secret or settings.PORTAL_DEMO_TOTP_SECRET)
+    return totp.at(time.time() + step * totp.interval)
+
+
+def sign_in_with_second_factor(client, user, *, secret: str | None = None):
+    """Sign ``client`` in as ``user`` and step up with a real TOTP check through
+    django-allauth's second-factor page, as a person does before a Production decision.
+
+    A code is accepted once (allauth remembers used codes for a period), so the next
+    period's code is tried if this one was used already in the test.
+    """
+    from django.urls import reverse
+
+    client.force_login(user)
+    url = reverse("mfa_reauthenticate")
+    for step in (0, 1, -1):
+        response = client.post(url, {"code": totp_code(secret, step=step)})
+        if response.status_code == 302:
+            return client
+    raise AssertionError(f"the second-factor check refused {user}: "
+                         f"{response.status_code} {response.content[:300]!r}")
+
+
 def pytest_configure(config):
     from django.conf import settings
 
     # Hashing ten demo passwords with the production hasher costs two seconds a test.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # A TOTP code of the next or last period is accepted too (as clocks drift), so a
+    # test can step up one person twice within a period: each code is accepted once.
+    settings.MFA_TOTP_TOLERANCE = 1
 
 
 _WORKER = {"running": False}

@@ -17,6 +17,7 @@ from core.models import ApiToken, AuditEvent
 from core.services import api_token_issue
 from portal.urls import api_v1
 from tests.api.helpers import finished_deployment
+from tests.conftest import sign_in_with_second_factor
 from tests.factories import ReleaseFactory, request_change
 
 ALL = {"read", "request", "approve", "deploy"}
@@ -179,7 +180,8 @@ def test_tokens_page_form_errors_are_shown(demo, client):
 
 
 def test_administrators_issue_tokens_for_service_accounts(demo, client):
-    client.force_login(demo.admin)
+    # Administrators hold a second factor; creating a token asks for it (docs/identity.md).
+    sign_in_with_second_factor(client, demo.admin)
     page = client.post("/tokens/", {"name": "ci", "scopes": ["read"], "days": "7",
                                     "user": demo.oncall.pk})
     assert page.status_code == 200

@@ -8,6 +8,7 @@ from approvals import services
 from approvals.models import ChangeRequest, Delegation, Freeze
 from catalog.models import Environment
 from core.models import AuditEvent
+from tests.conftest import sign_in_with_second_factor
 from tests.factories import request_change
 
 
@@ -26,7 +27,8 @@ def test_calendar_shows_windows_freezes_and_scheduled_changes(demo, client):
 
 
 def test_oncall_locks_and_unlocks_an_environment_on_its_page(demo, client):
-    client.force_login(demo.oncall)
+    # Unlocking needs a fresh second factor (docs/identity.md).
+    sign_in_with_second_factor(client, demo.oncall)
     response = client.post("/environments/", {"environment": "staging", "reason": "INC-9"},
                            follow=True)
     assert "Staging is locked." in response.content.decode()

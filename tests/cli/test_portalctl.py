@@ -158,3 +158,34 @@ def test_an_unreachable_portal_exits_3(portalctl, db):
         assert result.code == 3, result.err
         assert "cannot reach the portal" in result.err
 
+
+
+def test_portalctl_is_refused_production_decisions_without_a_fresh_second_factor(
+        portal_live, token, portalctl):
+    from allauth.mfa.models import Authenticator
+
+    from core.models import ApiToken
+    from tests.factories import request_change
+
+    cast = portal_live
+    change = request_change(cast.engineer, "production", on_call=cast.oncall,
+                            rollback_plan="Redeploy the previous release.")
+    Authenticator.objects.filter(user=cast.cab).delete()
+    no_factor = portalctl(token(cast.cab), "--json", "change", "approve", str(change.pk),
+                          "-g", "cab")
+    # A token made before its owner had a factor, so without a fresh check.
+    stale = token(cast.security)
+    ApiToken.objects.filter(user=cast.security).update(second_factor="",
+                                                       second_factor_at=None)
+    not_fresh = portalctl(stale, "--json", "change", "approve", str(change.pk),
+                          "-g", "security")
+
+    assert no_factor.code == 2 and no_factor.json()["code"] == "mfa_required"
+    assert not_fresh.code == 2 and not_fresh.json()["code"] == "step_up_required"
+    assert not change.approvals.exists()
+    # Issued by the operator for someone with a factor: a fresh check; it decides.
+    approved = portalctl(token(cast.business), "--json", "change", "approve", str(change.pk),
+                         "-g", "business")
+    assert approved.code == 0, approved.err
+    factor = AuditEvent.objects.get(action="gate.approved").after["second_factor"]
+    assert factor["kind"] == "operator" and factor["via"] == "token"

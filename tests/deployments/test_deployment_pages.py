@@ -8,7 +8,7 @@ from django.utils import timezone
 from catalog.models import Release, Target
 from deployments import services
 from deployments.models import AnalysisVerdict, Deployment
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, sign_in_with_second_factor
 
 pytestmark = pytest.mark.django_db
 
@@ -84,7 +84,8 @@ def test_rollback_button_only_for_those_allowed_and_refusal_is_explained(client,
 def test_on_call_rolls_back_from_the_page(client, demo, shop):
     _deploy(demo, shop, "1.0.0")
     current = _deploy(demo, shop, "1.1.0")
-    client.login(username="oncall", password=PASSWORD)
+    # Rolling back in Production asks for a fresh second factor (docs/identity.md).
+    sign_in_with_second_factor(client, demo.oncall)
 
     response = client.post(f"/deployments/{current.pk}/rollback",
                            {"reason": "errors in checkout"})

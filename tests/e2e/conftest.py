@@ -87,14 +87,31 @@ def deploy_root(settings, tmp_path):
 
 @pytest.fixture
 def login(page, live_server):
-    """``login("techlead")`` signs in through the login form, as a person does."""
+    """``login("techlead")`` signs in through the login form, as a person does, and
+    someone enrolled in TOTP (the demo's Production people) then confirms with the code
+    of their authenticator app on allauth's check page (a fresh second factor, SOP 10.2).
+    ``second_factor=False`` signs in with the password only."""
 
-    def sign_in(username: str, password: str = PASSWORD) -> None:
+    def sign_in(username: str, password: str = PASSWORD, *, second_factor: bool = True) -> None:
+        from allauth.mfa.models import Authenticator
+
+        from tests.conftest import totp_code
+
         page.goto(f"{live_server.url}/login/")
         page.get_by_label("Username").fill(username)
         page.get_by_label("Password").fill(password)
         page.get_by_role("button", name="Sign in").click()
         page.wait_for_url(lambda url: "/login/" not in url)
+        if second_factor and Authenticator.objects.filter(
+                user__username=username, type=Authenticator.Type.TOTP).exists():
+            for step in (0, 1, -1):  # a code is accepted once
+                page.goto(f"{live_server.url}/accounts/2fa/reauthenticate/?next=/")
+                page.locator("input[name=code]").fill(totp_code(step=step))
+                page.locator("input[name=code]").press("Enter")
+                page.wait_for_load_state()
+                if "/reauthenticate/" not in page.url:
+                    return
+            raise AssertionError(f"the second-factor check refused {username}")
 
     return sign_in
 

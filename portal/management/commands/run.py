@@ -174,6 +174,9 @@ class Command(BaseCommand):
             f"  Password for each: {password}" if password else
             "  Password: the one set on first run (default "
             f"{DEFAULT_PASSWORD}, or PORTAL_DEMO_PASSWORD)",
+            # Second factors (SOP 10.2): Production people are enrolled in TOTP.
+            "  Second factor (TOTP) of techlead, cab, cab2, security, business, oncall, "
+            f"admin: add {settings.PORTAL_DEMO_TOTP_SECRET} to an authenticator app",
             "  Press Ctrl-C to stop the web server, worker, beat, PostgreSQL and Redis.",
             "",
         ]

@@ -4,6 +4,8 @@ import hashlib
 from datetime import time, timedelta
 from pathlib import Path
 
+from allauth.mfa.models import Authenticator
+from allauth.mfa.utils import encrypt as mfa_encrypt
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
@@ -15,6 +17,7 @@ from guardian.shortcuts import assign_perm
 from approvals.models import MaintenanceWindow
 from approvals.policies import seed_default_policies
 from catalog.models import Application, Environment, Release, Target
+from catalog.permissions import holds_production_powers
 from core.audit import System, audit_record
 from portal import demo_history
 
@@ -98,7 +101,8 @@ class Command(BaseCommand):
         envs = {}
         for slug, name, order in ENVIRONMENTS:
             envs[slug], _ = Environment.objects.get_or_create(
-                slug=slug, defaults={"name": name, "order": order})
+                slug=slug, defaults={"name": name, "order": order,
+                                     "production": slug == "production"})
             seed_default_policies(envs[slug])
         if not MaintenanceWindow.objects.filter(environment=envs["production"]).exists():
             # SOP 5.1: standard production changes deploy in maintenance windows.
@@ -133,6 +137,17 @@ class Command(BaseCommand):
         if created:
             admin.set_password(password)
             admin.save()
+
+        # SOP 10.2: everyone who may approve, deploy or roll back in Production holds a
+        # second factor; the demo enrols them in TOTP with one known secret
+        # (PORTAL_DEMO_TOTP_SECRET, printed by `make run`), for any authenticator app.
+        enrolled = set(Authenticator.objects.filter(type=Authenticator.Type.TOTP)
+                       .values_list("user_id", flat=True))
+        for user in User.objects.filter(is_active=True).exclude(pk__in=enrolled):
+            if holds_production_powers(user):
+                Authenticator.objects.create(
+                    user=user, type=Authenticator.Type.TOTP,
+                    data={"secret": mfa_encrypt(settings.PORTAL_DEMO_TOTP_SECRET)})
 
         # The CI service account: signed hooks act as it (PORTAL_HOOK_USER); it reports
         # check results and authorship, registers releases and deploys pushes to
