@@ -7,5 +7,6 @@ class CoreConfig(AppConfig):
 
     def ready(self) -> None:
         # receivers audits sign-ins, access_audit every change of who may do what;
-        # schema registers the bearer scheme with the schema.
-        from core import access_audit, receivers, schema  # noqa: F401
+        # schema registers the bearer scheme with the schema; identity connects
+        # allauth's sign-in and second-factor signals to the services.
+        from core import access_audit, identity, receivers, schema  # noqa: F401
