@@ -11,16 +11,18 @@ from __future__ import annotations
 import logging
 
 from allauth.account.adapter import DefaultAccountAdapter
-from allauth.account.forms import LoginForm
+from allauth.account.forms import LoginForm, ReauthenticateForm
 from allauth.account.signals import user_logged_in as allauth_user_logged_in
 from allauth.account.views import LoginView
 from allauth.core.exceptions import ImmediateHttpResponse
+from allauth.mfa.models import Authenticator
 from allauth.mfa.signals import authenticator_added, authenticator_removed, authenticator_reset
 from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
 from allauth.socialaccount.providers.base.constants import AuthError
 from django.conf import settings
 from django.contrib import messages
 from django.core.cache import cache
+from django.db.models.signals import pre_delete
 from django.dispatch import receiver
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -100,6 +102,14 @@ class PortalLoginForm(LoginForm):
         super().__init__(*args, **kwargs)
 
 
+class PortalReauthenticateForm(ReauthenticateForm):
+    """Confirming the password again, without allauth's reset link (no e-mail resets)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["password"].help_text = ""
+
+
 class PortalLoginView(LoginView):
     """``/login/``: the password form (unless PORTAL_LOCAL_LOGIN is off) and single sign-on."""
 
@@ -171,6 +181,12 @@ def sync_groups_from_identity_provider(sender, request, user, sociallogin=None, 
 
 
 # --- second factors ---------------------------------------------------------------------------
+
+
+@receiver(pre_delete, sender=Authenticator, dispatch_uid="core.identity.mfa_pre_delete")
+def remember_factor_id(sender, instance, **kwargs):
+    # allauth announces a removal after the delete, when the instance has lost its id.
+    instance._audit_pk = instance.pk
 
 
 @receiver(authenticator_added, dispatch_uid="core.identity.mfa_added")

@@ -146,7 +146,8 @@ def second_factor_record(*, user, authenticator, verb: str) -> None:
             name = ""
     with transaction.atomic():
         audit_record(actor=user, action=f"mfa.authenticator_{verb}",
-                     object_type="authenticator", object_id=authenticator.pk or "",
+                     object_type="authenticator",
+                     object_id=authenticator.pk or getattr(authenticator, "_audit_pk", ""),
                      object_repr=f"{user.get_username()}: {kind}"[:300],
                      after={"user": user.get_username(), "type": kind,
                             **({"name": name} if name else {})})

@@ -392,7 +392,8 @@ ACCOUNT_EMAIL_VERIFICATION = "none"
 ACCOUNT_SESSION_REMEMBER = True
 ACCOUNT_LOGOUT_REDIRECT_URL = "login"
 ACCOUNT_ADAPTER = "core.identity.PortalAccountAdapter"
-ACCOUNT_FORMS = {"login": "core.identity.PortalLoginForm"}
+ACCOUNT_FORMS = {"login": "core.identity.PortalLoginForm",
+                 "reauthenticate": "core.identity.PortalReauthenticateForm"}
 # Repeated wrong passwords are django-axes' to count and lock (AXES_* above).
 ACCOUNT_RATE_LIMITS = {"login_failed": False}
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
