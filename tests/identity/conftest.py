@@ -15,7 +15,7 @@ import pytest
 
 from portal import embedded
 from tests.conftest import wait_for
-from tests.e2e.conftest import browser, page, screenshot  # noqa: F401
+from tests.e2e.conftest import page, screenshot  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 IDP_DATABASE = "identity_provider_test"

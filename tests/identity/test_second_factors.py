@@ -135,7 +135,7 @@ def test_passkey_enrolled_on_the_security_page_signs_in(transactional_db, live_s
     page.get_by_text("gina", exact=True).click()
     page.get_by_role("button", name="Sign out", exact=True).click()
     page.wait_for_url(lambda url: "/login/" in url)
-    page.get_by_role("button", name="Sign in with a passkey").click()
+    page.get_by_role("button", name="Use a passkey").click()
     page.wait_for_url(f"{live_server.url}/")
     expect(page.get_by_title("Signed in as gina")).to_be_visible()
     assert Authenticator.objects.get(pk=passkey.pk).last_used_at is not None

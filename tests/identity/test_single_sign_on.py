@@ -48,7 +48,7 @@ def sso(settings, identity_provider, live_server, transactional_db):
 def sign_in_with_sso(page, live_server, provider, *, at_provider: bool = True) -> None:
     """Press the portal's single sign-on button; sign in at the provider if it asks."""
     page.goto(f"{live_server.url}/login/")
-    page.get_by_role("button", name="Sign in with Test IdP").click()
+    page.get_by_role("button", name="Continue with Test IdP").click()
     if at_provider:
         page.wait_for_url(f"{provider.url}/login/**")
         page.get_by_label("IdP username").fill("alice")
