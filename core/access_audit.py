@@ -129,6 +129,8 @@ def _record_m2m(owner, field: str, action: str, before: list[str], after: list[s
 def audit_m2m(sender, instance, action, reverse, model, pk_set, **kwargs):
     if sender not in M2M_AUDITED:
         return
+    if getattr(instance, "_access_audit_recorded", False):
+        return  # the service making the change writes its own, fuller event
     owner_model, field, audit_action = M2M_AUDITED[sender]
     if not reverse:
         owners = [instance]

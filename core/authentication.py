@@ -1,6 +1,8 @@
 """Bearer tokens for REST clients: looked up by their SHA-256, never stored in clear."""
 
 from axes.backends import AxesStandaloneBackend
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
@@ -43,9 +45,14 @@ class SignInLockoutBackend(AxesStandaloneBackend):
     one comes from code, not from a person typing a password (Django's test client
     ``login``), and has no address to count failures against: it is passed on to the
     next backend instead of failing.
+
+    With ``PORTAL_LOCAL_LOGIN`` off, every password sign-in (the login page, the admin,
+    any form) is refused here, before a password is checked: single sign-on only.
     """
 
     def authenticate(self, request, username=None, password=None, **kwargs):
+        if password is not None and not settings.PORTAL_LOCAL_LOGIN:
+            raise PermissionDenied("password sign-in is switched off")
         if request is None:
             return None
         return super().authenticate(request, username=username, password=password, **kwargs)

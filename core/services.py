@@ -1,7 +1,9 @@
-"""State changes of the shared core: API tokens."""
+"""State changes of the shared core: API tokens; identity (groups from single sign-on,
+second factors on the record, sessions)."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 from datetime import datetime
 
@@ -9,9 +11,11 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core import assurance
-from core.audit import audit_record
+from core.audit import System, audit_record
 from core.errors import Conflict, Invalid, InvalidTransition, Refused
 from core.models import ApiToken, TokenScope, hash_token
+
+logger = logging.getLogger(__name__)
 
 
 def _clean_scopes(scopes) -> list[str]:
@@ -82,3 +86,97 @@ def api_token_revoke(*, actor, token: ApiToken) -> ApiToken:
         audit_record(actor=actor, action="token.revoked", obj=token,
                      after={"user": token.user.get_username(), "name": token.name})
     return token
+
+
+# --- identity: groups from the identity provider, second factors, sessions -------------------
+
+
+def identity_groups_sync(*, user, claimed, group_map: dict[str, str], issuer: str,
+                         claim: str = "groups") -> tuple[list[str], list[str]]:
+    """Set ``user``'s mapped groups to exactly what the identity provider's claim says.
+
+    ``claimed`` is the ID token's groups claim (a list, or one string); ``group_map``
+    maps its values to portal group names. Only mapped groups change: a group given by
+    hand that no claim value maps to stays. A change is one audit event naming the
+    person, the groups added and removed, and the issuer. Returns (added, removed).
+    """
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    if isinstance(claimed, str):
+        claimed = [claimed]
+    claimed = [str(c) for c in (claimed or []) if isinstance(c, str | int)]
+    managed = set(group_map.values())
+    wanted = {group_map[c] for c in claimed if c in group_map}
+    with transaction.atomic():
+        person = get_user_model().objects.select_for_update().get(pk=user.pk)
+        existing = {g.name: g for g in Group.objects.filter(name__in=managed)}
+        unknown = sorted(wanted - set(existing))
+        if unknown:
+            logger.warning("single sign-on: mapped groups missing in the portal: %s",
+                           ", ".join(unknown))
+        before = sorted(person.groups.values_list("name", flat=True))
+        held = set(before) & managed
+        added = sorted((wanted & set(existing)) - held)
+        removed = sorted(held - wanted)
+        if not added and not removed:
+            return [], []
+        # One event for the change, written here; the generic membership receiver
+        # (core.access_audit) stands aside for it.
+        person._access_audit_recorded = True
+        try:
+            person.groups.remove(*[existing[n] for n in removed])
+            person.groups.add(*[existing[n] for n in added])
+        finally:
+            person._access_audit_recorded = False
+        after = sorted(person.groups.values_list("name", flat=True))
+        audit_record(
+            actor=System(f"identity provider {issuer}"[:200]),
+            action="access.group_membership_changed", obj=person,
+            object_repr=person.get_username(), before={"groups": before},
+            after={"groups": after, "added": added, "removed": removed,
+                   "source": "identity_provider", "issuer": issuer},
+            reason=f"groups from the identity provider's {claim!r} claim at sign-in")
+    return added, removed
+
+
+def second_factor_record(*, user, authenticator, verb: str) -> None:
+    """Audit a second factor added, removed or reset (recovery codes made anew).
+
+    Names the kind and, for passkeys, the name the person gave; never the secret,
+    the codes or the credential.
+    """
+    kind = authenticator.type
+    name = ""
+    if kind == "webauthn":
+        try:
+            name = str(authenticator.wrap().name or "")[:100]
+        except Exception:  # a malformed credential still gets its event
+            name = ""
+    with transaction.atomic():
+        audit_record(actor=user, action=f"mfa.authenticator_{verb}",
+                     object_type="authenticator",
+                     object_id=authenticator.pk or getattr(authenticator, "_audit_pk", ""),
+                     object_repr=f"{user.get_username()}: {kind}"[:300],
+                     after={"user": user.get_username(), "type": kind,
+                            **({"name": name} if name else {})})
+
+
+def sessions_end_others(*, user, current_session_key: str) -> int:
+    """Sign ``user`` out of every session but the one with ``current_session_key``.
+
+    Returns how many ended; audited with the addresses and devices signed out.
+    """
+    from allauth.usersessions.models import UserSession
+
+    with transaction.atomic():
+        others = list(UserSession.objects.select_for_update()
+                      .filter(user_id=user.pk).exclude(session_key=current_session_key))
+        for session in others:
+            session.end()
+        audit_record(actor=user, action="auth.sessions_ended", obj=user,
+                     object_repr=user.get_username(),
+                     after={"ended": len(others),
+                            "sessions": [{"ip": s.ip, "device": s.user_agent[:120]}
+                                         for s in others]})
+    return len(others)

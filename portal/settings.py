@@ -64,10 +64,13 @@ INSTALLED_APPS = [
     "notifications",
     "reporting",
     "portal",
-    # Identity: django-allauth
+    # Identity: django-allauth (sign-in, single sign-on, second factors, sessions)
     "allauth",
     "allauth.account",
     "allauth.mfa",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
+    "allauth.usersessions",
 ]
 
 MIDDLEWARE = [
@@ -84,12 +87,13 @@ MIDDLEWARE = [
     "core.middleware.RequestContextMiddleware",
     # A database or Redis outage is a 503 (JSON under /api/), never a debug page.
     "core.middleware.ServiceUnavailableMiddleware",
-    # Sign-in lockout (django-axes): last, as its documentation asks.
-    "axes.middleware.AxesMiddleware",
-    # Identity: django-allauth
+    # Identity: django-allauth (its sign-in stages); when a session was last seen
     "allauth.account.middleware.AccountMiddleware",
+    "core.identity.SessionLastSeenMiddleware",
     # Second factors: people with Production permissions are signed out when idle.
     "core.assurance.ProductionIdleTimeoutMiddleware",
+    # Sign-in lockout (django-axes): last, as its documentation asks.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -126,9 +130,9 @@ AUTHENTICATION_BACKENDS = [
     # First: refuses a locked-out username and address before the password is checked.
     "core.authentication.SignInLockoutBackend",
     "django.contrib.auth.backends.ModelBackend",
-    "guardian.backends.ObjectPermissionBackend",
     # Identity: django-allauth
     "allauth.account.auth_backends.AuthenticationBackend",
+    "guardian.backends.ObjectPermissionBackend",
 ]
 ANONYMOUS_USER_NAME = None  # guardian: anonymous users hold no object permissions
 GUARDIAN_RAISE_403 = False
@@ -428,10 +432,61 @@ try:
 except ValueError as _exc:
     raise ImproperlyConfigured(f"PORTAL_METRICS_ALLOW: {_exc}") from None
 PORTAL_METRICS_WINDOW_HOURS = env.float("PORTAL_METRICS_WINDOW_HOURS", default=168.0)
-# Identity: django-allauth
+
+# Identity: django-allauth (docs/identity.md). Accounts come from single sign-on or an
+# administrator: nobody signs up on their own.
+ACCOUNT_LOGIN_METHODS = {"username"}
+# Signup is closed; the password fields here keep the password on the login form.
+ACCOUNT_SIGNUP_FIELDS = ["username*", "email", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = "none"
+ACCOUNT_SESSION_REMEMBER = True
+ACCOUNT_LOGOUT_REDIRECT_URL = "login"
+ACCOUNT_ADAPTER = "core.identity.PortalAccountAdapter"
+ACCOUNT_FORMS = {"login": "core.identity.PortalLoginForm",
+                 "reauthenticate": "core.identity.PortalReauthenticateForm"}
+# Repeated wrong passwords are django-axes' to count and lock (AXES_* above).
+ACCOUNT_RATE_LIMITS = {"login_failed": False}
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
 MFA_PASSKEY_LOGIN_ENABLED = True
 MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = DEBUG
+MFA_TOTP_ISSUER = env.str("PORTAL_MFA_TOTP_ISSUER", default="Change portal")
+# Sessions are recorded at sign-in; "last seen" is kept in the cache by
+# core.identity.SessionLastSeenMiddleware, not written to the database on every page.
+USERSESSIONS_TRACK_ACTIVITY = False
+
+# Identity: local password sign-in, single sign-on (OpenID Connect) and group mapping.
+# PORTAL_LOCAL_LOGIN=false leaves single sign-on as the only way in: the password form
+# is gone, every password sign-in is refused (core.authentication), passkeys too.
+PORTAL_LOCAL_LOGIN = env.bool("PORTAL_LOCAL_LOGIN", default=True)
+if not PORTAL_LOCAL_LOGIN:
+    MFA_PASSKEY_LOGIN_ENABLED = False
+PORTAL_OIDC_ISSUER = env.str("PORTAL_OIDC_ISSUER", default="")
+PORTAL_OIDC_CLIENT_ID = env.str("PORTAL_OIDC_CLIENT_ID", default="")
+PORTAL_OIDC_CLIENT_SECRET = env.str("PORTAL_OIDC_CLIENT_SECRET", default="")
+PORTAL_OIDC_NAME = env.str("PORTAL_OIDC_NAME", default="single sign-on")
+# The ID token claim listing the person's groups, and which of its values make which
+# portal group (JSON object, e.g. {"portal-cab": "cab"}).
+PORTAL_OIDC_GROUPS_CLAIM = env.str("PORTAL_OIDC_GROUPS_CLAIM", default="groups")
+PORTAL_OIDC_GROUP_MAP = env.json("PORTAL_OIDC_GROUP_MAP", default={})
+SOCIALACCOUNT_ADAPTER = "core.identity.PortalSocialAccountAdapter"
+SOCIALACCOUNT_AUTO_SIGNUP = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
+SOCIALACCOUNT_STORE_TOKENS = False
+SOCIALACCOUNT_ONLY = False
+SOCIALACCOUNT_PROVIDERS = {
+    "openid_connect": {
+        # The ID token's signature is always checked against the provider's keys.
+        "provider_class": "core.oidc.provider.PortalOpenIDConnectProvider",
+        "OAUTH_PKCE_ENABLED": True,
+        "APPS": [{
+            "provider_id": "sso",
+            "name": PORTAL_OIDC_NAME,
+            "client_id": PORTAL_OIDC_CLIENT_ID,
+            "secret": PORTAL_OIDC_CLIENT_SECRET,
+            "settings": {"server_url": PORTAL_OIDC_ISSUER, "fetch_userinfo": False},
+        }] if PORTAL_OIDC_ISSUER and PORTAL_OIDC_CLIENT_ID else [],
+    },
+}
 
 # Second factors for Production (SOP 10.2, docs/identity.md). Who must hold one: a
 # callable (user) -> bool; the catalogue answers "holds approve, deploy or rollback

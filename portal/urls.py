@@ -1,13 +1,14 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from approvals import api as approvals_api
 from approvals import views as approvals_views
 from configuration import views as configuration_views
 from core import api as core_api
-from core import stepup_views, token_views
+from core import identity, identity_views, stepup_views, token_views
 from deployments import api as deployments_api
 from deployments import views as deployments_views
 from integrations import api as integrations_api
@@ -66,7 +67,8 @@ urlpatterns = [
     path("", reporting_views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    # Identity: django-allauth signs in (password, passkey, single sign-on; docs/identity.md)
+    path("login/", identity.PortalLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("approvals/", approvals_views.inbox, name="inbox"),
     path("changes/", approvals_views.change_list, name="change-list"),
@@ -143,6 +145,16 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     # Prometheus scrapes (docs/observability.md); the DORA page is /metrics/ above.
     path("metrics", prometheus_metrics, name="prometheus-metrics"),
+    # Identity: the Security page (second factors, sessions); allauth's own overview
+    # pages lead to it.
+    path("account/security/", identity_views.security, name="security"),
+    path("account/security/sessions/end-others", identity_views.sessions_end_others,
+         name="security-sessions-end-others"),
+    path("accounts/2fa/", RedirectView.as_view(pattern_name="security")),
+    path("accounts/sessions/", RedirectView.as_view(pattern_name="security")),
+    # Passwords are set by an administrator, not reset by e-mail.
+    re_path(r"^accounts/password/reset/", identity_views.not_offered),
+    path("accounts/", include("allauth.urls")),
 ]
 
 # The portal's own error pages (JSON under /api/), never a traceback.

@@ -247,3 +247,26 @@ def _audit_witness_of_this_test(settings, _audit_key_dir):
     settings.PORTAL_AUDIT_WITNESS_WEBHOOKS = []
     settings.PORTAL_AUDIT_WITNESS_EMAIL = "off"
     return here
+
+
+# --- browser tests (tests/e2e, tests/identity) -------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session (Playwright's sync API allows one per thread)."""
+    from pathlib import Path
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is not installed: run scripts/ensure-browser "
+                    "(make test does) or apt-get install chromium")
+    playwright = sync_playwright().start()
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                         args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
+    playwright.stop()

@@ -46,19 +46,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.e2e)
 
 
-@pytest.fixture(scope="session")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is not installed: run scripts/ensure-browser "
-                    "(make test does) or apt-get install chromium")
-    playwright = sync_playwright().start()
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                         args=CHROMIUM_ARGS)
-    yield browser
-    browser.close()
-    playwright.stop()
+# The session's one Chromium (``browser``) is in tests/conftest.py, shared with the
+# identity tests: Playwright's sync API allows one instance per thread.
 
 
 @pytest.fixture
