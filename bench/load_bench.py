@@ -36,6 +36,8 @@ import httpx
 
 # The demo's default password (seed_demo.DEFAULT_PASSWORD) unless the run set another.
 PASSWORD = os.environ.get("PORTAL_DEMO_PASSWORD", "demo-portal-2026")
+# The demo's authenticator secret (settings.PORTAL_DEMO_TOTP_SECRET's default).
+DEMO_TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 WEIGHTS = {"inbox": 20, "change page": 25, "change list": 15, "api list": 25,
            "api create": 8, "api approve": 7}
 
@@ -71,6 +73,29 @@ async def sign_in(client: httpx.AsyncClient, username: str) -> None:
     if response.status_code != 302:
         raise SystemExit(f"signing in as {username} failed ({response.status_code}); "
                          "set PORTAL_DEMO_PASSWORD")
+    if response.headers.get("location", "").startswith("/accounts/2fa/authenticate"):
+        await second_factor(client, username)
+
+
+async def second_factor(client: httpx.AsyncClient, username: str) -> None:
+    """Answer the authenticator-code stage as the demo's people do (PORTAL_DEMO_TOTP_SECRET).
+
+    A code is accepted once per person, so a second sign-in within the same period waits
+    for the next code, as a person would."""
+    import pyotp
+
+    totp = pyotp.TOTP(os.environ.get("PORTAL_DEMO_TOTP_SECRET", DEMO_TOTP_SECRET))
+    url = "/accounts/2fa/authenticate/"
+    for _ in range(3):
+        await client.get(url)
+        response = await client.post(url, data={
+            "code": totp.now(), "csrfmiddlewaretoken": client.cookies.get("csrftoken"),
+        }, headers={"Referer": str(client.base_url) + url})
+        if response.status_code == 302:
+            return
+        await asyncio.sleep(totp.interval - time.time() % totp.interval + 0.5)
+    raise SystemExit(f"the authenticator code for {username} was refused; "
+                     "set PORTAL_DEMO_TOTP_SECRET")
 
 
 async def issue_token(client: httpx.AsyncClient, name: str) -> str:

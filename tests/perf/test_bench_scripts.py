@@ -5,6 +5,7 @@ without errors, and the page benchmark measures every page it names."""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 from django.core.management import call_command
 
@@ -24,7 +25,11 @@ def test_load_benchmark_runs_mixed_traffic_without_errors(transactional_db, live
                                                 "api approve": 30})
     changes_before = ChangeRequest.objects.count()
 
-    results = asyncio.run(load_bench.run(live_server.url, users=2, seconds=2))
+    # Its own thread, so its own event loop (the browser tests' Playwright keeps one
+    # running in this thread).
+    with ThreadPoolExecutor(1) as pool:
+        results = pool.submit(asyncio.run,
+                              load_bench.run(live_server.url, users=2, seconds=2)).result()
 
     (mixed, mixed_rows, mixed_errors, _), (health, health_rows, health_errors, _) = results
     assert (mixed, health) == ("mixed", "healthz")

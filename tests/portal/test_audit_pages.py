@@ -20,7 +20,7 @@ from core.models import AuditEvent
 from reporting.audit_selectors import compliance_for
 from reporting.exports import EXPORT_FIELDS, JSONL_FIELDS, api_cell
 from reporting.exports import auditor_cell as _csv_cell
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, totp_code
 from tests.factories import ReleaseFactory, request_change
 from tests.portal.audit_helpers import (
     approved_production_change,
@@ -442,7 +442,12 @@ def test_a_security_scan_reported_by_ci_counts_as_security_review(demo):
 def test_sign_ins_and_refused_sign_ins_are_audited_and_reviewed(demo, client):
     client.post("/login/", {"username": "cab", "password": "wrong"})
     client.post("/login/", {"username": "cab", "password": "wrong"})
+    # cab approves in Production, so holds a second factor: the password is followed by
+    # the authenticator code before the sign-in completes.
     client.post("/login/", {"username": "cab", "password": PASSWORD})
+    assert not AuditEvent.objects.filter(action="auth.login").exists()
+    assert client.post("/accounts/2fa/authenticate/",
+                       {"code": totp_code()}).status_code == 302
     refused = AuditEvent.objects.filter(action="auth.login_failed")
     assert refused.count() == 2
     assert "wrong" not in json.dumps(list(refused.values("before", "after", "reason")))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from django.conf import settings
 from django.db import connection
 
 from core.audit import System
@@ -41,8 +42,13 @@ def test_a_backup_restores_into_a_fresh_database_with_the_same_verified_trail(
             # The dump was taken before its own audit event was written.
             assert restored.execute("SELECT count(*) FROM portal_auditevent").fetchone()[0] \
                 == events
+        # The restored trail is checked against this test's own witnessed checkpoints
+        # (tests.conftest gives each test its own witness files).
         env = dict(os.environ,
-                   DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{fresh}")
+                   DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{fresh}",
+                   PORTAL_AUDIT_WITNESS_FILES=",".join(settings.PORTAL_AUDIT_WITNESS_FILES),
+                   PORTAL_AUDIT_PUBLIC_KEYS_FILE=str(settings.PORTAL_AUDIT_PUBLIC_KEYS_FILE),
+                   PORTAL_AUDIT_SIGNING_KEY_FILE=str(settings.PORTAL_AUDIT_SIGNING_KEY_FILE))
         verified = subprocess.run([sys.executable, "manage.py", "verify_audit"], cwd=ROOT,
                                   env=env, capture_output=True, text=True, timeout=120)
         assert verified.returncode == 0, verified.stderr
