@@ -69,6 +69,13 @@ class PortalSocialAccountAdapter(DefaultSocialAccountAdapter):
     def is_open_for_signup(self, request, sociallogin) -> bool:
         return True
 
+    def get_requests_session(self):
+        # The identity provider is called like every other system: through the one
+        # guarded client (address rule, timeouts, size cap).
+        from core import outbound
+
+        return outbound.requests_session()
+
     def populate_user(self, request, sociallogin, data):
         user = super().populate_user(request, sociallogin, data)
         if not user.username:

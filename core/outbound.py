@@ -312,3 +312,49 @@ def _read(answer, host: str, max_bytes: int, sink: BinaryIO | None,
         else:
             kept += chunk
     return bytes(kept)
+
+
+# --- libraries that speak ``requests`` -------------------------------------------------
+
+
+def requests_session():
+    """A ``requests.Session`` whose every call goes through ``request`` above.
+
+    For libraries that take a session rather than a URL (django-allauth's single sign-on:
+    discovery, token and key requests), so the identity provider is reached under the
+    same address rule, timeouts and size cap as every other outbound call. A refused or
+    unreachable destination is a ``requests.ConnectionError`` to the library.
+    """
+    import requests
+    from requests.adapters import BaseAdapter
+    from requests.structures import CaseInsensitiveDict
+
+    class GuardedAdapter(BaseAdapter):
+        def send(self, prepared, stream=False, timeout=None, verify=True, cert=None,
+                 proxies=None):
+            body = prepared.body
+            if isinstance(body, str):
+                body = body.encode()
+            try:
+                answer = request(prepared.method, prepared.url, body=body,
+                                 headers=dict(prepared.headers))
+            except OutboundError as exc:
+                raise requests.ConnectionError(str(exc), request=prepared) from None
+            response = requests.Response()
+            response.status_code = answer.status
+            response.headers = CaseInsensitiveDict(answer.headers)
+            response._content = answer.body
+            response.url = answer.url
+            response.request = prepared
+            response.encoding = requests.utils.get_encoding_from_headers(response.headers)
+            return response
+
+        def close(self):
+            pass
+
+    session = requests.Session()
+    session.trust_env = False
+    adapter = GuardedAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session

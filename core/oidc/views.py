@@ -62,7 +62,7 @@ def _run(view_class, request: HttpRequest, provider_id):
     except (requests.RequestException, ValueError, KeyError) as exc:
         # The provider's discovery document or keys could not be fetched or read (a
         # wrong issuer, the provider down): the sign-in page says so, nothing is signed in.
-        logger.warning("single sign-on: provider discovery failed: %s", type(exc).__name__)
+        logger.warning("single sign-on: provider discovery failed: %s %s", type(exc).__name__, exc)
         messages.error(request, UNREACHABLE)
         return redirect("login")
 

@@ -109,6 +109,8 @@ def test_a_forged_id_token_is_refused_on_the_sign_in_page(sso, live_server, page
     ("closed-port", "could not be reached"),
     ("not-a-provider", "could not be reached"),
     ("other-issuer", "another issuer"),
+    # Cloud metadata: refused by the outbound address rule before any request is made.
+    ("metadata-address", "could not be reached"),
 ])
 def test_a_bad_issuer_setting_is_refused_on_the_sign_in_page(identity_provider, settings, db,
                                                                where, message):
@@ -119,8 +121,11 @@ def test_a_bad_issuer_setting_is_refused_on_the_sign_in_page(identity_provider, 
         "not-a-provider": f"{identity_provider.url}/nothing-here",
         # The provider's discovery names http://127.0.0.1:<port>/o, not this one.
         "other-issuer": f"http://localhost:{identity_provider.port}/o",
+        "metadata-address": "http://169.254.169.254/o",
     }[where]
     sso_settings(settings, server_url)
+    # The outbound rule refuses "localhost" unless named; this case names it.
+    settings.PORTAL_OUTBOUND_ALLOW = ["127.0.0.1", "::1", "localhost"]
     client = Client()
     response = client.post("/accounts/oidc/sso/login/")
     assert response.status_code == 302 and response["Location"] == "/login/"
