@@ -48,6 +48,11 @@ class Environment(models.Model):
     # migrations (SOP 6.2), {"maintenance": true} puts the application in maintenance
     # mode while they run.
     deploy_settings = models.JSONField(default=dict, blank=True)
+    # Deployment queue: a newer deployment of an application queued here supersedes
+    # (cancels) the older ones still waiting, newest first (deployments.services).
+    supersede_queued = models.BooleanField(
+        default=False, help_text="A newer deployment of an application cancels its older "
+                                 "ones still waiting in the queue here.")
 
     class Meta:
         db_table = "deployments_environment"

@@ -97,6 +97,10 @@ WORKER_TEST_ENV = {
 }
 
 
+# The demo environments' queues from the start; others are followed as they appear.
+WORKER_QUEUES = "celery,deploy.development,deploy.staging,deploy.production"
+
+
 def _quiesce_worker(timeout: float = 10.0) -> None:
     """Drop queued tasks and wait for the worker's running ones to finish.
 
@@ -111,6 +115,9 @@ def _quiesce_worker(timeout: float = 10.0) -> None:
 
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.delete("celery")
+    # Deployments wait in their environment's queue (deploy.<slug>).
+    for key in client.scan_iter(f"{settings.PORTAL_DEPLOY_QUEUE_PREFIX}*"):
+        client.delete(key)
     deadline = time.monotonic() + timeout
     while client.hlen("unacked") and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -144,14 +151,16 @@ def celery_worker_process(django_db_setup, django_db_blocker):
     env = dict({**WORKER_TEST_ENV, **os.environ}, DATABASE_URL=database_url,
                REDIS_URL=settings.REDIS_URL,
                PORTAL_HEARTBEAT_STALE_SECONDS=os.environ.get("PORTAL_HEARTBEAT_STALE_SECONDS",
-                                                             "120"))
+                                                             "120"),
+               # One worker for every environment's deployment queue, as `make run` starts.
+               PORTAL_WORKER_ALL_ENVIRONMENTS="true")
     log_path = Path(os.environ["PORTAL_VAR_DIR"]) / "test-worker.log"
     log = open(log_path, "w")
     celery = str(Path(sys.executable).with_name("celery"))
     proc = subprocess.Popen(
         [celery, "-A", "portal", "worker", "--pool", "prefork", "--concurrency", "1",
          "--loglevel", "INFO", "--without-mingle", "--without-gossip", "--hostname",
-         f"test-{os.getpid()}@%h"],
+         f"test-{os.getpid()}@%h", "-Q", WORKER_QUEUES],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     deadline = time.monotonic() + 60
