@@ -146,7 +146,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     def _queue(self, obj) -> dict:
         if obj.status != Deployment.Status.QUEUED or obj.holds_target:
-            return {"position": None, "waiting_for": None}
+            return {"position": None, "waiting_for": None, "head": None}
         cache = self.context.setdefault("queue_state", {})
         if obj.pk not in cache:
             cache[obj.pk] = selectors.queue_state(obj)

@@ -83,15 +83,15 @@ def related_rollbacks(deployment: Deployment) -> list[Deployment]:
 
 def queue_state(deployment: Deployment) -> dict:
     """Where a deployment stands in its application's queue in its environment:
-    ``position`` (1 = next to start; None when not waiting) and ``waiting_for`` (the id
-    of the deployment holding the target, None when not waiting)."""
+    ``position`` (1 = next to start; None when not waiting), ``waiting_for`` (the id
+    of the deployment holding the target, None when not waiting) and that ``head``."""
     from deployments.services import _head, queue_position
 
     position = queue_position(deployment)
     if position is None:
-        return {"position": None, "waiting_for": None}
+        return {"position": None, "waiting_for": None, "head": None}
     head = _head(deployment.application_id, deployment.environment_id)
-    return {"position": position, "waiting_for": head.pk if head else None}
+    return {"position": position, "waiting_for": head.pk if head else None, "head": head}
 
 
 def queued_deployments(environment_ids=None) -> list[dict]:

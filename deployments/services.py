@@ -26,7 +26,6 @@ from core import outbound
 from core.audit import System, audit_record
 from core.errors import (
     Conflict,
-    DeploymentInProgress,
     DomainError,
     Invalid,
     InvalidTransition,
@@ -239,7 +238,10 @@ def deployment_create(
 ) -> Deployment:
     """Create a queued deployment with its planned steps and queue its run after commit.
 
-    Must be called inside the caller's transaction (the change that releases it).
+    When another deployment of the application holds the target in the environment (or
+    others wait before it), it waits in the queue (``holds_target`` False) and starts
+    when its turn comes (``_advance_queue``). Must be called inside the caller's
+    transaction (the change that releases it).
     """
     application = release.application
     if strategy not in STRATEGIES:
@@ -248,9 +250,6 @@ def deployment_create(
     if dry_run is None:
         dry_run = bool((application.executor_settings or {}).get("analysis", {})
                        .get("dry_run", False))
-    # The queue of the application in this environment changes under one lock: two
-    # requests at once, and a deployment ending meanwhile, take their turns.
-    _lane_lock(environment.pk)
     if environment.supersede_queued and kind == Deployment.Kind.DEPLOY:
         superseded = _supersede_queued(actor=actor, application=application,
                                        environment=environment, release=release)
@@ -263,21 +262,26 @@ def deployment_create(
         # at the front of the queue again.
         Deployment.objects.filter(pk=head.pk).update(holds_target=False)
         head = None
+    # It takes the target at once only when nothing holds it and nothing waits before it
+    # (a rollback goes first); else it waits and the queue moves after commit. The
+    # database settles two requests at once: one head per application and environment.
+    takes = head is None and (kind == Deployment.Kind.ROLLBACK or not _waiting(
+        application.pk, environment.pk).exists())
     task_id = uuid.uuid4().hex
-    try:
-        with transaction.atomic():
-            deployment = Deployment.objects.create(
-                application=application, environment=environment, release=release,
-                strategy=strategy, change_id=change_id, task_id=task_id, kind=kind,
-                started_by=actor if getattr(actor, "pk", None) else None,
-                rolled_back_deployment=rolled_back_deployment, dry_run=dry_run,
-                holds_target=head is None,
-            )
-    except IntegrityError:
-        # deployment_one_active_per_app_env: a head appeared without the queue's lock.
-        raise DeploymentInProgress(
-            f"another deployment of {application.slug} to {environment.slug} is in progress"
-        ) from None
+    fields = dict(application=application, environment=environment, release=release,
+                  strategy=strategy, change_id=change_id, task_id=task_id, kind=kind,
+                  started_by=actor if getattr(actor, "pk", None) else None,
+                  rolled_back_deployment=rolled_back_deployment, dry_run=dry_run)
+    deployment = None
+    if takes:
+        try:
+            with transaction.atomic():
+                deployment = Deployment.objects.create(holds_target=True, **fields)
+        except IntegrityError:
+            # deployment_one_active_per_app_env: another request took the target first.
+            head = _head(application.pk, environment.pk)
+    if deployment is None:
+        deployment = Deployment.objects.create(holds_target=False, **fields)
     targets = list(Target.objects.filter(application=application, environment=environment)
                    .order_by("name"))
     plan = build_plan(strategy=strategy, targets=targets, release=release,
@@ -290,23 +294,24 @@ def deployment_create(
     after = {"release": release.version, "strategy": strategy, "change": change_id,
              "kind": kind, "dry_run": dry_run, "steps": len(plan),
              "rolls_back": rolled_back_deployment.pk if rolled_back_deployment else None}
-    if head is not None:
-        after["waits_for"] = head.pk
+    if not deployment.holds_target:
+        after["waits_for"] = head.pk if head is not None else None
         after["queue_position"] = queue_position(deployment)
     if superseded:
         after["supersedes"] = superseded
     audit_record(actor=actor, action="deployment.queued", obj=deployment,
                  environment=environment.slug, after=after)
-    if head is None:
-        queue = deploy_queue(environment.slug)
-        transaction.on_commit(lambda: _enqueue(deployment.pk, task_id, queue))
+    if deployment.holds_target:
+        transaction.on_commit(lambda: _enqueue(deployment.pk, task_id))
+    else:
+        _advance_after_commit(application.pk, environment.pk)
     return deployment
 
 
 # --- the queue of an application in an environment ---------------------------
 
-# Class of the PostgreSQL transaction advisory lock under which the queue of an
-# environment changes: (class, environment id).
+# Class of the PostgreSQL transaction advisory lock under which the next queued
+# deployment of an environment is given the target: (class, environment id).
 LANE_LOCK_CLASS = 7303
 # Deployments that hold their application's target in an environment (the head).
 HOLDING = Deployment.ACTIVE | {Deployment.Status.NEEDS_ATTENTION}
@@ -356,7 +361,7 @@ def queue_position(deployment: Deployment) -> int | None:
 def _supersede_queued(*, actor, application: Application, environment: Environment,
                       release: Release) -> list[int]:
     """Newest first: cancel the application's deployments still queued here (not
-    started), under the queue's lock. Their changes go back to approved."""
+    started), each under its row lock. Their changes go back to approved."""
     done = []
     older = (Deployment.objects.select_for_update(of=("self",))
              .select_related("environment", "release")
@@ -381,9 +386,26 @@ def _supersede_queued(*, actor, application: Application, environment: Environme
     return done
 
 
+def _advance_after_commit(application_id: int, environment_id: int) -> None:
+    """Once the transaction commits, start the next queued deployment if none holds
+    the target, in a transaction of its own (the beat's sweep does it if this fails)."""
+
+    def advance() -> None:
+        try:
+            with transaction.atomic():
+                _advance_queue(application_id=application_id, environment_id=environment_id)
+        except Exception:  # noqa: BLE001 - the sweep (deployments_resume_stale) heals it
+            logger.exception("the deployment queue of application %s in environment %s did "
+                             "not move on; the sweep moves it", application_id,
+                             environment_id)
+
+    transaction.on_commit(advance)
+
+
 def _advance_queue(*, application_id: int, environment_id: int) -> Deployment | None:
-    """Start the next queued deployment when none holds the target; inside the
-    transaction that ended the previous one (or the sweep's). Returns it."""
+    """Start the next queued deployment when none holds the target; in a transaction
+    of its own (after the commit that ended the previous one, or the sweep's), under
+    the queue's lock and before any audit write. Returns it."""
     _lane_lock(environment_id)
     if _head(application_id, environment_id) is not None:
         return None
@@ -395,12 +417,11 @@ def _advance_queue(*, application_id: int, environment_id: int) -> Deployment | 
     # Sent now: the sweep resends it only if it has not started after a while.
     nxt.heartbeat_at = timezone.now()
     nxt.save(update_fields=["holds_target", "heartbeat_at"])
-    queue = deploy_queue(nxt.environment.slug)
-    transaction.on_commit(lambda: _enqueue(nxt.pk, nxt.task_id, queue))
+    transaction.on_commit(lambda: _enqueue(nxt.pk, nxt.task_id))
     return nxt
 
 
-def _enqueue(deployment_id: int, task_id: str, queue: str | None = None) -> bool:
+def _enqueue(deployment_id: int, task_id: str) -> bool:
     """Hand the deployment to the workers of its environment's queue; False when Redis
     cannot be reached.
 
@@ -409,10 +430,9 @@ def _enqueue(deployment_id: int, task_id: str, queue: str | None = None) -> bool
     """
     from deployments.tasks import deployment_execute
 
-    if queue is None:
-        slug = (Deployment.objects.filter(pk=deployment_id)
-                .values_list("environment__slug", flat=True).first())
-        queue = deploy_queue(slug or "")
+    slug = (Deployment.objects.filter(pk=deployment_id)
+            .values_list("environment__slug", flat=True).first())
+    queue = deploy_queue(slug or "")
     try:
         deployment_execute.apply_async(args=[deployment_id], task_id=task_id, queue=queue)
     except Exception as exc:  # noqa: BLE001 - kombu's connection errors vary by transport
@@ -549,7 +569,7 @@ def _announce_end(deployment: Deployment, status: str, *, advance: bool = True) 
     each failure confined to its savepoint so the deployment's end always commits;
     ``deployment_finished`` listeners (notifications) run after commit, one failing
     listener never keeping the others from theirs. The next queued deployment of the
-    application there starts (``advance``), in this same transaction.
+    application there starts (``advance``) once this transaction commits.
     """
     try:
         with transaction.atomic():
@@ -561,8 +581,7 @@ def _announce_end(deployment: Deployment, status: str, *, advance: bool = True) 
         logger.exception("a listener failed on the end of deployment %s; the beat task "
                          "closes what it left open", deployment.pk)
     if advance:
-        _advance_queue(application_id=deployment.application_id,
-                       environment_id=deployment.environment_id)
+        _advance_after_commit(deployment.application_id, deployment.environment_id)
 
     def finished() -> None:
         for receiver, result in deployment_finished.send_robust(
@@ -759,7 +778,8 @@ def _run_step(deployment: Deployment, step: DeploymentStep, steps: list, executo
 def _end_run(deployment: Deployment, log) -> str:
     """Every step done: the deployment succeeded, unless it was cancelled meanwhile."""
     with transaction.atomic():
-        deployment = Deployment.objects.select_for_update().select_related("environment").get(
+        deployment = (Deployment.objects.select_for_update(of=("self",))
+                  .select_related("environment")).get(
             pk=deployment.pk
         )
         if deployment.is_final:
@@ -779,7 +799,8 @@ def _end_run(deployment: Deployment, log) -> str:
 def _needs_attention(deployment: Deployment, step: DeploymentStep, reason: str, log) -> str:
     """Stop the run at an interrupted step whose effect is unknown: on-call decides."""
     with transaction.atomic():
-        locked = Deployment.objects.select_for_update().select_related("environment").get(
+        locked = (Deployment.objects.select_for_update(of=("self",))
+                  .select_related("environment")).get(
             pk=deployment.pk)
         if locked.is_final:
             return locked.status
@@ -843,8 +864,7 @@ def _decide_interrupted(*, actor, deployment: Deployment, decision: str,
                      before={"status": Deployment.Status.NEEDS_ATTENTION},
                      after={"status": locked.status,
                             "step": step.name if step else None}, reason=reason)
-        transaction.on_commit(lambda: _enqueue(locked.pk, uuid.uuid4().hex,
-                                                    deploy_queue(locked.environment.slug)))
+        transaction.on_commit(lambda: _enqueue(locked.pk, uuid.uuid4().hex))
     return locked
 
 
@@ -875,7 +895,8 @@ def _stopped(deployment_id: int) -> str | None:
     status = Deployment.objects.filter(pk=deployment_id).values_list("status", flat=True).first()
     if status == Deployment.Status.STOPPING:
         with transaction.atomic():
-            locked = Deployment.objects.select_for_update().select_related("environment").get(
+            locked = (Deployment.objects.select_for_update(of=("self",))
+                  .select_related("environment")).get(
                 pk=deployment_id)
             if locked.status == Deployment.Status.STOPPING:
                 _finish(locked, Deployment.Status.CANCELLED, locked.failure_reason or "cancelled",
@@ -890,7 +911,8 @@ def _fail(deployment: Deployment, step: DeploymentStep | None, reason: str) -> s
             DeploymentStep.objects.filter(pk=step.pk).update(
                 status=DeploymentStep.Status.FAILED, finished_at=timezone.now(), detail=reason
             )
-        locked = Deployment.objects.select_for_update().select_related("environment").get(
+        locked = (Deployment.objects.select_for_update(of=("self",))
+                  .select_related("environment")).get(
             pk=deployment.pk
         )
         if not locked.is_final:
@@ -1171,12 +1193,8 @@ def deployment_cancel(*, actor, deployment: Deployment, reason: str = "") -> Dep
     deployment starts on its targets meanwhile.
     """
     with transaction.atomic():
-        if Deployment.objects.filter(pk=deployment.pk,
-                                     status=Deployment.Status.QUEUED).exists():
-            # The queue's lock before the row's, as a deployment that starts the next
-            # one takes them: the others in the queue move up in this transaction.
-            _lane_lock(deployment.environment_id)
-        locked = Deployment.objects.select_for_update().select_related("environment").get(
+        locked = (Deployment.objects.select_for_update(of=("self",))
+                  .select_related("environment")).get(
             pk=deployment.pk
         )
         if not isinstance(actor, System) and not may_operate(actor, locked.environment):
@@ -1263,8 +1281,7 @@ def deployments_resume_stale(*, on_worker_start: bool = False) -> int:
                              environment=deployment.environment.slug,
                              reason="its run stopped (worker or database gone)")
                 transaction.on_commit(
-                    lambda d=deployment: _enqueue(d.pk, uuid.uuid4().hex,
-                                                  deploy_queue(d.environment.slug)))
+                    lambda d=deployment: _enqueue(d.pk, uuid.uuid4().hex))
             handled += 1
 
     # A queue whose head was lost (it ended without starting the next one): the next

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 from django.db import connection, transaction
+from django.test import TestCase
 
 from core.models import AuditEvent
 from deployments import selectors, services
@@ -22,7 +23,8 @@ def _running(deployment):
 
 
 def _end(deployment, status="succeeded"):
-    with transaction.atomic():
+    """End ``deployment`` as its worker does; what runs after commit runs too."""
+    with TestCase.captureOnCommitCallbacks(execute=True), transaction.atomic():
         locked = Deployment.objects.select_for_update().select_related("environment").get(
             pk=deployment.pk)
         services._finish(locked, status, "" if status == "succeeded" else "it broke")
@@ -43,7 +45,8 @@ def test_a_request_behind_a_running_deployment_queues_and_starts_when_it_ends(fl
 
     assert head.holds_target and not second.holds_target and not third.holds_target
     assert services.queue_position(second) == 1 and services.queue_position(third) == 2
-    assert selectors.queue_state(third) == {"position": 2, "waiting_for": head.pk}
+    state = selectors.queue_state(third)
+    assert (state["position"], state["waiting_for"], state["head"]) == (2, head.pk, head)
     queued = AuditEvent.objects.get(action="deployment.queued", object_id=str(third.pk))
     assert queued.after["waits_for"] == head.pk and queued.after["queue_position"] == 2
     # A worker handed a waiting deployment leaves it alone: its turn has not come.
@@ -55,7 +58,7 @@ def test_a_request_behind_a_running_deployment_queues_and_starts_when_it_ends(fl
     assert body["status"] == "queued" and body["queue_position"] == 2
     assert body["waiting_for"] == head.pk
 
-    _end(head)  # the next one takes the target in the transaction that ends the head
+    _end(head)  # the next one takes the target once the head's end is committed
     second, third = _fresh(second, third)
     assert second.holds_target and second.status == "queued"
     assert services.queue_position(third) == 1
@@ -156,7 +159,11 @@ def test_requests_at_once_queue_in_the_database_one_runs_the_others_wait(fleet, 
     """Eight deploy requests in eight threads and transactions at once: exactly one holds
     the target, seven wait with positions 1..7; ending each head starts the next, first in
     first out, each once."""
-    shop = fleet(targets=1, environment="development")
+    from catalog.models import Environment
+
+    # An environment no worker consumes: the deployments stay where the queue puts them.
+    Environment.objects.create(slug="queue-race", name="Queue race", order=50)
+    shop = fleet(targets=1, environment="queue-race")
     releases = [shop.release(f"3.{i}.0") for i in range(8)]
     barrier = threading.Barrier(len(releases))
     created, errors = [], []
@@ -192,3 +199,30 @@ def test_requests_at_once_queue_in_the_database_one_runs_the_others_wait(fleet, 
                     .order_by("created_at", "id").values_list("pk", flat=True))
     assert order == expected  # first in, first out
     assert len(set(order)) == 8
+
+
+@pytest.mark.django_db
+def test_the_change_page_and_the_dashboard_show_the_queue(demo, client):
+    from tests.factories import ReleaseFactory, request_change
+
+    head = _running(services.deployment_create(
+        actor=demo.oncall, release=ReleaseFactory(), environment=_env("development")))
+    change = request_change(demo.engineer, "development")
+    client.force_login(demo.engineer)
+    response = client.post(f"/changes/{change.pk}/deploy", follow=True)
+    waiting = Deployment.objects.get(change_id=change.pk)
+    assert not waiting.holds_target
+    page = response.content.decode()
+    assert f"queued behind deployment #{head.pk} (position 1)" in page
+    assert 'id="deployment-queue"' in page and "queued, position 1" in page
+    assert f"#{head.pk}</a> ({head.release.version}, running)" in page
+
+    board = client.get("/dashboard/").content.decode()
+    assert 'id="deployment-queue"' in board
+    assert f"#{waiting.pk}</a>" in board and f"#{head.pk}</a> {head.release.version}" in board
+
+
+def _env(slug):
+    from catalog.models import Environment
+
+    return Environment.objects.get(slug=slug)
