@@ -779,9 +779,7 @@ def _end_run(deployment: Deployment, log) -> str:
     """Every step done: the deployment succeeded, unless it was cancelled meanwhile."""
     with transaction.atomic():
         deployment = (Deployment.objects.select_for_update(of=("self",))
-                  .select_related("environment")).get(
-            pk=deployment.pk
-        )
+                      .select_related("environment").get(pk=deployment.pk))
         if deployment.is_final:
             return deployment.status
         if deployment.status == Deployment.Status.STOPPING:
@@ -800,8 +798,7 @@ def _needs_attention(deployment: Deployment, step: DeploymentStep, reason: str, 
     """Stop the run at an interrupted step whose effect is unknown: on-call decides."""
     with transaction.atomic():
         locked = (Deployment.objects.select_for_update(of=("self",))
-                  .select_related("environment")).get(
-            pk=deployment.pk)
+                  .select_related("environment").get(pk=deployment.pk))
         if locked.is_final:
             return locked.status
         log("error", f"Needs attention: {reason}")
@@ -896,8 +893,7 @@ def _stopped(deployment_id: int) -> str | None:
     if status == Deployment.Status.STOPPING:
         with transaction.atomic():
             locked = (Deployment.objects.select_for_update(of=("self",))
-                  .select_related("environment")).get(
-                pk=deployment_id)
+                      .select_related("environment").get(pk=deployment_id))
             if locked.status == Deployment.Status.STOPPING:
                 _finish(locked, Deployment.Status.CANCELLED, locked.failure_reason or "cancelled",
                         actor=System(f"worker stopping deployment #{locked.pk}"))
@@ -912,9 +908,7 @@ def _fail(deployment: Deployment, step: DeploymentStep | None, reason: str) -> s
                 status=DeploymentStep.Status.FAILED, finished_at=timezone.now(), detail=reason
             )
         locked = (Deployment.objects.select_for_update(of=("self",))
-                  .select_related("environment")).get(
-            pk=deployment.pk
-        )
+                  .select_related("environment").get(pk=deployment.pk))
         if not locked.is_final:
             _finish(locked, Deployment.Status.FAILED, reason)
     return Deployment.Status.FAILED
@@ -1194,9 +1188,7 @@ def deployment_cancel(*, actor, deployment: Deployment, reason: str = "") -> Dep
     """
     with transaction.atomic():
         locked = (Deployment.objects.select_for_update(of=("self",))
-                  .select_related("environment")).get(
-            pk=deployment.pk
-        )
+                  .select_related("environment").get(pk=deployment.pk))
         if not isinstance(actor, System) and not may_operate(actor, locked.environment):
             raise Refused(f"you may not cancel deployments in {locked.environment.name}",
                           code="not_permitted")
