@@ -7,6 +7,7 @@ from __future__ import annotations
 import django_filters
 from django.contrib.auth import get_user_model
 from django.shortcuts import get_object_or_404
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import NotFound
@@ -28,6 +29,7 @@ from configuration.selectors import digests_for_many
 from core.api import APPROVE, DEPLOY, REQUEST, ApiMixin, ApiView, BoundedDateTimeField
 from core.idempotency import idempotent
 from core.permissions import is_auditor
+from deployments import selectors as deployment_selectors
 from deployments.models import Deployment
 
 
@@ -163,6 +165,17 @@ class ChecklistInSerializer(serializers.Serializer):
 class DeployOutSerializer(serializers.Serializer):
     deployment = serializers.IntegerField()
     status = serializers.CharField()
+    # The deployment queue: another deployment of the application runs there.
+    queued = serializers.BooleanField(
+        required=False, help_text="True when the deployment waits behind another deployment "
+                                  "of the application in the environment; it starts when "
+                                  "its turn comes.")
+    queue_position = serializers.IntegerField(
+        required=False, allow_null=True,
+        help_text="1 for the next to start; null when it starts at once.")
+    waiting_for = serializers.IntegerField(
+        required=False, allow_null=True,
+        help_text="The deployment it waits for (the one holding the target).")
 
 
 class ChangeFilter(django_filters.FilterSet):
@@ -285,13 +298,19 @@ class ChangeDeploy(_ChangeAction):
     write_scopes = frozenset({DEPLOY})
 
     @extend_schema(request=None, responses={202: DeployOutSerializer},
-                   summary="Deploy an approved change; not ready: 409 with blockers")
+                   summary="Deploy an approved change (queued behind a running deployment of its "
+                           "application there); not ready: 409 with blockers")
     @idempotent
     def post(self, request, pk: int):
         change = self.get_change(request, pk)
         deployment = services.change_request_deploy(actor=request.user, change=change)
-        return Response({"deployment": deployment.pk, "status": deployment.status},
-                        status=status.HTTP_202_ACCEPTED)
+        queue = deployment_selectors.queue_state(deployment)
+        return Response({"deployment": deployment.pk, "status": deployment.status,
+                         "queued": queue["position"] is not None,
+                         "queue_position": queue["position"],
+                         "waiting_for": queue["waiting_for"]},
+                        status=status.HTTP_202_ACCEPTED,
+                        headers={"Location": reverse("api-deployment", args=[deployment.pk])})
 
 
 class ChangeCancel(_ChangeAction):

@@ -134,13 +134,9 @@ def _environment_blockers(*, release: Release, environment: Environment, policy,
             blockers.append(Blocker(
                 "promotion", f"{release} has not yet succeeded in {previous.name}; "
                              "promote it through there first"))
-    running = [pk for pk, cid in rules.active[(release.application_id, environment.pk)]
-               if cid != change_id or change_id is None]
-    if running:
-        blockers.append(Blocker(
-            "deployment_in_progress",
-            f"deployment #{running[0]} of {release.application.slug} to {environment.slug} "
-            "is still in progress"))
+    # Another deployment of the application running there blocks nothing: the new one
+    # is queued behind it (deployments.services.deployment_create) and starts when its
+    # turn comes.
     return blockers
 
 

@@ -150,6 +150,8 @@ def _change_context(request, change: ChangeRequest) -> dict:
         "blockers": blockers,
         "earliest": earliest,
         "deployment": deployment,
+        # Queued behind another deployment of the application there: where it stands.
+        "queue": deployment_selectors.queue_state(deployment) if deployment else None,
         "can_deploy": "deploy" in held,
         "can_decide": can_decide,
         "can_withdraw": can_withdraw,
@@ -224,7 +226,13 @@ def change_deploy(request, pk: int):
     except DomainError as exc:
         messages.error(request, exc.detail)
     else:
-        messages.success(request, f"Deployment #{deployment.pk} queued.")
+        queue = deployment_selectors.queue_state(deployment)
+        if queue["position"] is not None:
+            messages.success(request, f"Deployment #{deployment.pk} queued behind deployment "
+                                      f"#{queue['waiting_for']} (position {queue['position']});"
+                                      " it starts when its turn comes.")
+        else:
+            messages.success(request, f"Deployment #{deployment.pk} queued.")
     return redirect("change-detail", pk=pk)
 
 

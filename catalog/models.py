@@ -52,6 +52,11 @@ class Environment(models.Model):
     # and a fresh second-factor check (SOP 10.2, core.assurance).
     production = models.BooleanField(
         default=False, help_text="Decisions here need a second factor, checked recently.")
+    # Deployment queue: a newer deployment of an application queued here supersedes
+    # (cancels) the older ones still waiting, newest first (deployments.services).
+    supersede_queued = models.BooleanField(
+        default=False, help_text="A newer deployment of an application cancels its older "
+                                 "ones still waiting in the queue here.")
 
     class Meta:
         db_table = "deployments_environment"

@@ -130,13 +130,33 @@ class DeploymentSerializer(serializers.ModelSerializer):
     duration_seconds = serializers.SerializerMethodField()
     steps = StepSerializer(many=True, read_only=True)
     verdicts = VerdictSerializer(many=True, read_only=True)
+    queue_position = serializers.SerializerMethodField(
+        help_text="Queued behind another deployment of the application there: 1 for the "
+                  "next to start. Null when it is not waiting.")
+    waiting_for = serializers.SerializerMethodField(
+        help_text="The deployment it waits for (holding the target); null when not waiting.")
 
     class Meta:
         model = Deployment
         fields = ["id", "application", "environment", "release", "version", "change",
                   "kind", "rolled_back_deployment", "dry_run",
                   "strategy", "status", "progress", "created_at", "started_at", "finished_at",
-                  "duration_seconds", "failure_reason", "steps", "verdicts"]
+                  "duration_seconds", "failure_reason", "steps", "verdicts",
+                  "queue_position", "waiting_for"]
+
+    def _queue(self, obj) -> dict:
+        if obj.status != Deployment.Status.QUEUED or obj.holds_target:
+            return {"position": None, "waiting_for": None, "head": None}
+        cache = self.context.setdefault("queue_state", {})
+        if obj.pk not in cache:
+            cache[obj.pk] = selectors.queue_state(obj)
+        return cache[obj.pk]
+
+    def get_queue_position(self, obj) -> int | None:
+        return self._queue(obj)["position"]
+
+    def get_waiting_for(self, obj) -> int | None:
+        return self._queue(obj)["waiting_for"]
 
     def get_duration_seconds(self, obj) -> float | None:
         duration = obj.duration

@@ -58,6 +58,10 @@ class Deployment(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     failure_reason = models.TextField(blank=True)
+    # The head of its application's queue in the environment: the one deployment there
+    # that may run. Queued deployments behind it wait with False and are promoted, first
+    # in first out, when it ends (services._advance_queue).
+    holds_target = models.BooleanField(default=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -65,14 +69,19 @@ class Deployment(models.Model):
             # One deployment at a time per application and environment: the
             # database settles two deploy presses at once. A stopping deployment still
             # has a step running, and one waiting for on-call holds its target: both count.
+            # Deployments waiting in the queue behind it (holds_target False) do not.
             models.UniqueConstraint(
                 fields=["application", "environment"],
                 condition=models.Q(status__in=["queued", "running", "stopping",
-                                               "needs_attention"]),
+                                               "needs_attention"], holds_target=True),
                 name="deployment_one_active_per_app_env",
             ),
         ]
         indexes = [
+            # The queue of an application in an environment, first in first out.
+            models.Index(fields=["environment", "application", "created_at", "id"],
+                         condition=models.Q(status="queued", holds_target=False),
+                         name="deployment_waiting_idx"),
             # History pages filtered by application and environment, newest first.
             models.Index(fields=["application", "environment", "-created_at", "-id"],
                          name="deployment_app_env_recent_idx"),

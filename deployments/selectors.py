@@ -121,3 +121,44 @@ def deployment_verdicts(deployment: Deployment) -> list[AnalysisVerdict]:
 def related_rollbacks(deployment: Deployment) -> list[Deployment]:
     return list(Deployment.objects.filter(rolled_back_deployment=deployment)
                 .select_related("release").order_by("created_at"))
+
+
+def queue_state(deployment: Deployment) -> dict:
+    """Where a deployment stands in its application's queue in its environment:
+    ``position`` (1 = next to start; None when not waiting), ``waiting_for`` (the id
+    of the deployment holding the target, None when not waiting) and that ``head``."""
+    from deployments.services import _head, queue_position
+
+    position = queue_position(deployment)
+    if position is None:
+        return {"position": None, "waiting_for": None, "head": None}
+    head = _head(deployment.application_id, deployment.environment_id)
+    return {"position": position, "waiting_for": head.pk if head else None, "head": head}
+
+
+def queued_deployments(environment_ids=None) -> list[dict]:
+    """Deployments waiting in a queue, with their position and what they wait for,
+    for the dashboard and the change page (two queries)."""
+    from deployments.services import HOLDING
+
+    waiting = (Deployment.objects.filter(status=Deployment.Status.QUEUED, holds_target=False)
+               .select_related("application", "environment", "release")
+               .order_by("environment__order", "application__slug", "created_at", "id"))
+    if environment_ids is not None:
+        waiting = waiting.filter(environment_id__in=environment_ids)
+    waiting = list(waiting)
+    if not waiting:
+        return []
+    heads = {(d.application_id, d.environment_id): d for d in Deployment.objects.filter(
+        holds_target=True, status__in=HOLDING,
+        application_id__in={w.application_id for w in waiting},
+        environment_id__in={w.environment_id for w in waiting}).select_related("release")}
+    rows, seen = [], {}
+    # Rollbacks go first in a queue, then first in first out (services._waiting).
+    waiting.sort(key=lambda d: (d.environment.order, d.application.slug,
+                                d.kind != Deployment.Kind.ROLLBACK, d.created_at, d.pk))
+    for d in waiting:
+        key = (d.application_id, d.environment_id)
+        seen[key] = seen.get(key, 0) + 1
+        rows.append({"deployment": d, "position": seen[key], "waiting_for": heads.get(key)})
+    return rows

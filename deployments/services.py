@@ -26,7 +26,6 @@ from core import assurance, outbound
 from core.audit import System, audit_record
 from core.errors import (
     Conflict,
-    DeploymentInProgress,
     DomainError,
     Invalid,
     InvalidTransition,
@@ -239,37 +238,50 @@ def deployment_create(
 ) -> Deployment:
     """Create a queued deployment with its planned steps and queue its run after commit.
 
-    Must be called inside the caller's transaction (the change that releases it).
+    When another deployment of the application holds the target in the environment (or
+    others wait before it), it waits in the queue (``holds_target`` False) and starts
+    when its turn comes (``_advance_queue``). Must be called inside the caller's
+    transaction (the change that releases it).
     """
     application = release.application
     if strategy not in STRATEGIES:
         raise Invalid(f"unknown strategy {strategy!r}",
                       fields={"strategy": [f"Choose one of {', '.join(STRATEGIES)}."]})
-    # One waiting for on-call (needs attention) still holds its target: decide it first.
-    if Deployment.objects.filter(
-        application=application, environment=environment,
-        status__in=Deployment.ACTIVE | {Deployment.Status.NEEDS_ATTENTION},
-    ).exists():
-        raise DeploymentInProgress(
-            f"another deployment of {application.slug} to {environment.slug} is in progress"
-        )
     if dry_run is None:
         dry_run = bool((application.executor_settings or {}).get("analysis", {})
                        .get("dry_run", False))
+    if environment.supersede_queued and kind == Deployment.Kind.DEPLOY:
+        superseded = _supersede_queued(actor=actor, application=application,
+                                       environment=environment, release=release)
+    else:
+        superseded = []
+    head = _head(application.pk, environment.pk)
+    if head is not None and kind == Deployment.Kind.ROLLBACK \
+            and head.status == Deployment.Status.QUEUED:
+        # A rollback goes before a deployment that has not started yet; that one waits
+        # at the front of the queue again.
+        Deployment.objects.filter(pk=head.pk).update(holds_target=False)
+        head = None
+    # It takes the target at once only when nothing holds it and nothing waits before it
+    # (a rollback goes first); else it waits and the queue moves after commit. The
+    # database settles two requests at once: one head per application and environment.
+    takes = head is None and (kind == Deployment.Kind.ROLLBACK or not _waiting(
+        application.pk, environment.pk).exists())
     task_id = uuid.uuid4().hex
-    try:
-        with transaction.atomic():
-            deployment = Deployment.objects.create(
-                application=application, environment=environment, release=release,
-                strategy=strategy, change_id=change_id, task_id=task_id, kind=kind,
-                started_by=actor if getattr(actor, "pk", None) else None,
-                rolled_back_deployment=rolled_back_deployment, dry_run=dry_run,
-            )
-    except IntegrityError:
-        # deployment_one_active_per_app_env: a second deploy press lost the race.
-        raise DeploymentInProgress(
-            f"another deployment of {application.slug} to {environment.slug} is in progress"
-        ) from None
+    fields = dict(application=application, environment=environment, release=release,
+                  strategy=strategy, change_id=change_id, task_id=task_id, kind=kind,
+                  started_by=actor if getattr(actor, "pk", None) else None,
+                  rolled_back_deployment=rolled_back_deployment, dry_run=dry_run)
+    deployment = None
+    if takes:
+        try:
+            with transaction.atomic():
+                deployment = Deployment.objects.create(holds_target=True, **fields)
+        except IntegrityError:
+            # deployment_one_active_per_app_env: another request took the target first.
+            head = _head(application.pk, environment.pk)
+    if deployment is None:
+        deployment = Deployment.objects.create(holds_target=False, **fields)
     targets = list(Target.objects.filter(application=application, environment=environment)
                    .order_by("name"))
     plan = build_plan(strategy=strategy, targets=targets, release=release,
@@ -279,26 +291,150 @@ def deployment_create(
                        target=spec.target, phase=spec.phase)
         for i, spec in enumerate(plan, start=1)
     )
-    audit_record(
-        actor=actor, action="deployment.queued", obj=deployment, environment=environment.slug,
-        after={"release": release.version, "strategy": strategy, "change": change_id,
-               "kind": kind, "dry_run": dry_run, "steps": len(plan),
-               "rolls_back": rolled_back_deployment.pk if rolled_back_deployment else None},
-    )
-    transaction.on_commit(lambda: _enqueue(deployment.pk, task_id))
+    after = {"release": release.version, "strategy": strategy, "change": change_id,
+             "kind": kind, "dry_run": dry_run, "steps": len(plan),
+             "rolls_back": rolled_back_deployment.pk if rolled_back_deployment else None}
+    if not deployment.holds_target:
+        after["waits_for"] = head.pk if head is not None else None
+        after["queue_position"] = queue_position(deployment)
+    if superseded:
+        after["supersedes"] = superseded
+    audit_record(actor=actor, action="deployment.queued", obj=deployment,
+                 environment=environment.slug, after=after)
+    if deployment.holds_target:
+        transaction.on_commit(lambda: _enqueue(deployment.pk, task_id))
+    else:
+        _advance_after_commit(application.pk, environment.pk)
     return deployment
 
 
+# --- the queue of an application in an environment ---------------------------
+
+# Class of the PostgreSQL transaction advisory lock under which the next queued
+# deployment of an environment is given the target: (class, environment id).
+LANE_LOCK_CLASS = 7303
+# Deployments that hold their application's target in an environment (the head).
+HOLDING = Deployment.ACTIVE | {Deployment.Status.NEEDS_ATTENTION}
+
+
+def deploy_queue(environment_slug: str) -> str:
+    """The Celery queue of an environment's deployments: only workers holding that
+    environment's credentials consume it (SOP 10.2)."""
+    return f"{settings.PORTAL_DEPLOY_QUEUE_PREFIX}{environment_slug}"
+
+
+def _lane_lock(environment_id: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)",
+                       [LANE_LOCK_CLASS, environment_id])
+
+
+def _head(application_id: int, environment_id: int) -> Deployment | None:
+    return (Deployment.objects.filter(application_id=application_id,
+                                      environment_id=environment_id, holds_target=True,
+                                      status__in=HOLDING)
+            .select_related("release").first())
+
+
+def _waiting(application_id: int, environment_id: int):
+    """Queued deployments waiting their turn, in order: rollbacks first, then first in
+    first out."""
+    from django.db.models import Case, IntegerField, Value, When
+
+    return (Deployment.objects.filter(application_id=application_id,
+                                      environment_id=environment_id,
+                                      status=Deployment.Status.QUEUED, holds_target=False)
+            .annotate(rank=Case(When(kind=Deployment.Kind.ROLLBACK, then=Value(0)),
+                                default=Value(1), output_field=IntegerField()))
+            .order_by("rank", "created_at", "id"))
+
+
+def queue_position(deployment: Deployment) -> int | None:
+    """1 for the next to start, 2 behind it, ...; None when it is not waiting."""
+    if deployment.status != Deployment.Status.QUEUED or deployment.holds_target:
+        return None
+    ids = list(_waiting(deployment.application_id, deployment.environment_id)
+               .values_list("pk", flat=True))
+    return ids.index(deployment.pk) + 1 if deployment.pk in ids else None
+
+
+def _supersede_queued(*, actor, application: Application, environment: Environment,
+                      release: Release) -> list[int]:
+    """Newest first: cancel the application's deployments still queued here (not
+    started), each under its row lock. Their changes go back to approved."""
+    done = []
+    older = (Deployment.objects.select_for_update(of=("self",))
+             .select_related("environment", "release")
+             .filter(application=application, environment=environment,
+                     status=Deployment.Status.QUEUED, kind=Deployment.Kind.DEPLOY)
+             .order_by("created_at", "id"))
+    for old in older:
+        reason = (f"superseded by a newer deployment of {application.slug} "
+                  f"{release.version} ({environment.name} runs the newest queued one)")
+        old.status = Deployment.Status.CANCELLED
+        old.finished_at = timezone.now()
+        old.failure_reason = reason
+        old.holds_target = False
+        old.save(update_fields=["status", "finished_at", "failure_reason", "holds_target"])
+        audit_record(actor=actor, action="deployment.superseded", obj=old,
+                     environment=environment.slug,
+                     before={"status": Deployment.Status.QUEUED},
+                     after={"status": old.status, "version": old.release.version,
+                            "superseded_by_version": release.version}, reason=reason)
+        _announce_end(old, old.status, advance=False)
+        done.append(old.pk)
+    return done
+
+
+def _advance_after_commit(application_id: int, environment_id: int) -> None:
+    """Once the transaction commits, start the next queued deployment if none holds
+    the target, in a transaction of its own (the beat's sweep does it if this fails)."""
+
+    def advance() -> None:
+        try:
+            with transaction.atomic():
+                _advance_queue(application_id=application_id, environment_id=environment_id)
+        except Exception:  # noqa: BLE001 - the sweep (deployments_resume_stale) heals it
+            logger.exception("the deployment queue of application %s in environment %s did "
+                             "not move on; the sweep moves it", application_id,
+                             environment_id)
+
+    transaction.on_commit(advance)
+
+
+def _advance_queue(*, application_id: int, environment_id: int) -> Deployment | None:
+    """Start the next queued deployment when none holds the target; in a transaction
+    of its own (after the commit that ended the previous one, or the sweep's), under
+    the queue's lock and before any audit write. Returns it."""
+    _lane_lock(environment_id)
+    if _head(application_id, environment_id) is not None:
+        return None
+    nxt = (_waiting(application_id, environment_id).select_for_update(of=("self",))
+           .select_related("environment").first())
+    if nxt is None:
+        return None
+    nxt.holds_target = True
+    # Sent now: the sweep resends it only if it has not started after a while.
+    nxt.heartbeat_at = timezone.now()
+    nxt.save(update_fields=["holds_target", "heartbeat_at"])
+    transaction.on_commit(lambda: _enqueue(nxt.pk, nxt.task_id))
+    return nxt
+
+
 def _enqueue(deployment_id: int, task_id: str) -> bool:
-    """Hand the deployment to the workers; False when Redis cannot be reached.
+    """Hand the deployment to the workers of its environment's queue; False when Redis
+    cannot be reached.
 
     The deployment row is committed before this runs, so a refused publish loses
     nothing: the sweep (deployments_resume_stale) queues it again once Redis is back.
     """
     from deployments.tasks import deployment_execute
 
+    slug = (Deployment.objects.filter(pk=deployment_id)
+            .values_list("environment__slug", flat=True).first())
+    queue = deploy_queue(slug or "")
     try:
-        deployment_execute.apply_async(args=[deployment_id], task_id=task_id)
+        deployment_execute.apply_async(args=[deployment_id], task_id=task_id, queue=queue)
     except Exception as exc:  # noqa: BLE001 - kombu's connection errors vary by transport
         logger.warning("deployment %s is queued but its task could not reach the broker "
                        "(%s); it is sent again once the broker is back",
@@ -380,6 +516,8 @@ def _claim_run(deployment_id: int) -> Deployment | None:
         )
         if deployment is None or deployment.is_final:
             return None
+        if deployment.status == Deployment.Status.QUEUED and not deployment.holds_target:
+            return None  # waiting its turn in the queue; it is sent again when it comes
         if deployment.status == Deployment.Status.STOPPING:
             # Cancelled while a step ran, and that run is gone: nothing runs any more.
             _finish(deployment, Deployment.Status.CANCELLED, deployment.failure_reason
@@ -424,13 +562,14 @@ def _finish(deployment: Deployment, status: str, reason: str = "", actor=None) -
     _announce_end(deployment, status)
 
 
-def _announce_end(deployment: Deployment, status: str) -> None:
+def _announce_end(deployment: Deployment, status: str, *, advance: bool = True) -> None:
     """Inside the transaction that made ``deployment`` final.
 
     ``deployment_ending`` listeners (the change that released it is closed) run now,
     each failure confined to its savepoint so the deployment's end always commits;
     ``deployment_finished`` listeners (notifications) run after commit, one failing
-    listener never keeping the others from theirs.
+    listener never keeping the others from theirs. The next queued deployment of the
+    application there starts (``advance``) once this transaction commits.
     """
     try:
         with transaction.atomic():
@@ -441,6 +580,8 @@ def _announce_end(deployment: Deployment, status: str) -> None:
     except Exception:
         logger.exception("a listener failed on the end of deployment %s; the beat task "
                          "closes what it left open", deployment.pk)
+    if advance:
+        _advance_after_commit(deployment.application_id, deployment.environment_id)
 
     def finished() -> None:
         for receiver, result in deployment_finished.send_robust(
@@ -637,9 +778,8 @@ def _run_step(deployment: Deployment, step: DeploymentStep, steps: list, executo
 def _end_run(deployment: Deployment, log) -> str:
     """Every step done: the deployment succeeded, unless it was cancelled meanwhile."""
     with transaction.atomic():
-        deployment = Deployment.objects.select_for_update().select_related("environment").get(
-            pk=deployment.pk
-        )
+        deployment = (Deployment.objects.select_for_update(of=("self",))
+                      .select_related("environment").get(pk=deployment.pk))
         if deployment.is_final:
             return deployment.status
         if deployment.status == Deployment.Status.STOPPING:
@@ -657,8 +797,8 @@ def _end_run(deployment: Deployment, log) -> str:
 def _needs_attention(deployment: Deployment, step: DeploymentStep, reason: str, log) -> str:
     """Stop the run at an interrupted step whose effect is unknown: on-call decides."""
     with transaction.atomic():
-        locked = Deployment.objects.select_for_update().select_related("environment").get(
-            pk=deployment.pk)
+        locked = (Deployment.objects.select_for_update(of=("self",))
+                  .select_related("environment").get(pk=deployment.pk))
         if locked.is_final:
             return locked.status
         log("error", f"Needs attention: {reason}")
@@ -752,8 +892,8 @@ def _stopped(deployment_id: int) -> str | None:
     status = Deployment.objects.filter(pk=deployment_id).values_list("status", flat=True).first()
     if status == Deployment.Status.STOPPING:
         with transaction.atomic():
-            locked = Deployment.objects.select_for_update().select_related("environment").get(
-                pk=deployment_id)
+            locked = (Deployment.objects.select_for_update(of=("self",))
+                      .select_related("environment").get(pk=deployment_id))
             if locked.status == Deployment.Status.STOPPING:
                 _finish(locked, Deployment.Status.CANCELLED, locked.failure_reason or "cancelled",
                         actor=System(f"worker stopping deployment #{locked.pk}"))
@@ -767,9 +907,8 @@ def _fail(deployment: Deployment, step: DeploymentStep | None, reason: str) -> s
             DeploymentStep.objects.filter(pk=step.pk).update(
                 status=DeploymentStep.Status.FAILED, finished_at=timezone.now(), detail=reason
             )
-        locked = Deployment.objects.select_for_update().select_related("environment").get(
-            pk=deployment.pk
-        )
+        locked = (Deployment.objects.select_for_update(of=("self",))
+                  .select_related("environment").get(pk=deployment.pk))
         if not locked.is_final:
             _finish(locked, Deployment.Status.FAILED, reason)
     return Deployment.Status.FAILED
@@ -1014,7 +1153,8 @@ def deployment_rollback(*, actor, deployment: Deployment, reason: str) -> Deploy
                                         code="already_rolled_back")
             newer = Deployment.objects.filter(
                 application_id=locked.application_id, environment_id=locked.environment_id,
-                created_at__gt=locked.created_at).exclude(pk=locked.pk)
+                created_at__gt=locked.created_at).exclude(pk=locked.pk).exclude(
+                status=Deployment.Status.QUEUED, holds_target=False)  # not started
             if newer.exists():
                 raise InvalidTransition(
                     f"deployment #{locked.pk} is not the latest of {locked.application.slug} "
@@ -1061,9 +1201,8 @@ def deployment_cancel(*, actor, deployment: Deployment, reason: str = "") -> Dep
     deployment starts on its targets meanwhile.
     """
     with transaction.atomic():
-        locked = Deployment.objects.select_for_update().select_related("environment").get(
-            pk=deployment.pk
-        )
+        locked = (Deployment.objects.select_for_update(of=("self",))
+                  .select_related("environment").get(pk=deployment.pk))
         if not isinstance(actor, System) and not may_operate(actor, locked.environment):
             raise Refused(f"you may not cancel deployments in {locked.environment.name}",
                           code="not_permitted")
@@ -1083,12 +1222,14 @@ def deployment_cancel(*, actor, deployment: Deployment, reason: str = "") -> Dep
                          environment=locked.environment.slug, before={"status": before},
                          after={"status": locked.status}, reason=reason)
             return locked
+        position = queue_position(locked)
         locked.status = Deployment.Status.CANCELLED
         locked.finished_at = timezone.now()
         locked.save(update_fields=["status", "finished_at", "failure_reason"])
         audit_record(actor=actor, action="deployment.cancelled", obj=locked,
                      environment=locked.environment.slug, before={"status": before},
-                     after={"status": locked.status}, reason=reason)
+                     after={"status": locked.status, "queue_position": position},
+                     reason=reason)
         _announce_end(locked, locked.status)
     return locked
 
@@ -1149,9 +1290,17 @@ def deployments_resume_stale(*, on_worker_start: bool = False) -> int:
                     lambda d=deployment: _enqueue(d.pk, uuid.uuid4().hex))
             handled += 1
 
+    # A queue whose head was lost (it ended without starting the next one): the next
+    # one starts now.
+    for app_id, env_id in _queues_without_head():
+        with transaction.atomic():
+            if _advance_queue(application_id=app_id, environment_id=env_id) is not None:
+                handled += 1
+
     waiting = now - timedelta(seconds=settings.PORTAL_REQUEUE_AFTER_SECONDS)
     queued = list(
-        Deployment.objects.filter(status=Deployment.Status.QUEUED, created_at__lt=waiting)
+        Deployment.objects.filter(status=Deployment.Status.QUEUED, holds_target=True,
+                                  created_at__lt=waiting)
         .filter(_resent_before(waiting)).values_list("pk", "heartbeat_at")
     )
     for pk, last_sent in queued:
@@ -1172,6 +1321,18 @@ def deployments_resume_stale(*, on_worker_start: bool = False) -> int:
                              reason="its task had not started; sent to the workers again")
         handled += 1
     return handled
+
+
+def _queues_without_head() -> list[tuple[int, int]]:
+    """(application, environment) pairs with deployments waiting and none holding."""
+    from django.db.models import Exists, OuterRef
+
+    holding = Deployment.objects.filter(application_id=OuterRef("application_id"),
+                                        environment_id=OuterRef("environment_id"),
+                                        holds_target=True, status__in=HOLDING)
+    return list(Deployment.objects.filter(status=Deployment.Status.QUEUED, holds_target=False)
+                .filter(~Exists(holding))
+                .values_list("application_id", "environment_id").distinct())
 
 
 def _resent_before(before: datetime):

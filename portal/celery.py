@@ -55,3 +55,62 @@ def _beat_init(sender=None, **kwargs) -> None:
     from core import liveness
 
     _heartbeats["beat"] = liveness.start_heartbeat(liveness.beat_scheduler, "beat")
+
+
+# --- deployment queues per environment, persistent connections ----------------
+
+
+@signals.worker_process_init.connect
+def _keep_database_connections(**kwargs) -> None:
+    """Each pool process keeps its database connection between tasks (checked before
+    reuse): opening one per task costs more than dispatching a deployment."""
+    from django.conf import settings
+    from django.db import connections
+
+    for alias in connections:
+        conf = connections[alias].settings_dict
+        conf["CONN_MAX_AGE"] = settings.PORTAL_WORKER_CONN_MAX_AGE
+        conf["CONN_HEALTH_CHECKS"] = True
+
+
+def _follow_environments(hostname: str, stop, interval: float) -> None:
+    """A worker for every environment (PORTAL_WORKER_ALL_ENVIRONMENTS) consumes the
+    deployment queue of each, new environments included."""
+    from django.db import close_old_connections
+
+    from catalog.models import Environment
+    from deployments.services import deploy_queue
+
+    consumed: set = set()
+    while not stop.is_set():
+        try:
+            close_old_connections()
+            for slug in Environment.objects.values_list("slug", flat=True):
+                queue = deploy_queue(slug)
+                if queue not in consumed:
+                    app.control.add_consumer(queue, destination=[hostname])
+                    consumed.add(queue)
+        except Exception:  # noqa: BLE001 - the database or Redis is away; try again
+            pass
+        stop.wait(interval)
+
+
+@signals.worker_ready.connect
+def _worker_ready_all_environments(sender=None, **kwargs) -> None:
+    import threading
+
+    from django.conf import settings
+
+    if not settings.PORTAL_WORKER_ALL_ENVIRONMENTS or sender is None:
+        return
+    stop = threading.Event()
+    _heartbeats["environments"] = stop
+    threading.Thread(target=_follow_environments, args=(sender.hostname, stop, 1.0),
+                     name="portal-environment-queues", daemon=True).start()
+
+
+@signals.worker_shutdown.connect
+def _worker_shutdown_all_environments(sender=None, **kwargs) -> None:
+    stop = _heartbeats.pop("environments", None)
+    if stop is not None:
+        stop.set()

@@ -500,3 +500,15 @@ PORTAL_PRODUCTION_IDLE_MINUTES = env.int("PORTAL_PRODUCTION_IDLE_MINUTES", defau
 # step-up can be tried with any authenticator app. Demo data only.
 PORTAL_DEMO_TOTP_SECRET = env.str("PORTAL_DEMO_TOTP_SECRET",
                                   default="JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP")
+
+# --- Deployment queues per environment and worker connections -----------------
+# Deployments go to the Celery queue PORTAL_DEPLOY_QUEUE_PREFIX + environment slug
+# (deploy.production, ...); a worker consumes the queues whose credentials it holds
+# (`celery -A portal worker -Q deploy.development,deploy.staging`). A worker started with
+# PORTAL_WORKER_ALL_ENVIRONMENTS=true (the developer run) consumes every environment's
+# queue, new environments included (portal/celery.py). Other tasks stay on `celery`.
+PORTAL_DEPLOY_QUEUE_PREFIX = env.str("PORTAL_DEPLOY_QUEUE_PREFIX", default="deploy.")
+PORTAL_WORKER_ALL_ENVIRONMENTS = env.bool("PORTAL_WORKER_ALL_ENVIRONMENTS", default=False)
+# Worker processes keep their database connection between tasks (a new connection per
+# task costs more than a deployment's dispatch); checked before reuse.
+PORTAL_WORKER_CONN_MAX_AGE = env.int("PORTAL_WORKER_CONN_MAX_AGE", default=600)

@@ -441,7 +441,10 @@ def dashboard_data(user) -> dict:
 
 @login_required
 def dashboard(request):
-    return render(request, "dashboard/page.html", dashboard_data(request.user))
+    context = dashboard_data(request.user)
+    # The deployment queues: what waits behind a running deployment, and for which.
+    context["queue"] = selectors.queued_deployments(visible_environment_ids(request.user))
+    return render(request, "dashboard/page.html", context)
 
 
 @login_required

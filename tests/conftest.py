@@ -135,6 +135,11 @@ WORKER_TEST_ENV = {
 }
 
 
+# The default queue and the demo environments' deployment queues (deploy.<slug>); tests
+# of routing start workers of their own for other environments (start_celery_worker).
+WORKER_QUEUES = "celery,deploy.development,deploy.staging,deploy.production"
+
+
 def _quiesce_worker(timeout: float = 10.0) -> None:
     """Drop queued tasks and wait for the worker's running ones to finish.
 
@@ -149,6 +154,9 @@ def _quiesce_worker(timeout: float = 10.0) -> None:
 
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.delete("celery")
+    # Deployments wait in their environment's queue (deploy.<slug>).
+    for key in client.scan_iter(f"{settings.PORTAL_DEPLOY_QUEUE_PREFIX}*"):
+        client.delete(key)
     deadline = time.monotonic() + timeout
     while client.hlen("unacked") and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -189,7 +197,7 @@ def celery_worker_process(django_db_setup, django_db_blocker):
     proc = subprocess.Popen(
         [celery, "-A", "portal", "worker", "--pool", "prefork", "--concurrency", "1",
          "--loglevel", "INFO", "--without-mingle", "--without-gossip", "--hostname",
-         f"test-{os.getpid()}@%h"],
+         f"test-{os.getpid()}@%h", "-Q", WORKER_QUEUES],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     deadline = time.monotonic() + 60
@@ -270,3 +278,54 @@ def browser():
     yield browser
     browser.close()
     playwright.stop()
+
+
+def start_celery_worker(*, queues: str, name: str, concurrency: int = 1, extra_env=None):
+    """Start one more real worker on the test database and Redis, consuming ``queues``;
+    returns (process, log path). Stop it with stop_celery_worker."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from django.conf import settings
+    from django.db import connection
+
+    db = connection.settings_dict
+    database_url = (f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}"
+                    f"/{db['NAME']}")
+    env = dict({**WORKER_TEST_ENV, **os.environ}, DATABASE_URL=database_url,
+               REDIS_URL=settings.REDIS_URL, PORTAL_HEARTBEAT_STALE_SECONDS="120",
+               **(extra_env or {}))
+    log_path = Path(os.environ["PORTAL_VAR_DIR"]) / f"test-worker-{name}.log"
+    log = open(log_path, "w")
+    celery = str(Path(sys.executable).with_name("celery"))
+    proc = subprocess.Popen(
+        [celery, "-A", "portal", "worker", "--pool", "prefork", "--concurrency",
+         str(concurrency), "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+         "--hostname", f"{name}-{os.getpid()}@%h", "-Q", queues],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + 60
+    while "ready." not in log_path.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_celery_worker(proc)
+            raise RuntimeError(f"celery worker {name} did not start: "
+                               f"{log_path.read_text()[-2000:]}")
+        time.sleep(0.1)
+    return proc, log_path
+
+
+def stop_celery_worker(proc) -> None:
+    import os
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

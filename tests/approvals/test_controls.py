@@ -455,8 +455,11 @@ def test_each_state_blocker_says_what_it_is(demo):
     first = request_change(demo.engineer, "development")
     services.change_request_deploy(actor=demo.engineer, change=first)
     assert codes(first) == ["deploying"]
+    # Another deployment running there blocks nothing: the second one queues behind it.
     second = request_change(demo.engineer, "development")
-    assert codes(second) == ["deployment_in_progress"]
+    assert codes(second) == []
+    queued = services.change_request_deploy(actor=demo.engineer, change=second)
+    assert queued.status == "queued" and not queued.holds_target
 
     bare = request_change(demo.engineer, "production", change_type="hotfix",
                           release=green_release())

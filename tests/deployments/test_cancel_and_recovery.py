@@ -29,7 +29,9 @@ def test_cancel_while_running_stops_before_the_next_step(fleet, celery_worker_pr
     deployment = shop.wait(deployment)
     assert deployment.status == "cancelled"
     assert deployment.steps.filter(status="pending").exists()
-    assert deployment.log_lines.filter(message__startswith="Cancelled").exists()
+    # The worker writes the line right after the status it set (a commit earlier).
+    wait_for(lambda: deployment.log_lines.filter(message__startswith="Cancelled").exists(),
+             timeout=10)
     # The run stopped: nothing moves afterwards.
     done = deployment.steps.filter(status="succeeded").count()
     import time

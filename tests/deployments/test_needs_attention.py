@@ -6,7 +6,7 @@ is called directly, as a worker picking up the dead run would.
 
 import pytest
 
-from core.errors import DeploymentInProgress, InvalidTransition, Refused
+from core.errors import InvalidTransition, Refused
 from core.models import AuditEvent
 from deployments import services
 from deployments.models import Deployment, DeploymentStep
@@ -42,10 +42,12 @@ def test_an_interrupted_step_not_safe_to_repeat_waits_for_on_call(fleet, demo):
                                      object_id=str(deployment.pk)).exists()
     # The sweep leaves it alone: it is neither queued nor running.
     assert services.deployments_resume_stale(on_worker_start=True) == 0
-    # Nothing else deploys there until on-call has decided.
-    with pytest.raises(DeploymentInProgress):
-        shop.start("1.0.1")
-    assert Deployment.objects.filter(application=shop.app).count() == 1
+    # Nothing else deploys there until on-call has decided: a new one waits in the queue.
+    queued = shop.start("1.0.1")
+    assert queued.status == "queued" and not queued.holds_target
+    assert services.deployment_run(deployment_id=queued.pk) is None
+    assert Deployment.objects.get(pk=queued.pk).status == "queued"
+    assert Deployment.objects.get(pk=deployment.pk).status == "needs_attention"
 
 
 def test_an_executor_setting_can_declare_steps_safe_to_repeat(fleet, demo):

@@ -14,7 +14,6 @@ from approvals import services as approval_services
 from approvals import tasks as approval_tasks
 from approvals.models import ChangeRequest
 from catalog.models import Environment
-from core.errors import DeploymentInProgress
 from core.models import AuditEvent
 from deployments import services
 from deployments.models import Deployment, DeploymentStep
@@ -129,7 +128,7 @@ def test_the_closing_task_is_on_the_beat_schedule():
 
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
-def test_cancel_during_a_step_stops_after_it_and_blocks_other_deployments_meanwhile(
+def test_cancel_during_a_step_stops_after_it_and_queues_other_deployments_meanwhile(
         fleet, celery_worker_process, api):  # noqa: F811
     shop = fleet(targets=1, environment="staging", step_delay=3)
     change = approve_all(request_change(shop.demo.engineer, "staging",
@@ -145,25 +144,32 @@ def test_cancel_during_a_step_stops_after_it_and_blocks_other_deployments_meanwh
     assert response.json()["status"] == "stopping"
     running = DeploymentStep.objects.get(deployment=deployment, status="running")
 
-    # While it stops, its targets are still taken: no second deployment, by any route.
-    count = Deployment.objects.count()
-    with pytest.raises(DeploymentInProgress) as refused:
-        shop.start("1.0.1")
-    assert refused.value.code == "deployment_in_progress" and refused.value.status == 409
-    with pytest.raises(IntegrityError), transaction.atomic():
-        Deployment.objects.create(application=shop.app, environment=shop.environment,
-                                  release=deployment.release, status="queued")
-    response = api(shop.demo.oncall).post(f"/api/v1/changes/{change.pk}/deploy")
-    assert response.status_code == 409
-    body = response.json()
-    assert "deployment_in_progress" in [body["code"]] + [b["code"] for b in
-                                                         body.get("blockers", [])]
-    assert Deployment.objects.count() == count
-    assert Deployment.objects.get(pk=deployment.pk).status == "stopping"
     # A second cancel is refused: it is already stopping.
     response = api(shop.demo.oncall).post(f"/api/v1/deployments/{deployment.pk}/cancel",
                                           {}, format="json")
     assert response.status_code == 409 and response.json()["code"] == "already_stopping"
+
+    # While it stops, its targets are still taken: a second deployment, by any route,
+    # waits in the queue behind it and does not start.
+    queued = shop.start("1.0.1")
+    assert queued.status == "queued" and not queued.holds_target
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Deployment.objects.create(application=shop.app, environment=shop.environment,
+                                  release=deployment.release, status="queued")
+    response = api(shop.demo.oncall).post(f"/api/v1/changes/{change.pk}/deploy")
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["queued"] is True and response["Location"].endswith(
+        f"/deployments/{body['deployment']}/")
+    # Behind the stopping one and the first queued (or only the latter, once the step ended).
+    assert (body["waiting_for"], body["queue_position"]) in ((deployment.pk, 2),
+                                                             (queued.pk, 1))
+    # Cancelling a queued one takes it out of the queue; it never ran.
+    response = api(shop.demo.oncall).post(f"/api/v1/deployments/{body['deployment']}/cancel",
+                                          {"reason": "not now"}, format="json")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    assert not DeploymentStep.objects.filter(deployment_id=body["deployment"]).exclude(
+        status="pending").exists()
 
     deployment = shop.wait(deployment)
     assert deployment.status == "cancelled"
@@ -174,8 +180,8 @@ def test_cancel_during_a_step_stops_after_it_and_blocks_other_deployments_meanwh
                                              object_id=str(deployment.pk)).order_by("id")
                    .values_list("action", flat=True))
     assert actions.index("deployment.stopping") < actions.index("deployment.cancelled")
-    # Once cancelled, the target is free again.
-    assert shop.deploy("1.0.1").status == "succeeded"
+    # Once cancelled, the target is free again: the queued deployment starts.
+    assert shop.wait(queued).status == "succeeded"
 
 
 @pytest.mark.worker

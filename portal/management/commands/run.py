@@ -18,6 +18,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 import demo_fleet
+from catalog.models import Environment
+from deployments.services import deploy_queue
 from portal import demo_history, embedded, supervisor
 from portal.management.commands.seed_demo import DEFAULT_PASSWORD, USERS
 
@@ -85,6 +87,11 @@ class Command(BaseCommand):
                 env["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser"
             # The demo fleet's services listen on loopback: the worker probes them.
             env.setdefault("PORTAL_OUTBOUND_ALLOW", "127.0.0.1")
+            # The developer run's one worker holds every environment's credentials: it
+            # consumes every deployment queue (deploy.<environment>), new ones included.
+            env.setdefault("PORTAL_WORKER_ALL_ENVIRONMENTS", "true")
+            queues = ",".join(["celery"] + [deploy_queue(slug) for slug in
+                                            Environment.objects.values_list("slug", flat=True)])
             commands = {
                 "web server": [os.path.join(bin_dir, "gunicorn"), "portal.wsgi:application",
                                "--bind", f"{host}:{port}", "--workers", "2", "--threads", "4",
@@ -94,7 +101,7 @@ class Command(BaseCommand):
                 # progress is on its page; PORTAL_LOG_LEVEL=INFO shows every task.
                 "worker": [os.path.join(bin_dir, "celery"), "-A", "portal", "--quiet",
                            "worker", "--loglevel", log_level, "--concurrency", "2",
-                           "--hostname", "worker@%h",
+                           "--hostname", "worker@%h", "-Q", queues,
                            # One worker: nothing to gossip with, and both break on a
                            # Redis restart where the worker itself reconnects.
                            "--without-gossip", "--without-mingle"],
