@@ -11,6 +11,13 @@ class EnvironmentAdmin(AuditedModelAdmin, GuardedModelAdmin):
     # the guardian pages (Object permissions) by core.access_audit.
     list_display = ["name", "slug", "order", "production", "locked"]
 
+    def get_readonly_fields(self, request, obj=None):
+        # Locking and unlocking go through the environment page's service (an unlock of
+        # Production asks for a fresh second factor); whether an environment is
+        # Production is set when it is made, never switched off around that rule.
+        fixed = ["locked", "lock_reason"]
+        return [*fixed, "production"] if obj is not None else fixed
+
 
 @admin.register(Application)
 class ApplicationAdmin(AuditedModelAdmin):

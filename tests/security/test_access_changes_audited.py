@@ -141,15 +141,16 @@ def test_a_window_changed_added_and_deleted_in_the_admin_is_audited(admin_client
     assert event.before["start_time"] == "06:00:00"
 
 
-def test_an_environment_lock_and_executor_settings_edited_in_the_admin_are_audited_without_secrets(
+def test_an_environment_setting_and_executor_settings_edited_in_the_admin_are_audited_without_secrets(
         admin_client, demo):
     staging = Environment.objects.get(slug="staging")
     url = f"/admin/catalog/environment/{staging.pk}/change/"
     data = change_page(admin_client, url)
-    data["locked"] = "on"
+    data["supersede_queued"] = "on"
     assert admin_client.post(url, data).status_code == 302
-    lock = events("environment.changed_in_admin").get()
-    assert (lock.before["locked"], lock.after["locked"]) == (False, True)
+    changed = events("environment.changed_in_admin").get()
+    assert (changed.before["supersede_queued"], changed.after["supersede_queued"]) == (
+        False, True)
 
     app = Application.objects.get(slug="storefront")
     url = f"/admin/catalog/application/{app.pk}/change/"
@@ -351,3 +352,20 @@ def test_deleting_an_account_or_a_group_records_the_access_it_held(demo):
     # Its object permissions went with it, each on the record.
     assert events("access.object_permission_revoked").filter(
         after__group="cab").exists()
+
+
+def test_the_admin_cannot_unlock_an_environment_or_make_production_ordinary(admin_client,
+                                                                            demo):
+    production = Environment.objects.get(slug="production")
+    Environment.objects.filter(pk=production.pk).update(locked=True, lock_reason="incident")
+    # The change form posted without the lock box and the Production flag ticked and
+    # with the reason emptied: the form saves, the lock and the flag stay.
+    url = f"/admin/catalog/environment/{production.pk}/change/"
+    data = change_page(admin_client, url)
+    data.pop("locked", None)
+    data.pop("production", None)
+    data["lock_reason"] = ""
+    assert admin_client.post(url, data).status_code == 302
+    production.refresh_from_db()
+    assert production.locked and production.lock_reason == "incident"
+    assert production.production
