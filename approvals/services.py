@@ -154,10 +154,12 @@ def _step_up_for_production(actor, environment: Environment, doing: str) -> dict
 
 
 def _require_deploy_for_self_start(actor, environment: Environment, *,
-                                   deploy_when_approved: bool, scheduled_for) -> None:
+                                   deploy_when_approved: bool, scheduled_for) -> dict:
     """Asking the portal to start the deployment by itself (once approved, or at a set
     time) is starting a deployment: it needs `deploy` on the environment, as pressing
-    Deploy does. Without this, approvers' decisions would deploy for someone who may not."""
+    Deploy does. Without this, approvers' decisions would deploy for someone who may not.
+    In Production it also needs a fresh second factor now, since nobody is asked for one
+    when the portal starts it; returns the audit entry of that check."""
     asked = [name for name, value in (("deploy_when_approved", deploy_when_approved),
                                       ("scheduled_for", scheduled_for)) if value]
     if asked and not has_env_perm(actor, "deploy", environment):
@@ -166,6 +168,10 @@ def _require_deploy_for_self_start(actor, environment: Environment, *,
         raise Refused(f"you may not deploy to {environment.name}: only someone who may "
                       "deploy there can have the deployment start by itself",
                       code="not_permitted", fields={name: [message] for name in asked})
+    if not asked:
+        return {}
+    return _step_up_for_production(actor, environment,
+                                   "have a Production deployment start by itself")
 
 
 def change_request_create(
@@ -200,9 +206,9 @@ def change_request_create(
         raise Refused(f"you may not request changes to {environment.name}",
                       code="not_permitted")
     try:
-        _require_deploy_for_self_start(actor, environment,
-                                       deploy_when_approved=deploy_when_approved,
-                                       scheduled_for=scheduled_for)
+        factor = _require_deploy_for_self_start(actor, environment,
+                                                deploy_when_approved=deploy_when_approved,
+                                                scheduled_for=scheduled_for)
     except Refused as exc:
         with transaction.atomic():
             audit_record(actor=actor, action="change.create.refused",
@@ -221,7 +227,7 @@ def change_request_create(
             deployer=actor if (deploy_when_approved or scheduled_for) else None,
         )
         audit_record(actor=actor, action="change.created", obj=change,
-                     environment=environment.slug, after=_snapshot(change))
+                     environment=environment.slug, after={**_snapshot(change), **factor})
         if not draft:
             _submit(actor=actor, change=change)
     return change

@@ -80,6 +80,8 @@ def change_new(request):
         data = form.cleaned_data
         try:
             change = services.change_request_create(actor=request.user, **data)
+        except (StepUpRequired, SecondFactorRequired) as exc:
+            return stepup_views.answer(request, exc)
         except DomainError as exc:
             _apply_domain_error(form, exc)
         else:

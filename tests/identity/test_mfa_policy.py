@@ -325,3 +325,28 @@ def test_closing_a_review_asks_for_the_second_factor_and_keeps_the_findings(demo
     assert review.closed_by == demo.cab and review.findings == findings
     assert AuditEvent.objects.get(action="review.closed").after[
         "second_factor"]["kind"] == "totp"
+
+
+def test_asking_production_to_deploy_by_itself_needs_a_fresh_second_factor(demo, api):
+    from tests.factories import ReleaseFactory
+
+    release = ReleaseFactory()
+    body = {"release": release.pk, "environment": "production", "rollback_plan": "Redeploy",
+            "deploy_when_approved": True}
+    # Nobody is asked for a factor when the portal starts it later, so the request is.
+    stale = api(demo.admin)
+    ApiToken.objects.filter(user=demo.admin).update(second_factor="", second_factor_at=None)
+    refused = stale.post("/api/v1/changes/", body, format="json")
+    assert refused.status_code == 403 and refused.json()["code"] == "step_up_required"
+    assert not ChangeRequest.objects.filter(release=release).exists()
+    assert AuditEvent.objects.get(action="change.create.refused").after["code"] == \
+        "step_up_required"
+
+    made = api(demo.admin).post("/api/v1/changes/", body, format="json")
+    assert made.status_code == 201, made.json()
+    created = AuditEvent.objects.get(action="change.created", object_id=str(made.json()["id"]))
+    assert created.after["second_factor"]["via"] == "token"
+    # Without asking the portal to start it, Production needs no check at request time.
+    plain = stale.post("/api/v1/changes/", {**body, "deploy_when_approved": False,
+                                            "release": ReleaseFactory().pk}, format="json")
+    assert plain.status_code == 201, plain.json()
