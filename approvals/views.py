@@ -365,6 +365,8 @@ def change_edit(request, pk: int):
         try:
             if changed:
                 services.change_request_update(actor=request.user, change=change, **changed)
+        except (StepUpRequired, SecondFactorRequired) as exc:
+            return stepup_views.answer(request, exc)
         except DomainError as exc:
             _apply_domain_error(form, exc)
         else:

@@ -141,7 +141,7 @@ def test_a_window_changed_added_and_deleted_in_the_admin_is_audited(admin_client
     assert event.before["start_time"] == "06:00:00"
 
 
-def test_an_environment_setting_and_executor_settings_edited_in_the_admin_are_audited_without_secrets(
+def test_environment_and_executor_settings_edited_in_the_admin_are_audited_without_secrets(
         admin_client, demo):
     staging = Environment.objects.get(slug="staging")
     url = f"/admin/catalog/environment/{staging.pk}/change/"

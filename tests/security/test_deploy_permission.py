@@ -20,6 +20,7 @@ from core.errors import Refused
 from core.models import AuditEvent
 from deployments.models import Deployment
 from notifications.models import Kind, Notification
+from tests.conftest import sign_in_with_second_factor
 from tests.factories import ReleaseFactory, request_change
 
 pytestmark = pytest.mark.django_db
@@ -270,9 +271,15 @@ def test_a_schedule_set_in_the_edit_page_makes_its_setter_the_deployer(demo):
     change = request_change(demo.oncall, "production", rollback_plan="Redeploy",
                             on_call=demo.oncall)
     client = page_client(demo.oncall)
-    response = post_form(client, f"/changes/{change.pk}/edit/", {
-        "strategy": change.strategy, "risk": "", "impact": "", "rollback_plan": "Redeploy",
-        "on_call": "oncall", "scheduled_for": in_an_hour().strftime("%Y-%m-%dT%H:%M")})
+    form = {"strategy": change.strategy, "risk": "", "impact": "", "rollback_plan": "Redeploy",
+            "on_call": "oncall", "scheduled_for": in_an_hour().strftime("%Y-%m-%dT%H:%M")}
+    # A Production start by itself asks for the second factor first; nothing is set.
+    response = post_form(client, f"/changes/{change.pk}/edit/", form)
+    assert response.status_code == 302 and "/2fa/reauthenticate/" in response["Location"]
+    change.refresh_from_db()
+    assert change.scheduled_for is None and change.deployer is None
+    sign_in_with_second_factor(client, demo.oncall)
+    response = post_form(client, f"/changes/{change.pk}/edit/", form)
     assert response.status_code == 302
     change.refresh_from_db()
     assert change.scheduled_for is not None and change.deployer == demo.oncall
