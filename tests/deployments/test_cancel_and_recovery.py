@@ -54,6 +54,8 @@ def test_beat_resumes_a_deployment_whose_worker_died_mid_step(
     # The worker may already be at it: wait until it finishes, then rewind it into a
     # "died mid-step" state.
     shop.wait(dead)
+    # The worker lets go of the run (its lock) just after the deployment ends.
+    wait_for(lambda: not services.run_is_live(dead.pk), timeout=30)
     steps = list(dead.steps.order_by("position"))
     half = len(steps) // 2
     DeploymentStep.objects.filter(pk__in=[s.pk for s in steps[half:]]).update(
