@@ -174,52 +174,18 @@ def _django_db_helper(_django_db_helper):
 def celery_worker_process(django_db_setup, django_db_blocker):
     """A real Celery worker on the embedded Redis, reading and writing the test database."""
     import os
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
 
     import redis
     from django.conf import settings
-    from django.db import connection
 
-    db = connection.settings_dict
-    database_url = (f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}"
-                    f"/{db['NAME']}")
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
-    env = dict({**WORKER_TEST_ENV, **os.environ}, DATABASE_URL=database_url,
-               REDIS_URL=settings.REDIS_URL,
-               PORTAL_HEARTBEAT_STALE_SECONDS=os.environ.get("PORTAL_HEARTBEAT_STALE_SECONDS",
-                                                             "120"))
-    log_path = Path(os.environ["PORTAL_VAR_DIR"]) / "test-worker.log"
-    log = open(log_path, "w")
-    celery = str(Path(sys.executable).with_name("celery"))
-    proc = subprocess.Popen(
-        [celery, "-A", "portal", "worker", "--pool", "prefork", "--concurrency", "1",
-         "--loglevel", "INFO", "--without-mingle", "--without-gossip", "--hostname",
-         f"test-{os.getpid()}@%h", "-Q", WORKER_QUEUES],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if "ready." in log_path.read_text():
-            break
-        if proc.poll() is not None:
-            raise RuntimeError(f"celery worker exited: {log_path.read_text()[-2000:]}")
-        time.sleep(0.2)
-    else:
-        raise RuntimeError("celery worker did not become ready in 60 s")
+    proc, _ = start_celery_worker(queues=WORKER_QUEUES, name="test", extra_env={
+        "PORTAL_HEARTBEAT_STALE_SECONDS": os.environ.get("PORTAL_HEARTBEAT_STALE_SECONDS",
+                                                         "120")})
     _WORKER["running"] = True
     yield proc
     _WORKER["running"] = False
-    import signal
-
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+    stop_celery_worker(proc)
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):
@@ -296,8 +262,8 @@ def start_celery_worker(*, queues: str, name: str, concurrency: int = 1, extra_e
     database_url = (f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}"
                     f"/{db['NAME']}")
     env = dict({**WORKER_TEST_ENV, **os.environ}, DATABASE_URL=database_url,
-               REDIS_URL=settings.REDIS_URL, PORTAL_HEARTBEAT_STALE_SECONDS="120",
-               **(extra_env or {}))
+               REDIS_URL=settings.REDIS_URL, PORTAL_HEARTBEAT_STALE_SECONDS="120")
+    env.update(extra_env or {})
     log_path = Path(os.environ["PORTAL_VAR_DIR"]) / f"test-worker-{name}.log"
     log = open(log_path, "w")
     celery = str(Path(sys.executable).with_name("celery"))
