@@ -59,8 +59,6 @@ class Rules:
     windows: dict[int, list[MaintenanceWindow]] = field(default_factory=lambda: defaultdict(list))
     freezes: dict[int, list[Freeze]] = field(default_factory=lambda: defaultdict(list))
     succeeded: set[tuple[int, int]] = field(default_factory=set)  # (release, environment)
-    active: dict[tuple[int, int], list[tuple[int, int | None]]] = field(
-        default_factory=lambda: defaultdict(list))  # (app, env) -> [(deployment, change)]
     last_final: dict[tuple[int, int], str] = field(default_factory=dict)  # (app, env) -> status
 
     def previous_environment(self, environment: Environment) -> Environment | None:
@@ -84,10 +82,6 @@ def load_rules(*, environment_ids: set[int], release_ids: set[int],
                                   status=Deployment.Status.SUCCEEDED)
         .values_list("release_id", "environment_id")
     )
-    for pk, app_id, env_id, change_id in Deployment.objects.filter(
-            application_id__in=application_ids, status__in=Deployment.ACTIVE
-    ).values_list("pk", "application_id", "environment_id", "change_id"):
-        rules.active[(app_id, env_id)].append((pk, change_id))
     # The last finished run per application and environment: an index look-up per pair
     # (never a scan of the history), then their statuses.
     last = deployment_selectors.latest_per_application_environment(

@@ -159,15 +159,19 @@ def deployment_history(request):
     }, status=400 if form.errors else 200)
 
 
-@auditor_required
-def deployment_evidence(request, pk: int):
+def _deployment_or_404(pk: int):
     from deployments.models import Deployment
 
     try:
-        deployment = Deployment.objects.select_related(
+        return Deployment.objects.select_related(
             "application", "environment", "release", "started_by").get(pk=pk)
     except Deployment.DoesNotExist:
         raise Http404("no such deployment") from None
+
+
+@auditor_required
+def deployment_evidence(request, pk: int):
+    deployment = _deployment_or_404(pk)
     context = sel.evidence(deployment)
     context["tab"] = "deployments"
     context["all_intact"] = all(e["intact"] for e in context["events"])
@@ -184,7 +188,6 @@ def access_review(request):
         "rows": sel.access_review(days=90), "days": 90, "tab": "access",
         "generated_at": timezone.now(),
     })
-
 
 
 # ---------------------------------------------------------------------------
@@ -206,14 +209,9 @@ def _bundle_response(request, scope, name: str):
 
 @auditor_required
 def deployment_bundle(request, pk: int):
-    from deployments.models import Deployment
     from reporting import bundles
 
-    try:
-        deployment = Deployment.objects.select_related(
-            "application", "environment", "release", "started_by").get(pk=pk)
-    except Deployment.DoesNotExist:
-        raise Http404("no such deployment") from None
+    deployment = _deployment_or_404(pk)
     return _bundle_response(request, bundles.deployment_scope(deployment),
                             f"evidence-deployment-{deployment.pk}")
 

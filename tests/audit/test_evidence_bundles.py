@@ -298,3 +298,9 @@ def test_the_audit_pages_link_the_bundles_and_the_verifier(evidence, client):
     script = b"".join(client.get("/audit/verify_bundle.py").streaming_content)
     assert script == VERIFIER_PATH.read_bytes()
     assert io.BytesIO(script).read(2) == b"#!"
+
+
+def test_a_bundle_of_an_unknown_deployment_is_404_and_not_recorded(demo, client):
+    client.force_login(demo.auditor)
+    assert client.get("/auditor/deployments/999999/bundle.zip").status_code == 404
+    assert not AuditEvent.objects.filter(action="audit.bundle_downloaded").exists()
