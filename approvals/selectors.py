@@ -147,7 +147,8 @@ def change_blockers(change: ChangeRequest, *, rules: Rules | None = None,
     if status == ChangeRequest.Status.DRAFT:
         blockers.append(Blocker("draft", "the change is a draft; submit it for approval"))
     if status == ChangeRequest.Status.DEPLOYING:
-        blockers.append(Blocker("deploying", "the change is already deploying"))
+        blockers.append(Blocker("deploying",
+                                "the change already has a deployment, running or queued"))
     for gate in change.gates.all():
         if gate.status != Gate.Status.APPROVED:
             approved = sum(1 for a in gate.approvals.all()
