@@ -20,7 +20,7 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 
 from core import context
-from core.models import AuditCheckpoint, AuditEvent
+from core.models import AuditCheckpoint, AuditEvent, SignInDay
 
 GENESIS_HASH = "0" * 64
 # Key of the PostgreSQL advisory lock that keeps one linear chain when several
@@ -134,7 +134,51 @@ def audit_record(
     )
     event.hash = compute_hash(event)
     event.save(force_insert=True)
+    if action in SIGN_IN_ACTIONS:
+        _count_sign_in(event)
     return event
+
+
+# The events the access review counts per day (``SignInDay``).
+SIGN_IN_ACTIONS = ("auth.login", "auth.login_failed")
+
+# One day's count, keyed as ``SignInDay``'s unique constraint: the person for a
+# sign-in, the name typed for a refusal. Shared by the live count and the rebuild.
+_SIGN_IN_KEY_SQL = (
+    "(occurred_at AT TIME ZONE 'UTC')::date, action, "
+    "CASE WHEN action = 'auth.login' THEN coalesce(actor_id, 0) ELSE 0 END, "
+    "CASE WHEN action = 'auth.login' THEN '' ELSE left(object_repr, 150) END"
+)
+
+
+def _count_sign_in(event: AuditEvent) -> None:
+    """Add the event to its day's count, in the event's own transaction (so the count
+    and the trail commit together). Writers already hold the chain lock here, so the
+    upsert never waits on another."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO portal_signinday (day, action, actor_id, name, count) "
+            f"SELECT {_SIGN_IN_KEY_SQL}, 1 FROM portal_auditevent WHERE id = %s "
+            "ON CONFLICT (day, action, actor_id, name) "
+            "DO UPDATE SET count = portal_signinday.count + 1",
+            [event.pk],
+        )
+
+
+@transaction.atomic
+def rebuild_sign_in_days() -> int:
+    """Recount every day's sign-ins from the trail (after a bulk load that wrote events
+    around ``audit_record``, or to check the counts). Returns the number of day rows."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_CHAIN_LOCK])
+        cursor.execute("DELETE FROM portal_signinday")
+        cursor.execute(
+            "INSERT INTO portal_signinday (day, action, actor_id, name, count) "
+            f"SELECT {_SIGN_IN_KEY_SQL}, count(*) FROM portal_auditevent "
+            "WHERE action = ANY(%s) GROUP BY 1, 2, 3, 4",
+            [list(SIGN_IN_ACTIONS)],
+        )
+        return cursor.rowcount
 
 
 # ---------------------------------------------------------------------------
@@ -277,6 +321,8 @@ def audit_purge_expired(*, batch_size: int = 20_000) -> PurgeResult:
         raise ValueError("batch_size must be positive")
     cutoff = timezone.now() - timedelta(days=retention_days())
     result = PurgeResult(cutoff=cutoff)
+    # The daily sign-in counts of days the trail no longer holds go with them.
+    SignInDay.objects.filter(day__lt=cutoff.date()).delete()
     while True:
         removed, lines, checkpoint = _purge_batch(cutoff=cutoff, batch_size=batch_size)
         if not removed and not lines:

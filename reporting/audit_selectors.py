@@ -18,7 +18,7 @@ import psycopg
 from django.contrib.auth import get_user_model
 from django.core.exceptions import EmptyResultSet
 from django.db import connection, transaction
-from django.db.models import CharField, Count, Min, Q, QuerySet
+from django.db.models import CharField, Count, Min, Q, QuerySet, Sum
 from django.db.models.functions import Cast
 from django.utils import timezone
 
@@ -26,7 +26,7 @@ from approvals.models import Approval, ChangeRequest, ChecklistItem, Gate
 from catalog.models import Application, Environment, Release
 from catalog.permissions import PRODUCTION_POWERS
 from core.audit import compute_hash
-from core.models import ApiToken, AuditEvent
+from core.models import ApiToken, AuditEvent, SignInDay
 from core.permissions import permission_grants
 from deployments.models import Deployment, DeploymentStep
 
@@ -487,17 +487,18 @@ def access_review(days: int = 90) -> list[AccessRow]:
         | Q(groups__permissions__codename="view_audit_trail")).values_list("pk", flat=True))
     tokens = dict(ApiToken.objects.active().values("user_id").annotate(n=Count("id"))
                   .values_list("user_id", "n"))
-    since = timezone.now() - timedelta(days=days)
-    first = (AuditEvent.objects.filter(occurred_at__gte=since).order_by("occurred_at", "id")
-             .values_list("id", flat=True).first())
-    logins: dict[int, int] = {}
-    failures: dict[str, int] = {}
-    if first is not None:
-        recent = AuditEvent.objects.filter(id__gte=first)
-        logins = dict(recent.filter(action="auth.login").values("actor_id")
-                      .annotate(n=Count("id")).values_list("actor_id", "n"))
-        failures = dict(recent.filter(action="auth.login_failed").values("object_repr")
-                        .annotate(n=Count("id")).values_list("object_repr", "n"))
+    # Counted per day as the trail is written (``SignInDay``): a few rows per person
+    # and day, however many events the trail holds.
+    since = (timezone.now() - timedelta(days=days)).date()
+    counts = (SignInDay.objects.filter(day__gte=since)
+              .values_list("action", "actor_id", "name").annotate(n=Sum("count")))
+    logins: dict[int, int] = defaultdict(int)
+    failures: dict[str, int] = defaultdict(int)
+    for action, actor_id, name, n in counts.order_by():
+        if action == "auth.login":
+            logins[actor_id] += n
+        else:
+            failures[name] += n
     rows = []
     for user in users:
         perms: dict[str, set[str]] = defaultdict(set)

@@ -463,6 +463,48 @@ def test_sign_ins_and_refused_sign_ins_are_audited_and_reviewed(demo, client):
     assert rows["admin"].environment_permissions["production"] == ["all"]
 
 
+def test_access_review_counts_the_last_90_days_of_sign_ins_from_daily_counts(demo, client):
+    """The review reads per-day counts kept as the trail is written; they agree with the
+    trail, a sign-in older than the window no longer counts, and recounting from the
+    trail gives the same rows."""
+    from unittest import mock
+
+    from core.audit import rebuild_sign_in_days
+    from core.models import SignInDay
+
+    def sign_in_days_ago(days: int, user) -> None:
+        then = timezone.now() - timedelta(days=days)
+        with mock.patch("django.utils.timezone.now", return_value=then):
+            client.force_login(user)
+        client.logout()
+
+    sign_in_days_ago(120, demo.cab)      # outside the 90 days
+    sign_in_days_ago(30, demo.cab)
+    sign_in_days_ago(30, demo.cab)
+    sign_in_days_ago(2, demo.cab)
+    for name in ("cab", "cab", "nobody-here"):
+        client.post("/login/", {"username": name, "password": "wrong"})
+    logins = AuditEvent.objects.filter(action="auth.login", actor_id=demo.cab.pk)
+    assert logins.count() == 4
+    assert SignInDay.objects.filter(actor_id=demo.cab.pk).count() == 3  # three days
+
+    client.force_login(demo.auditor)
+    rows = {r.user.username: r for r in client.get("/auditor/access/").context["rows"]}
+    assert (rows["cab"].logins, rows["cab"].failed_logins) == (3, 2)
+    assert rows["auditor"].logins == 1
+
+    def table():
+        return sorted(SignInDay.objects.values_list("day", "action", "actor_id", "name",
+                                                    "count"))
+
+    kept = table()
+    assert ((timezone.now() - timedelta(days=120)).date(), "auth.login", demo.cab.pk, "",
+            1) in kept
+    assert any(row[1:] == ("auth.login_failed", 0, "nobody-here", 1) for row in kept)
+    rebuild_sign_in_days()
+    assert table() == kept
+
+
 def test_access_review_query_count_is_constant_as_users_grow(demo, client):
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
