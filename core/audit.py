@@ -145,7 +145,7 @@ SIGN_IN_ACTIONS = ("auth.login", "auth.login_failed")
 # One day's count, keyed as ``SignInDay``'s unique constraint: the person for a
 # sign-in, the name typed for a refusal. Shared by the live count and the rebuild.
 _SIGN_IN_KEY_SQL = (
-    "(occurred_at AT TIME ZONE 'UTC')::date, action, "
+    "action, (occurred_at AT TIME ZONE 'UTC')::date, "
     "CASE WHEN action = 'auth.login' THEN coalesce(actor_id, 0) ELSE 0 END, "
     "CASE WHEN action = 'auth.login' THEN '' ELSE left(object_repr, 150) END"
 )
@@ -157,9 +157,9 @@ def _count_sign_in(event: AuditEvent) -> None:
     upsert never waits on another."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "INSERT INTO portal_signinday (day, action, actor_id, name, count) "
+            "INSERT INTO portal_signinday (action, day, actor_id, name, count) "
             f"SELECT {_SIGN_IN_KEY_SQL}, 1 FROM portal_auditevent WHERE id = %s "
-            "ON CONFLICT (day, action, actor_id, name) "
+            "ON CONFLICT (action, day, actor_id, name) "
             "DO UPDATE SET count = portal_signinday.count + 1",
             [event.pk],
         )
@@ -173,7 +173,7 @@ def rebuild_sign_in_days() -> int:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_CHAIN_LOCK])
         cursor.execute("DELETE FROM portal_signinday")
         cursor.execute(
-            "INSERT INTO portal_signinday (day, action, actor_id, name, count) "
+            "INSERT INTO portal_signinday (action, day, actor_id, name, count) "
             f"SELECT {_SIGN_IN_KEY_SQL}, count(*) FROM portal_auditevent "
             "WHERE action = ANY(%s) GROUP BY 1, 2, 3, 4",
             [list(SIGN_IN_ACTIONS)],

@@ -134,8 +134,16 @@ class SignInDay(models.Model):
     class Meta:
         db_table = "portal_signinday"
         constraints = [
-            models.UniqueConstraint(fields=["day", "action", "actor_id", "name"],
+            # Also the index of "sign-ins since a day": one range per action.
+            models.UniqueConstraint(fields=["action", "day", "actor_id", "name"],
                                     name="sign_in_day_unique"),
+        ]
+        indexes = [
+            # Refused sign-ins are counted for the names of the people listed: a probe
+            # per name, however many other names were tried (a password spray).
+            models.Index(fields=["name", "day"], include=["count"],
+                         condition=models.Q(action="auth.login_failed"),
+                         name="sign_in_failed_name_idx"),
         ]
 
     def __str__(self) -> str:
