@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.contrib.auth import get_user_model
-from django.db.models import OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db.models import Count, F, OuterRef, Prefetch, Q, QuerySet, Subquery, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from approvals import checks, schedule
@@ -296,6 +297,27 @@ def changes_visible_to(user, *, queryset: QuerySet[ChangeRequest] | None = None
     return queryset.filter(
         Q(environment_id__in=env_ids) | Q(requested_by=user) | Q(environment_id__in=delegated)
     )
+
+
+WAITING_STATUSES = (ChangeRequest.Status.PENDING_APPROVAL, ChangeRequest.Status.APPROVED,
+                    ChangeRequest.Status.SCHEDULED)
+
+
+def waiting_changes(user, *, per_place: int = 5) -> list[ChangeRequest]:
+    """Changes ``user`` can see that wait for approval, a time or someone to deploy them:
+    the oldest ``per_place`` per application and environment, each with ``waiting_here``
+    (how many wait there in all), gates and approvals loaded. One page whatever the
+    number waiting (the dashboard)."""
+    place = [F("release__application_id"), F("environment_id")]
+    changes = changes_visible_to(user, queryset=ChangeRequest.objects.select_related(
+        "release__application", "environment", "requested_by").prefetch_related(
+        Prefetch("gates", queryset=Gate.objects.prefetch_related(
+            Prefetch("approvals", queryset=Approval.objects.select_related("approver"))))))
+    return list(changes.filter(status__in=WAITING_STATUSES).annotate(
+        rank=Window(RowNumber(), partition_by=place, order_by=[F("submitted_at").asc(),
+                                                               F("id").asc()]),
+        waiting_here=Window(Count("id"), partition_by=place),
+    ).filter(rank__lte=per_place).order_by("submitted_at", "id"))
 
 
 def active_delegations(user) -> list[Delegation]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django import forms
 from django.contrib import messages
 from django.contrib.auth import get_user_model
@@ -23,7 +25,7 @@ from approvals.models import (
     Risk,
     Strategy,
 )
-from catalog.models import Environment, MigrationKind, Release
+from catalog.models import Application, Environment, MigrationKind, Release
 from catalog.permissions import environment_permissions
 from configuration.selectors import digests_for_many
 from core import stepup_views
@@ -34,6 +36,9 @@ from deployments.models import Deployment
 
 # Gates on one page of the approvals inbox.
 INBOX_PAGE_SIZE = 25
+CHANGE_LIST_PAGE_SIZE = 50
+# A page position: a change id (digits only, within PostgreSQL's bigint).
+_PAGE_POSITION = re.compile(r"[0-9]{1,18}")
 
 
 class ChangeRequestForm(forms.Form):
@@ -93,11 +98,43 @@ def change_new(request):
 
 @login_required
 def change_list(request):
+    """Changes newest first, a page at a time (``?before=<id>`` continues below a page's
+    last change, so a page costs the same however deep), filtered by application,
+    environment and status ("waiting": for approval, a time or someone to deploy)."""
+    filters = {k: request.GET.get(k, "") for k in ("application", "environment", "status")}
     # The list shows no gates or checklist: it reads the changes and their joins only.
     changes = selectors.changes_visible_to(
-        request.user, queryset=ChangeRequest.objects.with_related()
-    ).order_by("-created_at")[:100]
-    return render(request, "approvals/change_list.html", {"changes": changes})
+        request.user, queryset=ChangeRequest.objects.with_related())
+    if filters["application"]:
+        changes = changes.filter(release__application__slug=filters["application"])
+    if filters["environment"]:
+        changes = changes.filter(environment__slug=filters["environment"])
+    if filters["status"] == "waiting":
+        changes = changes.filter(status__in=selectors.WAITING_STATUSES)
+    elif filters["status"] in ChangeRequest.Status.values:
+        changes = changes.filter(status=filters["status"])
+    before = request.GET.get("before", "")
+    if _PAGE_POSITION.fullmatch(before):
+        changes = changes.filter(pk__lt=int(before))
+    else:
+        before = ""
+    rows = list(changes.order_by("-id")[:CHANGE_LIST_PAGE_SIZE + 1])
+    query = urlencode({k: v for k, v in filters.items() if v})
+    older = None
+    if len(rows) > CHANGE_LIST_PAGE_SIZE:
+        rows = rows[:CHANGE_LIST_PAGE_SIZE]
+        older = f"?{query}&before={rows[-1].pk}" if query else f"?before={rows[-1].pk}"
+    return render(request, "approvals/change_list.html", {
+        "changes": rows,
+        "filters": filters,
+        "filtered": any(filters.values()),
+        "first_page": f"?{query}" if query else "?",
+        "older": older,
+        "continued": bool(before),
+        "applications": Application.objects.order_by("name"),
+        "environments": Environment.objects.order_by("order"),
+        "statuses": ChangeRequest.Status.choices,
+    })
 
 
 def _change_context(request, change: ChangeRequest) -> dict:

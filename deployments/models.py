@@ -94,6 +94,11 @@ class Deployment(models.Model):
             models.Index(fields=["application", "environment", "-finished_at", "-id"],
                          condition=models.Q(status="succeeded"),
                          name="deployment_running_idx"),
+            # What is in flight (the dashboard, the queue, the engine's sweeps): the few
+            # unfinished deployments, never a scan of the finished ones.
+            models.Index(fields=["environment", "created_at"],
+                         condition=models.Q(status__in=["queued", "running", "stopping"]),
+                         name="deployment_in_flight_idx"),
         ]
 
     def __str__(self) -> str:

@@ -331,6 +331,10 @@ def _people_by_permission(environment_ids: list[int]) -> dict[tuple[int, str], l
     return {key: sorted(names[pk] for pk in users) for key, users in ids.items()}
 
 
+# The waiting changes a dashboard cell lists; the rest are counted.
+WAITING_PER_CELL = 3
+
+
 class _Board:
     """The dashboard's grid: one row per application, one cell per visible environment."""
 
@@ -344,7 +348,8 @@ class _Board:
             entry = self.apps[application.pk] = {
                 "application": application,
                 "cells": {e.pk: {"environment": e, "running": None, "last": None,
-                                 "in_flight": [], "waiting": []} for e in self.environments}}
+                                 "in_flight": [], "waiting": [], "more_waiting": 0}
+                          for e in self.environments}}
         return entry["cells"].get(environment_id)
 
     def rows(self) -> list[dict]:
@@ -403,19 +408,18 @@ def _waiting_for_approval(change, people: dict) -> list[dict]:
 
 
 def _place_waiting_changes(board: _Board, user) -> None:
-    """Changes waiting for approval, their time or someone to deploy them, and for whom."""
+    """Changes waiting for approval, their time or someone to deploy them, and for whom:
+    the oldest few per cell, with how many more wait there."""
     from approvals.models import ChangeRequest
-    from approvals.selectors import changes_visible_to
+    from approvals.selectors import waiting_changes
 
     Status = ChangeRequest.Status
-    waiting = list(changes_visible_to(user).filter(
-        status__in=[Status.PENDING_APPROVAL, Status.APPROVED, Status.SCHEDULED])
-        .order_by("submitted_at", "id")[:200])
     people = _people_by_permission([e.pk for e in board.environments])
-    for change in waiting:
+    for change in waiting_changes(user, per_place=WAITING_PER_CELL):
         cell = board.cell(change.release.application, change.environment_id)
         if cell is None:
             continue
+        cell["more_waiting"] = change.waiting_here - WAITING_PER_CELL
         if change.status == Status.PENDING_APPROVAL:
             cell["waiting"].append({"change": change, "for": "approval",
                                     "gates": _waiting_for_approval(change, people)})

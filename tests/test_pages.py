@@ -1,5 +1,7 @@
 """Server-rendered pages: what each role sees, form errors, and constant query counts."""
 
+import re
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -8,6 +10,11 @@ from approvals import services
 from catalog.models import Environment
 from deployments.services import deployment_create
 from tests.factories import ReleaseFactory, request_change
+
+
+def listed(change, page: str) -> bool:
+    """Whether ``page`` links to ``change`` (its reference alone is also a prefix of others)."""
+    return f'href="/changes/{change.pk}/"' in page
 
 
 def count_queries(client, url) -> int:
@@ -67,6 +74,42 @@ def test_change_list_and_api_list_query_counts_are_constant(demo, client, api):
         request_change(demo.engineer, "staging")
     assert count_queries(client, "/changes/") == few_page
     assert api_queries() == few_api
+
+
+def test_change_list_filters_and_pages_without_counting_the_history(demo, client):
+    from approvals.models import ChangeRequest
+    from approvals.views import CHANGE_LIST_PAGE_SIZE
+
+    staging = [request_change(demo.engineer, "staging") for _ in range(3)]
+    ChangeRequest.objects.filter(pk=staging[0].pk).update(status="rejected")
+    production = request_change(demo.engineer, "production", rollback_plan="Redeploy",
+                                on_call=demo.oncall)
+    client.force_login(demo.auditor)
+
+    page = client.get("/changes/?environment=production").content.decode()
+    assert listed(production, page) is True and listed(staging[1], page) is False
+    page = client.get("/changes/?environment=staging&status=waiting").content.decode()
+    assert listed(staging[1], page) is True and listed(staging[2], page) is True
+    assert listed(staging[0], page) is False and listed(production, page) is False
+    page = client.get("/changes/?status=rejected").content.decode()
+    assert listed(staging[0], page) is True and listed(staging[1], page) is False
+    assert "No changes match" in client.get("/changes/?application=nothing").content.decode()
+
+    # Pages: newest first, then "Older changes" continues where the page ended.
+    newest = [request_change(demo.engineer, "development") for _ in range(CHANGE_LIST_PAGE_SIZE)]
+    first = client.get("/changes/").content.decode()
+    assert all(listed(c, first) for c in newest)
+    assert not any(listed(c, first) for c in [*staging, production])
+    older = re.search(r'href="([^"]+)" rel="next"', first).group(1).replace("&amp;", "&")
+    second = client.get("/changes/" + older).content.decode()
+    assert all(listed(c, second) for c in [*staging, production])
+    assert not any(listed(c, second) for c in newest)
+    assert 'rel="next"' not in second and "Newest changes" in second
+    assert count_queries(client, "/changes/" + older) == count_queries(client, "/changes/")
+    # A malformed or out-of-range position is ignored, never an error.
+    for before in ("abc", "-1", "9" * 40, "1.5", "\u00b2"):
+        response = client.get("/changes/", {"before": before})
+        assert response.status_code == 200 and listed(newest[-1], response.content.decode())
 
 
 def test_audit_page_is_for_auditors_only(demo, client):

@@ -139,3 +139,20 @@ def test_dashboard_keeps_its_query_count_as_rows_grow(client, demo):
     with CaptureQueriesContext(connection) as second:
         client.get("/dashboard/live")
     assert len(second) == len(first)
+
+
+def test_a_dashboard_cell_lists_the_oldest_waiting_changes_and_counts_the_rest(client, demo):
+    from reporting.metrics_views import WAITING_PER_CELL
+
+    made = [request_change(demo.engineer, "staging") for _ in range(WAITING_PER_CELL + 2)]
+    client.force_login(demo.auditor)
+    html = client.get("/dashboard/").content.decode()
+    row = html[html.index('data-application="storefront"'):]
+    cell = row[row.index('data-environment="staging"'):]
+    cell = cell[:cell.index("</td>")]
+    shown = [c for c in made if f'data-change="{c.pk}"' in cell]
+    assert shown == made[:WAITING_PER_CELL]  # the oldest first
+    assert "and 2 more waiting" in cell
+    link = re.search(r'href="([^"]+)">and 2 more waiting', cell).group(1).replace("&amp;", "&")
+    listed = client.get(link).content.decode()
+    assert all(f'href="/changes/{c.pk}/"' in listed for c in made)
