@@ -11,15 +11,41 @@ from collections import defaultdict
 from django.contrib.contenttypes.models import ContentType
 from guardian.models import GroupObjectPermission, UserObjectPermission
 
+from core import context
+
+# Where a request keeps what it has read (``object_permissions``), so that the several
+# checks one page makes cost two queries in all; dropped when a grant, a revocation or
+# a group membership changes during the request (``forget_permissions``).
+_REQUEST_CACHE = "_portal_object_permissions"
+
 
 def object_permissions(user, model) -> dict[int, set[str]]:
     """{object id: {codename, ...}} for everything ``user`` holds on ``model``'s rows,
-    directly or through a group, in two queries.
+    directly or through a group, in two queries (once per request and model).
 
     Superusers hold every permission ``model`` declares on every row.
     """
     if not user.is_authenticated or not user.is_active:
         return {}
+    request = context.current().request
+    if request is None:
+        return _read_object_permissions(user, model)
+    cache = request.__dict__.setdefault(_REQUEST_CACHE, {})
+    key = (user.pk, model._meta.label)
+    if key not in cache:
+        cache[key] = _read_object_permissions(user, model)
+    # A copy: callers may add to what they get.
+    return {pk: set(codenames) for pk, codenames in cache[key].items()}
+
+
+def forget_permissions() -> None:
+    """Drop what the current request has read (a permission or group changed)."""
+    request = context.current().request
+    if request is not None:
+        request.__dict__.pop(_REQUEST_CACHE, None)
+
+
+def _read_object_permissions(user, model) -> dict[int, set[str]]:
     if user.is_superuser:
         codenames = {codename for codename, _ in model._meta.permissions}
         return {pk: set(codenames) for pk in model.objects.values_list("pk", flat=True)}
@@ -40,10 +66,13 @@ def object_permissions(user, model) -> dict[int, set[str]]:
 
 
 def has_object_perm(user, codename: str, obj) -> bool:
-    """Whether active ``user`` holds ``codename`` (no app label) on ``obj``."""
+    """Whether active ``user`` holds ``codename`` (no app label) on ``obj``: what
+    django-guardian answers, read through ``object_permissions``."""
     if not user.is_authenticated or not user.is_active:
         return False
-    return user.has_perm(f"{obj._meta.app_label}.{codename}", obj)
+    if user.is_superuser:
+        return True
+    return codename in object_permissions(user, type(obj)).get(obj.pk, set())
 
 
 def is_auditor(user) -> bool:

@@ -4,11 +4,15 @@ access to deployment systems). Connected in ``PortalConfig.ready``."""
 from __future__ import annotations
 
 from axes.signals import user_locked_out
+from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.db import transaction
+from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
+from guardian.models import GroupObjectPermission, UserObjectPermission
 
 from core.audit import System, audit_record
+from core.permissions import forget_permissions
 
 
 @receiver(user_logged_in, dispatch_uid="core.audit.login")
@@ -55,3 +59,18 @@ def cooloff_minutes() -> int:
     from django.conf import settings
 
     return max(1, int(settings.AXES_COOLOFF_TIME.total_seconds() // 60))
+
+
+# A page that grants, revokes or changes a group reads permissions afresh afterwards.
+@receiver([post_save, post_delete], sender=UserObjectPermission,
+          dispatch_uid="core.permissions.forget_user_grant")
+@receiver([post_save, post_delete], sender=GroupObjectPermission,
+          dispatch_uid="core.permissions.forget_group_grant")
+def permissions_changed(sender, **kwargs):
+    forget_permissions()
+
+
+@receiver(m2m_changed, sender=get_user_model().groups.through,
+          dispatch_uid="core.permissions.forget_membership")
+def membership_changed(sender, **kwargs):
+    forget_permissions()

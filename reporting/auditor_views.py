@@ -147,7 +147,7 @@ def deployment_history(request):
     filters = sel.DeploymentFilters(**{k: v for k, v in data.items() if v})
     page = sel.keyset_page(sel.deployment_history(filters), _before(request))
     changes = sel.changes_by_id(d.change_id for d in page.rows)
-    compliance = sel.compliance_for(page.rows)
+    compliance = sel.compliance_for(page.rows, changes=changes, evidence=False)
     rows = [{"deployment": d, "change": changes.get(d.change_id),
              "compliance": compliance[d.pk]} for d in page.rows]
     return render(request, "auditor/deployments.html", {

@@ -59,6 +59,29 @@ def test_history_query_count_is_constant_as_deployments_grow(demo, client):
     assert many == few
 
 
+def test_deployment_history_pages_newest_first(demo, client):
+    from deployments.models import Deployment
+    from deployments.views import HISTORY_PAGE_SIZE
+
+    env = Environment.objects.get(slug="development")
+    made = []
+    for _ in range(HISTORY_PAGE_SIZE + 2):
+        made.append(deployment_create(actor=demo.engineer, release=ReleaseFactory(),
+                                      environment=env))
+        Deployment.objects.update(status="succeeded")
+    client.force_login(demo.auditor)
+    first = client.get("/deployments/").content.decode()
+    assert f'href="/deployments/{made[-1].pk}/"' in first
+    assert f'href="/deployments/{made[1].pk}/"' not in first
+    older = re.search(r'href="([^"]+)" rel="next"', first).group(1).replace("&amp;", "&")
+    second = client.get("/deployments/" + older).content.decode()
+    assert f'href="/deployments/{made[0].pk}/"' in second
+    assert f'href="/deployments/{made[1].pk}/"' in second
+    assert f'href="/deployments/{made[-1].pk}/"' not in second
+    assert "Newest deployments" in second and 'rel="next"' not in second
+    assert client.get("/deployments/?before=x%00").status_code in (200, 400)
+
+
 def test_change_list_and_api_list_query_counts_are_constant(demo, client, api):
     client.force_login(demo.engineer)
     ci = api(demo.engineer)
