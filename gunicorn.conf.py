@@ -5,12 +5,19 @@ Prometheus metrics with several worker processes: each worker writes what it obs
 adds up every process's files (``reporting.prometheus``). The directory must be set
 before the workers import the portal, be private to this gunicorn, and start empty.
 docs/observability.md.
+
+It also keeps database connections open between requests (below).
 """
 
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+# Each worker thread keeps its database connection between requests (opening one per
+# request costs PostgreSQL a new backend process each time); Django checks it before
+# reuse (CONN_HEALTH_CHECKS), so a restarted database heals at the next request.
+os.environ.setdefault("DATABASE_CONN_MAX_AGE", "300")
 
 _own_directory = None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

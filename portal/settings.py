@@ -121,7 +121,11 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db_url("DATABASE_URL", default=embedded.embedded_database_url()),
 }
+# Seconds a process keeps its database connection between requests. 0 (a connection
+# per request) unless set; the web server's processes keep theirs (gunicorn.conf.py),
+# checked before each reuse so that a restarted PostgreSQL costs one reconnection.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["TEST"] = {"NAME": env.str("DATABASE_TEST_NAME", default="test_portal")}
 
 REDIS_URL = env.str("REDIS_URL", default=embedded.embedded_redis_url())
