@@ -1,6 +1,9 @@
 """Page timings at scale: the median time and the number of SQL queries of each page's
 first view and of the API lists, through Django's test client (the whole request:
-session, permissions, queries, template), next to /healthz in the same run.
+session, permissions, queries, template), next to /healthz in the same run. The pages
+are viewed in turn, one round after another, and each row also gives the Python CPU
+time of a view (this process: the portal's code and Django's, not PostgreSQL's), which
+a busy neighbour on a shared machine disturbs less than the wall clock.
 
     PORTAL_VAR_DIR=var/run PORTAL_PG_PORT=... PORTAL_REDIS_PORT=... \\
         .venv/bin/python bench/page_bench.py --database portal
@@ -57,7 +60,7 @@ def pages() -> list[tuple[str, str]]:
     ]
 
 
-def measure(repeat: int) -> list[tuple[str, str, float, int, int, float]]:
+def measure(repeat: int) -> list[tuple[str, str, float, int, int, float, float]]:
     from django.contrib.auth import get_user_model
     from django.db import connection
     from django.test import Client
@@ -71,25 +74,34 @@ def measure(repeat: int) -> list[tuple[str, str, float, int, int, float]]:
         clients[who] = Client()
         clients[who].force_login(User.objects.get(username=who))
     clients["auditor-api"] = api_client(User.objects.get(username="auditor"))
-    rows = []
-    for who, url in pages():
-        client = clients[who]
-        response = client.get(url)  # warm-up: per-process caches
-        samples = []
-        for _ in range(repeat):
+    measured = pages()
+    for who, url in measured:  # warm-up: per-process caches
+        clients[who].get(url)
+    # Round-robin: every page is viewed once per round, so a slow moment of a shared
+    # machine falls on all of them alike rather than on one page's samples.
+    samples: dict[str, list[float]] = {url: [] for _, url in measured}
+    cpu: dict[str, list[float]] = {url: [] for _, url in measured}
+    last: dict[str, tuple] = {}
+    for _ in range(repeat):
+        for who, url in measured:
             with CaptureQueriesContext(connection) as ctx:
-                t0 = time.perf_counter()
-                response = client.get(url)
-                samples.append(time.perf_counter() - t0)
-        sql = sum(float(q["time"]) for q in ctx.captured_queries)
-        slowest = max(ctx.captured_queries, key=lambda q: float(q["time"]), default=None)
+                c0, t0 = time.process_time(), time.perf_counter()
+                response = clients[who].get(url)
+                samples[url].append(time.perf_counter() - t0)
+                cpu[url].append(time.process_time() - c0)
+            if response.status_code != 200:
+                raise SystemExit(f"{url} answered {response.status_code}")
+            last[url] = (ctx.captured_queries, len(response.content))
+    rows = []
+    for who, url in measured:
+        queries, size = last[url]
+        sql = sum(float(q["time"]) for q in queries)
+        slowest = max(queries, key=lambda q: float(q["time"]), default=None)
         if os.environ.get("PAGE_BENCH_SLOWEST") and slowest:
             print(f"{url}: slowest {float(slowest['time']) * 1000:.0f} ms: "
                   f"{slowest['sql'][:600]}", file=sys.stderr)
-        rows.append((who.split("-")[0], url, statistics.median(samples),
-                     len(ctx.captured_queries), len(response.content), sql))
-        if response.status_code != 200:
-            raise SystemExit(f"{url} answered {response.status_code}")
+        rows.append((who.split("-")[0], url, statistics.median(samples[url]),
+                     len(queries), size, sql, statistics.median(cpu[url])))
     return rows
 
 
@@ -110,11 +122,11 @@ def main() -> None:
           f"{AuditEvent.objects.count():,} audit events; median of {args.repeat} views")
     rows = measure(args.repeat)
     health = next(r[2] for r in rows if r[1] == "/healthz")
-    print("| as | page | median (ms) | x /healthz | queries | SQL (ms) | kB |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
-    for who, url, median, queries, size, sql in rows:
+    print("| as | page | median (ms) | x /healthz | Python CPU (ms) | queries | SQL (ms) | kB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for who, url, median, queries, size, sql, cpu in rows:
         print(f"| {who} | `{url}` | {median * 1000:.1f} | {median / health:.1f} | "
-              f"{queries} | {sql * 1000:.1f} | {size / 1024:.0f} |")
+              f"{cpu * 1000:.1f} | {queries} | {sql * 1000:.1f} | {size / 1024:.0f} |")
 
 
 if __name__ == "__main__":
