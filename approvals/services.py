@@ -258,6 +258,7 @@ def _submit(*, actor, change: ChangeRequest) -> None:
     if change.status != ChangeRequest.Status.DRAFT:
         raise InvalidTransition(f"{change.reference} is {change.get_status_display().lower()}, "
                                 "not a draft")
+    _hold_environment_if_it_may_start(change)
     policy = _policy(change)
     gates = [Gate(change=change, role=pg.role, required=pg.required)
              for pg in (policy.gates.all() if policy else [])]
@@ -323,6 +324,7 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
             # approve racing reject, or two approvers at once, settle here.
             change = (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
                       .get(pk=change.pk))
+            _hold_environment_if_it_may_start(change)
             gate = _gate_open_to_decisions(change, role)
             delegator = _decider_standing(actor, change, gate, role)
             factor = _step_up_for_production(
@@ -690,6 +692,18 @@ def change_request_deploy(*, actor, change: ChangeRequest) -> Deployment:
     except Refused as exc:
         _refusal_audited("change.deploy.refused", actor, change, exc)
         raise
+
+
+def _hold_environment_if_it_may_start(change: ChangeRequest) -> None:
+    """A change that may start by itself within this transaction (deploy when approved)
+    locks its environment's row before anything is written to the audit trail: the
+    order every deployment and environment lock takes (the environment's row, then the
+    trail's chain lock). Taken the other way round, a decision holding the chain lock
+    and waiting for the environment would deadlock with on-call locking that
+    environment, or with another deployment starting there."""
+    if change.deploy_when_approved:
+        change.environment = Environment.objects.select_for_update().get(
+            pk=change.environment_id)
 
 
 def _start_by_itself(*, change: ChangeRequest, why: str) -> Deployment | None:

@@ -85,3 +85,55 @@ def test_two_deploy_presses_at_once_start_one_deployment(demo):
         assert ChangeRequest.objects.get(pk=change.pk).status == "deploying"
         # Free the environment for the next round.
         Deployment.objects.filter(change_id=change.pk).update(status="succeeded")
+
+
+def test_a_last_approval_that_starts_the_deployment_waits_for_an_environment_lock(demo):
+    """The decision takes the environment's row before the audit trail's chain lock, as
+    every deployment and environment lock does: with the order reversed, on-call holding
+    the environment while the approval held the chain would deadlock."""
+    import time
+
+    from django.db import transaction
+
+    from catalog.models import Environment
+    from core.audit import audit_record
+
+    change = request_change(demo.engineer, "staging", deploy_when_approved=True)
+    services.gate_approve(actor=demo.techlead, change=change, role="tech_lead")
+    staging = Environment.objects.get(slug="staging")
+    oncall, qa = demo.oncall, demo.qa
+    holding = threading.Event()
+    results, errors = [], []
+
+    def on_call_holds_the_environment():
+        try:
+            with transaction.atomic():
+                Environment.objects.select_for_update().get(pk=staging.pk)
+                holding.set()
+                time.sleep(1.5)  # the last approval arrives meanwhile
+                audit_record(actor=oncall, action="environment.viewed", obj=staging,
+                             environment=staging.slug)
+        except Exception as exc:  # noqa: BLE001 - a deadlock victim lands here
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def last_approval():
+        holding.wait(10)
+        try:
+            results.append(services.gate_approve(actor=qa, change=change, role="qa"))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=on_call_holds_the_environment),
+               threading.Thread(target=last_approval)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and len(results) == 1
+    change.refresh_from_db()
+    assert change.status == ChangeRequest.Status.DEPLOYING
+    assert Deployment.objects.filter(change_id=change.pk).count() == 1
