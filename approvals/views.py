@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from django import forms
 from django.contrib import messages
 from django.contrib.auth import get_user_model
@@ -28,7 +26,7 @@ from approvals.models import (
 from catalog.models import Application, Environment, MigrationKind, Release
 from catalog.permissions import environment_permissions
 from configuration.selectors import digests_for_many
-from core import stepup_views
+from core import paging, stepup_views
 from core.errors import ChangedSinceViewed, DomainError, SecondFactorRequired, StepUpRequired
 from core.models import AuditEvent
 from deployments import selectors as deployment_selectors
@@ -37,8 +35,6 @@ from deployments.models import Deployment
 # Gates on one page of the approvals inbox.
 INBOX_PAGE_SIZE = 25
 CHANGE_LIST_PAGE_SIZE = 50
-# A page position: a change id (digits only, within PostgreSQL's bigint).
-_PAGE_POSITION = re.compile(r"[0-9]{1,18}")
 
 
 class ChangeRequestForm(forms.Form):
@@ -113,24 +109,12 @@ def change_list(request):
         changes = changes.filter(status__in=selectors.WAITING_STATUSES)
     elif filters["status"] in ChangeRequest.Status.values:
         changes = changes.filter(status=filters["status"])
-    before = request.GET.get("before", "")
-    if _PAGE_POSITION.fullmatch(before):
-        changes = changes.filter(pk__lt=int(before))
-    else:
-        before = ""
-    rows = list(changes.order_by("-id")[:CHANGE_LIST_PAGE_SIZE + 1])
-    query = urlencode({k: v for k, v in filters.items() if v})
-    older = None
-    if len(rows) > CHANGE_LIST_PAGE_SIZE:
-        rows = rows[:CHANGE_LIST_PAGE_SIZE]
-        older = f"?{query}&before={rows[-1].pk}" if query else f"?before={rows[-1].pk}"
+    page = paging.newest_first(changes, request, size=CHANGE_LIST_PAGE_SIZE, filters=filters)
     return render(request, "approvals/change_list.html", {
-        "changes": rows,
+        "changes": page.rows,
+        "page": page,
         "filters": filters,
         "filtered": any(filters.values()),
-        "first_page": f"?{query}" if query else "?",
-        "older": older,
-        "continued": bool(before),
         "applications": Application.objects.order_by("name"),
         "environments": Environment.objects.order_by("order"),
         "statuses": ChangeRequest.Status.choices,

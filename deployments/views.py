@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import re
-
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
 from catalog.models import SEMVER, SHA256, Application, Environment
 from catalog.permissions import has_env_perm
-from core import stepup_views
+from core import paging, stepup_views
 from core.errors import DomainError, Refused, SecondFactorRequired, StepUpRequired
 from deployments import selectors, services
 from deployments.models import Deployment
 
 HISTORY_PAGE_SIZE = 50
-# A page position: a deployment id (digits only, within PostgreSQL's bigint).
-_PAGE_POSITION = re.compile(r"[0-9]{1,18}")
 
 
 class ReleaseForm(forms.Form):
@@ -73,22 +68,10 @@ def deployment_history(request):
     if filters["status"] in Deployment.Status.values:
         qs = qs.filter(status=filters["status"])
     # A page at a time, newest first: ``?before=<id>`` continues below a page's last row.
-    before = request.GET.get("before", "")
-    if _PAGE_POSITION.fullmatch(before):
-        qs = qs.filter(pk__lt=int(before))
-    else:
-        before = ""
-    rows = list(qs.order_by("-id")[:HISTORY_PAGE_SIZE + 1])
-    query = urlencode({k: v for k, v in filters.items() if v})
-    older = None
-    if len(rows) > HISTORY_PAGE_SIZE:
-        rows = rows[:HISTORY_PAGE_SIZE]
-        older = f"?{query}&before={rows[-1].pk}" if query else f"?before={rows[-1].pk}"
+    page = paging.newest_first(qs, request, size=HISTORY_PAGE_SIZE, filters=filters)
     return render(request, "deployments/history.html", {
-        "deployments": rows,
-        "older": older,
-        "continued": bool(before),
-        "first_page": f"?{query}" if query else "?",
+        "deployments": page.rows,
+        "page": page,
         "filters": filters,
         "applications": Application.objects.order_by("name"),
         "environments": Environment.objects.order_by("order"),

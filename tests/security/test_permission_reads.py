@@ -3,6 +3,7 @@ during that request is seen at once, and nothing carries over to the next reques
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 from django.contrib.auth.models import Group, Permission
@@ -17,17 +18,21 @@ from catalog.permissions import environment_permissions, has_env_perm
 from core import context
 
 
+@contextmanager
 def in_a_request(user):
-    """Binds a request context as RequestContextMiddleware does; returns its token."""
+    """Inside: a request context bound as RequestContextMiddleware binds it."""
     request = SimpleNamespace(user=user)
-    return context.bind_request(context.RequestContext(request_id="t", request=request))
+    token = context.bind_request(context.RequestContext(request_id="t", request=request))
+    try:
+        yield
+    finally:
+        context.unbind_request(token)
 
 
 def test_one_read_per_request_and_changes_during_it_are_seen(demo):
     production = Environment.objects.get(slug="production")
     outsider = demo.outsider
-    token = in_a_request(outsider)
-    try:
+    with in_a_request(outsider):
         assert not has_env_perm(outsider, "deploy", production)
         with CaptureQueriesContext(connection) as ctx:
             for _ in range(5):
@@ -51,29 +56,21 @@ def test_one_read_per_request_and_changes_during_it_are_seen(demo):
         # What a caller does with its answer does not change the next answer.
         environment_permissions(outsider).setdefault(production.pk, set()).add("deploy")
         assert not has_env_perm(outsider, "deploy", production)
-    finally:
-        context.unbind_request(token)
 
 
 def test_the_next_request_reads_afresh(demo):
     production = Environment.objects.get(slug="production")
     outsider = demo.outsider
-    token = in_a_request(outsider)
-    try:
+    with in_a_request(outsider):
         assert not has_env_perm(outsider, "deploy", production)
-    finally:
-        context.unbind_request(token)
     # A grant written by a path that sends no signal (a bulk insert).
     UserObjectPermission.objects.bulk_create([UserObjectPermission(
         user=outsider, object_pk=str(production.pk),
         content_type=ContentType.objects.get_for_model(Environment),
         permission=Permission.objects.get(codename="deploy",
                                           content_type__app_label="catalog"))])
-    token = in_a_request(outsider)
-    try:
+    with in_a_request(outsider):
         assert has_env_perm(outsider, "deploy", production)
-    finally:
-        context.unbind_request(token)
 
 
 def test_inactive_people_hold_nothing_and_superusers_everything(demo):
