@@ -303,7 +303,25 @@ WAITING_STATUSES = (ChangeRequest.Status.PENDING_APPROVAL, ChangeRequest.Status.
                     ChangeRequest.Status.SCHEDULED)
 
 
-def waiting_changes(user, *, per_place: int = 5) -> list[ChangeRequest]:
+def changes_listed(user, *, application: str = "", environment: str = "",
+                   status: str = "") -> QuerySet[ChangeRequest]:
+    """The change list: changes ``user`` can see with their joins (no gates or
+    checklist, which a list does not show), filtered by application and environment
+    slug and by status, "waiting" meaning any of ``WAITING_STATUSES``; an unknown status
+    filters nothing."""
+    changes = changes_visible_to(user, queryset=ChangeRequest.objects.with_related())
+    if application:
+        changes = changes.filter(release__application__slug=application)
+    if environment:
+        changes = changes.filter(environment__slug=environment)
+    if status == "waiting":
+        changes = changes.filter(status__in=WAITING_STATUSES)
+    elif status in ChangeRequest.Status.values:
+        changes = changes.filter(status=status)
+    return changes
+
+
+def waiting_changes(user, *, per_place: int) -> list[ChangeRequest]:
     """Changes ``user`` can see that wait for approval, a time or someone to deploy them:
     the oldest ``per_place`` per application and environment, each with ``waiting_here``
     (how many wait there in all), gates and approvals loaded. One page whatever the

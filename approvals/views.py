@@ -94,25 +94,15 @@ def change_new(request):
 
 @login_required
 def change_list(request):
-    """Changes newest first, a page at a time (``?before=<id>`` continues below a page's
-    last change, so a page costs the same however deep), filtered by application,
-    environment and status ("waiting": for approval, a time or someone to deploy)."""
+    """Changes newest first, a page at a time, filtered by application, environment and
+    status ("waiting": for approval, a time or someone to deploy)."""
     filters = {k: request.GET.get(k, "") for k in ("application", "environment", "status")}
-    # The list shows no gates or checklist: it reads the changes and their joins only.
-    changes = selectors.changes_visible_to(
-        request.user, queryset=ChangeRequest.objects.with_related())
-    if filters["application"]:
-        changes = changes.filter(release__application__slug=filters["application"])
-    if filters["environment"]:
-        changes = changes.filter(environment__slug=filters["environment"])
-    if filters["status"] == "waiting":
-        changes = changes.filter(status__in=selectors.WAITING_STATUSES)
-    elif filters["status"] in ChangeRequest.Status.values:
-        changes = changes.filter(status=filters["status"])
-    page = paging.newest_first(changes, request, size=CHANGE_LIST_PAGE_SIZE, filters=filters)
+    changes = selectors.changes_listed(request.user, **filters)
+    page = paging.keyset_page(changes, paging.position(request), CHANGE_LIST_PAGE_SIZE)
     return render(request, "approvals/change_list.html", {
         "changes": page.rows,
         "page": page,
+        "query": paging.query_without_position(request),
         "filters": filters,
         "filtered": any(filters.values()),
         "applications": Application.objects.order_by("name"),

@@ -1,5 +1,8 @@
-"""Newest-first pages keyed by id for the pages' lists (changes, deployments): a page
-deep in the history costs what the first does, and a page link keeps the filters."""
+"""Newest-first pages keyed by id, for every list that pages through history (the audit
+trail, the auditor's deployment history, changes, deployments): ``?before=<id>``
+continues below a page's last row, so a page deep in the history costs what the first
+does, and the pager keeps the page's other parameters (``templates/_keyset_pager.html``).
+"""
 
 from __future__ import annotations
 
@@ -7,31 +10,38 @@ import re
 from dataclasses import dataclass
 
 from django.db.models import QuerySet
-from django.utils.http import urlencode
 
-# A page position: an id (digits only, within PostgreSQL's bigint); anything else is
-# ignored and the first page is shown.
+# A page position: an id (ASCII digits only, within PostgreSQL's bigint); anything else
+# is ignored and the first page is shown.
 _POSITION = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True)
-class IdPage:
+class KeysetPage:
     rows: list
-    older: str | None  # the query string of the next, older page; None on the last
-    first: str  # the query string of the first page, filters kept
-    continued: bool  # this is not the first page
+    next_before: int | None  # pass as ?before= for the next (older) page
+    newest: bool  # this is the first page
 
 
-def newest_first(queryset: QuerySet, request, *, size: int, filters: dict[str, str]) -> IdPage:
-    """``size`` rows of ``queryset`` by descending id, below ``?before=<id>`` if given."""
-    before = request.GET.get("before", "")
-    continued = bool(_POSITION.fullmatch(before))
-    if continued:
-        queryset = queryset.filter(pk__lt=int(before))
-    rows = list(queryset.order_by("-id")[:size + 1])
-    query = urlencode({k: v for k, v in filters.items() if v})
-    older = None
-    if len(rows) > size:
-        rows = rows[:size]
-        older = "?" + "&".join(p for p in (query, f"before={rows[-1].pk}") if p)
-    return IdPage(rows=rows, older=older, first=f"?{query}", continued=continued)
+def position(request) -> int | None:
+    """The ``?before=`` of ``request``, or None for the first page."""
+    raw = request.GET.get("before", "")
+    return int(raw) if _POSITION.fullmatch(raw) else None
+
+
+def query_without_position(request) -> str:
+    """The request's query string without ``before``, for the pager's links."""
+    params = request.GET.copy()
+    params.pop("before", None)
+    return params.urlencode()
+
+
+def keyset_page(qs: QuerySet, before: int | None, size: int) -> KeysetPage:
+    """One page of ``qs`` newest first, ``size`` rows older than id ``before``."""
+    if before is not None:
+        qs = qs.filter(id__lt=before)
+    rows = list(qs.order_by("-id")[: size + 1])
+    more = len(rows) > size
+    rows = rows[:size]
+    return KeysetPage(rows=rows, next_before=rows[-1].id if more else None,
+                      newest=before is None)

@@ -1,5 +1,7 @@
 """Sign-ins, sign-outs and refused sign-ins go into the audit trail (SOP 13.1: monitor
-access to deployment systems). Connected in ``PortalConfig.ready``."""
+access to deployment systems), and a change of grants or group membership drops the
+permissions the request has read (``core.permissions``). Connected in
+``PortalConfig.ready``."""
 
 from __future__ import annotations
 

@@ -67,11 +67,11 @@ def deployment_history(request):
         qs = qs.filter(environment__slug=filters["environment"])
     if filters["status"] in Deployment.Status.values:
         qs = qs.filter(status=filters["status"])
-    # A page at a time, newest first: ``?before=<id>`` continues below a page's last row.
-    page = paging.newest_first(qs, request, size=HISTORY_PAGE_SIZE, filters=filters)
+    page = paging.keyset_page(qs, paging.position(request), HISTORY_PAGE_SIZE)
     return render(request, "deployments/history.html", {
         "deployments": page.rows,
         "page": page,
+        "query": paging.query_without_position(request),
         "filters": filters,
         "applications": Application.objects.order_by("name"),
         "environments": Environment.objects.order_by("order"),

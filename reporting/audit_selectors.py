@@ -30,6 +30,7 @@ from core.models import ApiToken, AuditEvent, SignInDay
 from core.permissions import permission_grants
 from deployments.models import Deployment, DeploymentStep
 
+# Rows on one page of the audit trail and of the auditor's deployment history.
 PAGE_SIZE = 50
 
 
@@ -107,24 +108,6 @@ def _about_application(slug: str) -> Q:
                 object_id__in=ids(ChangeRequest.objects.filter(release__application__slug=slug)))
             | Q(object_type="deployment",
                 object_id__in=ids(Deployment.objects.filter(application__slug=slug))))
-
-
-@dataclass
-class KeysetPage:
-    rows: list
-    next_before: int | None  # pass as ?before= for the next (older) page
-    newest: bool  # this is the first page
-
-
-def keyset_page(qs: QuerySet, before: int | None, size: int = PAGE_SIZE) -> KeysetPage:
-    """One page of a newest-first queryset, ``size`` rows older than id ``before``."""
-    if before is not None:
-        qs = qs.filter(id__lt=before)
-    rows = list(qs[: size + 1])
-    more = len(rows) > size
-    rows = rows[:size]
-    return KeysetPage(rows=rows, next_before=rows[-1].id if more else None,
-                      newest=before is None)
 
 
 # ---------------------------------------------------------------------------
@@ -265,9 +248,8 @@ def _compliance_facts(deployments: list, changes: dict | None = None) -> _Compli
                                   status="succeeded")
         .values("application_id").annotate(first=Min("created_at"))
         .values_list("application_id", "first")) if app_ids else {}
-    if changes is None or not change_ids <= changes.keys():
-        changes = changes_by_id(change_ids)
-    return _ComplianceFacts(changes=changes, gates=gates,
+    return _ComplianceFacts(changes=changes_by_id(change_ids) if changes is None else changes,
+                            gates=gates,
                             approvals=approvals, steps=steps,
                             ticked=_checklist_items(change_ids), reviewed=reviewed,
                             first_rollback=first_rollback)

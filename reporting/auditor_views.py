@@ -14,6 +14,7 @@ from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 
+from core import paging
 from core.audit import audit_record
 from core.permissions import is_auditor
 from reporting import audit_selectors as sel
@@ -29,18 +30,6 @@ def auditor_required(view):
         return view(request, *args, **kwargs)
 
     return wrapped
-
-
-def _before(request) -> int | None:
-    raw = request.GET.get("before", "")
-    return int(raw) if raw.isdigit() and len(raw) < 19 else None
-
-
-def _query_without(request, *names: str) -> str:
-    params = request.GET.copy()
-    for name in names:
-        params.pop(name, None)
-    return params.urlencode()
 
 
 # ---------------------------------------------------------------------------
@@ -78,8 +67,9 @@ def _event_filters(request) -> tuple[EventFilterForm, sel.EventFilters]:
 @auditor_required
 def audit_events(request):
     form, filters = _event_filters(request)
-    page = sel.keyset_page(sel.events_matching(filters), _before(request))
-    query = _query_without(request, "before")
+    page = paging.keyset_page(sel.events_matching(filters), paging.position(request),
+                              sel.PAGE_SIZE)
+    query = paging.query_without_position(request)
     return render(request, "auditor/events.html", {
         "form": form, "filters": filters, "page": page, "query": query,
         "export_query": query, "tab": "events",
@@ -145,14 +135,15 @@ def deployment_history(request):
     form.is_valid()
     data = getattr(form, "cleaned_data", {})
     filters = sel.DeploymentFilters(**{k: v for k, v in data.items() if v})
-    page = sel.keyset_page(sel.deployment_history(filters), _before(request))
+    page = paging.keyset_page(sel.deployment_history(filters), paging.position(request),
+                              sel.PAGE_SIZE)
     changes = sel.changes_by_id(d.change_id for d in page.rows)
     compliance = sel.compliance_for(page.rows, changes=changes, evidence=False)
     rows = [{"deployment": d, "change": changes.get(d.change_id),
              "compliance": compliance[d.pk]} for d in page.rows]
     return render(request, "auditor/deployments.html", {
         "form": form, "rows": rows, "page": page, "tab": "deployments",
-        "query": _query_without(request, "before"),
+        "query": paging.query_without_position(request),
         "applications": Application.objects.order_by("name"),
         "environments": Environment.objects.order_by("order"),
         "statuses": Deployment.Status.choices,

@@ -85,6 +85,13 @@ def test_audit_browser_pages_by_keyset_newest_first(demo, client):
     second = client.get(f"/audit/?action=bulk.thing&before={rows[-1].pk}")
     assert [e.pk for e in second.context["page"].rows] == [e.pk for e in events[:10]][::-1]
     assert second.context["page"].next_before is None
+    page = second.content.decode()
+    assert 'href="?action=bulk.thing" rel="first"' in page and 'rel="next"' not in page
+    # A position that is not ASCII digits (a superscript two is a digit to Python's
+    # str.isdigit, not to int) shows the first page.
+    for before in ("\u00b2", "-5", "1e3", "9" * 30):
+        response = client.get("/audit/", {"action": "bulk.thing", "before": before})
+        assert response.status_code == 200 and response.context["page"].newest
 
 
 def test_audit_browser_filters_by_action_prefix_actor_object_and_time(demo, client):
