@@ -119,6 +119,11 @@ def test_change_list_filters_and_pages_without_counting_the_history(demo, client
     page = client.get("/changes/?status=rejected").content.decode()
     assert listed(staging[0], page) is True and listed(staging[1], page) is False
     assert "No changes match" in client.get("/changes/?application=nothing").content.decode()
+    # A filter never widens what someone sees: an outsider lists none of these.
+    client.force_login(demo.outsider)
+    page = client.get("/changes/?environment=production&status=waiting").content.decode()
+    assert listed(production, page) is False and "No changes match" in page
+    client.force_login(demo.auditor)
 
     # Pages: newest first, then "Older changes" continues where the page ended.
     newest = [request_change(demo.engineer, "development") for _ in range(CHANGE_LIST_PAGE_SIZE)]
