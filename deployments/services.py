@@ -1266,10 +1266,17 @@ def deployments_resume_stale(*, on_worker_start: bool = False) -> int:
         if run_is_live(pk):
             continue
         with transaction.atomic():
+            # The read above is only a list of candidates: a worker may have claimed the
+            # deployment since (fresh heartbeat, run lock held). The whole condition is
+            # checked again under the row lock, which a worker's claim also takes, so a
+            # live run is never failed, cancelled or requeued under its worker's feet.
             deployment = Deployment.objects.select_for_update(skip_locked=True).filter(
-                pk=pk, status__in=(Deployment.Status.RUNNING, Deployment.Status.STOPPING)
+                pk=pk, status__in=(Deployment.Status.RUNNING, Deployment.Status.STOPPING),
+                heartbeat_at__lt=cutoff,
             ).select_related("environment").first()
-            if deployment is None:
+            # A worker takes the run lock before the row lock: one that holds the run lock
+            # now waits for this row lock, or is inside its run.
+            if deployment is None or run_is_live(pk):
                 continue
             if deployment.status == Deployment.Status.STOPPING:
                 # Its worker died while it was being stopped: nothing runs, it is cancelled.

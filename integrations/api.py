@@ -20,13 +20,13 @@ class HookView(ApiView):
     authentication_classes = [hooks.HookSignatureAuthentication, BearerTokenAuthentication]
     hook_name = ""
 
-    def once(self, request, apply):
+    def once(self, request, apply, applied=None):
         """Apply this delivery unless it was applied before: (applied, result)."""
         auth = request.auth
         keys = (auth.delivery_keys if isinstance(auth, hooks.HookCredential)
                 else hooks.delivery_keys_from_headers(request.headers))
         return hooks.hook_delivery_once(actor=request.user, hook=self.hook_name, keys=keys,
-                                        apply=apply)
+                                        apply=apply, applied=applied)
 
     @staticmethod
     def duplicate() -> Response:
@@ -196,7 +196,7 @@ class AlertmanagerHook(HookView):
         data = AlertmanagerInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         applied, results = self.once(request, lambda: hooks.alerts_receive(
-            actor=request.user, payload=data.validated_data))
+            actor=request.user, payload=data.validated_data), applied=hooks.alerts_applied)
         if not applied:
             return self.duplicate()
         return Response({"results": results})

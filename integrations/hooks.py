@@ -216,15 +216,24 @@ def _claim(hook: str, key: str) -> HookDelivery | None:
         return None
 
 
+def _forget(claimed: Sequence[HookDelivery]) -> None:
+    """Drop the replay records claimed in this transaction: nothing was applied."""
+    HookDelivery.objects.filter(pk__in=[row.pk for row in claimed]).delete()
+
+
 def hook_delivery_once(*, actor, hook: str, keys: Sequence[str],
-                       apply: Callable[[], T]) -> tuple[bool, T | None]:
+                       apply: Callable[[], T],
+                       applied: Callable[[T], bool] | None = None) -> tuple[bool, T | None]:
     """Apply one hook delivery unless one of its ``keys`` was applied before.
 
     Returns (True, what ``apply`` returned), or (False, None) for a replay, which
     changes nothing but its own audit event. The keys are recorded in the
     transaction that applies the delivery, so a delivery that fails is not
     recorded and the sender's retry is applied. A refused delivery (a domain
-    error) is not recorded either, while the refusal's own audit event stays.
+    error, or a result that ``applied`` says applied nothing) is not recorded
+    either, while the refusal's own audit event stays: only an applied delivery
+    is remembered, so a later delivery of the same content by someone who may
+    act on it is applied.
     """
     if not keys:
         return True, apply()
@@ -239,10 +248,14 @@ def hook_delivery_once(*, actor, hook: str, keys: Sequence[str],
             claimed.append(row)
         else:
             try:
-                return True, apply()
+                result = apply()
             except DomainError as exc:
-                HookDelivery.objects.filter(pk__in=[row.pk for row in claimed]).delete()
+                _forget(claimed)
                 refusal = exc
+            else:
+                if applied is not None and not applied(result):
+                    _forget(claimed)
+                return True, result
     if refusal is not None:
         raise refusal
     with transaction.atomic():
@@ -338,13 +351,15 @@ def push_deploy(*, actor, application, version: str, ref: str = "",
                 **release_fields):
     """A push: register the release and deploy it to development without approvals.
 
-    Safe to repeat: a push of a version already released to development returns
-    the change and deployment it started the first time.
+    Safe to repeat, and to run concurrently: a push of a version already released to
+    development returns the change and deployment it started the first time; two
+    pushes of one version at once make one change (they take the release's row lock
+    in turn).
     Returns (release, change, deployment, release_created).
     """
     from approvals import services as approval_services
     from approvals.models import ChangeRequest, ChangeType
-    from catalog.models import Environment
+    from catalog.models import Environment, Release
     from deployments import services as deployment_services
     from deployments.models import Deployment
 
@@ -357,20 +372,34 @@ def push_deploy(*, actor, application, version: str, ref: str = "",
     if environment is None:
         raise Conflict(f"there is no {PUSH_ENVIRONMENT} environment to deploy a push to",
                        code="no_push_environment")
-    change = (ChangeRequest.objects.filter(
-        release=release, environment=environment,
-        status__in=[ChangeRequest.Status.APPROVED, ChangeRequest.Status.DEPLOYING,
-                    ChangeRequest.Status.DEPLOYED])
-        .order_by("-id").first())
-    if change is None:
-        change = approval_services.change_request_create(
-            actor=actor, release=release, environment=environment,
-            change_type=ChangeType.STANDARD,
-            impact=f"Pushed to {ref}" if ref else "Pushed")
-    if change.status == ChangeRequest.Status.APPROVED:
-        deployment = approval_services.change_request_deploy(actor=actor, change=change)
-    else:
-        deployment = Deployment.objects.filter(change_id=change.pk).order_by("-id").first()
+    refusal = None
+    with transaction.atomic():
+        # One push of a release at a time: concurrent pushes of the same version (CI
+        # retrying, two pipelines) queue on the release's row lock, so the second finds
+        # the change the first made instead of making another.
+        Release.objects.select_for_update(of=("self",)).filter(pk=release.pk).first()
+        change = (ChangeRequest.objects.filter(
+            release=release, environment=environment,
+            status__in=[ChangeRequest.Status.APPROVED, ChangeRequest.Status.DEPLOYING,
+                        ChangeRequest.Status.DEPLOYED])
+            .order_by("-id").first())
+        try:
+            if change is None:
+                change = approval_services.change_request_create(
+                    actor=actor, release=release, environment=environment,
+                    change_type=ChangeType.STANDARD,
+                    impact=f"Pushed to {ref}" if ref else "Pushed")
+            if change.status == ChangeRequest.Status.APPROVED:
+                deployment = approval_services.change_request_deploy(actor=actor,
+                                                                     change=change)
+            else:
+                deployment = (Deployment.objects.filter(change_id=change.pk)
+                              .order_by("-id").first())
+        except DomainError as exc:
+            # Raised once this transaction is over, so the refusal's audit event stays.
+            refusal = exc
+    if refusal is not None:
+        raise refusal
     return release, change, deployment, created
 
 
@@ -385,6 +414,8 @@ def _alert_outcome(alert: dict, outcome: str, **extra) -> dict:
 
 
 ALERT_HOOK = "alert"
+# What an alert did that is remembered; a refusal is not (its audit event is).
+ALERT_APPLIED = frozenset({"rolled_back", "notified"})
 
 
 def _alert_key(alert: dict) -> str:
@@ -406,22 +437,36 @@ def alerts_receive(*, actor, payload: dict) -> list[dict]:
     the others, so Alertmanager gets a 200 and does not resend the batch.
 
     An alert is acted on once: the first notification of a fingerprint and start
-    time decides, and a repeat is answered ``duplicate``. An alert never rolls
-    back a deployment that is itself a rollback: undoing a rollback is for the
-    on-call engineer to decide.
+    time that is applied (rolled back, or recorded for the people on call) decides,
+    and a repeat is answered ``duplicate``. An alert that was refused (its sender
+    may not roll back, there was nothing to roll back, ...) is audited and not
+    remembered, so the same alert sent later by someone who may act on it still
+    rolls back. An alert never rolls back a deployment that is itself a rollback:
+    undoing a rollback is for the on-call engineer to decide.
     """
     outcomes = []
     for alert in payload.get("alerts") or []:
         key = _alert_key(alert)
         with transaction.atomic():
-            # The alert's key commits with what the alert did, or not at all.
-            if key and _claim(ALERT_HOOK, key) is None:
+            # The alert's key commits with what the alert did, or not at all. A
+            # concurrent notification of the same alert waits here for this one.
+            claimed = _claim(ALERT_HOOK, key) if key else None
+            if key and claimed is None:
                 outcomes.append(_alert_outcome(
                     alert, "duplicate",
                     detail="this alert (same fingerprint and start) was already acted on"))
                 continue
-            outcomes.append(_alert_act(actor=actor, alert=alert, payload=payload))
+            outcome = _alert_act(actor=actor, alert=alert, payload=payload)
+            if claimed is not None and outcome["outcome"] not in ALERT_APPLIED:
+                # Refused: its audit events stay, its replay record goes.
+                _forget([claimed])
+            outcomes.append(outcome)
     return outcomes
+
+
+def alerts_applied(outcomes: list[dict]) -> bool:
+    """Whether a notification applied any of its alerts (else it is not remembered)."""
+    return any(outcome["outcome"] in ALERT_APPLIED for outcome in outcomes)
 
 
 def _alert_act(*, actor, alert: dict, payload: dict) -> dict:
