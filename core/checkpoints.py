@@ -185,6 +185,19 @@ def wire_form(checkpoint: SignedCheckpoint) -> dict:
     return {"checkpoint": checkpoint.body(), "signature": checkpoint.signature}
 
 
+def seal_sign(body: dict, *, key: SigningKey | None = None) -> tuple[dict, SigningKey]:
+    """Sign ``body`` (an evidence bundle's seal) with the checkpoint signing key.
+
+    Returns the seal in wire form, ``{"seal": {..., "key_id": ...}, "signature": ...}``
+    (the signature covers the canonical JSON of the seal, as for a checkpoint), and the
+    key, whose public half the bundle carries.
+    """
+    key = key or signing_key()
+    sealed = {**body, "key_id": key.key_id}
+    signature = base64.b64encode(key.private.sign(canonical_checkpoint(sealed))).decode()
+    return {"seal": sealed, "signature": signature}, key
+
+
 @dataclass
 class SignResult:
     checkpoint: SignedCheckpoint | None = None

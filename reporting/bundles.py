@@ -3,8 +3,9 @@
 A bundle holds the events of a scope (one deployment's evidence, or the audit trail
 under its filters) as they are hashed, every event between them up to a signed
 checkpoint (so the chain can be recomputed from the bundle alone), the checkpoint and
-its public key, and a readable report (HTML and PDF). ``tools/verify_bundle.py``
-checks it without the portal.
+its public key, a readable report (HTML and PDF), and a seal over all of it signed
+with the checkpoint key (so the manifest, the report and which events are in scope
+cannot be edited either). ``tools/verify_bundle.py`` checks it without the portal.
 
 The zip is written as it is sent: events come from a server-side cursor and each
 entry is compressed on the fly, so memory stays flat whatever the number of events.
@@ -12,6 +13,7 @@ entry is compressed on the fly, so memory stays flat whatever the number of even
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from collections.abc import Iterator
@@ -26,10 +28,12 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from core.audit import HASHED_FIELDS, audit_record, canonical
+from core.checkpoints import seal_sign, signing_key
 from core.models import AuditEvent, SignedCheckpoint
 
 FORMAT = "change-portal-evidence-bundle"
-VERSION = 1
+VERSION = 2  # 2: sealed (seal.json); the verifier refuses an unsealed bundle
+SEAL_VERSION = 1
 REPORT_EVENTS = 500  # events listed in the readable report; all are in events.jsonl
 FLUSH_BYTES = 256 * 1024
 VERIFIER = Path(settings.BASE_DIR) / "tools" / "verify_bundle.py"
@@ -147,36 +151,79 @@ def _line(row: dict) -> bytes:
 
 def bundle_stream(plan: BundlePlan, *, generated_by: str, chunk_size: int = 2000
                   ) -> Iterator[bytes]:
-    """The bundle's zip, in pieces of about 256 KiB, written as it goes."""
+    """The bundle's zip, in pieces of about 256 KiB, written as it goes.
+
+    Its last entry, ``seal.json``, is signed with the checkpoint signing key: the
+    SHA-256 of every other file (manifest, events, checkpoint, keys, reports), the
+    scope, the first and last event, the counts and which events are in scope. The
+    events are hashed as they are written, so the seal costs no second pass.
+    """
+    seal_key = signing_key()
     sink = _Sink()
     generated_at = timezone.now()
     listed: list[dict] = []
+    digests: dict[str, str] = {}
+    sealed = {"first_id": None, "last_id": None, "in_scope": 0, "linking": 0}
+    scoped_ids = hashlib.sha256()  # the ids of the events in scope, one a line
+    checkpoint = plan.checkpoint if not plan.empty else None
+
+    def put(zf: zipfile.ZipFile, name: str, data: str | bytes) -> None:
+        data = data.encode() if isinstance(data, str) else data
+        digests[name] = hashlib.sha256(data).hexdigest()
+        zf.writestr(name, data)
+
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
-        zf.writestr("manifest.json", json.dumps(_manifest(plan, generated_by, generated_at),
-                                                indent=2, sort_keys=True))
+        put(zf, "manifest.json", json.dumps(_manifest(plan, generated_by, generated_at),
+                                            indent=2, sort_keys=True))
+        events_digest = hashlib.sha256()
         with zf.open("events.jsonl", "w", force_zip64=True) as out:
             if not plan.empty:
                 with transaction.atomic():
                     for row in _segment(plan, chunk_size):
-                        out.write(_line(row))
-                        if row["in_scope"] and len(listed) < REPORT_EVENTS:
-                            listed.append({name: row[name] for name in (
-                                "id", "occurred_at", "actor_name", "action", "object_repr",
-                                "environment")})
+                        line = _line(row)
+                        out.write(line)
+                        events_digest.update(line)
+                        if sealed["first_id"] is None:
+                            sealed["first_id"] = row["id"]
+                        sealed["last_id"] = row["id"]
+                        if row["in_scope"]:
+                            sealed["in_scope"] += 1
+                            scoped_ids.update(b"%d\n" % row["id"])
+                            if len(listed) < REPORT_EVENTS:
+                                listed.append({name: row[name] for name in (
+                                    "id", "occurred_at", "actor_name", "action",
+                                    "object_repr", "environment")})
+                        else:
+                            sealed["linking"] += 1
                         if sink.size >= FLUSH_BYTES:
                             yield sink.take()
-        checkpoint = plan.checkpoint
-        zf.writestr("checkpoints.jsonl", (json.dumps(
+        digests["events.jsonl"] = events_digest.hexdigest()
+        put(zf, "checkpoints.jsonl", (json.dumps(
             {"checkpoint": checkpoint.body(), "signature": checkpoint.signature},
-            sort_keys=True) + "\n") if checkpoint and not plan.empty else "")
-        zf.writestr("public-keys.jsonl", (json.dumps(
-            {"key_id": checkpoint.key_id, "public_key": checkpoint.public_key},
-            sort_keys=True) + "\n") if checkpoint and not plan.empty else "")
+            sort_keys=True) + "\n") if checkpoint else "")
+        # The checkpoint's key and the key that seals the bundle (the same one, unless
+        # the key was rotated since the checkpoint was signed).
+        keys = {seal_key.key_id: seal_key.public_b64}
+        if checkpoint:
+            keys[checkpoint.key_id] = checkpoint.public_key
+        put(zf, "public-keys.jsonl", "".join(
+            json.dumps({"key_id": key_id, "public_key": public}, sort_keys=True) + "\n"
+            for key_id, public in sorted(keys.items())))
         context = _report_context(plan, listed, generated_by, generated_at)
-        zf.writestr("report.html", render_to_string("auditor/bundle_report.html", context))
+        put(zf, "report.html", render_to_string("auditor/bundle_report.html", context))
         yield sink.take()
-        zf.writestr("report.pdf", _report_pdf(context))
-        zf.writestr("README.txt", render_to_string("auditor/bundle_readme.txt", context))
+        put(zf, "report.pdf", _report_pdf(context))
+        put(zf, "README.txt", render_to_string("auditor/bundle_readme.txt", context))
+        seal, _key = seal_sign({
+            "v": SEAL_VERSION, "format": FORMAT, "version": VERSION,
+            "sealed_at": generated_at.isoformat(), "title": plan.scope.title,
+            "scope": {"kind": plan.scope.kind, **plan.scope.described},
+            "events": {**sealed, "in_scope_ids_sha256": scoped_ids.hexdigest()},
+            "checkpoint": ({"event_id": checkpoint.event_id, "hash": checkpoint.hash,
+                            "key_id": checkpoint.key_id} if checkpoint else None),
+            "files": digests,
+        }, key=seal_key)
+        zf.writestr("seal.json", json.dumps(seal, indent=2, sort_keys=True) + "\n")
     yield sink.take()
 
 
@@ -202,7 +249,10 @@ def _manifest(plan: BundlePlan, generated_by: str, generated_at: datetime) -> di
                  "written (JSON, keys sorted, no spaces, UTF-8); its prev_hash is the hash "
                  "of the line before it"),
         "files": ["manifest.json", "events.jsonl", "checkpoints.jsonl", "public-keys.jsonl",
-                  "report.html", "report.pdf", "README.txt"],
+                  "report.html", "report.pdf", "README.txt", "seal.json"],
+        "seal": ("seal.json: the SHA-256 of every other file, the scope, the first and last "
+                 "event, the counts and the ids in scope, signed with the key that signs "
+                 "the checkpoints"),
     }
 
 

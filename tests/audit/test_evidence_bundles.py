@@ -127,16 +127,25 @@ def test_the_verifier_runs_alone_from_an_empty_directory(evidence, tmp_path):
 
 
 def _forge(files, body_changes=None, key=None):
-    """Re-sign the checkpoint with ``key`` (an attacker's), bundling its public key."""
+    """Re-sign the checkpoint and the seal with ``key`` (an attacker's), bundling its
+    public key."""
     key = key or Ed25519PrivateKey.generate()
     raw = raw_public(key.public_key())
     entry = json.loads(files["checkpoints.jsonl"])
     body = {**entry["checkpoint"], **(body_changes or {}), "key_id": key_id_of(raw)}
     signed = {"checkpoint": body,
               "signature": base64.b64encode(key.sign(canonical_checkpoint(body))).decode()}
-    return {"checkpoints.jsonl": json.dumps(signed) + "\n",
-            "public-keys.jsonl": json.dumps({"key_id": key_id_of(raw),
-                                             "public_key": base64.b64encode(raw).decode()})}
+    forged = {"checkpoints.jsonl": json.dumps(signed) + "\n",
+              "public-keys.jsonl": json.dumps({"key_id": key_id_of(raw),
+                                               "public_key": base64.b64encode(raw).decode()})}
+    seal = json.loads(files["seal.json"])["seal"]
+    seal["key_id"] = key_id_of(raw)
+    seal["checkpoint"] = {name: body[name] for name in ("event_id", "hash", "key_id")}
+    seal["files"].update({name: hashlib.sha256(data.encode()).hexdigest()
+                          for name, data in forged.items()})
+    forged["seal.json"] = json.dumps({"seal": seal, "signature": base64.b64encode(
+        key.sign(canonical_checkpoint(seal))).decode()})
+    return forged
 
 
 def _jsonl(lines) -> bytes:
@@ -276,7 +285,8 @@ def test_an_unknown_application_gives_an_empty_bundle_that_says_so(demo, client,
     checkpoint_sign(reason="schedule")
     client.force_login(demo.auditor)
     path = download(client, "/audit/bundle.zip?application=no-such-app", tmp_path / "e.zip")
-    assert verifier(path) == (0, "OK: the bundle holds no events")
+    assert verifier(path) == (0, "OK: the bundle holds no events; the portal sealed it "
+                                 "empty for 'Audit trail: application no-such-app'")
     assert not Application.objects.filter(slug="no-such-app").exists()
 
 

@@ -261,7 +261,8 @@ def test_concurrent_pushes_of_one_version_make_one_change_and_one_deployment(
         version = f"7.{round_}.0"
         clients = [api(demo.ci) for _ in range(4)]
         body = {"application": "storefront", "version": version, "ref": "refs/heads/main"}
-        answers = _race([lambda c=client: c.post("/api/v1/hooks/push", body, format="json")
+        answers = _race([lambda c=client, b=body: c.post("/api/v1/hooks/push", b,
+                                                         format="json")
                          for client in clients])
         assert sorted(a.status_code for a in answers) == [202] * 4, [
             a.content for a in answers]
