@@ -2,16 +2,35 @@
 
 A Hypothesis state machine drives the services (the single road every page, API call,
 hook and beat task takes) with the demo cast plus people who hold nothing, delegates
-and people who lose their permissions half-way. After every step it checks, from
-the database, the invariant the SOP rests on:
+and people who lose their permissions half-way. People act as the portal sees them: a
+signed-in session carrying their last second-factor check (allauth's record), or an
+API request authenticated by a token (``core.authentication``), bound to
+``core.context`` as the middleware and DRF bind them, so ``core.assurance`` reads the
+check behind each decision from the request as it does in production. Besides them:
+an administrator minting API tokens (for themselves, for others, for the CI account),
+the operator's ``manage.py issue_token`` with names in any case (``QA``), the minutes
+passing (checks grow old), CI reporting a release's authors and mergers late (``CAB``,
+``Cab``), administrators editing what runs (executor settings, targets) in the admin,
+and Alertmanager alerts sent with an engineer's, on-call's or the hook's credentials.
+
+After every step it checks, from the database, the invariant the SOP rests on:
 
     every deployment that exists was started by someone holding ``deploy`` (or, for a
     rollback, ``rollback``) on its environment, for a change whose gates were all
     approved by eligible, distinct people, none of them its requester, authors or
-    mergers or standing in for them, on the fingerprint that was deployed.
+    mergers or standing in for them (in any spelling), on the fingerprint that was
+    deployed (executor, its settings and the targets included); in Production each
+    approval, deploy press and rollback was made with a fresh check of the person's own
+    second factor: not an administrator's, not one older than PORTAL_STEP_UP_SECONDS.
 
-Eligibility is judged by the test's own oracle at the moment of each decision (the
-permission or a live delegation held then), not by asking the service.
+Eligibility and freshness are judged by the test's own oracle at the moment of each
+decision (the permission or a live delegation held then; the person's own last check
+and when it was), not by asking the service. Refusals of Production actions the moves
+cause must be in the audit trail.
+
+Parts of the invariant that need a control another branch brings are checked once that
+control is present (``_tokens_hold_their_owners_check`` and the other probes below);
+the moves run either way.
 
 ``PORTAL_STATE_MACHINE_EXAMPLES`` sets how many runs (40 in ``make test``; the bench
 and nightly settings use more, see docs/security.md).
@@ -19,15 +38,35 @@ and nightly settings use more, see docs/security.md).
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import io
+import json
 import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
-from django.contrib.auth import get_user_model
+from allauth.account.internal.flows.login import record_authentication
+from allauth.mfa.models import Authenticator
+from allauth.mfa.totp.internal.auth import TOTP
+from django.conf import settings
+from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.models import Group
+from django.contrib.sessions.backends.signed_cookies import SessionStore
+from django.core.cache import cache
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import transaction
+from django.db.models import F
+from django.test import Client, RequestFactory, TestCase
+from django.urls import reverse
 from django.utils import timezone
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -40,11 +79,20 @@ from hypothesis.stateful import (
 
 from approvals import services as approvals
 from approvals.models import Approval, ChangeRequest, ChangeType, Delegation, Gate, GateRole
-from catalog.models import Environment
-from core.errors import DomainError
+from catalog.models import Application, Environment, Target
+from core import context
+from core import services as core_services
+from core.audit import System
+from core.authentication import BearerTokenAuthentication
+from core.context import RequestContext
+from core.errors import ChangedSinceViewed, Conflict, DomainError, Refused
+from core.models import ApiToken, AuditEvent, hash_token
 from deployments import services as engine
 from deployments.models import Deployment
 from deployments.signals import deployment_finished
+from integrations import hooks
+from integrations.hooks import HookCredential
+from tests.conftest import PASSWORD, totp_code
 from tests.factories import ReleaseFactory
 
 EXAMPLES = int(os.environ.get("PORTAL_STATE_MACHINE_EXAMPLES", "40"))
@@ -53,6 +101,8 @@ STEPS = int(os.environ.get("PORTAL_STATE_MACHINE_STEPS", "40"))
 # The demo cast, a delegate who holds nothing of their own, and an outsider.
 PEOPLE = ["engineer", "techlead", "qa", "cab", "cab2", "security", "business", "oncall",
           "dana", "outsider"]
+ADMIN = "admin"
+CI = "ci-bot"
 # Group memberships the machine may take away and give back (people lose `deploy`).
 MEMBERSHIPS = {"engineer": "engineers", "oncall": "on-call", "techlead": "tech-leads",
                "cab": "cab"}
@@ -62,16 +112,81 @@ HOLDERS = {GateRole.TECH_LEAD: ["techlead", "dana"], GateRole.QA: ["qa"],
            GateRole.BUSINESS: ["business"], GateRole.EMERGENCY: ["oncall", "dana"]}
 PLANS = ["Redeploy the previous release with the portal's rollback."] * 3 + [""]
 # Who requests: mostly people who may, now and then someone who may not.
-REQUESTERS = ["engineer", "engineer", "techlead", "oncall", "oncall", "cab", "dana"]
+REQUESTERS = ["engineer", "engineer", "techlead", "oncall", "oncall", "oncall", "cab", "dana"]
+# Names as CI and the identity provider spell them: mostly as the portal does, now and
+# then in another case (`CAB` is `cab`).
+SPELLED = PEOPLE + ["CAB", "Cab", "QA", "TechLead"]
+SPELLINGS = {"as is": str, "upper": str.upper, "title": str.title}
+# Whose tokens an administrator or the owner mints (the CI account and the admin too).
+TOKEN_OWNERS = ["cab", "cab2", "techlead", "security", "business", "oncall", "engineer",
+                "qa", CI, ADMIN]
+ISSUERS = [ADMIN, "owner", "operator"]
+# Whose tokens decide in Production in the demo (a token each, made at the start).
+DECIDERS = ["cab", "techlead", "oncall", "cab2", "security", "business"]
 # What a request is made of: mostly self-starting ones, authored by one person or none.
 REQUEST = dict(
-    requester=st.sampled_from(REQUESTERS), env=st.sampled_from(ENVIRONMENTS),
+    requester=st.sampled_from(REQUESTERS), env=st.sampled_from(ENVIRONMENTS + ["production"]),
     change_type=st.sampled_from(ChangeType.values), plan=st.sampled_from(PLANS),
-    authors=st.lists(st.sampled_from(PEOPLE), max_size=1),
-    mergers=st.lists(st.sampled_from(PEOPLE), max_size=1),
-    deploy_when_approved=st.sampled_from([True, True, False]),
+    authors=st.lists(st.sampled_from(SPELLED), max_size=1),
+    mergers=st.lists(st.sampled_from(SPELLED), max_size=1),
+    deploy_when_approved=st.booleans(),
     scheduled=st.sampled_from([False, False, True]),
-    on_call=st.sampled_from([None, "oncall", "engineer"]))
+    on_call=st.sampled_from([None, "oncall", "engineer"]),
+    step_up=st.sampled_from([True, True, False]))
+# Production changes the demo's people can take through (requester, type): someone
+# other than the requester holds each gate.
+PRODUCTION_REQUESTS = [("engineer", ChangeType.EMERGENCY), ("engineer", ChangeType.HOTFIX),
+                       ("techlead", ChangeType.EMERGENCY), ("oncall", ChangeType.HOTFIX)]
+# The machine's client address, so its sign-in attempts count against nobody else's.
+ADDRESS = "192.0.2.77"
+
+
+# --- controls other branches bring: their part of the invariant holds once present -----
+
+
+@functools.cache
+def _tokens_hold_their_owners_check() -> bool:
+    """Tokens act for their owner only (docs/security.md section 11): a token carries only
+    its owner's own check, for PORTAL_STEP_UP_SECONDS, renewed by
+    ``POST /api/v1/auth/step-up`` (``core.services.api_token_step_up``)."""
+    return hasattr(core_services, "api_token_step_up")
+
+
+@functools.cache
+def _service_accounts_never_decide() -> bool:
+    """Service accounts (``core.accounts``, section 11) never decide a gate."""
+    return importlib.util.find_spec("core.accounts") is not None
+
+
+@functools.cache
+def _late_facts_rechecked() -> bool:
+    """One eligibility function (``approvals.eligibility``, section 12): authors and
+    mergers reported after a decision make it stop counting at every start."""
+    return importlib.util.find_spec("approvals.eligibility") is not None
+
+
+@functools.cache
+def _barred_in_any_spelling() -> bool:
+    """Whether the eligibility rules read `CAB` among a release's authors as `cab`."""
+    if not _late_facts_rechecked():
+        return False
+    from approvals import eligibility
+
+    change = SimpleNamespace(requested_by_id=None,
+                             release=SimpleNamespace(authors=["CAB"], mergers=[]))
+    try:
+        return bool(eligibility.conflict(None, "cab", change))
+    except (AttributeError, TypeError):
+        return False
+
+
+@functools.cache
+def _what_runs_fingerprinted() -> bool:
+    """The fingerprint covers the executor, its settings and the targets (section 13)."""
+    return {"executor", "targets"} <= set(approvals.CONCERNS)
+
+
+# --- the oracle's reading of the world ---------------------------------------------------
 
 
 def _user(username: str):
@@ -96,6 +211,61 @@ def _may_decide_now(username: str, environment: Environment, role: str):
     return False, None
 
 
+def _barred(change: ChangeRequest) -> frozenset[str]:
+    """Who may not decide ``change``, as far as the portal knows now."""
+    release = change.release
+    return frozenset({change.requested_by.username} | set(release.authors or [])
+                     | set(release.mergers or []))
+
+
+def _is_barred(username: str, barred) -> bool:
+    if _barred_in_any_spelling():
+        return username.lower() in {name.lower() for name in barred}
+    return username in barred
+
+
+def _inputs_now(application_id: int, environment_id: int) -> dict:
+    """What a deployment of the application there would run with, from the catalogue."""
+    app = Application.objects.get(pk=application_id)
+    targets = Target.objects.filter(application_id=application_id,
+                                    environment_id=environment_id)
+    return {"executor": [app.executor, app.executor_settings or {}],
+            "targets": sorted([t.name, t.address] for t in targets)}
+
+
+def _inputs_ran(deployment: Deployment) -> dict:
+    """What the deployment runs with: what it kept when made, where it keeps that."""
+    kept = getattr(deployment, "inputs", None) or {}
+    if "executor_settings" in kept and "targets" in kept:
+        return {"executor": [kept.get("executor"), kept.get("executor_settings") or {}],
+                "targets": sorted([t["name"], t["address"]] for t in kept["targets"])}
+    return _inputs_now(deployment.application_id, deployment.environment_id)
+
+
+def _has_factor(username: str) -> bool:
+    return Authenticator.objects.filter(user__username=username,
+                                        type__in=("totp", "webauthn")).exists()
+
+
+def _last_event() -> int:
+    return AuditEvent.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+
+
+def _assert_refusal_audited(since: int, what: str) -> None:
+    assert AuditEvent.objects.filter(pk__gt=since, action__contains="refused").exists(), (
+        f"{what} was refused with nothing on the audit trail")
+
+
+@dataclass(frozen=True)
+class Decided:
+    """What the oracle knew when an approval was given."""
+
+    via: str  # session or token
+    fresh: bool  # the person's own second-factor check, within PORTAL_STEP_UP_SECONDS
+    barred: frozenset[str]  # requester, authors and mergers known then
+    inputs: dict  # the executor, its settings and the targets then
+
+
 class ControlsMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
@@ -103,21 +273,38 @@ class ControlsMachine(RuleBasedStateMachine):
         self._savepoint = transaction.savepoint()
         self.changes: list[int] = []
         self.seen_deployments: set[int] = set()
-        self.seen_approvals: set[int] = set()
         # approval id -> eligible (and on whose behalf) when the oracle last looked.
         self.expected_eligible: dict[tuple[int, str], tuple[bool, str | None]] = {}
+        self.decided: dict[int, Decided] = {}
+        # deployment id -> (road, fresh own check) of the person who pressed Deploy or
+        # rolled back (starts by the portal itself are not in here).
+        self.pressed: dict[int, tuple[str, bool]] = {}
         self.moved: dict[str, list] = {}
+        # username -> their signed-in session, and the time of their last own check in
+        # it (epoch seconds; the oracle's, moved back when the minutes pass).
+        self.sessions: dict[str, SessionStore] = {}
+        self.checked_at: dict[str, float] = {}
+        # Tokens minted: pk, raw value, owner, who issued it, and the time of the
+        # owner's own last check made through it (None: none of theirs).
+        self.tokens: list[dict] = []
+        self.alerts = 0
+        self.admin_client: Client | None = None
 
     def teardown(self):
         transaction.savepoint_rollback(self._savepoint)
 
     # --- helpers ---------------------------------------------------------------
 
-    def _change(self, pick: int) -> ChangeRequest | None:
-        if not self.changes:
+    def _change(self, pick: int, *statuses: str) -> ChangeRequest | None:
+        """One of the machine's changes, the newest mostly; with ``statuses``, one in
+        those if there is one (where the page shows the button)."""
+        pks = self.changes
+        if statuses:
+            pks = list(ChangeRequest.objects.filter(pk__in=self.changes, status__in=statuses)
+                       .order_by("pk").values_list("pk", flat=True)) or pks
+        if not pks:
             return None
-        pk = self.changes[-1 - pick % len(self.changes)]  # the newest mostly
-        return ChangeRequest.objects.with_related().get(pk=pk)
+        return ChangeRequest.objects.with_related().get(pk=pks[-1 - pick % len(pks)])
 
     def _try(self, call, *args, **kwargs):
         try:
@@ -125,22 +312,144 @@ class ControlsMachine(RuleBasedStateMachine):
         except DomainError:
             return None
 
+    def _attempt(self, call, *, audited: tuple, environment: Environment, what: str,
+                 **kwargs):
+        """Call a service deciding something; a refusal of a Production action must be
+        on the audit trail. Returns (result, error)."""
+        since = _last_event()
+        try:
+            return call(**kwargs), None
+        except DomainError as exc:
+            if environment.production and isinstance(exc, audited):
+                _assert_refusal_audited(since, f"{what} ({exc.code})")
+            return None, exc
+
+    def _session(self, username: str) -> SessionStore:
+        if username not in self.sessions:
+            self.sessions[username] = SessionStore()
+        return self.sessions[username]
+
+    def _fresh(self, username: str, token: dict | None = None) -> bool:
+        """The oracle: the person's own last check (in this session, or made through
+        this token) is within PORTAL_STEP_UP_SECONDS."""
+        at = token["own_at"] if token is not None else self.checked_at.get(username)
+        return at is not None and 0 <= time.time() - at <= settings.PORTAL_STEP_UP_SECONDS
+
+    @contextmanager
+    def _acting(self, username: str, token: dict | None = None):
+        """The request the portal binds while ``username`` acts: their signed-in session,
+        or an API request with ``token`` authenticated as the API authenticates it."""
+        factory = RequestFactory(REMOTE_ADDR=ADDRESS)
+        if token is None:
+            request = factory.post("/")
+            request.user = _user(username)
+            request.session = self._session(username)
+            request.auth = None
+        else:
+            request = factory.post("/api/v1/", HTTP_AUTHORIZATION=f"Bearer {token['raw']}")
+        bound = context.bind_request(RequestContext(request_id=f"sm-{username}",
+                                                    ip=ADDRESS, request=request))
+        try:
+            if token is not None:
+                # DRF sets both on the underlying request, which the context holds.
+                request.user, request.auth = BearerTokenAuthentication().authenticate(request)
+            yield request
+        finally:
+            context.unbind_request(bound)
+
+    @contextmanager
+    def _hook(self, hook: str):
+        """A signed hook's request: it acts as the CI service account."""
+        request = RequestFactory(REMOTE_ADDR=ADDRESS).post(f"/api/v1/hooks/{hook}")
+        request.user, request.auth = _user(CI), HookCredential(hook=hook)
+        bound = context.bind_request(RequestContext(request_id=f"sm-hook-{hook}", ip=ADDRESS,
+                                                    request=request))
+        try:
+            yield request
+        finally:
+            context.unbind_request(bound)
+
+    def _step_up(self, username: str) -> None:
+        """The person answers the second-factor page: allauth records the check in
+        their session (as its step-up view does after a right code)."""
+        factor = Authenticator.objects.filter(user__username=username,
+                                              type=Authenticator.Type.TOTP).first()
+        if factor is None:
+            return  # nothing to answer with
+        request = RequestFactory(REMOTE_ADDR=ADDRESS).post("/")
+        request.user, request.session = _user(username), self._session(username)
+        record_authentication(request, request.user, "mfa", type=factor.type, id=factor.pk)
+        self.checked_at[username] = request.session["account_authentication_methods"][-1]["at"]
+
+    def _token_step_up(self, token: dict, right: bool = True) -> None:
+        """The owner answers a check through the token (POST /api/v1/auth/step-up)."""
+        if not _tokens_hold_their_owners_check():
+            return  # tokens hold the check they were made with
+        owner = _user(token["owner"])
+        factor = Authenticator.objects.filter(user=owner, type=Authenticator.Type.TOTP).first()
+        code = totp_code() if right else "000000"
+        if factor is not None and right:
+            # In the machine's story minutes pass between steps; on the test's clock they
+            # do not, so the mark a code leaves for its period is cleared: the service's
+            # own check of the code is what is exercised.
+            cache.delete(TOTP(factor)._get_used_cache_key(code))
+        since = _last_event()
+        with self._acting(token["owner"], token) as request:
+            try:
+                checked = core_services.api_token_step_up(actor=owner, token=request.auth,
+                                                          code=code)
+            except DomainError as exc:
+                assert AuditEvent.objects.filter(
+                    pk__gt=since, action__startswith="token.step_up").exists(), (
+                    f"{owner}'s step-up through a token was refused ({exc.code}) with "
+                    "nothing on the audit trail")
+                return
+        assert right and factor is not None, f"a wrong code stepped up {owner}'s token"
+        token["own_at"] = checked.second_factor_at.timestamp()
+
+    def _token_of(self, username: str) -> dict:
+        """A token of ``username``'s: one minted already, else the operator's."""
+        for token in self.tokens:
+            if token["owner"] == username:
+                return token
+        token, raw = core_services.api_token_issue(
+            actor=System("manage.py issue_token"), user=_user(username),
+            name=f"sm-operator-{len(self.tokens)}")
+        self.tokens.append({"pk": token.pk, "raw": raw, "owner": username,
+                            "issuer": "operator", "own_at": None})
+        return self.tokens[-1]
+
     # --- actions ---------------------------------------------------------------
 
     @initialize(**REQUEST)
     def first_request(self, **kwargs):
         self.create(**kwargs)
 
+    @initialize(who_what=st.sampled_from(PRODUCTION_REQUESTS),
+                authors=REQUEST["authors"], mergers=REQUEST["mergers"],
+                deploy_when_approved=st.booleans())
+    def first_production_request(self, who_what, authors, mergers, deploy_when_approved):
+        """Every story has a Production change on its way that the demo's people can
+        approve and deploy, so the search reaches Production in most runs."""
+        requester, change_type = who_what
+        self.create(requester=requester, env="production", change_type=change_type,
+                    plan=PLANS[0], authors=authors, mergers=mergers,
+                    deploy_when_approved=deploy_when_approved and requester == "oncall",
+                    scheduled=False, on_call="oncall", step_up=True)
+
     @rule(**REQUEST)
     def create(self, requester, env, change_type, plan, authors, mergers,
-               deploy_when_approved, scheduled, on_call):
+               deploy_when_approved, scheduled, on_call, step_up):
         release = ReleaseFactory(authors=authors, mergers=mergers)
-        change = self._try(
-            approvals.change_request_create, actor=_user(requester), release=release,
-            environment=Environment.objects.get(slug=env), change_type=change_type,
-            rollback_plan=plan, on_call=_user(on_call) if on_call else None,
-            deploy_when_approved=deploy_when_approved,
-            scheduled_for=timezone.now() + timedelta(hours=1) if scheduled else None)
+        if step_up:
+            self._step_up(requester)
+        with self._acting(requester):
+            change = self._try(
+                approvals.change_request_create, actor=_user(requester), release=release,
+                environment=Environment.objects.get(slug=env), change_type=change_type,
+                rollback_plan=plan, on_call=_user(on_call) if on_call else None,
+                deploy_when_approved=deploy_when_approved,
+                scheduled_for=timezone.now() + timedelta(hours=1) if scheduled else None)
         if change is not None:
             self.changes.append(change.pk)
 
@@ -158,17 +467,40 @@ class ControlsMachine(RuleBasedStateMachine):
                  "scheduled_for": timezone.now() + timedelta(hours=2),
                  "deploy_when_approved": not change.deploy_when_approved}[field]
         try:
-            approvals.change_request_update(actor=_user(actor), change=change,
-                                            **{field: value})
+            with self._acting(actor):
+                approvals.change_request_update(actor=_user(actor), change=change,
+                                                **{field: value})
         except (DomainError, TypeError):
             # TypeError: a field this version does not let anyone edit.
             return
 
+    @rule(person=st.sampled_from(PEOPLE + [ADMIN]))
+    def steps_up(self, person):
+        self._step_up(person)
+
+    @rule()
+    def minutes_pass(self):
+        """PORTAL_STEP_UP_SECONDS and a minute go by: every second-factor check on record
+        (sessions, tokens) is that much older."""
+        shift = settings.PORTAL_STEP_UP_SECONDS + 60
+        for username, session in self.sessions.items():
+            records = session.get("account_authentication_methods") or []
+            session["account_authentication_methods"] = [
+                {**r, "at": r["at"] - shift} if "at" in r else r for r in records]
+            if username in self.checked_at:
+                self.checked_at[username] -= shift
+        ApiToken.objects.filter(second_factor_at__isnull=False).update(
+            second_factor_at=F("second_factor_at") - timedelta(seconds=shift))
+        for token in self.tokens:
+            if token["own_at"] is not None:
+                token["own_at"] -= shift
+
     @rule(pick=st.integers(0, 50), actor=st.one_of(st.none(), st.sampled_from(PEOPLE)),
           gate=st.integers(0, 3),
           stale=st.sampled_from([False, False, True]),
-          reject=st.sampled_from([False, False, False, True]))
-    def decide(self, pick, actor, gate, stale, reject):
+          reject=st.sampled_from([False, False, False, True]),
+          step_up=st.sampled_from([True, True, False]))
+    def decide(self, pick, actor, gate, stale, reject, step_up):
         change = self._change(pick)
         if change is None:
             return
@@ -177,54 +509,86 @@ class ControlsMachine(RuleBasedStateMachine):
         role = roles[gate % len(roles)]
         # None: whoever holds the gate in the demo (the search finds approvals sooner).
         # Stale: what a page opened before the last edit would send back.
-        self._decide(change.pk, actor or HOLDERS[role][gate % len(HOLDERS[role])], role,
-                     stale=stale, reject=reject)
+        actor = actor or HOLDERS[role][gate % len(HOLDERS[role])]
+        if step_up:
+            self._step_up(actor)
+        self._decide(change.pk, actor, role, stale=stale, reject=reject)
 
-    @rule(pick=st.integers(0, 50))
-    def approvers_come_by(self, pick):
-        """Each gate still pending gets a look from the people who usually decide it."""
-        change = self._change(pick)
+    @rule(pick=st.integers(0, 50), road=st.sampled_from(["page", "token"]),
+          then_deploy=st.booleans())
+    def approvers_come_by(self, pick, road, then_deploy):
+        """Each gate still pending gets a look from the people who usually decide it: on
+        the page, confirming their second factor on the way, or with a token of theirs
+        as it is (the newest they have; the page when they have none). ``then_deploy``:
+        on-call then ticks the checklist and presses Deploy the same way."""
+        change = self._change(pick, ChangeRequest.Status.PENDING_APPROVAL,
+                              ChangeRequest.Status.APPROVED)
         if change is None:
             return
         for gate in change.gates.filter(status=Gate.Status.PENDING):
             for holder in HOLDERS[gate.role]:
-                self._decide(change.pk, holder, gate.role)
+                self._decide(change.pk, holder, gate.role, token=self._road(holder, road))
+        if then_deploy:
+            self._tick(change, "oncall")
+            self._press_deploy(change, "oncall", token=self._road("oncall", road))
 
-    def _decide(self, change_pk, actor, role, stale=False, reject=False):
+    def _road(self, username: str, road: str) -> dict | None:
+        """The newest token of ``username``'s for the token road; else the page, where
+        they confirm their second factor first."""
+        if road == "token":
+            for token in reversed(self.tokens):
+                if token["owner"] == username:
+                    return token
+        self._step_up(username)
+        return None
+
+    def _decide(self, change_pk, actor, role, stale=False, reject=False, token=None):
         change = ChangeRequest.objects.with_related().get(pk=change_pk)
         eligible = _may_decide_now(actor, change.environment, role)
+        fresh = self._fresh(actor, token)
+        barred = _barred(change)
+        inputs = _inputs_now(change.release.application_id, change.environment_id)
         shown = "0" * 16 if stale else approvals.change_version(change)
         before = set(Approval.objects.filter(change=change).values_list("pk", flat=True))
         call = approvals.gate_reject if reject else approvals.gate_approve
-        self._try(call, actor=_user(actor), change=change, role=role,
-                  comment="Looked at it." if reject else "", **_seen(shown))
+        with self._acting(actor, token):
+            self._attempt(call, audited=(Refused, ChangedSinceViewed),
+                          environment=change.environment,
+                          what=f"{actor}'s decision on the {role} gate of {change.reference}",
+                          actor=_user(actor), change=change, role=role,
+                          comment="Looked at it." if reject else "", **_seen(shown))
         for approval in Approval.objects.filter(change=change).exclude(pk__in=before):
             assert eligible[0], (f"{actor} decided the {role} gate of CR-{change.pk} "
                                  "without holding it")
             assert not stale, f"{actor}'s decision on a change they had not seen counted"
             self.expected_eligible[(approval.pk, actor)] = eligible
+            self.decided[approval.pk] = Decided(via="token" if token else "session",
+                                                fresh=fresh, barred=barred, inputs=inputs)
 
     @rule(pick=st.integers(0, 50), actor=st.sampled_from(PEOPLE),
           role=st.sampled_from(GateRole.values))
     def withdraw(self, pick, actor, role):
         change = self._change(pick)
         if change is not None:
-            self._try(approvals.approval_withdraw, actor=_user(actor), change=change,
-                      role=role, reason="second thoughts")
+            with self._acting(actor):
+                self._try(approvals.approval_withdraw, actor=_user(actor), change=change,
+                          role=role, reason="second thoughts")
 
-    @rule(delegator=st.sampled_from(PEOPLE), delegate=st.sampled_from(PEOPLE),
+    @rule(delegator=st.sampled_from(PEOPLE), delegate=st.sampled_from(PEOPLE + [CI]),
           env=st.sampled_from(ENVIRONMENTS), role=st.sampled_from(GateRole.values))
     def delegate(self, delegator, delegate, env, role):
-        self._try(approvals.delegation_create, actor=_user(delegator),
-                  environment=Environment.objects.get(slug=env), role=role,
-                  delegate=_user(delegate), expires_at=timezone.now() + timedelta(days=1))
+        with self._acting(delegator):
+            self._try(approvals.delegation_create, actor=_user(delegator),
+                      environment=Environment.objects.get(slug=env), role=role,
+                      delegate=_user(delegate), expires_at=timezone.now() + timedelta(days=1))
 
     @rule(actor=st.sampled_from(PEOPLE), pick=st.integers(0, 50))
     def revoke_delegation(self, actor, pick):
         delegations = list(Delegation.objects.filter(revoked_at__isnull=True).order_by("pk"))
         if delegations:
-            self._try(approvals.delegation_revoke, actor=_user(actor),
-                      delegation=delegations[pick % len(delegations)])
+            with self._acting(actor):
+                self._try(approvals.delegation_revoke, actor=_user(actor),
+                          delegation=delegations[pick % len(delegations)])
 
     @rule(pick=st.integers(0, 50))
     def requester_moves_team(self, pick):
@@ -241,28 +605,51 @@ class ControlsMachine(RuleBasedStateMachine):
         user.groups.add(Group.objects.get(name=MEMBERSHIPS[username]),
                         *self.moved.pop(username, []))
 
-    @rule(pick=st.integers(0, 50), actor=st.sampled_from(PEOPLE))
+    @rule(pick=st.integers(0, 50), actor=st.one_of(st.none(), st.sampled_from(PEOPLE)))
     def tick_checklist(self, pick, actor):
         change = self._change(pick)
-        if change is None:
-            return
+        if change is not None:
+            self._tick(change, actor or change.requested_by.username)
+
+    def _tick(self, change: ChangeRequest, actor: str) -> None:
         for item in change.checklist.filter(done=False):
             if not item.automatic:
-                self._try(approvals.checklist_item_set, actor=_user(actor), change=change,
-                          item_id=item.pk, done=True, note="checked")
+                with self._acting(actor):
+                    self._try(approvals.checklist_item_set, actor=_user(actor), change=change,
+                              item_id=item.pk, done=True, note="checked")
 
-    @rule(pick=st.integers(0, 50), actor=st.sampled_from(PEOPLE))
-    def deploy(self, pick, actor):
-        change = self._change(pick)
+    @rule(pick=st.integers(0, 50), actor=st.one_of(st.none(), st.sampled_from(PEOPLE)),
+          step_up=st.sampled_from([True, True, False]),
+          tick=st.sampled_from([True, True, False]))
+    def deploy(self, pick, actor, step_up, tick):
+        """Someone presses Deploy (``tick``: ticking what is left on the checklist first)."""
+        change = self._change(pick, ChangeRequest.Status.APPROVED)
         if change is not None:
-            self._try(approvals.change_request_deploy, actor=_user(actor), change=change)
+            actor = actor or "oncall"  # None: on-call, who deploys everywhere
+            if tick:
+                self._tick(change, actor)
+            if step_up:
+                self._step_up(actor)
+            self._press_deploy(change, actor)
+
+    def _press_deploy(self, change: ChangeRequest, actor: str, token: dict | None = None):
+        fresh = self._fresh(actor, token)
+        with self._acting(actor, token):
+            deployment, _ = self._attempt(
+                approvals.change_request_deploy, audited=(Refused,),
+                environment=change.environment,
+                what=f"{actor}'s deploy of {change.reference}", actor=_user(actor),
+                change=change)
+        if deployment is not None:
+            self.pressed[deployment.pk] = ("token" if token else "session", fresh)
 
     @rule(pick=st.integers(0, 50), actor=st.sampled_from(PEOPLE))
     def cancel(self, pick, actor):
         change = self._change(pick)
         if change is not None:
-            self._try(approvals.change_request_cancel, actor=_user(actor), change=change,
-                      reason="not now")
+            with self._acting(actor):
+                self._try(approvals.change_request_cancel, actor=_user(actor), change=change,
+                          reason="not now")
 
     @rule()
     def scheduled_time_comes(self):
@@ -283,13 +670,200 @@ class ControlsMachine(RuleBasedStateMachine):
             engine._finish(deployment, outcome, "" if outcome == "succeeded" else "step failed")
         deployment_finished.send(sender=Deployment, deployment=deployment, status=outcome)
 
-    @rule(pick=st.integers(0, 50), actor=st.sampled_from(PEOPLE))
-    def rollback(self, pick, actor):
+    @rule(pick=st.integers(0, 50), actor=st.sampled_from(PEOPLE),
+          step_up=st.sampled_from([True, False]))
+    def rollback(self, pick, actor, step_up):
         finished = list(Deployment.objects.filter(status=Deployment.Status.SUCCEEDED)
-                        .order_by("pk"))
-        if finished:
-            self._try(engine.deployment_rollback, actor=_user(actor),
-                      deployment=finished[pick % len(finished)], reason="errors are up")
+                        .select_related("environment").order_by("pk"))
+        if not finished:
+            return
+        deployment = finished[pick % len(finished)]
+        if step_up:
+            self._step_up(actor)
+        fresh = self._fresh(actor)
+        with self._acting(actor):
+            rolled, _ = self._attempt(
+                engine.deployment_rollback, audited=(Refused, Conflict),
+                environment=deployment.environment,
+                what=f"{actor}'s rollback of #{deployment.pk}", actor=_user(actor),
+                deployment=deployment, reason="errors are up")
+        if rolled is not None:
+            self.pressed[rolled.pk] = ("session", fresh)
+
+    # --- tokens: minted by an administrator, the owner or the operator; used to decide --
+
+    @initialize(tokens=st.lists(st.tuples(st.sampled_from(ISSUERS),
+                                          st.sampled_from(DECIDERS), st.booleans()),
+                                max_size=4))
+    def first_tokens(self, tokens):
+        """Tokens made before the story starts (scripts people already run)."""
+        for issuer, owner, step_up in tokens:
+            if issuer == "operator":
+                self._token_of(owner)
+            else:
+                self.mints_token(issuer, owner, step_up)
+
+    @rule(issuer=st.sampled_from([ADMIN, ADMIN, "owner"]), owner=st.sampled_from(TOKEN_OWNERS),
+          step_up=st.sampled_from([True, True, False]))
+    def mints_token(self, issuer, owner, step_up):
+        """An administrator (or the owner) makes an API token on the tokens page."""
+        issuer = owner if issuer == "owner" else issuer
+        if step_up:
+            self._step_up(issuer)
+        # A check of the owner's own, when they make it themselves with one.
+        own_at = self.checked_at.get(issuer) if (
+            issuer == owner and self._fresh(issuer) and _has_factor(owner)) else None
+        since = _last_event()
+        with self._acting(issuer):
+            try:
+                token, raw = core_services.api_token_issue(
+                    actor=_user(issuer), user=_user(owner), name=f"sm-{len(self.tokens)}")
+            except Refused as exc:
+                if exc.code == "not_permitted":
+                    assert issuer != owner, f"{owner} was refused a token of their own"
+                    _assert_refusal_audited(since, f"{issuer}'s token for {owner}")
+                return
+            except DomainError:
+                return
+        if _tokens_hold_their_owners_check():
+            assert issuer == owner or owner == CI, (
+                f"{issuer} made a token that acts as {owner}")
+        self.tokens.append({"pk": token.pk, "raw": raw, "owner": owner, "issuer": issuer,
+                            "own_at": own_at})
+
+    @rule(name=st.sampled_from(["QA", "Qa", "qa", "CAB", "Cab"]))
+    def operator_issues_token(self, name):
+        """``manage.py issue_token QA``: the name in another case is the same person."""
+        out = io.StringIO()
+        try:
+            call_command("issue_token", name, "--name", f"sm-cli-{len(self.tokens)}",
+                         stdout=out)
+        except CommandError:
+            return  # no account of that spelling (before usernames had one)
+        raw = out.getvalue().strip()
+        token = ApiToken.objects.select_related("user").get(token_hash=hash_token(raw))
+        assert token.user.username.lower() == name.lower(), (
+            f"issue_token {name} made a token of {token.user.username}")
+        self.tokens.append({"pk": token.pk, "raw": raw, "owner": token.user.username,
+                            "issuer": "operator", "own_at": None})
+
+    @precondition(lambda self: self.tokens)
+    @rule(pick=st.integers(0, 50), right=st.sampled_from([True, True, True, False]))
+    def steps_up_through_token(self, pick, right):
+        self._token_step_up(self.tokens[pick % len(self.tokens)], right=right)
+
+    @precondition(lambda self: self.tokens)
+    @rule(which=st.integers(0, 50), pick=st.integers(0, 50), gate=st.integers(0, 3),
+          reject=st.sampled_from([False, False, False, True]))
+    def decides_with_token(self, which, pick, gate, reject):
+        """A script decides a gate with a token, on the version it was handed."""
+        change = self._change(pick)
+        if change is None:
+            return
+        token = self.tokens[which % len(self.tokens)]
+        roles = [g.role for g in change.gates.all()] or [GateRole.BUSINESS]
+        self._decide(change.pk, token["owner"], roles[gate % len(roles)], reject=reject,
+                     token=token)
+
+    @precondition(lambda self: self.tokens)
+    @rule(which=st.integers(0, 50), pick=st.integers(0, 50))
+    def deploys_with_token(self, which, pick):
+        change = self._change(pick, ChangeRequest.Status.APPROVED)
+        if change is not None:
+            token = self.tokens[which % len(self.tokens)]
+            self._press_deploy(change, token["owner"], token=token)
+
+    # --- CI, the admin, Alertmanager, sign-in ----------------------------------------
+
+    @rule(pick=st.integers(0, 50), whom=st.integers(0, 9),
+          field=st.sampled_from(["authors", "mergers"]),
+          spelling=st.sampled_from(sorted(SPELLINGS)))
+    def ci_reports_authors_late(self, pick, whom, field, spelling):
+        """CI reports, after the decisions, that someone who approved wrote or merged
+        commits of the release (spelled as CI spells it)."""
+        change = self._change(pick)
+        if change is None:
+            return
+        names = sorted(set(Approval.objects.filter(change_id=change.pk)
+                           .values_list("approver__username", flat=True))) or PEOPLE
+        name = SPELLINGS[spelling](names[whom % len(names)])
+        with self._hook("ci"):
+            hooks.release_checks_record(actor=_user(CI), release=change.release,
+                                        **{field: [name]})
+
+    @rule(what=st.sampled_from(["executor_settings", "target"]),
+          env=st.sampled_from(ENVIRONMENTS))
+    def admin_edits_what_runs(self, what, env):
+        """An administrator changes the executor's settings or a target in the admin."""
+        if self.admin_client is None:
+            self.admin_client = Client(REMOTE_ADDR=ADDRESS)
+            self.admin_client.force_login(_user(ADMIN))
+        app = Application.objects.get(slug="storefront")
+        if what == "executor_settings":
+            changed = dict(app.executor_settings or {})
+            analysis = dict(changed.get("analysis") or {})
+            analysis["samples"] = 30 if analysis.get("samples") != 30 else 20
+            changed["analysis"] = analysis
+            url = reverse("admin:catalog_application_change", args=[app.pk])
+            data = {"slug": app.slug, "name": app.name, "repository_url": app.repository_url,
+                    "team": app.team, "executor": app.executor,
+                    "executor_settings": json.dumps(changed)}
+        else:
+            target = (Target.objects.filter(application=app, environment__slug=env)
+                      .order_by("name").first())
+            if target is None:
+                return
+            url = reverse("admin:catalog_target_change", args=[target.pk])
+            data = {"application": app.pk, "environment": target.environment_id,
+                    "name": target.name,
+                    "address": "localhost" if target.address != "localhost" else "127.0.0.1"}
+        # The admin's own transaction commits in production; here its after-commit work
+        # (the approval workflow hearing of the edit) runs at the end of the request.
+        with TestCase.captureOnCommitCallbacks(execute=True):
+            response = self.admin_client.post(url, {**data, "_save": "Save"})
+        assert response.status_code < 500, f"the admin's save answered {response.status_code}"
+
+    @rule(sender=st.sampled_from(["engineer", "oncall", "oncall", "hook"]),
+          env=st.sampled_from(ENVIRONMENTS), again=st.sampled_from([False, False, True]),
+          step_up=st.sampled_from([True, False]))
+    def alert_fires(self, sender, env, again, step_up):
+        """Alertmanager asks for a rollback of the storefront, with an engineer's or
+        on-call's token, or signed with the hook's secret; ``again``: the last alert sent
+        once more (a refused one is not remembered, so a permitted sender still acts)."""
+        if not again or not self.alerts:
+            self.alerts += 1
+        alert = {"status": "firing", "startsAt": "2026-12-07T10:00:00Z",
+                 "fingerprint": f"sm{self.alerts:04d}{env}",
+                 "labels": {"alertname": "HighErrorRate", "action": hooks.ROLLBACK_ACTION,
+                            "application": "storefront", "environment": env},
+                 "annotations": {"summary": "errors are up"}}
+        if sender == "hook":
+            actor, token, acting, fresh = _user(CI), None, self._hook("alertmanager"), False
+        else:
+            token = self._token_of(sender)
+            if step_up:
+                self._token_step_up(token)
+            actor, acting, fresh = _user(sender), self._acting(sender, token), self._fresh(
+                sender, token)
+        since = _last_event()
+        with acting:
+            outcomes = hooks.alerts_receive(actor=actor, payload={"status": "firing",
+                                                                  "alerts": [alert]})
+        for outcome in outcomes:
+            if outcome["outcome"] == "refused":
+                _assert_refusal_audited(since, f"the alert sent by {sender}")
+            if outcome["outcome"] == "rolled_back" and outcome.get("rollback_deployment"):
+                self.pressed[outcome["rollback_deployment"]] = (
+                    "token" if token else "hook", fresh)
+
+    @rule(name=st.sampled_from(["QA", "Qa", "qa", "CAB"]))
+    def signs_in(self, name):
+        """A password sign-in with the name in any case is that person or nobody."""
+        request = RequestFactory(REMOTE_ADDR=ADDRESS).post("/accounts/login/")
+        user = authenticate(request, username=name, password=PASSWORD)
+        if user is not None:
+            assert user.get_username() == name.lower(), (
+                f"signing in as {name} signed in {user.get_username()}")
 
     # --- the invariant ---------------------------------------------------------
 
@@ -299,9 +873,9 @@ class ControlsMachine(RuleBasedStateMachine):
                            .select_related("environment", "started_by")):
             self.seen_deployments.add(deployment.pk)
             if deployment.kind == Deployment.Kind.ROLLBACK:
-                _assert_rollback_allowed(deployment)
+                _assert_rollback_allowed(deployment, self.pressed.get(deployment.pk))
             else:
-                _assert_change_allowed(deployment, self.expected_eligible)
+                _assert_change_allowed(deployment, self)
 
 
 def _seen(shown: str) -> dict:
@@ -309,14 +883,28 @@ def _seen(shown: str) -> dict:
     return {"seen": shown}
 
 
-def _assert_rollback_allowed(deployment: Deployment) -> None:
+def _assert_own_fresh_check(pressed: tuple[str, bool] | None, what: str) -> None:
+    """In Production, what a person pressed was pressed with their own fresh check."""
+    if pressed is None:
+        return  # started by the portal itself (the last approval, the schedule)
+    road, fresh = pressed
+    if road == "hook" or (road == "token" and not _tokens_hold_their_owners_check()):
+        return  # a hook acts as its service account; tokens: see the probe
+    assert fresh, (f"{what} without a fresh check of the person's own second factor "
+                   f"(through a {road})")
+
+
+def _assert_rollback_allowed(deployment: Deployment, pressed) -> None:
     if deployment.started_by is None:
         return  # the engine's automatic rollback on failing health (no person)
     assert _holds(deployment.started_by.username, "rollback", deployment.environment), (
         f"rollback #{deployment.pk} was started by {deployment.started_by} without `rollback`")
+    if deployment.environment.production:
+        _assert_own_fresh_check(pressed, f"{deployment.started_by} rolled back "
+                                         f"#{deployment.pk} in Production")
 
 
-def _assert_change_allowed(deployment: Deployment, expected_eligible) -> None:
+def _assert_change_allowed(deployment: Deployment, machine: ControlsMachine) -> None:
     env = deployment.environment
     assert deployment.started_by is not None, (
         f"deployment #{deployment.pk} names nobody who started it")
@@ -325,10 +913,9 @@ def _assert_change_allowed(deployment: Deployment, expected_eligible) -> None:
         f"deployment #{deployment.pk} to {env.slug} was started by {starter}, "
         "who does not hold `deploy` there")
     change = ChangeRequest.objects.with_related().get(pk=deployment.change_id)
-    release = change.release
-    barred = ({change.requested_by.username} | set(release.authors or [])
-              | set(release.mergers or []))
+    barred_now = _barred(change)
     current = approvals.fingerprint(change)
+    ran = _inputs_ran(deployment)
     people = []
     for gate in change.gates.all():
         standing = list(gate.approvals.filter(decision=Approval.Decision.APPROVED,
@@ -339,13 +926,19 @@ def _assert_change_allowed(deployment: Deployment, expected_eligible) -> None:
         for approval in standing:
             who = approval.approver.username
             people.append(who)
-            assert who not in barred, (
-                f"{who} approved {change.reference}, which they are barred from")
+            decided = machine.decided.get(approval.pk)
+            assert decided is not None, f"{who}'s approval came from nowhere the test knows"
+            # Barred as known when they decided; and, once facts that arrive later are
+            # checked at every start, as known when it started.
+            barred = decided.barred | (barred_now if _late_facts_rechecked() else frozenset())
+            assert not _is_barred(who, barred), (
+                f"{who} approved {change.reference}, which they are barred from "
+                f"({sorted(barred)})")
             if approval.on_behalf_of is not None:
-                assert approval.on_behalf_of.username not in barred, (
+                assert not _is_barred(approval.on_behalf_of.username, barred), (
                     f"{who} approved {change.reference} standing in for "
                     f"{approval.on_behalf_of.username}, who is barred from it")
-            eligible = expected_eligible.get((approval.pk, who))
+            eligible = machine.expected_eligible.get((approval.pk, who))
             assert eligible is not None and eligible[0], (
                 f"{who}'s approval of the {gate.role} gate was not eligible when given")
             for part in approvals.CONCERNS:
@@ -353,8 +946,28 @@ def _assert_change_allowed(deployment: Deployment, expected_eligible) -> None:
                     assert approval.fingerprint.get(part) == current[part], (
                         f"{change.reference} deployed with its {part} changed since "
                         f"{who} approved the {gate.role} gate")
+            if _what_runs_fingerprinted():
+                for part in ("executor", "targets"):
+                    if gate.role in approvals.CONCERNS[part]:
+                        assert decided.inputs[part] == ran[part], (
+                            f"{change.reference} ran with its {part} changed since {who} "
+                            f"approved the {gate.role} gate: {decided.inputs[part]} then, "
+                            f"{ran[part]} run")
+            if env.production:
+                _assert_own_fresh_check((decided.via, decided.fresh),
+                                        f"{who} approved the Production {gate.role} gate "
+                                        f"of {change.reference}")
+            if _service_accounts_never_decide():
+                from core import accounts
+
+                assert not accounts.is_service_account(approval.approver), (
+                    f"the service account {who} decided the {gate.role} gate of "
+                    f"{change.reference}")
     assert len(people) == len(set(people)), (
         f"one person decided two gates of {change.reference}: {people}")
+    if env.production:
+        _assert_own_fresh_check(machine.pressed.get(deployment.pk),
+                                f"{starter} deployed {change.reference} to Production")
 
 
 @pytest.mark.django_db
@@ -363,7 +976,8 @@ def test_no_sequence_of_actions_deploys_around_the_controls(demo):
     demo.outsider  # noqa: B018 - someone who holds nothing at all
     run_state_machine_as_test(
         ControlsMachine,
-        settings=settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
-                          suppress_health_check=list(HealthCheck), database=None,
-                          derandomize=os.environ.get("CI") == "true"),
+        settings=hypothesis_settings(
+            max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
+            suppress_health_check=list(HealthCheck), database=None,
+            derandomize=os.environ.get("CI") == "true"),
     )
