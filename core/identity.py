@@ -177,21 +177,29 @@ class PortalAuthenticateForm(AuthenticateForm):
         request = allauth_context.request
         credentials = {"username": self.user.get_username()}
         if AxesProxyHandler.is_locked(request, credentials):
+            # Refused unchecked; marked locked first, so that django-axes neither counts
+            # it nor moves the cool-off's end, and its middleware answers with the
+            # lockout page.
+            self._locked(request, credentials)
             self._refused(request, credentials)
             raise ValidationError(CODE_LOCKED_OUT, code="locked_out")
         try:
             return super().clean_code()
         except ValidationError:
             self._refused(request, credentials)
+            if AxesProxyHandler.is_locked(request, credentials):
+                self._locked(request, credentials)
             raise
 
-    def _refused(self, request, credentials: dict) -> None:
-        user_login_failed.send(sender=type(self), request=request,
+    @staticmethod
+    def _locked(request, credentials: dict) -> None:
+        request.axes_locked_out = True
+        request.axes_credentials = credentials
+
+    @staticmethod
+    def _refused(request, credentials: dict) -> None:
+        user_login_failed.send(sender=PortalAuthenticateForm, request=request,
                                credentials={**credentials, "second_factor": True})
-        if AxesProxyHandler.is_locked(request, credentials):
-            # django-axes' middleware answers with the lockout page.
-            request.axes_locked_out = True
-            request.axes_credentials = credentials
 
 
 class PortalReauthenticateForm(ReauthenticateForm):
