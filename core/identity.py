@@ -18,6 +18,7 @@ from allauth.account.views import LoginView
 from allauth.core import context as allauth_context
 from allauth.core.exceptions import ImmediateHttpResponse
 from allauth.mfa.base.forms import AuthenticateForm
+from allauth.mfa.base.forms import ReauthenticateForm as MfaReauthenticateForm
 from allauth.mfa.models import Authenticator
 from allauth.mfa.signals import authenticator_added, authenticator_removed, authenticator_reset
 from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
@@ -162,8 +163,8 @@ class PortalLoginForm(LoginForm):
         super().__init__(*args, **kwargs)
 
 
-class PortalAuthenticateForm(AuthenticateForm):
-    """allauth's second-factor step at sign-in, counted like a password.
+class CodeLockoutMixin:
+    """Second-factor codes counted like passwords (sign-in and step-up alike).
 
     A wrong code is a failed sign-in: Django's ``user_login_failed`` is sent for the
     account, so django-axes counts it against the same username and address as wrong
@@ -172,6 +173,8 @@ class PortalAuthenticateForm(AuthenticateForm):
     (allauth's own code limit shares ``login_failed`` with passwords, which django-axes
     counts instead, so it is off: ACCOUNT_RATE_LIMITS.)
     """
+
+    stage = "second_factor"
 
     def clean_code(self) -> str:
         request = allauth_context.request
@@ -196,10 +199,20 @@ class PortalAuthenticateForm(AuthenticateForm):
         request.axes_locked_out = True
         request.axes_credentials = credentials
 
-    @staticmethod
-    def _refused(request, credentials: dict) -> None:
-        user_login_failed.send(sender=PortalAuthenticateForm, request=request,
-                               credentials={**credentials, "second_factor": True})
+    def _refused(self, request, credentials: dict) -> None:
+        user_login_failed.send(sender=type(self), request=request,
+                               credentials={**credentials, "second_factor": self.stage})
+
+
+class PortalAuthenticateForm(CodeLockoutMixin, AuthenticateForm):
+    """allauth's second-factor step at sign-in, its codes counted like passwords."""
+
+
+class PortalMfaReauthenticateForm(CodeLockoutMixin, MfaReauthenticateForm):
+    """allauth's second-factor step-up (before a Production decision), its codes counted
+    like passwords: a stolen session cannot guess codes either."""
+
+    stage = "step_up"
 
 
 class PortalReauthenticateForm(ReauthenticateForm):

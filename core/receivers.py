@@ -42,12 +42,12 @@ def audit_login_failed(sender, credentials, request=None, **kwargs):
     from core.identity import normalize_username
 
     username = normalize_username(credentials.get("username", ""))[:150]
-    second_factor = bool(credentials.get("second_factor"))
+    stage = credentials.get("second_factor")
     with transaction.atomic():
         audit_record(actor=System("sign-in refused"), action="auth.login_failed",
                      object_type="user", object_repr=username,
-                     after={"stage": "second_factor"} if second_factor else None,
-                     reason="wrong second-factor code" if second_factor else "")
+                     after={"stage": str(stage)} if stage else None,
+                     reason="wrong second-factor code" if stage else "")
 
 
 @receiver(user_locked_out, dispatch_uid="core.audit.locked_out")

@@ -459,7 +459,8 @@ ACCOUNT_FORMS = {"login": "core.identity.PortalLoginForm",
 ACCOUNT_RATE_LIMITS = {"login_failed": False}
 # Usernames have one spelling, lower case (core.identity.normalize_username).
 ACCOUNT_PRESERVE_USERNAME_CASING = False
-MFA_FORMS = {"authenticate": "core.identity.PortalAuthenticateForm"}
+MFA_FORMS = {"authenticate": "core.identity.PortalAuthenticateForm",
+             "reauthenticate": "core.identity.PortalMfaReauthenticateForm"}
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
 MFA_PASSKEY_LOGIN_ENABLED = True
 MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = DEBUG

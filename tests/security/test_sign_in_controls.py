@@ -16,6 +16,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import IntegrityError, transaction
 from django.test import Client, RequestFactory
+from django.urls import reverse
 
 from core.identity import PortalSocialAccountAdapter
 from core.models import ApiToken, AuditEvent
@@ -164,6 +165,24 @@ def test_wrong_passwords_and_wrong_codes_add_up_to_one_limit(demo):
     assert attacker.post(CODE_PAGE, {"code": second}).status_code == 429
     assert attacker.post(CODE_PAGE, {"code": totp_code()}).status_code == 429
     assert signed_in_as(attacker) is None
+    assert AuditEvent.objects.filter(action="auth.locked_out", object_repr="cab").count() == 1
+
+
+def test_wrong_codes_at_a_step_up_lock_out_too(demo):
+    # A stolen session (password known, no code) guessing the step-up before a
+    # Production decision meets the same limit.
+    thief = Client(REMOTE_ADDR="203.0.113.46")
+    thief.force_login(demo.cab)
+    url = reverse("mfa_reauthenticate")
+    limit = settings.AXES_FAILURE_LIMIT
+    answers = [thief.post(url, {"code": code}).status_code for code in wrong_codes(limit)]
+    assert answers == [200] * (limit - 1) + [429]
+    assert thief.post(url, {"code": totp_code()}).status_code == 429
+    methods = thief.session.get("account_authentication_methods", [])
+    assert not any(m.get("method") == "mfa" for m in methods)
+    refused = AuditEvent.objects.filter(action="auth.login_failed", object_repr="cab",
+                                        after__stage="step_up")
+    assert refused.count() == limit + 1
     assert AuditEvent.objects.filter(action="auth.locked_out", object_repr="cab").count() == 1
 
 
