@@ -241,6 +241,22 @@ def test_a_second_account_differing_only_in_case_is_refused(demo):
     assert User.objects.filter(username="newperson").exists()
     assert not User.objects.filter(username="NewPerson").exists()
 
+    # Renaming an account to another's name in another case is a form error, not a 500.
+    engineer = demo.engineer
+    page = admin.get(f"/admin/auth/user/{engineer.pk}/change/")
+    assert page.status_code == 200
+    form = page.context["adminform"].form
+    data = {name: value for name, value in form.initial.items()
+            if value is not None and name not in ("password", "groups", "user_permissions",
+                                                  "last_login", "date_joined")}
+    data.update({"username": "QA", "date_joined_0": "2026-01-01",
+                 "date_joined_1": "00:00:00"})
+    answer = admin.post(f"/admin/auth/user/{engineer.pk}/change/", data)
+    assert answer.status_code == 200
+    assert "already exists" in answer.content.decode()
+    engineer.refresh_from_db()
+    assert engineer.username == "engineer"
+
 
 def test_single_sign_on_names_the_account_in_its_one_spelling(db):
     request = RequestFactory().get("/accounts/oidc/sso/login/callback/")
