@@ -133,7 +133,8 @@ REDIS_URL = env.str("REDIS_URL", default=embedded.embedded_redis_url())
 AUTHENTICATION_BACKENDS = [
     # First: refuses a locked-out username and address before the password is checked.
     "core.authentication.SignInLockoutBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # Django's password check, on the username's one spelling (lower case).
+    "core.authentication.UsernameBackend",
     # Identity: django-allauth
     "allauth.account.auth_backends.AuthenticationBackend",
     "guardian.backends.ObjectPermissionBackend",
@@ -167,6 +168,11 @@ AXES_ENABLE_ACCESS_FAILURE_LOG = False
 AXES_VERBOSE = False
 # The client address as Django sees it (REMOTE_ADDR); the proxy in front sets it.
 AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+# The lockout's key is the username's one spelling: "qA" is locked when "qa" is.
+AXES_USERNAME_CALLABLE = "core.identity.axes_username"
+# Wrong second-factor codes count as failures too (core.identity.PortalAuthenticateForm);
+# neither a password nor a code is kept with the attempt.
+AXES_SENSITIVE_PARAMETERS = ["password", "code", "credential"]
 # The portal's own pages answer a CSRF failure.
 CSRF_FAILURE_VIEW = "core.error_views.csrf_failure"
 
@@ -448,8 +454,13 @@ ACCOUNT_LOGOUT_REDIRECT_URL = "login"
 ACCOUNT_ADAPTER = "core.identity.PortalAccountAdapter"
 ACCOUNT_FORMS = {"login": "core.identity.PortalLoginForm",
                  "reauthenticate": "core.identity.PortalReauthenticateForm"}
-# Repeated wrong passwords are django-axes' to count and lock (AXES_* above).
+# Repeated wrong passwords and wrong second-factor codes at sign-in are django-axes' to
+# count and lock (AXES_* above; core.identity.PortalAuthenticateForm for the codes).
 ACCOUNT_RATE_LIMITS = {"login_failed": False}
+# Usernames have one spelling, lower case (core.identity.normalize_username).
+ACCOUNT_PRESERVE_USERNAME_CASING = False
+MFA_FORMS = {"authenticate": "core.identity.PortalAuthenticateForm",
+             "reauthenticate": "core.identity.PortalMfaReauthenticateForm"}
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
 MFA_PASSKEY_LOGIN_ENABLED = True
 MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = DEBUG

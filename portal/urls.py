@@ -133,9 +133,10 @@ urlpatterns = [
          configuration_views.configuration_detail, name="configuration-detail"),
     path("configuration/<slug:application>/<slug:environment>/diff",
          configuration_views.configuration_diff, name="configuration-diff"),
+    # The admin has no password form of its own: /admin/login/ leads to the portal's
+    # sign-in (password, second factor, lockout), then back to the admin.
+    path("admin/login/", identity.admin_login, name="admin-login"),
     path("admin/", admin.site.urls),
-    # Identity: django-allauth
-    path("accounts/", include("allauth.urls")),
     # Second factors: finish the action a step-up interrupted.
     path("step-up/<str:stash>/", stepup_views.resume, name="step-up-resume"),
     path("second-factor-required/", stepup_views.second_factor_required,
@@ -152,7 +153,8 @@ urlpatterns = [
          name="security-sessions-end-others"),
     path("accounts/2fa/", RedirectView.as_view(pattern_name="security")),
     path("accounts/sessions/", RedirectView.as_view(pattern_name="security")),
-    # Passwords are set by an administrator, not reset by e-mail.
+    # Passwords are set by an administrator, not reset by e-mail: refused before
+    # allauth's include (its reset request, key and done pages).
     re_path(r"^accounts/password/reset/", identity_views.not_offered),
     path("accounts/", include("allauth.urls")),
 ]

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from core.audit import System
 from core.errors import DomainError
+from core.identity import normalize_username
 from core.models import TokenScope
 from core.services import api_token_issue
 
@@ -26,7 +27,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, username: str, name: str, days: int, scopes: str, **options):
         try:
-            user = get_user_model().objects.get(username=username, is_active=True)
+            # "QA" names the account "qa": one spelling, as at sign-in.
+            user = get_user_model().objects.get(username=normalize_username(username),
+                                                is_active=True)
         except get_user_model().DoesNotExist:
             raise CommandError(f"no active user named {username!r}") from None
         if days < 0:
