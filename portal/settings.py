@@ -2,7 +2,8 @@
 
 The embedded PostgreSQL and Redis (see ``portal.embedded``) stand in when
 ``DATABASE_URL`` and ``REDIS_URL`` are unset. DEBUG is off unless ``DJANGO_DEBUG``
-turns it on (``manage.py run``, the local demo, does); with it off the process needs
+(or ``PORTAL_DEBUG``) turns it on; ``manage.py run`` keeps it off too. With it off the
+process needs
 ``DJANGO_SECRET_KEY`` (not the development key), and production sets
 ``DJANGO_ALLOWED_HOSTS`` and both URLs too.
 """
@@ -19,8 +20,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 
-# Off unless turned on explicitly (`manage.py run`, the demo, and the test run do).
-DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# Off unless turned on explicitly: DJANGO_DEBUG, or PORTAL_DEBUG=true for a developer's
+# `make run` (which is otherwise off like production). The test run turns it on.
+DEBUG = env.bool("DJANGO_DEBUG", default=env.bool("PORTAL_DEBUG", default=False))
 
 # A development key only when DEBUG is on; production must set its own, and a
 # production process refuses to start with the development one.
@@ -188,19 +190,23 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("DJANGO_STATIC_ROOT", default=str(embedded.var_dir() / "static")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# Production serves the collected, hashed files (collectstatic); DEBUG and the
+# one-machine run (PORTAL_STATIC_FROM_FINDERS, set by `manage.py run`) serve them from
+# the apps' folders through WhiteNoise, with nothing to collect first.
+STATIC_FROM_FINDERS = env.bool("PORTAL_STATIC_FROM_FINDERS", default=DEBUG)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
         "BACKEND": (
             "django.contrib.staticfiles.storage.StaticFilesStorage"
-            if DEBUG
+            if STATIC_FROM_FINDERS
             else "whitenoise.storage.CompressedManifestStaticFilesStorage"
         )
     },
 }
-WHITENOISE_USE_FINDERS = DEBUG
-if DEBUG:
-    # WhiteNoise serves from the finders in development but expects the folder to exist.
+WHITENOISE_USE_FINDERS = STATIC_FROM_FINDERS
+if STATIC_FROM_FINDERS:
+    # WhiteNoise serves from the finders but expects the folder to exist.
     STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -284,6 +290,9 @@ SPECTACULAR_SETTINGS = {
 
 # Celery: Redis broker; long deployments are explicit about delivery (STYLE 10).
 CELERY_BROKER_URL = REDIS_URL
+# kombu's Redis transport, made safe to close once Redis died (portal/broker.py): the
+# worker reconnects in place instead of exiting with kombu's AttributeError.
+CELERY_BROKER_TRANSPORT = "portal.broker:Transport"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
@@ -293,10 +302,14 @@ CELERY_TASK_SOFT_TIME_LIMIT = env.int("PORTAL_TASK_SOFT_TIME_LIMIT", default=330
 CELERY_TASK_TIME_LIMIT = env.int("PORTAL_TASK_TIME_LIMIT", default=3600)
 # Longer than the longest run, so a slow deployment is not redelivered mid-run.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}
+CELERY_BROKER_CONNECTION_RETRY = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Keep reconnecting to a Redis that went away, however long it takes (make run
 # restarts it; the worker and beat resume without a restart of their own).
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# A deployment step running when Redis goes away runs to its end: its message stays
+# in Redis' unacked set, and a second delivery of it is harmless.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # A publish while Redis is away gives up quickly: the deployment row is committed
 # and beat's sweep queues it once Redis is back (deployments_resume_stale).
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0,
@@ -355,7 +368,8 @@ PORTAL_ARTIFACT_SOURCES = env.list("PORTAL_ARTIFACT_SOURCES",
 # Largest artifact downloaded over http(s).
 PORTAL_ARTIFACT_MAX_BYTES = env.int("PORTAL_ARTIFACT_MAX_BYTES", default=2 * 1024 ** 3)
 # Outbound calls (core.outbound): loopback, private, link-local, metadata and other
-# non-public addresses are refused unless listed here (host names, addresses, CIDRs).
+# non-public addresses are refused unless listed here (host names, addresses, CIDRs,
+# each optionally with :port or :low-high; `make run` lists the demo fleet's ports).
 PORTAL_OUTBOUND_ALLOW = env.list("PORTAL_OUTBOUND_ALLOW", default=[])
 PORTAL_OUTBOUND_CONNECT_TIMEOUT = env.float("PORTAL_OUTBOUND_CONNECT_TIMEOUT", default=5.0)
 PORTAL_OUTBOUND_READ_TIMEOUT = env.float("PORTAL_OUTBOUND_READ_TIMEOUT", default=30.0)
@@ -463,7 +477,9 @@ MFA_FORMS = {"authenticate": "core.identity.PortalAuthenticateForm",
              "reauthenticate": "core.identity.PortalMfaReauthenticateForm"}
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
 MFA_PASSKEY_LOGIN_ENABLED = True
-MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = DEBUG
+# Passkeys on http://127.0.0.1 (the one-machine run sets it; DEBUG is not needed).
+MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = env.bool("PORTAL_WEBAUTHN_ALLOW_INSECURE_ORIGIN",
+                                              default=DEBUG)
 MFA_TOTP_ISSUER = env.str("PORTAL_MFA_TOTP_ISSUER", default="Change portal")
 # Sessions are recorded at sign-in; "last seen" is kept in the cache by
 # core.identity.SessionLastSeenMiddleware, not written to the database on every page.

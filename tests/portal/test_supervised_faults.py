@@ -81,8 +81,7 @@ def test_a_deploy_request_during_a_redis_outage_runs_once_redis_is_back(portal):
     import subprocess
     import sys
 
-    env = dict(portal.env, DATABASE_URL=f"postgres://portal@127.0.0.1:{portal.pg_port}/portal",
-               REDIS_URL=f"redis://127.0.0.1:{portal.redis_port}/0")
+    env = portal.shell_env()
     code = f"""
 import pathlib, time, redis
 from redis.backoff import NoBackoff
