@@ -13,9 +13,10 @@ from datetime import UTC, datetime, timedelta
 
 from django.core.mail import send_mail
 from django.db import transaction
+from django.db.models import Prefetch
 from django.utils import timezone
 
-from approvals import signals
+from approvals import eligibility, signals
 from approvals.models import (
     PRE_DEPLOYMENT_KINDS,
     Approval,
@@ -31,7 +32,12 @@ from approvals.models import (
     PostImplementationReview,
     Strategy,
 )
-from approvals.selectors import Blocker, change_blockers, unsatisfiable_gates
+from approvals.selectors import (
+    Blocker,
+    change_blockers,
+    person_facts,
+    unsatisfiable_gates,
+)
 from catalog.models import Environment, Release
 from catalog.permissions import has_env_perm
 from configuration.selectors import digests_for
@@ -287,32 +293,27 @@ def _approved_status(change: ChangeRequest) -> str:
     return ChangeRequest.Status.APPROVED
 
 
-def _delegators(user, environment: Environment, role: str) -> list:
-    """Who lends ``user`` their authority over ``role`` there now (and still holds it)."""
-    return [d.delegator for d in Delegation.objects.filter(
-            delegate=user, environment=environment, role=role, revoked_at__isnull=True,
-            expires_at__gt=timezone.now()).select_related("delegator").order_by("id")
-            if has_env_perm(d.delegator, GateRole(role).permission, environment)]
-
-
 def may_decide(user, environment: Environment, role: str):
-    """(allowed, delegator): directly by permission, or through an active delegation."""
-    if has_env_perm(user, GateRole(role).permission, environment):
+    """(allowed, lent): whether ``user`` holds the authority over ``role`` there, by the
+    permission (lent is None) or by a live delegation from someone who still holds it
+    (the oldest such delegation), before any change's own rules
+    (``approvals.eligibility``)."""
+    direct, lent = eligibility.authority(person_facts(user), environment.pk, role,
+                                         timezone.now())
+    if direct:
         return True, None
-    delegators = _delegators(user, environment, role)
-    return (True, delegators[0]) if delegators else (False, None)
+    return (True, lent[0]) if lent else (False, None)
 
 
-def _conflict_of(person, change: ChangeRequest) -> str | None:
-    """Why ``person`` may not decide on ``change`` (segregation of duties), if they may not."""
-    username = person.get_username()
-    if change.requested_by_id == person.pk:
-        return "requested"
-    if username in (change.release.authors or []):
-        return "wrote commits in"
-    if username in (change.release.mergers or []):
-        return "merged commits in"
-    return None
+def _refuse(verdict: eligibility.Verdict) -> None:
+    """Raise the refusal a verdict of ``approvals.eligibility`` stands for."""
+    if verdict.eligible:
+        return
+    if verdict.code == eligibility.REQUESTER:
+        raise SelfApproval(verdict.detail)
+    if verdict.code == eligibility.GATE_CLOSED:
+        raise AlreadyDecided(verdict.detail)
+    raise NotEligible(verdict.detail, code=verdict.code)
 
 
 def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: str,
@@ -326,24 +327,24 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
                       .get(pk=change.pk))
             _hold_environment_if_it_may_start(change)
             gate = _gate_open_to_decisions(change, role)
-            delegator = _decider_standing(actor, change, gate, role)
+            lent = _decider_standing(actor, change, gate)
             factor = _step_up_for_production(
                 actor, change.environment,
                 f"{'approve' if decision == Approval.Decision.APPROVED else 'reject'} a "
                 f"{change.environment.name} gate")
             current = change_version(change)
-            _check_decision_is_new(actor, change, gate, seen=seen, current=current)
+            _check_decision_is_new(change, seen=seen, current=current)
             Approval.objects.create(gate=gate, change=change, approver=actor,
                                     decision=decision, comment=comment,
-                                    fingerprint=fingerprint(change), on_behalf_of=delegator)
+                                    fingerprint=fingerprint(change),
+                                    on_behalf_of_id=lent.delegator_id if lent else None)
             before = _apply_decision(change, gate, decision)
             audit_record(actor=actor, action=action, obj=change,
                          object_repr=f"{change} / {gate.get_role_display()}",
                          environment=change.environment.slug, before=before,
                          after={"gate": gate.status, "change": change.status, "role": role,
                                 "comment": comment,
-                                "on_behalf_of": delegator.get_username() if delegator
-                                else None,
+                                "on_behalf_of": lent.delegator if lent else None,
                                 # The version decided on; None: an API client sent none.
                                 "version": current, "version_seen": seen, **factor})
             _announce_decision(change, gate, actor, comment)
@@ -370,57 +371,26 @@ def _gate_open_to_decisions(change: ChangeRequest, role: str) -> Gate:
     return gate
 
 
-def _decider_standing(actor, change: ChangeRequest, gate: Gate, role: str):
-    """Refuses a decider the segregation rules exclude; returns the delegator ``actor``
-    stands in for (None when ``actor`` holds the permission themselves)."""
-    if change.requested_by_id == actor.pk:
-        raise SelfApproval("you requested this change, so you cannot decide its gates")
-    username = actor.get_username()
-    if username in (change.release.authors or []):
-        raise NotEligible(f"you wrote commits in {change.release}, so you cannot "
-                          "approve a change that ships it", code="author")
-    if username in (change.release.mergers or []):
-        raise NotEligible(f"you merged commits in {change.release}, so you cannot "
-                          "approve a change that ships it", code="merger")
-    allowed, delegator = may_decide(actor, change.environment, role)
-    if not allowed:
-        raise NotEligible(f"you may not decide the {gate.get_role_display()} gate "
-                          f"on {change.environment.name}")
-    if delegator is None:
-        return None
-    # A delegate stands in for the delegator, and inherits their conflicts:
-    # nobody approves their own change through someone else's hand.
-    delegators = _delegators(actor, change.environment, role)
-    free = [d for d in delegators if _conflict_of(d, change) is None]
-    if not free:
-        conflicted = delegators[0]
-        why = _conflict_of(conflicted, change)
-        what = change.reference if why == "requested" else str(change.release)
-        raise NotEligible(
-            f"you decide the {gate.get_role_display()} gate for "
-            f"{conflicted.get_username()}, who {why} {what}; a delegate cannot "
-            "decide a change their delegator could not", code="delegate_conflict")
-    return free[0]
+def _decider_standing(actor, change: ChangeRequest, gate: Gate):
+    """Refuses a decider ``approvals.eligibility`` finds not eligible (segregation of
+    duties, authority, one gate per person, the gate still waiting), under the change's
+    row lock; returns the delegation ``actor`` decides through (None when they hold the
+    permission themselves)."""
+    gates = list(change.gates.prefetch_related("approvals"))
+    gate = next(g for g in gates if g.pk == gate.pk)
+    verdict = eligibility.gate_verdict(
+        person=person_facts(actor), change=change, gate=gate,
+        decided_by=eligibility.decided(gates), at=timezone.now())
+    _refuse(verdict)
+    return verdict.on_behalf_of
 
 
-def _check_decision_is_new(actor, change: ChangeRequest, gate: Gate, *, seen: str | None,
-                           current: str) -> None:
-    """Refuses a decision on an older version, on a decided gate, or by someone who
-    already decided a gate of this change."""
+def _check_decision_is_new(change: ChangeRequest, *, seen: str | None, current: str) -> None:
+    """Refuses a decision on an older version of the change than the current one."""
     if seen is not None and seen != current:
         raise ChangedSinceViewed(
             f"{change.reference} changed since you opened it; reload it, review what "
             "changed and decide again")
-    if gate.status != Gate.Status.PENDING:
-        raise AlreadyDecided(f"the {gate.get_role_display()} gate is already "
-                             f"{gate.status}")
-    already = (change.approvals.filter(approver=actor, withdrawn_at__isnull=True)
-               .select_related("gate").first())
-    if already is not None:
-        raise NotEligible(
-            f"you already decided the {already.gate.get_role_display()} gate of "
-            f"{change.reference}; one person decides at most one gate",
-            code="one_gate_per_person")
 
 
 def _apply_decision(change: ChangeRequest, gate: Gate, decision: str) -> dict:
@@ -632,11 +602,12 @@ def _tell_approver(change: ChangeRequest, approval: Approval, changed: list[str]
 
 def may_tick_checklist(actor, change: ChangeRequest) -> bool:
     """The requester, the on-call engineer, its approvers and who may deploy there."""
-    return (change.requested_by_id == actor.pk
-            or change.on_call_id == actor.pk
-            or has_env_perm(actor, "deploy", change.environment)
-            or any(may_decide(actor, change.environment, g.role)[0]
-                   for g in change.gates.all()))
+    if (change.requested_by_id == actor.pk or change.on_call_id == actor.pk
+            or has_env_perm(actor, "deploy", change.environment)):
+        return True
+    roles = eligibility.roles_with_authority(person_facts(actor), timezone.now(),
+                                             [change.environment_id])
+    return any(g.role in roles.get(change.environment_id, ()) for g in change.gates.all())
 
 
 def may_cancel(actor, change: ChangeRequest) -> bool:
@@ -688,7 +659,17 @@ def change_request_deploy(*, actor, change: ChangeRequest) -> Deployment:
                               code="not_permitted")
             factor = _step_up_for_production(actor, change.environment,
                                              f"deploy to {change.environment.name}")
-            return _start_deployment(actor=actor, change=change, second_factor=factor)
+            stale = _reopen_approvals_that_stopped_counting(
+                change, f"{actor.get_username()} deploying {change.reference} by hand")
+            if not stale:
+                return _start_deployment(actor=actor, change=change, second_factor=factor)
+            # The reopened gates are kept (this transaction commits) and the start refused.
+            refusal = _stale_refusal(change, stale)
+            audit_record(actor=actor, action="change.deploy.refused", obj=change,
+                         environment=change.environment.slug,
+                         after={"code": "approval_conflict", "blockers": refusal.blockers,
+                                **factor}, reason=refusal.detail)
+        raise refusal
     except Refused as exc:
         _refusal_audited("change.deploy.refused", actor, change, exc)
         raise
@@ -706,6 +687,41 @@ def _hold_environment_if_it_may_start(change: ChangeRequest) -> None:
             pk=change.environment_id)
 
 
+def _reopen_approvals_that_stopped_counting(change: ChangeRequest, why: str
+                                            ) -> list[eligibility.Stale]:
+    """Every start checks the approvals again, under the change's row lock: one whose
+    approver (or the delegator they stood in for) has since become the requester, an
+    author or a merger of the release (CI reports authorship after the fact) no longer
+    counts. It is withdrawn, its gate and the change go back to waiting for approval,
+    and each reopening is audited (``approval.invalidated`` with the ``code``)."""
+    gates = list(change.gates.prefetch_related(Prefetch(
+        "approvals", queryset=Approval.objects.select_related("approver", "on_behalf_of"))))
+    stale = eligibility.stopped_counting(change, gates)
+    for item in stale:
+        approval = item.approval
+        before = {"gate": approval.gate.status, "change": change.status}
+        _reopen(change, approval, f"no longer counts: {item.detail}")
+        audit_record(actor=System(why), action="approval.invalidated", obj=change,
+                     environment=change.environment.slug, before=before,
+                     after={"role": approval.gate.role,
+                            "approver": approval.approver.get_username(),
+                            "on_behalf_of": (approval.on_behalf_of.get_username()
+                                             if approval.on_behalf_of_id else None),
+                            "code": item.code, "gate": approval.gate.status,
+                            "change": change.status},
+                     reason=f"the {approval.gate.get_role_display()} approval no longer "
+                            f"counts: {item.detail}")
+    return stale
+
+
+def _stale_refusal(change: ChangeRequest, stale: list[eligibility.Stale]) -> NotReady:
+    """The refusal of a start whose approvals stopped counting (their gates reopened)."""
+    blockers = [Blocker(*item.as_blocker()) for item in stale] + change_blockers(change)
+    return NotReady(f"{change.reference} cannot deploy: "
+                    + "; ".join(b.message for b in blockers),
+                    blockers=[b.as_dict() for b in blockers])
+
+
 def _start_by_itself(*, change: ChangeRequest, why: str) -> Deployment | None:
     """Start the deployment its deployer asked the portal to start (once approved, or at
     the scheduled time), inside the transaction holding the change's row lock.
@@ -716,6 +732,16 @@ def _start_by_itself(*, change: ChangeRequest, why: str) -> Deployment | None:
     audit trail name the deployer, not the approver or the clock that set it off.
     """
     deployer = change.deployer or change.requested_by
+    stale = _reopen_approvals_that_stopped_counting(change, why)
+    if stale:
+        refusal = _stale_refusal(change, stale)
+        audit_record(actor=System(why), action="change.start_deferred", obj=change,
+                     environment=change.environment.slug,
+                     after={"status": change.status, "code": "approval_conflict",
+                            "blockers": refusal.blockers,
+                            "deployer": deployer.get_username(), "trigger": why},
+                     reason=refusal.detail)
+        return None
     if not has_env_perm(deployer, "deploy", change.environment):
         audit_record(actor=System(why), action="change.start_refused", obj=change,
                      environment=change.environment.slug,
@@ -835,6 +861,9 @@ def _start_scheduled(pk: int) -> int | None:
             return None
         when = f"{change.scheduled_for:%Y-%m-%d %H:%M}"
         system = System(f"{change.reference} scheduled for {when}")
+        if _reopen_approvals_that_stopped_counting(change, system.reason):
+            # Back to waiting for approval: the beat does not start it.
+            return None
         blockers = change_blockers(change)
         if blockers:
             # Not ready at its time: it does not start later by surprise.
@@ -957,24 +986,32 @@ def changes_close_finished() -> list[int]:
 
 def review_close(*, actor, review: PostImplementationReview, findings: str
                  ) -> PostImplementationReview:
-    """CAB closes the post-implementation review of an emergency change."""
+    """CAB closes the post-implementation review of an emergency change: never its
+    requester, nor an author or merger of its release, nor a delegate standing for one
+    (``eligibility.review_verdict``). A refusal is audited (``review.close.refused``)."""
     if not findings.strip():
         raise Invalid("say what the review found", fields={"findings": ["Record the findings."]})
-    with transaction.atomic():
-        review = (PostImplementationReview.objects.select_for_update(of=("self",))
-                  .select_related("change__environment").get(pk=review.pk))
-        if review.closed_at:
-            raise AlreadyDecided("this review is already closed")
-        if not may_decide(actor, review.change.environment, GateRole.CAB)[0]:
-            raise NotEligible("only CAB closes post-implementation reviews")
-        factor = assurance.require_fresh_second_factor(
-            actor=actor, doing="close a post-implementation review")
-        review.closed_at, review.closed_by, review.findings = timezone.now(), actor, findings
-        review.save(update_fields=["closed_at", "closed_by", "findings"])
-        audit_record(actor=actor, action="review.closed", obj=review.change,
-                     environment=review.change.environment.slug,
-                     after={"findings": findings, **factor})
-    return review
+    try:
+        with transaction.atomic():
+            review = (PostImplementationReview.objects.select_for_update(of=("self",))
+                      .select_related("change__environment", "change__release",
+                                      "change__requested_by").get(pk=review.pk))
+            if review.closed_at:
+                raise AlreadyDecided("this review is already closed")
+            _refuse(eligibility.review_verdict(person=person_facts(actor),
+                                               change=review.change, at=timezone.now()))
+            factor = assurance.require_fresh_second_factor(
+                actor=actor, doing="close a post-implementation review")
+            review.closed_at, review.closed_by, review.findings = (timezone.now(), actor,
+                                                                   findings)
+            review.save(update_fields=["closed_at", "closed_by", "findings"])
+            audit_record(actor=actor, action="review.closed", obj=review.change,
+                         environment=review.change.environment.slug,
+                         after={"findings": findings, **factor})
+        return review
+    except Refused as exc:
+        _refusal_audited("review.close.refused", actor, review.change, exc)
+        raise
 
 
 def delegation_create(*, actor, environment: Environment, role: str, delegate,

@@ -8,10 +8,11 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_POST
 
-from approvals import checks, selectors, services
+from approvals import checks, eligibility, selectors, services
 from approvals.models import (
     ChangeRequest,
     ChangeType,
@@ -114,19 +115,21 @@ def change_list(request):
 def _change_context(request, change: ChangeRequest) -> dict:
     user = request.user
     held = environment_permissions(user).get(change.environment_id, set())
-    delegated = selectors.decidable_roles(user).get(change.environment_id, set())
+    # Who may decide which gate, and why not: the one answer (approvals.eligibility).
+    now = timezone.now()
+    person = selectors.person_facts(user, at=now)
+    verdicts = eligibility.gate_verdicts(person=person, change=change, at=now)
     deployment = None
     if change.latest_deployment_id:
         deployment = (Deployment.objects.select_related("release", "environment")
                       .prefetch_related("steps").get(pk=change.latest_deployment_id))
     live = [a for g in change.gates.all() for a in g.approvals.all() if not a.withdrawn_at]
-    decided = {a.approver_id for a in live}
-    can_decide = {
-        g.role for g in change.gates.all()
-        if g.role in delegated and g.status == "pending"
-        and change.status == ChangeRequest.Status.PENDING_APPROVAL
-        and change.requested_by_id != user.pk and user.pk not in decided
-    }
+    can_decide = {g.role for g in change.gates.all() if verdicts[g.pk].eligible}
+    for g in change.gates.all():
+        # A gate the person could decide but for a conflict with this change says why.
+        g.why_not = verdicts[g.pk].detail if verdicts[g.pk].code in (
+            eligibility.AUTHOR, eligibility.MERGER, eligibility.DELEGATE_CONFLICT,
+            eligibility.ONE_GATE) else ""
     can_withdraw = {
         a.gate.role for a in live
         if a.approver_id == user.pk and a.decision == "approved"
@@ -175,7 +178,7 @@ def _change_context(request, change: ChangeRequest) -> dict:
         "timeline": timeline,
         "review": review,
         "can_close_review": review is not None and not review.closed_at
-        and GateRole.CAB in delegated,
+        and eligibility.review_verdict(person=person, change=change, at=now).eligible,
     }
 
 
@@ -301,7 +304,7 @@ def inbox(request):
         "gates": gates,
         "page": page,
         "query": query,
-        "reviews": list(selectors.open_reviews(request.user)[:50]),
+        "reviews": selectors.open_reviews(request.user)[:50],
         "environments": Environment.objects.order_by("order"),
         "change_types": ChangeType.choices,
         "selected": {"environment": environment, "change_type": change_type},

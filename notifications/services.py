@@ -318,7 +318,7 @@ def _change(change_id):
     from approvals.models import ChangeRequest
 
     return (ChangeRequest.objects.with_related().select_related("release__application")
-            .prefetch_related("gates").filter(pk=change_id).first())
+            .prefetch_related("gates__approvals").filter(pk=change_id).first())
 
 
 def notifications_for_change_submitted(*, change_id: int, status: str, at=None,
@@ -401,23 +401,21 @@ def _pre_deployment(change, *, at, deployment_id=None) -> list[int]:
 
 
 def _approval_requests(change) -> list[int]:
-    """One message per person who may decide a pending gate (SOP 3.3), naming the gates."""
+    """One message per person who may decide a pending gate (SOP 3.3), naming the gates:
+    who may is ``approvals.eligibility``'s answer, as in the inbox."""
     from django.contrib.auth import get_user_model
 
-    from approvals.selectors import eligible_people
+    from approvals.selectors import gate_deciders
 
-    excluded = {change.requested_by.get_username(), *(change.release.authors or []),
-                *(change.release.mergers or [])}
+    deciders = gate_deciders([change])
     gates_by_user: dict[int, list[str]] = {}
     for gate in change.gates.all():
-        if gate.status != "pending":
-            continue
-        for user_id in eligible_people(change.environment, gate.role):
-            gates_by_user.setdefault(user_id, []).append(gate.get_role_display())
+        for person in deciders.get(gate.pk, ()):
+            gates_by_user.setdefault(person.id, []).append(gate.get_role_display())
     users = get_user_model().objects.filter(pk__in=gates_by_user, is_active=True)
     ids = []
     for user in users:
-        if user.get_username() in excluded or not user.email:
+        if not user.email:
             continue
         message = approval_request_message(change, recipient=user, gates=gates_by_user[user.pk])
         ids += _queue(event_key=f"change:{change.pk}:approval:{user.pk}", message=message,
