@@ -35,7 +35,7 @@ from approvals.selectors import Blocker, change_blockers, unsatisfiable_gates
 from catalog.models import Environment, Release
 from catalog.permissions import has_env_perm
 from configuration.selectors import digests_for
-from core import assurance
+from core import accounts, assurance
 from core import context as request_context
 from core.audit import System, audit_record
 from core.context import RequestContext
@@ -150,7 +150,8 @@ def _step_up_for_production(actor, environment: Environment, doing: str) -> dict
     10.2); returns the audit entry saying which check it was."""
     if not environment.production:
         return {}
-    return assurance.require_fresh_second_factor(actor=actor, doing=doing)
+    return assurance.require_fresh_second_factor(actor=actor, doing=doing,
+                                                 environment=environment.slug)
 
 
 def _require_deploy_for_self_start(actor, environment: Environment, *,
@@ -174,6 +175,7 @@ def _require_deploy_for_self_start(actor, environment: Environment, *,
                                    "have a Production deployment start by itself")
 
 
+@assurance.refusals_audited
 def change_request_create(
     *,
     actor,
@@ -375,6 +377,11 @@ def _decider_standing(actor, change: ChangeRequest, gate: Gate, role: str):
     stands in for (None when ``actor`` holds the permission themselves)."""
     if change.requested_by_id == actor.pk:
         raise SelfApproval("you requested this change, so you cannot decide its gates")
+    if accounts.is_service_account(actor):
+        # Automation acts through tokens an administrator issues; a gate is a person's
+        # decision, so a service account never takes it, whatever it was granted.
+        raise NotEligible(f"{actor.get_username()} is a service account; gates are "
+                          "decided by people", code="service_account")
     username = actor.get_username()
     if username in (change.release.authors or []):
         raise NotEligible(f"you wrote commits in {change.release}, so you cannot "
@@ -455,6 +462,7 @@ def _announce_decision(change: ChangeRequest, gate: Gate, actor, comment: str) -
                                   change_status=change.status, at=timezone.now())
 
 
+@assurance.refusals_audited
 def gate_approve(*, actor, change: ChangeRequest, role: str, comment: str = "",
                  seen: str | None = None) -> Gate:
     """Approve one gate. ``seen`` is the change version the approver was shown
@@ -464,6 +472,7 @@ def gate_approve(*, actor, change: ChangeRequest, role: str, comment: str = "",
                    decision=Approval.Decision.APPROVED, comment=comment.strip(), seen=seen)
 
 
+@assurance.refusals_audited
 def gate_reject(*, actor, change: ChangeRequest, role: str, comment: str,
                 seen: str | None = None) -> Gate:
     if not comment or not comment.strip():
@@ -515,6 +524,7 @@ def approval_withdraw(*, actor, change: ChangeRequest, role: str, reason: str = 
         return approval.gate
 
 
+@assurance.refusals_audited
 def change_request_update(*, actor, change: ChangeRequest, **fields) -> ChangeRequest:
     """The requester edits an open change; approvals whose concern changed no longer count."""
     unknown = set(fields) - set(EDITABLE_FIELDS)
@@ -676,6 +686,7 @@ def checklist_item_set(*, actor, change: ChangeRequest, item_id: int, done: bool
     return item
 
 
+@assurance.refusals_audited
 def change_request_deploy(*, actor, change: ChangeRequest) -> Deployment:
     try:
         with transaction.atomic():
@@ -955,6 +966,7 @@ def changes_close_finished() -> list[int]:
     return closed
 
 
+@assurance.refusals_audited
 def review_close(*, actor, review: PostImplementationReview, findings: str
                  ) -> PostImplementationReview:
     """CAB closes the post-implementation review of an emergency change."""
@@ -968,7 +980,8 @@ def review_close(*, actor, review: PostImplementationReview, findings: str
         if not may_decide(actor, review.change.environment, GateRole.CAB)[0]:
             raise NotEligible("only CAB closes post-implementation reviews")
         factor = assurance.require_fresh_second_factor(
-            actor=actor, doing="close a post-implementation review")
+            actor=actor, doing="close a post-implementation review",
+            environment=review.change.environment.slug)
         review.closed_at, review.closed_by, review.findings = timezone.now(), actor, findings
         review.save(update_fields=["closed_at", "closed_by", "findings"])
         audit_record(actor=actor, action="review.closed", obj=review.change,
@@ -1039,11 +1052,13 @@ def environment_lock(*, actor, environment: Environment, reason: str) -> Environ
     return env
 
 
+@assurance.refusals_audited
 def environment_unlock(*, actor, environment: Environment) -> Environment:
     if not has_env_perm(actor, "rollback", environment):
         raise Refused(f"you may not unlock {environment.name}", code="not_permitted")
     factor = assurance.require_fresh_second_factor(actor=actor,
-                                                   doing=f"unlock {environment.name}")
+                                                   doing=f"unlock {environment.name}",
+                                                   environment=environment.slug)
     with transaction.atomic():
         env = Environment.objects.select_for_update().get(pk=environment.pk)
         if not env.locked:
