@@ -43,8 +43,9 @@ def _require_issuer_may_issue_for(actor, user) -> None:
     exc = Refused(
         f"you may not issue a token for {user.get_username()}: people make their own "
         "tokens, and administrators make tokens for service accounts only",
-        code="not_permitted", fields={"user": ["Choose a service account, or leave it "
-                                               "empty for a token of your own."]})
+        code="not_permitted", fields={"user": [
+            f"Not {user.get_username()}: administrators make tokens for service accounts "
+            "only. Leave it empty for a token of your own."]})
     with transaction.atomic():
         audit_record(actor=actor, action="token.issue.refused", obj=user,
                      object_repr=user.get_username(),

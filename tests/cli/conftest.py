@@ -17,7 +17,7 @@ from tests.conftest import PASSWORD, Cast, stepped_up
 PORTALCTL = str(Path(sys.executable).with_name("portalctl"))
 # CI variables of the machine running the tests must not leak into the runs below.
 CI_VARIABLES = ("PORTAL_RUN_ID", "GITHUB_RUN_ID", "CI_PIPELINE_ID", "PORTAL_URL",
-                "PORTAL_TOKEN", "PORTAL_RETRIES")
+                "PORTAL_TOKEN", "PORTAL_RETRIES", "PORTAL_STEP_UP_CODE")
 
 
 @dataclass
