@@ -69,7 +69,7 @@ class Assurance:
             # No request: someone on the server, acting now.
             return True
         # A session and a token alike: the check counts for PORTAL_STEP_UP_SECONDS.
-        return 0 <= self.age(now) <= settings.PORTAL_STEP_UP_SECONDS
+        return self.age(now) <= settings.PORTAL_STEP_UP_SECONDS
 
     def fresh_until(self) -> datetime | None:
         if self.at is None:

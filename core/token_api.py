@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from core import assurance
 from core.api import APPROVE, DEPLOY, ApiView
 from core.errors import Refused
+from core.idempotency import idempotent
 from core.models import ApiToken
 from core.services import api_token_step_up
 
@@ -52,7 +53,9 @@ class StepUp(ApiView):
                     "`too_many_attempts`; no second factor: 403 `mfa_required`; "
                     "passkeys only (not taken here): 403 `no_code_factor`; a signed-in "
                     "session instead of a token: 403 `token_required`. Every attempt is "
-                    "audited. Not idempotent: a code works once.")
+                    "audited. A code works once; an `Idempotency-Key` sent again with "
+                    "the same body replays the first answer and checks nothing again.")
+    @idempotent
     def post(self, request):
         if not isinstance(request.auth, ApiToken):
             raise Refused("this check is answered with an API token; in the browser the "
