@@ -189,7 +189,6 @@ def test_portalctl_is_refused_production_decisions_without_a_fresh_second_factor
 def test_portalctl_answers_the_step_up_with_the_owners_code_and_retries_once(
         portal_live, portalctl):
     from core.audit import System
-    from core.models import ApiToken
     from core.services import api_token_issue
     from tests.conftest import totp_code
     from tests.factories import request_change
