@@ -112,7 +112,8 @@ def api_token_step_up(*, actor, token: ApiToken, code: str) -> ApiToken:
     their authenticator app or one of their recovery codes. The token then counts as
     checked for ``PORTAL_STEP_UP_SECONDS`` (``core.assurance``), as a session does.
 
-    Wrong codes are audited (``token.step_up.failed``) and limited: after
+    Wrong codes are refused (403 ``wrong_code``), audited (``token.step_up.failed``)
+    and limited: after
     ``PORTAL_STEP_UP_MAX_FAILURES`` in ``PORTAL_STEP_UP_FAILURE_MINUTES`` every code is
     refused (``too_many_attempts``, audited) until the oldest leaves the window. A TOTP
     code is accepted once (allauth remembers used codes, shared with the pages' check).
@@ -159,7 +160,8 @@ def api_token_step_up(*, actor, token: ApiToken, code: str) -> ApiToken:
         else:
             used = next((f for f in factors if f.wrap().validate_code(code)), None)
             if used is None:
-                refusal = Invalid("the code is wrong or was used already",
+                # 403, not 400: the request is well formed; the credential is refused.
+                refusal = Refused("the code is wrong or was used already",
                                   code="wrong_code",
                                   fields={"code": ["Wrong or already used code."]})
                 audit_record(actor=actor, action="token.step_up.failed", obj=token,

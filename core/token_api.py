@@ -49,7 +49,7 @@ class StepUp(ApiView):
         summary="Answer a second-factor check with this token (before Production decisions)",
         description="Send a TOTP code or a recovery code of the token's owner. 200: the "
                     "token may make Production decisions until `fresh_until`. Wrong "
-                    "code: 400 `wrong_code`; after too many wrong codes: 403 "
+                    "or already used code: 403 `wrong_code`; after too many wrong codes: 403 "
                     "`too_many_attempts`; no second factor: 403 `mfa_required`; "
                     "passkeys only (not taken here): 403 `no_code_factor`; a signed-in "
                     "session instead of a token: 403 `token_required`. Every attempt is "

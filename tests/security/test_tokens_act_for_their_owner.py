@@ -297,7 +297,7 @@ def test_wrong_step_up_codes_are_refused_limited_and_audited(demo, settings):
     decision = cab.post(f"/api/v1/changes/{change.pk}/approve", {"gate": "cab"},
                         format="json")
 
-    assert [(a.status_code, a.json()["code"]) for a in answers] == [(400, "wrong_code")] * limit
+    assert [(a.status_code, a.json()["code"]) for a in answers] == [(403, "wrong_code")] * limit
     assert locked.status_code == 403 and locked.json()["code"] == "too_many_attempts"
     assert all(a.status_code == 400 and a.json()["code"] == "invalid" for a in malformed)
     assert decision.status_code == 403 and decision.json()["code"] == "step_up_required"
@@ -329,9 +329,9 @@ def test_a_code_counts_once_and_a_recovery_code_works_once(demo):
                                       format="json")
     again = bearer(first).post("/api/v1/auth/step-up", {"code": spare}, format="json")
 
-    assert reused.status_code == 400 and reused.json()["code"] == "wrong_code"
+    assert reused.status_code == 403 and reused.json()["code"] == "wrong_code"
     assert by_recovery.status_code == 200 and by_recovery.json()["kind"] == "recovery_codes"
-    assert again.status_code == 400 and again.json()["code"] == "wrong_code"
+    assert again.status_code == 403 and again.json()["code"] == "wrong_code"
     assert AuditEvent.objects.filter(action="token.step_up.failed").count() == 2
 
 
@@ -380,7 +380,7 @@ def test_wrong_codes_sent_at_once_are_counted_one_after_the_other(demo):
     for thread in threads:
         thread.join(timeout=60)
 
-    assert sorted(statuses) == sorted([(400, "wrong_code")] * limit
+    assert sorted(statuses) == sorted([(403, "wrong_code")] * limit
                                       + [(403, "too_many_attempts")] * 3)
     assert AuditEvent.objects.filter(action="token.step_up.failed").count() == limit
     assert AuditEvent.objects.filter(action="token.step_up.refused").count() == 3
