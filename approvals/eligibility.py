@@ -10,7 +10,9 @@ who may decide somewhere), so a list answers for every row in a fixed number of 
 The rules, in the order a refusal names them:
 
 1. the change takes decisions and the gate waits for one (``gate_closed``);
-2. the requester never decides their own change (``self_approval``);
+2. the requester never decides their own change (``self_approval``); a service account
+   (CI, automation: ``core.accounts``) never decides a gate, whatever it was granted
+   (``service_account``);
 3. nobody decides a change that ships commits they wrote or merged (``author``,
    ``merger``; CI and the push hook report them, DESIGN.md section 8);
 4. the person holds the gate role's permission on the environment, or a live
@@ -41,10 +43,11 @@ MERGER = "merger"
 NO_AUTHORITY = "not_eligible"
 DELEGATE_CONFLICT = "delegate_conflict"
 ONE_GATE = "one_gate_per_person"
+SERVICE_ACCOUNT = "service_account"
 
 # Every reason code, for documentation and the API schema.
 CODES = (ELIGIBLE, GATE_CLOSED, REQUESTER, AUTHOR, MERGER, NO_AUTHORITY, DELEGATE_CONFLICT,
-         ONE_GATE)
+         ONE_GATE, SERVICE_ACCOUNT)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class Person:
     username: str
     active: bool = True
     superuser: bool = False
+    service: bool = False  # a service account (core.accounts): never decides a gate
     held: Mapping[int, frozenset[str]] = field(default_factory=dict)  # env id -> codenames
     lent: tuple[Lent, ...] = ()
 
@@ -97,9 +101,10 @@ def conflict(person_id: int | None, username: str, change: ChangeRequest) -> str
     if person_id is not None and change.requested_by_id == person_id:
         return REQUESTER
     release = change.release
-    if username in (release.authors or []):
+    name = username.casefold()
+    if name in {a.casefold() for a in release.authors or []}:
         return AUTHOR
-    if username in (release.mergers or []):
+    if name in {m.casefold() for m in release.mergers or []}:
         return MERGER
     return None
 
@@ -159,6 +164,11 @@ def _standing(person: Person, change: ChangeRequest, role: str, at: datetime,
     if why == REQUESTER:
         return Verdict(False, REQUESTER,
                        "you requested this change, so you cannot decide its gates")
+    if person.service:
+        # Automation acts through tokens an administrator issues for it; a gate is a
+        # person's decision, so a service account never takes one.
+        return Verdict(False, SERVICE_ACCOUNT, f"{person.username} is a service account; "
+                                               "gates are decided by people")
     if why == AUTHOR:
         return Verdict(False, AUTHOR, f"you wrote commits in {change.release}, so you "
                                       "cannot approve a change that ships it")

@@ -33,6 +33,7 @@ from approvals.models import (
 )
 from catalog.models import Environment, Release
 from catalog.permissions import environment_permissions
+from core import accounts
 from core.permissions import is_auditor, permission_holders
 from deployments import selectors as deployment_selectors
 from deployments.models import Deployment
@@ -384,7 +385,7 @@ def person_facts(user, *, at: datetime | None = None) -> eligibility.Person:
         delegate=user, revoked_at__isnull=True, expires_at__gt=at).select_related("delegator"))
     return eligibility.Person(
         id=user.pk, username=user.get_username(), active=user.is_active,
-        superuser=user.is_superuser,
+        superuser=user.is_superuser, service=accounts.is_service_account(user),
         held={env: frozenset(codenames)
               for env, codenames in environment_permissions(user).items()},
         lent=tuple(_lent(delegations).get(user.pk, ())))
@@ -393,7 +394,7 @@ def person_facts(user, *, at: datetime | None = None) -> eligibility.Person:
 def candidate_facts(environment_ids, *, at: datetime | None = None
                     ) -> dict[int, eligibility.Person]:
     """{user id: facts} for everyone who holds a permission on ``environment_ids`` or was
-    lent a gate there, in five queries: who a list names as able to decide (the
+    lent a gate there, in six queries: who a list names as able to decide (the
     dashboard's "waiting for", the approval requests) is then answered person by person
     by ``approvals.eligibility``. Administrators who hold nothing explicitly are not
     named (they may decide, but are not asked to)."""
@@ -410,8 +411,10 @@ def candidate_facts(environment_ids, *, at: datetime | None = None
     lent = _lent(delegations, holders)
     people = get_user_model().objects.filter(pk__in=set(held) | set(lent)).values_list(
         "pk", "username", "is_active", "is_superuser")
+    services = set(accounts.service_accounts().filter(pk__in=set(held) | set(lent))
+                   .values_list("pk", flat=True))
     return {pk: eligibility.Person(
-        id=pk, username=username, active=active, superuser=superuser,
+        id=pk, username=username, active=active, superuser=superuser, service=pk in services,
         held={env: frozenset(codes) for env, codes in held.get(pk, {}).items()},
         lent=tuple(lent.get(pk, ()))) for pk, username, active, superuser in people}
 

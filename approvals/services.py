@@ -156,7 +156,8 @@ def _step_up_for_production(actor, environment: Environment, doing: str) -> dict
     10.2); returns the audit entry saying which check it was."""
     if not environment.production:
         return {}
-    return assurance.require_fresh_second_factor(actor=actor, doing=doing)
+    return assurance.require_fresh_second_factor(actor=actor, doing=doing,
+                                                 environment=environment.slug)
 
 
 def _require_deploy_for_self_start(actor, environment: Environment, *,
@@ -180,6 +181,7 @@ def _require_deploy_for_self_start(actor, environment: Environment, *,
                                    "have a Production deployment start by itself")
 
 
+@assurance.refusals_audited
 def change_request_create(
     *,
     actor,
@@ -425,6 +427,7 @@ def _announce_decision(change: ChangeRequest, gate: Gate, actor, comment: str) -
                                   change_status=change.status, at=timezone.now())
 
 
+@assurance.refusals_audited
 def gate_approve(*, actor, change: ChangeRequest, role: str, comment: str = "",
                  seen: str | None = None) -> Gate:
     """Approve one gate. ``seen`` is the change version the approver was shown
@@ -434,6 +437,7 @@ def gate_approve(*, actor, change: ChangeRequest, role: str, comment: str = "",
                    decision=Approval.Decision.APPROVED, comment=comment.strip(), seen=seen)
 
 
+@assurance.refusals_audited
 def gate_reject(*, actor, change: ChangeRequest, role: str, comment: str,
                 seen: str | None = None) -> Gate:
     if not comment or not comment.strip():
@@ -485,6 +489,7 @@ def approval_withdraw(*, actor, change: ChangeRequest, role: str, reason: str = 
         return approval.gate
 
 
+@assurance.refusals_audited
 def change_request_update(*, actor, change: ChangeRequest, **fields) -> ChangeRequest:
     """The requester edits an open change; approvals whose concern changed no longer count."""
     unknown = set(fields) - set(EDITABLE_FIELDS)
@@ -647,6 +652,7 @@ def checklist_item_set(*, actor, change: ChangeRequest, item_id: int, done: bool
     return item
 
 
+@assurance.refusals_audited
 def change_request_deploy(*, actor, change: ChangeRequest) -> Deployment:
     try:
         with transaction.atomic():
@@ -984,6 +990,7 @@ def changes_close_finished() -> list[int]:
     return closed
 
 
+@assurance.refusals_audited
 def review_close(*, actor, review: PostImplementationReview, findings: str
                  ) -> PostImplementationReview:
     """CAB closes the post-implementation review of an emergency change: never its
@@ -1001,7 +1008,8 @@ def review_close(*, actor, review: PostImplementationReview, findings: str
             _refuse(eligibility.review_verdict(person=person_facts(actor),
                                                change=review.change, at=timezone.now()))
             factor = assurance.require_fresh_second_factor(
-                actor=actor, doing="close a post-implementation review")
+                actor=actor, doing="close a post-implementation review",
+                environment=review.change.environment.slug)
             review.closed_at, review.closed_by, review.findings = (timezone.now(), actor,
                                                                    findings)
             review.save(update_fields=["closed_at", "closed_by", "findings"])
@@ -1076,11 +1084,13 @@ def environment_lock(*, actor, environment: Environment, reason: str) -> Environ
     return env
 
 
+@assurance.refusals_audited
 def environment_unlock(*, actor, environment: Environment) -> Environment:
     if not has_env_perm(actor, "rollback", environment):
         raise Refused(f"you may not unlock {environment.name}", code="not_permitted")
     factor = assurance.require_fresh_second_factor(actor=actor,
-                                                   doing=f"unlock {environment.name}")
+                                                   doing=f"unlock {environment.name}",
+                                                   environment=environment.slug)
     with transaction.atomic():
         env = Environment.objects.select_for_update().get(pk=environment.pk)
         if not env.locked:

@@ -836,6 +836,13 @@ def _decide_interrupted(*, actor, deployment: Deployment, decision: str,
         if not may_operate(actor, locked.environment):
             raise Refused(f"you may not act on deployments in {locked.environment.name}",
                           code="not_permitted")
+        # Retrying or marking done a Production step decides what runs there next: it
+        # needs a second factor used recently, as deploying does (SOP 10.2).
+        verb = "retry" if decision == "retried" else "mark done"
+        factor = (assurance.require_fresh_second_factor(
+            actor=actor, doing=f"{verb} a step of a deployment in {locked.environment.name}",
+            environment=locked.environment.slug)
+            if locked.environment.production else {})
         if locked.status != Deployment.Status.NEEDS_ATTENTION:
             raise InvalidTransition(
                 f"deployment #{locked.pk} does not need attention (it is {locked.status})",
@@ -860,11 +867,12 @@ def _decide_interrupted(*, actor, deployment: Deployment, decision: str,
                      obj=locked, environment=locked.environment.slug,
                      before={"status": Deployment.Status.NEEDS_ATTENTION},
                      after={"status": locked.status,
-                            "step": step.name if step else None}, reason=reason)
+                            "step": step.name if step else None, **factor}, reason=reason)
         transaction.on_commit(lambda: _enqueue(locked.pk, uuid.uuid4().hex))
     return locked
 
 
+@assurance.refusals_audited
 def deployment_retry_step(*, actor, deployment: Deployment, reason: str = "") -> Deployment:
     """On-call checked the target: run the interrupted step again, then the rest.
 
@@ -874,6 +882,7 @@ def deployment_retry_step(*, actor, deployment: Deployment, reason: str = "") ->
                                reason=reason)
 
 
+@assurance.refusals_audited
 def deployment_mark_step_done(*, actor, deployment: Deployment, reason: str) -> Deployment:
     """On-call checked the target and found the interrupted step applied: go on after it.
 
@@ -1119,6 +1128,7 @@ def _roll_back_automatically(deployment, step, reason: str, log,
     return Deployment.Status.ROLLED_BACK
 
 
+@assurance.refusals_audited
 def deployment_rollback(*, actor, deployment: Deployment, reason: str) -> Deployment:
     """Roll back ``deployment``: redeploy the previous successful release of its
     environment. Returns the rollback deployment (queued).
@@ -1143,7 +1153,8 @@ def deployment_rollback(*, actor, deployment: Deployment, reason: str) -> Deploy
             # In Production a person rolls back only with a second factor used recently
             # (SOP 10.2); an alert acting as the portal is not asked.
             factor = (assurance.require_fresh_second_factor(
-                actor=actor, doing=f"roll back in {locked.environment.name}")
+                actor=actor, doing=f"roll back in {locked.environment.name}",
+                environment=locked.environment.slug)
                 if locked.environment.production else {})
             if locked.status == Deployment.Status.QUEUED:
                 raise InvalidTransition(f"deployment #{locked.pk} has not started; cancel it",

@@ -525,6 +525,14 @@ SOCIALACCOUNT_PROVIDERS = {
 PORTAL_SECOND_FACTOR_REQUIRED_FOR = env.str(
     "PORTAL_SECOND_FACTOR_REQUIRED_FOR", default="catalog.permissions.holds_production_powers")
 PORTAL_STEP_UP_SECONDS = env.int("PORTAL_STEP_UP_SECONDS", default=600)
+# A second-factor check through the API (POST /api/v1/auth/step-up): at most this many
+# wrong codes per person in PORTAL_STEP_UP_FAILURE_MINUTES; then every code is refused
+# until the oldest failure leaves the window.
+PORTAL_STEP_UP_MAX_FAILURES = env.int("PORTAL_STEP_UP_MAX_FAILURES", default=5)
+PORTAL_STEP_UP_FAILURE_MINUTES = env.int("PORTAL_STEP_UP_FAILURE_MINUTES", default=15)
+# Service accounts (CI and other automation): members of these groups. They act through
+# API tokens an administrator issues for them, and never decide a gate.
+PORTAL_SERVICE_ACCOUNT_GROUPS = env.list("PORTAL_SERVICE_ACCOUNT_GROUPS", default=["ci"])
 # People who must hold a second factor are signed out after this long without a request.
 PORTAL_PRODUCTION_IDLE_MINUTES = env.int("PORTAL_PRODUCTION_IDLE_MINUTES", default=30)
 # seed_demo enrols the demo's Production people in TOTP with this secret (base32), so

@@ -8,7 +8,7 @@ from approvals import api as approvals_api
 from approvals import views as approvals_views
 from configuration import views as configuration_views
 from core import api as core_api
-from core import identity, identity_views, stepup_views, token_views
+from core import identity, identity_views, stepup_views, token_api, token_views
 from deployments import api as deployments_api
 from deployments import views as deployments_views
 from integrations import api as integrations_api
@@ -53,6 +53,7 @@ api_v1 = [
     path("deployments/<int:pk>/mark-step-done",
          deployments_api.DeploymentMarkStepDone.as_view(),
          name="api-deployment-mark-step-done"),
+    path("auth/step-up", token_api.StepUp.as_view(), name="api-auth-step-up"),
     path("audit-events/", reporting_api.AuditEventList.as_view(), name="api-audit-events"),
     path("metrics/dora/", metrics_views.DoraMetrics.as_view(), name="api-dora"),
     path("hooks/ci", integrations_api.CiHook.as_view(), name="api-hook-ci"),
