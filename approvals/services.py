@@ -744,6 +744,12 @@ def change_request_deploy(*, actor, change: ChangeRequest) -> Deployment:
     except Refused as exc:
         _refusal_audited("change.deploy.refused", actor, change, exc)
         raise
+    except NotReady as exc:
+        # What would run is no longer what was approved: on the record, like a refusal.
+        outdated = [b for b in exc.blockers or [] if b.get("code") == "approval_outdated"]
+        if outdated:
+            _refusal_audited("change.deploy.refused", actor, change, exc, blockers=outdated)
+        raise
 
 
 def _hold_environment_if_it_may_start(change: ChangeRequest) -> None:
