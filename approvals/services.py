@@ -11,7 +11,6 @@ import json
 import logging
 from datetime import UTC, datetime, timedelta
 
-from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
@@ -301,7 +300,7 @@ def _submit(*, actor, change: ChangeRequest) -> None:
                  after={"status": change.status,
                         "gates": {g.role: g.required for g in gates},
                         "unsatisfiable": [b.message for b in unfillable]})
-    signals.send_after_commit(signals.change_submitted, change_id=change.pk,
+    signals.send_in_transaction(signals.change_submitted, change_id=change.pk,
                               status=change.status, at=change.submitted_at)
     if change.status == ChangeRequest.Status.APPROVED and change.deploy_when_approved:
         _start_by_itself(change=change, why=f"{change.reference} submitted with no gates "
@@ -474,11 +473,11 @@ def _apply_decision(change: ChangeRequest, gate: Gate, decision: str) -> dict:
 def _announce_decision(change: ChangeRequest, gate: Gate, actor, comment: str) -> None:
     """Tell listeners about a decision once it has committed."""
     if gate.status == Gate.Status.REJECTED:
-        signals.send_after_commit(signals.gate_rejected, change_id=change.pk, role=gate.role,
+        signals.send_in_transaction(signals.gate_rejected, change_id=change.pk, role=gate.role,
                                   rejected_by=actor.get_username(), comment=comment,
                                   at=timezone.now())
     else:
-        signals.send_after_commit(signals.gate_approved, change_id=change.pk, role=gate.role,
+        signals.send_in_transaction(signals.gate_approved, change_id=change.pk, role=gate.role,
                                   change_status=change.status, at=timezone.now())
 
 
@@ -673,13 +672,12 @@ def _outdated_approvals(change: ChangeRequest, *, digests: tuple[str, str] | Non
 
 
 def _tell_approver(change: ChangeRequest, approval: Approval, changed: list[str]) -> None:
-    email = approval.approver.email
-    if not email:
-        return
-    subject = f"{change.reference}: your {approval.gate.get_role_display()} approval was reopened"
-    body = (f"{change} changed after you approved it ({', '.join(changed)}). "
-            "Your approval no longer counts; please review the change again.")
-    transaction.on_commit(lambda: send_mail(subject, body, None, [email], fail_silently=True))
+    """The approver hears that their approval no longer counts: a message written with
+    the reopening, in its transaction (the notifications outbox), sent after commit."""
+    signals.send_in_transaction(signals.approval_reopened, change_id=change.pk,
+                                approval_id=approval.pk, role=approval.gate.role,
+                                approver_id=approval.approver_id, changed=list(changed),
+                                at=timezone.now())
 
 
 def may_tick_checklist(actor, change: ChangeRequest) -> bool:
@@ -783,7 +781,7 @@ def _start_by_itself(*, change: ChangeRequest, why: str) -> Deployment | None:
                      reason=f"{deployer.get_username()} may no longer deploy to "
                             f"{change.environment.name}; the change stays approved until "
                             "someone who may deploy there starts it")
-        signals.send_after_commit(signals.change_start_refused, change_id=change.pk,
+        signals.send_in_transaction(signals.change_start_refused, change_id=change.pk,
                                   deployer=deployer.get_username(), trigger=why,
                                   at=timezone.now())
         return None
@@ -845,7 +843,7 @@ def _start_deployment(*, actor, change: ChangeRequest, trigger: str = "",
                         "preflight": "clear", "deployer": actor.get_username(),
                         "version": version, "configuration_version": number,
                         "trigger": trigger or "deployed by hand", **(second_factor or {})})
-    signals.send_after_commit(signals.change_deploying, change_id=change.pk,
+    signals.send_in_transaction(signals.change_deploying, change_id=change.pk,
                               deployment_id=deployment.pk, at=timezone.now())
     return deployment
 

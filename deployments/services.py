@@ -575,10 +575,11 @@ def _finish(deployment: Deployment, status: str, reason: str = "", actor=None) -
 def _announce_end(deployment: Deployment, status: str, *, advance: bool = True) -> None:
     """Inside the transaction that made ``deployment`` final.
 
-    ``deployment_ending`` listeners (the change that released it is closed) run now,
-    each failure confined to its savepoint so the deployment's end always commits;
-    ``deployment_finished`` listeners (notifications) run after commit, one failing
-    listener never keeping the others from theirs. The next queued deployment of the
+    ``deployment_ending`` listeners (the change that released it is closed, the
+    notifications outbox is written) run now, each failure confined to its savepoint so
+    the deployment's end always commits; ``deployment_finished`` listeners (the audit
+    checkpoint) run after commit, one failing listener never keeping the others from
+    theirs. The next queued deployment of the
     application there starts (``advance``) once this transaction commits.
     """
     try:
