@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+from django.db import connection, transaction
 from django.test import Client
 
 from approvals import services
 from approvals.models import Approval, ChangeRequest
 from catalog.models import Application, Environment, Target
+from catalog.services import deployment_inputs_edited
 from configuration import services as configuration
+from core.errors import NotReady
 from core.models import AuditEvent
 from deployments import services as engine
 from deployments.models import Deployment
@@ -313,3 +317,57 @@ def test_an_approval_is_bound_to_what_runs(demo):
     assert {"artifact", "configuration", "secret_references", "strategy", "executor",
             "targets", "environment_settings", "scheduled_for"} <= set(approval.fingerprint)
 
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_edit_racing_the_deploy_press_never_runs_what_was_not_approved(demo):
+    app, staging = executor_app("command", {"commands": {}, "batch_size": 1}, targets=2)
+    change = request_change(demo.engineer, "staging", release=ReleaseFactory(application=app),
+                            strategy="rolling")
+    services.gate_approve(actor=demo.techlead, change=change, role="tech_lead")
+    services.gate_approve(actor=demo.qa, change=change, role="qa")
+    approved = Approval.objects.filter(change=change).first().fingerprint["executor"]
+    start = threading.Barrier(2)
+    outcome: dict[str, object] = {}
+
+    def edit():
+        try:
+            start.wait(timeout=10)
+            with transaction.atomic():
+                Application.objects.filter(pk=app.pk).update(
+                    executor_settings={"commands": {}, "batch_size": 2})
+                deployment_inputs_edited(application_id=app.pk, environment_id=None,
+                                         what="the batch size changed after approval")
+        finally:
+            connection.close()
+
+    def deploy():
+        try:
+            start.wait(timeout=10)
+            outcome["deployment"] = services.change_request_deploy(actor=demo.engineer,
+                                                                   change=change)
+        except NotReady as exc:
+            outcome["refused"] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=edit), threading.Thread(target=deploy)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    change.refresh_from_db()
+    deployment = Deployment.objects.filter(change_id=change.pk).first()
+    if deployment is not None:
+        # The press won: it runs the settings approved, in batches of one.
+        assert change.status == ChangeRequest.Status.DEPLOYING
+        assert deployment.inputs["executor_settings"]["batch_size"] == 1
+        assert services.fingerprint(change, inputs=deployment.inputs)["executor"] == approved
+        assert {s.phase for s in deployment.steps.exclude(phase="")} == {
+            "batch 1 of 2", "batch 2 of 2"}
+    else:
+        # The edit won: nothing started, and the approvals were reopened.
+        assert "refused" in outcome
+        assert change.status == ChangeRequest.Status.PENDING_APPROVAL
+        assert not Approval.objects.filter(change=change, withdrawn_at__isnull=True).exists()
