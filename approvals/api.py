@@ -125,8 +125,10 @@ class ChangeOutSerializer(serializers.ModelSerializer):
 
     def get_fingerprint(self, obj) -> str:
         digests = self.context.get("digests")
-        return services.change_version(obj, digests=digests.get(
-            (obj.release.application_id, obj.environment_id)) if digests else None)
+        inputs = self.context.get("inputs")
+        key = (obj.release.application_id, obj.environment_id)
+        return services.change_version(obj, digests=digests.get(key) if digests else None,
+                                       inputs=inputs.get(key) if inputs else None)
 
     @extend_schema_field(ChecklistItemOutSerializer(many=True))
     def get_checklist(self, obj) -> list[dict]:
@@ -253,7 +255,7 @@ class ChangeListCreate(ApiMixin, generics.ListAPIView):
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
         body = ChangeOutSerializer(page, many=True, context={
             "rules": _rules(page), "digests": digests_for_many(page or []),
-            **_caller(request)}).data
+            "inputs": services.run_inputs_for_many(page or []), **_caller(request)}).data
         return self.get_paginated_response(body)
 
     @extend_schema(request=ChangeInSerializer, responses={201: ChangeOutSerializer},

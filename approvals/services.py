@@ -11,7 +11,6 @@ import json
 import logging
 from datetime import UTC, datetime, timedelta
 
-from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Prefetch
 from django.utils import timezone
@@ -40,7 +39,7 @@ from approvals.selectors import (
 )
 from catalog.models import Environment, Release
 from catalog.permissions import has_env_perm
-from configuration.selectors import digests_for
+from configuration.selectors import digests_for, version_for
 from core import assurance
 from core import context as request_context
 from core.audit import System, audit_record
@@ -57,6 +56,7 @@ from core.errors import (
     Refused,
     SelfApproval,
 )
+from deployments import inputs as deployment_inputs
 from deployments import services as deployment_services
 from deployments.models import Deployment
 
@@ -76,6 +76,15 @@ CONCERNS: dict[str, set[str]] = {
     "risk": {GateRole.CAB, GateRole.BUSINESS, GateRole.EMERGENCY},
     "impact": {GateRole.CAB, GateRole.BUSINESS, GateRole.EMERGENCY},
     "scheduled_for": {GateRole.CAB, GateRole.BUSINESS, GateRole.EMERGENCY},
+    # What runs, besides the artifact (deployments.inputs): the executor and its settings
+    # are the deploy command and the strategy's parameters, as much what runs as the
+    # artifact is; the targets say where it runs (and where its configuration and
+    # secrets go); the environment's settings whether a backup and maintenance mode
+    # surround the migrations.
+    "executor": {r.value for r in GateRole},
+    "targets": {GateRole.TECH_LEAD, GateRole.CAB, GateRole.SECURITY, GateRole.EMERGENCY},
+    "environment_settings": {GateRole.TECH_LEAD, GateRole.QA, GateRole.CAB,
+                             GateRole.EMERGENCY},
 }
 
 EDITABLE_FIELDS = ("strategy", "rollback_plan", "risk", "impact", "on_call", "scheduled_for")
@@ -106,15 +115,21 @@ def _moment(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="seconds") if value else None
 
 
-def fingerprint(change: ChangeRequest, *, digests: tuple[str, str] | None = None
-                ) -> dict[str, str]:
-    """A hash per concern of what an approver approves.
+def fingerprint(change: ChangeRequest, *, digests: tuple[str, str] | None = None,
+                inputs: dict | None = None) -> dict[str, str]:
+    """A hash per concern of what an approver approves: everything that decides what
+    runs (artifact and digest, configuration, executor and its settings, targets,
+    strategy and its parameters, environment settings, schedule) and what CAB weighs.
 
-    ``digests`` are the change's configuration digests when the caller read them for
-    many changes at once (``configuration.selectors.digests_for_many``).
+    ``digests`` are the change's configuration digests and ``inputs`` its deployment
+    inputs (``deployments.inputs``) when the caller read them for many changes at once
+    (``configuration.selectors.digests_for_many``, ``run_inputs_for_many``) or fixed
+    them for a deployment (``_start_deployment``).
     """
     release = change.release
     config_digest, secrets_digest = digests if digests is not None else digests_for(change)
+    if inputs is None:
+        inputs = deployment_inputs.inputs_of(release.application, change.environment)
     return {
         "artifact": _digest([release.version, release.artifact_sha256, release.artifact_url]),
         "strategy": _digest(change.strategy),
@@ -126,14 +141,25 @@ def fingerprint(change: ChangeRequest, *, digests: tuple[str, str] | None = None
         "risk": _digest(change.risk),
         "impact": _digest(change.impact.strip()),
         "scheduled_for": _digest(_moment(change.scheduled_for)),
+        "executor": _digest([inputs["executor"], inputs["executor_settings"]]),
+        "targets": _digest([[t["name"], t["address"]] for t in inputs["targets"]]),
+        "environment_settings": _digest(inputs["environment_settings"]),
     }
 
 
-def change_version(change: ChangeRequest, *, digests: tuple[str, str] | None = None) -> str:
+def run_inputs_for_many(changes) -> dict[tuple[int, int], dict]:
+    """The deployment inputs of many changes in one query, by (application id,
+    environment id): pass ``inputs=`` to ``fingerprint`` / ``change_version``."""
+    return deployment_inputs.inputs_of_many(
+        {(c.release.application, c.environment) for c in changes})
+
+
+def change_version(change: ChangeRequest, *, digests: tuple[str, str] | None = None,
+                   inputs: dict | None = None) -> str:
     """One value for everything an approver is shown and decides on: the page and the
     API hand it out, a decision brings it back, and a decision on a version that is no
     longer current is refused (approve what you saw)."""
-    parts = fingerprint(change, digests=digests)
+    parts = fingerprint(change, digests=digests, inputs=inputs)
     parts["what"] = _digest([change.release_id, change.environment_id, change.change_type])
     return _digest(parts)
 
@@ -282,7 +308,7 @@ def _submit(*, actor, change: ChangeRequest) -> None:
                  after={"status": change.status,
                         "gates": {g.role: g.required for g in gates},
                         "unsatisfiable": [b.message for b in unfillable]})
-    signals.send_after_commit(signals.change_submitted, change_id=change.pk,
+    signals.send_in_transaction(signals.change_submitted, change_id=change.pk,
                               status=change.status, at=change.submitted_at)
     if change.status == ChangeRequest.Status.APPROVED and change.deploy_when_approved:
         _start_by_itself(change=change, why=f"{change.reference} submitted with no gates "
@@ -419,11 +445,11 @@ def _apply_decision(change: ChangeRequest, gate: Gate, decision: str) -> dict:
 def _announce_decision(change: ChangeRequest, gate: Gate, actor, comment: str) -> None:
     """Tell listeners about a decision once it has committed."""
     if gate.status == Gate.Status.REJECTED:
-        signals.send_after_commit(signals.gate_rejected, change_id=change.pk, role=gate.role,
+        signals.send_in_transaction(signals.gate_rejected, change_id=change.pk, role=gate.role,
                                   rejected_by=actor.get_username(), comment=comment,
                                   at=timezone.now())
     else:
-        signals.send_after_commit(signals.gate_approved, change_id=change.pk, role=gate.role,
+        signals.send_in_transaction(signals.gate_approved, change_id=change.pk, role=gate.role,
                                   change_status=change.status, at=timezone.now())
 
 
@@ -540,9 +566,11 @@ def _update(*, actor, change: ChangeRequest, fields: dict) -> ChangeRequest:
     return change
 
 
-def _stale_approvals(change: ChangeRequest) -> list[tuple[Approval, list[str]]]:
-    """Standing approvals with the parts of their concern that changed since given."""
-    now = fingerprint(change)
+def _stale_approvals(change: ChangeRequest, *, digests: tuple[str, str] | None = None,
+                     inputs: dict | None = None) -> list[tuple[Approval, list[str]]]:
+    """Standing approvals with the parts of their concern that changed since given
+    (against ``digests`` and ``inputs`` when the caller fixed them)."""
+    now = fingerprint(change, digests=digests, inputs=inputs)
     stale = []
     for approval in change.approvals.filter(withdrawn_at__isnull=True,
                                             decision=Approval.Decision.APPROVED
@@ -572,37 +600,59 @@ def _reopen_changed_concerns(change: ChangeRequest, why: str) -> list[str]:
 
 def changes_reopen_for_configuration(*, application_id: int, environment_id: int) -> list[int]:
     """Configuration changed after approval: reopen the gates concerned on open changes."""
+    return _reopen_open_changes(application_id=application_id, environment_id=environment_id,
+                                why="the configuration changed after approval")
+
+
+def changes_reopen_for_deployment_inputs(*, application_id: int | None = None,
+                                         environment_id: int | None = None,
+                                         why: str) -> list[int]:
+    """What deployments run changed in the catalogue (an application's executor or its
+    settings, a target, an environment's deployment settings): reopen the gates
+    concerned on the open changes it touches (of ``application_id``, in
+    ``environment_id``; None: all). Each change in its own transaction, after the edit
+    has committed; until then the start's own check (``_start_deployment``) keeps a
+    change whose facts moved from deploying."""
+    return _reopen_open_changes(application_id=application_id, environment_id=environment_id,
+                                why=why)
+
+
+def _reopen_open_changes(*, application_id: int | None, environment_id: int | None,
+                         why: str) -> list[int]:
     touched = []
-    ids = list(ChangeRequest.objects.filter(
-        release__application_id=application_id, environment_id=environment_id,
+    changes = ChangeRequest.objects.filter(
         status__in=[ChangeRequest.Status.PENDING_APPROVAL, ChangeRequest.Status.APPROVED,
-                    ChangeRequest.Status.SCHEDULED]).values_list("pk", flat=True))
-    for pk in ids:
+                    ChangeRequest.Status.SCHEDULED])
+    if application_id is not None:
+        changes = changes.filter(release__application_id=application_id)
+    if environment_id is not None:
+        changes = changes.filter(environment_id=environment_id)
+    for pk in list(changes.values_list("pk", flat=True)):
         with transaction.atomic():
             change = (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
                       .filter(pk=pk, status__in=ChangeRequest.OPEN).first())
-            if change is not None and _reopen_changed_concerns(
-                    change, "the configuration changed after approval"):
+            if change is not None and _reopen_changed_concerns(change, why):
                 touched.append(pk)
     return touched
 
 
-def _outdated_approvals(change: ChangeRequest) -> list[Blocker]:
+def _outdated_approvals(change: ChangeRequest, *, digests: tuple[str, str] | None = None,
+                        inputs: dict | None = None) -> list[Blocker]:
     """Approvals whose concern changed since they were given (a missed reopen)."""
     return [Blocker("approval_outdated",
                     f"the {approval.gate.get_role_display()} approval was given before the "
                     f"{', '.join(changed)} changed; it has to be given again")
-            for approval, changed in _stale_approvals(change)]
+            for approval, changed in _stale_approvals(change, digests=digests,
+                                                      inputs=inputs)]
 
 
 def _tell_approver(change: ChangeRequest, approval: Approval, changed: list[str]) -> None:
-    email = approval.approver.email
-    if not email:
-        return
-    subject = f"{change.reference}: your {approval.gate.get_role_display()} approval was reopened"
-    body = (f"{change} changed after you approved it ({', '.join(changed)}). "
-            "Your approval no longer counts; please review the change again.")
-    transaction.on_commit(lambda: send_mail(subject, body, None, [email], fail_silently=True))
+    """The approver hears that their approval no longer counts: a message written with
+    the reopening, in its transaction (the notifications outbox), sent after commit."""
+    signals.send_in_transaction(signals.approval_reopened, change_id=change.pk,
+                                approval_id=approval.pk, role=approval.gate.role,
+                                approver_id=approval.approver_id, changed=list(changed),
+                                at=timezone.now())
 
 
 def may_tick_checklist(actor, change: ChangeRequest) -> bool:
@@ -678,6 +728,12 @@ def change_request_deploy(*, actor, change: ChangeRequest) -> Deployment:
         raise refusal
     except Refused as exc:
         _refusal_audited("change.deploy.refused", actor, change, exc)
+        raise
+    except NotReady as exc:
+        # What would run is no longer what was approved: on the record, like a refusal.
+        outdated = [b for b in exc.blockers or [] if b.get("code") == "approval_outdated"]
+        if outdated:
+            _refusal_audited("change.deploy.refused", actor, change, exc, blockers=outdated)
         raise
 
 
@@ -757,7 +813,7 @@ def _start_by_itself(*, change: ChangeRequest, why: str) -> Deployment | None:
                      reason=f"{deployer.get_username()} may no longer deploy to "
                             f"{change.environment.name}; the change stays approved until "
                             "someone who may deploy there starts it")
-        signals.send_after_commit(signals.change_start_refused, change_id=change.pk,
+        signals.send_in_transaction(signals.change_start_refused, change_id=change.pk,
                                   deployer=deployer.get_username(), trigger=why,
                                   at=timezone.now())
         return None
@@ -794,14 +850,22 @@ def _start_deployment(*, actor, change: ChangeRequest, trigger: str = "",
     # before this check or waits until the deployment exists.
     change.environment = Environment.objects.select_for_update().get(
         pk=change.environment_id)
-    blockers = change_blockers(change) + _outdated_approvals(change)
+    # What will run, read once: the approvals are checked against it and the deployment
+    # keeps it and runs it, so an edit landing meanwhile changes neither.
+    number, *digests = version_for(change)
+    inputs = deployment_inputs.inputs_of(change.release.application, change.environment)
+    blockers = change_blockers(change) + _outdated_approvals(
+        change, digests=tuple(digests), inputs=inputs)
     if blockers:
         raise NotReady(
             f"{change.reference} cannot deploy yet: " + "; ".join(b.message for b in blockers),
             blockers=[b.as_dict() for b in blockers])
+    version = change_version(change, digests=tuple(digests), inputs=inputs)
     deployment = deployment_services.deployment_create(
         actor=actor, release=change.release, environment=change.environment,
-        strategy=change.strategy, change_id=change.pk)
+        strategy=change.strategy, change_id=change.pk,
+        inputs={**inputs, "strategy": change.strategy, "configuration_version": number,
+                "change_version": version})
     before = change.status
     change.status = ChangeRequest.Status.DEPLOYING
     change.save(update_fields=["status"])
@@ -809,8 +873,9 @@ def _start_deployment(*, actor, change: ChangeRequest, trigger: str = "",
                  environment=change.environment.slug, before={"status": before},
                  after={"status": change.status, "deployment": deployment.pk,
                         "preflight": "clear", "deployer": actor.get_username(),
+                        "version": version, "configuration_version": number,
                         "trigger": trigger or "deployed by hand", **(second_factor or {})})
-    signals.send_after_commit(signals.change_deploying, change_id=change.pk,
+    signals.send_in_transaction(signals.change_deploying, change_id=change.pk,
                               deployment_id=deployment.pk, at=timezone.now())
     return deployment
 

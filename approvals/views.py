@@ -292,12 +292,14 @@ def inbox(request):
     changes = [gate.change for gate in gates]
     blockers = selectors.blockers_for_many(changes)
     digests = digests_for_many(changes)
+    inputs = services.run_inputs_for_many(changes)
     for gate in gates:
         gate.other_blockers = [b for b in blockers[gate.change.pk]
                                if b.code != f"gate_{gate.role}"]
         # The version the card shows, sent back with the decision.
-        gate.change.version_shown = services.change_version(gate.change, digests=digests[
-            (gate.change.release.application_id, gate.change.environment_id)])
+        key = (gate.change.release.application_id, gate.change.environment_id)
+        gate.change.version_shown = services.change_version(gate.change, digests=digests[key],
+                                                            inputs=inputs[key])
     query = urlencode({k: v for k, v in (("environment", environment),
                                           ("change_type", change_type)) if v})
     return render(request, "approvals/inbox.html", {

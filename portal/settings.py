@@ -332,6 +332,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "core.tasks.audit_retention_purge",
         "schedule": 24 * 3600.0,
     },
+    # The notifications outbox: rows written with their decision whose queued send
+    # never came (the process died after commit, the broker was down) are sent.
+    "notifications-send-unsent": {
+        "task": "notifications.tasks.notifications_send_unsent",
+        "schedule": env.float("PORTAL_OUTBOX_SWEEP_SECONDS", default=30.0),
+    },
     "notifications-settle-interrupted": {
         "task": "notifications.tasks.notifications_settle_interrupted",
         "schedule": 300.0,
@@ -355,6 +361,10 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env.float("PORTAL_AUDIT_CHECKPOINT_SECONDS", default=60.0),
     },
 }
+
+# How long a notification written with its decision is left to the task queued for it
+# on commit before the outbox sweep sends it itself (notifications.services).
+PORTAL_OUTBOX_GRACE_SECONDS = env.float("PORTAL_OUTBOX_GRACE_SECONDS", default=60.0)
 
 # Where the local executor lays out releases (releases/<version>, current).
 PORTAL_DEPLOY_ROOT = Path(env.str("PORTAL_DEPLOY_ROOT", default=str(embedded.var_dir() / "deploy")))
