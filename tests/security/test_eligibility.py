@@ -170,6 +170,9 @@ def the_dashboard(demo, user, change) -> bool:
 
 
 def the_notifications(user, change) -> bool:
+    # The requests written when the change was submitted (in that transaction, through
+    # the outbox) asked whoever could decide then; ask again for the facts of now.
+    Notification.objects.filter(kind=Kind.APPROVAL_REQUEST, change_id=change.pk).delete()
     notifications.notifications_for_change_submitted(change_id=change.pk,
                                                      status=change.status)
     asked = Notification.objects.filter(kind=Kind.APPROVAL_REQUEST, change_id=change.pk,
