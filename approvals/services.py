@@ -773,6 +773,7 @@ def _reopen_approvals_that_stopped_counting(change: ChangeRequest, why: str
                             "change": change.status},
                      reason=f"the {approval.gate.get_role_display()} approval no longer "
                             f"counts: {item.detail}")
+        _tell_approver(change, approval, ["the release's authors and mergers"])
     return stale
 
 

@@ -313,6 +313,10 @@ def test_ci_naming_the_approver_an_author_stops_the_deploy_button_and_reopens_th
     reopened(change, ROLE, eligibility.AUTHOR)
     assert AuditEvent.objects.get(action="change.deploy.refused").after["code"] == \
         "approval_conflict"
+    # The approver hears it through the outbox, written with the reopening.
+    told = Notification.objects.get(kind=Kind.APPROVAL_REOPENED, change_id=change.pk)
+    assert told.recipient_name == "techlead"
+    assert "authors and mergers" in told.body
     # The API says why: the gate waits again and the approval shows why it was withdrawn.
     body = api(demo.engineer).get(f"/api/v1/changes/{change.pk}/").json()
     [gate] = [g for g in body["gates"] if g["gate"] == ROLE]
