@@ -218,6 +218,9 @@ class ChangeListCreate(ApiMixin, generics.ListAPIView):
     @idempotent
     def post(self, request):
         data = ChangeInSerializer(data=request.data)
+        # A release the caller may not see is as unknown as one that does not exist.
+        data.fields["release"].queryset = deployment_selectors.releases_visible_to(
+            request.user)
         data.is_valid(raise_exception=True)
         change = services.change_request_create(actor=request.user, **data.validated_data)
         change = selectors.change_detail_queryset().get(pk=change.pk)
@@ -397,7 +400,7 @@ class Preflight(ApiView):
                 "release": change.release_id, "environment": change.environment.slug,
                 "change_type": change.change_type, **result}).data)
         preflight = selectors.preflight
-        releases = Release.objects.select_related("application")
+        releases = deployment_selectors.releases_visible_to(request.user)
         if params.get("release"):
             release = get_object_or_404(releases, pk=params["release"])
         else:
