@@ -53,7 +53,8 @@ class Watch:
         self.page, self.base = page, live_server.url
         self.console: list[str] = []
         page.add_init_script(RECORD_VIOLATIONS)
-        page.on("console", lambda m: m.type == "error" and self.console.append(m.text))
+        page.on("console", lambda m: m.type == "error" and self.console.append(
+            f"{m.text} at {m.location.get('url')}"))
         page.on("pageerror", lambda e: self.console.append(f"uncaught: {e}"))
 
     def open(self, path: str):
@@ -269,3 +270,12 @@ def test_passkey_step_up_resumes_the_approval_under_the_policy(demo_live, watch,
     page.wait_for_url(lambda url: url.rstrip("/").endswith(f"/changes/{change.pk}"))
     assert Approval.objects.filter(change=change, approver=cab).exists()
     watch.assert_clean("step-up resumed")
+
+
+def test_the_admin_loads_under_the_policy(demo_live, watch, page, login):
+    login("admin")
+    watch.open("/admin/")
+    watch.open("/admin/catalog/release/")
+    expect(page.locator("#result_list")).to_be_visible()
+    watch.open("/admin/catalog/application/1/change/")
+    watch.assert_clean("admin")
