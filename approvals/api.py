@@ -447,7 +447,7 @@ class Preflight(ApiView):
                 "release": change.release_id, "environment": change.environment.slug,
                 "change_type": change.change_type, **result}).data)
         preflight = selectors.preflight
-        releases = Release.objects.select_related("application")
+        releases = deployment_selectors.releases_visible_to(request.user)
         if params.get("release"):
             release = get_object_or_404(releases, pk=params["release"])
         else:

@@ -78,6 +78,9 @@ def change_new(request):
     if request.GET.get("release", "").isdigit():
         initial["release"] = request.GET["release"]
     form = ChangeRequestForm(request.POST or None, initial=initial)
+    # Only the releases this person may see are offered (and accepted).
+    form.fields["release"].queryset = deployment_selectors.releases_visible_to(
+        request.user, queryset=form.fields["release"].queryset)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:

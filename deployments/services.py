@@ -83,6 +83,9 @@ def _artifact_refused(why: str) -> Invalid:
                    fields={"artifact_url": [why]})
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def artifact_display(url: str) -> str:
     """An artifact URL fit for logs and messages: no credentials, no query string."""
     parsed = urllib.parse.urlsplit(url)
@@ -92,7 +95,8 @@ def artifact_display(url: str) -> str:
             netloc += f":{parsed.port}"
     except ValueError:
         pass
-    return urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, "", ""))[:300]
+    shown = urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, "", ""))
+    return _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", shown)[:300]
 
 
 def artifact_source_check(*, url: str) -> str:
@@ -106,6 +110,10 @@ def artifact_source_check(*, url: str) -> str:
     trusted = ", ".join(sources) or "none configured"
     if any(c in url for c in "\x00\r\n\t\\"):
         raise _artifact_refused("the URL contains control characters or backslashes")
+    if _CONTROL.search(urllib.parse.unquote(url)):
+        # %00 and its kind: a path holding NUL cannot be opened (a ValueError deep in
+        # os.path), and a control character has no place in an artifact's name.
+        raise _artifact_refused("the URL contains percent-encoded control characters")
     parsed = urllib.parse.urlsplit(url)
     scheme = parsed.scheme.lower()
     path = urllib.parse.unquote(parsed.path)
