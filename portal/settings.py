@@ -124,6 +124,10 @@ DATABASES = {
 # Seconds a process keeps its database connection between requests. 0 (a connection
 # per request) unless set; the web server's processes keep theirs (gunicorn.conf.py),
 # checked before each reuse so that a restarted PostgreSQL costs one reconnection.
+# Django's PostgreSQL backend with the audit chain sealed at commit (core/db_backend),
+# so the chain's lock is the last a transaction takes and never part of a deadlock.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["ENGINE"] = "core.db_backend"
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["TEST"] = {"NAME": env.str("DATABASE_TEST_NAME", default="test_portal")}

@@ -1,0 +1,79 @@
+"""Django's PostgreSQL backend, with the audit chain sealed at the end of the transaction.
+
+``core.audit.audit_record`` does not write an event where it is called: it hands the
+event to the connection, which links it into the chain and inserts it just before the
+transaction commits (``core.audit.seal``). The chain's advisory lock is therefore the
+last lock a transaction takes, and its holder waits for nothing but its own inserts
+and the commit: a request holding row locks may wait for the chain, but the chain's
+holder never waits for a row, so the two can no longer deadlock.
+
+Events recorded inside a savepoint that rolls back are dropped with it, as the rows
+would have been (the same bookkeeping Django keeps for ``on_commit``). Inside a test
+case's own transaction, which never commits, an event is sealed when the innermost
+block the code opened ends, so the test sees it as it would after a commit.
+
+``commits`` counts the transactions this connection committed: the retry of a request
+that died of a deadlock (``core.transient``) is made only when nothing was committed
+before it.
+"""
+
+from __future__ import annotations
+
+from django.db.backends.postgresql import base
+
+
+def _only_test_blocks(blocks) -> bool:
+    # ``_from_testcase`` marks the atomic blocks Django's TestCase (and pytest-django's
+    # ``db`` fixture) wraps a test in; no other code sets it.
+    return all(getattr(block, "_from_testcase", False) for block in blocks)
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.audit_pending: list[tuple[set, object]] = []
+        self.commits = 0
+
+    # --- what core.audit calls -----------------------------------------------------
+
+    def audit_defer(self, event) -> bool:
+        """Keep ``event`` until the transaction commits; False when it must be sealed
+        now (the only blocks open are a test case's, which never commit)."""
+        if _only_test_blocks(self.atomic_blocks):
+            return False
+        self.audit_pending.append((set(self.savepoint_ids), event))
+        return True
+
+    def _seal_pending(self) -> None:
+        from core.audit import seal
+
+        events = [event for _, event in self.audit_pending]
+        self.audit_pending = []
+        seal(events)
+
+    # --- transaction boundaries ----------------------------------------------------
+
+    def commit(self):
+        if self.audit_pending:
+            self._seal_pending()
+        super().commit()
+        self.commits += 1
+
+    def rollback(self):
+        self.audit_pending = []
+        super().rollback()
+
+    def close(self):
+        self.audit_pending = []
+        super().close()
+
+    def savepoint_rollback(self, sid):
+        super().savepoint_rollback(sid)
+        self.audit_pending = [(sids, event) for sids, event in self.audit_pending
+                              if sid not in sids]
+
+    def savepoint_commit(self, sid):
+        # Atomic.__exit__ has already taken the ending block off ``atomic_blocks``.
+        if self.audit_pending and _only_test_blocks(self.atomic_blocks):
+            self._seal_pending()
+        super().savepoint_commit(sid)
