@@ -84,6 +84,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # A request whose transaction died of a deadlock or serialization failure runs again.
+    "core.transient.RetryTransientMiddleware",
     "core.middleware.RequestContextMiddleware",
     # A database or Redis outage is a 503 (JSON under /api/), never a debug page.
     "core.middleware.ServiceUnavailableMiddleware",

@@ -12,9 +12,10 @@ would have been (the same bookkeeping Django keeps for ``on_commit``). Inside a 
 case's own transaction, which never commits, an event is sealed when the innermost
 block the code opened ends, so the test sees it as it would after a commit.
 
-``commits`` counts the transactions this connection committed: the retry of a request
-that died of a deadlock (``core.transient``) is made only when nothing was committed
-before it.
+``audit_seals`` counts the times this connection sealed events into the chain: every
+state change is a service that writes its audit event, so a request that died of a
+deadlock is retried (``core.transient``) only when the count did not move, i.e. when
+no state change of the request was committed before it died.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.audit_pending: list[tuple[set, object]] = []
-        self.commits = 0
+        self.audit_seals = 0
 
     # --- what core.audit calls -----------------------------------------------------
 
@@ -40,6 +41,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         """Keep ``event`` until the transaction commits; False when it must be sealed
         now (the only blocks open are a test case's, which never commit)."""
         if _only_test_blocks(self.atomic_blocks):
+            self.audit_seals += 1
             return False
         self.audit_pending.append((set(self.savepoint_ids), event))
         return True
@@ -49,6 +51,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
         events = [event for _, event in self.audit_pending]
         self.audit_pending = []
+        self.audit_seals += 1
         seal(events)
 
     # --- transaction boundaries ----------------------------------------------------
@@ -57,7 +60,6 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if self.audit_pending:
             self._seal_pending()
         super().commit()
-        self.commits += 1
 
     def rollback(self):
         self.audit_pending = []
