@@ -21,7 +21,7 @@ from rest_framework.test import APIClient
 from approvals.models import ChangeRequest
 from core.audit import audit_record, verify_chain
 from deployments.models import Deployment
-from tests.conftest import wait_for
+from tests.conftest import wait_for, waiting_for_a_lock
 from tests.factories import ReleaseFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -40,15 +40,6 @@ def deadlocks_logged() -> int:
     return log.read_text(errors="replace").count("deadlock detected")
 
 
-def backends_waiting_for_a_lock() -> int:
-    with connection.cursor() as cursor:
-        # Inside a transaction the activity view is a snapshot taken once: take a new one.
-        cursor.execute("SELECT pg_stat_clear_snapshot()")
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                       "current_database() AND wait_event_type = 'Lock'")
-        return cursor.fetchone()[0]
-
-
 def token_client(user) -> APIClient:
     from core.audit import System
     from core.services import api_token_issue
@@ -62,7 +53,6 @@ def token_client(user) -> APIClient:
 
 def approved_staging_change(demo):
     from approvals import services
-
     from tests.factories import request_change
 
     change = request_change(demo.engineer, "staging")
@@ -96,7 +86,7 @@ def test_a_deploy_holding_the_change_while_another_writer_audited_first_does_not
                 recorded.set()
                 # Until the deploy holds the change and waits (the old chain order) or
                 # has finished (sealed at commit, it waits for nothing of ours).
-                wait_for(lambda: deployed.is_set() or backends_waiting_for_a_lock(),
+                wait_for(lambda: deployed.is_set() or waiting_for_a_lock(),
                          timeout=30, interval=0.02)
                 ChangeRequest.objects.select_for_update().get(pk=change.pk)
         except Exception as exc:  # noqa: BLE001 - a deadlock victim lands here
