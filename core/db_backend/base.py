@@ -2,10 +2,11 @@
 
 ``core.audit.audit_record`` does not write an event where it is called: it hands the
 event to the connection, which links it into the chain and inserts it just before the
-transaction commits (``core.audit.seal``). The chain's advisory lock is therefore the
-last lock a transaction takes, and its holder waits for nothing but its own inserts
-and the commit: a request holding row locks may wait for the chain, but the chain's
-holder never waits for a row, so the two can no longer deadlock.
+transaction commits (``core.audit.seal``), after the transaction's deferred foreign-key
+checks have run. The chain's advisory lock is therefore the last lock a transaction
+takes, and its holder waits for nothing but its own inserts and the commit: a request
+holding row locks may wait for the chain, but the chain's holder never waits for a
+row, so the two can no longer deadlock.
 
 Events recorded inside a savepoint that rolls back are dropped with it, as the rows
 would have been (the same bookkeeping Django keeps for ``on_commit``). Inside a test
@@ -58,6 +59,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def commit(self):
         if self.audit_pending:
+            with self.cursor() as cursor:
+                # Foreign keys are checked at commit (Django makes them DEFERRABLE
+                # INITIALLY DEFERRED), and each check locks the row it points at (FOR
+                # KEY SHARE), which may wait for a transaction holding that row FOR
+                # UPDATE. Checked here, before the chain's lock, a wait like that can no
+                # longer happen while the chain is held.
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
             self._seal_pending()
         super().commit()
 
