@@ -10,8 +10,8 @@ row, so the two can no longer deadlock.
 
 Events recorded inside a savepoint that rolls back are dropped with it, as the rows
 would have been (the same bookkeeping Django keeps for ``on_commit``). Inside a test
-case's own transaction, which never commits, an event is sealed when the innermost
-block the code opened ends, so the test sees it as it would after a commit.
+case's own transaction, which never commits and has one connection (nothing to
+deadlock with), an event is sealed where it is recorded, so the test sees it at once.
 
 ``audit_seals`` counts the times this connection sealed events into the chain: every
 state change is a service that writes its audit event, so a request that died of a
@@ -24,10 +24,10 @@ from __future__ import annotations
 from django.db.backends.postgresql import base
 
 
-def _only_test_blocks(blocks) -> bool:
+def _in_a_test_case(blocks) -> bool:
     # ``_from_testcase`` marks the atomic blocks Django's TestCase (and pytest-django's
     # ``db`` fixture) wraps a test in; no other code sets it.
-    return all(getattr(block, "_from_testcase", False) for block in blocks)
+    return bool(blocks) and getattr(blocks[0], "_from_testcase", False)
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -40,8 +40,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def audit_defer(self, event) -> bool:
         """Keep ``event`` until the transaction commits; False when it must be sealed
-        now (the only blocks open are a test case's, which never commit)."""
-        if _only_test_blocks(self.atomic_blocks):
+        now (inside a test case's transaction, which never commits)."""
+        if _in_a_test_case(self.atomic_blocks):
             self.audit_seals += 1
             return False
         self.audit_pending.append((set(self.savepoint_ids), event))
@@ -81,9 +81,3 @@ class DatabaseWrapper(base.DatabaseWrapper):
         super().savepoint_rollback(sid)
         self.audit_pending = [(sids, event) for sids, event in self.audit_pending
                               if sid not in sids]
-
-    def savepoint_commit(self, sid):
-        # Atomic.__exit__ has already taken the ending block off ``atomic_blocks``.
-        if self.audit_pending and _only_test_blocks(self.atomic_blocks):
-            self._seal_pending()
-        super().savepoint_commit(sid)
