@@ -88,6 +88,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # A request whose transaction died of a deadlock or serialization failure runs again.
+    "core.transient.RetryTransientMiddleware",
     "core.middleware.RequestContextMiddleware",
     # A database or Redis outage is a 503 (JSON under /api/), never a debug page.
     "core.middleware.ServiceUnavailableMiddleware",
@@ -128,6 +130,10 @@ DATABASES = {
 # Seconds a process keeps its database connection between requests. 0 (a connection
 # per request) unless set; the web server's processes keep theirs (gunicorn.conf.py),
 # checked before each reuse so that a restarted PostgreSQL costs one reconnection.
+# Django's PostgreSQL backend with the audit chain sealed at commit (core/db_backend),
+# so the chain's lock is the last a transaction takes and never part of a deadlock.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["ENGINE"] = "core.db_backend"
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["TEST"] = {"NAME": env.str("DATABASE_TEST_NAME", default="test_portal")}

@@ -219,6 +219,30 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):
     raise AssertionError(f"condition not met within {timeout} s")
 
 
+def waiting_for_a_lock() -> int:
+    """How many backends of the test database are waiting for a lock (a row, an advisory
+    lock) right now: the condition a race test waits on, instead of sleeping, to know
+    that the other transaction has reached the lock it must wait for."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        # Inside a transaction the activity view is a snapshot taken once: take a new one.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                       "current_database() AND wait_event_type = 'Lock'")
+        return cursor.fetchone()[0]
+
+
+def worker_finished(task_id: str, worker: str = "test") -> bool:
+    """Whether the real worker ``worker`` (start_celery_worker's ``name``) has run the
+    task ``task_id`` to its end: Celery logs "Task name[id] succeeded in ..." then."""
+    import os
+    from pathlib import Path
+
+    log = Path(os.environ["PORTAL_VAR_DIR"]) / f"test-worker-{worker}.log"
+    return log.exists() and f"[{task_id}] succeeded" in log.read_text(errors="replace")
+
+
 # --- Signed audit checkpoints: each test has its own witness file and public-key file,
 # since its database starts empty; the signing key is made once for the session.
 _AUDIT_RUN = {"count": 0}

@@ -7,7 +7,7 @@ import pytest
 from notifications import services
 from notifications.models import Notification
 from notifications.tasks import notification_send
-from tests.conftest import wait_for
+from tests.conftest import wait_for, worker_finished
 from tests.factories import ReleaseFactory, request_change
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -78,15 +78,14 @@ def test_real_worker_sends_a_twice_delivered_notification_once(demo, receiver,
     request_change(demo.engineer, "staging", release=ReleaseFactory())
     notice = Notification.objects.get(channel="webhook")
     # Queued on commit already; the broker delivers it twice more.
-    notification_send.delay(notice.pk)
-    notification_send.delay(notice.pk)
+    again = [notification_send.delay(notice.pk).id, notification_send.delay(notice.pk).id]
     wait_for(lambda: Notification.objects.get(pk=notice.pk).status == "sent", timeout=30)
     # Emails to the approvers went out through the worker's console backend as well.
     wait_for(lambda: not Notification.objects.filter(status__in=["pending", "sending"]).exists(),
              timeout=30)
-    import time
-
-    time.sleep(1.0)  # let any stray duplicate arrive before counting
+    # Both extra deliveries have run to their end on the worker: a duplicate they sent
+    # would have reached the receiver before that.
+    wait_for(lambda: all(worker_finished(task_id) for task_id in again), timeout=60)
     assert [r["path"] for r in receiver.received] == ["/json"]
     notice.refresh_from_db()
     assert notice.attempts == 1
