@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean-var browser nightly
+.PHONY: run test lint install clean-var browser nightly pg-account
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -17,9 +17,14 @@ $(STAMP): pyproject.toml
 	@PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[dev]' 2>&1 | sed '/^WARNING: Location/d'
 	@touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) pg-account
 
-run: $(STAMP)
+# As root, the embedded PostgreSQL runs as the system account portal-pg (it refuses
+# root): made here once, under a lock, never when a test process or `make run` starts.
+pg-account:
+	@scripts/pg-system-account
+
+run: $(STAMP) pg-account
 	@$(PY) manage.py run
 
 # The browser tests need Chromium: scripts/ensure-browser finds or installs one,
@@ -27,7 +32,7 @@ run: $(STAMP)
 # TEST_PROCESSES: pytest-xdist processes, each with its own embedded servers and worker
 # (portal/testing/plugin.py); a test module stays in one process (--dist loadfile).
 TEST_PROCESSES ?= 2
-test: $(STAMP)
+test: $(STAMP) pg-account
 	@browser="$$(scripts/ensure-browser $(PY))" || exit 1; \
 	PORTAL_CHROMIUM="$$browser" $(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 

@@ -11,10 +11,11 @@ def main() -> None:
 
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     if command in embedded.SELF_MANAGED_COMMANDS:
-        # The local demo (`make run`) serves plain HTTP on loopback with the
-        # development key: DEBUG is turned on for it explicitly. Everything else
-        # runs with DEBUG off unless DJANGO_DEBUG says otherwise.
-        os.environ.setdefault("DJANGO_DEBUG", "true")
+        # The one-machine run (`make run`): DEBUG off unless PORTAL_DEBUG=true, plain
+        # HTTP on loopback, this machine's own key, outbound calls to loopback only to
+        # the demo fleet's ports. Its web server, worker and beat inherit this.
+        for name, value in embedded.one_machine_environment().items():
+            os.environ.setdefault(name, value)
     elif not os.environ.get("DATABASE_URL"):
         # On the embedded servers (a developer machine): a key of this machine's own.
         os.environ.setdefault("DJANGO_SECRET_KEY", embedded.local_secret_key())

@@ -8,12 +8,13 @@ import django_filters
 from django.contrib.auth import get_user_model
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
-from approvals import selectors, services
+from approvals import eligibility, selectors, services
 from approvals.models import (
     Approval,
     ChangeRequest,
@@ -35,19 +36,41 @@ from deployments.models import Deployment
 
 class ApprovalSerializer(serializers.ModelSerializer):
     approver = serializers.CharField(source="approver.username", read_only=True)
+    on_behalf_of = serializers.CharField(
+        source="on_behalf_of.username", read_only=True, default=None, allow_null=True,
+        help_text="The delegator the approver decided for, when decided by delegation.")
+    withdrawn_at = serializers.DateTimeField(
+        read_only=True, allow_null=True,
+        help_text="Set when the decision no longer counts: withdrawn by its approver, "
+                  "superseded by an edit, or reopened at a start because its approver "
+                  "became an author or merger of the release.")
+    withdrawn_reason = serializers.CharField(read_only=True)
 
     class Meta:
         model = Approval
-        fields = ["approver", "decision", "comment", "decided_at"]
+        fields = ["approver", "decision", "comment", "decided_at", "on_behalf_of",
+                  "withdrawn_at", "withdrawn_reason"]
 
 
 class GateSerializer(serializers.ModelSerializer):
     gate = serializers.CharField(source="role", read_only=True)
     approvals = ApprovalSerializer(many=True, read_only=True)
+    can_decide = serializers.SerializerMethodField(
+        help_text="Whether you may decide this gate now (approvals.eligibility).")
+    eligibility = serializers.SerializerMethodField(
+        help_text="Why you may or may not decide it: " + ", ".join(eligibility.CODES) + ".")
 
     class Meta:
         model = Gate
-        fields = ["gate", "status", "required", "approvals"]
+        fields = ["gate", "status", "required", "approvals", "can_decide", "eligibility"]
+
+    def get_can_decide(self, gate) -> bool:
+        verdict = getattr(gate, "verdict", None)
+        return bool(verdict and verdict.eligible)
+
+    def get_eligibility(self, gate) -> str | None:
+        verdict = getattr(gate, "verdict", None)
+        return verdict.code if verdict else None
 
 
 class ChecklistItemOutSerializer(serializers.Serializer):
@@ -87,10 +110,25 @@ class ChangeOutSerializer(serializers.ModelSerializer):
                   "created_at", "submitted_at", "closed_at", "gates", "checklist",
                   "blockers", "deployment", "deployer", "fingerprint"]
 
+    def to_representation(self, instance):
+        # Each gate carries the caller's verdict (approvals.eligibility), from their facts
+        # read once per response.
+        person = self.context.get("person")
+        if person is not None and hasattr(instance, "gates"):
+            at = self.context.get("at") or timezone.now()
+            gates = list(instance.gates.all())
+            for gate, verdict in zip(gates, eligibility.gate_verdicts(
+                    person=person, change=instance, gates=gates, at=at).values(),
+                    strict=True):
+                gate.verdict = verdict
+        return super().to_representation(instance)
+
     def get_fingerprint(self, obj) -> str:
         digests = self.context.get("digests")
-        return services.change_version(obj, digests=digests.get(
-            (obj.release.application_id, obj.environment_id)) if digests else None)
+        inputs = self.context.get("inputs")
+        key = (obj.release.application_id, obj.environment_id)
+        return services.change_version(obj, digests=digests.get(key) if digests else None,
+                                       inputs=inputs.get(key) if inputs else None)
 
     @extend_schema_field(ChecklistItemOutSerializer(many=True))
     def get_checklist(self, obj) -> list[dict]:
@@ -192,6 +230,12 @@ class ChangeFilter(django_filters.FilterSet):
                   "requested_by"]
 
 
+def _caller(request) -> dict:
+    """The caller's facts for the gates' ``can_decide`` and ``eligibility``."""
+    at = timezone.now()
+    return {"person": selectors.person_facts(request.user, at=at), "at": at}
+
+
 def _rules(changes) -> selectors.Rules | None:
     """The blockers' inputs for a page of changes at once."""
     return selectors.rules_for(list(changes)) if changes else None
@@ -210,7 +254,8 @@ class ChangeListCreate(ApiMixin, generics.ListAPIView):
     def list(self, request, *args, **kwargs):
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
         body = ChangeOutSerializer(page, many=True, context={
-            "rules": _rules(page), "digests": digests_for_many(page or [])}).data
+            "rules": _rules(page), "digests": digests_for_many(page or []),
+            "inputs": services.run_inputs_for_many(page or []), **_caller(request)}).data
         return self.get_paginated_response(body)
 
     @extend_schema(request=ChangeInSerializer, responses={201: ChangeOutSerializer},
@@ -221,11 +266,15 @@ class ChangeListCreate(ApiMixin, generics.ListAPIView):
         data.is_valid(raise_exception=True)
         change = services.change_request_create(actor=request.user, **data.validated_data)
         change = selectors.change_detail_queryset().get(pk=change.pk)
-        return Response(ChangeOutSerializer(change).data, status=status.HTTP_201_CREATED)
+        return Response(ChangeOutSerializer(change, context=_caller(request)).data,
+                        status=status.HTTP_201_CREATED)
 
 
 class ChangeDetail(ApiMixin, generics.RetrieveAPIView):
     serializer_class = ChangeOutSerializer
+
+    def get_serializer_context(self):
+        return {**super().get_serializer_context(), **_caller(self.request)}
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
@@ -241,7 +290,8 @@ class _ChangeAction(ApiView):
 
     def respond(self, change: ChangeRequest, code: int = status.HTTP_200_OK) -> Response:
         change = selectors.change_detail_queryset().get(pk=change.pk)
-        return Response(ChangeOutSerializer(change).data, status=code)
+        return Response(ChangeOutSerializer(change, context=_caller(self.request)).data,
+                        status=code)
 
 
 class ChangeApprove(_ChangeAction):
@@ -397,7 +447,7 @@ class Preflight(ApiView):
                 "release": change.release_id, "environment": change.environment.slug,
                 "change_type": change.change_type, **result}).data)
         preflight = selectors.preflight
-        releases = Release.objects.select_related("application")
+        releases = deployment_selectors.releases_visible_to(request.user)
         if params.get("release"):
             release = get_object_or_404(releases, pk=params["release"])
         else:

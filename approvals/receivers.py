@@ -2,6 +2,7 @@
 
 from django.dispatch import receiver
 
+from catalog.signals import deployment_inputs_changed
 from configuration.signals import configuration_changed
 from deployments.models import Deployment
 from deployments.signals import deployment_ending
@@ -23,3 +24,12 @@ def reopen_gates_when_configuration_changes(sender, version, **kwargs):
 
     changes_reopen_for_configuration(application_id=version.application_id,
                                      environment_id=version.environment_id)
+
+
+@receiver(deployment_inputs_changed, dispatch_uid="approvals.reopen_on_deployment_inputs")
+def reopen_gates_when_deployment_inputs_change(sender, application_id, environment_id, what,
+                                               **kwargs):
+    from approvals.services import changes_reopen_for_deployment_inputs
+
+    changes_reopen_for_deployment_inputs(application_id=application_id,
+                                         environment_id=environment_id, why=what)

@@ -16,7 +16,7 @@ from django.db.models import Count, F, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
-from approvals import checks, schedule
+from approvals import checks, eligibility, schedule
 from approvals.models import (
     PRE_DEPLOYMENT_KINDS,
     Approval,
@@ -33,6 +33,7 @@ from approvals.models import (
 )
 from catalog.models import Environment, Release
 from catalog.permissions import environment_permissions
+from core import accounts
 from core.permissions import is_auditor, permission_holders
 from deployments import selectors as deployment_selectors
 from deployments.models import Deployment
@@ -157,6 +158,11 @@ def change_blockers(change: ChangeRequest, *, rules: Rules | None = None,
             blockers.append(Blocker(
                 f"gate_{gate.role}",
                 f"{gate.get_role_display()} approval pending ({approved} of {gate.required})"))
+    if status in ChangeRequest.OPEN:
+        # Facts that arrived after a decision (CI reporting its approver as an author,
+        # say): the approval no longer counts, and the next start reopens its gate.
+        blockers += [Blocker(*stale.as_blocker())
+                     for stale in eligibility.stopped_counting(change)]
     covered = set()
     if policy and policy.requires_on_call and not change.on_call_id:
         blockers.append(Blocker("on_call_missing", "name the on-call engineer"))
@@ -344,72 +350,160 @@ def active_delegations(user) -> list[Delegation]:
                 .select_related("delegator", "environment"))
 
 
+def _lent(delegations: list[Delegation], holders: dict[tuple[int, str], set[int]] | None = None
+          ) -> dict[int, list[eligibility.Lent]]:
+    """{delegate id: [what was lent to them]}, each saying whether its delegator still
+    holds the role there (``holders``: ``permission_holders`` over their environments,
+    read here when not given)."""
+    if not delegations:
+        return {}
+    if holders is None:
+        holders = permission_holders(Environment, {d.environment_id for d in delegations})
+    lent: dict[int, list[eligibility.Lent]] = defaultdict(list)
+    for d in delegations:
+        delegator = d.delegator
+        holds = delegator.is_active and (
+            delegator.is_superuser
+            or d.delegator_id in holders.get((d.environment_id, GateRole(d.role).permission),
+                                             ()))
+        lent[d.delegate_id].append(eligibility.Lent(
+            id=d.pk, environment_id=d.environment_id, role=d.role,
+            delegator_id=d.delegator_id, delegator=delegator.get_username(),
+            delegator_holds=holds, expires_at=d.expires_at,
+            revoked=d.revoked_at is not None))
+    return lent
+
+
+def person_facts(user, *, at: datetime | None = None) -> eligibility.Person:
+    """What ``approvals.eligibility`` needs to answer for ``user``: their permissions
+    (read once per request), their live delegations and whether each delegator still
+    holds what they lent; two to six queries, whatever is listed."""
+    if not user.is_authenticated:
+        return eligibility.Person(id=0, username="", active=False)
+    at = at or timezone.now()
+    delegations = list(Delegation.objects.filter(
+        delegate=user, revoked_at__isnull=True, expires_at__gt=at).select_related("delegator"))
+    return eligibility.Person(
+        id=user.pk, username=user.get_username(), active=user.is_active,
+        superuser=user.is_superuser, service=accounts.is_service_account(user),
+        held={env: frozenset(codenames)
+              for env, codenames in environment_permissions(user).items()},
+        lent=tuple(_lent(delegations).get(user.pk, ())))
+
+
+def candidate_facts(environment_ids, *, at: datetime | None = None
+                    ) -> dict[int, eligibility.Person]:
+    """{user id: facts} for everyone who holds a permission on ``environment_ids`` or was
+    lent a gate there, in six queries: who a list names as able to decide (the
+    dashboard's "waiting for", the approval requests) is then answered person by person
+    by ``approvals.eligibility``. Administrators who hold nothing explicitly are not
+    named (they may decide, but are not asked to)."""
+    environment_ids = list(environment_ids)
+    at = at or timezone.now()
+    holders = permission_holders(Environment, environment_ids)
+    delegations = list(Delegation.objects.filter(
+        environment_id__in=environment_ids, revoked_at__isnull=True,
+        expires_at__gt=at).select_related("delegator"))
+    held: dict[int, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for (env_id, codename), users in holders.items():
+        for user_id in users:
+            held[user_id][env_id].add(codename)
+    lent = _lent(delegations, holders)
+    people = get_user_model().objects.filter(pk__in=set(held) | set(lent)).values_list(
+        "pk", "username", "is_active", "is_superuser")
+    services = set(accounts.service_accounts().filter(pk__in=set(held) | set(lent))
+                   .values_list("pk", flat=True))
+    return {pk: eligibility.Person(
+        id=pk, username=username, active=active, superuser=superuser, service=pk in services,
+        held={env: frozenset(codes) for env, codes in held.get(pk, {}).items()},
+        lent=tuple(lent.get(pk, ()))) for pk, username, active, superuser in people}
+
+
 def decidable_roles(user) -> dict[int, set[str]]:
-    """{environment id: {gate role, ...}} that ``user`` may decide, directly or by delegation."""
-    roles: dict[int, set[str]] = defaultdict(set)
-    for env_id, codenames in environment_permissions(user).items():
-        roles[env_id] |= {role.value for role in GateRole if role.permission in codenames}
-    for delegation in active_delegations(user):
-        roles[delegation.environment_id].add(delegation.role)
-    return {env: r for env, r in roles.items() if r}
+    """{environment id: {gate role, ...}} that ``user`` may decide, directly or by a live
+    delegation from someone who still holds the role (before each change's own rules)."""
+    return eligibility.roles_with_authority(person_facts(user), timezone.now())
+
+
+def _gate_cards() -> QuerySet[Gate]:
+    """Gates with everything an inbox card shows."""
+    return (Gate.objects.select_related("change__release__application",
+                                        "change__environment", "change__requested_by",
+                                        "change__on_call")
+            .prefetch_related(
+                Prefetch("approvals", queryset=Approval.objects.filter(
+                    withdrawn_at__isnull=True).select_related("approver")),
+                Prefetch("change__gates", queryset=Gate.objects.prefetch_related(
+                    Prefetch("approvals", queryset=Approval.objects.select_related(
+                        "approver", "on_behalf_of")))),
+                Prefetch("change__checklist", queryset=ChecklistItem.objects.select_related(
+                    "done_by"))))
 
 
 def inbox_gates(user, *, environment: str = "", change_type: str = "") -> QuerySet[Gate]:
-    """Pending gates of open changes that ``user`` may decide and has not yet decided."""
-    roles = decidable_roles(user)
+    """Gates ``user`` may decide now (``approvals.eligibility``), oldest change first.
+
+    The gates of the roles they may decide somewhere are read with their changes'
+    decisions (a fixed number of queries), each is judged by ``eligibility``, and the
+    answer is a queryset of those found eligible, for a pager to slice."""
+    at = timezone.now()
+    person = person_facts(user, at=at)
+    roles = eligibility.roles_with_authority(person, at)
     if not roles:
         return Gate.objects.none()
     allowed = Q()
     for env_id, role_set in roles.items():
         allowed |= Q(change__environment_id=env_id, role__in=sorted(role_set))
-    gates = (
-        Gate.objects.filter(allowed, status=Gate.Status.PENDING,
-                            change__status=ChangeRequest.Status.PENDING_APPROVAL)
-        .exclude(change__requested_by=user)
-        .exclude(change__approvals__approver=user, change__approvals__withdrawn_at__isnull=True)
-        .select_related("change__release__application", "change__environment",
-                        "change__requested_by", "change__on_call")
-        .prefetch_related(
-            Prefetch("approvals", queryset=Approval.objects.filter(
-                withdrawn_at__isnull=True).select_related("approver")),
-            Prefetch("change__gates", queryset=Gate.objects.prefetch_related("approvals")),
-            Prefetch("change__checklist", queryset=ChecklistItem.objects.select_related(
-                "done_by")))
-        .order_by("change__submitted_at", "id")
-    )
+    candidates = (Gate.objects.filter(allowed, status=Gate.Status.PENDING,
+                                      change__status=ChangeRequest.Status.PENDING_APPROVAL)
+                  .select_related("change__release", "change__environment")
+                  .prefetch_related(Prefetch("change__gates", queryset=Gate.objects.only(
+                      "id", "change_id", "role", "status").prefetch_related(
+                      Prefetch("approvals", queryset=Approval.objects.filter(
+                          withdrawn_at__isnull=True).only(
+                          "id", "gate_id", "approver_id", "withdrawn_at"))))))
     if environment:
-        gates = gates.filter(change__environment__slug=environment)
+        candidates = candidates.filter(change__environment__slug=environment)
     if change_type:
-        gates = gates.filter(change__change_type=change_type)
-    return gates
+        candidates = candidates.filter(change__change_type=change_type)
+    eligible = []
+    for gate in candidates:
+        decided_by = eligibility.decided(gate.change.gates.all())
+        if eligibility.gate_verdict(person=person, change=gate.change, gate=gate,
+                                    decided_by=decided_by, at=at).eligible:
+            eligible.append(gate.pk)
+    return _gate_cards().filter(pk__in=eligible).order_by("change__submitted_at", "id")
 
 
-def open_reviews(user) -> QuerySet[PostImplementationReview]:
-    """Post-implementation reviews CAB has to close, in environments where ``user`` is CAB."""
-    env_ids = [env for env, roles in decidable_roles(user).items() if GateRole.CAB in roles]
-    return (PostImplementationReview.objects.filter(closed_at__isnull=True,
-                                                    change__environment_id__in=env_ids)
-            .select_related("change__release__application", "change__environment")
-            .order_by("opened_at"))
+def open_reviews(user) -> list[PostImplementationReview]:
+    """Open post-implementation reviews ``user`` may close (``eligibility.review_verdict``:
+    CAB there, not the change's requester, nor an author or merger of its release)."""
+    at = timezone.now()
+    person = person_facts(user, at=at)
+    env_ids = [env for env, roles in eligibility.roles_with_authority(person, at).items()
+               if GateRole.CAB in roles]
+    if not env_ids:
+        return []
+    reviews = (PostImplementationReview.objects.filter(closed_at__isnull=True,
+                                                       change__environment_id__in=env_ids)
+               .select_related("change__release__application", "change__environment")
+               .order_by("opened_at"))
+    return [review for review in reviews
+            if eligibility.review_verdict(person=person, change=review.change, at=at).eligible]
 
 
 def deciders(environment_ids) -> dict[tuple[int, str], set[int]]:
-    """{(environment id, gate role): {user id, ...}}: who may decide each gate there, the
-    holders of the role's permission and the live delegates of a holder, in four queries.
-    Every page, the API and the dashboard ask this, so they agree."""
-    holders = permission_holders(Environment, environment_ids)
+    """{(environment id, gate role): {user id, ...}}: who holds the authority to decide
+    each gate there, by permission or by a live delegation from someone who still holds
+    it (``candidate_facts``); a change's own rules (``eligibility.gate_verdict``) then
+    exclude its requester, authors, mergers and their delegates."""
+    at = timezone.now()
     found: dict[tuple[int, str], set[int]] = {}
-    for role in GateRole:
-        for env_id in environment_ids:
-            users = holders.get((env_id, role.permission))
-            if users:
-                found[(env_id, role.value)] = set(users)
-    for env_id, role, delegator_id, delegate_id in Delegation.objects.filter(
-            environment_id__in=list(environment_ids), revoked_at__isnull=True,
-            expires_at__gt=timezone.now()).values_list(
-            "environment_id", "role", "delegator_id", "delegate_id"):
-        if delegator_id in found.get((env_id, role), ()):
-            found.setdefault((env_id, role), set()).add(delegate_id)
+    for person in candidate_facts(environment_ids, at=at).values():
+        for env_id, roles in eligibility.roles_with_authority(
+                person, at, environment_ids).items():
+            for role in roles:
+                found.setdefault((env_id, role), set()).add(person.id)
     return found
 
 
@@ -418,31 +512,50 @@ def eligible_people(environment: Environment, role: str) -> set[int]:
     return set(deciders([environment.pk]).get((environment.pk, GateRole(role).value), ()))
 
 
+def gate_deciders(changes: list[ChangeRequest], *, at: datetime | None = None,
+                  people: dict[int, eligibility.Person] | None = None
+                  ) -> dict[int, list[eligibility.Person]]:
+    """{gate id: [people who may decide it now, by name]} for the pending gates of
+    ``changes`` (their gates and approvals prefetched), each judged by
+    ``eligibility.gate_verdict``, in the five queries of ``candidate_facts`` (none when
+    the caller read them: ``people``). Who a gate waits for (the dashboard) and who is
+    asked to decide it (the notifications)."""
+    if not changes:
+        return {}
+    at = at or timezone.now()
+    if people is None:
+        people = candidate_facts({c.environment_id for c in changes}, at=at)
+    people = sorted(people.values(), key=lambda p: p.username)
+    found: dict[int, list[eligibility.Person]] = {}
+    for change in changes:
+        gates = list(change.gates.all())
+        decided_by = eligibility.decided(gates)
+        for gate in gates:
+            if gate.status != Gate.Status.PENDING:
+                continue
+            found[gate.pk] = [p for p in people if eligibility.gate_verdict(
+                person=p, change=change, gate=gate, decided_by=decided_by, at=at).eligible]
+    return found
+
+
 def unsatisfiable_gates(change: ChangeRequest) -> list[Blocker]:
     """Gates that cannot be filled: too few eligible people once the rules exclude some.
 
     Each gate needs its own count of distinct people and one person fills at most
-    one gate, so this is a matching of people to gate seats.
+    one gate, so this is a matching of people to gate seats. Who may take a seat is
+    ``eligibility.gate_verdict``'s answer (people who decided a gate already are out).
     """
     if change.status not in (ChangeRequest.Status.PENDING_APPROVAL, ChangeRequest.Status.DRAFT):
         return []
-    user_model = get_user_model()
-    excluded = {change.requested_by_id}
-    names = set(change.release.authors or []) | set(change.release.mergers or [])
-    if names:
-        excluded |= set(user_model.objects.filter(username__in=names)
-                        .values_list("pk", flat=True))
     gates = list(change.gates.all())
-    decided = {a.approver_id: a.gate_id for g in gates for a in g.approvals.all()
-               if not a.withdrawn_at}
+    eligible = gate_deciders([change], at=timezone.now()) if gates else {}
     seats: list[tuple[Gate, set[int]]] = []
     for gate in gates:
         if gate.status == Gate.Status.APPROVED:
             continue
         have = sum(1 for a in gate.approvals.all()
                    if not a.withdrawn_at and a.decision == Approval.Decision.APPROVED)
-        people = {p for p in eligible_people(change.environment, gate.role)
-                  if p not in excluded and p not in decided}
+        people = {p.id for p in eligible.get(gate.pk, ())}
         seats += [(gate, people)] * max(0, gate.required - have)
     owner: dict[int, int] = {}  # person -> seat index
 
@@ -462,6 +575,7 @@ def unsatisfiable_gates(change: ChangeRequest) -> list[Blocker]:
             short[gate.pk] = gate
     return [Blocker("gate_unsatisfiable",
                     f"nobody is left to decide the {gate.get_role_display()} gate: the "
-                    "requester, the release's authors and mergers, and people deciding other "
-                    "gates may not; ask an administrator to grant it or delegate it")
+                    "requester, the release's authors and mergers, their delegates, and "
+                    "people deciding other gates may not; ask an administrator to grant it "
+                    "or delegate it")
             for gate in short.values()]

@@ -11,11 +11,11 @@ import json
 import logging
 from datetime import UTC, datetime, timedelta
 
-from django.core.mail import send_mail
 from django.db import transaction
+from django.db.models import Prefetch
 from django.utils import timezone
 
-from approvals import signals
+from approvals import eligibility, signals
 from approvals.models import (
     PRE_DEPLOYMENT_KINDS,
     Approval,
@@ -31,10 +31,15 @@ from approvals.models import (
     PostImplementationReview,
     Strategy,
 )
-from approvals.selectors import Blocker, change_blockers, unsatisfiable_gates
+from approvals.selectors import (
+    Blocker,
+    change_blockers,
+    person_facts,
+    unsatisfiable_gates,
+)
 from catalog.models import Environment, Release
 from catalog.permissions import has_env_perm
-from configuration.selectors import digests_for
+from configuration.selectors import digests_for, version_for
 from core import assurance
 from core import context as request_context
 from core.audit import System, audit_record
@@ -51,6 +56,7 @@ from core.errors import (
     Refused,
     SelfApproval,
 )
+from deployments import inputs as deployment_inputs
 from deployments import services as deployment_services
 from deployments.models import Deployment
 
@@ -70,6 +76,15 @@ CONCERNS: dict[str, set[str]] = {
     "risk": {GateRole.CAB, GateRole.BUSINESS, GateRole.EMERGENCY},
     "impact": {GateRole.CAB, GateRole.BUSINESS, GateRole.EMERGENCY},
     "scheduled_for": {GateRole.CAB, GateRole.BUSINESS, GateRole.EMERGENCY},
+    # What runs, besides the artifact (deployments.inputs): the executor and its settings
+    # are the deploy command and the strategy's parameters, as much what runs as the
+    # artifact is; the targets say where it runs (and where its configuration and
+    # secrets go); the environment's settings whether a backup and maintenance mode
+    # surround the migrations.
+    "executor": {r.value for r in GateRole},
+    "targets": {GateRole.TECH_LEAD, GateRole.CAB, GateRole.SECURITY, GateRole.EMERGENCY},
+    "environment_settings": {GateRole.TECH_LEAD, GateRole.QA, GateRole.CAB,
+                             GateRole.EMERGENCY},
 }
 
 EDITABLE_FIELDS = ("strategy", "rollback_plan", "risk", "impact", "on_call", "scheduled_for")
@@ -100,15 +115,21 @@ def _moment(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="seconds") if value else None
 
 
-def fingerprint(change: ChangeRequest, *, digests: tuple[str, str] | None = None
-                ) -> dict[str, str]:
-    """A hash per concern of what an approver approves.
+def fingerprint(change: ChangeRequest, *, digests: tuple[str, str] | None = None,
+                inputs: dict | None = None) -> dict[str, str]:
+    """A hash per concern of what an approver approves: everything that decides what
+    runs (artifact and digest, configuration, executor and its settings, targets,
+    strategy and its parameters, environment settings, schedule) and what CAB weighs.
 
-    ``digests`` are the change's configuration digests when the caller read them for
-    many changes at once (``configuration.selectors.digests_for_many``).
+    ``digests`` are the change's configuration digests and ``inputs`` its deployment
+    inputs (``deployments.inputs``) when the caller read them for many changes at once
+    (``configuration.selectors.digests_for_many``, ``run_inputs_for_many``) or fixed
+    them for a deployment (``_start_deployment``).
     """
     release = change.release
     config_digest, secrets_digest = digests if digests is not None else digests_for(change)
+    if inputs is None:
+        inputs = deployment_inputs.inputs_of(release.application, change.environment)
     return {
         "artifact": _digest([release.version, release.artifact_sha256, release.artifact_url]),
         "strategy": _digest(change.strategy),
@@ -120,14 +141,25 @@ def fingerprint(change: ChangeRequest, *, digests: tuple[str, str] | None = None
         "risk": _digest(change.risk),
         "impact": _digest(change.impact.strip()),
         "scheduled_for": _digest(_moment(change.scheduled_for)),
+        "executor": _digest([inputs["executor"], inputs["executor_settings"]]),
+        "targets": _digest([[t["name"], t["address"]] for t in inputs["targets"]]),
+        "environment_settings": _digest(inputs["environment_settings"]),
     }
 
 
-def change_version(change: ChangeRequest, *, digests: tuple[str, str] | None = None) -> str:
+def run_inputs_for_many(changes) -> dict[tuple[int, int], dict]:
+    """The deployment inputs of many changes in one query, by (application id,
+    environment id): pass ``inputs=`` to ``fingerprint`` / ``change_version``."""
+    return deployment_inputs.inputs_of_many(
+        {(c.release.application, c.environment) for c in changes})
+
+
+def change_version(change: ChangeRequest, *, digests: tuple[str, str] | None = None,
+                   inputs: dict | None = None) -> str:
     """One value for everything an approver is shown and decides on: the page and the
     API hand it out, a decision brings it back, and a decision on a version that is no
     longer current is refused (approve what you saw)."""
-    parts = fingerprint(change, digests=digests)
+    parts = fingerprint(change, digests=digests, inputs=inputs)
     parts["what"] = _digest([change.release_id, change.environment_id, change.change_type])
     return _digest(parts)
 
@@ -150,7 +182,8 @@ def _step_up_for_production(actor, environment: Environment, doing: str) -> dict
     10.2); returns the audit entry saying which check it was."""
     if not environment.production:
         return {}
-    return assurance.require_fresh_second_factor(actor=actor, doing=doing)
+    return assurance.require_fresh_second_factor(actor=actor, doing=doing,
+                                                 environment=environment.slug)
 
 
 def _require_deploy_for_self_start(actor, environment: Environment, *,
@@ -174,6 +207,7 @@ def _require_deploy_for_self_start(actor, environment: Environment, *,
                                    "have a Production deployment start by itself")
 
 
+@assurance.refusals_audited
 def change_request_create(
     *,
     actor,
@@ -274,7 +308,7 @@ def _submit(*, actor, change: ChangeRequest) -> None:
                  after={"status": change.status,
                         "gates": {g.role: g.required for g in gates},
                         "unsatisfiable": [b.message for b in unfillable]})
-    signals.send_after_commit(signals.change_submitted, change_id=change.pk,
+    signals.send_in_transaction(signals.change_submitted, change_id=change.pk,
                               status=change.status, at=change.submitted_at)
     if change.status == ChangeRequest.Status.APPROVED and change.deploy_when_approved:
         _start_by_itself(change=change, why=f"{change.reference} submitted with no gates "
@@ -287,32 +321,27 @@ def _approved_status(change: ChangeRequest) -> str:
     return ChangeRequest.Status.APPROVED
 
 
-def _delegators(user, environment: Environment, role: str) -> list:
-    """Who lends ``user`` their authority over ``role`` there now (and still holds it)."""
-    return [d.delegator for d in Delegation.objects.filter(
-            delegate=user, environment=environment, role=role, revoked_at__isnull=True,
-            expires_at__gt=timezone.now()).select_related("delegator").order_by("id")
-            if has_env_perm(d.delegator, GateRole(role).permission, environment)]
-
-
 def may_decide(user, environment: Environment, role: str):
-    """(allowed, delegator): directly by permission, or through an active delegation."""
-    if has_env_perm(user, GateRole(role).permission, environment):
+    """(allowed, lent): whether ``user`` holds the authority over ``role`` there, by the
+    permission (lent is None) or by a live delegation from someone who still holds it
+    (the oldest such delegation), before any change's own rules
+    (``approvals.eligibility``)."""
+    direct, lent = eligibility.authority(person_facts(user), environment.pk, role,
+                                         timezone.now())
+    if direct:
         return True, None
-    delegators = _delegators(user, environment, role)
-    return (True, delegators[0]) if delegators else (False, None)
+    return (True, lent[0]) if lent else (False, None)
 
 
-def _conflict_of(person, change: ChangeRequest) -> str | None:
-    """Why ``person`` may not decide on ``change`` (segregation of duties), if they may not."""
-    username = person.get_username()
-    if change.requested_by_id == person.pk:
-        return "requested"
-    if username in (change.release.authors or []):
-        return "wrote commits in"
-    if username in (change.release.mergers or []):
-        return "merged commits in"
-    return None
+def _refuse(verdict: eligibility.Verdict) -> None:
+    """Raise the refusal a verdict of ``approvals.eligibility`` stands for."""
+    if verdict.eligible:
+        return
+    if verdict.code == eligibility.REQUESTER:
+        raise SelfApproval(verdict.detail)
+    if verdict.code == eligibility.GATE_CLOSED:
+        raise AlreadyDecided(verdict.detail)
+    raise NotEligible(verdict.detail, code=verdict.code)
 
 
 def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: str,
@@ -326,24 +355,24 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
                       .get(pk=change.pk))
             _hold_environment_if_it_may_start(change)
             gate = _gate_open_to_decisions(change, role)
-            delegator = _decider_standing(actor, change, gate, role)
+            lent = _decider_standing(actor, change, gate)
             factor = _step_up_for_production(
                 actor, change.environment,
                 f"{'approve' if decision == Approval.Decision.APPROVED else 'reject'} a "
                 f"{change.environment.name} gate")
             current = change_version(change)
-            _check_decision_is_new(actor, change, gate, seen=seen, current=current)
+            _check_decision_is_new(change, seen=seen, current=current)
             Approval.objects.create(gate=gate, change=change, approver=actor,
                                     decision=decision, comment=comment,
-                                    fingerprint=fingerprint(change), on_behalf_of=delegator)
+                                    fingerprint=fingerprint(change),
+                                    on_behalf_of_id=lent.delegator_id if lent else None)
             before = _apply_decision(change, gate, decision)
             audit_record(actor=actor, action=action, obj=change,
                          object_repr=f"{change} / {gate.get_role_display()}",
                          environment=change.environment.slug, before=before,
                          after={"gate": gate.status, "change": change.status, "role": role,
                                 "comment": comment,
-                                "on_behalf_of": delegator.get_username() if delegator
-                                else None,
+                                "on_behalf_of": lent.delegator if lent else None,
                                 # The version decided on; None: an API client sent none.
                                 "version": current, "version_seen": seen, **factor})
             _announce_decision(change, gate, actor, comment)
@@ -370,57 +399,26 @@ def _gate_open_to_decisions(change: ChangeRequest, role: str) -> Gate:
     return gate
 
 
-def _decider_standing(actor, change: ChangeRequest, gate: Gate, role: str):
-    """Refuses a decider the segregation rules exclude; returns the delegator ``actor``
-    stands in for (None when ``actor`` holds the permission themselves)."""
-    if change.requested_by_id == actor.pk:
-        raise SelfApproval("you requested this change, so you cannot decide its gates")
-    username = actor.get_username()
-    if username in (change.release.authors or []):
-        raise NotEligible(f"you wrote commits in {change.release}, so you cannot "
-                          "approve a change that ships it", code="author")
-    if username in (change.release.mergers or []):
-        raise NotEligible(f"you merged commits in {change.release}, so you cannot "
-                          "approve a change that ships it", code="merger")
-    allowed, delegator = may_decide(actor, change.environment, role)
-    if not allowed:
-        raise NotEligible(f"you may not decide the {gate.get_role_display()} gate "
-                          f"on {change.environment.name}")
-    if delegator is None:
-        return None
-    # A delegate stands in for the delegator, and inherits their conflicts:
-    # nobody approves their own change through someone else's hand.
-    delegators = _delegators(actor, change.environment, role)
-    free = [d for d in delegators if _conflict_of(d, change) is None]
-    if not free:
-        conflicted = delegators[0]
-        why = _conflict_of(conflicted, change)
-        what = change.reference if why == "requested" else str(change.release)
-        raise NotEligible(
-            f"you decide the {gate.get_role_display()} gate for "
-            f"{conflicted.get_username()}, who {why} {what}; a delegate cannot "
-            "decide a change their delegator could not", code="delegate_conflict")
-    return free[0]
+def _decider_standing(actor, change: ChangeRequest, gate: Gate):
+    """Refuses a decider ``approvals.eligibility`` finds not eligible (segregation of
+    duties, authority, one gate per person, the gate still waiting), under the change's
+    row lock; returns the delegation ``actor`` decides through (None when they hold the
+    permission themselves)."""
+    gates = list(change.gates.prefetch_related("approvals"))
+    gate = next(g for g in gates if g.pk == gate.pk)
+    verdict = eligibility.gate_verdict(
+        person=person_facts(actor), change=change, gate=gate,
+        decided_by=eligibility.decided(gates), at=timezone.now())
+    _refuse(verdict)
+    return verdict.on_behalf_of
 
 
-def _check_decision_is_new(actor, change: ChangeRequest, gate: Gate, *, seen: str | None,
-                           current: str) -> None:
-    """Refuses a decision on an older version, on a decided gate, or by someone who
-    already decided a gate of this change."""
+def _check_decision_is_new(change: ChangeRequest, *, seen: str | None, current: str) -> None:
+    """Refuses a decision on an older version of the change than the current one."""
     if seen is not None and seen != current:
         raise ChangedSinceViewed(
             f"{change.reference} changed since you opened it; reload it, review what "
             "changed and decide again")
-    if gate.status != Gate.Status.PENDING:
-        raise AlreadyDecided(f"the {gate.get_role_display()} gate is already "
-                             f"{gate.status}")
-    already = (change.approvals.filter(approver=actor, withdrawn_at__isnull=True)
-               .select_related("gate").first())
-    if already is not None:
-        raise NotEligible(
-            f"you already decided the {already.gate.get_role_display()} gate of "
-            f"{change.reference}; one person decides at most one gate",
-            code="one_gate_per_person")
 
 
 def _apply_decision(change: ChangeRequest, gate: Gate, decision: str) -> dict:
@@ -447,14 +445,15 @@ def _apply_decision(change: ChangeRequest, gate: Gate, decision: str) -> dict:
 def _announce_decision(change: ChangeRequest, gate: Gate, actor, comment: str) -> None:
     """Tell listeners about a decision once it has committed."""
     if gate.status == Gate.Status.REJECTED:
-        signals.send_after_commit(signals.gate_rejected, change_id=change.pk, role=gate.role,
+        signals.send_in_transaction(signals.gate_rejected, change_id=change.pk, role=gate.role,
                                   rejected_by=actor.get_username(), comment=comment,
                                   at=timezone.now())
     else:
-        signals.send_after_commit(signals.gate_approved, change_id=change.pk, role=gate.role,
+        signals.send_in_transaction(signals.gate_approved, change_id=change.pk, role=gate.role,
                                   change_status=change.status, at=timezone.now())
 
 
+@assurance.refusals_audited
 def gate_approve(*, actor, change: ChangeRequest, role: str, comment: str = "",
                  seen: str | None = None) -> Gate:
     """Approve one gate. ``seen`` is the change version the approver was shown
@@ -464,6 +463,7 @@ def gate_approve(*, actor, change: ChangeRequest, role: str, comment: str = "",
                    decision=Approval.Decision.APPROVED, comment=comment.strip(), seen=seen)
 
 
+@assurance.refusals_audited
 def gate_reject(*, actor, change: ChangeRequest, role: str, comment: str,
                 seen: str | None = None) -> Gate:
     if not comment or not comment.strip():
@@ -515,6 +515,7 @@ def approval_withdraw(*, actor, change: ChangeRequest, role: str, reason: str = 
         return approval.gate
 
 
+@assurance.refusals_audited
 def change_request_update(*, actor, change: ChangeRequest, **fields) -> ChangeRequest:
     """The requester edits an open change; approvals whose concern changed no longer count."""
     unknown = set(fields) - set(EDITABLE_FIELDS)
@@ -565,9 +566,11 @@ def _update(*, actor, change: ChangeRequest, fields: dict) -> ChangeRequest:
     return change
 
 
-def _stale_approvals(change: ChangeRequest) -> list[tuple[Approval, list[str]]]:
-    """Standing approvals with the parts of their concern that changed since given."""
-    now = fingerprint(change)
+def _stale_approvals(change: ChangeRequest, *, digests: tuple[str, str] | None = None,
+                     inputs: dict | None = None) -> list[tuple[Approval, list[str]]]:
+    """Standing approvals with the parts of their concern that changed since given
+    (against ``digests`` and ``inputs`` when the caller fixed them)."""
+    now = fingerprint(change, digests=digests, inputs=inputs)
     stale = []
     for approval in change.approvals.filter(withdrawn_at__isnull=True,
                                             decision=Approval.Decision.APPROVED
@@ -597,46 +600,69 @@ def _reopen_changed_concerns(change: ChangeRequest, why: str) -> list[str]:
 
 def changes_reopen_for_configuration(*, application_id: int, environment_id: int) -> list[int]:
     """Configuration changed after approval: reopen the gates concerned on open changes."""
+    return _reopen_open_changes(application_id=application_id, environment_id=environment_id,
+                                why="the configuration changed after approval")
+
+
+def changes_reopen_for_deployment_inputs(*, application_id: int | None = None,
+                                         environment_id: int | None = None,
+                                         why: str) -> list[int]:
+    """What deployments run changed in the catalogue (an application's executor or its
+    settings, a target, an environment's deployment settings): reopen the gates
+    concerned on the open changes it touches (of ``application_id``, in
+    ``environment_id``; None: all). Each change in its own transaction, after the edit
+    has committed; until then the start's own check (``_start_deployment``) keeps a
+    change whose facts moved from deploying."""
+    return _reopen_open_changes(application_id=application_id, environment_id=environment_id,
+                                why=why)
+
+
+def _reopen_open_changes(*, application_id: int | None, environment_id: int | None,
+                         why: str) -> list[int]:
     touched = []
-    ids = list(ChangeRequest.objects.filter(
-        release__application_id=application_id, environment_id=environment_id,
+    changes = ChangeRequest.objects.filter(
         status__in=[ChangeRequest.Status.PENDING_APPROVAL, ChangeRequest.Status.APPROVED,
-                    ChangeRequest.Status.SCHEDULED]).values_list("pk", flat=True))
-    for pk in ids:
+                    ChangeRequest.Status.SCHEDULED])
+    if application_id is not None:
+        changes = changes.filter(release__application_id=application_id)
+    if environment_id is not None:
+        changes = changes.filter(environment_id=environment_id)
+    for pk in list(changes.values_list("pk", flat=True)):
         with transaction.atomic():
             change = (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
                       .filter(pk=pk, status__in=ChangeRequest.OPEN).first())
-            if change is not None and _reopen_changed_concerns(
-                    change, "the configuration changed after approval"):
+            if change is not None and _reopen_changed_concerns(change, why):
                 touched.append(pk)
     return touched
 
 
-def _outdated_approvals(change: ChangeRequest) -> list[Blocker]:
+def _outdated_approvals(change: ChangeRequest, *, digests: tuple[str, str] | None = None,
+                        inputs: dict | None = None) -> list[Blocker]:
     """Approvals whose concern changed since they were given (a missed reopen)."""
     return [Blocker("approval_outdated",
                     f"the {approval.gate.get_role_display()} approval was given before the "
                     f"{', '.join(changed)} changed; it has to be given again")
-            for approval, changed in _stale_approvals(change)]
+            for approval, changed in _stale_approvals(change, digests=digests,
+                                                      inputs=inputs)]
 
 
 def _tell_approver(change: ChangeRequest, approval: Approval, changed: list[str]) -> None:
-    email = approval.approver.email
-    if not email:
-        return
-    subject = f"{change.reference}: your {approval.gate.get_role_display()} approval was reopened"
-    body = (f"{change} changed after you approved it ({', '.join(changed)}). "
-            "Your approval no longer counts; please review the change again.")
-    transaction.on_commit(lambda: send_mail(subject, body, None, [email], fail_silently=True))
+    """The approver hears that their approval no longer counts: a message written with
+    the reopening, in its transaction (the notifications outbox), sent after commit."""
+    signals.send_in_transaction(signals.approval_reopened, change_id=change.pk,
+                                approval_id=approval.pk, role=approval.gate.role,
+                                approver_id=approval.approver_id, changed=list(changed),
+                                at=timezone.now())
 
 
 def may_tick_checklist(actor, change: ChangeRequest) -> bool:
     """The requester, the on-call engineer, its approvers and who may deploy there."""
-    return (change.requested_by_id == actor.pk
-            or change.on_call_id == actor.pk
-            or has_env_perm(actor, "deploy", change.environment)
-            or any(may_decide(actor, change.environment, g.role)[0]
-                   for g in change.gates.all()))
+    if (change.requested_by_id == actor.pk or change.on_call_id == actor.pk
+            or has_env_perm(actor, "deploy", change.environment)):
+        return True
+    roles = eligibility.roles_with_authority(person_facts(actor), timezone.now(),
+                                             [change.environment_id])
+    return any(g.role in roles.get(change.environment_id, ()) for g in change.gates.all())
 
 
 def may_cancel(actor, change: ChangeRequest) -> bool:
@@ -676,6 +702,7 @@ def checklist_item_set(*, actor, change: ChangeRequest, item_id: int, done: bool
     return item
 
 
+@assurance.refusals_audited
 def change_request_deploy(*, actor, change: ChangeRequest) -> Deployment:
     try:
         with transaction.atomic():
@@ -688,9 +715,25 @@ def change_request_deploy(*, actor, change: ChangeRequest) -> Deployment:
                               code="not_permitted")
             factor = _step_up_for_production(actor, change.environment,
                                              f"deploy to {change.environment.name}")
-            return _start_deployment(actor=actor, change=change, second_factor=factor)
+            stale = _reopen_approvals_that_stopped_counting(
+                change, f"{actor.get_username()} deploying {change.reference} by hand")
+            if not stale:
+                return _start_deployment(actor=actor, change=change, second_factor=factor)
+            # The reopened gates are kept (this transaction commits) and the start refused.
+            refusal = _stale_refusal(change, stale)
+            audit_record(actor=actor, action="change.deploy.refused", obj=change,
+                         environment=change.environment.slug,
+                         after={"code": "approval_conflict", "blockers": refusal.blockers,
+                                **factor}, reason=refusal.detail)
+        raise refusal
     except Refused as exc:
         _refusal_audited("change.deploy.refused", actor, change, exc)
+        raise
+    except NotReady as exc:
+        # What would run is no longer what was approved: on the record, like a refusal.
+        outdated = [b for b in exc.blockers or [] if b.get("code") == "approval_outdated"]
+        if outdated:
+            _refusal_audited("change.deploy.refused", actor, change, exc, blockers=outdated)
         raise
 
 
@@ -706,6 +749,42 @@ def _hold_environment_if_it_may_start(change: ChangeRequest) -> None:
             pk=change.environment_id)
 
 
+def _reopen_approvals_that_stopped_counting(change: ChangeRequest, why: str
+                                            ) -> list[eligibility.Stale]:
+    """Every start checks the approvals again, under the change's row lock: one whose
+    approver (or the delegator they stood in for) has since become the requester, an
+    author or a merger of the release (CI reports authorship after the fact) no longer
+    counts. It is withdrawn, its gate and the change go back to waiting for approval,
+    and each reopening is audited (``approval.invalidated`` with the ``code``)."""
+    gates = list(change.gates.prefetch_related(Prefetch(
+        "approvals", queryset=Approval.objects.select_related("approver", "on_behalf_of"))))
+    stale = eligibility.stopped_counting(change, gates)
+    for item in stale:
+        approval = item.approval
+        before = {"gate": approval.gate.status, "change": change.status}
+        _reopen(change, approval, f"no longer counts: {item.detail}")
+        audit_record(actor=System(why), action="approval.invalidated", obj=change,
+                     environment=change.environment.slug, before=before,
+                     after={"role": approval.gate.role,
+                            "approver": approval.approver.get_username(),
+                            "on_behalf_of": (approval.on_behalf_of.get_username()
+                                             if approval.on_behalf_of_id else None),
+                            "code": item.code, "gate": approval.gate.status,
+                            "change": change.status},
+                     reason=f"the {approval.gate.get_role_display()} approval no longer "
+                            f"counts: {item.detail}")
+        _tell_approver(change, approval, ["the release's authors and mergers"])
+    return stale
+
+
+def _stale_refusal(change: ChangeRequest, stale: list[eligibility.Stale]) -> NotReady:
+    """The refusal of a start whose approvals stopped counting (their gates reopened)."""
+    blockers = [Blocker(*item.as_blocker()) for item in stale] + change_blockers(change)
+    return NotReady(f"{change.reference} cannot deploy: "
+                    + "; ".join(b.message for b in blockers),
+                    blockers=[b.as_dict() for b in blockers])
+
+
 def _start_by_itself(*, change: ChangeRequest, why: str) -> Deployment | None:
     """Start the deployment its deployer asked the portal to start (once approved, or at
     the scheduled time), inside the transaction holding the change's row lock.
@@ -716,6 +795,16 @@ def _start_by_itself(*, change: ChangeRequest, why: str) -> Deployment | None:
     audit trail name the deployer, not the approver or the clock that set it off.
     """
     deployer = change.deployer or change.requested_by
+    stale = _reopen_approvals_that_stopped_counting(change, why)
+    if stale:
+        refusal = _stale_refusal(change, stale)
+        audit_record(actor=System(why), action="change.start_deferred", obj=change,
+                     environment=change.environment.slug,
+                     after={"status": change.status, "code": "approval_conflict",
+                            "blockers": refusal.blockers,
+                            "deployer": deployer.get_username(), "trigger": why},
+                     reason=refusal.detail)
+        return None
     if not has_env_perm(deployer, "deploy", change.environment):
         audit_record(actor=System(why), action="change.start_refused", obj=change,
                      environment=change.environment.slug,
@@ -725,7 +814,7 @@ def _start_by_itself(*, change: ChangeRequest, why: str) -> Deployment | None:
                      reason=f"{deployer.get_username()} may no longer deploy to "
                             f"{change.environment.name}; the change stays approved until "
                             "someone who may deploy there starts it")
-        signals.send_after_commit(signals.change_start_refused, change_id=change.pk,
+        signals.send_in_transaction(signals.change_start_refused, change_id=change.pk,
                                   deployer=deployer.get_username(), trigger=why,
                                   at=timezone.now())
         return None
@@ -762,14 +851,22 @@ def _start_deployment(*, actor, change: ChangeRequest, trigger: str = "",
     # before this check or waits until the deployment exists.
     change.environment = Environment.objects.select_for_update().get(
         pk=change.environment_id)
-    blockers = change_blockers(change) + _outdated_approvals(change)
+    # What will run, read once: the approvals are checked against it and the deployment
+    # keeps it and runs it, so an edit landing meanwhile changes neither.
+    number, *digests = version_for(change)
+    inputs = deployment_inputs.inputs_of(change.release.application, change.environment)
+    blockers = change_blockers(change) + _outdated_approvals(
+        change, digests=tuple(digests), inputs=inputs)
     if blockers:
         raise NotReady(
             f"{change.reference} cannot deploy yet: " + "; ".join(b.message for b in blockers),
             blockers=[b.as_dict() for b in blockers])
+    version = change_version(change, digests=tuple(digests), inputs=inputs)
     deployment = deployment_services.deployment_create(
         actor=actor, release=change.release, environment=change.environment,
-        strategy=change.strategy, change_id=change.pk)
+        strategy=change.strategy, change_id=change.pk,
+        inputs={**inputs, "strategy": change.strategy, "configuration_version": number,
+                "change_version": version})
     before = change.status
     change.status = ChangeRequest.Status.DEPLOYING
     change.save(update_fields=["status"])
@@ -777,8 +874,9 @@ def _start_deployment(*, actor, change: ChangeRequest, trigger: str = "",
                  environment=change.environment.slug, before={"status": before},
                  after={"status": change.status, "deployment": deployment.pk,
                         "preflight": "clear", "deployer": actor.get_username(),
+                        "version": version, "configuration_version": number,
                         "trigger": trigger or "deployed by hand", **(second_factor or {})})
-    signals.send_after_commit(signals.change_deploying, change_id=change.pk,
+    signals.send_in_transaction(signals.change_deploying, change_id=change.pk,
                               deployment_id=deployment.pk, at=timezone.now())
     return deployment
 
@@ -835,6 +933,9 @@ def _start_scheduled(pk: int) -> int | None:
             return None
         when = f"{change.scheduled_for:%Y-%m-%d %H:%M}"
         system = System(f"{change.reference} scheduled for {when}")
+        if _reopen_approvals_that_stopped_counting(change, system.reason):
+            # Back to waiting for approval: the beat does not start it.
+            return None
         blockers = change_blockers(change)
         if blockers:
             # Not ready at its time: it does not start later by surprise.
@@ -955,26 +1056,36 @@ def changes_close_finished() -> list[int]:
     return closed
 
 
+@assurance.refusals_audited
 def review_close(*, actor, review: PostImplementationReview, findings: str
                  ) -> PostImplementationReview:
-    """CAB closes the post-implementation review of an emergency change."""
+    """CAB closes the post-implementation review of an emergency change: never its
+    requester, nor an author or merger of its release, nor a delegate standing for one
+    (``eligibility.review_verdict``). A refusal is audited (``review.close.refused``)."""
     if not findings.strip():
         raise Invalid("say what the review found", fields={"findings": ["Record the findings."]})
-    with transaction.atomic():
-        review = (PostImplementationReview.objects.select_for_update(of=("self",))
-                  .select_related("change__environment").get(pk=review.pk))
-        if review.closed_at:
-            raise AlreadyDecided("this review is already closed")
-        if not may_decide(actor, review.change.environment, GateRole.CAB)[0]:
-            raise NotEligible("only CAB closes post-implementation reviews")
-        factor = assurance.require_fresh_second_factor(
-            actor=actor, doing="close a post-implementation review")
-        review.closed_at, review.closed_by, review.findings = timezone.now(), actor, findings
-        review.save(update_fields=["closed_at", "closed_by", "findings"])
-        audit_record(actor=actor, action="review.closed", obj=review.change,
-                     environment=review.change.environment.slug,
-                     after={"findings": findings, **factor})
-    return review
+    try:
+        with transaction.atomic():
+            review = (PostImplementationReview.objects.select_for_update(of=("self",))
+                      .select_related("change__environment", "change__release",
+                                      "change__requested_by").get(pk=review.pk))
+            if review.closed_at:
+                raise AlreadyDecided("this review is already closed")
+            _refuse(eligibility.review_verdict(person=person_facts(actor),
+                                               change=review.change, at=timezone.now()))
+            factor = assurance.require_fresh_second_factor(
+                actor=actor, doing="close a post-implementation review",
+                environment=review.change.environment.slug)
+            review.closed_at, review.closed_by, review.findings = (timezone.now(), actor,
+                                                                   findings)
+            review.save(update_fields=["closed_at", "closed_by", "findings"])
+            audit_record(actor=actor, action="review.closed", obj=review.change,
+                         environment=review.change.environment.slug,
+                         after={"findings": findings, **factor})
+        return review
+    except Refused as exc:
+        _refusal_audited("review.close.refused", actor, review.change, exc)
+        raise
 
 
 def delegation_create(*, actor, environment: Environment, role: str, delegate,
@@ -1039,11 +1150,13 @@ def environment_lock(*, actor, environment: Environment, reason: str) -> Environ
     return env
 
 
+@assurance.refusals_audited
 def environment_unlock(*, actor, environment: Environment) -> Environment:
     if not has_env_perm(actor, "rollback", environment):
         raise Refused(f"you may not unlock {environment.name}", code="not_permitted")
     factor = assurance.require_fresh_second_factor(actor=actor,
-                                                   doing=f"unlock {environment.name}")
+                                                   doing=f"unlock {environment.name}",
+                                                   environment=environment.slug)
     with transaction.atomic():
         env = Environment.objects.select_for_update().get(pk=environment.pk)
         if not env.locked:

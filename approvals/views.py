@@ -8,10 +8,11 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_POST
 
-from approvals import checks, selectors, services
+from approvals import checks, eligibility, selectors, services
 from approvals.models import (
     ChangeRequest,
     ChangeType,
@@ -77,6 +78,9 @@ def change_new(request):
     if request.GET.get("release", "").isdigit():
         initial["release"] = request.GET["release"]
     form = ChangeRequestForm(request.POST or None, initial=initial)
+    # Only the releases this person may see are offered (and accepted).
+    form.fields["release"].queryset = deployment_selectors.releases_visible_to(
+        request.user, queryset=form.fields["release"].queryset)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -114,19 +118,21 @@ def change_list(request):
 def _change_context(request, change: ChangeRequest) -> dict:
     user = request.user
     held = environment_permissions(user).get(change.environment_id, set())
-    delegated = selectors.decidable_roles(user).get(change.environment_id, set())
+    # Who may decide which gate, and why not: the one answer (approvals.eligibility).
+    now = timezone.now()
+    person = selectors.person_facts(user, at=now)
+    verdicts = eligibility.gate_verdicts(person=person, change=change, at=now)
     deployment = None
     if change.latest_deployment_id:
         deployment = (Deployment.objects.select_related("release", "environment")
                       .prefetch_related("steps").get(pk=change.latest_deployment_id))
     live = [a for g in change.gates.all() for a in g.approvals.all() if not a.withdrawn_at]
-    decided = {a.approver_id for a in live}
-    can_decide = {
-        g.role for g in change.gates.all()
-        if g.role in delegated and g.status == "pending"
-        and change.status == ChangeRequest.Status.PENDING_APPROVAL
-        and change.requested_by_id != user.pk and user.pk not in decided
-    }
+    can_decide = {g.role for g in change.gates.all() if verdicts[g.pk].eligible}
+    for g in change.gates.all():
+        # A gate the person could decide but for a conflict with this change says why.
+        g.why_not = verdicts[g.pk].detail if verdicts[g.pk].code in (
+            eligibility.AUTHOR, eligibility.MERGER, eligibility.DELEGATE_CONFLICT,
+            eligibility.ONE_GATE) else ""
     can_withdraw = {
         a.gate.role for a in live
         if a.approver_id == user.pk and a.decision == "approved"
@@ -175,7 +181,7 @@ def _change_context(request, change: ChangeRequest) -> dict:
         "timeline": timeline,
         "review": review,
         "can_close_review": review is not None and not review.closed_at
-        and GateRole.CAB in delegated,
+        and eligibility.review_verdict(person=person, change=change, at=now).eligible,
     }
 
 
@@ -289,19 +295,21 @@ def inbox(request):
     changes = [gate.change for gate in gates]
     blockers = selectors.blockers_for_many(changes)
     digests = digests_for_many(changes)
+    inputs = services.run_inputs_for_many(changes)
     for gate in gates:
         gate.other_blockers = [b for b in blockers[gate.change.pk]
                                if b.code != f"gate_{gate.role}"]
         # The version the card shows, sent back with the decision.
-        gate.change.version_shown = services.change_version(gate.change, digests=digests[
-            (gate.change.release.application_id, gate.change.environment_id)])
+        key = (gate.change.release.application_id, gate.change.environment_id)
+        gate.change.version_shown = services.change_version(gate.change, digests=digests[key],
+                                                            inputs=inputs[key])
     query = urlencode({k: v for k, v in (("environment", environment),
                                           ("change_type", change_type)) if v})
     return render(request, "approvals/inbox.html", {
         "gates": gates,
         "page": page,
         "query": query,
-        "reviews": list(selectors.open_reviews(request.user)[:50]),
+        "reviews": selectors.open_reviews(request.user)[:50],
         "environments": Environment.objects.order_by("order"),
         "change_types": ChangeType.choices,
         "selected": {"environment": environment, "change_type": change_type},

@@ -31,6 +31,17 @@ def digests_for(change) -> tuple[str, str]:
     return row if row else (EMPTY_DIGEST, EMPTY_DIGEST)
 
 
+def version_for(change) -> tuple[int | None, str, str]:
+    """(version number, configuration digest, secret references digest) of the
+    configuration a change would deploy now; (None, "", "") when there is none. The
+    number is kept on the change's deployment, so that it runs the version approved."""
+    row = (ConfigurationVersion.objects.filter(
+        application_id=change.release.application_id, environment_id=change.environment_id)
+        .order_by("-number").values_list("number", "digest", "secret_references_digest")
+        .first())
+    return row if row else (None, EMPTY_DIGEST, EMPTY_DIGEST)
+
+
 def digests_for_many(changes) -> dict[tuple[int, int], tuple[str, str]]:
     """``digests_for`` of many changes in one query, by (application id, environment id);
     a pair absent from the answer has no configuration (empty digests)."""

@@ -215,6 +215,8 @@ def render_for_deployment(deployment, *, environ=None,
 
     The engine calls it through ``PORTAL_CONFIGURATION_PROVIDER``; ``deployment`` is
     the engine's deployment row (its application, environment, time and id are read).
+    A deployment made for a change runs the configuration version it was approved with
+    (``inputs["configuration_version"]``); any other, the latest saved before it was made.
 
     Call it on the worker, just before the executor needs it, and pass the result
     on in memory (the process environment of the deployed service, a pipe): it holds
@@ -223,11 +225,18 @@ def render_for_deployment(deployment, *, environ=None,
     ``SecretNotAllowed`` when the allow-list no longer lets the application name it.
     The resolved values are added to ``secrets``, for masking in the run's log.
     """
-    version = (ConfigurationVersion.objects
-               .filter(application_id=deployment.application_id,
-                       environment_id=deployment.environment_id,
-                       created_at__lte=deployment.created_at)
-               .order_by("-number").first())
+    versions = ConfigurationVersion.objects.filter(
+        application_id=deployment.application_id, environment_id=deployment.environment_id)
+    kept = getattr(deployment, "inputs", None) or {}
+    if "configuration_version" in kept:
+        # The version the change was approved with, kept when the deployment was made;
+        # a version saved since is for the next change (and reopened its approvals).
+        if kept["configuration_version"] is None:
+            return {}
+        version = versions.filter(number=kept["configuration_version"]).first()
+    else:
+        version = versions.filter(created_at__lte=deployment.created_at).order_by(
+            "-number").first()
     if version is None:
         return {}
     for reference in version.secret_references:

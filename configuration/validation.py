@@ -85,11 +85,34 @@ def _line_of(lines: dict[tuple, int], path: tuple) -> int | None:
     return 1 if lines else None
 
 
+# Deeper documents are refused before they are built: the YAML composer, the walks
+# below and the schema check all recurse, and a configuration has no need of it.
+MAX_DEPTH = 32
+
+
+def _nesting_past(document: str, limit: int) -> int | None:
+    """The line where ``document`` first nests mappings and lists deeper than
+    ``limit``, or None. Reads YAML's event stream, which does not recurse."""
+    depth = 0
+    for event in yaml.parse(document, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > limit:
+                return event.start_mark.line + 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
+
+
 def parse(document: str, schema: dict | None = None) -> Parsed:
     """Parse and check a document: YAML syntax, literal secrets, references, schema."""
     if not document.strip():
         return Parsed({}, [], [Problem(1, "", "the document is empty")])
     try:
+        too_deep = _nesting_past(document, MAX_DEPTH)
+        if too_deep is not None:
+            return Parsed({}, [], [Problem(too_deep, "", f"the document nests mappings and "
+                                                       f"lists more than {MAX_DEPTH} deep")])
         data = yaml.safe_load(document)
         lines = _lines(yaml.compose(document))
     except yaml.MarkedYAMLError as exc:

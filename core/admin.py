@@ -1,8 +1,13 @@
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from core import access_audit, services
 from core.errors import DomainError
+from core.identity import normalize_username
 from core.models import ApiToken, AuditEvent
 
 
@@ -87,3 +92,37 @@ class AuditEventAdmin(ReadOnlyModelAdmin):
 
     list_display = ["occurred_at", "actor_name", "action", "object_repr", "environment"]
     list_filter = ["action", "environment"]
+
+
+def _one_spelling(form) -> str:
+    """The username in its one spelling, refused if another account has it in any case
+    (core.identity.normalize_username; the database's index refuses it too)."""
+    name = normalize_username(form.cleaned_data.get("username"))
+    others = get_user_model().objects.filter(username__iexact=name)
+    if form.instance.pk:
+        others = others.exclude(pk=form.instance.pk)
+    if others.exists():
+        raise ValidationError("A user with that username already exists.", code="unique")
+    return name
+
+
+class PortalUserCreationForm(AdminUserCreationForm):
+    def clean_username(self):
+        return _one_spelling(self)
+
+
+class PortalUserChangeForm(UserChangeForm):
+    def clean_username(self):
+        return _one_spelling(self)
+
+
+admin.site.unregister(get_user_model())
+
+
+@admin.register(get_user_model())
+class PortalUserAdmin(UserAdmin):
+    """Django's user admin, with usernames in their one spelling: renaming an account to
+    another's name in another case is a form error, never a second spelling."""
+
+    form = PortalUserChangeForm
+    add_form = PortalUserCreationForm

@@ -7,20 +7,27 @@ returns into the decision's audit event. The check comes from the request bound 
 
 - a page or a session-authenticated API call: django-allauth's authentication records
   in the session (the last ``mfa`` record: its kind and time);
-- an API token: the fresh check it was created with (``ApiToken.second_factor``);
-- no request at all (a management command, a shell on the server): the operator, who
-  vouches for the person as ``manage.py issue_token`` does.
+- an API token: the last check of its owner's own second factor made through it
+  (``ApiToken.second_factor``: at its creation on the tokens page, or
+  ``POST /api/v1/auth/step-up``); it counts for ``PORTAL_STEP_UP_SECONDS`` as a
+  session's does, never for the token's life;
+- no request at all (a management command, a shell on the server): the operator.
 
 Whoever acts, the rule that they hold a second factor of their own always applies.
+Every refusal for want of a factor or of a fresh check is audited here
+(``second_factor.refused``), in a transaction of its own: see ``refusals_audited``.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -29,6 +36,8 @@ from core.errors import SecondFactorRequired, StepUpRequired
 
 # The kinds that make someone "have a second factor" (recovery codes only back them up).
 FACTOR_KINDS = ("totp", "webauthn")
+# The checks a token may carry: its owner's own factor, never an operator's word.
+TOKEN_KINDS = ("totp", "webauthn", "recovery_codes")
 KIND_NAMES = {"totp": "authenticator app", "webauthn": "passkey",
               "recovery_codes": "recovery code", "operator": "operator-issued"}
 
@@ -47,18 +56,32 @@ class Assurance:
     at: datetime | None = None
     via: str = "none"  # session, token, operator, none
 
+    def age(self, now: datetime | None = None) -> int | None:
+        """Seconds since the check; None without one."""
+        if self.at is None:
+            return None
+        return int(((now or timezone.now()) - self.at).total_seconds())
+
     def is_fresh(self, now: datetime | None = None) -> bool:
         if not self.kind or self.at is None:
             return False
-        if self.via in ("token", "operator"):
-            # A token holds the check it was made with for its life; the operator vouches.
+        if self.via == "operator":
+            # No request: someone on the server, acting now.
             return True
-        age = ((now or timezone.now()) - self.at).total_seconds()
-        return age <= settings.PORTAL_STEP_UP_SECONDS
+        # A session and a token alike: the check counts for PORTAL_STEP_UP_SECONDS.
+        return self.age(now) <= settings.PORTAL_STEP_UP_SECONDS
 
-    def as_audit(self) -> dict:
+    def fresh_until(self) -> datetime | None:
+        if self.at is None:
+            return None
+        return self.at + timedelta(seconds=settings.PORTAL_STEP_UP_SECONDS)
+
+    def as_audit(self, now: datetime | None = None) -> dict:
+        """What the audit trail keeps of the check: its kind, time, road and age, and
+        whether it was within the window (never ``fresh: true`` for an old one)."""
         return {"kind": self.kind, "at": self.at.isoformat() if self.at else None,
-                "via": self.via, "fresh": True}
+                "via": self.via, "age_seconds": self.age(now),
+                "fresh": self.is_fresh(now)}
 
 
 def has_second_factor(user) -> bool:
@@ -102,6 +125,10 @@ def current(actor) -> Assurance:
         return Assurance()
     token = getattr(request, "auth", None)
     if isinstance(token, ApiToken):
+        # Only its owner's own check counts (tokens issued by an operator once recorded
+        # "operator": that is nobody's second factor).
+        if token.second_factor not in TOKEN_KINDS:
+            return Assurance(via="token")
         return Assurance(kind=token.second_factor, at=token.second_factor_at, via="token")
     if not hasattr(request, "session"):
         return Assurance()
@@ -119,54 +146,114 @@ def _is_person(actor) -> bool:
     return not getattr(getattr(request, "auth", None), "hook", None)
 
 
-def require_fresh_second_factor(*, actor, doing: str) -> dict:
+def require_fresh_second_factor(*, actor, doing: str, environment: str = "") -> dict:
     """Refuse unless ``actor`` holds a second factor and used it within
-    PORTAL_STEP_UP_SECONDS (or through a token created with a fresh check).
+    PORTAL_STEP_UP_SECONDS (in this session, or through this token).
 
-    ``doing`` completes "before you ...". Returns the entry for the decision's audit
-    event: ``{"second_factor": {"kind", "at", "via", "fresh"}}``; ``{}`` for the portal
-    acting by itself (beat, hooks acting as System), which is not asked.
+    ``doing`` completes "before you ..."; ``environment`` (a slug) goes on the record.
+    Returns the entry for the decision's audit event: ``{"second_factor": {"kind", "at",
+    "via", "age_seconds", "fresh"}}``; ``{}`` for the portal acting by itself (beat,
+    hooks acting as System), which is not asked. A refusal is audited
+    (``second_factor.refused``): at once outside a transaction, else by the service's
+    ``refusals_audited`` once the service's transaction has rolled back.
     """
     if not _is_person(actor):
         return {}
-    if not has_second_factor(actor):
-        raise SecondFactorRequired(
-            f"you need a second factor (an authenticator app or a passkey) to {doing}; "
-            "enrol one on your Security page, then try again")
-    assurance = current(actor)
-    if not assurance.is_fresh():
-        if assurance.via == "token":
+    assurance = Assurance()
+    try:
+        if not has_second_factor(actor):
+            raise SecondFactorRequired(
+                f"you need a second factor (an authenticator app or a passkey) to {doing}; "
+                "enrol one on your Security page, then try again")
+        assurance = current(actor)
+        if not assurance.is_fresh():
+            if assurance.via == "token":
+                minutes = max(1, settings.PORTAL_STEP_UP_SECONDS // 60)
+                raise StepUpRequired(
+                    f"this API token has no check of your second factor from the last "
+                    f"{minutes} minutes, so it cannot {doing}; send a code from your "
+                    "authenticator app to POST /api/v1/auth/step-up with this token "
+                    "(portalctl asks for it), then try again")
+            minutes = max(1, settings.PORTAL_STEP_UP_SECONDS // 60)
             raise StepUpRequired(
-                f"this API token was created without a fresh second-factor check, so it "
-                f"cannot {doing}; create a new token on the API tokens page, which asks "
-                "for your second factor")
-        minutes = max(1, settings.PORTAL_STEP_UP_SECONDS // 60)
-        raise StepUpRequired(
-            f"confirm it is you with your second factor to {doing}: it was not used in "
-            f"the last {minutes} minutes")
+                f"confirm it is you with your second factor to {doing}: it was not used in "
+                f"the last {minutes} minutes")
+    except (SecondFactorRequired, StepUpRequired) as exc:
+        exc.refusal = {"actor": actor, "doing": doing, "environment": environment,
+                       "second_factor": assurance.as_audit()}
+        if not connection.in_atomic_block:
+            record_refusal(exc)
+        raise
     return {"second_factor": assurance.as_audit()}
+
+
+# How deep the calls of services wrapped in ``refusals_audited`` are, so that only the
+# outermost one writes the refusal (an inner one is inside a transaction that rolls back).
+_service_depth: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "second_factor_service_depth", default=0)
+
+
+def record_refusal(exc) -> None:
+    """Audit a refusal for want of a (fresh) second factor, once, in its own transaction
+    so that it survives the refusal."""
+    from core.audit import audit_record
+
+    refusal = getattr(exc, "refusal", None)
+    if not refusal or getattr(exc, "refusal_recorded", False):
+        return
+    actor = refusal["actor"]
+    with transaction.atomic():
+        audit_record(actor=actor, action="second_factor.refused", object_type="user",
+                     object_id=actor.pk, object_repr=actor.get_username(),
+                     environment=refusal["environment"],
+                     after={"code": exc.code, "doing": refusal["doing"],
+                            "second_factor": refusal["second_factor"]},
+                     reason=exc.detail)
+    exc.refusal_recorded = True
+
+
+def refusals_audited(service):
+    """Wrap a service that may call ``require_fresh_second_factor`` inside its own
+    transaction: once that transaction has rolled back, the refusal is written to the
+    trail in a transaction of its own (by the outermost such service only)."""
+
+    @functools.wraps(service)
+    def wrapper(*args, **kwargs):
+        depth = _service_depth.set(_service_depth.get() + 1)
+        try:
+            return service(*args, **kwargs)
+        except (SecondFactorRequired, StepUpRequired) as exc:
+            if _service_depth.get() == 1:
+                record_refusal(exc)
+            raise
+        finally:
+            _service_depth.reset(depth)
+
+    return wrapper
 
 
 def token_second_factor(*, actor, user) -> Assurance:
     """The check a new API token for ``user`` records (``api_token_issue``).
 
-    A person who holds a factor is asked for a fresh check before creating a token; the
-    token records it when its owner holds a factor (an operator's or the portal's issue
-    counts as fresh). A token of someone without a factor records none.
+    A person who holds a factor is asked for a fresh check before creating a token. A
+    token records that check only when it is its owner's own: a token someone makes for
+    themselves. A token made for someone else (an administrator's for a service
+    account) or by an operator (``manage.py issue_token``) records none; its owner
+    steps up through it (``POST /api/v1/auth/step-up``) before a Production decision.
     """
-    if _is_person(actor):
-        if has_second_factor(actor):
-            assurance = current(actor)
-            if not assurance.is_fresh():
-                minutes = max(1, settings.PORTAL_STEP_UP_SECONDS // 60)
-                raise StepUpRequired(
-                    "confirm it is you with your second factor before creating an API "
-                    f"token: it was not used in the last {minutes} minutes")
-            return assurance if has_second_factor(user) else Assurance()
+    if not _is_person(actor):
         return Assurance()
-    if has_second_factor(user):
-        return Assurance(kind="operator", at=timezone.now(), via="operator")
-    return Assurance()
+    if not has_second_factor(actor):
+        return Assurance()
+    assurance = current(actor)
+    if not assurance.is_fresh():
+        minutes = max(1, settings.PORTAL_STEP_UP_SECONDS // 60)
+        raise StepUpRequired(
+            "confirm it is you with your second factor before creating an API "
+            f"token: it was not used in the last {minutes} minutes")
+    if actor.pk != user.pk or assurance.kind not in TOKEN_KINDS:
+        return Assurance()
+    return assurance
 
 
 # ---------------------------------------------------------------------------

@@ -2,6 +2,15 @@
 
 Services call ``audit_record`` inside the transaction of the change they make,
 so the event and the change commit or roll back together.
+
+The chain is sealed at commit: ``audit_record`` hands the event to the connection
+(``core.db_backend``), and just before the transaction commits ``seal`` takes the
+chain's advisory lock, links the transaction's events after the current head and
+inserts them. The lock is thus the last one any writer takes and is held only for
+those inserts and the commit, so a writer holding it never waits for a row lock that
+another writer, queued for the chain, holds: the chain cannot take part in a deadlock.
+Ids, hashes and times still follow one linear order (the order of commits), so
+``verify_chain`` and the signed checkpoints are unchanged.
 """
 
 from __future__ import annotations
@@ -24,7 +33,8 @@ from core.models import AuditCheckpoint, AuditEvent, SignInDay
 
 GENESIS_HASH = "0" * 64
 # Key of the PostgreSQL advisory lock that keeps one linear chain when several
-# transactions write events at once.
+# transactions write events at once. Taken only by ``seal`` (at commit), the purge and
+# the sign-in recount, never before a row lock (see the module docstring).
 AUDIT_CHAIN_LOCK = 7_300_001
 # SOP 13.1: deployment logs (and the trail around them) are kept for two years. The
 # retention setting may lengthen this, never shorten it; the PostgreSQL trigger
@@ -88,7 +98,8 @@ def audit_record(
     after: dict | None = None,
     reason: str = "",
 ) -> AuditEvent:
-    """Append one event to the chain. Must run inside the caller's transaction."""
+    """Append one event to the chain when the caller's transaction commits (``seal``);
+    dropped if it rolls back. Must run inside the caller's transaction."""
     if actor is None or (not isinstance(actor, System) and not getattr(actor, "pk", None)):
         raise AuditError(f"audit event {action!r} has no actor")
     if not connection.in_atomic_block:
@@ -109,11 +120,6 @@ def audit_record(
         object_id = object_id or obj.pk
         object_repr = object_repr or str(obj)
 
-    with connection.cursor() as cursor:
-        # Serialises chain writers until commit: one linear chain, no forks.
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_CHAIN_LOCK])
-    prev = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
-
     event = AuditEvent(
         occurred_at=timezone.now(),
         actor=actor_user,
@@ -130,13 +136,39 @@ def audit_record(
         request_id=ctx.request_id,
         ip=ctx.ip,
         user_agent=ctx.user_agent,
-        prev_hash=prev or GENESIS_HASH,
     )
-    event.hash = compute_hash(event)
-    event.save(force_insert=True)
-    if action in SIGN_IN_ACTIONS:
-        _count_sign_in(event)
+    defer = getattr(connection, "audit_defer", None)
+    if defer is None or not defer(event):
+        # A connection that cannot seal at commit (not ``core.db_backend``), or a test
+        # case's transaction, which never commits: sealed here, as the last thing.
+        seal([event])
     return event
+
+
+def seal(events: list[AuditEvent]) -> None:
+    """Link ``events`` after the chain's head, in order, and insert them.
+
+    Called by the connection just before its transaction commits. Under the chain lock
+    (held until that commit) the head read here is the last committed event, so ids,
+    times and hashes follow the order of commits: one linear chain, no forks. The
+    event's time is when it joined the chain, read under the lock, so the trail is in
+    time order as well as id order (the auditor's time filters and the purge rely on
+    it). Nothing here waits for a row another transaction may hold.
+    """
+    if not events:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_CHAIN_LOCK])
+    prev = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
+    prev = prev or GENESIS_HASH
+    for event in events:
+        event.occurred_at = timezone.now()
+        event.prev_hash = prev
+        event.hash = compute_hash(event)
+        event.save(force_insert=True)
+        prev = event.hash
+        if event.action in SIGN_IN_ACTIONS:
+            _count_sign_in(event)
 
 
 # The events the access review counts per day (``SignInDay``).
@@ -153,8 +185,8 @@ _SIGN_IN_KEY_SQL = (
 
 def _count_sign_in(event: AuditEvent) -> None:
     """Add the event to its day's count, in the event's own transaction (so the count
-    and the trail commit together). Writers already hold the chain lock here, so the
-    upsert never waits on another."""
+    and the trail commit together). Only ``seal`` writes counts, under the chain lock,
+    so the upsert never waits on another writer."""
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO portal_signinday (action, day, actor_id, name, count) "

@@ -2,6 +2,7 @@
 
 from axes.backends import AxesStandaloneBackend
 from django.conf import settings
+from django.contrib.auth.backends import ModelBackend
 from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 from rest_framework import authentication, exceptions
@@ -55,4 +56,15 @@ class SignInLockoutBackend(AxesStandaloneBackend):
             raise PermissionDenied("password sign-in is switched off")
         if request is None:
             return None
+        return super().authenticate(request, username=username, password=password, **kwargs)
+
+
+class UsernameBackend(ModelBackend):
+    """Django's password check, on the username's one spelling (``qA`` is ``qa``)."""
+
+    def authenticate(self, request, username=None, password=None, **kwargs):
+        from core.identity import normalize_username
+
+        if username is not None:
+            username = normalize_username(username)
         return super().authenticate(request, username=username, password=password, **kwargs)

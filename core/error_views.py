@@ -25,6 +25,12 @@ def outage_code(exc: BaseException | None) -> str | None:
     """``database_unavailable`` or ``queue_unavailable`` when ``exc`` is an outage."""
     if exc is None:
         return None
+    from core import transient
+
+    if transient.is_transient(exc):
+        # A deadlock or serialization failure: the database is up and the transaction
+        # may simply run again (core.transient), not an outage.
+        return None
     import django.db
     import kombu.exceptions
     import psycopg
@@ -80,6 +86,10 @@ def page_not_found(request, exception=None):
 
 
 def server_error(request):
+    from core import transient
+
+    if transient.is_transient(sys.exc_info()[1]):
+        return transient.conflict_response(request)
     code = outage_code(sys.exc_info()[1])
     if code:
         return unavailable(request, code)

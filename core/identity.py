@@ -9,23 +9,34 @@ The rules themselves (which groups a sign-in gives, ending other sessions) are
 from __future__ import annotations
 
 import logging
+import unicodedata
 
 from allauth.account.adapter import DefaultAccountAdapter
 from allauth.account.forms import LoginForm, ReauthenticateForm
 from allauth.account.signals import user_logged_in as allauth_user_logged_in
 from allauth.account.views import LoginView
+from allauth.core import context as allauth_context
 from allauth.core.exceptions import ImmediateHttpResponse
+from allauth.mfa.base.forms import AuthenticateForm
+from allauth.mfa.base.forms import ReauthenticateForm as MfaReauthenticateForm
 from allauth.mfa.models import Authenticator
 from allauth.mfa.signals import authenticator_added, authenticator_removed, authenticator_reset
 from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
 from allauth.socialaccount.providers.base.constants import AuthError
+from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.signals import user_login_failed
+from django.contrib.auth.views import redirect_to_login
 from django.core.cache import cache
-from django.db.models.signals import pre_delete
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models.signals import pre_delete, pre_save
 from django.dispatch import receiver
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 
 from core import services
 
@@ -42,6 +53,41 @@ PROVIDER_FAILED = ("Single sign-on did not complete: the identity provider refus
                    "could not be reached. Try again, or ask an administrator.")
 CANCELLED = "Single sign-on was cancelled at the identity provider; you are not signed in."
 QUIET_MESSAGES = {"account/messages/logged_in.txt", "account/messages/logged_out.txt"}
+CODE_LOCKED_OUT = ("Too many wrong codes: sign-in for this account from this address is "
+                   "paused for a while.")
+
+
+# --- usernames: one spelling per person --------------------------------------------------------
+
+
+def normalize_username(value) -> str:
+    """The one spelling of a username: Unicode NFKC, lower case, no surrounding space.
+
+    Every road that reads or writes a username goes through it (the sign-in form, the
+    lockout's key, ``manage.py issue_token``, accounts from single sign-on, the audit
+    trail's names), so ``qA`` is ``qa`` everywhere: the same lockout, the same account.
+    """
+    return unicodedata.normalize("NFKC", str(value or "")).strip().lower()
+
+
+def axes_username(request, credentials=None) -> str:
+    """django-axes' lockout key (AXES_USERNAME_CALLABLE): the normalised username, from
+    the credentials given to ``authenticate`` or else the form's ``login``/``username``."""
+    if credentials:
+        name = credentials.get("username") or credentials.get("login") or ""
+    else:
+        data = getattr(request, "data", None) or getattr(request, "POST", {})
+        name = data.get("login") or data.get("username") or ""
+    return normalize_username(name)
+
+
+@receiver(pre_save, sender=get_user_model(), dispatch_uid="core.identity.username_case")
+def store_normalized_username(sender, instance, **kwargs):
+    # Whatever road creates or renames an account (the admin, single sign-on,
+    # createsuperuser, a script), it is stored in its one spelling; the database's
+    # unique index on lower(username) (migration core 0007) refuses a second account
+    # that differs only in case.
+    instance.username = normalize_username(instance.username)
 
 
 class PortalAccountAdapter(DefaultAccountAdapter):
@@ -81,6 +127,8 @@ class PortalSocialAccountAdapter(DefaultSocialAccountAdapter):
         if not user.username:
             # No preferred_username: the e-mail address is the username.
             user.username = (data.get("email") or "")[:150]
+        # "QA" from the identity provider is the portal's "qa", never a second account.
+        user.username = normalize_username(user.username)
         return user
 
     def on_authentication_error(self, request, provider, error=None, exception=None,
@@ -98,15 +146,73 @@ class PortalSocialAccountAdapter(DefaultSocialAccountAdapter):
 
 
 class PortalLoginForm(LoginForm):
-    """allauth's login form, also taking the field as ``username`` (scripts, old forms)."""
+    """allauth's login form, also taking the field as ``username`` (scripts, old forms).
+
+    The username is normalised before anything reads it, so the password check, the
+    lockout (django-axes) and the audit trail all see the one spelling."""
 
     def __init__(self, *args, **kwargs):
         data = kwargs.get("data")
-        if data is not None and "login" not in data and "username" in data:
+        if data is not None:
             data = data.copy()
-            data["login"] = data["username"]
+            if "login" not in data and "username" in data:
+                data["login"] = data["username"]
+            if "login" in data:
+                data["login"] = normalize_username(data["login"])
             kwargs["data"] = data
         super().__init__(*args, **kwargs)
+
+
+class CodeLockoutMixin:
+    """Second-factor codes counted like passwords (sign-in and step-up alike).
+
+    A wrong code is a failed sign-in: Django's ``user_login_failed`` is sent for the
+    account, so django-axes counts it against the same username and address as wrong
+    passwords (AXES_*: the limit, the cool-off) and ``core.receivers`` audits it. During
+    a lockout no code is checked, the right one included: the page is the lockout page.
+    (allauth's own code limit shares ``login_failed`` with passwords, which django-axes
+    counts instead, so it is off: ACCOUNT_RATE_LIMITS.)
+    """
+
+    stage = "second_factor"
+
+    def clean_code(self) -> str:
+        request = allauth_context.request
+        credentials = {"username": self.user.get_username()}
+        if AxesProxyHandler.is_locked(request, credentials):
+            # Refused unchecked; marked locked first, so that django-axes neither counts
+            # it nor moves the cool-off's end, and its middleware answers with the
+            # lockout page.
+            self._locked(request, credentials)
+            self._refused(request, credentials)
+            raise ValidationError(CODE_LOCKED_OUT, code="locked_out")
+        try:
+            return super().clean_code()
+        except ValidationError:
+            self._refused(request, credentials)
+            if AxesProxyHandler.is_locked(request, credentials):
+                self._locked(request, credentials)
+            raise
+
+    @staticmethod
+    def _locked(request, credentials: dict) -> None:
+        request.axes_locked_out = True
+        request.axes_credentials = credentials
+
+    def _refused(self, request, credentials: dict) -> None:
+        user_login_failed.send(sender=type(self), request=request,
+                               credentials={**credentials, "second_factor": self.stage})
+
+
+class PortalAuthenticateForm(CodeLockoutMixin, AuthenticateForm):
+    """allauth's second-factor step at sign-in, its codes counted like passwords."""
+
+
+class PortalMfaReauthenticateForm(CodeLockoutMixin, MfaReauthenticateForm):
+    """allauth's second-factor step-up (before a Production decision), its codes counted
+    like passwords: a stolen session cannot guess codes either."""
+
+    stage = "step_up"
 
 
 class PortalReauthenticateForm(ReauthenticateForm):
@@ -132,6 +238,25 @@ class PortalLoginView(LoginView):
         context = super().get_context_data(**kwargs)
         context["local_login"] = bool(settings.PORTAL_LOCAL_LOGIN)
         return context
+
+
+def admin_login(request):
+    """``/admin/login/``: the portal's sign-in page, then back to the admin.
+
+    The admin keeps no password form of its own, so every sign-in goes through one
+    flow: the password, the second factor of anyone who holds one, the lockout. A GET
+    or a POST is sent on the same way; nothing here checks a password.
+    """
+    target = request.GET.get("next") or reverse("admin:index")
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
+                                           require_https=request.is_secure()):
+        target = reverse("admin:index")
+    if request.user.is_authenticated:
+        if request.user.is_active and request.user.is_staff:
+            return redirect(target)
+        # Signed in but not staff: the sign-in page would only send them back here.
+        raise PermissionDenied
+    return redirect_to_login(target, reverse("login"))
 
 
 # --- sessions: when each was last seen ---------------------------------------------------------

@@ -68,6 +68,10 @@ class RejectNulBytesMiddleware:
 class ServiceUnavailableMiddleware:
     """A database or Redis outage is a 503; under /api/ every other crash is a JSON 500.
 
+    A transaction that died of a deadlock or a serialization failure is neither: it
+    answers 409 ``concurrent_update`` (``core.transient``), which the retry middleware
+    runs again when it may.
+
     Pages: a friendly 503 page when PostgreSQL or Redis is unreachable; other errors go
     on to Django's handler500 (``core.error_views``). API: a JSON body with a code
     (``database_unavailable``, ``queue_unavailable``, ``server_error``), even with
@@ -86,9 +90,14 @@ class ServiceUnavailableMiddleware:
         from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
         from django.http import Http404
 
-        from core import error_views
+        from core import error_views, transient
 
         logger = logging.getLogger("core.errors")
+        if transient.is_transient(exception):
+            # Not an outage: 409 concurrent_update, which RetryTransientMiddleware runs
+            # again when it may (core/transient.py).
+            logger.info("%s on %s %s", transient.CODE, request.method, request.path)
+            return transient.conflict_response(request)
         code = error_views.outage_code(exception)
         if code:
             logger.error("%s on %s %s: %s", code, request.method, request.path,

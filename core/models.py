@@ -48,9 +48,11 @@ class ApiToken(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     scopes = models.JSONField(default=all_scopes)
-    # The fresh second-factor check it was created with (core.assurance): its kind
-    # (totp, webauthn, recovery_codes; operator: issued by `manage.py issue_token`) and
-    # time. Empty: created without one; such a token decides nothing in Production.
+    # The last check of its owner's own second factor made through it (core.assurance):
+    # at creation on the tokens page, or POST /api/v1/auth/step-up. Its kind (totp,
+    # webauthn, recovery_codes; "operator" on tokens issued before operators' tokens
+    # stopped carrying one, which counts for nobody) and time. It counts for
+    # PORTAL_STEP_UP_SECONDS; empty or older, the token decides nothing in Production.
     second_factor = models.CharField(max_length=20, blank=True, default="")
     second_factor_at = models.DateTimeField(null=True, blank=True)
 

@@ -4,9 +4,11 @@ Notification webhooks, the webhook executor, the HTTP prober, artifact downloads
 Prometheus queries all go through ``request``. Addresses an outsider should never make
 the portal reach are refused: loopback, private, link-local (cloud metadata included),
 multicast, reserved and other non-public addresses, unless ``PORTAL_OUTBOUND_ALLOW``
-names them (host names, addresses or CIDR blocks). A cloud metadata address is allowed
-only when the allow-list names that very address or its host name, never through a
-wider block.
+names them (host names, addresses or CIDR blocks, each optionally limited to a port or
+a port range: ``127.0.0.1:18100-18199``, ``[::1]:8080``, ``hooks.internal:443``). A
+cloud metadata address is allowed only when the allow-list names that very address or
+its host name, never through a wider block. A refusal is decided before any connection
+and names the address, never the port, so it says nothing about what listens there.
 
 The host name is resolved once; every address it resolves to must be allowed, and the
 connection goes to the address that was checked (the ``Host`` header and TLS name stay
@@ -81,26 +83,68 @@ class Response:
 # --- the address rule ----------------------------------------------------------------
 
 
-def _allow_entries() -> tuple[set[str], list, set]:
-    """(host names, networks, single addresses) of PORTAL_OUTBOUND_ALLOW."""
+@dataclass(frozen=True)
+class _Allowed:
+    """PORTAL_OUTBOUND_ALLOW, parsed: each entry with the ports it allows (None: any)."""
+
+    names: dict = field(default_factory=dict)       # host name -> [ports]
+    networks: list = field(default_factory=list)    # [(network, ports)]
+    singles: dict = field(default_factory=dict)     # address named alone -> [ports]
+
+
+def _ports(spec: str) -> tuple[int, int] | None:
+    """``8080`` or ``8000-8099`` as (low, high); None when ``spec`` is neither."""
+    low, _, high = spec.partition("-")
+    if not low.isdigit() or (high and not high.isdigit()):
+        return None
+    first, last = int(low), int(high or low)
+    if not 1 <= first <= last <= 65535:
+        return None
+    return first, last
+
+
+def _split_entry(entry: str) -> tuple[str, tuple[int, int] | None]:
+    """An entry's host part and port range: ``host``, ``host:port``, ``host:low-high``,
+    ``[v6]:port``, ``cidr:port``. A bare IPv6 address keeps its colons."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        if rest.startswith(":") and _ports(rest[1:]):
+            return host, _ports(rest[1:])
+        return host, None
+    host, sep, spec = entry.rpartition(":")
+    if sep and host and ":" not in host and _ports(spec):
+        return host, _ports(spec)
+    return entry, None
+
+
+def _allow_entries() -> _Allowed:
+    """PORTAL_OUTBOUND_ALLOW: host names, addresses or CIDR blocks, each optionally with
+    ``:port`` or ``:low-high`` (then only those ports are allowed)."""
     raw = getattr(settings, "PORTAL_OUTBOUND_ALLOW", []) or []
     if isinstance(raw, str):
         raw = raw.split(",")
-    names: set[str] = set()
-    networks: list = []
-    singles: set = set()
+    allowed = _Allowed()
     for entry in (e.strip() for e in raw):
         if not entry:
             continue
+        host, ports = _split_entry(entry)
         try:
-            network = ipaddress.ip_network(entry, strict=False)
+            network = ipaddress.ip_network(host, strict=False)
         except ValueError:
-            names.add(entry.lower().rstrip("."))
+            allowed.names.setdefault(host.lower().rstrip("."), []).append(ports)
             continue
-        networks.append(network)
+        allowed.networks.append((network, ports))
         if network.num_addresses == 1:
-            singles.add(network.network_address)
-    return names, networks, singles
+            allowed.singles.setdefault(network.network_address, []).append(ports)
+    return allowed
+
+
+def _port_in(ranges: list, port: int | None) -> bool:
+    """Whether ``port`` is allowed by one of ``ranges`` (None in ``ranges``: any port).
+
+    Without a port (a destination judged before its URL is known whole) an entry of any
+    port counts; the call itself is judged again with its port."""
+    return any(r is None or port is None or r[0] <= port <= r[1] for r in ranges)
 
 
 def _plain(address):
@@ -113,17 +157,21 @@ def _plain(address):
     return address
 
 
-def address_refusal(address, host: str = "") -> str | None:
-    """Why ``address`` (reached as ``host``) may not be called, or None when it may."""
+def address_refusal(address, host: str = "", port: int | None = None) -> str | None:
+    """Why ``address`` (reached as ``host`` on ``port``) may not be called, or None.
+
+    The reason names the address only, never the port, and no connection is tried
+    first: a refused destination reads the same whether anything listens there."""
     address = _plain(ipaddress.ip_address(address))
-    names, networks, singles = _allow_entries()
+    allowed = _allow_entries()
     host = (host or "").lower().rstrip(".")
-    if host and host in names:
+    if host and _port_in(allowed.names.get(host, []), port):
         return None
     if address in METADATA_ADDRESSES or host in METADATA_HOSTS:
-        return (None if address in singles else
+        return (None if _port_in(allowed.singles.get(address, []), port) else
                 f"{address} is a cloud metadata address")
-    if any(address in network for network in networks):
+    if any(address in network and _port_in([ports], port)
+           for network, ports in allowed.networks):
         return None
     if address.is_loopback:
         return f"{address} is a loopback address"
@@ -168,14 +216,14 @@ def check_url(url: str, *, resolve: bool = True) -> list[tuple]:
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
     except ValueError:
         raise DestinationRefused("the URL's port is not a number from 1 to 65535") from None
-    names, _, _ = _allow_entries()
+    names = _allow_entries().names
     literal = _host_literal(host)
     if literal is not None:
-        reason = address_refusal(literal, host)
+        reason = address_refusal(literal, host, port)
         if reason:
             raise DestinationRefused(f"{host} may not be called: {reason}")
-    elif host not in names and (host == "localhost" or host.endswith(".localhost")
-                                or host in METADATA_HOSTS):
+    elif not _port_in(names.get(host, []), port) and (
+            host == "localhost" or host.endswith(".localhost") or host in METADATA_HOSTS):
         raise DestinationRefused(f"{host} may not be called: it names this machine or a "
                                  "metadata service")
     if not resolve:
@@ -186,7 +234,7 @@ def check_url(url: str, *, resolve: bool = True) -> list[tuple]:
         raise Unreachable(f"{host} could not be resolved: {exc}") from None
     checked = []
     for family, _, _, _, sockaddr in infos:
-        reason = address_refusal(sockaddr[0], host)
+        reason = address_refusal(sockaddr[0], host, port)
         if reason:
             raise DestinationRefused(f"{host} may not be called: {reason}")
         checked.append((family, sockaddr))

@@ -36,11 +36,18 @@ def audit_logout(sender, request, user, **kwargs):
 @receiver(user_login_failed, dispatch_uid="core.audit.login_failed")
 def audit_login_failed(sender, credentials, request=None, **kwargs):
     # Django has already masked the password in ``credentials``; the attempted name
-    # is kept so that the access review can count refusals per account.
-    username = str(credentials.get("username", ""))[:150]
+    # is kept (in its one spelling) so that the access review can count refusals per
+    # account. A wrong second-factor code at sign-in comes here too
+    # (core.identity.PortalAuthenticateForm), marked as such, never with the code.
+    from core.identity import normalize_username
+
+    username = normalize_username(credentials.get("username", ""))[:150]
+    stage = credentials.get("second_factor")
     with transaction.atomic():
         audit_record(actor=System("sign-in refused"), action="auth.login_failed",
-                     object_type="user", object_repr=username)
+                     object_type="user", object_repr=username,
+                     after={"stage": str(stage)} if stage else None,
+                     reason="wrong second-factor code" if stage else "")
 
 
 @receiver(user_locked_out, dispatch_uid="core.audit.locked_out")
@@ -50,9 +57,11 @@ def audit_locked_out(sender, request=None, username=None, ip_address=None, **kwa
     # the cool-off; those are audited as auth.login_failed, the lockout itself once.
     if request is not None and not getattr(request, "axes_failures_since_start", None):
         return
+    from core.identity import normalize_username
+
     with transaction.atomic():
         audit_record(actor=System("sign-in lockout"), action="auth.locked_out",
-                     object_type="user", object_repr=str(username or "")[:150],
+                     object_type="user", object_repr=normalize_username(username)[:150],
                      after={"ip": ip_address,
                             "cooloff_minutes": cooloff_minutes()})
 

@@ -72,7 +72,9 @@ ERROR_DESCRIPTIONS = {
            "or CSRF (`csrf_failed`).",
     "404": "No such object, or one the caller may not see.",
     "409": "State conflict (`not_ready` with `blockers`, `already_decided`, "
-           "`deployment_in_progress`, `release_exists`, `idempotency_in_flight`, ...).",
+           "`deployment_in_progress`, `release_exists`, `idempotency_in_flight`, ...), or "
+           "`concurrent_update`: the request collided with another at the same moment, "
+           "nothing of it was saved; send it again after Retry-After seconds.",
     "415": "The body is not JSON.",
     "422": "`idempotency_key_reused`: the Idempotency-Key was used with a different request.",
     "429": "Rate limited (`rate_limited`); wait for Retry-After seconds.",
@@ -86,7 +88,7 @@ ERROR_DESCRIPTIONS = {
 RESPONSE_HEADERS = [
     OpenApiParameter(
         name="Retry-After", type=OpenApiTypes.INT, location=OpenApiParameter.HEADER,
-        response=["429", "503"], description="Seconds to wait before trying again."),
+        response=["409", "429", "503"], description="Seconds to wait before trying again."),
     OpenApiParameter(
         name="WWW-Authenticate", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
         response=["401"], description="`Bearer`: send `Authorization: Bearer <token>`."),
@@ -140,9 +142,10 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
 
 class PortalAutoSchema(AutoSchema):
     def _error_statuses(self) -> list[str]:
-        codes = ["400", "401", "403", "404", "429"]
+        # 409 on every method: any request may collide with another (concurrent_update).
+        codes = ["400", "401", "403", "404", "409", "429"]
         if self.method == "POST":
-            codes += ["409", "415"]
+            codes += ["415"]
             if self._is_idempotent():
                 codes.append("422")
         return [*codes, "500", "503"]
@@ -234,7 +237,7 @@ class NotificationWebhookSerializer(serializers.Serializer):
 
     kind = serializers.ChoiceField(
         choices=["approval_request", "rejected", "pre_deployment", "post_deployment",
-                 "failed", "rolled_back", "start_refused"],
+                 "failed", "rolled_back", "start_refused", "approval_reopened"],
         help_text="What happened (the subscription's kinds filter these).")
     subject = serializers.CharField(help_text="One line, e.g. `CR-12 approved`.")
     text = serializers.CharField(help_text="The message in plain text.")

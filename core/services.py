@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import logging
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from core import assurance
+from core import accounts, assurance
 from core.audit import System, audit_record
-from core.errors import Conflict, Invalid, InvalidTransition, Refused
-from core.models import ApiToken, TokenScope, hash_token
+from core.errors import Conflict, Invalid, InvalidTransition, Refused, SecondFactorRequired
+from core.models import ApiToken, AuditEvent, TokenScope, hash_token
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,29 @@ def _clean_scopes(scopes) -> list[str]:
     return [s for s in TokenScope.values if s in wanted]
 
 
+def _require_issuer_may_issue_for(actor, user) -> None:
+    """A person issues tokens for themselves; an administrator also for service accounts
+    (CI). Nobody issues a token that acts as another person: such a token would carry
+    the issuer's hand under the other person's name (approvals under names they never
+    gave). The operator on the server (``manage.py issue_token``, System) is not asked."""
+    if isinstance(actor, System) or actor.pk == user.pk:
+        return
+    if actor.is_superuser and accounts.is_service_account(user):
+        return
+    exc = Refused(
+        f"you may not issue a token for {user.get_username()}: people make their own "
+        "tokens, and administrators make tokens for service accounts only",
+        code="not_permitted", fields={"user": [
+            f"Not {user.get_username()}: administrators make tokens for service accounts "
+            "only. Leave it empty for a token of your own."]})
+    with transaction.atomic():
+        audit_record(actor=actor, action="token.issue.refused", obj=user,
+                     object_repr=user.get_username(),
+                     after={"user": user.get_username(), "code": exc.code},
+                     reason=exc.detail)
+    raise exc
+
+
 def api_token_issue(*, actor, user, name: str, expires_at: datetime | None = None,
                     scopes: list[str] | None = None) -> tuple[ApiToken, str]:
     """Create a token and return it with its clear value, which is shown once and never stored.
@@ -36,9 +61,13 @@ def api_token_issue(*, actor, user, name: str, expires_at: datetime | None = Non
     ``scopes`` limit what the token may do even when its user may do more
     (default: every scope).
 
-    A person who holds a second factor must have used it recently to create one; the
-    token records that check (``core.assurance.token_second_factor``), without which it
-    decides nothing in Production.
+    A person makes tokens for themselves; an administrator also for service accounts
+    (``core.accounts``). A person who holds a second factor must have used it recently
+    to create one; a token made for oneself records that check
+    (``core.assurance.token_second_factor``), which counts for
+    ``PORTAL_STEP_UP_SECONDS`` like a session's. Tokens issued by an operator
+    (``System``, ``manage.py issue_token``) or for a service account record none; their
+    owner steps up through the token (``api_token_step_up``) to decide in Production.
     """
     scopes = _clean_scopes(TokenScope.values if scopes is None else scopes)
     name = name.strip()
@@ -48,6 +77,7 @@ def api_token_issue(*, actor, user, name: str, expires_at: datetime | None = Non
     if expires_at is not None and expires_at <= timezone.now():
         raise Invalid("the expiry must be in the future",
                       fields={"expires_at": ["Choose a time in the future."]})
+    _require_issuer_may_issue_for(actor, user)
     factor = assurance.token_second_factor(actor=actor, user=user)
     raw = "cap_" + secrets.token_urlsafe(32)
     with transaction.atomic():
@@ -67,8 +97,89 @@ def api_token_issue(*, actor, user, name: str, expires_at: datetime | None = Non
         audit_record(actor=actor, action="token.issued", obj=token,
                      after={"user": user.get_username(), "name": name,
                             "expires_at": expires_at, "scopes": scopes,
+                            "issued_by": ("operator" if isinstance(actor, System)
+                                          else "owner" if actor.pk == user.pk
+                                          else "administrator"),
                             "second_factor": factor.as_audit() if factor.kind else None})
     return token, raw
+
+
+MAX_CODE_LENGTH = 64
+
+
+def api_token_step_up(*, actor, token: ApiToken, code: str) -> ApiToken:
+    """The token's owner answers a second-factor check through the token: a code from
+    their authenticator app or one of their recovery codes. The token then counts as
+    checked for ``PORTAL_STEP_UP_SECONDS`` (``core.assurance``), as a session does.
+
+    Wrong codes are refused (403 ``wrong_code``), audited (``token.step_up.failed``)
+    and limited: after
+    ``PORTAL_STEP_UP_MAX_FAILURES`` in ``PORTAL_STEP_UP_FAILURE_MINUTES`` every code is
+    refused (``too_many_attempts``, audited) until the oldest leaves the window. A TOTP
+    code is accepted once (allauth remembers used codes, shared with the pages' check).
+    Passkeys are not taken here (a WebAuthn assertion needs the browser's ceremony); a
+    person with passkeys only steps up on the pages.
+    """
+    from allauth.mfa.models import Authenticator
+
+    code = (code or "").strip().replace(" ", "")
+    if not code or len(code) > MAX_CODE_LENGTH:
+        raise Invalid("send the code your authenticator app shows, or a recovery code",
+                      fields={"code": ["A code of 1 to 64 characters."]})
+    if token.user_id != actor.pk:
+        raise Refused("a token is checked by its owner only", code="not_permitted")
+    window = timedelta(minutes=settings.PORTAL_STEP_UP_FAILURE_MINUTES)
+    refusal = None
+    with transaction.atomic():
+        # One check at a time per person: two wrong codes sent at once are counted one
+        # after the other, so the limit holds under concurrency.
+        get_user_model().objects.select_for_update().filter(pk=actor.pk).first()
+        token = ApiToken.objects.select_for_update().get(pk=token.pk)
+        factors = list(Authenticator.objects.filter(user_id=actor.pk)
+                       .exclude(type=Authenticator.Type.WEBAUTHN).order_by("type"))
+        failures = AuditEvent.objects.filter(
+            action="token.step_up.failed", actor_id=actor.pk,
+            occurred_at__gte=timezone.now() - window).count()
+        if not assurance.has_second_factor(actor):
+            refusal = SecondFactorRequired(
+                "you have no second factor; enrol an authenticator app on your Security "
+                "page first")
+        elif not factors:
+            refusal = Refused("you have passkeys only, which this check cannot take; "
+                              "step up on the portal's pages, or add an authenticator app",
+                              code="no_code_factor")
+        elif failures >= settings.PORTAL_STEP_UP_MAX_FAILURES:
+            refusal = Refused(
+                f"too many wrong codes: {failures} in the last "
+                f"{settings.PORTAL_STEP_UP_FAILURE_MINUTES} minutes; wait, then try again",
+                code="too_many_attempts")
+        if refusal is not None:
+            audit_record(actor=actor, action="token.step_up.refused", obj=token,
+                         after={"code": refusal.code, "failures": failures},
+                         reason=refusal.detail)
+        else:
+            used = next((f for f in factors if f.wrap().validate_code(code)), None)
+            if used is None:
+                # 403, not 400: the request is well formed; the credential is refused.
+                refusal = Refused("the code is wrong or was used already",
+                                  code="wrong_code",
+                                  fields={"code": ["Wrong or already used code."]})
+                audit_record(actor=actor, action="token.step_up.failed", obj=token,
+                             after={"code": refusal.code, "failures": failures + 1},
+                             reason=refusal.detail)
+            else:
+                used.record_usage()
+                token.second_factor, token.second_factor_at = used.type, timezone.now()
+                token.save(update_fields=["second_factor", "second_factor_at"])
+                checked = assurance.Assurance(kind=used.type, at=token.second_factor_at,
+                                              via="token")
+                audit_record(actor=actor, action="token.stepped_up", obj=token,
+                             after={"second_factor": checked.as_audit(),
+                                    "fresh_until": checked.fresh_until()})
+    # The failure and refusal records above are committed; the answer says why.
+    if refusal is not None:
+        raise refusal
+    return token
 
 
 def api_token_revoke(*, actor, token: ApiToken) -> ApiToken:

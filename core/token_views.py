@@ -12,7 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from core import stepup_views
+from core import accounts, stepup_views
 from core.errors import DomainError, StepUpRequired
 from core.models import ApiToken, TokenScope
 from core.services import api_token_issue, api_token_revoke
@@ -27,12 +27,21 @@ class TokenForm(forms.Form):
     days = forms.IntegerField(label="Expires after (days)", min_value=1, max_value=3650,
                               initial=90)
     user = forms.ModelChoiceField(
-        queryset=get_user_model().objects.filter(is_active=True).order_by("username"),
-        required=False, help_text="Issue it for a service account (administrators only).")
+        queryset=get_user_model().objects.none(), required=False,
+        label="For a service account",
+        help_text="Leave empty for a token of your own. Administrators may issue tokens "
+                  "for service accounts (CI); never for another person.")
 
     def __init__(self, *args, actor, **kwargs):
         super().__init__(*args, **kwargs)
-        if not actor.is_superuser:
+        if actor.is_superuser:
+            # Only service accounts are offered. Any other account posted is passed on
+            # to the service, which refuses it and puts the attempt on the record.
+            field = self.fields["user"]
+            field.queryset = get_user_model().objects.filter(is_active=True)
+            field.widget.choices = [("", "(a token of my own)")] + [
+                (u.pk, u.get_username()) for u in accounts.service_accounts()]
+        else:
             del self.fields["user"]
 
 

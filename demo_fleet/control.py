@@ -56,10 +56,14 @@ def start_instance(instance_dir: Path, release_dir: Path, name: str,
     if info and Path(info.get("release_dir", "")) == release_dir:
         return info
     stop_instance(instance_dir)
+    # `make run` keeps the fleet on ports of its own (PORTAL_DEMO_FLEET_PORTS): the only
+    # loopback ports its outbound allow-list names.
+    ports = os.environ.get("PORTAL_DEMO_FLEET_PORTS", "").strip()
     # A session of its own: the fleet outlives the worker that started it.
     subprocess.Popen(
         [sys.executable, "-m", "demo_fleet", "--release-dir", str(release_dir),
-         "--instance-file", str(instance_dir / INSTANCE_FILE), "--name", name],
+         "--instance-file", str(instance_dir / INSTANCE_FILE), "--name", name,
+         *(["--ports", ports] if ports else [])],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,
         # The configuration (secrets resolved) reaches the service in memory only, and

@@ -1,8 +1,10 @@
 """One demo service instance: ``python -m demo_fleet --release-dir D --instance-file F``.
 
-It binds a free loopback port, writes ``{"pid", "port", "version"}`` to the instance
-file (atomically), serves until the instance file stops naming it, then exits: removing
-the file is how an instance is stopped, and a wiped deploy root stops its fleet.
+It binds a free loopback port (one of ``--ports low-high`` when given: `make run` keeps
+the fleet in a range of its own, the only loopback ports the portal may call), writes
+``{"pid", "port", "version"}`` to the instance file (atomically), serves until the
+instance file stops naming it, then exits: removing the file is how an instance is
+stopped, and a wiped deploy root stops its fleet.
 """
 
 from __future__ import annotations
@@ -67,18 +69,32 @@ def make_handler(version: str, name: str, behaviour: dict):
     return Handler
 
 
+def _bind(ports: str, handler) -> ThreadingHTTPServer:
+    """A server on the first free loopback port of ``low-high``, else on any free one."""
+    if not ports:
+        return ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    low, _, high = ports.partition("-")
+    for port in range(int(low), int(high or low) + 1):
+        try:
+            return ThreadingHTTPServer(("127.0.0.1", port), handler)
+        except OSError:
+            continue
+    raise SystemExit(f"demo fleet: no free port in {ports}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--release-dir", required=True, type=Path)
     parser.add_argument("--instance-file", required=True, type=Path)
     parser.add_argument("--name", default="demo")
+    parser.add_argument("--ports", default="",
+                        help="low-high: bind the first free port of this range")
     args = parser.parse_args(argv)
 
     version_file = args.release_dir / "VERSION"
     version = version_file.read_text().strip() if version_file.exists() else "unknown"
     behaviour = load_behaviour(args.release_dir)
-    server = ThreadingHTTPServer(("127.0.0.1", 0),
-                                 make_handler(version, args.name, behaviour))
+    server = _bind(args.ports, make_handler(version, args.name, behaviour))
     server.daemon_threads = True
     me = os.getpid()
     tmp = args.instance_file.with_suffix(f".{me}.tmp")

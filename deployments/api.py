@@ -88,6 +88,9 @@ class ReleaseListCreate(ApiMixin, generics.ListAPIView):
     queryset = Release.objects.select_related("application")
     write_scopes = frozenset({REQUEST})
 
+    def get_queryset(self):
+        return selectors.releases_visible_to(self.request.user)
+
     @extend_schema(request=ReleaseInSerializer,
                    responses={201: ReleaseOutSerializer, 200: ReleaseOutSerializer},
                    summary="Register a release (the same body again: 200 with the same release)")
@@ -103,6 +106,9 @@ class ReleaseListCreate(ApiMixin, generics.ListAPIView):
 class ReleaseDetail(ApiMixin, generics.RetrieveAPIView):
     serializer_class = ReleaseOutSerializer
     queryset = Release.objects.select_related("application")
+
+    def get_queryset(self):
+        return selectors.releases_visible_to(self.request.user)
 
 
 class StepSerializer(serializers.ModelSerializer):

@@ -62,6 +62,11 @@ class Deployment(models.Model):
     # that may run. Queued deployments behind it wait with False and are promoted, first
     # in first out, when it ends (services._advance_queue).
     holds_target = models.BooleanField(default=True)
+    # What it runs with besides its release, fixed when it is made (deployments.inputs):
+    # executor and settings, targets, environment settings, and for a change's
+    # deployment the configuration version and change version that were approved.
+    # Empty for deployments made before it was kept: those read the catalogue.
+    inputs = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
+from catalog.models import Release, Target
 from catalog.selectors import visible_environment_ids
 from deployments.models import AnalysisVerdict, Deployment, DeploymentStep
 
@@ -17,6 +18,31 @@ def deployments_visible_to(user) -> QuerySet[Deployment]:
     if env_ids is not None:
         qs = qs.filter(environment_id__in=env_ids)
     return qs
+
+
+def releases_visible_to(user, *, queryset: QuerySet[Release] | None = None
+                        ) -> QuerySet[Release]:
+    """Releases ``user`` may see, out of ``queryset`` (default: with their application).
+
+    A release is seen by those who work where it runs: anyone holding any permission
+    on an environment where its application has a target, or where the release was
+    deployed; by the person or CI account that registered it; by auditors and
+    superusers. Everyone else gets a 404, as for changes and deployments in
+    environments they hold nothing on. Filters in the query (two EXISTS), so a list
+    costs the same number of queries however many releases it shows."""
+    queryset = (Release.objects.select_related("application") if queryset is None
+                else queryset)
+    env_ids = visible_environment_ids(user)
+    if env_ids is None:
+        return queryset
+    if not getattr(user, "is_authenticated", False):
+        return queryset.none()
+    return queryset.filter(
+        Q(created_by=user)
+        | Exists(Target.objects.filter(application_id=OuterRef("application_id"),
+                                       environment_id__in=env_ids))
+        | Exists(Deployment.objects.filter(release_id=OuterRef("pk"),
+                                           environment_id__in=env_ids)))
 
 
 def latest_per_application_environment(

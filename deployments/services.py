@@ -20,7 +20,7 @@ from django.db.models import F, Max
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from catalog.models import Application, Environment, MigrationKind, Release, Target
+from catalog.models import Application, Environment, MigrationKind, Release
 from catalog.permissions import environment_permissions, has_env_perm
 from core import assurance, outbound
 from core.audit import System, audit_record
@@ -32,6 +32,7 @@ from core.errors import (
     Refused,
 )
 from deployments import health
+from deployments import inputs as deployment_inputs
 from deployments.executors import StepFailed, executor_for
 from deployments.models import AnalysisVerdict, Deployment, DeploymentLogLine, DeploymentStep
 from deployments.signals import deployment_ending, deployment_finished
@@ -82,6 +83,9 @@ def _artifact_refused(why: str) -> Invalid:
                    fields={"artifact_url": [why]})
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def artifact_display(url: str) -> str:
     """An artifact URL fit for logs and messages: no credentials, no query string."""
     parsed = urllib.parse.urlsplit(url)
@@ -91,7 +95,8 @@ def artifact_display(url: str) -> str:
             netloc += f":{parsed.port}"
     except ValueError:
         pass
-    return urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, "", ""))[:300]
+    shown = urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, "", ""))
+    return _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", shown)[:300]
 
 
 def artifact_source_check(*, url: str) -> str:
@@ -105,6 +110,10 @@ def artifact_source_check(*, url: str) -> str:
     trusted = ", ".join(sources) or "none configured"
     if any(c in url for c in "\x00\r\n\t\\"):
         raise _artifact_refused("the URL contains control characters or backslashes")
+    if _CONTROL.search(urllib.parse.unquote(url)):
+        # %00 and its kind: a path holding NUL cannot be opened (a ValueError deep in
+        # os.path), and a control character has no place in an artifact's name.
+        raise _artifact_refused("the URL contains percent-encoded control characters")
     parsed = urllib.parse.urlsplit(url)
     scheme = parsed.scheme.lower()
     path = urllib.parse.unquote(parsed.path)
@@ -235,8 +244,15 @@ def deployment_create(
     kind: str = Deployment.Kind.DEPLOY,
     rolled_back_deployment: Deployment | None = None,
     dry_run: bool | None = None,
+    inputs: dict | None = None,
 ) -> Deployment:
     """Create a queued deployment with its planned steps and queue its run after commit.
+
+    ``inputs`` is what it runs with besides the release (``deployments.inputs.inputs_of``
+    plus, for a change, ``configuration_version`` and ``change_version``): the approval
+    workflow passes the values it checked against the approvals; without them, the
+    catalogue's current ones are read. They are kept on the deployment and the run uses
+    them, whatever is edited meanwhile.
 
     When another deployment of the application holds the target in the environment (or
     others wait before it), it waits in the queue (``holds_target`` False) and starts
@@ -247,8 +263,10 @@ def deployment_create(
     if strategy not in STRATEGIES:
         raise Invalid(f"unknown strategy {strategy!r}",
                       fields={"strategy": [f"Choose one of {', '.join(STRATEGIES)}."]})
+    if inputs is None:
+        inputs = deployment_inputs.inputs_of(application, environment)
     if dry_run is None:
-        dry_run = bool((application.executor_settings or {}).get("analysis", {})
+        dry_run = bool((inputs["executor_settings"] or {}).get("analysis", {})
                        .get("dry_run", False))
     if environment.supersede_queued and kind == Deployment.Kind.DEPLOY:
         superseded = _supersede_queued(actor=actor, application=application,
@@ -271,7 +289,8 @@ def deployment_create(
     fields = dict(application=application, environment=environment, release=release,
                   strategy=strategy, change_id=change_id, task_id=task_id, kind=kind,
                   started_by=actor if getattr(actor, "pk", None) else None,
-                  rolled_back_deployment=rolled_back_deployment, dry_run=dry_run)
+                  rolled_back_deployment=rolled_back_deployment, dry_run=dry_run,
+                  inputs=inputs)
     deployment = None
     if takes:
         try:
@@ -282,10 +301,9 @@ def deployment_create(
             head = _head(application.pk, environment.pk)
     if deployment is None:
         deployment = Deployment.objects.create(holds_target=False, **fields)
-    targets = list(Target.objects.filter(application=application, environment=environment)
-                   .order_by("name"))
-    plan = build_plan(strategy=strategy, targets=targets, release=release,
-                      environment=environment, application=application, kind=kind)
+    plan = build_plan(strategy=strategy, targets=deployment_inputs.targets(deployment),
+                      release=release, environment=environment, application=application,
+                      kind=kind, inputs=inputs)
     DeploymentStep.objects.bulk_create(
         DeploymentStep(deployment=deployment, position=i, name=spec.name, title=spec.title,
                        target=spec.target, phase=spec.phase)
@@ -565,10 +583,11 @@ def _finish(deployment: Deployment, status: str, reason: str = "", actor=None) -
 def _announce_end(deployment: Deployment, status: str, *, advance: bool = True) -> None:
     """Inside the transaction that made ``deployment`` final.
 
-    ``deployment_ending`` listeners (the change that released it is closed) run now,
-    each failure confined to its savepoint so the deployment's end always commits;
-    ``deployment_finished`` listeners (notifications) run after commit, one failing
-    listener never keeping the others from theirs. The next queued deployment of the
+    ``deployment_ending`` listeners (the change that released it is closed, the
+    notifications outbox is written) run now, each failure confined to its savepoint so
+    the deployment's end always commits; ``deployment_finished`` listeners (the audit
+    checkpoint) run after commit, one failing listener never keeping the others from
+    theirs. The next queued deployment of the
     application there starts (``advance``) once this transaction commits.
     """
     try:
@@ -656,6 +675,7 @@ def _run_locked(deployment_id: int) -> str | None:
         log("error", f"Configuration not handed to the deployment: {reason}")
         return _fail(deployment, first, state.mask(reason))
     steps = list(deployment.steps.select_related("target").order_by("position"))
+    deployment_inputs.pin_targets(deployment, steps)
     _log_start(deployment, log)
     for step in steps:
         if step.status in (DeploymentStep.Status.SUCCEEDED, DeploymentStep.Status.SKIPPED):
@@ -836,6 +856,13 @@ def _decide_interrupted(*, actor, deployment: Deployment, decision: str,
         if not may_operate(actor, locked.environment):
             raise Refused(f"you may not act on deployments in {locked.environment.name}",
                           code="not_permitted")
+        # Retrying or marking done a Production step decides what runs there next: it
+        # needs a second factor used recently, as deploying does (SOP 10.2).
+        verb = "retry" if decision == "retried" else "mark done"
+        factor = (assurance.require_fresh_second_factor(
+            actor=actor, doing=f"{verb} a step of a deployment in {locked.environment.name}",
+            environment=locked.environment.slug)
+            if locked.environment.production else {})
         if locked.status != Deployment.Status.NEEDS_ATTENTION:
             raise InvalidTransition(
                 f"deployment #{locked.pk} does not need attention (it is {locked.status})",
@@ -860,11 +887,12 @@ def _decide_interrupted(*, actor, deployment: Deployment, decision: str,
                      obj=locked, environment=locked.environment.slug,
                      before={"status": Deployment.Status.NEEDS_ATTENTION},
                      after={"status": locked.status,
-                            "step": step.name if step else None}, reason=reason)
+                            "step": step.name if step else None, **factor}, reason=reason)
         transaction.on_commit(lambda: _enqueue(locked.pk, uuid.uuid4().hex))
     return locked
 
 
+@assurance.refusals_audited
 def deployment_retry_step(*, actor, deployment: Deployment, reason: str = "") -> Deployment:
     """On-call checked the target: run the interrupted step again, then the rest.
 
@@ -874,6 +902,7 @@ def deployment_retry_step(*, actor, deployment: Deployment, reason: str = "") ->
                                reason=reason)
 
 
+@assurance.refusals_audited
 def deployment_mark_step_done(*, actor, deployment: Deployment, reason: str) -> Deployment:
     """On-call checked the target and found the interrupted step applied: go on after it.
 
@@ -918,7 +947,7 @@ def _fail(deployment: Deployment, step: DeploymentStep | None, reason: str) -> s
 
 
 def _analysis_settings(deployment: Deployment) -> dict:
-    return (deployment.application.executor_settings or {}).get("analysis", {}) or {}
+    return deployment_inputs.executor_settings(deployment).get("analysis", {}) or {}
 
 
 def _provider(deployment: Deployment):
@@ -937,8 +966,7 @@ def _record_baseline(deployment, step, executor, log) -> None:
     if AnalysisVerdict.objects.filter(deployment=deployment,
                                       outcome=AnalysisVerdict.Outcome.BASELINE).exists():
         return
-    targets = [t for t in Target.objects.filter(application=deployment.application,
-                                                environment=deployment.environment)]
+    targets = deployment_inputs.targets(deployment)
     provider = _provider(deployment)
     if isinstance(provider, health.PrometheusProvider):
         previous = _previous_success(deployment)
@@ -966,8 +994,7 @@ def _analyse(deployment, step, steps, executor, log) -> str | None:
     new_names = {s.target.name for s in steps
                  if s.target_id and s.position < step.position
                  and s.name in ("deploy", "switch")}
-    targets = list(Target.objects.filter(application=deployment.application,
-                                         environment=deployment.environment).order_by("name"))
+    targets = deployment_inputs.targets(deployment)
     canary = [t for t in targets if t.name in new_names]
     rest = [t for t in targets if t.name not in new_names]
     provider = _provider(deployment)
@@ -1119,6 +1146,7 @@ def _roll_back_automatically(deployment, step, reason: str, log,
     return Deployment.Status.ROLLED_BACK
 
 
+@assurance.refusals_audited
 def deployment_rollback(*, actor, deployment: Deployment, reason: str) -> Deployment:
     """Roll back ``deployment``: redeploy the previous successful release of its
     environment. Returns the rollback deployment (queued).
@@ -1143,7 +1171,8 @@ def deployment_rollback(*, actor, deployment: Deployment, reason: str) -> Deploy
             # In Production a person rolls back only with a second factor used recently
             # (SOP 10.2); an alert acting as the portal is not asked.
             factor = (assurance.require_fresh_second_factor(
-                actor=actor, doing=f"roll back in {locked.environment.name}")
+                actor=actor, doing=f"roll back in {locked.environment.name}",
+                environment=locked.environment.slug)
                 if locked.environment.production else {})
             if locked.status == Deployment.Status.QUEUED:
                 raise InvalidTransition(f"deployment #{locked.pk} has not started; cancel it",

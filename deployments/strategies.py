@@ -59,15 +59,21 @@ def _in_place(target, phase: str) -> list[StepSpec]:
 
 
 def build_plan(*, strategy: str, targets: list, release, environment, application,
-               kind: str = "deploy") -> list[StepSpec]:
-    """The ordered steps of one deployment (SOP 4.1 phase 2, SOP 5.4, 5.5, 6)."""
-    settings = application.executor_settings or {}
+               kind: str = "deploy", inputs: dict | None = None) -> list[StepSpec]:
+    """The ordered steps of one deployment (SOP 4.1 phase 2, SOP 5.4, 5.5, 6).
+
+    ``inputs`` are the executor settings and environment settings the deployment keeps
+    (``deployments.inputs``); without them, the application's and environment's own."""
+    settings = (inputs["executor_settings"] if inputs is not None
+                else application.executor_settings) or {}
+    env_settings = (inputs["environment_settings"] if inputs is not None
+                    else environment.deploy_settings) or {}
     analysed = bool(settings.get("analysis", {}).get("enabled", bool(settings.get("fleet"))))
     analysed = analysed and kind == "deploy"
     has_migrations = bool(release.migration_plan) and kind == "deploy"
     steps = [StepSpec("pre_health_check", "Pre-deployment health check"),
              StepSpec("backup", "Back up current version"),
-             *_migration_steps(environment.deploy_settings or {}, has_migrations)]
+             *_migration_steps(env_settings, has_migrations)]
     if not targets:
         steps += _untargeted_steps()
     elif strategy == BLUE_GREEN:

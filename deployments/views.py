@@ -170,6 +170,9 @@ def _step_decision(request, pk: int, decide, refused: str, done: str):
     try:
         decide(actor=request.user, deployment=deployment,
                reason=request.POST.get("reason", ""))
+    except (StepUpRequired, SecondFactorRequired) as exc:
+        # Production: asked for the second factor, then posted again with the reason.
+        return stepup_views.answer(request, exc)
     except DomainError as exc:
         messages.error(request, f"{refused}: {exc.detail}")
     else:

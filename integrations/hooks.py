@@ -47,6 +47,7 @@ from core import context
 from core.api import ViewBoundCredential
 from core.audit import audit_record
 from core.errors import Conflict, DomainError, Invalid, Refused
+from core.identity import normalize_username
 from integrations.models import HookDelivery
 
 logger = logging.getLogger(__name__)
@@ -184,7 +185,8 @@ class HookSignatureAuthentication(authentication.BaseAuthentication):
         else:
             keys = _check_body_signature(secret, headers, body_header, body)
         username = _setting("PORTAL_HOOK_USER", DEFAULT_HOOK_USER)
-        user = get_user_model().objects.filter(username=username, is_active=True).first()
+        user = get_user_model().objects.filter(username=normalize_username(username),
+                                               is_active=True).first()
         if user is None:
             raise exceptions.AuthenticationFailed(
                 f"The hook service account {username!r} does not exist or is inactive.")

@@ -6,4 +6,4 @@ class NotificationsConfig(AppConfig):
     verbose_name = "Notifications"
 
     def ready(self) -> None:
-        from notifications import receivers  # noqa: F401  (approval events, deployment_finished)
+        from notifications import receivers  # noqa: F401  (approval events, deployment_ending)

@@ -34,6 +34,7 @@ class Kind(models.TextChoices):
     FAILED = "failed", "Deployment failed"
     ROLLED_BACK = "rolled_back", "Rollback"
     START_REFUSED = "start_refused", "Deployment not started (deployer may not deploy)"
+    APPROVAL_REOPENED = "approval_reopened", "Approval reopened (the change moved)"
 
 
 class Subscription(models.Model):
@@ -68,12 +69,18 @@ class Subscription(models.Model):
 
 
 class Notification(models.Model):
-    """One message to one recipient on one channel, kept for the change page and audit.
+    """One message to one recipient on one channel: the outbox row and its delivery
+    record, kept for the change page and audit.
 
-    ``event_key`` names what it is about (``change:12:submitted``); with channel and
-    recipient it is unique, so an event handled twice never makes a second message.
-    Sending claims the row (pending -> sending) with a conditional update before the
-    message leaves, so a task delivered twice sends once.
+    Written in the transaction of the decision it reports (``approvals.signals``,
+    ``deployments.signals.deployment_ending``), so it exists if and only if the
+    decision committed. ``event_key`` names what it is about (``change:12:submitted``);
+    with channel and recipient it is unique, so an event handled twice never makes a
+    second message. Sending claims the row (pending -> sending) with a conditional
+    update before the message leaves, so a task delivered twice, or the task and the
+    outbox sweep at once, send it once. ``next_attempt_at`` says when a pending row is
+    due: the sweep (``notifications_send_unsent``) sends rows whose queued send never
+    came (the process died after commit, the broker was down) or whose retry was lost.
     """
 
     class Status(models.TextChoices):
@@ -102,12 +109,20 @@ class Notification(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     claimed_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
+    # When a pending row is due: at once when written, later after a transient failure.
+    next_attempt_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["created_at", "id"]
         constraints = [
             models.UniqueConstraint(fields=["event_key", "channel", "recipient"],
                                     name="notification_once_per_event_and_recipient"),
+        ]
+        indexes = [
+            # The outbox sweep: the few pending rows that are due, never the sent ones.
+            models.Index(fields=["next_attempt_at", "id"],
+                         condition=models.Q(status="pending"),
+                         name="notification_outbox_due_idx"),
         ]
 
     def __str__(self) -> str:

@@ -1,39 +1,65 @@
 """Where notifications hear about events, without the other apps naming this one.
 
-Every event here is sent after the transaction that made it commits."""
+Every event here is sent inside the transaction that made it: the messages it calls
+for are written there, as outbox rows (``Notification``), and commit or roll back with
+the decision; their sending is queued for after commit. Each listener writes in a
+savepoint of its own and never raises: a message that cannot be written is logged and
+the decision stands."""
 
 from __future__ import annotations
 
+import logging
+from functools import wraps
+
+from django.db import transaction
 from django.dispatch import receiver
 
 from approvals import signals as approval_signals
 from deployments.models import Deployment
-from deployments.signals import deployment_finished
+from deployments.signals import deployment_ending
+
+logger = logging.getLogger(__name__)
+
+
+def _outbox(write):
+    @wraps(write)
+    def listener(sender, **event):
+        try:
+            with transaction.atomic():
+                write(**event)
+        except Exception:
+            logger.exception("notifications for %s (%s) not written", write.__name__,
+                             event.get("change_id") or event.get("deployment"))
+    return listener
 
 
 @receiver(approval_signals.change_submitted, dispatch_uid="notifications.change_submitted")
-def notify_on_change_submitted(sender, **event):
+@_outbox
+def notify_on_change_submitted(**event):
     from notifications.services import notifications_for_change_submitted
 
     notifications_for_change_submitted(**event)
 
 
 @receiver(approval_signals.gate_approved, dispatch_uid="notifications.gate_approved")
-def notify_on_gate_approved(sender, **event):
+@_outbox
+def notify_on_gate_approved(**event):
     from notifications.services import notifications_for_gate_approved
 
     notifications_for_gate_approved(**event)
 
 
 @receiver(approval_signals.gate_rejected, dispatch_uid="notifications.gate_rejected")
-def notify_on_gate_rejected(sender, **event):
+@_outbox
+def notify_on_gate_rejected(**event):
     from notifications.services import notifications_for_gate_rejected
 
     notifications_for_gate_rejected(**event)
 
 
 @receiver(approval_signals.change_deploying, dispatch_uid="notifications.change_deploying")
-def notify_on_change_deploying(sender, **event):
+@_outbox
+def notify_on_change_deploying(**event):
     from notifications.services import notifications_for_change_deploying
 
     notifications_for_change_deploying(**event)
@@ -41,14 +67,25 @@ def notify_on_change_deploying(sender, **event):
 
 @receiver(approval_signals.change_start_refused,
           dispatch_uid="notifications.change_start_refused")
-def notify_on_change_start_refused(sender, **event):
+@_outbox
+def notify_on_change_start_refused(**event):
     from notifications.services import notifications_for_change_start_refused
 
     notifications_for_change_start_refused(**event)
 
 
-@receiver(deployment_finished, sender=Deployment, dispatch_uid="notifications.deployment")
-def notify_on_deployment_finished(sender, deployment, status, **kwargs):
+@receiver(approval_signals.approval_reopened, dispatch_uid="notifications.approval_reopened")
+@_outbox
+def notify_on_approval_reopened(**event):
+    from notifications.services import notifications_for_approval_reopened
+
+    notifications_for_approval_reopened(**event)
+
+
+# In the transaction that ends the deployment, beside the change closing with it.
+@receiver(deployment_ending, sender=Deployment, dispatch_uid="notifications.deployment")
+@_outbox
+def notify_on_deployment_ending(deployment, status, **kwargs):
     from notifications.services import notifications_for_deployment
 
     notifications_for_deployment(deployment=deployment, status=status)

@@ -1,12 +1,16 @@
 """Notifications (SOP 4.1 phase 1, 11.2): who is told what, and sending it exactly once.
 
-Events reach this module as domain events sent after commit (``receivers.py``): the
-approval workflow's (``approvals.signals``: submitted, approved, rejected, deploying,
-start refused) and the engine's ``deployment_finished``. A failing or slow notification
-never undoes or delays the decision that caused it. The messages of one event become
-``Notification`` rows in one transaction and their sending is queued on commit; the
-Celery task claims a row before sending, so a redelivered task never sends a message
-twice.
+Every message the portal sends goes through here, as an outbox. Events reach this
+module as domain events sent inside the transaction that decided them
+(``receivers.py``): the approval workflow's (``approvals.signals``: submitted, approved,
+rejected, deploying, start refused, approval reopened) and the engine's
+``deployment_ending``. The messages of one event become ``Notification`` rows in that
+transaction, so they exist if and only if the decision committed; their sending is
+queued on commit (the Celery task ``notification_send``), and the beat task
+``notifications_send_unsent`` sends the rows whose queued send never came. Sending
+claims a row with a conditional update before the message leaves, so a row is sent at
+most once however many tasks and sweeps reach it. A failing or slow delivery never
+undoes or delays the decision.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import EmailValidator, URLValidator
@@ -37,6 +42,10 @@ from notifications.models import Channel, Kind, Notification, Subscription, reda
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
+# Transient failures wait 10 s, 20 s, 40 s, 80 s before the next attempt.
+RETRY_BASE_SECONDS = 10
+# The outbox sweep sends at most this many rows each time it runs.
+OUTBOX_BATCH = 200
 WEBHOOK_TIMEOUT = 10
 WEBHOOK_ANSWER_MAX_BYTES = 64 * 1024
 
@@ -117,7 +126,9 @@ def _queue(*, event_key: str, message: Message, change_id, deployment_id, enviro
     Notification.objects.bulk_create(rows.values(), ignore_conflicts=True)
     ids = list(Notification.objects.filter(event_key=event_key, status=Notification.Status.PENDING,
                                            attempts=0).values_list("pk", flat=True))
-    transaction.on_commit(lambda: _enqueue(ids))
+    # After commit; should the process die first, or the broker refuse, the rows are
+    # in the outbox and the sweep sends them (notifications_send_unsent).
+    transaction.on_commit(lambda: _enqueue(ids), robust=True)
     return ids
 
 
@@ -233,6 +244,15 @@ def start_refused_message(change, *, deployer: str, trigger: str) -> Message:
     return Message(Kind.START_REFUSED, subject, body, fields)
 
 
+def approval_reopened_message(change, *, role: str, approver, changed: list[str]) -> Message:
+    gate = role.replace("_", " ")
+    fields = {**_change_fields(change), "gate": gate, "approver": approver.get_username(),
+              "changed": list(changed)}
+    subject = f"{change.reference}: your {gate} approval was reopened"
+    body = render_to_string("notifications/messages/approval_reopened.txt", {"f": fields})
+    return Message(Kind.APPROVAL_REOPENED, subject, body, fields)
+
+
 def _key_metrics(deployment: Deployment) -> dict:
     """The health figures measured last (SOP 11.2 key metrics)."""
     verdict = (AnalysisVerdict.objects.filter(deployment=deployment)
@@ -318,7 +338,7 @@ def _change(change_id):
     from approvals.models import ChangeRequest
 
     return (ChangeRequest.objects.with_related().select_related("release__application")
-            .prefetch_related("gates").filter(pk=change_id).first())
+            .prefetch_related("gates__approvals").filter(pk=change_id).first())
 
 
 def notifications_for_change_submitted(*, change_id: int, status: str, at=None,
@@ -378,6 +398,27 @@ def notifications_for_change_start_refused(*, change_id: int, deployer: str, tri
                       people=[change.deployer or change.requested_by, change.requested_by])
 
 
+def notifications_for_approval_reopened(*, change_id: int, approval_id: int, role: str,
+                                        approver_id: int, changed: list[str], **kwargs
+                                        ) -> list[int]:
+    """The approver learns that their approval no longer counts, and what moved."""
+    from django.contrib.auth import get_user_model
+
+    with transaction.atomic():
+        change = _change(change_id)
+        approver = get_user_model().objects.filter(pk=approver_id).first()
+        if change is None or approver is None:
+            return []
+        message = approval_reopened_message(change, role=role, approver=approver,
+                                            changed=changed)
+        return _queue(event_key=f"change:{change.pk}:reopened:{approval_id}",
+                      message=message, change_id=change.pk, deployment_id=None,
+                      environment=change.environment.slug, people=[approver],
+                      subscriptions=_subscriptions(Kind.APPROVAL_REOPENED,
+                                                   change.release.application_id,
+                                                   change.environment_id))
+
+
 def notifications_for_change_deploying(*, change_id: int, deployment_id: int, at,
                                        **kwargs) -> list[int]:
     """The deployment starts now: the pre-deployment notice (SOP 11.2)."""
@@ -401,23 +442,21 @@ def _pre_deployment(change, *, at, deployment_id=None) -> list[int]:
 
 
 def _approval_requests(change) -> list[int]:
-    """One message per person who may decide a pending gate (SOP 3.3), naming the gates."""
+    """One message per person who may decide a pending gate (SOP 3.3), naming the gates:
+    who may is ``approvals.eligibility``'s answer, as in the inbox."""
     from django.contrib.auth import get_user_model
 
-    from approvals.selectors import eligible_people
+    from approvals.selectors import gate_deciders
 
-    excluded = {change.requested_by.get_username(), *(change.release.authors or []),
-                *(change.release.mergers or [])}
+    deciders = gate_deciders([change])
     gates_by_user: dict[int, list[str]] = {}
     for gate in change.gates.all():
-        if gate.status != "pending":
-            continue
-        for user_id in eligible_people(change.environment, gate.role):
-            gates_by_user.setdefault(user_id, []).append(gate.get_role_display())
+        for person in deciders.get(gate.pk, ()):
+            gates_by_user.setdefault(person.id, []).append(gate.get_role_display())
     users = get_user_model().objects.filter(pk__in=gates_by_user, is_active=True)
     ids = []
     for user in users:
-        if user.get_username() in excluded or not user.email:
+        if not user.email:
             continue
         message = approval_request_message(change, recipient=user, gates=gates_by_user[user.pk])
         ids += _queue(event_key=f"change:{change.pk}:approval:{user.pk}", message=message,
@@ -536,7 +575,8 @@ def notification_send(*, notification_id: int) -> str:
         with transaction.atomic():
             Notification.objects.filter(pk=notification_id).update(
                 status=Notification.Status.FAILED if final else Notification.Status.PENDING,
-                last_error=str(exc)[:1000])
+                last_error=str(exc)[:1000],
+                next_attempt_at=timezone.now() + retry_delay(notification.attempts))
             if final:
                 _audit_outcome(notification, "notification.failed", str(exc))
         logger.warning("notification %s to %s not delivered (attempt %s): %s",
@@ -554,6 +594,46 @@ def notification_send(*, notification_id: int) -> str:
             status=Notification.Status.SENT, sent_at=timezone.now(), last_error="")
         _audit_outcome(notification, "notification.sent", "")
     return "sent"
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """How long after its ``attempts``-th failed try a message is tried again:
+    10 s, 20 s, 40 s, 80 s."""
+    return timedelta(seconds=RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1))
+
+
+def notifications_send_unsent(*, now: datetime | None = None,
+                              grace: timedelta | None = None,
+                              batch: int = OUTBOX_BATCH) -> list[int]:
+    """Beat: send outbox rows that are due but whose queued send never came.
+
+    A row is written with its decision and its send queued on commit; a process that
+    died in between, a broker that was down or a retry that was lost leaves it pending.
+    Rows due for longer than ``grace`` (the queued task's head start) are sent here,
+    oldest first. Each send claims its row first (``notification_send``), so a task
+    arriving late, or a second sweep, finds it claimed and sends nothing. Returns the
+    ids of the rows this sweep sent.
+    """
+    now = now or timezone.now()
+    if grace is None:
+        # The queued task's (or its retry's) head start before the sweep steps in.
+        grace = timedelta(seconds=settings.PORTAL_OUTBOX_GRACE_SECONDS)
+    due = list(Notification.objects.filter(
+        status=Notification.Status.PENDING, attempts__lt=MAX_ATTEMPTS,
+        next_attempt_at__lte=now - grace).order_by("next_attempt_at", "id")
+        .values_list("pk", flat=True)[:batch])
+    sent = []
+    for pk in due:
+        try:
+            outcome = notification_send(notification_id=pk)
+        except Exception:
+            logger.exception("the outbox sweep could not send notification %s", pk)
+            continue
+        if outcome == "sent":
+            sent.append(pk)
+    if due:
+        logger.info("outbox sweep: %s due, %s sent", len(due), len(sent))
+    return sent
 
 
 def _audit_outcome(notification: Notification, action: str, error: str) -> None:

@@ -32,8 +32,13 @@ SELF_MANAGED_COMMANDS = {"run", "services"}
 PG_ROLE = "portal"
 PG_DATABASE = "portal"
 # PostgreSQL refuses to run as root; when the portal runs as root (containers,
-# CI) the server runs as this unprivileged system account instead.
+# CI) the server runs as this unprivileged system account instead, made once by
+# `make install` (scripts/pg-system-account; PORTAL_PG_SYSTEM_USER names another).
 PG_SYSTEM_USER = "portal-pg"
+
+
+def pg_system_user() -> str:
+    return os.environ.get("PORTAL_PG_SYSTEM_USER", "").strip() or PG_SYSTEM_USER
 
 
 class ServiceError(Exception):
@@ -60,6 +65,62 @@ def local_secret_key() -> str:
         with os.fdopen(fd, "w") as out:
             out.write(secrets.token_urlsafe(50))
     return path.read_text().strip()
+
+
+# The demo fleet's loopback ports under `make run`: the only loopback ports its
+# outbound allow-list names (PORTAL_DEMO_FLEET_PORTS changes them).
+DEMO_FLEET_PORTS = "18100-18199"
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+ONE_MACHINE_VARIABLES = (
+    "DJANGO_DEBUG", "DJANGO_SECRET_KEY", "DJANGO_SECURE_SSL_REDIRECT", "DJANGO_SECURE_COOKIES",
+    "DJANGO_HSTS_SECONDS", "PORTAL_WEBAUTHN_ALLOW_INSECURE_ORIGIN", "PORTAL_STATIC_FROM_FINDERS",
+    "PORTAL_DEMO_FLEET_PORTS", "PORTAL_OUTBOUND_ALLOW", "PORTAL_METRICS_ALLOW")
+
+
+def one_machine_environment() -> dict[str, str]:
+    """What `manage.py run` (and `services`) runs with, unless the environment says.
+
+    DEBUG stays off (PORTAL_DEBUG=true turns it on for a developer): no debug pages, no
+    URL list on a 404. The run serves plain HTTP on loopback, so the settings that
+    belong to HTTPS behind a proxy are off here (redirect to HTTPS, secure-only cookies,
+    HSTS), WebAuthn accepts the http://127.0.0.1 origin on its own setting, and
+    WhiteNoise serves static files from the apps' folders (nothing to collect first).
+    The key is this machine's own (var/secret-key). Outbound calls to loopback are
+    allowed to the demo fleet's ports only, never to PostgreSQL, Redis or the portal;
+    loopback may read /metrics.
+    """
+    fleet_ports = os.environ.get("PORTAL_DEMO_FLEET_PORTS", "").strip() or DEMO_FLEET_PORTS
+    return {
+        "DJANGO_DEBUG": "true" if _truthy(os.environ.get("PORTAL_DEBUG", "")) else "false",
+        "DJANGO_SECRET_KEY": local_secret_key(),
+        "DJANGO_SECURE_SSL_REDIRECT": "false",
+        "DJANGO_SECURE_COOKIES": "false",
+        "DJANGO_HSTS_SECONDS": "0",
+        "PORTAL_WEBAUTHN_ALLOW_INSECURE_ORIGIN": "true",
+        "PORTAL_STATIC_FROM_FINDERS": "true",
+        "PORTAL_DEMO_FLEET_PORTS": fleet_ports,
+        "PORTAL_OUTBOUND_ALLOW": f"127.0.0.1:{fleet_ports}",
+        "PORTAL_METRICS_ALLOW": "127.0.0.1/32,::1/128",
+    }
+
+
+def fleet_port_range() -> tuple[int, int]:
+    """PORTAL_DEMO_FLEET_PORTS as (low, high); one line if it is not ``low-high``."""
+    raw = os.environ.get("PORTAL_DEMO_FLEET_PORTS", "").strip() or DEMO_FLEET_PORTS
+    low, _, high = raw.partition("-")
+    try:
+        first, last = int(low), int(high or low)
+    except ValueError:
+        raise ServiceError(f"PORTAL_DEMO_FLEET_PORTS={raw!r} is not a port range "
+                           "such as 18100-18199") from None
+    if not 1024 <= first <= last <= 65535:
+        raise ServiceError(f"PORTAL_DEMO_FLEET_PORTS={raw!r} is outside 1024-65535")
+    return first, last
 
 
 def pg_port() -> int:
@@ -169,15 +230,17 @@ class Postgres:
     def _run_as(self) -> dict:
         if os.geteuid() != 0:
             return {}
+        name = pg_system_user()
         try:
-            entry = pwd.getpwnam(PG_SYSTEM_USER)
+            entry = pwd.getpwnam(name)
         except KeyError:
-            subprocess.run(
-                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                 PG_SYSTEM_USER],
-                check=True, capture_output=True,
-            )
-            entry = pwd.getpwnam(PG_SYSTEM_USER)
+            # Made once by `make install` (scripts/pg-system-account), under a lock:
+            # never here, where many test processes start at once and a package
+            # install may be rewriting /etc/passwd at the same moment.
+            raise ServiceError(
+                f"PostgreSQL refuses to run as root and the system account {name} it "
+                "runs as does not exist; create it once with `make install` (or "
+                "scripts/pg-system-account) as root") from None
         # Drop root's groups too: a root-group folder with no group bits would refuse us.
         return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 

@@ -2,7 +2,8 @@
 
 The embedded PostgreSQL and Redis (see ``portal.embedded``) stand in when
 ``DATABASE_URL`` and ``REDIS_URL`` are unset. DEBUG is off unless ``DJANGO_DEBUG``
-turns it on (``manage.py run``, the local demo, does); with it off the process needs
+(or ``PORTAL_DEBUG``) turns it on; ``manage.py run`` keeps it off too. With it off the
+process needs
 ``DJANGO_SECRET_KEY`` (not the development key), and production sets
 ``DJANGO_ALLOWED_HOSTS`` and both URLs too.
 """
@@ -19,8 +20,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 
-# Off unless turned on explicitly (`manage.py run`, the demo, and the test run do).
-DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# Off unless turned on explicitly: DJANGO_DEBUG, or PORTAL_DEBUG=true for a developer's
+# `make run` (which is otherwise off like production). The test run turns it on.
+DEBUG = env.bool("DJANGO_DEBUG", default=env.bool("PORTAL_DEBUG", default=False))
 
 # A development key only when DEBUG is on; production must set its own, and a
 # production process refuses to start with the development one.
@@ -75,6 +77,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on every response (CONTENT_SECURITY_POLICY below).
+    "core.csp.PortalCSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -84,6 +88,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # A request whose transaction died of a deadlock or serialization failure runs again.
+    "core.transient.RetryTransientMiddleware",
     "core.middleware.RequestContextMiddleware",
     # A database or Redis outage is a 503 (JSON under /api/), never a debug page.
     "core.middleware.ServiceUnavailableMiddleware",
@@ -124,6 +130,10 @@ DATABASES = {
 # Seconds a process keeps its database connection between requests. 0 (a connection
 # per request) unless set; the web server's processes keep theirs (gunicorn.conf.py),
 # checked before each reuse so that a restarted PostgreSQL costs one reconnection.
+# Django's PostgreSQL backend with the audit chain sealed at commit (core/db_backend),
+# so the chain's lock is the last a transaction takes and never part of a deadlock.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["ENGINE"] = "core.db_backend"
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["TEST"] = {"NAME": env.str("DATABASE_TEST_NAME", default="test_portal")}
@@ -133,7 +143,8 @@ REDIS_URL = env.str("REDIS_URL", default=embedded.embedded_redis_url())
 AUTHENTICATION_BACKENDS = [
     # First: refuses a locked-out username and address before the password is checked.
     "core.authentication.SignInLockoutBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # Django's password check, on the username's one spelling (lower case).
+    "core.authentication.UsernameBackend",
     # Identity: django-allauth
     "allauth.account.auth_backends.AuthenticationBackend",
     "guardian.backends.ObjectPermissionBackend",
@@ -167,6 +178,11 @@ AXES_ENABLE_ACCESS_FAILURE_LOG = False
 AXES_VERBOSE = False
 # The client address as Django sees it (REMOTE_ADDR); the proxy in front sets it.
 AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+# The lockout's key is the username's one spelling: "qA" is locked when "qa" is.
+AXES_USERNAME_CALLABLE = "core.identity.axes_username"
+# Wrong second-factor codes count as failures too (core.identity.PortalAuthenticateForm);
+# neither a password nor a code is kept with the attempt.
+AXES_SENSITIVE_PARAMETERS = ["password", "code", "credential"]
 # The portal's own pages answer a CSRF failure.
 CSRF_FAILURE_VIEW = "core.error_views.csrf_failure"
 
@@ -182,19 +198,23 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("DJANGO_STATIC_ROOT", default=str(embedded.var_dir() / "static")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# Production serves the collected, hashed files (collectstatic); DEBUG and the
+# one-machine run (PORTAL_STATIC_FROM_FINDERS, set by `manage.py run`) serve them from
+# the apps' folders through WhiteNoise, with nothing to collect first.
+STATIC_FROM_FINDERS = env.bool("PORTAL_STATIC_FROM_FINDERS", default=DEBUG)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
         "BACKEND": (
             "django.contrib.staticfiles.storage.StaticFilesStorage"
-            if DEBUG
+            if STATIC_FROM_FINDERS
             else "whitenoise.storage.CompressedManifestStaticFilesStorage"
         )
     },
 }
-WHITENOISE_USE_FINDERS = DEBUG
-if DEBUG:
-    # WhiteNoise serves from the finders in development but expects the folder to exist.
+WHITENOISE_USE_FINDERS = STATIC_FROM_FINDERS
+if STATIC_FROM_FINDERS:
+    # WhiteNoise serves from the finders but expects the folder to exist.
     STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -204,6 +224,28 @@ SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # HTMX reads the token from the page, not the cookie
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (django-csp, core.csp; docs/security.md section 18): every
+# script and style comes from the portal's own static files, none inline, no eval;
+# htmx is configured not to need either (the htmx-config meta tag in base.html).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        # data: for the small icons Swagger UI's stylesheet embeds.
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        # The single sign-on provider's origin is added per response (core.csp).
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+# More origins sign-in forms may be sent on to, when an identity provider's
+# authorization endpoint is not on the origin of its issuer URL.
+PORTAL_CSP_FORM_ACTION = env.list("PORTAL_CSP_FORM_ACTION", default=[])
 if not DEBUG:
     SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=True)
     CSRF_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=True)
@@ -220,7 +262,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["core.jsonbody.JSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "core.api.CursorPagination",
     "PAGE_SIZE": 50,
@@ -278,6 +320,9 @@ SPECTACULAR_SETTINGS = {
 
 # Celery: Redis broker; long deployments are explicit about delivery (STYLE 10).
 CELERY_BROKER_URL = REDIS_URL
+# kombu's Redis transport, made safe to close once Redis died (portal/broker.py): the
+# worker reconnects in place instead of exiting with kombu's AttributeError.
+CELERY_BROKER_TRANSPORT = "portal.broker:Transport"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
@@ -287,10 +332,14 @@ CELERY_TASK_SOFT_TIME_LIMIT = env.int("PORTAL_TASK_SOFT_TIME_LIMIT", default=330
 CELERY_TASK_TIME_LIMIT = env.int("PORTAL_TASK_TIME_LIMIT", default=3600)
 # Longer than the longest run, so a slow deployment is not redelivered mid-run.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}
+CELERY_BROKER_CONNECTION_RETRY = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Keep reconnecting to a Redis that went away, however long it takes (make run
 # restarts it; the worker and beat resume without a restart of their own).
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# A deployment step running when Redis goes away runs to its end: its message stays
+# in Redis' unacked set, and a second delivery of it is harmless.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # A publish while Redis is away gives up quickly: the deployment row is committed
 # and beat's sweep queues it once Redis is back (deployments_resume_stale).
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0,
@@ -312,6 +361,12 @@ CELERY_BEAT_SCHEDULE = {
     "audit-retention-purge": {
         "task": "core.tasks.audit_retention_purge",
         "schedule": 24 * 3600.0,
+    },
+    # The notifications outbox: rows written with their decision whose queued send
+    # never came (the process died after commit, the broker was down) are sent.
+    "notifications-send-unsent": {
+        "task": "notifications.tasks.notifications_send_unsent",
+        "schedule": env.float("PORTAL_OUTBOX_SWEEP_SECONDS", default=30.0),
     },
     "notifications-settle-interrupted": {
         "task": "notifications.tasks.notifications_settle_interrupted",
@@ -337,6 +392,10 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# How long a notification written with its decision is left to the task queued for it
+# on commit before the outbox sweep sends it itself (notifications.services).
+PORTAL_OUTBOX_GRACE_SECONDS = env.float("PORTAL_OUTBOX_GRACE_SECONDS", default=60.0)
+
 # Where the local executor lays out releases (releases/<version>, current).
 PORTAL_DEPLOY_ROOT = Path(env.str("PORTAL_DEPLOY_ROOT", default=str(embedded.var_dir() / "deploy")))
 # SOP 10.1: artifacts come only from trusted sources. The portal's own store is a
@@ -349,7 +408,8 @@ PORTAL_ARTIFACT_SOURCES = env.list("PORTAL_ARTIFACT_SOURCES",
 # Largest artifact downloaded over http(s).
 PORTAL_ARTIFACT_MAX_BYTES = env.int("PORTAL_ARTIFACT_MAX_BYTES", default=2 * 1024 ** 3)
 # Outbound calls (core.outbound): loopback, private, link-local, metadata and other
-# non-public addresses are refused unless listed here (host names, addresses, CIDRs).
+# non-public addresses are refused unless listed here (host names, addresses, CIDRs,
+# each optionally with :port or :low-high; `make run` lists the demo fleet's ports).
 PORTAL_OUTBOUND_ALLOW = env.list("PORTAL_OUTBOUND_ALLOW", default=[])
 PORTAL_OUTBOUND_CONNECT_TIMEOUT = env.float("PORTAL_OUTBOUND_CONNECT_TIMEOUT", default=5.0)
 PORTAL_OUTBOUND_READ_TIMEOUT = env.float("PORTAL_OUTBOUND_READ_TIMEOUT", default=30.0)
@@ -448,11 +508,18 @@ ACCOUNT_LOGOUT_REDIRECT_URL = "login"
 ACCOUNT_ADAPTER = "core.identity.PortalAccountAdapter"
 ACCOUNT_FORMS = {"login": "core.identity.PortalLoginForm",
                  "reauthenticate": "core.identity.PortalReauthenticateForm"}
-# Repeated wrong passwords are django-axes' to count and lock (AXES_* above).
+# Repeated wrong passwords and wrong second-factor codes at sign-in are django-axes' to
+# count and lock (AXES_* above; core.identity.PortalAuthenticateForm for the codes).
 ACCOUNT_RATE_LIMITS = {"login_failed": False}
+# Usernames have one spelling, lower case (core.identity.normalize_username).
+ACCOUNT_PRESERVE_USERNAME_CASING = False
+MFA_FORMS = {"authenticate": "core.identity.PortalAuthenticateForm",
+             "reauthenticate": "core.identity.PortalMfaReauthenticateForm"}
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
 MFA_PASSKEY_LOGIN_ENABLED = True
-MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = DEBUG
+# Passkeys on http://127.0.0.1 (the one-machine run sets it; DEBUG is not needed).
+MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = env.bool("PORTAL_WEBAUTHN_ALLOW_INSECURE_ORIGIN",
+                                              default=DEBUG)
 MFA_TOTP_ISSUER = env.str("PORTAL_MFA_TOTP_ISSUER", default="Change portal")
 # Sessions are recorded at sign-in; "last seen" is kept in the cache by
 # core.identity.SessionLastSeenMiddleware, not written to the database on every page.
@@ -498,6 +565,14 @@ SOCIALACCOUNT_PROVIDERS = {
 PORTAL_SECOND_FACTOR_REQUIRED_FOR = env.str(
     "PORTAL_SECOND_FACTOR_REQUIRED_FOR", default="catalog.permissions.holds_production_powers")
 PORTAL_STEP_UP_SECONDS = env.int("PORTAL_STEP_UP_SECONDS", default=600)
+# A second-factor check through the API (POST /api/v1/auth/step-up): at most this many
+# wrong codes per person in PORTAL_STEP_UP_FAILURE_MINUTES; then every code is refused
+# until the oldest failure leaves the window.
+PORTAL_STEP_UP_MAX_FAILURES = env.int("PORTAL_STEP_UP_MAX_FAILURES", default=5)
+PORTAL_STEP_UP_FAILURE_MINUTES = env.int("PORTAL_STEP_UP_FAILURE_MINUTES", default=15)
+# Service accounts (CI and other automation): members of these groups. They act through
+# API tokens an administrator issues for them, and never decide a gate.
+PORTAL_SERVICE_ACCOUNT_GROUPS = env.list("PORTAL_SERVICE_ACCOUNT_GROUPS", default=["ci"])
 # People who must hold a second factor are signed out after this long without a request.
 PORTAL_PRODUCTION_IDLE_MINUTES = env.int("PORTAL_PRODUCTION_IDLE_MINUTES", default=30)
 # seed_demo enrols the demo's Production people in TOTP with this secret (base32), so

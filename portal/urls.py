@@ -2,13 +2,13 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from approvals import api as approvals_api
 from approvals import views as approvals_views
 from configuration import views as configuration_views
 from core import api as core_api
-from core import identity, identity_views, stepup_views, token_views
+from core import identity, identity_views, stepup_views, token_api, token_views
 from deployments import api as deployments_api
 from deployments import views as deployments_views
 from integrations import api as integrations_api
@@ -53,6 +53,7 @@ api_v1 = [
     path("deployments/<int:pk>/mark-step-done",
          deployments_api.DeploymentMarkStepDone.as_view(),
          name="api-deployment-mark-step-done"),
+    path("auth/step-up", token_api.StepUp.as_view(), name="api-auth-step-up"),
     path("audit-events/", reporting_api.AuditEventList.as_view(), name="api-audit-events"),
     path("metrics/dora/", metrics_views.DoraMetrics.as_view(), name="api-dora"),
     path("hooks/ci", integrations_api.CiHook.as_view(), name="api-hook-ci"),
@@ -133,16 +134,20 @@ urlpatterns = [
          configuration_views.configuration_detail, name="configuration-detail"),
     path("configuration/<slug:application>/<slug:environment>/diff",
          configuration_views.configuration_diff, name="configuration-diff"),
+    # The admin has no password form of its own: /admin/login/ leads to the portal's
+    # sign-in (password, second factor, lockout), then back to the admin.
+    path("admin/login/", identity.admin_login, name="admin-login"),
     path("admin/", admin.site.urls),
-    # Identity: django-allauth
-    path("accounts/", include("allauth.urls")),
     # Second factors: finish the action a step-up interrupted.
     path("step-up/<str:stash>/", stepup_views.resume, name="step-up-resume"),
     path("second-factor-required/", stepup_views.second_factor_required,
          name="second-factor-required"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # The split view serves its start-up script as a file of its own (?script): the
+    # Content-Security-Policy allows no inline script.
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"),
+         name="api-docs"),
     # Prometheus scrapes (docs/observability.md); the DORA page is /metrics/ above.
     path("metrics", prometheus_metrics, name="prometheus-metrics"),
     # Identity: the Security page (second factors, sessions); allauth's own overview
@@ -152,7 +157,8 @@ urlpatterns = [
          name="security-sessions-end-others"),
     path("accounts/2fa/", RedirectView.as_view(pattern_name="security")),
     path("accounts/sessions/", RedirectView.as_view(pattern_name="security")),
-    # Passwords are set by an administrator, not reset by e-mail.
+    # Passwords are set by an administrator, not reset by e-mail: refused before
+    # allauth's include (its reset request, key and done pages).
     re_path(r"^accounts/password/reset/", identity_views.not_offered),
     path("accounts/", include("allauth.urls")),
 ]

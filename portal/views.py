@@ -11,19 +11,11 @@ def healthz(request):
 
 
 def readyz(request):
-    """Readiness: PostgreSQL, Redis, a live worker and a fresh beat; 503 if one fails."""
-    from django.db import connection
-
+    """Readiness: PostgreSQL accepts a new connection, Redis answers, a worker is alive
+    and beat is fresh; 503 if one fails."""
     from core import liveness
 
-    checks = {}
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        checks["postgres"] = {"ok": True}
-    except Exception as exc:  # noqa: BLE001 - any failure is "not ready"
-        checks["postgres"] = {"ok": False, "error": exc.__class__.__name__}
-        connection.close_if_unusable_or_obsolete()
+    checks = {"postgres": _postgres_accepts_connections()}
     alive = liveness.status()
     checks["redis"] = ({"ok": True} if alive.redis
                        else {"ok": False, "error": "cannot reach Redis"})
@@ -37,3 +29,27 @@ def readyz(request):
     failing = [name for name, c in checks.items() if not c["ok"]]
     return JsonResponse({"status": "ok" if ready else "unavailable", "failing": failing,
                          "checks": checks}, status=200 if ready else 503)
+
+
+def _postgres_accepts_connections() -> dict:
+    """Whether PostgreSQL accepts a new connection: one is opened and closed.
+
+    Not the process's persistent connection, which stays up while the server refuses
+    every new one (max_connections reached, a pooler full, the database closed to
+    connections): a worker or another web process would fail where this one works.
+    """
+    from django.db import connection
+
+    params = dict(connection.get_connection_params())
+    params["connect_timeout"] = 3
+    try:
+        new = connection.Database.connect(**params)
+    except Exception as exc:  # noqa: BLE001 - any failure is "not ready"
+        return {"ok": False, "error": exc.__class__.__name__}
+    try:
+        new.execute("SELECT 1")
+    except Exception as exc:  # noqa: BLE001
+        return {"ok": False, "error": exc.__class__.__name__}
+    finally:
+        new.close()
+    return {"ok": True}

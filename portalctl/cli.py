@@ -31,12 +31,16 @@ FINAL = {"succeeded", "failed", "rolled_back", "cancelled"}
 GATES_HELP = "tech_lead, qa, cab, security, business or emergency."
 
 
+STEP_UP_REQUIRED = "step_up_required"
+
+
 class Context:
     def __init__(self, url: str, token: str, as_json: bool, run_id: str | None,
-                 retries: int, timeout: float) -> None:
+                 retries: int, timeout: float, step_up_code: str = "") -> None:
         self.url, self.token, self.as_json = url, token, as_json
         self.run_id = run_id_from_environment(run_id)
         self.retries, self.timeout = retries, timeout
+        self.step_up_code = step_up_code
         self._portal: Portal | None = None
 
     @property
@@ -52,6 +56,32 @@ class Context:
 
     def key(self, command: str, **arguments) -> str:
         return derive_key(self.run_id, command, arguments)
+
+    def post(self, path: str, body: dict | None, *, key: str):
+        """POST; when the portal answers ``step_up_required`` (a Production decision
+        with a token whose owner has not checked their second factor in the last
+        minutes), answer the check with the owner's code and try once more."""
+        try:
+            return self.portal.post(path, body, key=key)
+        except Refused as exc:
+            if exc.code != STEP_UP_REQUIRED:
+                raise
+            code = self.step_up_code or self._ask_code(exc)
+        checked = self.portal.step_up(code)
+        say(f"second factor checked ({checked.get('kind')}); this token may decide in "
+            f"Production until {checked.get('fresh_until')}")
+        # The refused attempt's key replays its refusal; post() moves on to the next key.
+        return self.portal.post(path, body, key=key)
+
+    @staticmethod
+    def _ask_code(refusal: Refused) -> str:
+        if not sys.stdin.isatty():
+            say("the portal asks for your second factor: give the code with "
+                "--step-up-code or PORTAL_STEP_UP_CODE")
+            raise refusal
+        say(f"portal: {refusal.detail}")
+        return click.prompt("Code from your authenticator app (or a recovery code)",
+                            hide_input=True, err=True).strip()
 
     def emit(self, body, plain: str | None) -> None:
         """The answer on stdout: JSON with --json, else the plain value (an id)."""
@@ -78,16 +108,20 @@ def say(message: str) -> None:
               help="Retries when the portal is unreachable, busy or rate-limiting.")
 @click.option("--timeout", "http_timeout", default=30.0, show_default=True, type=float,
               help="Seconds to wait for each HTTP answer.")
+@click.option("--step-up-code", envvar="PORTAL_STEP_UP_CODE", default="",
+              help="The code of your authenticator app (or a recovery code), sent when "
+                   "the portal asks for a second-factor check before a Production "
+                   "decision. Without it, portalctl asks on a terminal.")
 @click.version_option(__version__, prog_name="portalctl")
 @click.pass_context
-def cli(ctx, url, token, as_json, run_id, retries, http_timeout):
+def cli(ctx, url, token, as_json, run_id, retries, http_timeout, step_up_code):
     """Register releases, report checks, request, approve and deploy changes.
 
     Exit codes: 0 succeeded; 1 failed, rolled back, cancelled or not ready;
     2 refused by the portal (its code is printed) or a wrong command line;
     3 the portal cannot be reached.
     """
-    ctx.obj = Context(url, token, as_json, run_id, retries, http_timeout)
+    ctx.obj = Context(url, token, as_json, run_id, retries, http_timeout, step_up_code)
 
 
 # --- releases ---------------------------------------------------------------------------
@@ -114,7 +148,7 @@ def release_create(obj: Context, application, version, commit_sha, committed_at,
             "artifact_url": artifact_url, "artifact_sha256": artifact_sha256, "notes": notes}
     if committed_at:
         body["committed_at"] = committed_at
-    answer = obj.portal.post("/releases/", body, key=obj.key("release create", **body))
+    answer = obj.post("/releases/", body, key=obj.key("release create", **body))
     rel = answer.body
     say(f"release {rel['application']} {rel['version']} "
         f"{'registered' if answer.status == 201 else 'already registered'} (id {rel['id']})")
@@ -174,7 +208,7 @@ def checks_report(obj: Context, release_ref, check, status, check_url, summary, 
         body["mergers"] = list(mergers)
     if reported_at:
         body["reported_at"] = reported_at
-    answer = obj.portal.post("/hooks/ci", body, key=obj.key("checks report", **body))
+    answer = obj.post("/hooks/ci", body, key=obj.key("checks report", **body))
     result = answer.body
     if result.get("duplicate"):
         say("this report was already received; nothing changed")
@@ -229,7 +263,7 @@ def change_create(obj: Context, release_ref, environment, change_type, strategy,
                         ("scheduled_for", scheduled_for)):
         if value:
             body[name] = value
-    answer = obj.portal.post("/changes/", body, key=obj.key("change create", **body))
+    answer = obj.post("/changes/", body, key=obj.key("change create", **body))
     say(describe_change(answer.body))
     obj.emit(answer.body, str(answer.body["id"]))
 
@@ -250,7 +284,7 @@ def decide(obj: Context, verb: str, change_id: int, gate: str, comment: str) -> 
     shown = obj.portal.get(f"/changes/{change_id}/")
     say(describe_change(shown))
     body = {"gate": gate, "comment": comment, "fingerprint": shown["fingerprint"]}
-    answer = obj.portal.post(f"/changes/{change_id}/{verb}", body,
+    answer = obj.post(f"/changes/{change_id}/{verb}", body,
                              key=obj.key(f"change {verb}", change=change_id, **body))
     say(f"{verb}d at {gate}: " + describe_change(answer.body))
     obj.emit(answer.body, answer.body.get("status"))
@@ -331,7 +365,7 @@ def preflight(obj: Context, change_id, release_ref, environment, change_type, at
 def deploy(obj: Context, change_id, wait, wait_timeout, interval):
     """Deploy an approved change; prints the deployment id. --wait follows it to the end:
     exit 0 succeeded, 1 failed, rolled back or cancelled."""
-    answer = obj.portal.post(f"/changes/{change_id}/deploy", None,
+    answer = obj.post(f"/changes/{change_id}/deploy", None,
                              key=obj.key("deploy", change=change_id))
     deployment = answer.body["deployment"]
     say(f"deployment {deployment} {answer.body.get('status')}"

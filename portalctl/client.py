@@ -131,6 +131,12 @@ class Portal:
             return answer
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def step_up(self, code: str) -> dict:
+        """Answer the portal's second-factor check with this token (a TOTP or recovery
+        code of the token's owner): the token may then make Production decisions for
+        a few minutes. Returns ``{kind, checked_at, fresh_until}``."""
+        return self._send("POST", "/auth/step-up", json={"code": code}).body
+
     def _send(self, method: str, path: str, *, params=None, json=None, key=None,
               raise_refusal: bool = True) -> Answer:
         headers = {"Idempotency-Key": key} if key else {}

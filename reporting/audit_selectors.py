@@ -71,7 +71,7 @@ def events_matching(filters: EventFilters) -> QuerySet[AuditEvent]:
         if filters.actor == "system":
             qs = qs.filter(actor_kind="system")
         else:
-            user_ids = list(get_user_model().objects.filter(username=filters.actor)
+            user_ids = list(get_user_model().objects.filter(username__iexact=filters.actor)
                             .values_list("pk", flat=True))
             # A deleted user's events keep their frozen name.
             qs = qs.filter(Q(actor_id__in=user_ids) if user_ids

@@ -21,7 +21,6 @@ from rest_framework.response import Response
 from catalog.models import Application, Environment
 from catalog.selectors import visible_environment_ids
 from core.api import ApiView, BoundedDateTimeField
-from core.permissions import permission_holders
 from deployments import selectors
 from deployments.models import Deployment
 from reporting import metrics
@@ -315,22 +314,6 @@ def metrics_page(request):
 # --- dashboard -----------------------------------------------------------------------
 
 
-def _people_by_permission(environment_ids: list[int]) -> dict[tuple[int, str], list[str]]:
-    """{(environment id, gate role or "deploy"): [username, ...]}, for "waiting for whom":
-    the deciders of each gate (delegates included) and who may deploy, as every page and
-    the API see them."""
-    from django.contrib.auth import get_user_model
-
-    from approvals.selectors import deciders
-
-    ids = {**deciders(environment_ids),
-           **{key: users for key, users in permission_holders(Environment, environment_ids)
-              .items() if key[1] == "deploy"}}
-    names = dict(get_user_model().objects.filter(
-        pk__in={pk for users in ids.values() for pk in users}).values_list("pk", "username"))
-    return {key: sorted(names[pk] for pk in users) for key, users in ids.items()}
-
-
 # The waiting changes a dashboard cell lists; the rest are counted.
 WAITING_PER_CELL = 3
 
@@ -390,20 +373,19 @@ def _place_deployments(board: _Board, user) -> None:
             cell["in_flight"].append(deployment)
 
 
-def _waiting_for_approval(change, people: dict) -> list[dict]:
-    """Per pending gate: who may still decide it and how many approvals it needs."""
+def _waiting_for_approval(change, deciders: dict) -> list[dict]:
+    """Per pending gate: who may still decide it (``approvals.eligibility``, as the inbox,
+    the change page and the API answer it) and how many approvals it needs."""
     from approvals.models import Gate
 
     who = []
     for gate in change.gates.all():
         if gate.status != Gate.Status.PENDING:
             continue
-        decided = {a.approver.get_username() for a in gate.approvals.all()
-                   if a.withdrawn_at is None}
-        names = [n for n in people.get((change.environment_id, gate.role), [])
-                 if n != change.requested_by.get_username() and n not in decided]
-        who.append({"gate": gate.get_role_display(), "people": names,
-                    "needed": gate.required - len(decided)})
+        decided = sum(1 for a in gate.approvals.all() if a.withdrawn_at is None)
+        who.append({"gate": gate.get_role_display(),
+                    "people": [p.username for p in deciders.get(gate.pk, ())],
+                    "needed": gate.required - decided})
     return who
 
 
@@ -411,24 +393,28 @@ def _place_waiting_changes(board: _Board, user) -> None:
     """Changes waiting for approval, their time or someone to deploy them, and for whom:
     the oldest few per cell, with how many more wait there."""
     from approvals.models import ChangeRequest
-    from approvals.selectors import waiting_changes
+    from approvals.selectors import candidate_facts, gate_deciders, waiting_changes
 
     Status = ChangeRequest.Status
-    people = _people_by_permission([e.pk for e in board.environments])
-    for change in waiting_changes(user, per_place=WAITING_PER_CELL):
+    people = candidate_facts([e.pk for e in board.environments])
+    changes = waiting_changes(user, per_place=WAITING_PER_CELL)
+    deciders = gate_deciders([c for c in changes if c.status == Status.PENDING_APPROVAL],
+                             people=people)
+    by_name = sorted(people.values(), key=lambda p: p.username)
+    for change in changes:
         cell = board.cell(change.release.application, change.environment_id)
         if cell is None:
             continue
         cell["more_waiting"] = change.waiting_here - WAITING_PER_CELL
         if change.status == Status.PENDING_APPROVAL:
             cell["waiting"].append({"change": change, "for": "approval",
-                                    "gates": _waiting_for_approval(change, people)})
+                                    "gates": _waiting_for_approval(change, deciders)})
         elif change.status == Status.SCHEDULED:
             cell["waiting"].append({"change": change, "for": "schedule",
                                     "at": change.scheduled_for})
         else:
-            cell["waiting"].append({"change": change, "for": "deploy",
-                                    "people": people.get((change.environment_id, "deploy"), [])})
+            cell["waiting"].append({"change": change, "for": "deploy", "people": [
+                p.username for p in by_name if p.holds("deploy", change.environment_id)]})
 
 
 def dashboard_data(user) -> dict:

@@ -65,22 +65,40 @@ class Cast:
 def api():
     """An API client factory: api(user) authenticates with a freshly issued bearer token.
 
-    Issued as ``manage.py issue_token`` issues it: for someone who holds a second factor
-    (the demo's Production people), the token carries the operator's fresh check and
-    may decide in Production (docs/identity.md)."""
+    Issued as ``manage.py issue_token`` issues it (no second-factor check of its own);
+    for someone who holds a second factor (the demo's Production people) the token is
+    then marked as its owner just stepped up through it, as ``POST /api/v1/auth/step-up``
+    with a TOTP code does (tested for real in tests/security/
+    test_tokens_act_for_their_owner.py), so it may decide in Production for
+    ``PORTAL_STEP_UP_SECONDS`` (docs/identity.md)."""
     from core.audit import System
     from core.services import api_token_issue
 
     def make(user=None) -> APIClient:
         client = APIClient()
         if user is not None:
-            _, raw = api_token_issue(actor=System("test"), user=user,
-                                     name=f"t{user.pk}-{get_user_model().objects.count()}"
-                                     f"-{id(client)}")
+            token, raw = api_token_issue(actor=System("test"), user=user,
+                                         name=f"t{user.pk}-{get_user_model().objects.count()}"
+                                         f"-{id(client)}")
+            stepped_up(token)
             client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
         return client
 
     return make
+
+
+def stepped_up(token):
+    """Record on ``token`` a TOTP check of its owner made now, if the owner holds a
+    second factor: what a successful ``POST /api/v1/auth/step-up`` leaves behind."""
+    from django.utils import timezone
+
+    from core.assurance import has_second_factor
+    from core.models import ApiToken
+
+    if has_second_factor(token.user):
+        ApiToken.objects.filter(pk=token.pk).update(second_factor="totp",
+                                                    second_factor_at=timezone.now())
+    return token
 
 
 def totp_code(secret: str | None = None, *, step: int = 0) -> str:
@@ -199,6 +217,30 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def waiting_for_a_lock() -> int:
+    """How many backends of the test database are waiting for a lock (a row, an advisory
+    lock) right now: the condition a race test waits on, instead of sleeping, to know
+    that the other transaction has reached the lock it must wait for."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        # Inside a transaction the activity view is a snapshot taken once: take a new one.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                       "current_database() AND wait_event_type = 'Lock'")
+        return cursor.fetchone()[0]
+
+
+def worker_finished(task_id: str, worker: str = "test") -> bool:
+    """Whether the real worker ``worker`` (start_celery_worker's ``name``) has run the
+    task ``task_id`` to its end: Celery logs "Task name[id] succeeded in ..." then."""
+    import os
+    from pathlib import Path
+
+    log = Path(os.environ["PORTAL_VAR_DIR"]) / f"test-worker-{worker}.log"
+    return log.exists() and f"[{task_id}] succeeded" in log.read_text(errors="replace")
 
 
 # --- Signed audit checkpoints: each test has its own witness file and public-key file,

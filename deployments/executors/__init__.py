@@ -4,6 +4,7 @@ from deployments.executors.base import Executor, StepFailed
 from deployments.executors.command import CommandExecutor
 from deployments.executors.local import LocalExecutor
 from deployments.executors.webhook import WebhookExecutor
+from deployments.inputs import executor_kind
 
 EXECUTORS: dict[str, type[Executor]] = {
     "local": LocalExecutor,
@@ -13,7 +14,7 @@ EXECUTORS: dict[str, type[Executor]] = {
 
 
 def executor_for(deployment, log) -> Executor:
-    kind = deployment.application.executor
+    kind = executor_kind(deployment)
     try:
         return EXECUTORS[kind](deployment, log)
     except KeyError:

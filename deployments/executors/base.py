@@ -11,6 +11,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from deployments.inputs import executor_settings
+
 # Variables of the worker a deployed command or process may see (SOP 10.2): what a
 # program needs to run, nothing of the portal's own settings. PORTAL_DEPLOY_ENV_PASSTHROUGH
 # adds names; the executor settings' "env" and the resolved configuration come on top.
@@ -118,7 +120,8 @@ class Executor:
     def __init__(self, deployment, log: Callable[[str, str], None]) -> None:
         self.deployment = deployment
         self.log = log
-        self.settings = deployment.application.executor_settings or {}
+        # The settings kept on the deployment when it was made: what was approved.
+        self.settings = executor_settings(deployment)
         # Resolved configuration for this run (secrets included): memory only.
         self.configuration: dict = {}
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from django.utils import timezone
 
 from deployments.executors.base import Executor, StepFailed, fetch_artifact
+from deployments.inputs import targets as deployment_targets
 
 SLOTS = ("blue", "green")
 
@@ -116,8 +117,7 @@ class LocalExecutor(Executor):
         return found
 
     def _all_targets(self) -> list:
-        d = self.deployment
-        return list(d.application.targets.filter(environment=d.environment).order_by("name"))
+        return deployment_targets(self.deployment)
 
     # --- the release directory ----------------------------------------------
 

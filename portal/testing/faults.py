@@ -61,8 +61,13 @@ class Portal:
         self.root = root
         self.web_port, self.pg_port, self.redis_port = free_port(), free_port(), free_port()
         self.step_delay = step_delay
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("DATABASE_URL", "REDIS_URL", "PORTAL_DURABLE")}
+        # As `make run` starts from a developer's shell: none of what the test run set
+        # for itself (DEBUG, its loopback allow-list, ...) reaches it.
+        from portal.embedded import ONE_MACHINE_VARIABLES
+
+        inherited = {"DATABASE_URL", "REDIS_URL", "PORTAL_DURABLE", "PORTAL_VAR_DIR",
+                     *ONE_MACHINE_VARIABLES}
+        env = {k: v for k, v in os.environ.items() if k not in inherited}
         env.update(
             PORTAL_VAR_DIR=str(root), PORTAL_PG_PORT=str(self.pg_port),
             PORTAL_REDIS_PORT=str(self.redis_port), PORTAL_DEPLOY_ROOT=str(root / "deploy"),
@@ -129,10 +134,15 @@ for i in (1, 2):
                              dbname="portal", connect_timeout=2, autocommit=True) as conn:
             return conn.execute(query, params).fetchall()
 
+    def shell_env(self) -> dict:
+        """The environment of a `manage.py` command on this portal's servers."""
+        return dict(self.env,
+                    DATABASE_URL=f"postgres://portal@127.0.0.1:{self.pg_port}/portal",
+                    REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
+                    DJANGO_SECRET_KEY=(self.root / "secret-key").read_text().strip())
+
     def shell(self, code: str, timeout: float = 60) -> str:
-        env = dict(self.env,
-                   DATABASE_URL=f"postgres://portal@127.0.0.1:{self.pg_port}/portal",
-                   REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0")
+        env = self.shell_env()
         result = subprocess.run([sys.executable, str(ROOT / "manage.py"), "shell", "-c", code],
                                 cwd=ROOT, env=env, capture_output=True, text=True,
                                 timeout=timeout)

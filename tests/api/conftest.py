@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 from core.audit import System
 from core.services import api_token_issue
 from integrations.hooks import sign
+from tests.conftest import stepped_up
 
 _counter = {"n": 0}
 
@@ -20,8 +21,9 @@ def scoped():
 
     def make(user, *scopes) -> APIClient:
         _counter["n"] += 1
-        _, raw = api_token_issue(actor=System("test"), user=user, name=f"scoped-{_counter['n']}",
-                                 scopes=list(scopes))
+        token, raw = api_token_issue(actor=System("test"), user=user,
+                                     name=f"scoped-{_counter['n']}", scopes=list(scopes))
+        stepped_up(token)
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
         return client

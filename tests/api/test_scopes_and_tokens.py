@@ -6,6 +6,7 @@ from datetime import timedelta
 from io import StringIO
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.urls import URLPattern
 from django.utils import timezone
@@ -182,10 +183,14 @@ def test_tokens_page_form_errors_are_shown(demo, client):
 def test_administrators_issue_tokens_for_service_accounts(demo, client):
     # Administrators hold a second factor; creating a token asks for it (docs/identity.md).
     sign_in_with_second_factor(client, demo.admin)
+    ci_bot = get_user_model().objects.get(username="ci-bot")
+    form = client.get("/tokens/").content.decode()
+    assert f'value="{ci_bot.pk}"' in form and f'value="{demo.oncall.pk}"' not in form
     page = client.post("/tokens/", {"name": "ci", "scopes": ["read"], "days": "7",
-                                    "user": demo.oncall.pk})
+                                    "user": ci_bot.pk})
     assert page.status_code == 200
-    assert ApiToken.objects.get(name="ci").user == demo.oncall
+    token = ApiToken.objects.get(name="ci")
+    assert token.user == ci_bot and token.second_factor == ""
 
 
 def test_issue_token_command_prints_a_token_with_the_given_scopes(demo):

@@ -91,18 +91,17 @@ def test_a_last_approval_that_starts_the_deployment_waits_for_an_environment_loc
     """The decision takes the environment's row before the audit trail's chain lock, as
     every deployment and environment lock does: with the order reversed, on-call holding
     the environment while the approval held the chain would deadlock."""
-    import time
-
     from django.db import transaction
 
     from catalog.models import Environment
     from core.audit import audit_record
+    from tests.conftest import wait_for, waiting_for_a_lock
 
     change = request_change(demo.engineer, "staging", deploy_when_approved=True)
     services.gate_approve(actor=demo.techlead, change=change, role="tech_lead")
     staging = Environment.objects.get(slug="staging")
     oncall, qa = demo.oncall, demo.qa
-    holding = threading.Event()
+    holding, decided = threading.Event(), threading.Event()
     results, errors = [], []
 
     def on_call_holds_the_environment():
@@ -110,7 +109,10 @@ def test_a_last_approval_that_starts_the_deployment_waits_for_an_environment_loc
             with transaction.atomic():
                 Environment.objects.select_for_update().get(pk=staging.pk)
                 holding.set()
-                time.sleep(1.5)  # the last approval arrives meanwhile
+                # Until the last approval waits for the environment (or, taking its
+                # locks in another order, has got through without it).
+                wait_for(lambda: decided.is_set() or waiting_for_a_lock(), timeout=30,
+                         interval=0.02)
                 audit_record(actor=oncall, action="environment.viewed", obj=staging,
                              environment=staging.slug)
         except Exception as exc:  # noqa: BLE001 - a deadlock victim lands here
@@ -125,6 +127,7 @@ def test_a_last_approval_that_starts_the_deployment_waits_for_an_environment_loc
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
         finally:
+            decided.set()
             connection.close()
 
     threads = [threading.Thread(target=on_call_holds_the_environment),

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from tests.conftest import PASSWORD, Cast
+from tests.conftest import PASSWORD, Cast, stepped_up
 
 PORTALCTL = str(Path(sys.executable).with_name("portalctl"))
 # CI variables of the machine running the tests must not leak into the runs below.
 CI_VARIABLES = ("PORTAL_RUN_ID", "GITHUB_RUN_ID", "CI_PIPELINE_ID", "PORTAL_URL",
-                "PORTAL_TOKEN", "PORTAL_RETRIES")
+                "PORTAL_TOKEN", "PORTAL_RETRIES", "PORTAL_STEP_UP_CODE")
 
 
 @dataclass
@@ -39,7 +39,8 @@ def portal_live(transactional_db, live_server):
 
 @pytest.fixture
 def token():
-    """token(user, *scopes) -> a clear API token for that user."""
+    """token(user, *scopes) -> a clear API token for that user, stepped up by its owner
+    when they hold a second factor (tests.conftest.stepped_up)."""
     from core.audit import System
     from core.services import api_token_issue
 
@@ -48,8 +49,9 @@ def token():
     def issue(user, *scopes) -> str:
         counter["n"] += 1
         kwargs = {"scopes": list(scopes)} if scopes else {}
-        _, raw = api_token_issue(actor=System("test"), user=user,
-                                 name=f"cli-{user.username}-{counter['n']}", **kwargs)
+        token, raw = api_token_issue(actor=System("test"), user=user,
+                                     name=f"cli-{user.username}-{counter['n']}", **kwargs)
+        stepped_up(token)
         return raw
 
     return issue

@@ -182,10 +182,37 @@ def test_portalctl_is_refused_production_decisions_without_a_fresh_second_factor
 
     assert no_factor.code == 2 and no_factor.json()["code"] == "mfa_required"
     assert not_fresh.code == 2 and not_fresh.json()["code"] == "step_up_required"
+    assert "PORTAL_STEP_UP_CODE" in not_fresh.err
     assert not change.approvals.exists()
-    # Issued by the operator for someone with a factor: a fresh check; it decides.
-    approved = portalctl(token(cast.business), "--json", "change", "approve", str(change.pk),
-                         "-g", "business")
+
+
+def test_portalctl_answers_the_step_up_with_the_owners_code_and_retries_once(
+        portal_live, portalctl):
+    from core.audit import System
+    from core.services import api_token_issue
+    from tests.conftest import totp_code
+    from tests.factories import request_change
+
+    cast = portal_live
+    change = request_change(cast.engineer, "production", on_call=cast.oncall,
+                            rollback_plan="Redeploy the previous release.")
+    # Issued by the operator (as manage.py issue_token does): no check of its own.
+    token, raw = api_token_issue(actor=System("manage.py issue_token"), user=cast.business,
+                                 name="laptop", scopes=["read", "approve"])
+
+    wrong = portalctl(raw, "--json", "change", "approve", str(change.pk), "-g", "business",
+                      PORTAL_STEP_UP_CODE="000000")
+    assert wrong.code == 2 and wrong.json()["code"] == "wrong_code"
+    assert not change.approvals.exists()
+
+    approved = portalctl(raw, "--json", "change", "approve", str(change.pk), "-g",
+                         "business", PORTAL_STEP_UP_CODE=totp_code())
     assert approved.code == 0, approved.err
+    assert "second factor checked (totp)" in approved.err
     factor = AuditEvent.objects.get(action="gate.approved").after["second_factor"]
-    assert factor["kind"] == "operator" and factor["via"] == "token"
+    assert factor["kind"] == "totp" and factor["via"] == "token" and factor["fresh"]
+    token.refresh_from_db()
+    assert token.second_factor == "totp"
+    assert AuditEvent.objects.filter(action="token.step_up.failed").count() == 1
+    assert AuditEvent.objects.filter(action="second_factor.refused",
+                                     after__code="step_up_required").count() == 2

@@ -32,12 +32,12 @@ def test_cancel_while_running_stops_before_the_next_step(fleet, celery_worker_pr
     # The worker writes the line right after the status it set (a commit earlier).
     wait_for(lambda: deployment.log_lines.filter(message__startswith="Cancelled").exists(),
              timeout=10)
-    # The run stopped: nothing moves afterwards.
+    # The run stopped: once the worker has let go of it (its run lock), nothing can
+    # move any more, and nothing moved after the cancel.
     done = deployment.steps.filter(status="succeeded").count()
-    import time
-
-    time.sleep(1)
+    wait_for(lambda: not services.run_is_live(deployment.pk), timeout=30)
     assert deployment.steps.filter(status="succeeded").count() == done
+    assert not deployment.steps.filter(status="running").exists()
 
 
 def test_beat_resumes_a_deployment_whose_worker_died_mid_step(

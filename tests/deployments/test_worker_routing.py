@@ -5,8 +5,6 @@ Two real workers: one for development and staging (module-scoped), and a product
 worker started in the middle of the test.
 """
 
-import time
-
 import pytest
 import redis
 from django.conf import settings
@@ -46,8 +44,15 @@ def test_a_production_deployment_waits_for_a_production_worker_and_only_it_runs_
     assert dev.wait(to_development, 60).status == "succeeded"
     assert staging.wait(to_staging, 60).status == "succeeded"
 
-    # The lower worker is idle now and has not taken the production deployment.
-    time.sleep(1.0)
+    # The lower worker goes on taking work from its own queues after the production
+    # deployment was queued (a small task on each, run to its end, one after the other),
+    # and still has not taken the production deployment.
+    from core.tasks import idempotency_keys_purge
+
+    for slug in (SLUGS["development"], SLUGS["staging"]):
+        marker = idempotency_keys_purge.apply_async(queue=f"deploy.{slug}").id
+        wait_for(lambda marker=marker: f"[{marker}] succeeded" in lower_worker.read_text(),
+                 timeout=60)
     to_production.refresh_from_db()
     assert to_production.status == "queued" and to_production.attempts == 0
     assert not to_production.steps.exclude(status="pending").exists()

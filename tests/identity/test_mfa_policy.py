@@ -185,7 +185,7 @@ def test_a_token_decides_production_only_if_made_with_a_fresh_second_factor(demo
     refused = approve()
     assert refused.status_code == 403
     assert refused.json()["code"] == "step_up_required"
-    assert "API tokens page" in refused.json()["detail"]
+    assert "/api/v1/auth/step-up" in refused.json()["detail"]
     nothing_decided(change)
 
     # Now the page asks for the second factor first, and the token records the check.
@@ -212,13 +212,17 @@ def test_a_token_decides_production_only_if_made_with_a_fresh_second_factor(demo
     assert event.after["second_factor"]["kind"] == "totp"
 
 
-def test_issue_token_counts_as_a_fresh_check_only_for_people_with_a_factor(demo):
+def test_issue_token_tokens_carry_no_second_factor_check(demo):
     out = io.StringIO()
     call_command("issue_token", "cab", "--name", "ops", stdout=out)
     call_command("issue_token", "engineer", "--name", "ops", stdout=io.StringIO())
 
-    assert ApiToken.objects.get(user=demo.cab, name="ops").second_factor == "operator"
+    # The operator's word is nobody's second factor: the owner steps up through the token.
+    assert ApiToken.objects.get(user=demo.cab, name="ops").second_factor == ""
     assert ApiToken.objects.get(user=demo.engineer, name="ops").second_factor == ""
+    issued = AuditEvent.objects.filter(action="token.issued").latest("id")
+    assert issued.actor_kind == "system" and issued.after["issued_by"] == "operator"
+    assert issued.reason.startswith("manage.py issue_token, run by the operator ")
 
 
 def test_rollback_and_unlock_in_production_ask_for_the_second_factor(demo, api):

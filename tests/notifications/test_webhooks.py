@@ -2,51 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from notifications import services
 from notifications.models import Notification
 from notifications.tasks import notification_send
-from tests.conftest import wait_for
+from tests.conftest import wait_for, worker_finished
 from tests.factories import ReleaseFactory, request_change
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def receiver():
-    """A webhook receiver on loopback that records what it got; /fail answers 503 once."""
-    received: list[dict] = []
-    failures = {"left": 1}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if self.path == "/fail" and failures["left"]:
-                failures["left"] -= 1
-                self.send_response(503)
-                self.end_headers()
-                return
-            received.append({"path": self.path, "body": body,
-                             "key": self.headers.get("Idempotency-Key")})
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    server.received = received
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield server
-    server.shutdown()
 
 
 def subscribe(demo, channel, url, kinds=()):
@@ -114,15 +78,14 @@ def test_real_worker_sends_a_twice_delivered_notification_once(demo, receiver,
     request_change(demo.engineer, "staging", release=ReleaseFactory())
     notice = Notification.objects.get(channel="webhook")
     # Queued on commit already; the broker delivers it twice more.
-    notification_send.delay(notice.pk)
-    notification_send.delay(notice.pk)
+    again = [notification_send.delay(notice.pk).id, notification_send.delay(notice.pk).id]
     wait_for(lambda: Notification.objects.get(pk=notice.pk).status == "sent", timeout=30)
     # Emails to the approvers went out through the worker's console backend as well.
     wait_for(lambda: not Notification.objects.filter(status__in=["pending", "sending"]).exists(),
              timeout=30)
-    import time
-
-    time.sleep(1.0)  # let any stray duplicate arrive before counting
+    # Both extra deliveries have run to their end on the worker: a duplicate they sent
+    # would have reached the receiver before that.
+    wait_for(lambda: all(worker_finished(task_id) for task_id in again), timeout=60)
     assert [r["path"] for r in receiver.received] == ["/json"]
     notice.refresh_from_db()
     assert notice.attempts == 1

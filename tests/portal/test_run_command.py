@@ -22,7 +22,12 @@ def free_port() -> int:
 
 def test_run_serves_the_login_page_and_ctrl_c_stops_everything(tmp_path):
     web = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    # As from a developer's shell: none of what the test run set for itself (DEBUG, its
+    # loopback allow-list) reaches it.
+    from portal.embedded import ONE_MACHINE_VARIABLES
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "REDIS_URL", *ONE_MACHINE_VARIABLES)}
     env.update(PORTAL_VAR_DIR=str(tmp_path), PORTAL_PG_PORT=str(free_port()),
                PORTAL_REDIS_PORT=str(free_port()), PORTAL_DEPLOY_ROOT=str(tmp_path / "deploy"),
                PORTAL_DEMO_PASSWORD="run-test-pass")

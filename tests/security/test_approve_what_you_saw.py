@@ -230,12 +230,18 @@ def test_delegate_of_the_requester_cannot_approve_through_the_api(demo, api):
     assert refused.actor_name.startswith("qa")
 
 
-def test_delegate_of_the_requester_cannot_approve_in_the_page(demo):
+def test_delegate_of_the_requester_cannot_approve_in_the_page(demo, api):
     change = request_change(demo.techlead, "production", change_type="hotfix",
                             rollback_plan="Redeploy", on_call=demo.oncall)
     delegate(demo.techlead, demo.qa, "tech_lead")
     client = page_client(demo.qa)
-    version, token = shown(client, f"/changes/{change.pk}/")
+    html = client.get(f"/changes/{change.pk}/").content.decode()
+    # The page offers no decision and says why.
+    assert not HIDDEN.findall(html)
+    assert "a delegate cannot decide a change their delegator could not" in html
+    # A forged form (the version read from the API) is refused all the same.
+    version = api(demo.qa).get(f"/api/v1/changes/{change.pk}/").json()["fingerprint"]
+    token = client.cookies["csrftoken"].value
     response = decide(client, change, "tech_lead", version=version, token=token, follow=True)
     assert "a delegate cannot decide a change their delegator could not" in \
         response.content.decode()

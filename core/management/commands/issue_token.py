@@ -1,5 +1,14 @@
-"""Print a new API token for a user, once; only its hash is stored."""
+"""Print a new API token for a user, once; only its hash is stored.
 
+The operator's tool on the server (the README's walk-through uses it). Its tokens carry
+no second-factor check: the operator's word is nobody's second factor. Their owner
+steps up through the token (``POST /api/v1/auth/step-up``; portalctl asks for the
+code) before a Production decision. The ``token.issued`` event names the operator's
+account on the server and the command (``issued_by: operator``).
+"""
+
+import getpass
+import socket
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
@@ -8,8 +17,18 @@ from django.utils import timezone
 
 from core.audit import System
 from core.errors import DomainError
+from core.identity import normalize_username
 from core.models import TokenScope
 from core.services import api_token_issue
+
+
+def _operator() -> str:
+    """Who ran the command, as the audit trail names them."""
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        who = "unknown"
+    return f"manage.py issue_token, run by the operator {who} on {socket.gethostname()}"
 
 
 class Command(BaseCommand):
@@ -26,7 +45,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, username: str, name: str, days: int, scopes: str, **options):
         try:
-            user = get_user_model().objects.get(username=username, is_active=True)
+            # "QA" names the account "qa": one spelling, as at sign-in.
+            user = get_user_model().objects.get(username=normalize_username(username),
+                                                is_active=True)
         except get_user_model().DoesNotExist:
             raise CommandError(f"no active user named {username!r}") from None
         if days < 0:
@@ -34,7 +55,7 @@ class Command(BaseCommand):
         name = name or f"cli-{timezone.now():%Y%m%d%H%M%S}"
         expires = timezone.now() + timedelta(days=days) if days else None
         try:
-            _, raw = api_token_issue(actor=System("manage.py issue_token"), user=user,
+            _, raw = api_token_issue(actor=System(_operator()), user=user,
                                      name=name, expires_at=expires,
                                      scopes=[s.strip() for s in scopes.split(",") if s.strip()])
         except DomainError as exc:

@@ -43,6 +43,15 @@ class Command(BaseCommand):
         try:
             lock.acquire()
             services = embedded.Services()
+            low, high = embedded.fleet_port_range()
+            clashes = [f"{what} port {number}" for what, number in
+                       (("the web server's", port), ("PostgreSQL's", embedded.pg_port()),
+                        ("Redis'", embedded.redis_port())) if low <= number <= high]
+            if clashes:
+                # The demo fleet's ports are the loopback ports webhooks may reach.
+                raise embedded.ServiceError(
+                    f"{clashes[0]} is inside the demo fleet's ports {low}-{high}; "
+                    "choose another or set PORTAL_DEMO_FLEET_PORTS")
             if _port_taken(host, port):
                 raise embedded.ServiceError(
                     f"port {port} on {host} is in use by another program; "
@@ -85,8 +94,10 @@ class Command(BaseCommand):
             if hasattr(os, "geteuid") and os.geteuid() == 0:
                 # Celery warns at length when run as root; one line here says it instead.
                 env["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser"
-            # The demo fleet's services listen on loopback: the worker probes them.
-            env.setdefault("PORTAL_OUTBOUND_ALLOW", "127.0.0.1")
+            # DEBUG off, plain HTTP on loopback, outbound calls to loopback only to the
+            # demo fleet's ports (manage.py set these already; embedded explains each).
+            for name, value in embedded.one_machine_environment().items():
+                env.setdefault(name, value)
             # The developer run's one worker holds every environment's credentials: it
             # consumes every deployment queue (deploy.<environment>), new ones included.
             env.setdefault("PORTAL_WORKER_ALL_ENVIRONMENTS", "true")
