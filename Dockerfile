@@ -36,8 +36,9 @@ RUN DJANGO_DEBUG=false \
 RUN groupadd --gid 10001 portal \
     && useradd --uid 10001 --gid portal --no-create-home --home-dir /var/lib/portal \
         --shell /usr/sbin/nologin portal \
-    && mkdir -p /var/lib/portal/deploy \
-    && chown -R portal:portal /var/lib/portal
+    && mkdir -p /var/lib/portal/deploy /var/lib/portal/audit \
+    && chown -R portal:portal /var/lib/portal \
+    && chmod 0700 /var/lib/portal/audit
 USER 10001:10001
 
 EXPOSE 8000
