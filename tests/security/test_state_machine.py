@@ -733,12 +733,14 @@ class ControlsMachine(RuleBasedStateMachine):
           field=st.sampled_from(["authors", "mergers"]),
           spelling=st.sampled_from(sorted(SPELLINGS)))
     def ci_reports_authors_late(self, pick, whom, field, spelling):
-        """CI reports, after the decisions, that someone who approved wrote or merged
-        commits of the release (spelled as CI spells it)."""
-        change = self._change(pick)
+        """CI reports, after the decisions and before the start, that someone who approved
+        wrote or merged commits of the release (spelled as CI spells it)."""
+        change = self._change(pick, ChangeRequest.Status.PENDING_APPROVAL,
+                              ChangeRequest.Status.APPROVED)
         if change is None:
             return
-        names = sorted(set(Approval.objects.filter(change_id=change.pk)
+        names = sorted(set(Approval.objects.filter(change_id=change.pk,
+                                                   withdrawn_at__isnull=True)
                            .values_list("approver__username", flat=True))) or PEOPLE
         name = SPELLINGS[spelling](names[whom % len(names)])
         with self._hook("ci"):
