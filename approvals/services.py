@@ -899,8 +899,13 @@ def deployment_start_check(*, deployment: Deployment) -> str:
     """
     change = (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
               .filter(pk=deployment.change_id).first())
-    if change is None or change.status != ChangeRequest.Status.DEPLOYING:
-        return ""
+    if change is None:
+        return f"the change #{deployment.change_id} that released it does not exist"
+    if change.status != ChangeRequest.Status.DEPLOYING:
+        # Only a start that passed the checks makes a change deploying; a deployment of a
+        # change in any other state was not released by it (a repair in the database).
+        return (f"{change.reference} is {change.get_status_display().lower()}, not "
+                "deploying: it did not release this deployment")
     why = f"deployment #{deployment.pk} of {change.reference} about to start from the queue"
     stale = _reopen_approvals_that_stopped_counting(change, why)
     kept = deployment.inputs or {}

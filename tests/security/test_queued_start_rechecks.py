@@ -233,6 +233,23 @@ def test_the_sweep_promoting_a_queue_checks_too_and_moves_on(demo, api):
 
 
 @pytest.mark.django_db
+def test_a_queued_deployment_of_a_change_that_is_no_longer_deploying_never_runs(demo):
+    app, _ = executor_app("command", {"commands": {}})
+    first, second = approved(demo, app, "1.0.0"), approved(demo, app, "1.1.0")
+    head = _running(approvals.change_request_deploy(actor=demo.engineer, change=first))
+    queued = approvals.change_request_deploy(actor=demo.engineer, change=second)
+    # The change was cancelled in the database while its deployment waited.
+    ChangeRequest.objects.filter(pk=second.pk).update(status="cancelled")
+
+    _end(head)
+
+    never_ran(queued)
+    assert "is cancelled, not deploying" in queued.failure_reason
+    assert AuditEvent.objects.get(action="deployment.cancelled",
+                                  object_id=str(queued.pk)).actor_kind == "system"
+
+
+@pytest.mark.django_db
 def test_facts_that_do_not_touch_the_approvers_let_the_queued_deployment_start(demo, api):
     app, _ = executor_app("command", {"commands": {}})
     first, second = approved(demo, app, "1.0.0"), approved(demo, app, "1.1.0")
