@@ -13,11 +13,12 @@ sets is on the record too."""
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from allauth.mfa.models import Authenticator
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import Client, TestCase
 
 from approvals import services as approvals
@@ -169,6 +170,60 @@ def test_a_queued_deployment_never_runs_after_ci_names_its_approver_an_author(
     page = client.get(f"/changes/{second.pk}/").content.decode()
     assert "not started: the Tech lead approval by techlead no longer counts" in page
     assert f'action="/changes/{second.pk}/deploy"' not in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_ci_report_racing_the_promotion_never_lets_the_deployment_run(demo, api,
+                                                                       monkeypatch):
+    """The head's end (which promotes the next one) and CI's report, in two threads and
+    transactions at once: whichever commits first, the waiting deployment never runs.
+    No worker takes it here (its message is kept back); the test claims it as one would,
+    after both."""
+    sent = []
+    monkeypatch.setattr(engine, "_enqueue", lambda pk, task_id: sent.append(pk) or True)
+    app, _ = executor_app("command", {"commands": {}})
+    first, second = approved(demo, app, "1.0.0"), approved(demo, app, "1.1.0")
+    head = _running(approvals.change_request_deploy(actor=demo.engineer, change=first))
+    queued = approvals.change_request_deploy(actor=demo.engineer, change=second)
+    ci = api(demo.ci)
+    start = threading.Barrier(2)
+    errors = []
+
+    def end_head():
+        try:
+            start.wait(timeout=10)
+            with transaction.atomic():
+                locked = (Deployment.objects.select_for_update()
+                          .select_related("environment").get(pk=head.pk))
+                engine._finish(locked, Deployment.Status.SUCCEEDED)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def report():
+        try:
+            start.wait(timeout=10)
+            answer = ci.post("/api/v1/hooks/ci", {"release": second.release_id,
+                                                  "authors": ["techlead"]}, format="json")
+            assert answer.status_code == 200, answer.content
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=end_head), threading.Thread(target=report)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+
+    assert engine.deployment_run(deployment_id=queued.pk) is None
+
+    never_ran(queued)
+    refused_and_reopened(second, queued, roles={"tech_lead"},
+                         words="techlead wrote commits in")
 
 
 # --- without a worker: each start of a queued deployment --------------------------------------
