@@ -3,7 +3,7 @@ from allauth.account.models import EmailAddress
 from allauth.mfa import admin as _mfa_admin  # noqa: F401
 from allauth.mfa.models import Authenticator
 from allauth.socialaccount import admin as _socialaccount_admin  # noqa: F401
-from allauth.socialaccount.models import SocialAccount, SocialToken
+from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
 from allauth.usersessions import admin as _usersessions_admin  # noqa: F401
 from allauth.usersessions.models import UserSession
 from django.contrib import admin, messages
@@ -187,7 +187,8 @@ class IdentityRecordAdmin(admin.ModelAdmin):
             services.identity_record_delete(actor=request.user, record=obj)
 
 
-for _model in (Authenticator, EmailAddress, SocialAccount, SocialToken, UserSession):
+for _model in (Authenticator, EmailAddress, SocialAccount, SocialApp, SocialToken,
+               UserSession):
     if admin.site.is_registered(_model):
         admin.site.unregister(_model)
 
@@ -224,3 +225,20 @@ class SocialTokenAdmin(IdentityRecordAdmin):
 class UserSessionAdmin(IdentityRecordAdmin):
     list_display = ("user", "created_at", "last_seen_at", "ip", "user_agent")
     exclude = ("session_key", "data")
+
+
+@admin.register(SocialApp)
+class SocialAppAdmin(AuditedModelAdmin):
+    """Single sign-on is configured in the settings (``PORTAL_OIDC_*``). An identity
+    provider added here would be one more road in, answering for whoever it likes: the
+    admin shows such an app (never its secret) and may delete it, on the record."""
+
+    list_display = ("name", "provider", "provider_id")
+    exclude = ("secret", "key")
+    audit_exclude = ("secret", "key")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -422,20 +422,30 @@ def test_deleting_someones_second_factor_in_the_admin_is_an_audited_access_chang
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("path", ["account/emailaddress", "socialaccount/socialaccount",
-                                  "socialaccount/socialtoken", "usersessions/usersession"])
+                                  "socialaccount/socialtoken", "usersessions/usersession",
+                                  "socialaccount/socialapp"])
 def test_the_admin_cannot_make_other_identity_records_for_a_person(admin_client, demo, path):
-    # An e-mail address, a single-sign-on login, its token or a session of someone else's.
+    # An e-mail address, a single-sign-on login, its token or a session of someone else's,
+    # or an identity provider of the administrator's own.
+    listed = admin_client.get(f"/admin/{path}/")
+    assert listed.status_code == 200 and f'href="/admin/{path}/add/"' not in \
+        listed.content.decode()
     mark = last_event_id()
     answer = admin_client.post(f"/admin/{path}/add/", {
         "user": demo.cab.pk, "email": "admin@example.com", "verified": "on",
         "primary": "on", "provider": "openid_connect", "uid": "admins-own-subject",
-        "token": "t", "ip": "127.0.0.1", "user_agent": "x", "session_key": "k"})
+        "token": "t", "ip": "127.0.0.1", "user_agent": "x", "session_key": "k",
+        "name": "sso", "provider_id": "sso", "client_id": "admins-idp", "secret": "s",
+        "settings": '{"server_url": "https://idp.admin.example"}'})
     assert answer.status_code == 403
     from allauth.account.models import EmailAddress
     from allauth.socialaccount.models import SocialAccount
 
     assert not EmailAddress.objects.filter(user=demo.cab, email="admin@example.com").exists()
     assert not SocialAccount.objects.filter(uid="admins-own-subject").exists()
+    from allauth.socialaccount.models import SocialApp
+
+    assert not SocialApp.objects.filter(client_id="admins-idp").exists()
     assert not AuditEvent.objects.filter(id__gt=mark).exclude(
         action__startswith="auth.").exists()
 
