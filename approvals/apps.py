@@ -7,3 +7,9 @@ class ApprovalsConfig(AppConfig):
 
     def ready(self) -> None:
         from approvals import receivers  # noqa: F401  (connects deployment_finished)
+        from approvals.services import deployment_start_check
+        from deployments.services import register_start_check
+
+        # A deployment of a change that waited (in the queue, for a worker) starts only
+        # if its approvals still count and match what it will run.
+        register_start_check(deployment_start_check)

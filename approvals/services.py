@@ -39,7 +39,7 @@ from approvals.selectors import (
 )
 from catalog.models import Environment, Release
 from catalog.permissions import has_env_perm
-from configuration.selectors import digests_for, version_for
+from configuration.selectors import digests_for, digests_of_version, version_for
 from core import assurance
 from core import context as request_context
 from core.audit import System, audit_record
@@ -879,6 +879,70 @@ def _start_deployment(*, actor, change: ChangeRequest, trigger: str = "",
     signals.send_in_transaction(signals.change_deploying, change_id=change.pk,
                               deployment_id=deployment.pk, at=timezone.now())
     return deployment
+
+
+def deployment_start_check(*, deployment: Deployment) -> str:
+    """Whether a change's deployment that waited may start now: "" if it may, else why
+    not. The engine asks (``deployments.services.register_start_check``, registered in
+    ``ApprovalsConfig.ready``) inside the transaction holding the deployment's row lock,
+    when the deployment is given its target after waiting in the queue and when a worker
+    claims it.
+
+    The same checks as every other start, against what this deployment will run (the
+    inputs and configuration version it keeps): an approval whose approver (or the
+    delegator they stood in for) has since become the requester, an author or a merger
+    of the release no longer counts; an approval given before a part of its concern
+    changed does not match what will run. Either reopens those gates, audited
+    (``approval.invalidated``), the change goes back to waiting for approval
+    (``change.start_refused``, with the blockers) and the engine cancels the deployment
+    with the reason returned.
+    """
+    change = (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
+              .filter(pk=deployment.change_id).first())
+    if change is None:
+        return f"the change #{deployment.change_id} that released it does not exist"
+    if change.status != ChangeRequest.Status.DEPLOYING:
+        # Only a start that passed the checks makes a change deploying; a deployment of a
+        # change in any other state was not released by it (a repair in the database).
+        return (f"{change.reference} is {change.get_status_display().lower()}, not "
+                "deploying: it did not release this deployment")
+    why = f"deployment #{deployment.pk} of {change.reference} about to start from the queue"
+    stale = _reopen_approvals_that_stopped_counting(change, why)
+    kept = deployment.inputs or {}
+    outdated: list[tuple[Approval, list[str]]] = []
+    if {"executor", "executor_settings", "targets", "environment_settings"} <= set(kept):
+        digests = digests_of_version(change.release.application_id, change.environment_id,
+                                     kept.get("configuration_version"))
+        outdated = _stale_approvals(change, digests=digests, inputs=kept)
+    for approval, changed in outdated:
+        before = {"gate": approval.gate.status, "change": change.status}
+        _reopen(change, approval, f"superseded: {', '.join(changed)} changed")
+        audit_record(actor=System(why), action="approval.invalidated", obj=change,
+                     environment=change.environment.slug, before=before,
+                     after={"role": approval.gate.role,
+                            "approver": approval.approver.get_username(),
+                            "changed": changed, "gate": approval.gate.status})
+        _tell_approver(change, approval, changed)
+    if not stale and not outdated:
+        return ""
+    blockers = [Blocker(*item.as_blocker()) for item in stale] + [
+        Blocker("approval_outdated",
+                f"the {approval.gate.get_role_display()} approval was given before the "
+                f"{', '.join(changed)} changed; it has to be given again")
+        for approval, changed in outdated]
+    change.status = ChangeRequest.Status.PENDING_APPROVAL
+    change.save(update_fields=["status"])
+    reason = "; ".join(b.message for b in blockers) + (
+        f"; {change.reference} waits for approval again")
+    audit_record(actor=System(why), action="change.start_refused", obj=change,
+                 environment=change.environment.slug,
+                 before={"status": ChangeRequest.Status.DEPLOYING},
+                 after={"status": change.status, "deployment": deployment.pk,
+                        "code": blockers[0].code,
+                        "blockers": [b.as_dict() for b in blockers],
+                        "trigger": "queue"},
+                 reason=reason)
+    return reason
 
 
 def change_request_cancel(*, actor, change: ChangeRequest, reason: str = "") -> ChangeRequest:

@@ -42,6 +42,19 @@ def version_for(change) -> tuple[int | None, str, str]:
     return row if row else (None, EMPTY_DIGEST, EMPTY_DIGEST)
 
 
+def digests_of_version(application_id: int, environment_id: int,
+                       number: int | None) -> tuple[str, str]:
+    """(configuration digest, secret references digest) of version ``number`` (what a
+    deployment kept); empty strings for None or a version that does not exist."""
+    row = None
+    if number is not None:
+        row = (ConfigurationVersion.objects.filter(application_id=application_id,
+                                                   environment_id=environment_id,
+                                                   number=number)
+               .values_list("digest", "secret_references_digest").first())
+    return row if row else (EMPTY_DIGEST, EMPTY_DIGEST)
+
+
 def digests_for_many(changes) -> dict[tuple[int, int], tuple[str, str]]:
     """``digests_for`` of many changes in one query, by (application id, environment id);
     a pair absent from the answer has no configuration (empty digests)."""

@@ -225,6 +225,16 @@ def audit_account_deleted(sender, instance, **kwargs):
                      before=getattr(instance, "_access_audit_deleted", None), after=None)
 
 
+def password_set_record(*, user) -> None:
+    """An administrator set (or disabled) ``user``'s password in the admin: with it they
+    could sign in as that person, so it is an access change. Inside the setting
+    transaction; the event says whether a password is usable now, never the hash."""
+    audit_record(actor=acting(), action="access.password_set_in_admin", obj=user,
+                 object_repr=user.get_username(),
+                 after={"user": user.get_username(),
+                        "usable_password": user.has_usable_password()})
+
+
 # --- object permissions (django-guardian) ---------------------------------------------------
 
 

@@ -273,6 +273,70 @@ def second_factor_record(*, user, authenticator, verb: str) -> None:
                             **({"name": name} if name else {})})
 
 
+# A person's own identity records (django-allauth's), as the audit trail names them: what
+# kind of access each is, and the fields kept on the record (never a secret: no TOTP
+# seed, recovery code, credential, token, session key or provider data).
+IDENTITY_RECORDS = {
+    "mfa.authenticator": ("second_factor", ("type", "created_at", "last_used_at")),
+    "account.emailaddress": ("email_address", ("email", "primary", "verified")),
+    "socialaccount.socialaccount": ("linked_account", ("provider", "uid", "date_joined")),
+    "socialaccount.socialtoken": ("sign_in_token", ("expires_at",)),
+    "usersessions.usersession": ("session", ("ip", "user_agent", "created_at",
+                                             "last_seen_at")),
+}
+
+
+def _identity_record_owner(record):
+    user = getattr(record, "user", None)
+    if user is None and hasattr(record, "account"):
+        user = record.account.user  # a single sign-on token belongs to its linked account
+    return user
+
+
+def identity_record_delete(*, actor, record) -> None:
+    """An administrator removes one of a person's identity records in the admin: a second
+    factor (a lost phone), an e-mail address, a linked single-sign-on account or its
+    token, a session (which ends it). The admin offers no way to add or edit them: that
+    would let an administrator act in the person's name (enrol their own authenticator
+    on someone else's account, link their own single-sign-on identity to it, receive its
+    password reset), so only the person adds them, on their own pages.
+
+    One transaction: the deletion and its access-change event
+    (``access.<kind>_deleted``: the person, what it was, never a secret). Removing a
+    person's last second factor removes their recovery codes with it, as allauth does
+    when a person removes it themselves.
+    """
+    label = record._meta.label_lower
+    if label not in IDENTITY_RECORDS:
+        raise Invalid(f"{label} is not an identity record")
+    kind, fields = IDENTITY_RECORDS[label]
+    with transaction.atomic():
+        record = type(record)._default_manager.select_for_update().get(pk=record.pk)
+        owner = _identity_record_owner(record)
+        before = {"user": owner.get_username() if owner else None,
+                  **{name: getattr(record, name) for name in fields}}
+        if label == "socialaccount.socialtoken":
+            before["provider"] = record.app.provider if record.app_id else \
+                record.account.provider
+        pk = record.pk
+        if label == "usersessions.usersession":
+            record.end()  # the session itself, not only its row
+        else:
+            record.delete()
+        dropped = []
+        if label == "mfa.authenticator" and owner is not None:
+            from allauth.mfa.models import Authenticator
+
+            left = Authenticator.objects.filter(user_id=owner.pk)
+            if not left.filter(type__in=assurance.FACTOR_KINDS).exists():
+                dropped = list(left.values_list("type", flat=True))
+                left.delete()
+        audit_record(actor=actor, action=f"access.{kind}_deleted", object_type=kind,
+                     object_id=pk, object_repr=f"{before['user']}: {kind}"[:300],
+                     before=before, after={"deleted": True,
+                                           **({"also_deleted": dropped} if dropped else {})})
+
+
 def sessions_end_others(*, user, current_session_key: str) -> int:
     """Sign ``user`` out of every session but the one with ``current_session_key``.
 

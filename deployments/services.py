@@ -423,7 +423,11 @@ def _advance_after_commit(application_id: int, environment_id: int) -> None:
 def _advance_queue(*, application_id: int, environment_id: int) -> Deployment | None:
     """Start the next queued deployment when none holds the target; in a transaction
     of its own (after the commit that ended the previous one, or the sweep's), under
-    the queue's lock and before any audit write. Returns it."""
+    the queue's lock and before any audit write. Returns it.
+
+    A deployment of a change is first put to the start checks (``register_start_check``)
+    under its row lock: one they refuse is cancelled with their reason instead, and the
+    queue moves on to the next one after this transaction commits."""
     _lane_lock(environment_id)
     if _head(application_id, environment_id) is not None:
         return None
@@ -431,12 +435,59 @@ def _advance_queue(*, application_id: int, environment_id: int) -> Deployment | 
            .select_related("environment").first())
     if nxt is None:
         return None
+    refusal = _start_refusal(nxt)
+    if refusal:
+        _cancel_refused_start(nxt, refusal)
+        return None
     nxt.holds_target = True
     # Sent now: the sweep resends it only if it has not started after a while.
     nxt.heartbeat_at = timezone.now()
     nxt.save(update_fields=["holds_target", "heartbeat_at"])
     transaction.on_commit(lambda: _enqueue(nxt.pk, nxt.task_id))
     return nxt
+
+
+# --- what the apps above the engine check before a deployment of a change starts ----
+
+# Checks registered by the apps above the engine (the approval workflow registers one in
+# its AppConfig.ready): ``check(deployment=...) -> str``, called inside the transaction
+# holding the deployment's row lock; "" lets it start, any other answer is the reason it
+# must not. A check may change its own records in that transaction (reopen gates, audit
+# why); an exception rolls the whole start back and the sweep tries again.
+_START_CHECKS: list = []
+
+
+def register_start_check(check) -> None:
+    """Have ``check`` asked before every queued deployment of a change starts: when it is
+    given the target after waiting in the queue (``_advance_queue``) and when a worker
+    claims it (``_claim_run``). The engine imports nothing above it; the apps that know
+    what a start needs register here."""
+    if check not in _START_CHECKS:
+        _START_CHECKS.append(check)
+
+
+def _start_refusal(deployment: Deployment) -> str:
+    """Why ``deployment`` must not start ("" when it may); under its row lock."""
+    if not deployment.change_id or deployment.kind != Deployment.Kind.DEPLOY:
+        return ""
+    for check in _START_CHECKS:
+        reason = check(deployment=deployment)
+        if reason:
+            return str(reason)
+    return ""
+
+
+def _cancel_refused_start(deployment: Deployment, reason: str) -> None:
+    """Under the deployment's row lock: it never starts. Cancelled with the reason, in its
+    log and in the audit trail; the next one of the queue starts after commit."""
+    last = DeploymentLogLine.objects.filter(deployment=deployment).aggregate(
+        m=Max("seq"))["m"]
+    DeploymentLogLine.objects.create(deployment=deployment, seq=(last or 0) + 1,
+                                     level="error", message=f"Not started: {reason}")
+    deployment.holds_target = False
+    deployment.save(update_fields=["holds_target"])
+    _finish(deployment, Deployment.Status.CANCELLED, f"not started: {reason}",
+            actor=System(f"start check of deployment #{deployment.pk}"))
 
 
 def _enqueue(deployment_id: int, task_id: str) -> bool:
@@ -536,6 +587,13 @@ def _claim_run(deployment_id: int) -> Deployment | None:
             return None
         if deployment.status == Deployment.Status.QUEUED and not deployment.holds_target:
             return None  # waiting its turn in the queue; it is sent again when it comes
+        if deployment.status == Deployment.Status.QUEUED:
+            # Facts may have arrived since it was made (a worker for its environment
+            # was away, say): what a start needs is asked again before the first step.
+            refusal = _start_refusal(deployment)
+            if refusal:
+                _cancel_refused_start(deployment, refusal)
+                return None
         if deployment.status == Deployment.Status.STOPPING:
             # Cancelled while a step ran, and that run is gone: nothing runs any more.
             _finish(deployment, Deployment.Status.CANCELLED, deployment.failure_reason
