@@ -17,8 +17,9 @@ After every step it checks, from the database, the invariant the SOP rests on:
 
     every deployment that exists was started by someone holding ``deploy`` (or, for a
     rollback, ``rollback``) on its environment, for a change whose gates were all
-    approved by eligible, distinct people, none of them its requester, authors or
-    mergers or standing in for them (in any spelling), on the fingerprint that was
+    approved by eligible, distinct people, never a service account, none of them its
+    requester, authors or mergers or standing in for them (in any spelling, as known
+    when they decided and when it started), on the fingerprint that was
     deployed (executor, its settings and the targets included); in Production each
     approval, deploy press and rollback was made with a fresh check of the person's own
     second factor: not an administrator's, not one older than PORTAL_STEP_UP_SECONDS.
