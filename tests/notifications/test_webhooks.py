@@ -11,6 +11,9 @@ from tests.conftest import wait_for, worker_finished
 from tests.factories import ReleaseFactory, request_change
 
 pytestmark = pytest.mark.django_db(transaction=True)
+# Tests that send by calling the service themselves keep their rows uncommitted (no
+# transaction=True): committed rows are queued to the session's real worker on commit,
+# which would race the test for the same rows.
 
 
 def subscribe(demo, channel, url, kinds=()):
@@ -18,6 +21,7 @@ def subscribe(demo, channel, url, kinds=()):
                                         kinds=list(kinds))
 
 
+@pytest.mark.django_db
 def test_generic_and_slack_webhooks_carry_the_message(demo, receiver):
     subscribe(demo, "webhook", f"{receiver.url}/json", ["approval_request"])
     subscribe(demo, "slack", f"{receiver.url}/slack", ["approval_request"])
@@ -37,6 +41,7 @@ def test_generic_and_slack_webhooks_carry_the_message(demo, receiver):
     assert by_path["/json"]["key"].startswith("notification-")
 
 
+@pytest.mark.django_db
 def test_a_transient_failure_is_retried_and_sent_once(demo, receiver):
     subscribe(demo, "webhook", f"{receiver.url}/fail", ["approval_request"])
     request_change(demo.engineer, "staging", release=ReleaseFactory())
@@ -49,6 +54,7 @@ def test_a_transient_failure_is_retried_and_sent_once(demo, receiver):
     assert len(receiver.received) == 1
 
 
+@pytest.mark.django_db
 def test_a_refusing_receiver_fails_without_retrying(demo, receiver):
     subscribe(demo, "webhook", "http://127.0.0.1:9/refused", ["approval_request"])  # no one
     request_change(demo.engineer, "staging", release=ReleaseFactory())
