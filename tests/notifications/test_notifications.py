@@ -19,6 +19,16 @@ from tests.factories import ReleaseFactory, request_change
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+
+@pytest.fixture(autouse=True)
+def _sent_here_only(monkeypatch):
+    """These tests send in this process (``deliver_all``, ``notification_send.run``) and
+    look at what was sent; the rows they commit must not also be queued to the session's
+    real worker, which would race them for the same rows (and send where the test's
+    mail outbox cannot see). The worker's own sending is tested in test_webhooks.py
+    and test_outbox.py."""
+    monkeypatch.setattr(services, "_enqueue", lambda ids: None)
+
 NOTES = "- New checkout page\n- Fix: rounding of totals\n* Faster search"
 
 
@@ -191,10 +201,8 @@ def test_a_row_claimed_by_another_delivery_is_not_sent_again(demo):
 
 
 def test_a_send_cut_off_by_a_dying_worker_is_settled_as_failed_never_resent(demo, monkeypatch):
-    # The rows below are put into the state a dying worker leaves; the real worker of
-    # the test session must not deliver them meanwhile (it did on a busy machine: it
-    # claimed and sent a message between the test's updates), so nothing is queued.
-    monkeypatch.setattr(services, "_enqueue", lambda ids: None)
+    # The rows below are put into the state a dying worker leaves; nothing is queued to
+    # the session's real worker (_sent_here_only), which could deliver them meanwhile.
     change = production_change(demo)
     stuck, fresh = of_kind(Kind.APPROVAL_REQUEST, change_id=change.pk)[:2]
     Notification.objects.filter(pk=stuck.pk).update(
