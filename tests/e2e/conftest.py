@@ -116,3 +116,16 @@ def screenshot(page):
         page.screenshot(path=str(SCREENS_DIR / f"{name}.png"), full_page=True)
 
     return take
+
+
+@pytest.fixture
+def virtual_passkey(page):
+    """A platform authenticator in the browser (Chrome DevTools' WebAuthn domain), so
+    passkey enrolment and assertions run for real, with no person to touch a key."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
+        "hasUserVerification": True, "isUserVerified": True,
+        "automaticPresenceSimulation": True}})
+    return cdp

@@ -231,17 +231,11 @@ def test_the_api_reference_loads_under_the_policy(demo_live, watch, page, login)
 
 
 def test_passkey_step_up_resumes_the_approval_under_the_policy(demo_live, watch, page, login,
-                                                               screenshot):
+                                                               screenshot, virtual_passkey):
     cab = demo_live.cab
     Authenticator.objects.filter(user=cab).delete()
     change = request_change(demo_live.engineer, "production", on_call=demo_live.oncall,
                             rollback_plan="Switch current back to the previous release.")
-    cdp = page.context.new_cdp_session(page)
-    cdp.send("WebAuthn.enable")
-    cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
-        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
-        "hasUserVerification": True, "isUserVerified": True,
-        "automaticPresenceSimulation": True}})
     login("cab")
     watch.open("/account/security/")
     watch.assert_clean("security page")

@@ -14,17 +14,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_cab_enrols_a_passkey_and_approves_production_with_it(
-        demo_live, live_server, page, login, screenshot):
+        demo_live, live_server, page, login, screenshot, virtual_passkey):
     cab = demo_live.cab
     Authenticator.objects.filter(user=cab).delete()  # a passkey will be their factor
     change = request_change(demo_live.engineer, "production", on_call=demo_live.oncall,
                             rollback_plan="Switch current back to the previous release.")
-    cdp = page.context.new_cdp_session(page)
-    cdp.send("WebAuthn.enable")
-    cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
-        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
-        "hasUserVerification": True, "isUserVerified": True,
-        "automaticPresenceSimulation": True}})
     login("cab")
 
     # Enrol: allauth asks for the password first (no factor yet), then adds the key.
