@@ -55,6 +55,19 @@ CANCELLED = "Single sign-on was cancelled at the identity provider; you are not 
 QUIET_MESSAGES = {"account/messages/logged_in.txt", "account/messages/logged_out.txt"}
 CODE_LOCKED_OUT = ("Too many wrong codes: sign-in for this account from this address is "
                    "paused for a while.")
+CODES_PAUSED = ("Too many wrong codes for this account: its second-factor codes are paused "
+                "for a while. If these were not yours, tell your administrator.")
+WRONG_CODE_REASON = "wrong second-factor code"
+
+
+def code_failures_for_account(username: str) -> int:
+    """Wrong second-factor codes for ``username`` from any address within the cool-off
+    (the audit trail's ``auth.login_failed`` events; their time is indexed)."""
+    from core.models import AuditEvent
+
+    since = timezone.now() - settings.AXES_COOLOFF_TIME
+    return AuditEvent.objects.filter(occurred_at__gte=since, action="auth.login_failed",
+                                     object_repr=username, reason=WRONG_CODE_REASON).count()
 
 
 # --- usernames: one spelling per person --------------------------------------------------------
@@ -186,6 +199,12 @@ class CodeLockoutMixin:
             self._locked(request, credentials)
             self._refused(request, credentials)
             raise ValidationError(CODE_LOCKED_OUT, code="locked_out")
+        if (code_failures_for_account(credentials["username"])
+                >= settings.PORTAL_CODE_FAILURE_LIMIT_PER_ACCOUNT):
+            # Refused unchecked, from every address, and on the record; not counted as a
+            # wrong code, so the pause ends with the cool-off of the last wrong one.
+            self._paused(credentials)
+            raise ValidationError(CODES_PAUSED, code="codes_paused")
         try:
             return super().clean_code()
         except ValidationError:
@@ -198,6 +217,17 @@ class CodeLockoutMixin:
     def _locked(request, credentials: dict) -> None:
         request.axes_locked_out = True
         request.axes_credentials = credentials
+
+    def _paused(self, credentials: dict) -> None:
+        from django.db import transaction
+
+        from core.audit import System, audit_record
+
+        with transaction.atomic():
+            audit_record(actor=System("sign-in refused"), action="auth.login_failed",
+                         object_type="user", object_repr=credentials["username"],
+                         after={"stage": self.stage, "paused": True},
+                         reason="second-factor codes paused for this account")
 
     def _refused(self, request, credentials: dict) -> None:
         user_login_failed.send(sender=type(self), request=request,

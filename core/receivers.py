@@ -39,7 +39,7 @@ def audit_login_failed(sender, credentials, request=None, **kwargs):
     # is kept (in its one spelling) so that the access review can count refusals per
     # account. A wrong second-factor code at sign-in comes here too
     # (core.identity.PortalAuthenticateForm), marked as such, never with the code.
-    from core.identity import normalize_username
+    from core.identity import WRONG_CODE_REASON, normalize_username
 
     username = normalize_username(credentials.get("username", ""))[:150]
     stage = credentials.get("second_factor")
@@ -47,7 +47,7 @@ def audit_login_failed(sender, credentials, request=None, **kwargs):
         audit_record(actor=System("sign-in refused"), action="auth.login_failed",
                      object_type="user", object_repr=username,
                      after={"stage": str(stage)} if stage else None,
-                     reason="wrong second-factor code" if stage else "")
+                     reason=WRONG_CODE_REASON if stage else "")
 
 
 @receiver(user_locked_out, dispatch_uid="core.audit.locked_out")

@@ -169,6 +169,11 @@ EMAIL_BACKEND = env.str("DJANGO_EMAIL_BACKEND",
 AXES_FAILURE_LIMIT = env.int("PORTAL_SIGNIN_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = timedelta(minutes=env.int("PORTAL_SIGNIN_COOLOFF_MINUTES", default=15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# Second-factor codes are also limited per account, whatever the address: someone who
+# has the password cannot guess codes from many addresses (core.identity.CodeLockoutMixin).
+# Only wrong codes count (a wrong password from anywhere never blocks the owner's code).
+PORTAL_CODE_FAILURE_LIMIT_PER_ACCOUNT = env.int("PORTAL_CODE_FAILURE_LIMIT_PER_ACCOUNT",
+                                                default=10)
 AXES_RESET_ON_SUCCESS = True
 # Attempts during the cool-off are refused without extending it, so the page can say
 # when it ends.

@@ -154,6 +154,35 @@ def test_wrong_codes_at_sign_in_lock_the_account_out_and_are_audited(demo):
     assert signed_in_as(owner) == "cab"
 
 
+def test_wrong_codes_from_many_addresses_pause_the_accounts_codes(demo, settings):
+    # Someone with the password tries codes from several addresses, each below the
+    # per-address limit: the account's own limit stops them all.
+    settings.PORTAL_CODE_FAILURE_LIMIT_PER_ACCOUNT = 6
+    per_address = settings.AXES_FAILURE_LIMIT - 1
+    guesses = iter(wrong_codes(6))
+    for address in ("203.0.113.61", "203.0.113.62"):
+        attacker = Client(REMOTE_ADDR=address)
+        assert password_step(attacker, "cab")["Location"] == CODE_PAGE
+        for _ in range(min(per_address, 3)):
+            answer = attacker.post(CODE_PAGE, {"code": next(guesses)})
+            assert answer.status_code == 200 and "Incorrect code" in answer.content.decode()
+
+    # From a third address, even the right code is refused unchecked, and said why.
+    third = Client(REMOTE_ADDR="203.0.113.63")
+    assert password_step(third, "cab")["Location"] == CODE_PAGE
+    answer = third.post(CODE_PAGE, {"code": totp_code()})
+    assert answer.status_code == 200 and signed_in_as(third) is None
+    assert "second-factor codes are paused" in answer.content.decode()
+    paused = AuditEvent.objects.get(action="auth.login_failed", object_repr="cab",
+                                    after__paused=True)
+    assert paused.after["stage"] == "second_factor"
+    # Wrong passwords never pause anyone's codes: another account is untouched.
+    other = Client(REMOTE_ADDR="203.0.113.63")
+    assert password_step(other, "security")["Location"] == CODE_PAGE
+    assert other.post(CODE_PAGE, {"code": totp_code(step=1)}).status_code == 302
+    assert signed_in_as(other) == "security"
+
+
 def test_wrong_passwords_and_wrong_codes_add_up_to_one_limit(demo):
     attacker = Client(REMOTE_ADDR="203.0.113.45")
     limit = settings.AXES_FAILURE_LIMIT
