@@ -83,6 +83,15 @@ def _end(deployment, status="succeeded"):
         engine._finish(locked, status, "")
 
 
+@pytest.fixture(autouse=True)
+def _runs_here_only(request, monkeypatch):
+    """Tests without the real worker run deployments in this process; a task queued to
+    the session's worker would race them for the run's lock (the worker tries it before
+    it finds the row, which it cannot see), so nothing is sent to it."""
+    if request.node.get_closest_marker("worker") is None:
+        monkeypatch.setattr(engine, "_enqueue", lambda pk, task_id: True)
+
+
 def _running(deployment):
     Deployment.objects.filter(pk=deployment.pk).update(status="running", attempts=1)
     deployment.refresh_from_db()
