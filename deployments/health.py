@@ -241,3 +241,48 @@ class PrometheusProvider:
             p95_ms=round(p95, 2) if p95 is not None else None,
             health_failures=[f"{int(unhealthy)} target(s) reported down"] if unhealthy else [],
         )
+
+
+# --- providers by name ----------------------------------------------------------------
+#
+# An environment's analysis settings name a provider (``"provider": "prometheus"``;
+# without a name, the HTTP prober). A provider is built from those settings by a
+# factory registered here; another app adds one with ``register_health_provider`` from
+# its ``AppConfig.ready`` rather than by patching the engine.
+
+
+def _http_prober(conf: dict) -> HttpProber:
+    return HttpProber(samples=int(conf.get("samples", 20)))
+
+
+def _prometheus(conf: dict) -> PrometheusProvider:
+    return PrometheusProvider(conf["prometheus"]["url"], conf["prometheus"].get("queries", {}))
+
+
+HEALTH_PROVIDERS: dict = {"http": _http_prober, "prometheus": _prometheus}
+
+
+def register_health_provider(name: str, factory):
+    """Build providers named ``name`` with ``factory(analysis_settings)``; returns the
+    factory it replaces (None for a new name)."""
+    previous = HEALTH_PROVIDERS.get(name)
+    HEALTH_PROVIDERS[name] = factory
+    return previous
+
+
+def unregister_health_provider(name: str, previous=None) -> None:
+    """Undo ``register_health_provider``: put ``previous`` back, or forget ``name``."""
+    if previous is None:
+        HEALTH_PROVIDERS.pop(name, None)
+    else:
+        HEALTH_PROVIDERS[name] = previous
+
+
+def provider_for(conf: dict):
+    """The provider an environment's analysis settings ask for."""
+    name = conf.get("provider") or "http"
+    try:
+        factory = HEALTH_PROVIDERS[name]
+    except KeyError:
+        raise ValueError(f"no health provider named {name!r}") from None
+    return factory(conf)

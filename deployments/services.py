@@ -1009,11 +1009,7 @@ def _analysis_settings(deployment: Deployment) -> dict:
 
 
 def _provider(deployment: Deployment):
-    conf = _analysis_settings(deployment)
-    if conf.get("provider") == "prometheus":
-        return health.PrometheusProvider(conf["prometheus"]["url"],
-                                         conf["prometheus"].get("queries", {}))
-    return health.HttpProber(samples=int(conf.get("samples", 20)))
+    return health.provider_for(_analysis_settings(deployment))
 
 
 def _record_baseline(deployment, step, executor, log) -> None:

@@ -483,6 +483,10 @@ LOGGING = {
 PORTAL_CONFIGURATION_PROVIDER = env.str(
     "PORTAL_CONFIGURATION_PROVIDER", default="configuration.services.render_for_deployment")
 
+# How services hand work to background tasks (core.dispatch): "celery" publishes to the
+# broker, "inline" runs the task in the calling process, "hold" keeps it unrun.
+PORTAL_TASK_DISPATCH = env.str("PORTAL_TASK_DISPATCH", default="celery")
+
 # Prometheus /metrics (docs/observability.md): request latency is timed by the outermost
 # middleware; the endpoint answers a bearer token and/or client networks, 404 with neither
 # (unless DEBUG, when loopback may read it).

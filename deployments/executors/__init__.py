@@ -13,6 +13,23 @@ EXECUTORS: dict[str, type[Executor]] = {
 }
 
 
+def register_executor(name: str, executor: type[Executor]) -> type[Executor] | None:
+    """Make ``executor`` the one for deployments whose executor kind is ``name``; returns
+    the one it replaces (None for a new kind). Call it from an ``AppConfig.ready``, or
+    in a ``with``-style pair that puts the previous one back."""
+    previous = EXECUTORS.get(name)
+    EXECUTORS[name] = executor
+    return previous
+
+
+def unregister_executor(name: str, previous: type[Executor] | None = None) -> None:
+    """Undo ``register_executor``: put ``previous`` back, or forget ``name``."""
+    if previous is None:
+        EXECUTORS.pop(name, None)
+    else:
+        EXECUTORS[name] = previous
+
+
 def executor_for(deployment, log) -> Executor:
     kind = executor_kind(deployment)
     try:
@@ -21,4 +38,5 @@ def executor_for(deployment, log) -> Executor:
         raise StepFailed(f"no executor named {kind!r}") from None
 
 
-__all__ = ["EXECUTORS", "Executor", "StepFailed", "executor_for"]
+__all__ = ["EXECUTORS", "Executor", "StepFailed", "executor_for", "register_executor",
+           "unregister_executor"]

@@ -1,4 +1,4 @@
-"""State changes of the catalogue that others must hear about."""
+"""Edits of what deployments run with, which others must hear about."""
 
 from __future__ import annotations
 

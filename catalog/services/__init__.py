@@ -1,0 +1,5 @@
+"""The catalogue's state changes, one module per topic; callers import from here."""
+
+from catalog.services.inputs import deployment_inputs_edited
+
+__all__ = ["deployment_inputs_edited"]
