@@ -30,7 +30,7 @@ run: $(STAMP) pg-account
 # The browser tests need Chromium: scripts/ensure-browser finds or installs one,
 # or stops at once saying what to install.
 # TEST_PROCESSES: pytest-xdist processes, each with its own embedded servers and worker
-# (portal/testing/plugin.py); a test module stays in one process (--dist loadfile).
+# (testkit/plugin.py); a test module stays in one process (--dist loadfile).
 TEST_PROCESSES ?= 2
 test: $(STAMP) pg-account
 	@browser="$$(scripts/ensure-browser $(PY))" || exit 1; \

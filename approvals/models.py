@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-from django.utils import timezone
 
 from catalog.models import Environment, Release
+from core import clock
 
 
 class ChangeType(models.TextChoices):
@@ -137,7 +137,7 @@ class ChangeRequest(models.Model):
                               db_index=True)
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
                                      related_name="requested_changes")
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    created_at = models.DateTimeField(default=clock.now, db_index=True)
     submitted_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
 
@@ -192,7 +192,7 @@ class Approval(models.Model):
                                  related_name="approvals")
     decision = models.CharField(max_length=10, choices=Decision.choices)
     comment = models.TextField(blank=True)
-    decided_at = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(default=clock.now)
     # Hash per concern of what was approved (artifact, strategy, rollback plan,
     # migration plan, configuration): an edit reopens only the gates concerned.
     fingerprint = models.JSONField(default=dict, blank=True)
@@ -228,7 +228,7 @@ class Delegation(models.Model):
     delegate = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
                                  related_name="delegations_received")
     reason = models.CharField(max_length=300, blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=clock.now)
     expires_at = models.DateTimeField()
     revoked_at = models.DateTimeField(null=True, blank=True)
 
@@ -351,7 +351,7 @@ class PostImplementationReview(models.Model):
 
     change = models.OneToOneField(ChangeRequest, on_delete=models.CASCADE,
                                   related_name="review")
-    opened_at = models.DateTimeField(default=timezone.now)
+    opened_at = models.DateTimeField(default=clock.now)
     closed_at = models.DateTimeField(null=True, blank=True)
     closed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                                   on_delete=models.PROTECT, related_name="+")

@@ -33,7 +33,7 @@ from approvals.models import (
 )
 from catalog.models import Environment, Release
 from catalog.permissions import environment_permissions
-from core import accounts
+from core import accounts, clock
 from core.permissions import is_auditor, permission_holders
 from deployments import selectors as deployment_selectors
 from deployments.models import Deployment
@@ -143,7 +143,7 @@ def change_blockers(change: ChangeRequest, *, rules: Rules | None = None,
     if status in CLOSED:
         return [Blocker("change_closed", f"the change is {change.get_status_display().lower()}")]
     rules = rules or rules_for([change])
-    at = at or timezone.now()
+    at = at or clock.now()
     policy = rules.policies.get((change.environment_id, change.change_type))
     blockers: list[Blocker] = []
     if status == ChangeRequest.Status.DRAFT:
@@ -380,7 +380,7 @@ def person_facts(user, *, at: datetime | None = None) -> eligibility.Person:
     holds what they lent; two to six queries, whatever is listed."""
     if not user.is_authenticated:
         return eligibility.Person(id=0, username="", active=False)
-    at = at or timezone.now()
+    at = at or clock.now()
     delegations = list(Delegation.objects.filter(
         delegate=user, revoked_at__isnull=True, expires_at__gt=at).select_related("delegator"))
     return eligibility.Person(
@@ -399,7 +399,7 @@ def candidate_facts(environment_ids, *, at: datetime | None = None
     by ``approvals.eligibility``. Administrators who hold nothing explicitly are not
     named (they may decide, but are not asked to)."""
     environment_ids = list(environment_ids)
-    at = at or timezone.now()
+    at = at or clock.now()
     holders = permission_holders(Environment, environment_ids)
     delegations = list(Delegation.objects.filter(
         environment_id__in=environment_ids, revoked_at__isnull=True,
@@ -522,7 +522,7 @@ def gate_deciders(changes: list[ChangeRequest], *, at: datetime | None = None,
     asked to decide it (the notifications)."""
     if not changes:
         return {}
-    at = at or timezone.now()
+    at = at or clock.now()
     if people is None:
         people = candidate_facts({c.environment_id for c in changes}, at=at)
     people = sorted(people.values(), key=lambda p: p.username)
@@ -548,7 +548,7 @@ def unsatisfiable_gates(change: ChangeRequest) -> list[Blocker]:
     if change.status not in (ChangeRequest.Status.PENDING_APPROVAL, ChangeRequest.Status.DRAFT):
         return []
     gates = list(change.gates.all())
-    eligible = gate_deciders([change], at=timezone.now()) if gates else {}
+    eligible = gate_deciders([change], at=clock.now()) if gates else {}
     seats: list[tuple[Gate, set[int]]] = []
     for gate in gates:
         if gate.status == Gate.Status.APPROVED:

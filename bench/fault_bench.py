@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from portal.testing.faults import KINDS, Portal, drill  # noqa: E402
+from testkit.faults import KINDS, Portal, drill  # noqa: E402
 
 
 def main() -> int:

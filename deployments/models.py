@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-from django.utils import timezone
 
 from catalog.models import Application, Environment, Release, Target
+from core import clock
 
 
 class Deployment(models.Model):
@@ -53,7 +53,7 @@ class Deployment(models.Model):
                                    on_delete=models.PROTECT, related_name="+")
     task_id = models.CharField(max_length=64, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    created_at = models.DateTimeField(default=clock.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
@@ -158,7 +158,7 @@ class DeploymentStep(models.Model):
 class DeploymentLogLine(models.Model):
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="log_lines")
     seq = models.PositiveIntegerField()
-    at = models.DateTimeField(default=timezone.now)
+    at = models.DateTimeField(default=clock.now)
     level = models.CharField(max_length=10, default="info")
     message = models.TextField()
 
@@ -193,7 +193,7 @@ class AnalysisVerdict(models.Model):
     # {"canary": {...}, "baseline": {...}, "thresholds": {...}}: the numbers behind it.
     figures = models.JSONField(default=dict)
     reasons = models.JSONField(default=list)
-    created_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=clock.now)
 
     class Meta:
         ordering = ["deployment", "created_at", "id"]

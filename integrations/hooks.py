@@ -43,7 +43,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
-from core import context
+from core import clock, context
 from core.api import ViewBoundCredential
 from core.audit import audit_record
 from core.errors import Conflict, DomainError, Invalid, Refused
@@ -309,7 +309,7 @@ def release_checks_record(*, actor, release, check: str | None = None, status: s
     if not actor.has_perm("catalog.report_ci"):
         raise Refused("only CI accounts report check results and authorship of releases",
                       code="not_permitted")
-    now = timezone.now()
+    now = clock.now()
     reported_at = reported_at or now
     if reported_at > now + SIGNATURE_TOLERANCE:
         # A report dated in the future would shut out every later one.

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from django.db import models
-from django.utils import timezone
+
+from core import clock
 
 
 class HookDelivery(models.Model):
@@ -19,7 +20,7 @@ class HookDelivery(models.Model):
 
     hook = models.CharField(max_length=30)
     key = models.CharField(max_length=300)
-    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    received_at = models.DateTimeField(default=clock.now, db_index=True)
 
     class Meta:
         db_table = "portal_hookdelivery"

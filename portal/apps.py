@@ -4,11 +4,3 @@ from django.apps import AppConfig
 class PortalConfig(AppConfig):
     name = "portal"
     verbose_name = "Portal"
-
-    def ready(self) -> None:
-        # The demo fleet (a sample service on loopback ports) is one the local
-        # executor can run: applications name it with {"fleet": "demo"}.
-        import demo_fleet
-        from deployments.executors.local import register_fleet
-
-        register_fleet("demo", demo_fleet)

@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "integrations",
     "notifications",
     "reporting",
+    "demo",
     "portal",
     # Identity: django-allauth (sign-in, single sign-on, second factors, sessions)
     "allauth",
@@ -116,7 +117,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "core.context_processors.navigation",
-                "portal.demo_history.banner",
+                "demo.history.banner",
                 # Second factors: the enrol banner for Production permission holders.
                 "core.assurance.banner",
             ],
@@ -401,6 +402,8 @@ CELERY_BEAT_SCHEDULE = {
 # on commit before the outbox sweep sends it itself (notifications.services).
 PORTAL_OUTBOX_GRACE_SECONDS = env.float("PORTAL_OUTBOX_GRACE_SECONDS", default=60.0)
 
+# This machine's working directory (PORTAL_VAR_DIR, default var/; portal.embedded).
+PORTAL_VAR_DIR = embedded.var_dir()
 # Where the local executor lays out releases (releases/<version>, current).
 PORTAL_DEPLOY_ROOT = Path(env.str("PORTAL_DEPLOY_ROOT", default=str(embedded.var_dir() / "deploy")))
 # SOP 10.1: artifacts come only from trusted sources. The portal's own store is a

@@ -20,7 +20,7 @@ SHOWN = ("PORTAL_VAR_DIR", "PORTAL_PG_PORT", "PORTAL_REDIS_PORT", *OWN_PATHS,
 
 def plugin_environment(env: dict[str, str]) -> dict[str, str]:
     """The environment after the test plugin loaded in a process started with ``env``."""
-    code = ("import json, os, portal.testing.plugin; "
+    code = ("import json, os, testkit.plugin; "
             f"print(json.dumps({{k: os.environ.get(k) for k in {SHOWN!r}}}))")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True,
                          capture_output=True, text=True, timeout=60).stdout

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from portal.testing.faults import ROOT, Portal, drill, wait_until
+from testkit.faults import ROOT, Portal, drill, wait_until
 
 pytestmark = pytest.mark.worker
 

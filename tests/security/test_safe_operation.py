@@ -7,7 +7,7 @@ the same whether anything listens there; its worker reconnects in place after Re
 is killed; `/readyz` says so when PostgreSQL refuses new connections; and the system
 account PostgreSQL runs as under root is made once, at install, under a lock.
 
-The process tests run a real `manage.py run` (portal.testing.faults.Portal) started as
+The process tests run a real `manage.py run` (testkit.faults.Portal) started as
 from a developer's shell: nothing the test run sets for itself (DEBUG, its own loopback
 allow-list) reaches it.
 """
@@ -39,7 +39,7 @@ from core.models import AuditEvent
 from notifications import services as notification_services
 from notifications.models import Notification, Subscription
 from portal import embedded
-from portal.testing.faults import ROOT, Portal, wait_until
+from testkit.faults import ROOT, Portal, wait_until
 from tests.factories import request_change
 
 # --- helpers ------------------------------------------------------------------------------

@@ -19,9 +19,10 @@ from django.core.management.base import BaseCommand, CommandError
 
 import demo_fleet
 from catalog.models import Environment
+from demo import history as demo_history
+from demo.management.commands.seed_demo import DEFAULT_PASSWORD, USERS
 from deployments.services import deploy_queue
-from portal import demo_history, embedded, supervisor
-from portal.management.commands.seed_demo import DEFAULT_PASSWORD, USERS
+from portal import embedded, supervisor
 
 
 class Command(BaseCommand):

@@ -11,15 +11,15 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.core.management.base import BaseCommand
 from django.db import transaction
-from django.utils import timezone
 from guardian.shortcuts import assign_perm
 
 from approvals.models import MaintenanceWindow
 from approvals.policies import seed_default_policies
 from catalog.models import Application, Environment, Release, Target
 from catalog.permissions import holds_production_powers
+from core import clock
 from core.audit import System, audit_record
-from portal import demo_history
+from demo import history as demo_history
 
 DEFAULT_PASSWORD = "demo-portal-2026"
 
@@ -75,7 +75,7 @@ class Command(BaseCommand):
                dated_for_history: bool = False, **options):
         if dated_for_history and not history:
             with demo_history.HistoryClock(
-                    demo_history.start_of(timezone.now()) - timedelta(hours=1)):
+                    demo_history.start_of(clock.now()) - timedelta(hours=1)):
                 self._seed(password)
             return
         if not history:
@@ -85,7 +85,7 @@ class Command(BaseCommand):
             self._seed(password)
             self.stdout.write("The demo history is already there.")
             return
-        now = timezone.now()
+        now = clock.now()
         # The base data dated just before the history, so the trail reads in time order.
         with demo_history.HistoryClock(demo_history.start_of(now) - timedelta(hours=1)):
             self._seed(password)
@@ -125,15 +125,17 @@ class Command(BaseCommand):
 
         User = get_user_model()
         for username, group_name in USERS:
+            # Joined at the portal's time (the history's, when the data is dated for it).
             user, created = User.objects.get_or_create(
-                username=username, defaults={"email": f"{username}@example.com"})
+                username=username, defaults={"email": f"{username}@example.com",
+                                             "date_joined": clock.now()})
             if created:
                 user.set_password(password)
                 user.save()
             user.groups.add(groups[group_name])
         admin, created = User.objects.get_or_create(
             username="admin", defaults={"email": "admin@example.com", "is_staff": True,
-                                        "is_superuser": True})
+                                        "is_superuser": True, "date_joined": clock.now()})
         if created:
             admin.set_password(password)
             admin.save()
@@ -146,7 +148,7 @@ class Command(BaseCommand):
         for user in User.objects.filter(is_active=True).exclude(pk__in=enrolled):
             if holds_production_powers(user):
                 Authenticator.objects.create(
-                    user=user, type=Authenticator.Type.TOTP,
+                    user=user, type=Authenticator.Type.TOTP, created_at=clock.now(),
                     data={"secret": mfa_encrypt(settings.PORTAL_DEMO_TOTP_SECRET)})
 
         # The CI service account: signed hooks act as it (PORTAL_HOOK_USER); it reports
@@ -154,7 +156,8 @@ class Command(BaseCommand):
         # development. It signs in with API tokens only.
         ci, _ = Group.objects.get_or_create(name="ci")
         ci.permissions.add(Permission.objects.get(codename="report_ci"))
-        bot, created = User.objects.get_or_create(username="ci-bot")
+        bot, created = User.objects.get_or_create(username="ci-bot",
+                                                  defaults={"date_joined": clock.now()})
         if created:
             bot.set_unusable_password()
             bot.save()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 APP = "drill"
 ENVIRONMENT = "production"
 KINDS = ("worker", "beat", "redis", "postgres")

@@ -1,4 +1,4 @@
-"""Pytest plugin loaded before Django (``-p portal.testing.plugin`` in pyproject).
+"""Pytest plugin loaded before Django (``-p testkit.plugin`` in pyproject).
 
 Points the test run at its own embedded PostgreSQL and Redis under var/test on
 their own ports, so `make test` works while `make run` is running.
@@ -9,7 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-_base = Path(__file__).resolve().parents[2]
+_base = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PORTAL_VAR_DIR", str(_base / "var" / "test"))
 os.environ.setdefault("PORTAL_PG_PORT", "54339")
 os.environ.setdefault("PORTAL_REDIS_PORT", "63799")

@@ -1,48 +1,18 @@
-"""Six months of demo history, made through the portal's own services.
-
-``manage.py seed_demo --history`` (and the first ``make run``) builds an organisation
-that has been using the portal for a while: four applications beside the storefront,
-releases promoted Development -> Staging -> Production with approvals and comments,
-rejections, a failed deployment, a canary rolled back automatically with its verdict, a
-manual rollback, emergency changes with their post-implementation reviews, scheduled
-changes, a year-end freeze, and changes waiting now in every approver's inbox.
-
-Nothing is written around the services: every change, decision, checklist tick and
-deployment goes through ``approvals.services``, ``deployments.services`` and the CI
-hook service, with the same permission checks, gates, windows and audit events as a
-person's clicks. Two things differ from a live run, and only while the history is made:
-
-- the clock: ``HistoryClock`` sets ``django.utils.timezone.now`` (and the model fields
-  that default to it) to a moment in the past that only moves forward, so the audit
-  chain is written in time order and in id order, and verifies like any other;
-- the work: deployments are run in this process by the engine
-  (``deployments.services.deployment_run``) with ``HistoryExecutor``, an executor that
-  touches no machine, and ``HistoryProvider``, which reports the health figures a
-  good or a bad release would have shown. Steps, verdicts, rollbacks and their audit
-  events are the engine's own.
-"""
+"""The stories the history tells: each release's way to production, emergencies, and the
+changes waiting now, every step through the services as a person would take it."""
 
 from __future__ import annotations
 
 import hashlib
-import heapq
-import itertools
 import json
-import os
 import random
-import subprocess
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
-import django.utils.timezone
-from django.apps import apps as django_apps
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connection, transaction
+from django.db import transaction
 
 # The other apps' modules this generator drives, all here.
 from approvals import schedule
@@ -56,308 +26,24 @@ from approvals.models import (
     PostImplementationReview,
 )
 from catalog.models import Application, Environment, Release, Target
+from core import clock as portal_clock
 from core.access_audit import admin_change_record
 from core.audit import audit_record
-from core.errors import DomainError
-from deployments import health
+from demo.history.clock import LONDON, HistoryClock, Timeline, local, working
+from demo.history.plan import (
+    APPROVAL_COMMENTS,
+    APPS,
+    DAYS,
+    NOTES,
+    THINGS,
+    AppPlan,
+    History,
+    start_of,
+)
+from demo.history.work import BAD_RELEASES, FAILING_STEPS, run_queued
 from deployments import services as deployment_services
-from deployments.executors.base import Executor, StepFailed
 from deployments.models import Deployment
 from integrations import hooks
-from notifications import services as notification_services
-from portal import embedded
-
-LONDON = ZoneInfo("Europe/London")
-DAYS = 182
-
-
-class HistoryError(Exception):
-    """The history could not be made as planned (a service refused a step)."""
-
-
-# --- the clock ---------------------------------------------------------------------------
-
-
-class HistoryClock:
-    """``timezone.now`` in the past, moving forward by ``tick`` at every reading.
-
-    Inside the ``with`` block every service, audit event and model default reads this
-    clock; ``at`` moves it forward to a moment (never backwards, so the audit chain's
-    times rise with its ids).
-    """
-
-    def __init__(self, start: datetime, tick: timedelta = timedelta(seconds=2)) -> None:
-        self.current = start.astimezone(UTC)
-        self.tick = tick
-        self._real = django.utils.timezone.now
-        self._fields: list = []
-
-    def now(self) -> datetime:
-        value = self.current
-        self.current = value + self.tick
-        return value
-
-    def at(self, moment: datetime) -> datetime:
-        # In UTC, as the real clock reads: an event's hash covers its time as written.
-        moment = moment.astimezone(UTC)
-        if moment > self.current:
-            self.current = moment
-        return self.current
-
-    def __enter__(self) -> HistoryClock:
-        django.utils.timezone.now = self.now
-        for model in django_apps.get_models():
-            for model_field in model._meta.concrete_fields:
-                if model_field.default is self._real:
-                    self._fields.append(model_field)
-                    model_field.default = self.now
-                    model_field.__dict__.pop("_get_default", None)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        django.utils.timezone.now = self._real
-        for model_field in self._fields:
-            model_field.default = self._real
-            model_field.__dict__.pop("_get_default", None)
-        self._fields = []
-
-
-# --- the work: an executor and a health provider that touch no machine -------------------
-
-# (application slug, version, environment slug) -> (step name, what went wrong)
-FAILING_STEPS: dict[tuple[str, str, str], tuple[str, str]] = {}
-# (application slug, version): releases whose canary answers with errors
-BAD_RELEASES: set[tuple[str, str]] = set()
-
-
-class HistoryExecutor(Executor):
-    """Reports each SOP step done, as the real executor would, without doing it."""
-
-    steps_safe_to_repeat = True
-
-    def __init__(self, deployment, log) -> None:
-        super().__init__(deployment, log)
-        self.updated: set[str] = set()
-
-    def run(self, step) -> str:
-        d = self.deployment
-        failing = FAILING_STEPS.get((d.application.slug, d.release.version, d.environment.slug))
-        if failing and failing[0] == step.name and d.kind == Deployment.Kind.DEPLOY:
-            raise StepFailed(failing[1])
-        where = step.target.name if step.target_id else d.environment.slug
-        version = d.release.version
-        if step.name in ("deploy", "deploy_idle", "switch") and step.target_id:
-            self.updated.add(step.target.name)
-        if step.name == "migrate":
-            plan = d.release.migration_plan if d.kind == Deployment.Kind.DEPLOY else []
-            return (f"applied {', '.join(m['name'] for m in plan)}" if plan
-                    else "no migrations in this release")
-        if step.name == "verify_migrations":
-            return "schema matches the release's migration plan"
-        details = {
-            "pre_health_check": f"{d.environment.name} healthy before the change",
-            "backup": f"current version kept for rollback on {where}",
-            "backup_database": "database snapshot taken",
-            "stop": f"services stopped on {where}",
-            "deploy": f"{version} unpacked on {where}, SHA-256 verified",
-            "deploy_idle": f"{version} in the idle slot of {where}",
-            "health_check_idle": f"idle slot of {where} answers /health",
-            "switch": f"traffic on {where} switched to {version}",
-            "start": f"services started on {where}",
-            "health_check": f"{where} answers /health with 200",
-            "finalize": f"{version} recorded as current",
-        }
-        return details.get(step.name, "done")
-
-    def endpoints(self, targets, slot: str = "live") -> dict[str, tuple[str, int] | None]:
-        # Which version each target runs, in place of an address: the provider reads it.
-        return {t.name: ("new" if t.name in self.updated else "old", 0) for t in targets}
-
-
-class HistoryProvider:
-    """Health figures a release would have shown: a bad one errors on its canary."""
-
-    name = "demo"
-
-    def __init__(self, deployment) -> None:
-        # Bad under production traffic only: it passed development and staging.
-        self.bad = ((deployment.application.slug, deployment.release.version) in BAD_RELEASES
-                    and deployment.environment.slug == "production")
-        self.random = random.Random(deployment.pk)
-
-    def measure(self, endpoints: dict) -> health.Figures:
-        names = sorted(endpoints)
-        new = any(where and where[0] == "new" for where in endpoints.values())
-        requests = 20 * max(1, len(names))
-        if self.bad and new:
-            errors, p95 = int(requests * 0.35), 640.0 + self.random.randint(0, 80)
-        else:
-            errors, p95 = 0, 110.0 + self.random.randint(0, 8)
-        return health.Figures(targets=names, requests=requests, errors=errors,
-                              p50_ms=round(p95 / 2.4, 1), p95_ms=p95,
-                              p99_ms=round(p95 * 1.3, 1))
-
-
-class _EngineForHistory:
-    """While the history is made: the engine runs deployments here, with the executor
-    and provider above, instead of handing them to the workers."""
-
-    def __enter__(self):
-        self._saved = (deployment_services.executor_for, deployment_services._provider,
-                       deployment_services._enqueue, notification_services._enqueue,
-                       settings.EMAIL_BACKEND)
-        deployment_services.executor_for = lambda deployment, log: HistoryExecutor(
-            deployment, log)
-        deployment_services._provider = HistoryProvider
-        deployment_services._enqueue = lambda deployment_id, task_id: True
-        # The notifications of the past were sent in the past: here, at the clock's
-        # time, to a mailbox in memory rather than to the console of a running portal.
-        notification_services._enqueue = _send_now
-        settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        (deployment_services.executor_for, deployment_services._provider,
-         deployment_services._enqueue, notification_services._enqueue,
-         settings.EMAIL_BACKEND) = self._saved
-
-
-def _send_now(ids: list[int]) -> None:
-    for pk in ids:
-        notification_services.notification_send(notification_id=pk)
-
-
-def run_queued(application: Application, environment: Environment) -> list[Deployment]:
-    """Run the queued deployments of ``application`` there (and the rollbacks they start)."""
-    ran = []
-    while True:
-        queued = (Deployment.objects.filter(application=application, environment=environment,
-                                            status=Deployment.Status.QUEUED)
-                  .order_by("id").first())
-        if queued is None:
-            return ran
-        deployment_services.deployment_run(deployment_id=queued.pk)
-        queued.refresh_from_db()
-        ran.append(queued)
-
-
-# --- the organisation --------------------------------------------------------------------
-
-
-@dataclass
-class AppPlan:
-    slug: str
-    name: str
-    team: str
-    targets: dict[str, list[str]]
-    strategy: str
-    releases: int
-    every_days: float
-    commit_lag_hours: float
-    to_production: bool = True
-    analysis: bool = False
-    migrations: bool = False
-
-
-APPS = [
-    AppPlan("payments-api", "Payments API", "Payments",
-            {"development": ["api-1"], "staging": ["api-1", "api-2"],
-             "production": ["api-1", "api-2", "api-3", "api-4"]},
-            "canary", releases=15, every_days=11.5, commit_lag_hours=14, analysis=True),
-    AppPlan("mobile-backend", "Mobile backend", "Mobile",
-            {"development": ["mb-1"], "staging": ["mb-1"],
-             "production": ["mb-1", "mb-2", "mb-3"]},
-            "rolling", releases=8, every_days=21, commit_lag_hours=24 * 5),
-    AppPlan("data-pipeline", "Data pipeline", "Data",
-            {"development": ["etl-1"], "staging": ["etl-1"], "production": ["etl-1", "etl-2"]},
-            "all_at_once", releases=5, every_days=34, commit_lag_hours=24 * 12,
-            migrations=True),
-    AppPlan("ops-console", "Ops console", "Platform",
-            {"development": ["tool-1"], "staging": ["tool-1"], "production": ["tool-1"]},
-            "all_at_once", releases=2, every_days=80, commit_lag_hours=24 * 40,
-            to_production=False),
-]
-
-APPROVAL_COMMENTS = {
-    "tech_lead": ["Reviewed the diff and the rollback plan; fine.", "LGTM, small and tested.",
-                  "Approved: migrations are additive.", "Good to go."],
-    "qa": ["Regression suite green, exploratory pass on checkout flows.",
-           "Tested on staging, no issues found.", "Smoke and API contract tests pass."],
-    "cab": ["Low risk, inside the window, on-call named.", "Approved for the Tuesday window.",
-            "Risk understood; rollback plan is adequate."],
-    "security": ["No new dependencies with known CVEs; scan clean.",
-                 "Secrets handling unchanged; approved.", "SAST and dependency scan clean."],
-    "business": ["Customer support briefed.", "Fine for the business; no campaign running.",
-                 "Approved, release notes shared with the account teams."],
-    "emergency": ["Incident confirmed; fix reviewed with the tech lead on the call."],
-}
-NOTES = ["Faster {thing}.", "Fixes in {thing}.", "New {thing}.", "Reworked {thing}.",
-         "Dependency updates and {thing}."]
-THINGS = {
-    "payments-api": ["card tokenisation", "refund reconciliation", "3-D Secure flow",
-                     "payout batching", "idempotency keys", "fraud scoring hooks"],
-    "mobile-backend": ["push notifications", "session refresh", "offline sync",
-                       "feature flags", "image resizing"],
-    "data-pipeline": ["event partitioning", "nightly aggregates", "late-event handling",
-                      "schema registry client"],
-    "ops-console": ["audit export screen", "on-call rota view"],
-}
-
-
-@dataclass
-class History:
-    """What was made, for the command's summary and the tests."""
-
-    applications: list[str] = field(default_factory=list)
-    changes: int = 0
-    deployments: int = 0
-    problems: list[str] = field(default_factory=list)
-
-
-class _Timeline:
-    """Steps of every application's story, run in time order."""
-
-    def __init__(self) -> None:
-        self._heap: list = []
-        self._seq = itertools.count()
-
-    def add(self, when: datetime, action: Callable[[], None]) -> None:
-        heapq.heappush(self._heap, (when, next(self._seq), action))
-
-    def run(self, clock: HistoryClock, history: History, *, until: datetime) -> None:
-        while self._heap:
-            when, _, action = heapq.heappop(self._heap)
-            if max(when, clock.current) >= until:
-                continue  # a story that would go on past the present stops here
-            clock.at(when)
-            # One transaction per step of the story: the workers and beat of a running
-            # portal never see a historical change half-way (a deployment queued, a
-            # schedule due) and act on it in the present.
-            with transaction.atomic():
-                try:
-                    action()
-                except DomainError as exc:
-                    # A service refused (and audited its refusal where it does): nothing
-                    # was bypassed; the story of that change ends there.
-                    history.problems.append(f"{when:%Y-%m-%d %H:%M}: {exc.detail}")
-
-
-def _local(day: datetime, hour: int, minute: int = 0) -> datetime:
-    """``day`` at a London wall-clock time."""
-    local = day.astimezone(LONDON)
-    return datetime.combine(local.date(), time(hour, minute), tzinfo=LONDON).astimezone(UTC)
-
-
-def _working(moment: datetime, rng: random.Random) -> datetime:
-    """``moment``, or the next working hour after it in London (people request in the day)."""
-    local = moment.astimezone(LONDON)
-    if local.hour >= 18:
-        local = (local + timedelta(days=1)).replace(hour=9)
-    elif local.hour < 9:
-        local = local.replace(hour=9)
-    while local.weekday() >= 5:
-        local = (local + timedelta(days=1)).replace(hour=9)
-    return local.replace(minute=rng.randint(0, 59)).astimezone(UTC)
 
 
 def _artifact(slug: str, version: str) -> tuple[str, str]:
@@ -382,7 +68,7 @@ class Generator:
         self.envs = {e.slug: e for e in Environment.objects.all()}
         self.windows = list(MaintenanceWindow.objects.filter(
             environment=self.envs["production"]))
-        self.timeline = _Timeline()
+        self.timeline = Timeline()
         self.history = History()
         self.apps: dict[str, Application] = {}
         self.clock: HistoryClock | None = None
@@ -414,7 +100,7 @@ class Generator:
              migration_plan: list | None) -> None:
         ci = self.people["ci-bot"]
         url, digest = _artifact(app.slug, version)
-        committed_at = django.utils.timezone.now() - timedelta(
+        committed_at = portal_clock.now() - timedelta(
             hours=plan.commit_lag_hours * self.random.uniform(0.7, 1.3))
         fields = dict(artifact_url=url, artifact_sha256=digest,
                       commit_sha=hashlib.sha1(f"{app.slug}{version}".encode()).hexdigest()[:12],
@@ -486,11 +172,11 @@ class Generator:
         migration_plan = None
         if plan.migrations and n % 2 == 0:
             migration_plan = [{"name": f"{40 + n:04d}_{thing.split()[0]}", "kind": "expand"}]
-        t0 = _local(day, 9 + self.random.randint(0, 6), self.random.randint(0, 59))
+        t0 = local(day, 9 + self.random.randint(0, 6), self.random.randint(0, 59))
         add(t0, lambda: self.push(app, plan, version, notes, migration_plan))
 
         # Staging, the next working day or two.
-        t1 = _working(t0 + timedelta(hours=self.random.randint(20, 44)), self.random)
+        t1 = working(t0 + timedelta(hours=self.random.randint(20, 44)), self.random)
         strategy = "all_at_once" if plan.strategy == "canary" else plan.strategy
         add(t1, lambda: self.request(app, version, "staging", strategy=strategy, risk="low",
                                      impact=f"{app.name}: {notes}"))
@@ -510,7 +196,7 @@ class Generator:
             return
 
         # Production: a standard change in the next window, or a hotfix.
-        t2 = _working(t1 + timedelta(hours=self.random.randint(24, 60)), self.random)
+        t2 = working(t1 + timedelta(hours=self.random.randint(24, 60)), self.random)
         change_type = ChangeType.HOTFIX if twist == "hotfix" else ChangeType.STANDARD
         scheduled = twist == "scheduled"
         rollback_plan = (f"Roll back to the previous {app.name} release with the portal's "
@@ -562,7 +248,7 @@ class Generator:
         elif n % 4 != 3:
             # The SOP 13.2 compliance list, the morning after (a few are left for the
             # auditor to find).
-            add(_working(when + timedelta(hours=10), self.random),
+            add(working(when + timedelta(hours=10), self.random),
                 lambda: self.tick_compliance(app, version))
 
     def tick_compliance(self, app: Application, version: str) -> None:
@@ -579,7 +265,7 @@ class Generator:
                           when: datetime) -> None:
         self.decide(app, version, "production", role, who)
         self.clock.at(when)
-        approval_services.changes_start_scheduled(now=django.utils.timezone.now())
+        approval_services.changes_start_scheduled(now=portal_clock.now())
         self.run(app, "production")
 
     def roll_back(self, app: Application) -> None:
@@ -599,7 +285,7 @@ class Generator:
 
     def emergency(self, app: Application, day: datetime, *, impact: str, review: str) -> None:
         add = self.timeline.add
-        t0 = _local(day, 3, 10)
+        t0 = local(day, 3, 10)
         holder: dict[str, str] = {}
 
         def register():
@@ -615,7 +301,7 @@ class Generator:
                               ref="hotfix", authors=["engineer"], artifact_url=url,
                               artifact_sha256=digest, notes="Emergency fix for the incident.",
                               commit_sha=hashlib.sha1(version.encode()).hexdigest()[:12],
-                              committed_at=django.utils.timezone.now() - timedelta(hours=1))
+                              committed_at=portal_clock.now() - timedelta(hours=1))
             self.history.changes += 1
             self.run(app, "development")
 
@@ -788,8 +474,8 @@ class Generator:
 
     def before_now(self, moment: datetime) -> datetime:
         """In working hours if that is still in the past, else as it is."""
-        working = _working(moment, self.random)
-        return working if working < self.now - timedelta(hours=8) else moment
+        in_hours = working(moment, self.random)
+        return in_hours if in_hours < self.now - timedelta(hours=8) else moment
 
     def schedule_next_window(self, app: Application) -> None:
         staged = (Deployment.objects.filter(application=app, environment=self.envs["staging"],
@@ -821,63 +507,3 @@ class Generator:
             return sorted(staged, key=lambda v: [int(p) for p in v.split(".")])[-1]
         return version
 
-
-# --- making it in the background of `make run` -------------------------------------------
-
-
-def marker() -> Path:
-    """Present while a background run makes the history: pages show a banner."""
-    return embedded.var_dir() / "demo-history.making"
-
-
-def start_in_background(*, password: str, env: dict) -> subprocess.Popen:
-    """``manage.py seed_demo --history`` in a process of its own, its output in a log."""
-    marker().parent.mkdir(parents=True, exist_ok=True)
-    marker().write_text(str(os.getpid()))
-    log = (embedded.var_dir() / "demo-history.log").open("w")
-    try:
-        return subprocess.Popen(
-            [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "seed_demo",
-             "--history", "--password", password],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    finally:
-        log.close()
-
-
-def banner(request) -> dict:
-    """Context processor: whether the demo history is still being made."""
-    return {"demo_history_making": marker().exists()}
-
-
-def start_of(now: datetime) -> datetime:
-    """When the history begins: the demo's base data is dated an hour before it."""
-    return _local(now - timedelta(days=DAYS), 8)
-
-
-def already_made() -> bool:
-    return Application.objects.filter(slug__in=[p.slug for p in APPS]).exists()
-
-
-def generate(*, size: str = "full", now: datetime | None = None) -> History:
-    """Make the demo history through the services (see the module's description)."""
-    try:
-        return _generate(size=size, now=now or django.utils.timezone.now())
-    finally:
-        marker().unlink(missing_ok=True)
-
-
-def _generate(*, size: str, now: datetime) -> History:
-    generator = Generator(now=now, size=size)
-    with connection.cursor() as cursor:
-        # Thousands of small commits: none waits for its WAL flush. A crash meanwhile
-        # loses the last few, never consistency; the setting ends with the session.
-        cursor.execute("SET synchronous_commit TO off")
-    with HistoryClock(generator.start) as clock, _EngineForHistory():
-        generator.clock = clock
-        with transaction.atomic():
-            generator.setup()
-        generator.plan()
-        generator.timeline.run(clock, generator.history, until=now - timedelta(minutes=10))
-        if clock.current >= now:
-            raise HistoryError("the demo history ran past the present; make it smaller")
-    return generator.history
