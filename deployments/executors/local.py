@@ -33,7 +33,7 @@ SLOTS = ("blue", "green")
 
 # Services the local executor can run on loopback ports, by the name an application's
 # executor settings give (``{"fleet": "demo"}``). A fleet registers itself at startup
-# (the demo fleet: portal.apps); it offers start_instance, stop_instance, instance_info.
+# (the demo fleet: demo.apps); it offers start_instance, stop_instance, instance_info.
 FLEETS: dict[str, object] = {}
 
 
