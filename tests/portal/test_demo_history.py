@@ -31,12 +31,32 @@ def test_demo_history_made_through_the_services(capsys):
     history = timezone.now()
     call_command("seed_demo", password=PASSWORD, history=True, history_size="small",
                  verbosity=0)
+    _the_portal_is_left_on_its_own_clock_executors_and_dispatch()
     _dora_metrics_are_filled_with_bands_that_differ_between_applications(history)
     _rollbacks_automatic_with_verdict_and_manual_with_verification()
     _reviews_rejections_schedule_and_freeze()
     _every_approver_has_something_waiting_now()
     _the_audit_chain_verifies_and_reads_in_time_order(history, capsys)
     _history_is_made_once(capsys)
+
+
+def _the_portal_is_left_on_its_own_clock_executors_and_dispatch():
+    from datetime import UTC, datetime
+
+    from django.conf import settings
+
+    from core import clock, dispatch
+    from deployments.executors import EXECUTORS, LocalExecutor
+    from deployments.health import HEALTH_PROVIDERS, provider_for
+
+    assert abs(clock.now() - datetime.now(UTC)) < timedelta(minutes=1)
+    assert abs(timezone.now() - datetime.now(UTC)) < timedelta(minutes=1)
+    assert EXECUTORS["local"] is LocalExecutor
+    assert provider_for({}).__class__.__name__ == "HttpProber"
+    assert "http" in HEALTH_PROVIDERS
+    # No dispatch mode of its own left behind, nothing held.
+    assert dispatch.mode() == getattr(settings, "PORTAL_TASK_DISPATCH", "celery")
+    assert not dispatch.held()
 
 
 def _dora_metrics_are_filled_with_bands_that_differ_between_applications(history):
