@@ -14,7 +14,6 @@ from datetime import datetime
 from django.contrib.auth import get_user_model
 from django.db.models import Count, F, OuterRef, Prefetch, Q, QuerySet, Subquery, Window
 from django.db.models.functions import RowNumber
-from django.utils import timezone
 
 from approvals import checks, eligibility, schedule
 from approvals.models import (
@@ -33,7 +32,7 @@ from approvals.models import (
 )
 from catalog.models import Environment, Release
 from catalog.permissions import environment_permissions
-from core import accounts
+from core import accounts, clock
 from core.permissions import is_auditor, permission_holders
 from deployments import selectors as deployment_selectors
 from deployments.models import Deployment
@@ -143,7 +142,7 @@ def change_blockers(change: ChangeRequest, *, rules: Rules | None = None,
     if status in CLOSED:
         return [Blocker("change_closed", f"the change is {change.get_status_display().lower()}")]
     rules = rules or rules_for([change])
-    at = at or timezone.now()
+    at = at or clock.now()
     policy = rules.policies.get((change.environment_id, change.change_type))
     blockers: list[Blocker] = []
     if status == ChangeRequest.Status.DRAFT:
@@ -190,7 +189,7 @@ def blockers_for_many(changes: list[ChangeRequest], *, at: datetime | None = Non
     if not changes:
         return {}
     rules = rules_for(changes)
-    at = at or timezone.now()
+    at = at or clock.now()
     return {change.pk: change_blockers(change, rules=rules, at=at) for change in changes}
 
 
@@ -201,7 +200,7 @@ def earliest_deploy_time(change: ChangeRequest, *, rules: Rules | None = None,
                          at: datetime | None = None) -> datetime | None:
     """The first moment windows and freezes allow; None when they never do."""
     rules = rules or rules_for([change])
-    at = at or timezone.now()
+    at = at or clock.now()
     policy = rules.policies.get((change.environment_id, change.change_type))
     return schedule.earliest_allowed(
         at=at, windows=rules.windows[change.environment_id],
@@ -217,7 +216,7 @@ def preflight(*, release: Release, environment: Environment, change_type: str,
     For a change not yet requested: its gates count as pending and its manual
     checklist items as not done.
     """
-    at = at or timezone.now()
+    at = at or clock.now()
     rules = load_rules(environment_ids={environment.pk}, release_ids={release.pk},
                        application_ids={release.application_id})
     policy = rules.policies.get((environment.pk, change_type))
@@ -263,7 +262,7 @@ def preflight(*, release: Release, environment: Environment, change_type: str,
 
 def preflight_change(change: ChangeRequest, *, at: datetime | None = None) -> dict:
     """Preflight of an existing change: its own gates, checklist, schedule and calendar."""
-    at = at or timezone.now()
+    at = at or clock.now()
     rules = rules_for([change])
     blockers = change_blockers(change, rules=rules, at=at)
     if change.status in (ChangeRequest.Status.PENDING_APPROVAL, ChangeRequest.Status.DRAFT):
@@ -298,7 +297,7 @@ def changes_visible_to(user, *, queryset: QuerySet[ChangeRequest] | None = None
         return queryset
     env_ids = list(environment_permissions(user).keys())
     delegated = Delegation.objects.filter(delegate=user, revoked_at__isnull=True,
-                                          expires_at__gt=timezone.now()
+                                          expires_at__gt=clock.now()
                                           ).values("environment_id")
     return queryset.filter(
         Q(environment_id__in=env_ids) | Q(requested_by=user) | Q(environment_id__in=delegated)
@@ -346,7 +345,7 @@ def waiting_changes(user, *, per_place: int) -> list[ChangeRequest]:
 
 def active_delegations(user) -> list[Delegation]:
     return list(Delegation.objects.filter(delegate=user, revoked_at__isnull=True,
-                                          expires_at__gt=timezone.now())
+                                          expires_at__gt=clock.now())
                 .select_related("delegator", "environment"))
 
 
@@ -380,7 +379,7 @@ def person_facts(user, *, at: datetime | None = None) -> eligibility.Person:
     holds what they lent; two to six queries, whatever is listed."""
     if not user.is_authenticated:
         return eligibility.Person(id=0, username="", active=False)
-    at = at or timezone.now()
+    at = at or clock.now()
     delegations = list(Delegation.objects.filter(
         delegate=user, revoked_at__isnull=True, expires_at__gt=at).select_related("delegator"))
     return eligibility.Person(
@@ -399,7 +398,7 @@ def candidate_facts(environment_ids, *, at: datetime | None = None
     by ``approvals.eligibility``. Administrators who hold nothing explicitly are not
     named (they may decide, but are not asked to)."""
     environment_ids = list(environment_ids)
-    at = at or timezone.now()
+    at = at or clock.now()
     holders = permission_holders(Environment, environment_ids)
     delegations = list(Delegation.objects.filter(
         environment_id__in=environment_ids, revoked_at__isnull=True,
@@ -422,7 +421,7 @@ def candidate_facts(environment_ids, *, at: datetime | None = None
 def decidable_roles(user) -> dict[int, set[str]]:
     """{environment id: {gate role, ...}} that ``user`` may decide, directly or by a live
     delegation from someone who still holds the role (before each change's own rules)."""
-    return eligibility.roles_with_authority(person_facts(user), timezone.now())
+    return eligibility.roles_with_authority(person_facts(user), clock.now())
 
 
 def _gate_cards() -> QuerySet[Gate]:
@@ -446,7 +445,7 @@ def inbox_gates(user, *, environment: str = "", change_type: str = "") -> QueryS
     The gates of the roles they may decide somewhere are read with their changes'
     decisions (a fixed number of queries), each is judged by ``eligibility``, and the
     answer is a queryset of those found eligible, for a pager to slice."""
-    at = timezone.now()
+    at = clock.now()
     person = person_facts(user, at=at)
     roles = eligibility.roles_with_authority(person, at)
     if not roles:
@@ -478,7 +477,7 @@ def inbox_gates(user, *, environment: str = "", change_type: str = "") -> QueryS
 def open_reviews(user) -> list[PostImplementationReview]:
     """Open post-implementation reviews ``user`` may close (``eligibility.review_verdict``:
     CAB there, not the change's requester, nor an author or merger of its release)."""
-    at = timezone.now()
+    at = clock.now()
     person = person_facts(user, at=at)
     env_ids = [env for env, roles in eligibility.roles_with_authority(person, at).items()
                if GateRole.CAB in roles]
@@ -497,7 +496,7 @@ def deciders(environment_ids) -> dict[tuple[int, str], set[int]]:
     each gate there, by permission or by a live delegation from someone who still holds
     it (``candidate_facts``); a change's own rules (``eligibility.gate_verdict``) then
     exclude its requester, authors, mergers and their delegates."""
-    at = timezone.now()
+    at = clock.now()
     found: dict[tuple[int, str], set[int]] = {}
     for person in candidate_facts(environment_ids, at=at).values():
         for env_id, roles in eligibility.roles_with_authority(
@@ -522,7 +521,7 @@ def gate_deciders(changes: list[ChangeRequest], *, at: datetime | None = None,
     asked to decide it (the notifications)."""
     if not changes:
         return {}
-    at = at or timezone.now()
+    at = at or clock.now()
     if people is None:
         people = candidate_facts({c.environment_id for c in changes}, at=at)
     people = sorted(people.values(), key=lambda p: p.username)
@@ -548,7 +547,7 @@ def unsatisfiable_gates(change: ChangeRequest) -> list[Blocker]:
     if change.status not in (ChangeRequest.Status.PENDING_APPROVAL, ChangeRequest.Status.DRAFT):
         return []
     gates = list(change.gates.all())
-    eligible = gate_deciders([change], at=timezone.now()) if gates else {}
+    eligible = gate_deciders([change], at=clock.now()) if gates else {}
     seats: list[tuple[Gate, set[int]]] = []
     for gate in gates:
         if gate.status == Gate.Status.APPROVED:
