@@ -85,9 +85,9 @@ def changes_close_finished() -> list[int]:
         if ended is None:
             continue
         try:
-            # Through the package, as the listener (``approvals.receivers``) calls it: the
-            # beat and the listener close a change with the one function, whichever
-            # replaces it there.
+            # Looked up in the package, as the deployment listener (approvals.receivers)
+            # looks it up: the beat and the listener close a change with the same
+            # function, also when one is put in its place there (a broken listener).
             approvals.services.change_request_deployment_finished(deployment=ended,
                                                                   status=ended.status)
         except Exception:
