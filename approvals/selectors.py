@@ -14,7 +14,6 @@ from datetime import datetime
 from django.contrib.auth import get_user_model
 from django.db.models import Count, F, OuterRef, Prefetch, Q, QuerySet, Subquery, Window
 from django.db.models.functions import RowNumber
-from django.utils import timezone
 
 from approvals import checks, eligibility, schedule
 from approvals.models import (
@@ -190,7 +189,7 @@ def blockers_for_many(changes: list[ChangeRequest], *, at: datetime | None = Non
     if not changes:
         return {}
     rules = rules_for(changes)
-    at = at or timezone.now()
+    at = at or clock.now()
     return {change.pk: change_blockers(change, rules=rules, at=at) for change in changes}
 
 
@@ -201,7 +200,7 @@ def earliest_deploy_time(change: ChangeRequest, *, rules: Rules | None = None,
                          at: datetime | None = None) -> datetime | None:
     """The first moment windows and freezes allow; None when they never do."""
     rules = rules or rules_for([change])
-    at = at or timezone.now()
+    at = at or clock.now()
     policy = rules.policies.get((change.environment_id, change.change_type))
     return schedule.earliest_allowed(
         at=at, windows=rules.windows[change.environment_id],
@@ -217,7 +216,7 @@ def preflight(*, release: Release, environment: Environment, change_type: str,
     For a change not yet requested: its gates count as pending and its manual
     checklist items as not done.
     """
-    at = at or timezone.now()
+    at = at or clock.now()
     rules = load_rules(environment_ids={environment.pk}, release_ids={release.pk},
                        application_ids={release.application_id})
     policy = rules.policies.get((environment.pk, change_type))
@@ -263,7 +262,7 @@ def preflight(*, release: Release, environment: Environment, change_type: str,
 
 def preflight_change(change: ChangeRequest, *, at: datetime | None = None) -> dict:
     """Preflight of an existing change: its own gates, checklist, schedule and calendar."""
-    at = at or timezone.now()
+    at = at or clock.now()
     rules = rules_for([change])
     blockers = change_blockers(change, rules=rules, at=at)
     if change.status in (ChangeRequest.Status.PENDING_APPROVAL, ChangeRequest.Status.DRAFT):
@@ -298,7 +297,7 @@ def changes_visible_to(user, *, queryset: QuerySet[ChangeRequest] | None = None
         return queryset
     env_ids = list(environment_permissions(user).keys())
     delegated = Delegation.objects.filter(delegate=user, revoked_at__isnull=True,
-                                          expires_at__gt=timezone.now()
+                                          expires_at__gt=clock.now()
                                           ).values("environment_id")
     return queryset.filter(
         Q(environment_id__in=env_ids) | Q(requested_by=user) | Q(environment_id__in=delegated)
@@ -346,7 +345,7 @@ def waiting_changes(user, *, per_place: int) -> list[ChangeRequest]:
 
 def active_delegations(user) -> list[Delegation]:
     return list(Delegation.objects.filter(delegate=user, revoked_at__isnull=True,
-                                          expires_at__gt=timezone.now())
+                                          expires_at__gt=clock.now())
                 .select_related("delegator", "environment"))
 
 
@@ -422,7 +421,7 @@ def candidate_facts(environment_ids, *, at: datetime | None = None
 def decidable_roles(user) -> dict[int, set[str]]:
     """{environment id: {gate role, ...}} that ``user`` may decide, directly or by a live
     delegation from someone who still holds the role (before each change's own rules)."""
-    return eligibility.roles_with_authority(person_facts(user), timezone.now())
+    return eligibility.roles_with_authority(person_facts(user), clock.now())
 
 
 def _gate_cards() -> QuerySet[Gate]:
@@ -446,7 +445,7 @@ def inbox_gates(user, *, environment: str = "", change_type: str = "") -> QueryS
     The gates of the roles they may decide somewhere are read with their changes'
     decisions (a fixed number of queries), each is judged by ``eligibility``, and the
     answer is a queryset of those found eligible, for a pager to slice."""
-    at = timezone.now()
+    at = clock.now()
     person = person_facts(user, at=at)
     roles = eligibility.roles_with_authority(person, at)
     if not roles:
@@ -478,7 +477,7 @@ def inbox_gates(user, *, environment: str = "", change_type: str = "") -> QueryS
 def open_reviews(user) -> list[PostImplementationReview]:
     """Open post-implementation reviews ``user`` may close (``eligibility.review_verdict``:
     CAB there, not the change's requester, nor an author or merger of its release)."""
-    at = timezone.now()
+    at = clock.now()
     person = person_facts(user, at=at)
     env_ids = [env for env, roles in eligibility.roles_with_authority(person, at).items()
                if GateRole.CAB in roles]
@@ -497,7 +496,7 @@ def deciders(environment_ids) -> dict[tuple[int, str], set[int]]:
     each gate there, by permission or by a live delegation from someone who still holds
     it (``candidate_facts``); a change's own rules (``eligibility.gate_verdict``) then
     exclude its requester, authors, mergers and their delegates."""
-    at = timezone.now()
+    at = clock.now()
     found: dict[tuple[int, str], set[int]] = {}
     for person in candidate_facts(environment_ids, at=at).values():
         for env_id, roles in eligibility.roles_with_authority(

@@ -24,6 +24,7 @@ from approvals.models import (
     Risk,
     Strategy,
 )
+from catalog import services as catalog_services
 from catalog.models import Application, Environment, MigrationKind, Release
 from catalog.permissions import environment_permissions
 from configuration.selectors import digests_for_many
@@ -441,12 +442,12 @@ def environments(request):
         env = get_object_or_404(Environment, slug=request.POST.get("environment", ""))
         try:
             if request.POST.get("action") == "unlock":
-                services.environment_unlock(actor=request.user, environment=env)
+                catalog_services.environment_unlock(actor=request.user, environment=env)
                 messages.success(request, f"{env.name} is unlocked.")
                 return redirect("environments")
             if form.is_valid():
-                services.environment_lock(actor=request.user, environment=env,
-                                          reason=form.cleaned_data["reason"])
+                catalog_services.environment_lock(actor=request.user, environment=env,
+                                                  reason=form.cleaned_data["reason"])
                 messages.success(request, f"{env.name} is locked.")
                 return redirect("environments")
         except (StepUpRequired, SecondFactorRequired) as exc:

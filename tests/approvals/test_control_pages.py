@@ -6,6 +6,7 @@ from django.utils import timezone
 
 from approvals import services
 from approvals.models import ChangeRequest, Delegation, Freeze
+from catalog import services as catalog_services
 from catalog.models import Environment
 from core.models import AuditEvent
 from tests.conftest import sign_in_with_second_factor
@@ -203,7 +204,7 @@ def test_refusals_on_the_control_pages_change_nothing(demo, client):
     delegation.refresh_from_db()
     assert delegation.revoked_at is None
     # An engineer may not unlock an environment on-call locked.
-    services.environment_lock(actor=demo.oncall, environment=Environment.objects.get(
+    catalog_services.environment_lock(actor=demo.oncall, environment=Environment.objects.get(
         slug="staging"), reason="INC-3")
     client.force_login(demo.engineer)
     client.post("/environments/", {"environment": "staging", "action": "unlock"})

@@ -15,6 +15,7 @@ from approvals.models import (
     MaintenanceWindow,
     PostImplementationReview,
 )
+from catalog import services as catalog_services
 from catalog.models import Environment
 from core.errors import Invalid, InvalidTransition, NotEligible, NotReady, Refused
 from core.models import AuditEvent
@@ -278,16 +279,17 @@ def test_yearly_freeze_recurs(demo):
 def test_oncall_locks_the_environment_and_nothing_deploys_until_unlocked(demo):
     change = ready_production_change(demo, change_type="emergency")
     with pytest.raises(Refused):
-        services.environment_lock(actor=demo.engineer, environment=env("production"),
-                                  reason="INC-7")
+        catalog_services.environment_lock(actor=demo.engineer, environment=env("production"),
+                                          reason="INC-7")
     with pytest.raises(Invalid):
-        services.environment_lock(actor=demo.oncall, environment=env("production"), reason="")
-    services.environment_lock(actor=demo.oncall, environment=env("production"),
-                              reason="INC-7 database failover")
+        catalog_services.environment_lock(actor=demo.oncall, environment=env("production"),
+                                          reason="")
+    catalog_services.environment_lock(actor=demo.oncall, environment=env("production"),
+                                      reason="INC-7 database failover")
     assert codes(change) == ["environment_locked"]
     with pytest.raises(NotReady):
         services.change_request_deploy(actor=demo.oncall, change=change)
-    services.environment_unlock(actor=demo.oncall, environment=env("production"))
+    catalog_services.environment_unlock(actor=demo.oncall, environment=env("production"))
     assert codes(change) == []
     assert list(AuditEvent.objects.filter(object_type="environment").values_list(
         "action", flat=True).order_by("id")) == ["environment.locked", "environment.unlocked"]
@@ -325,7 +327,8 @@ def test_scheduled_change_starts_at_its_time_only_if_still_ready(demo):
     locked_change = approve_all(request_change(demo.engineer, "development",
                                                release=green_release(), scheduled_for=when),
                                 demo)
-    services.environment_lock(actor=demo.oncall, environment=env("development"), reason="INC")
+    catalog_services.environment_lock(actor=demo.oncall, environment=env("development"),
+                                      reason="INC")
     assert services.changes_start_scheduled(now=when + timedelta(seconds=1)) == []
     locked_change.refresh_from_db()
     assert locked_change.status == ChangeRequest.Status.APPROVED

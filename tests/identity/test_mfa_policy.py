@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from approvals import services
 from approvals.models import Approval, ChangeRequest
+from catalog import services as catalog_services
 from catalog.models import Environment
 from core.assurance import SESSION_SEEN
 from core.models import ApiToken, AuditEvent
@@ -227,7 +228,7 @@ def test_issue_token_tokens_carry_no_second_factor_check(demo):
 
 def test_rollback_and_unlock_in_production_ask_for_the_second_factor(demo, api):
     env = Environment.objects.get(slug="production")
-    services.environment_lock(actor=demo.oncall, environment=env, reason="INC-7")
+    catalog_services.environment_lock(actor=demo.oncall, environment=env, reason="INC-7")
     client = Client()
     client.force_login(demo.oncall)
 

@@ -16,6 +16,7 @@ from guardian.shortcuts import remove_perm
 
 from approvals import services
 from approvals.models import Approval, ChangeRequest
+from catalog import services as catalog_services
 from catalog.models import Environment
 from core.errors import Refused
 from core.models import AuditEvent
@@ -167,8 +168,8 @@ def test_deploy_when_approved_starts_as_the_deployer_not_the_last_approver(demo,
 def test_last_approval_of_a_change_not_ready_yet_stands_and_nothing_starts(demo, api):
     change = request_change(demo.engineer, "staging", deploy_when_approved=True)
     services.gate_approve(actor=demo.techlead, change=change, role="tech_lead")
-    services.environment_lock(actor=demo.oncall, environment=env("staging"),
-                              reason="INC-7 database failover")
+    catalog_services.environment_lock(actor=demo.oncall, environment=env("staging"),
+                                      reason="INC-7 database failover")
 
     response = api(demo.qa).post(f"/api/v1/changes/{change.pk}/approve", {"gate": "qa"},
                                  format="json")

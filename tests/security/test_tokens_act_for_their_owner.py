@@ -26,6 +26,7 @@ from rest_framework.test import APIClient
 
 from approvals import services as approvals
 from approvals.models import Approval, ChangeRequest
+from catalog import services as catalog_services
 from catalog.models import Environment
 from core.audit import System
 from core.errors import NotEligible, Refused
@@ -474,7 +475,7 @@ def test_a_staging_step_decision_needs_no_second_factor(demo):
 
 def test_refusals_to_unlock_production_are_audited(demo):
     production = Environment.objects.get(slug="production")
-    approvals.environment_lock(actor=demo.oncall, environment=production, reason="INC-9")
+    catalog_services.environment_lock(actor=demo.oncall, environment=production, reason="INC-9")
     oncall = stale_session(Client(), demo.oncall, seconds=18 * 60)
 
     page = oncall.post("/environments/", {"environment": "production", "action": "unlock"})

@@ -1,0 +1,83 @@
+"""State changes of change requests: request, submit, edit, decide, withdraw, deploy, cancel.
+
+Every rule of the approval workflow is here, once, in one module per topic; pages, the
+API and tasks call these functions and import them from here.
+"""
+
+from __future__ import annotations
+
+from approvals.services.changes import (
+    EDITABLE_FIELDS,
+    change_request_cancel,
+    change_request_create,
+    change_request_submit,
+    change_request_update,
+    may_cancel,
+)
+from approvals.services.checklists import (
+    checklist_item_set,
+    may_tick_checklist,
+)
+from approvals.services.closing import (
+    change_request_deployment_finished,
+    changes_close_finished,
+)
+from approvals.services.decisions import (
+    approval_withdraw,
+    gate_approve,
+    gate_reject,
+    may_decide,
+)
+from approvals.services.delegations import (
+    MAX_DELEGATION,
+    delegation_create,
+    delegation_revoke,
+)
+from approvals.services.fingerprints import (
+    CONCERNS,
+    change_version,
+    fingerprint,
+    run_inputs_for_many,
+)
+from approvals.services.reopening import (
+    changes_reopen_for_configuration,
+    changes_reopen_for_deployment_inputs,
+)
+from approvals.services.reviews import (
+    review_close,
+)
+from approvals.services.scheduling import (
+    change_request_deploy,
+    changes_start_scheduled,
+    deployment_start_check,
+)
+
+__all__ = [
+    "CONCERNS",
+    "EDITABLE_FIELDS",
+    "MAX_DELEGATION",
+    "approval_withdraw",
+    "change_request_cancel",
+    "change_request_create",
+    "change_request_deploy",
+    "change_request_deployment_finished",
+    "change_request_submit",
+    "change_request_update",
+    "change_version",
+    "changes_close_finished",
+    "changes_reopen_for_configuration",
+    "changes_reopen_for_deployment_inputs",
+    "changes_start_scheduled",
+    "checklist_item_set",
+    "delegation_create",
+    "delegation_revoke",
+    "deployment_start_check",
+    "fingerprint",
+    "gate_approve",
+    "gate_reject",
+    "may_cancel",
+    "may_decide",
+    "may_tick_checklist",
+    "review_close",
+    "run_inputs_for_many",
+]
