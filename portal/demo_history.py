@@ -56,6 +56,7 @@ from approvals.models import (
     PostImplementationReview,
 )
 from catalog.models import Application, Environment, Release, Target
+from core import dispatch
 from core.access_audit import admin_change_record
 from core.audit import audit_record
 from core.errors import DomainError
@@ -64,7 +65,6 @@ from deployments import services as deployment_services
 from deployments.executors.base import Executor, StepFailed
 from deployments.models import Deployment
 from integrations import hooks
-from notifications import services as notification_services
 from portal import embedded
 
 LONDON = ZoneInfo("Europe/London")
@@ -204,27 +204,23 @@ class _EngineForHistory:
 
     def __enter__(self):
         self._saved = (deployment_services.executor_for, deployment_services._provider,
-                       deployment_services._enqueue, notification_services._enqueue,
-                       settings.EMAIL_BACKEND)
+                       deployment_services._enqueue, settings.EMAIL_BACKEND)
         deployment_services.executor_for = lambda deployment, log: HistoryExecutor(
             deployment, log)
         deployment_services._provider = HistoryProvider
         deployment_services._enqueue = lambda deployment_id, task_id: True
         # The notifications of the past were sent in the past: here, at the clock's
-        # time, to a mailbox in memory rather than to the console of a running portal.
-        notification_services._enqueue = _send_now
+        # time (their sends run inline), to a mailbox in memory rather than to the
+        # console of a running portal.
+        self._inline = dispatch.override("inline")
+        self._inline.__enter__()
         settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
         return self
 
     def __exit__(self, *exc) -> None:
+        self._inline.__exit__(*exc)
         (deployment_services.executor_for, deployment_services._provider,
-         deployment_services._enqueue, notification_services._enqueue,
-         settings.EMAIL_BACKEND) = self._saved
-
-
-def _send_now(ids: list[int]) -> None:
-    for pk in ids:
-        notification_services.notification_send(notification_id=pk)
+         deployment_services._enqueue, settings.EMAIL_BACKEND) = self._saved
 
 
 def run_queued(application: Application, environment: Environment) -> list[Deployment]:

@@ -10,6 +10,7 @@ from django.core import mail
 from django.utils import timezone
 
 from approvals import services as approvals
+from core import dispatch
 from core.models import AuditEvent
 from deployments.models import AnalysisVerdict, Deployment, DeploymentStep
 from notifications import services
@@ -21,13 +22,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def _sent_here_only(monkeypatch):
+def _sent_here_only(settings):
     """These tests send in this process (``deliver_all``, ``notification_send.run``) and
     look at what was sent; the rows they commit must not also be queued to the session's
     real worker, which would race them for the same rows (and send where the test's
-    mail outbox cannot see). The worker's own sending is tested in test_webhooks.py
-    and test_outbox.py."""
-    monkeypatch.setattr(services, "_enqueue", lambda ids: None)
+    mail outbox cannot see): the sends queued on commit are held. The worker's own
+    sending is tested in test_webhooks.py and test_outbox.py."""
+    settings.PORTAL_TASK_DISPATCH = "hold"
+    dispatch.clear_held()
+    yield
+    dispatch.clear_held()
 
 NOTES = "- New checkout page\n- Fix: rounding of totals\n* Faster search"
 
