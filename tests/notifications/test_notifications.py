@@ -68,6 +68,20 @@ def test_submission_asks_each_person_who_may_decide_a_gate(demo):
     assert "New checkout page" in cab.body
 
 
+def test_approval_requests_greet_each_decider_and_the_channels_greet_nobody_by_name(demo):
+    services.subscription_create(actor=demo.admin, channel="email", target="team@example.com",
+                                 kinds=[Kind.APPROVAL_REQUEST])
+    change = production_change(demo)
+    by_name = {n.recipient_name: n for n in of_kind(Kind.APPROVAL_REQUEST, change_id=change.pk)}
+    assert by_name["cab"].body.startswith("Hello cab,\n")
+    team = by_name["team@example.com"]
+    assert team.body.startswith("Hello,\n")
+    assert team.fields["recipient"] == demo.engineer.get_username()
+    # Every row's send was queued on commit (held here, sent by the test itself).
+    queued = {h.args[0] for h in dispatch.held(notification_send.name)}
+    assert {n.pk for n in by_name.values()} <= queued
+
+
 def test_rejection_tells_the_requester_why(demo):
     change = production_change(demo)
     approvals.gate_reject(actor=demo.security, change=change, role="security",
