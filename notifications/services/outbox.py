@@ -73,8 +73,10 @@ def notifications_queue(*, event_key: str, message: Message, change_id, deployme
 def _queue_sends(ids: list[int]) -> None:
     """Hand each send to ``core.dispatch`` (a worker, this process, or held, as
     ``PORTAL_TASK_DISPATCH`` says)."""
-    # The tasks module imports the services (a task calls a service); the one task
-    # queued from here is named when it is queued, so that no import runs the other way.
+    # The tasks module imports the services when it loads (a task calls a service);
+    # the task is imported here only when a send is queued, both modules loaded by
+    # then. Naming it by string would not do: a process knows a Celery task only once
+    # it imported the task's module, and a web process never imports the tasks.
     from notifications.tasks import notification_send
 
     for pk in ids:
