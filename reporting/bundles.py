@@ -25,8 +25,8 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, Max, Min, OuterRef, Q, QuerySet
 from django.template.loader import render_to_string
-from django.utils import timezone
 
+from core import clock
 from core.audit import HASHED_FIELDS, audit_record, canonical
 from core.checkpoints import seal_sign, signing_key
 from core.models import AuditEvent, SignedCheckpoint
@@ -160,7 +160,7 @@ def bundle_stream(plan: BundlePlan, *, generated_by: str, chunk_size: int = 2000
     """
     seal_key = signing_key()
     sink = _Sink()
-    generated_at = timezone.now()
+    generated_at = clock.now()
     listed: list[dict] = []
     digests: dict[str, str] = {}
     sealed = {"first_id": None, "last_id": None, "in_scope": 0, "linking": 0}

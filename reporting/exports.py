@@ -2,13 +2,13 @@
 
 PostgreSQL builds each line (``audit_selectors.export_stream``); the cell functions
 here remain the definition of what a cell holds, and write the rows the SQL cannot.
-The two CSV styles differ only in their cells, kept as they were published:
+The two CSV styles differ only in how they write times, kept as they were published:
 
-- ``auditor`` (``/audit/export.csv``): times as ``isoformat()``, JSON values as sorted
-  JSON (``auditor_cell``);
-- ``api`` (``/api/v1/audit-events/?format=csv``): ``str()`` of each value (``api_cell``).
+- ``auditor`` (``/audit/export.csv``): times as ``isoformat()`` (``auditor_cell``);
+- ``api`` (``/api/v1/audit-events/?format=csv``): ``str()`` of a time (``api_cell``).
 
-Either way a cell a spreadsheet would run as a formula is written as text.
+Both write a structured value (an object or a list) as JSON with sorted keys, so a
+reader parses it back, and a cell a spreadsheet would run as a formula as text.
 """
 
 from __future__ import annotations
@@ -34,16 +34,22 @@ def _as_text(text: str) -> str:
     return "'" + text if text[:1] in FORMULA_STARTS else text
 
 
+def _json(value) -> str:
+    return json.dumps(value, sort_keys=True, cls=DjangoJSONEncoder)
+
+
 def auditor_cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, (dict, list)):
-        value = json.dumps(value, sort_keys=True, cls=DjangoJSONEncoder)
+        value = _json(value)
     # The JSON Lines export keeps every value exactly as stored, for verification.
     return _as_text(value.isoformat() if hasattr(value, "isoformat") else str(value))
 
 
 def api_cell(value) -> str:
+    if isinstance(value, (dict, list)):
+        value = _json(value)
     return _as_text("" if value is None else str(value))
 
 

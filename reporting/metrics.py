@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from django.core.exceptions import EmptyResultSet
 from django.utils import timezone
 
+from core import clock
 from deployments.models import Deployment
 
 HOUR = 3600.0
@@ -257,7 +258,7 @@ def dora(queryset, *, since: datetime, until: datetime, period: str = "month",
 
 def default_range(now: datetime | None = None, months: int = 6) -> tuple[datetime, datetime]:
     """The last ``months`` calendar months up to now, this one included."""
-    now = now or timezone.now()
+    now = now or clock.now()
     start = month_start(now)
     for _ in range(months - 1):
         start = (start - timedelta(days=1)).replace(day=1)

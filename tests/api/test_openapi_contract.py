@@ -151,7 +151,7 @@ def test_the_notification_webhook_is_described_as_the_portal_sends_it(schema):
     import jsonschema
 
     from notifications.models import Notification
-    from notifications.services import _json_body
+    from notifications.services import webhook_body
 
     assert schema["openapi"] == "3.1.0"
     webhook = schema["webhooks"]["notification"]["post"]
@@ -160,7 +160,7 @@ def test_the_notification_webhook_is_described_as_the_portal_sends_it(schema):
     headers = {p["name"]: p for p in webhook["parameters"] if p["in"] == "header"}
     assert headers["Idempotency-Key"]["required"] is True
 
-    sent = _json_body(Notification(pk=7, kind="failed", subject="CR-3 failed",
+    sent = webhook_body(Notification(pk=7, kind="failed", subject="CR-3 failed",
                                    body="Deployment 9 failed.", change_id=3,
                                    deployment_id=9, environment="staging",
                                    fields={"application": "storefront"}))

@@ -10,6 +10,7 @@ from django.core import mail
 from django.utils import timezone
 
 from approvals import services as approvals
+from core import dispatch
 from core.models import AuditEvent
 from deployments.models import AnalysisVerdict, Deployment, DeploymentStep
 from notifications import services
@@ -21,13 +22,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def _sent_here_only(monkeypatch):
+def _sent_here_only(settings):
     """These tests send in this process (``deliver_all``, ``notification_send.run``) and
     look at what was sent; the rows they commit must not also be queued to the session's
     real worker, which would race them for the same rows (and send where the test's
-    mail outbox cannot see). The worker's own sending is tested in test_webhooks.py
-    and test_outbox.py."""
-    monkeypatch.setattr(services, "_enqueue", lambda ids: None)
+    mail outbox cannot see): the sends queued on commit are held. The worker's own
+    sending is tested in test_webhooks.py and test_outbox.py."""
+    settings.PORTAL_TASK_DISPATCH = "hold"
+    dispatch.clear_held()
+    yield
+    dispatch.clear_held()
 
 NOTES = "- New checkout page\n- Fix: rounding of totals\n* Faster search"
 
@@ -62,6 +66,20 @@ def test_submission_asks_each_person_who_may_decide_a_gate(demo):
     assert f"/changes/{change.pk}/" in cab.body
     assert "Redeploy the previous release" in cab.body
     assert "New checkout page" in cab.body
+
+
+def test_approval_requests_greet_each_decider_and_the_channels_greet_nobody_by_name(demo):
+    services.subscription_create(actor=demo.admin, channel="email", target="team@example.com",
+                                 kinds=[Kind.APPROVAL_REQUEST])
+    change = production_change(demo)
+    by_name = {n.recipient_name: n for n in of_kind(Kind.APPROVAL_REQUEST, change_id=change.pk)}
+    assert by_name["cab"].body.startswith("Hello cab,\n")
+    team = by_name["team@example.com"]
+    assert team.body.startswith("Hello,\n")
+    assert team.fields["recipient"] == demo.engineer.get_username()
+    # Every row's send was queued on commit (held here, sent by the test itself).
+    queued = {h.args[0] for h in dispatch.held(notification_send.name)}
+    assert {n.pk for n in by_name.values()} <= queued
 
 
 def test_rejection_tells_the_requester_why(demo):

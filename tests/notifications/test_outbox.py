@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from approvals import services as approvals
 from approvals.models import ChangeRequest
+from core import dispatch
 from notifications import services
 from notifications.models import Kind, Notification
 from notifications.tasks import notification_send, notifications_send_unsent
@@ -62,6 +63,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from approvals import services
 from approvals.models import ChangeRequest
+from core import dispatch
 change = ChangeRequest.objects.get(pk={change.pk})
 with transaction.atomic():
     # Registered first, so it runs first once the decision has committed.
@@ -156,10 +158,13 @@ def test_the_reopened_approval_mail_is_an_outbox_row_sent_by_the_worker(
 
 
 @pytest.fixture
-def sends_never_queued(monkeypatch):
+def sends_never_queued(settings):
     """The sends queued on commit never reach a worker (the process died, the broker
-    was down): only the sweep sends, here in this process."""
-    monkeypatch.setattr(services, "_enqueue", lambda ids: None)
+    was down): they are held here, and only the sweep sends, in this process."""
+    settings.PORTAL_TASK_DISPATCH = "hold"
+    dispatch.clear_held()
+    yield
+    dispatch.clear_held()
 
 
 def test_a_transient_failure_is_retried_when_due_and_not_before(demo, receiver,
@@ -167,6 +172,8 @@ def test_a_transient_failure_is_retried_when_due_and_not_before(demo, receiver,
     subscribe(demo, f"{receiver.url}/fail", ["approval_request"])
     request_change(demo.engineer, "staging", release=ReleaseFactory())
     hook = Notification.objects.get(channel="webhook")
+    # Its send was queued on commit, and never reaches a worker.
+    assert hook.pk in [h.args[0] for h in dispatch.held(notification_send.name)]
     assert services.notification_send(notification_id=hook.pk) == "retry"
     hook.refresh_from_db()
     assert (hook.status, hook.attempts) == ("pending", 1)

@@ -79,13 +79,13 @@ def test_webhook_urls_stay_out_of_the_audit_trail_and_the_pages(demo, client):
 
 def test_someone_who_lost_access_stops_hearing_about_the_environment(demo):
     from catalog.models import Environment
-    from notifications.services import _subscriptions
+    from notifications.services import subscriptions_for
 
     staging = Environment.objects.get(slug="staging")
     qa = demo.qa
     qa.email = "qa@example.com"
     qa.save()
     services.subscription_create(actor=qa, channel="email", environment=staging, user=qa)
-    assert len(_subscriptions("post_deployment", 1, staging.pk)) == 1
+    assert len(subscriptions_for("post_deployment", 1, staging.pk)) == 1
     qa.groups.clear()
-    assert _subscriptions("post_deployment", 1, staging.pk) == []
+    assert subscriptions_for("post_deployment", 1, staging.pk) == []
