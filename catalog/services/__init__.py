@@ -1,5 +1,8 @@
 """The catalogue's state changes, one module per topic; callers import from here."""
 
+from catalog.services.artifacts import artifact_display, artifact_source_check
 from catalog.services.inputs import deployment_inputs_edited
+from catalog.services.releases import RELEASE_FIELDS, release_register
 
-__all__ = ["deployment_inputs_edited"]
+__all__ = ["RELEASE_FIELDS", "artifact_display", "artifact_source_check",
+           "deployment_inputs_edited", "release_register"]
