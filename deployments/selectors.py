@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from django.db import connection
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 
-from catalog.models import Release, Target
+# Which releases a user sees is the catalogue's rule; pages and the API of the engine
+# and of the approval workflow read it here too.
+from catalog.selectors import releases_visible_to as releases_visible_to
 from catalog.selectors import visible_environment_ids
 from deployments.models import AnalysisVerdict, Deployment, DeploymentStep
+from deployments.services import HOLDING, irreversible_since, queue_head, queue_position
 
 
 def deployments_visible_to(user) -> QuerySet[Deployment]:
@@ -20,29 +23,11 @@ def deployments_visible_to(user) -> QuerySet[Deployment]:
     return qs
 
 
-def releases_visible_to(user, *, queryset: QuerySet[Release] | None = None
-                        ) -> QuerySet[Release]:
-    """Releases ``user`` may see, out of ``queryset`` (default: with their application).
-
-    A release is seen by those who work where it runs: anyone holding any permission
-    on an environment where its application has a target, or where the release was
-    deployed; by the person or CI account that registered it; by auditors and
-    superusers. Everyone else gets a 404, as for changes and deployments in
-    environments they hold nothing on. Filters in the query (two EXISTS), so a list
-    costs the same number of queries however many releases it shows."""
-    queryset = (Release.objects.select_related("application") if queryset is None
-                else queryset)
-    env_ids = visible_environment_ids(user)
-    if env_ids is None:
-        return queryset
-    if not getattr(user, "is_authenticated", False):
-        return queryset.none()
-    return queryset.filter(
-        Q(created_by=user)
-        | Exists(Target.objects.filter(application_id=OuterRef("application_id"),
-                                       environment_id__in=env_ids))
-        | Exists(Deployment.objects.filter(release_id=OuterRef("pk"),
-                                           environment_id__in=env_ids)))
+def releases_deployed_in(environment_ids) -> Exists:
+    """Over releases: deployed in one of ``environment_ids``. The catalogue's
+    ``releases_visible_to`` asks it (registered in ``DeploymentsConfig.ready``)."""
+    return Exists(Deployment.objects.filter(release_id=OuterRef("pk"),
+                                            environment_id__in=environment_ids))
 
 
 def latest_per_application_environment(
@@ -86,8 +71,6 @@ def latest_per_application_environment(
 def rollback_options(application, environment) -> list[dict]:
     """Earlier releases that succeeded in ``environment``, newest first, and whether
     rolling back to each is safe (no irreversible migration applied since)."""
-    from deployments.services import irreversible_since
-
     latest = (Deployment.objects.filter(application=application, environment=environment)
               .exclude(status=Deployment.Status.QUEUED).order_by("-created_at", "-id").first())
     if latest is None:
@@ -153,20 +136,16 @@ def queue_state(deployment: Deployment) -> dict:
     """Where a deployment stands in its application's queue in its environment:
     ``position`` (1 = next to start; None when not waiting), ``waiting_for`` (the id
     of the deployment holding the target, None when not waiting) and that ``head``."""
-    from deployments.services import _head, queue_position
-
     position = queue_position(deployment)
     if position is None:
         return {"position": None, "waiting_for": None, "head": None}
-    head = _head(deployment.application_id, deployment.environment_id)
+    head = queue_head(deployment.application_id, deployment.environment_id)
     return {"position": position, "waiting_for": head.pk if head else None, "head": head}
 
 
 def queued_deployments(environment_ids=None) -> list[dict]:
     """Deployments waiting in a queue, with their position and what they wait for,
     for the dashboard and the change page (two queries)."""
-    from deployments.services import HOLDING
-
     waiting = (Deployment.objects.filter(status=Deployment.Status.QUEUED, holds_target=False)
                .select_related("application", "environment", "release")
                .order_by("environment__order", "application__slug", "created_at", "id"))
@@ -180,7 +159,7 @@ def queued_deployments(environment_ids=None) -> list[dict]:
         application_id__in={w.application_id for w in waiting},
         environment_id__in={w.environment_id for w in waiting}).select_related("release")}
     rows, seen = [], {}
-    # Rollbacks go first in a queue, then first in first out (services._waiting).
+    # Rollbacks go first in a queue, then first in first out (deployments.services.queue).
     waiting.sort(key=lambda d: (d.environment.order, d.application.slug,
                                 d.kind != Deployment.Kind.ROLLBACK, d.created_at, d.pk))
     for d in waiting:

@@ -8,6 +8,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from catalog import services as catalog_services
 from catalog.models import SEMVER, SHA256, Application, Environment
 from catalog.permissions import has_env_perm
 from core import paging, stepup_views
@@ -37,8 +38,8 @@ def release_new(request):
     form = ReleaseForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            release, created = services.release_register(actor=request.user,
-                                                         **form.cleaned_data)
+            release, created = catalog_services.release_register(actor=request.user,
+                                                                 **form.cleaned_data)
         except Refused as exc:
             form.add_error(None, exc.detail)
         except DomainError as exc:

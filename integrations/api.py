@@ -7,12 +7,12 @@ from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
+from catalog.api import ReleaseInSerializer, ReleaseOutSerializer
 from catalog.models import Release
 from core.api import DEPLOY, REQUEST, ApiView, BoundedDateTimeField
 from core.authentication import BearerTokenAuthentication
 from core.idempotency import idempotent
 from core.schema import HookDuplicateSerializer
-from deployments.api import ReleaseInSerializer, ReleaseOutSerializer
 from integrations import hooks
 
 

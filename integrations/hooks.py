@@ -361,11 +361,11 @@ def push_deploy(*, actor, application, version: str, ref: str = "",
     """
     from approvals import services as approval_services
     from approvals.models import ChangeRequest, ChangeType
+    from catalog import services as catalog_services
     from catalog.models import Environment, Release
-    from deployments import services as deployment_services
     from deployments.models import Deployment
 
-    release, created = deployment_services.release_register(
+    release, created = catalog_services.release_register(
         actor=actor, application=application, version=version, **release_fields)
     if authors or mergers:
         release = release_checks_record(actor=actor, release=release, authors=authors,

@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from approvals import api as approvals_api
 from approvals import views as approvals_views
+from catalog import api as catalog_api
 from configuration import views as configuration_views
 from core import api as core_api
 from core import identity, identity_views, stepup_views, token_api, token_views
@@ -20,10 +21,10 @@ from reporting import views as reporting_views
 from reporting.prometheus import metrics as prometheus_metrics
 
 api_v1 = [
-    path("environments/", deployments_api.EnvironmentList.as_view(), name="api-environments"),
-    path("applications/", deployments_api.ApplicationList.as_view(), name="api-applications"),
-    path("releases/", deployments_api.ReleaseListCreate.as_view(), name="api-releases"),
-    path("releases/<int:pk>/", deployments_api.ReleaseDetail.as_view(), name="api-release"),
+    path("environments/", catalog_api.EnvironmentList.as_view(), name="api-environments"),
+    path("applications/", catalog_api.ApplicationList.as_view(), name="api-applications"),
+    path("releases/", catalog_api.ReleaseListCreate.as_view(), name="api-releases"),
+    path("releases/<int:pk>/", catalog_api.ReleaseDetail.as_view(), name="api-release"),
     path("changes/", approvals_api.ChangeListCreate.as_view(), name="api-changes"),
     path("changes/<int:pk>/", approvals_api.ChangeDetail.as_view(), name="api-change"),
     path("changes/<int:pk>/approve", approvals_api.ChangeApprove.as_view(),

@@ -1,6 +1,10 @@
 """The catalogue's state changes, one module per topic; callers import from here."""
 
+from catalog.services.artifacts import artifact_display, artifact_source_check
 from catalog.services.environments import environment_lock, environment_unlock
 from catalog.services.inputs import deployment_inputs_edited
+from catalog.services.releases import RELEASE_FIELDS, release_register
 
-__all__ = ["deployment_inputs_edited", "environment_lock", "environment_unlock"]
+__all__ = ["RELEASE_FIELDS", "artifact_display", "artifact_source_check",
+           "deployment_inputs_edited", "environment_lock", "environment_unlock",
+           "release_register"]

@@ -42,15 +42,15 @@ def fetch_artifact(release, into: Path, log: Callable[[str, str], None]) -> Path
     """Copy or download the release's artifact into ``into`` and verify its SHA-256.
 
     SOP 10.1: only verified artifacts from trusted sources are deployed. The source is
-    checked again here (``deployments.services.artifact_source_check``), downloads go
+    checked again here (``catalog.services.artifact_source_check``), downloads go
     through ``core.outbound``, and a missing or mismatching digest fails the step
     before anything is switched. The log names the artifact, its source and digest.
     """
     if not release.artifact_url:
         return None
+    from catalog.services import artifact_display, artifact_source_check
     from core import outbound
     from core.errors import Invalid
-    from deployments.services import artifact_display, artifact_source_check
 
     shown = artifact_display(release.artifact_url)
     expected = release.artifact_sha256

@@ -27,7 +27,8 @@ def _end(deployment, status="succeeded"):
     with TestCase.captureOnCommitCallbacks(execute=True), transaction.atomic():
         locked = Deployment.objects.select_for_update().select_related("environment").get(
             pk=deployment.pk)
-        services._finish(locked, status, "" if status == "succeeded" else "it broke")
+        services.deployment_finish(deployment=locked, status=status,
+                                   reason="" if status == "succeeded" else "it broke")
 
 
 def _fresh(*deployments):

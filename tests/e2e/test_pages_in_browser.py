@@ -6,6 +6,7 @@ from playwright.sync_api import expect
 from approvals import services as approval_services
 from approvals.models import ChangeRequest
 from catalog.models import Release
+from core import dispatch
 from deployments import services as deployment_services
 from deployments.models import Deployment
 from tests.factories import ReleaseFactory, request_change
@@ -14,17 +15,20 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def run_deployments_here(monkeypatch, deploy_root):
-    """Collect deployments instead of queueing them to Celery; run() executes them in-process."""
-    queued: list[int] = []
-    monkeypatch.setattr(deployment_services, "_enqueue",
-                        lambda deployment_id, task_id: queued.append(deployment_id))
+def run_deployments_here(settings, deploy_root):
+    """Hold deployments instead of queueing them to Celery; run() executes them in-process."""
+    settings.PORTAL_TASK_DISPATCH = "hold"
+    dispatch.clear_held()
+    done = 0
 
     def run() -> None:
-        while queued:
-            deployment_services.deployment_run(deployment_id=queued.pop(0))
+        nonlocal done
+        while len(queued := dispatch.held("deployments.tasks.deployment_execute")) > done:
+            deployment_services.deployment_run(deployment_id=queued[done].args[0])
+            done += 1
 
-    return run
+    yield run
+    dispatch.clear_held()
 
 
 def deploy(actor, change) -> Deployment:

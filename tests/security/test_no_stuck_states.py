@@ -102,7 +102,8 @@ def test_the_beat_closes_a_change_whose_deployment_failed_and_leaves_running_one
                         lambda **kw: 1 / 0)
     with transaction.atomic():
         locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
-        services._finish(locked, Deployment.Status.FAILED, "target unreachable")
+        services.deployment_finish(deployment=locked, status=Deployment.Status.FAILED,
+                                   reason="target unreachable")
     monkeypatch.undo()
     change.refresh_from_db()
     assert change.status == ChangeRequest.Status.DEPLOYING

@@ -80,16 +80,17 @@ def _end(deployment, status="succeeded"):
     with TestCase.captureOnCommitCallbacks(execute=True), transaction.atomic():
         locked = Deployment.objects.select_for_update().select_related("environment").get(
             pk=deployment.pk)
-        engine._finish(locked, status, "")
+        engine.deployment_finish(deployment=locked, status=status)
 
 
 @pytest.fixture(autouse=True)
-def _runs_here_only(request, monkeypatch):
+def _runs_here_only(request, settings):
     """Tests without the real worker run deployments in this process; a task queued to
     the session's worker would race them for the run's lock (the worker tries it before
-    it finds the row, which it cannot see), so nothing is sent to it."""
+    it finds the row, which it cannot see), so nothing is sent to it: tasks are held
+    (``core.dispatch``)."""
     if request.node.get_closest_marker("worker") is None:
-        monkeypatch.setattr(engine, "_enqueue", lambda pk, task_id: True)
+        settings.PORTAL_TASK_DISPATCH = "hold"
 
 
 def _running(deployment):
@@ -176,14 +177,11 @@ def test_a_queued_deployment_never_runs_after_ci_names_its_approver_an_author(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_ci_report_racing_the_promotion_never_lets_the_deployment_run(demo, api,
-                                                                       monkeypatch):
+def test_a_ci_report_racing_the_promotion_never_lets_the_deployment_run(demo, api):
     """The head's end (which promotes the next one) and CI's report, in two threads and
     transactions at once: whichever commits first, the waiting deployment never runs.
     No worker takes it here (its message is kept back); the test claims it as one would,
     after both."""
-    sent = []
-    monkeypatch.setattr(engine, "_enqueue", lambda pk, task_id: sent.append(pk) or True)
     app, _ = executor_app("command", {"commands": {}})
     first, second = approved(demo, app, "1.0.0"), approved(demo, app, "1.1.0")
     head = _running(approvals.change_request_deploy(actor=demo.engineer, change=first))
@@ -198,7 +196,7 @@ def test_a_ci_report_racing_the_promotion_never_lets_the_deployment_run(demo, ap
             with transaction.atomic():
                 locked = (Deployment.objects.select_for_update()
                           .select_related("environment").get(pk=head.pk))
-                engine._finish(locked, Deployment.Status.SUCCEEDED)
+                engine.deployment_finish(deployment=locked, status=Deployment.Status.SUCCEEDED)
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
         finally:

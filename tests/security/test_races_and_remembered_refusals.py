@@ -23,9 +23,11 @@ from django.utils import timezone
 
 from approvals.models import ChangeRequest
 from catalog.models import Environment
+from core import dispatch
 from core.models import AuditEvent
 from deployments import services
 from deployments.models import Deployment
+from deployments.services import run as engine_run
 from integrations.models import HookDelivery
 from tests.api.helpers import finished_deployment
 from tests.factories import ReleaseFactory
@@ -128,16 +130,13 @@ def _in_thread(target, errors: list) -> threading.Thread:
 
 
 @pytest.fixture
-def sent(monkeypatch):
-    """Deployments handed to the workers, recorded instead of sent (no worker runs them)."""
-    handed: list[int] = []
-
-    def enqueue(deployment_id: int, task_id: str) -> bool:
-        handed.append(deployment_id)
-        return True
-
-    monkeypatch.setattr(services, "_enqueue", enqueue)
-    return handed
+def sent(settings):
+    """Deployments handed to the workers, held instead of sent (no worker runs them):
+    ``sent()`` lists their ids."""
+    settings.PORTAL_TASK_DISPATCH = "hold"
+    dispatch.clear_held()
+    yield lambda: [h.args[0] for h in dispatch.held("deployments.tasks.deployment_execute")]
+    dispatch.clear_held()
 
 
 # --- 13. the stale sweep against a worker's claim -----------------------------------------
@@ -168,7 +167,8 @@ def test_a_worker_claiming_between_the_sweeps_read_and_lock_is_not_failed(
     swept_read = threading.Event()   # the sweep read the deployment as stale
     claimed = threading.Event()      # the worker claimed it and is in its step
     sweep_over = threading.Event()   # the sweep is done: the worker's step may end
-    real_is_live, real_claim = services.run_is_live, services._claim_run
+    # The run module's seam: the sweep and the run look both up on it when they call.
+    real_is_live, real_claim = engine_run.run_is_live, engine_run.claim_run
     asked: list[int] = []
 
     def is_live_then_let_the_worker_claim(pk):
@@ -188,8 +188,8 @@ def test_a_worker_claiming_between_the_sweeps_read_and_lock_is_not_failed(
         assert sweep_over.wait(WAIT), "the sweep did not finish"
         return None
 
-    monkeypatch.setattr(services, "run_is_live", is_live_then_let_the_worker_claim)
-    monkeypatch.setattr(services, "_claim_run", claim_then_run_a_step)
+    monkeypatch.setattr(engine_run, "run_is_live", is_live_then_let_the_worker_claim)
+    monkeypatch.setattr(engine_run, "claim_run", claim_then_run_a_step)
     errors: list = []
     handled: list[int] = []
 
@@ -219,7 +219,7 @@ def test_a_worker_claiming_between_the_sweeps_read_and_lock_is_not_failed(
     # The queue did not move: the next deployment still waits for the targets.
     waiting.refresh_from_db()
     assert waiting.status == "queued" and not waiting.holds_target
-    assert waiting.pk not in sent
+    assert waiting.pk not in sent()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -230,7 +230,7 @@ def test_the_sweep_still_fails_a_stale_run_on_its_last_attempt_and_moves_the_que
     assert services.deployments_resume_stale() == 1
     assert Deployment.objects.get(pk=running.pk).status == "failed"
     waiting.refresh_from_db()
-    assert waiting.holds_target and waiting.pk in sent
+    assert waiting.holds_target and waiting.pk in sent()
 
 
 # --- 14. concurrent pushes of one version -------------------------------------------------

@@ -623,7 +623,8 @@ class ControlsMachine(RuleBasedStateMachine):
         with transaction.atomic():
             deployment = (Deployment.objects.select_for_update(of=("self",))
                           .select_related("environment").get(pk=pk))
-            engine._finish(deployment, outcome, "" if outcome == "succeeded" else "step failed")
+            engine.deployment_finish(deployment=deployment, status=outcome,
+                                     reason="" if outcome == "succeeded" else "step failed")
         deployment_finished.send(sender=Deployment, deployment=deployment, status=outcome)
 
     @rule(pick=st.integers(0, 50), actor=st.one_of(st.none(), st.sampled_from(PEOPLE)),
@@ -937,9 +938,9 @@ def _production_runs_a_release(demo) -> None:
                                          done=True, note="checked")
     deployment = approvals.change_request_deploy(actor=demo.oncall, change=change)
     with transaction.atomic():
-        engine._finish(Deployment.objects.select_for_update(of=("self",))
-                       .select_related("environment").get(pk=deployment.pk),
-                       Deployment.Status.SUCCEEDED, "")
+        engine.deployment_finish(deployment=Deployment.objects.select_for_update(of=("self",))
+                                 .select_related("environment").get(pk=deployment.pk),
+                                 status=Deployment.Status.SUCCEEDED)
     assert Deployment.objects.get(pk=deployment.pk).status == Deployment.Status.SUCCEEDED
 
 
