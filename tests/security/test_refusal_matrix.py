@@ -131,7 +131,7 @@ HOOK_REFUSED = (401,)
 ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 APPROVERS_OF_STAGING = frozenset({"techlead", "qa", "admin"})
 TICKS_CHECKLIST = frozenset({"engineer", "techlead", "qa", "oncall", "admin"})
-CHANGE_BODY = {"release": "release", "environment": "staging_id", "change_type": "standard",
+CHANGE_BODY = {"release": "release", "environment": "staging", "change_type": "standard",
                "strategy": "all_at_once", "rollback_plan": "Redeploy the last release"}
 
 ROUTES: dict[str, Row] = {
@@ -151,7 +151,8 @@ ROUTES: dict[str, Row] = {
     "api-change-checklist-item": api(("POST",), may=TICKS_CHECKLIST,
                                      args={"pk": "change", "item_id": "item"},
                                      body={"done": True}),
-    "api-change-submit": api(("POST",), may=REQUESTER, args={"pk": "draft"}),
+    # A draft is submitted by its requester only.
+    "api-change-submit": api(("POST",), may=frozenset({"engineer"}), args={"pk": "draft"}),
     "api-change-deploy": api(("POST",), may=DEPLOYS_STAGING, args=CHANGE),
     "api-change-cancel": api(("POST",), may=REQUESTER, args=CHANGE),
     "api-preflight": api(url="/api/v1/preflight/?release={release}&environment=staging",
@@ -201,7 +202,7 @@ ROUTES: dict[str, Row] = {
     "change-edit": page(("GET", "POST"), may={"GET": SEES_STAGING, "POST": REQUESTER},
                         args=CHANGE, body={"strategy": "canary", "rollback_plan": "Redeploy"},
                         refused=FORM_REFUSED),
-    "change-submit": page(("POST",), may=REQUESTER, args={"pk": "draft"},
+    "change-submit": page(("POST",), may=frozenset({"engineer"}), args={"pk": "draft"},
                           refused=PAGE_REFUSED),
     "approval-withdraw": page(("POST",), may=frozenset({"techlead", "admin"}),
                               args={"pk": "change", "role": "tech_lead_role"},
@@ -209,8 +210,8 @@ ROUTES: dict[str, Row] = {
     "checklist-tick": page(("POST",), may=TICKS_CHECKLIST,
                            args={"pk": "change", "item_id": "item"},
                            body={"done": "on"}, refused=PAGE_REFUSED),
-    "review-close": page(("POST",), may=frozenset({"admin"}), args=CHANGE,
-                         refused=PAGE_REFUSED),
+    # A change with no review open: 404 to everyone, nothing closed.
+    "review-close": page(("POST",), may=NOBODY, args=CHANGE, refused=PAGE_REFUSED),
     "calendar": page(),
     "environments": page(("GET", "POST")),
     "delegations": page(("GET", "POST")),
@@ -354,7 +355,6 @@ def objects(demo, settings):
             "deployment": deployment.pk, "attention": attention.pk, "token": token.pk,
             "fingerprint": approvals.fingerprint(ChangeRequest.objects.get(pk=change.pk)),
             "app": "storefront", "env": "staging", "stash": "no-such-stash",
-            "staging_id": Environment.objects.get(slug="staging").pk,
             "qa_role": "qa", "tech_lead_role": "tech_lead"}
 
 
