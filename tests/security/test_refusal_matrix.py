@@ -18,9 +18,12 @@ every person of the demo cast (signed in once per test and reused):
   same objects);
 - nobody, ever, a 500.
 
-People sign in with ``force_login``, without a second factor: a Production action is
-refused for want of one (``step_up_required`` / the step-up page), which is a
-documented answer. ``PORTAL_TASK_DISPATCH = "hold"``: nothing posted here reaches a
+People sign in with ``force_login``, without a second factor. The matrix's objects are
+in staging, where no second factor is asked; ``PRODUCTION`` asks Production's decisions
+(approve, reject, roll back, retry a step, mark it done) on Production's objects, where
+whoever holds the permission is refused for want of a second factor
+(``step_up_required`` from the API, the second-factor check from a page), a documented
+answer, and nothing changes either. ``PORTAL_TASK_DISPATCH = "hold"``: nothing posted here reaches a
 worker.
 """
 
@@ -99,6 +102,10 @@ class Row:
     ok: tuple[int, ...] = (200,)
     refused: tuple[int, ...] = (403, 404)
     api: bool = False
+    # Who holds the permission but, signed in without a second factor, is refused for
+    # want of one (Production): 403 step_up_required from the API, the second-factor
+    # check from a page.
+    step_up: frozenset[str] = NOBODY
 
     def who_may(self, method: str) -> frozenset[str]:
         return self.may.get(method, NOBODY) if isinstance(self.may, dict) else self.may
@@ -273,6 +280,43 @@ ROUTES: dict[str, Row] = {
 }
 
 
+# --- Production: the same routes on Production's objects ----------------------------------
+# People sign in here without a second factor: whoever holds the permission in
+# Production is refused for want of one, the others as in staging.
+PROD_CHANGE = {"pk": "prod_change"}
+PROD_DEPLOYMENT = {"pk": "prod_deployment"}
+PROD_ATTENTION = {"pk": "prod_attention"}
+SEES_PRODUCTION = frozenset({"engineer", "techlead", "cab", "security", "business", "oncall",
+                             "auditor", "admin"})
+PRODUCTION: dict[str, Row] = {
+    "api-change-approve": api(("POST",), may=NOBODY, step_up=frozenset({"cab", "admin"}),
+                              args=PROD_CHANGE, body={"gate": "cab"}),
+    "api-change-reject": api(("POST",), may=NOBODY, step_up=frozenset({"cab", "admin"}),
+                             args=PROD_CHANGE, body={"gate": "cab", "comment": "no"}),
+    "gate-decide": page(("POST",), may=NOBODY, step_up=frozenset({"cab", "admin"}),
+                        args={"pk": "prod_change", "role": "cab_role"},
+                        body={"decision": "approve", "fingerprint": "prod_fingerprint"},
+                        refused=PAGE_REFUSED),
+    "api-deployment-rollback": api(("POST",), may=NOBODY, args=PROD_DEPLOYMENT,
+                                   step_up=ON_CALL, body={"reason": "matrix"}),
+    "deployment-rollback": page(("POST",), may=NOBODY, args=PROD_DEPLOYMENT,
+                                step_up=ON_CALL, body={"reason": "matrix"},
+                                refused=PAGE_REFUSED),
+    "api-deployment-retry-step": api(("POST",), may=NOBODY, args=PROD_ATTENTION,
+                                     step_up=ON_CALL, body={"reason": "matrix"}),
+    "api-deployment-mark-step-done": api(("POST",), may=NOBODY, args=PROD_ATTENTION,
+                                         step_up=ON_CALL, body={"reason": "matrix"}),
+    "deployment-retry-step": page(("POST",), may=NOBODY, args=PROD_ATTENTION,
+                                  step_up=ON_CALL, body={"reason": "matrix"},
+                                  refused=PAGE_REFUSED),
+    "deployment-mark-step-done": page(("POST",), may=NOBODY, args=PROD_ATTENTION,
+                                      step_up=ON_CALL, body={"reason": "matrix"},
+                                      refused=PAGE_REFUSED),
+    "api-change": api(args=PROD_CHANGE, may=SEES_PRODUCTION),
+    "change-detail": page(args=PROD_CHANGE, may=SEES_PRODUCTION),
+}
+
+
 # --- walking the URL conf ------------------------------------------------------------------
 
 
@@ -304,11 +348,35 @@ def view_methods(pattern: URLPattern) -> set[str] | None:
             if m not in ("options", "head") and hasattr(cls, m)}
 
 
-def test_every_route_has_a_row():
-    walked = {}
-    for key, _route, pattern, _included in walk():
+def walked_routes(patterns=None) -> dict[str, list[URLPattern]]:
+    walked: dict[str, list[URLPattern]] = {}
+    for key, _route, pattern, _included in walk(patterns):
         walked.setdefault(key, []).append(pattern)
-    missing = sorted(set(walked) - set(ROUTES) - set(INCLUDED))
+    return walked
+
+
+def without_a_row(patterns=None) -> list[str]:
+    return sorted(set(walked_routes(patterns)) - set(ROUTES) - set(INCLUDED))
+
+
+def test_a_new_route_without_a_row_is_caught():
+    from django.http import HttpResponse
+    from django.urls import include, path
+
+    def view(request):
+        return HttpResponse()
+
+    conf = [*get_resolver().url_patterns,
+            path("reports/new/", view, name="report-new"),
+            path("api/v1/", include([path("reports/", view, name="api-reports")])),
+            path("unnamed/", view)]
+
+    assert without_a_row(conf) == ["api-reports", "report-new", "unnamed/"]
+
+
+def test_every_route_has_a_row():
+    walked = walked_routes()
+    missing = without_a_row()
     stale = sorted(set(ROUTES) - set(walked))
     assert not missing, f"routes without a row in ROUTES (say who may use them): {missing}"
     assert not stale, f"rows of ROUTES for routes that are gone: {stale}"
@@ -351,11 +419,25 @@ def objects(demo, settings):
     DeploymentStep.objects.create(deployment=attention, position=1, name="switch",
                                   title="Switch app-1", status=DeploymentStep.Status.RUNNING)
     token, _ = api_token_issue(actor=System("test"), user=demo.engineer, name="matrix")
+    prod_change = request_change(demo.engineer, "production", rollback_plan="Redeploy",
+                                 on_call=demo.oncall)
+    prod_deployment = finished_deployment("production", started_by=demo.oncall)
+    prod_attention = Deployment.objects.create(
+        application=Application.objects.get(slug="storefront"),
+        environment=Environment.objects.get(slug="production"), release=ReleaseFactory(),
+        status=Deployment.Status.NEEDS_ATTENTION, started_by=demo.oncall,
+        created_at=now - timedelta(minutes=3), started_at=now - timedelta(minutes=3))
+    DeploymentStep.objects.create(deployment=prod_attention, position=1, name="switch",
+                                  title="Switch app-1", status=DeploymentStep.Status.RUNNING)
     return {"release": release.pk, "change": change.pk, "item": item.pk, "draft": draft.pk,
             "deployment": deployment.pk, "attention": attention.pk, "token": token.pk,
             "fingerprint": approvals.fingerprint(ChangeRequest.objects.get(pk=change.pk)),
             "app": "storefront", "env": "staging", "stash": "no-such-stash",
-            "qa_role": "qa", "tech_lead_role": "tech_lead"}
+            "qa_role": "qa", "tech_lead_role": "tech_lead", "cab_role": "cab",
+            "prod_change": prod_change.pk, "prod_deployment": prod_deployment.pk,
+            "prod_attention": prod_attention.pk,
+            "prod_fingerprint": approvals.fingerprint(
+                ChangeRequest.objects.get(pk=prod_change.pk))}
 
 
 @pytest.fixture
@@ -436,6 +518,14 @@ def to_sign_in(response) -> bool:
         reverse("login"))
 
 
+def for_want_of_a_second_factor(response, row: Row) -> bool:
+    if row.api:
+        return response.status_code == 403 and response.json().get("code") in (
+            "step_up_required", "mfa_required")
+    return (response.status_code == 302 and response["Location"].startswith(
+        (reverse("mfa_reauthenticate"), reverse("mfa_reauthenticate_webauthn"))))
+
+
 def check_route(key: str, row: Row, objects: dict, people: dict) -> list[str]:
     """Ask the route as everyone, each method; what differs from its row."""
     url = url_of(key, row, objects)
@@ -451,8 +541,10 @@ def check_route(key: str, row: Row, objects: dict, people: dict) -> list[str]:
             order = [ANONYMOUS, "engineer"]
         for who in order:
             changing = method != "GET"
+            needs_factor = who in row.step_up
             refused = who != ANONYMOUS and who not in may and not row.public
-            before = state() if changing and (refused or who == ANONYMOUS) else None
+            before = (state() if changing and (refused or needs_factor or who == ANONYMOUS)
+                      else None)
             last_event = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first()
             client = people[who]
             cookies = copy.deepcopy(client.cookies)
@@ -474,6 +566,9 @@ def check_route(key: str, row: Row, objects: dict, people: dict) -> list[str]:
                 if not (to_sign_in(response) if row.anonymous == "login"
                         else code == row.anonymous):
                     wrong.append(f"{answer}, expected {row.anonymous}")
+            elif needs_factor:
+                if not for_want_of_a_second_factor(response, row):
+                    wrong.append(f"{answer}, expected a refusal for want of a second factor")
             elif not refused:
                 if method == "GET" and code not in row.ok:
                     wrong.append(f"{answer}, expected {row.ok}")
@@ -497,6 +592,16 @@ def test_every_route_answers_as_its_row_says(objects, people):
     for key in sorted(ROUTES):
         with transaction.atomic():
             wrong += check_route(key, ROUTES[key], objects, people)
+            transaction.set_rollback(True)
+    assert not wrong, "\n".join(wrong)
+
+
+def test_production_refuses_for_want_of_a_second_factor(objects, people):
+    """Production's decisions, asked by people signed in without a second factor."""
+    wrong = []
+    for key in sorted(PRODUCTION):
+        with transaction.atomic():
+            wrong += check_route(key, PRODUCTION[key], objects, people)
             transaction.set_rollback(True)
     assert not wrong, "\n".join(wrong)
 
