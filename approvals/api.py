@@ -27,6 +27,7 @@ from approvals.models import (
 from catalog.models import Environment, Release
 from catalog.permissions import environment_permissions
 from configuration.selectors import digests_for_many
+from core import logcontext
 from core.api import APPROVE, DEPLOY, REQUEST, ApiMixin, ApiView, BoundedDateTimeField
 from core.idempotency import idempotent
 from core.permissions import is_auditor
@@ -284,6 +285,11 @@ class ChangeDetail(ApiMixin, generics.RetrieveAPIView):
 
 class _ChangeAction(ApiView):
     """Looks the change up among those the caller can see: another team's change is a 404."""
+
+    def dispatch(self, request, *args, **kwargs):
+        # What is logged while deciding carries the change's id (core.logcontext).
+        with logcontext.bind(change_id=kwargs.get("pk")):
+            return super().dispatch(request, *args, **kwargs)
 
     def get_change(self, request, pk: int) -> ChangeRequest:
         return get_object_or_404(selectors.changes_visible_to(request.user), pk=pk)

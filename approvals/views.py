@@ -28,7 +28,7 @@ from catalog import services as catalog_services
 from catalog.models import Application, Environment, MigrationKind, Release
 from catalog.permissions import environment_permissions
 from configuration.selectors import digests_for_many
-from core import paging, stepup_views
+from core import logcontext, paging, stepup_views
 from core.errors import ChangedSinceViewed, DomainError, SecondFactorRequired, StepUpRequired
 from core.models import AuditEvent
 from deployments import selectors as deployment_selectors
@@ -194,6 +194,7 @@ def change_detail(request, pk: int):
 
 @login_required
 @require_POST
+@logcontext.bind_from_url(change_id="pk")
 def gate_decide(request, pk: int, role: str):
     change = get_object_or_404(selectors.changes_visible_to(request.user), pk=pk)
     decision = request.POST.get("decision")
@@ -237,6 +238,7 @@ def gate_decide(request, pk: int, role: str):
 
 @login_required
 @require_POST
+@logcontext.bind_from_url(change_id="pk")
 def change_deploy(request, pk: int):
     change = get_object_or_404(selectors.changes_visible_to(request.user), pk=pk)
     try:
@@ -258,6 +260,7 @@ def change_deploy(request, pk: int):
 
 @login_required
 @require_POST
+@logcontext.bind_from_url(change_id="pk")
 def change_submit(request, pk: int):
     change = get_object_or_404(selectors.changes_visible_to(request.user), pk=pk)
     error = None
@@ -270,6 +273,7 @@ def change_submit(request, pk: int):
 
 @login_required
 @require_POST
+@logcontext.bind_from_url(change_id="pk")
 def change_cancel(request, pk: int):
     change = get_object_or_404(selectors.changes_visible_to(request.user), pk=pk)
     try:
@@ -327,6 +331,7 @@ def _back_to_change(request, pk: int, error: str | None, ok: str):
 
 @login_required
 @require_POST
+@logcontext.bind_from_url(change_id="pk")
 def approval_withdraw(request, pk: int, role: str):
     change = get_object_or_404(selectors.changes_visible_to(request.user), pk=pk)
     error = None
@@ -340,6 +345,7 @@ def approval_withdraw(request, pk: int, role: str):
 
 @login_required
 @require_POST
+@logcontext.bind_from_url(change_id="pk")
 def checklist_tick(request, pk: int, item_id: int):
     change = get_object_or_404(selectors.changes_visible_to(request.user), pk=pk)
     error = None
@@ -372,6 +378,7 @@ class ChangeEditForm(forms.Form):
 
 
 @login_required
+@logcontext.bind_from_url(change_id="pk")
 def change_edit(request, pk: int):
     change = get_object_or_404(selectors.changes_visible_to(request.user), pk=pk)
     initial = {"strategy": change.strategy, "risk": change.risk, "impact": change.impact,
@@ -503,6 +510,7 @@ def delegations(request):
 
 @login_required
 @require_POST
+@logcontext.bind_from_url(change_id="pk")
 def review_close(request, pk: int):
     change = get_object_or_404(selectors.changes_visible_to(request.user), pk=pk)
     review = get_object_or_404(PostImplementationReview, change=change)

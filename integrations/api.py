@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
@@ -9,11 +11,24 @@ from rest_framework.response import Response
 
 from catalog.api import ReleaseInSerializer, ReleaseOutSerializer
 from catalog.models import Release
+from core import logcontext
 from core.api import DEPLOY, REQUEST, ApiView, BoundedDateTimeField
 from core.authentication import BearerTokenAuthentication
 from core.idempotency import idempotent
 from core.schema import HookDuplicateSerializer
 from integrations import hooks
+
+logger = logging.getLogger(__name__)
+
+
+def delivery_id_of(keys) -> str | None:
+    """The id logs name a delivery by: the sender's delivery id, else the digest of the
+    signed body (``hooks`` keys are ``id:<id>`` and ``body:<sha256>``)."""
+    for prefix in ("id:", "body:"):
+        for key in keys:
+            if key.startswith(prefix):
+                return key[len(prefix):]
+    return None
 
 
 class HookView(ApiView):
@@ -25,8 +40,14 @@ class HookView(ApiView):
         auth = request.auth
         keys = (auth.delivery_keys if isinstance(auth, hooks.HookCredential)
                 else hooks.delivery_keys_from_headers(request.headers))
-        return hooks.hook_delivery_once(actor=request.user, hook=self.hook_name, keys=keys,
-                                        apply=apply, applied=applied)
+        # What is logged while applying it carries the delivery's id: the sender's, or
+        # for a delivery without one, the digest of its signed body.
+        delivery_id = delivery_id_of(keys)
+        with logcontext.bind(delivery_id=delivery_id):
+            logger.info("%s hook: delivery %s received", self.hook_name,
+                        delivery_id or "without an id")
+            return hooks.hook_delivery_once(actor=request.user, hook=self.hook_name,
+                                            keys=keys, apply=apply, applied=applied)
 
     @staticmethod
     def duplicate() -> Response:

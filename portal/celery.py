@@ -58,6 +58,21 @@ def _beat_init(sender=None, **kwargs) -> None:
     _heartbeats["beat"] = liveness.start_heartbeat(liveness.beat_scheduler, "beat")
 
 
+# --- logs: the worker's own handlers carry the bound ids too -------------------
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _log_context(logger=None, **kwargs) -> None:
+    """Celery replaces the root logger's handlers with its own when a worker starts;
+    they get the filter and format that ``LOGGING`` gives the portal's (docs/observability.md,
+    "Logs"), so a deployment's lines in the worker log carry its id."""
+    from core import logcontext
+
+    if logger is not None:
+        logcontext.install_on(logger)
+
+
 # --- deployment queues per environment, persistent connections ----------------
 
 

@@ -467,13 +467,24 @@ if PORTAL_AUDIT_WITNESS_EMAIL not in ("off", "events", "all"):
 PORTAL_AUDIT_CHECKPOINT_ENVIRONMENTS = env.list("PORTAL_AUDIT_CHECKPOINT_ENVIRONMENTS",
                                                 default=["production"])
 
+# Every line logged inside a deployment run, a change decision or a hook delivery
+# carries deployment_id, change_id or delivery_id (core/logcontext.py); one JSON object
+# a line with PORTAL_LOG_FORMAT=json, the plain line with the ids appended otherwise.
+PORTAL_LOG_FORMAT = env.str("PORTAL_LOG_FORMAT", default="plain").strip().lower()
+if PORTAL_LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"PORTAL_LOG_FORMAT must be plain or json, "
+                               f"not {PORTAL_LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"log_context": {"()": "core.logcontext.ContextFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {"()": "core.logcontext.ContextFormatter",
+                  "format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "core.logcontext.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": PORTAL_LOG_FORMAT,
+                             "filters": ["log_context"]}},
     "root": {"handlers": ["console"], "level": env.str("PORTAL_LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},

@@ -25,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+from core import logcontext
 from deployments.executors.base import (
     Executor,
     StepFailed,
@@ -95,7 +96,8 @@ class CommandExecutor(Executor):
                     return
                 time.sleep(0.1)
 
-        threading.Thread(target=kill_after_timeout, daemon=True).start()
+        # Started with the run's context, so what it logs carries the deployment's id.
+        threading.Thread(target=logcontext.carried(kill_after_timeout), daemon=True).start()
         last = ""
         for line in proc.stdout:
             line = line.rstrip("\n")
