@@ -4,3 +4,10 @@ from django.apps import AppConfig
 class DeploymentsConfig(AppConfig):
     name = "deployments"
     verbose_name = "Deployments"
+
+    def ready(self) -> None:
+        # Log lines are purged with the audit trail, in the same batches.
+        from audit.retention import register_purge
+        from deployments.retention import log_lines_purge
+
+        register_purge("deployments.log_lines", log_lines_purge)

@@ -11,14 +11,15 @@ from catalog.models import Release
 from core.api import DEPLOY, REQUEST, ApiView, BoundedDateTimeField
 from core.authentication import BearerTokenAuthentication
 from core.idempotency import idempotent
-from core.schema import HookDuplicateSerializer
 from deployments.api import ReleaseInSerializer, ReleaseOutSerializer
 from integrations import hooks
+from integrations.schema import HOOK_HEADERS, HookDuplicateSerializer
 
 
 class HookView(ApiView):
     authentication_classes = [hooks.HookSignatureAuthentication, BearerTokenAuthentication]
     hook_name = ""
+    schema_request_headers = HOOK_HEADERS
 
     def once(self, request, apply, applied=None):
         """Apply this delivery unless it was applied before: (applied, result)."""

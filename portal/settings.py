@@ -58,6 +58,8 @@ INSTALLED_APPS = [
     "guardian",
     "axes",
     "core",
+    "audit",
+    "identity",
     "catalog",
     "deployments",
     "configuration",

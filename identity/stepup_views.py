@@ -35,7 +35,7 @@ def answer(request, exc: StepUpRequired | SecondFactorRequired) -> HttpResponse:
         response = HttpResponse(status=200)
         response["HX-Redirect"] = reverse("second-factor-required")
         return response
-    return render(request, "core/second_factor_required.html", context, status=403)
+    return render(request, "identity/second_factor_required.html", context, status=403)
 
 
 def _check_page(user) -> str:
@@ -75,14 +75,14 @@ def resume(request, stash: str):
                                 "already, or it waited too long. Do it again.")
         return redirect("home")
     del request.session[STASH]
-    return render(request, "core/step_up_resume.html",
+    return render(request, "identity/step_up_resume.html",
                   {"action": kept["path"], "fields": kept["fields"]})
 
 
 @login_required
 def second_factor_required(request):
     """The refusal page for people who must enrol a second factor first."""
-    return render(request, "core/second_factor_required.html", {
+    return render(request, "identity/second_factor_required.html", {
         "detail": "you need a second factor (an authenticator app or a passkey) for "
                   "decisions in Production; enrol one on your Security page, then try again",
         "enrol_url": assurance.enrol_url()}, status=403)

@@ -1,4 +1,4 @@
-from core.permissions import is_auditor
+from audit.permissions import is_auditor
 
 
 def navigation(request):
