@@ -37,12 +37,11 @@ from approvals.selectors import (
     person_facts,
     unsatisfiable_gates,
 )
+from audit.trail import System, audit_record
 from catalog.models import Environment, Release
 from catalog.permissions import has_env_perm
 from configuration.selectors import digests_for, digests_of_version, version_for
-from core import assurance
 from core import context as request_context
-from core.audit import System, audit_record
 from core.context import RequestContext
 from core.errors import (
     AlreadyDecided,
@@ -59,6 +58,7 @@ from core.errors import (
 from deployments import inputs as deployment_inputs
 from deployments import services as deployment_services
 from deployments.models import Deployment
+from identity import assurance
 
 logger = logging.getLogger(__name__)
 

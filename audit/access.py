@@ -3,7 +3,7 @@ monitor access to deployment systems).
 
 - Edits in the Django admin of the things that decide what may happen (policies,
   windows, freezes, environment locks, applications' executors) go through
-  ``admin_change_record``, called by ``core.admin.AuditedModelAdmin``.
+  ``admin_change_record``, called by ``audit.admin.AuditedModelAdmin``.
 - Grants and revocations of permissions, whatever made them (the admin,
   django-guardian's admin pages, ``assign_perm`` / ``remove_perm`` in code, a
   management command), are recorded by the signal receivers below: group
@@ -27,8 +27,8 @@ from django.db.models.signals import m2m_changed, post_delete, post_save, pre_de
 from django.dispatch import receiver
 from guardian.models import GroupObjectPermission, UserObjectPermission
 
+from audit.trail import System, audit_record
 from core import context
-from core.audit import System, audit_record
 
 User = get_user_model()
 
@@ -125,7 +125,7 @@ def _record_m2m(owner, field: str, action: str, before: list[str], after: list[s
                      after={field: after})
 
 
-@receiver(m2m_changed, dispatch_uid="core.access_audit.m2m")
+@receiver(m2m_changed, dispatch_uid="audit.access.m2m")
 def audit_m2m(sender, instance, action, reverse, model, pk_set, **kwargs):
     if sender not in M2M_AUDITED:
         return
@@ -156,7 +156,7 @@ def _reverse_accessor(sender, instance) -> str:
     return owner_model._meta.get_field(field).remote_field.get_accessor_name()
 
 
-@receiver(pre_delete, sender=Group, dispatch_uid="core.access_audit.group_pre_delete")
+@receiver(pre_delete, sender=Group, dispatch_uid="audit.access.group_pre_delete")
 def remember_group_members(sender, instance, **kwargs):
     # Deleting a group drops its memberships without an m2m signal.
     instance._access_audit_members = sorted(
@@ -164,7 +164,7 @@ def remember_group_members(sender, instance, **kwargs):
     instance._access_audit_permissions = _owner_state(instance, "permissions")
 
 
-@receiver(post_delete, sender=Group, dispatch_uid="core.access_audit.group_post_delete")
+@receiver(post_delete, sender=Group, dispatch_uid="audit.access.group_post_delete")
 def audit_group_deleted(sender, instance, **kwargs):
     with transaction.atomic():
         audit_record(actor=acting(), action="access.group_deleted", object_type="group",
@@ -177,7 +177,7 @@ def audit_group_deleted(sender, instance, **kwargs):
 # --- account flags --------------------------------------------------------------------------
 
 
-@receiver(pre_save, sender=User, dispatch_uid="core.access_audit.user_pre_save")
+@receiver(pre_save, sender=User, dispatch_uid="audit.access.user_pre_save")
 def remember_account_flags(sender, instance, update_fields=None, raw=False, **kwargs):
     if raw or (update_fields is not None and not set(update_fields) & set(ACCOUNT_FLAGS)):
         return  # e.g. last_login on every sign-in: no flag can change
@@ -186,7 +186,7 @@ def remember_account_flags(sender, instance, update_fields=None, raw=False, **kw
     instance._access_audit_flags = old
 
 
-@receiver(post_save, sender=User, dispatch_uid="core.access_audit.user_post_save")
+@receiver(post_save, sender=User, dispatch_uid="audit.access.user_post_save")
 def audit_account_flags(sender, instance, created, update_fields=None, raw=False, **kwargs):
     if raw or not hasattr(instance, "_access_audit_flags"):
         return
@@ -208,7 +208,7 @@ def audit_account_flags(sender, instance, created, update_fields=None, raw=False
                      after={flag: now[flag] for flag in sorted(changed)})
 
 
-@receiver(pre_delete, sender=User, dispatch_uid="core.access_audit.user_pre_delete")
+@receiver(pre_delete, sender=User, dispatch_uid="audit.access.user_pre_delete")
 def remember_account_access(sender, instance, **kwargs):
     # Deleting an account drops its memberships without an m2m signal.
     instance._access_audit_deleted = {
@@ -217,7 +217,7 @@ def remember_account_access(sender, instance, **kwargs):
         **{flag: getattr(instance, flag) for flag in ACCOUNT_FLAGS}}
 
 
-@receiver(post_delete, sender=User, dispatch_uid="core.access_audit.user_post_delete")
+@receiver(post_delete, sender=User, dispatch_uid="audit.access.user_post_delete")
 def audit_account_deleted(sender, instance, **kwargs):
     with transaction.atomic():
         audit_record(actor=acting(), action="access.account_deleted", object_type="user",
@@ -266,14 +266,14 @@ def _record_object_permission(row, granted: bool) -> None:
             after={**described, "granted": granted})
 
 
-@receiver(post_save, sender=UserObjectPermission, dispatch_uid="core.access_audit.uop_save")
-@receiver(post_save, sender=GroupObjectPermission, dispatch_uid="core.access_audit.gop_save")
+@receiver(post_save, sender=UserObjectPermission, dispatch_uid="audit.access.uop_save")
+@receiver(post_save, sender=GroupObjectPermission, dispatch_uid="audit.access.gop_save")
 def audit_object_permission_granted(sender, instance, created, raw=False, **kwargs):
     if created and not raw:
         _record_object_permission(instance, granted=True)
 
 
-@receiver(post_delete, sender=UserObjectPermission, dispatch_uid="core.access_audit.uop_del")
-@receiver(post_delete, sender=GroupObjectPermission, dispatch_uid="core.access_audit.gop_del")
+@receiver(post_delete, sender=UserObjectPermission, dispatch_uid="audit.access.uop_del")
+@receiver(post_delete, sender=GroupObjectPermission, dispatch_uid="audit.access.gop_del")
 def audit_object_permission_revoked(sender, instance, **kwargs):
     _record_object_permission(instance, granted=False)

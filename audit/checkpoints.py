@@ -47,8 +47,8 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from core.audit import AuditError, audit_record
-from core.models import AuditCheckpoint, AuditEvent, SignedCheckpoint
+from audit.models import AuditCheckpoint, AuditEvent, SignedCheckpoint
+from audit.trail import AuditError, audit_record
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from core import clock
 class AuditEvent(models.Model):
     """One append-only, hash-chained record of something someone or something did.
 
-    Written only by ``core.audit.audit_record`` inside the transaction of the
+    Written only by ``audit.trail.audit_record`` inside the transaction of the
     change it records. ``prev_hash`` and ``hash`` chain every event to the one
     before it (SHA-256 over a canonical JSON form).
     """
@@ -59,10 +59,10 @@ class AuditEvent(models.Model):
 
 class SignInDay(models.Model):
     """Sign-ins per person and refused sign-ins per name typed, per day (UTC): what the
-    access review counts, kept as the trail is written (``core.audit.audit_record``) so
+    access review counts, kept as the trail is written (``audit.trail.audit_record``) so
     the review reads a few rows per person however long the trail grows.
 
-    Derived from the trail, never the other way round: ``core.audit.rebuild_sign_in_days``
+    Derived from the trail, never the other way round: ``audit.trail.rebuild_sign_in_days``
     recounts it from the ``auth.login`` and ``auth.login_failed`` events.
     """
 
@@ -121,7 +121,7 @@ class AuditCheckpoint(models.Model):
 
 
 class SignedCheckpoint(models.Model):
-    """The database's copy of a signed checkpoint of the chain head (core.checkpoints).
+    """The database's copy of a signed checkpoint of the chain head (audit.checkpoints).
 
     The signature is over the canonical JSON of ``body()``; the private key is never
     stored. Copies here feed evidence bundles; ``verify_audit`` trusts only the

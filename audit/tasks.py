@@ -24,8 +24,8 @@ def audit_retention_purge() -> dict:
 @shared_task(name="audit.tasks.audit_checkpoint_sign", ignore_result=True)
 def audit_checkpoint_sign(reason: str = "schedule") -> dict:
     """Every minute, and after a production deployment ends: sign the chain head and
-    hand the checkpoint to the witnesses (core.checkpoints)."""
-    from core.checkpoints import checkpoint_sign
+    hand the checkpoint to the witnesses (audit.checkpoints)."""
+    from audit.checkpoints import checkpoint_sign
 
     result = checkpoint_sign(reason=reason)
     if result.checkpoint is not None:

@@ -4,7 +4,7 @@ Services call ``audit_record`` inside the transaction of the change they make,
 so the event and the change commit or roll back together.
 
 The chain is sealed at commit: ``audit_record`` hands the event to the connection
-(``core.db_backend``), and just before the transaction commits ``seal`` takes the
+(``audit.db_backend``), and just before the transaction commits ``seal`` takes the
 chain's advisory lock, links the transaction's events after the current head and
 inserts them. The lock is thus the last one any writer takes and is held only for
 those inserts and the commit, so a writer holding it never waits for a row lock that
@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, models, transaction
 from django.utils import timezone
 
+from audit.models import AuditCheckpoint, AuditEvent
 from core import context
-from core.models import AuditCheckpoint, AuditEvent, SignInDay
 
 GENESIS_HASH = "0" * 64
 # Key of the PostgreSQL advisory lock that keeps one linear chain when several
@@ -131,7 +130,7 @@ def audit_record(
     )
     defer = getattr(connection, "audit_defer", None)
     if defer is None or not defer(event):
-        # A connection that cannot seal at commit (not ``core.db_backend``), or a test
+        # A connection that cannot seal at commit (not ``audit.db_backend``), or a test
         # case's transaction, which never commits: sealed here, as the last thing.
         seal([event])
     return event

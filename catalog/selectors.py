@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from audit.permissions import is_auditor
 from catalog.permissions import environment_permissions
-from core.permissions import is_auditor
 
 
 def visible_environment_ids(user) -> list[int] | None:

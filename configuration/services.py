@@ -11,13 +11,13 @@ import re
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from audit.trail import audit_record
 from catalog.models import Application, Environment
 from catalog.permissions import has_env_perm
 from configuration import references, secret_policy
 from configuration.models import ConfigurationSchema, ConfigurationVersion, SecretAllowance
 from configuration.signals import configuration_changed
 from configuration.validation import Problem, is_reference, parse
-from core.audit import audit_record
 from core.errors import Conflict, Invalid, Refused
 
 logger = logging.getLogger(__name__)

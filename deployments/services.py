@@ -20,10 +20,10 @@ from django.db.models import F, Max
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from audit.trail import System, audit_record
 from catalog.models import Application, Environment, MigrationKind, Release
 from catalog.permissions import environment_permissions, has_env_perm
-from core import assurance, outbound
-from core.audit import System, audit_record
+from core import outbound
 from core.errors import (
     Conflict,
     DomainError,
@@ -37,6 +37,7 @@ from deployments.executors import StepFailed, executor_for
 from deployments.models import AnalysisVerdict, Deployment, DeploymentLogLine, DeploymentStep
 from deployments.signals import deployment_ending, deployment_finished
 from deployments.strategies import STRATEGIES, build_plan
+from identity import assurance
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A service account is a member of a group named in ``PORTAL_SERVICE_ACCOUNT_GROUPS``
 (default ``ci``); adding or removing someone there is an access change, audited as
-every other (core.access_audit). It acts through API tokens an administrator issues
+every other (audit.access). It acts through API tokens an administrator issues
 for it (the tokens page), and never decides a gate (approvals.services).
 """
 

@@ -20,8 +20,8 @@ from django.db import transaction
 from audit import access
 from audit.admin import AuditedModelAdmin
 from core.admin import ReadOnlyModelAdmin
-from identity import services
 from core.errors import DomainError
+from identity import services
 from identity.models import ApiToken
 from identity.signin import normalize_username
 
@@ -47,7 +47,7 @@ class ApiTokenAdmin(ReadOnlyModelAdmin):
 
 def _one_spelling(form) -> str:
     """The username in its one spelling, refused if another account has it in any case
-    (core.identity.normalize_username; the database's index refuses it too)."""
+    (identity.signin.normalize_username; the database's index refuses it too)."""
     name = normalize_username(form.cleaned_data.get("username"))
     others = get_user_model().objects.filter(username__iexact=name)
     if form.instance.pk:

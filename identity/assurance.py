@@ -115,7 +115,7 @@ def session_assurance(request) -> Assurance:
 
 def current(actor) -> Assurance:
     """The second-factor check behind what ``actor`` is doing now (see the module)."""
-    from core.models import ApiToken
+    from identity.models import ApiToken
 
     request = context.current().request
     if request is None:
@@ -138,7 +138,7 @@ def current(actor) -> Assurance:
 def _is_person(actor) -> bool:
     """A person acting: not the portal (System), and not a signed hook acting as its
     service account (the request's credential names a ``hook``; integrations.hooks)."""
-    from core.audit import System
+    from audit.trail import System
 
     if isinstance(actor, System) or not getattr(actor, "pk", None):
         return False
@@ -196,7 +196,7 @@ _service_depth: contextvars.ContextVar[int] = contextvars.ContextVar(
 def record_refusal(exc) -> None:
     """Audit a refusal for want of a (fresh) second factor, once, in its own transaction
     so that it survives the refusal."""
-    from core.audit import audit_record
+    from audit.trail import audit_record
 
     refusal = getattr(exc, "refusal", None)
     if not refusal or getattr(exc, "refusal_recorded", False):
@@ -351,8 +351,8 @@ def connect() -> None:
     from allauth.mfa import signals as mfa_signals
     from django.contrib.auth.signals import user_logged_in
 
-    user_logged_in.connect(_on_login, dispatch_uid="core.assurance.login")
+    user_logged_in.connect(_on_login, dispatch_uid="identity.assurance.login")
     mfa_signals.authenticator_added.connect(_on_factor_change,
-                                            dispatch_uid="core.assurance.added")
+                                            dispatch_uid="identity.assurance.added")
     mfa_signals.authenticator_removed.connect(_on_factor_change,
-                                              dispatch_uid="core.assurance.removed")
+                                              dispatch_uid="identity.assurance.removed")

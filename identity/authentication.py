@@ -8,7 +8,7 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions
 
 from core import context
-from core.models import ApiToken, hash_token
+from identity.models import ApiToken, hash_token
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
@@ -63,7 +63,7 @@ class UsernameBackend(ModelBackend):
     """Django's password check, on the username's one spelling (``qA`` is ``qa``)."""
 
     def authenticate(self, request, username=None, password=None, **kwargs):
-        from core.identity import normalize_username
+        from identity.signin import normalize_username
 
         if username is not None:
             username = normalize_username(username)

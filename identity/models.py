@@ -50,7 +50,7 @@ class ApiToken(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     scopes = models.JSONField(default=all_scopes)
-    # The last check of its owner's own second factor made through it (core.assurance):
+    # The last check of its owner's own second factor made through it (identity.assurance):
     # at creation on the tokens page, or POST /api/v1/auth/step-up. Its kind (totp,
     # webauthn, recovery_codes; "operator" on tokens issued before operators' tokens
     # stopped carrying one, which counts for nobody) and time. It counts for

@@ -32,8 +32,8 @@ def audit_login_failed(sender, credentials, request=None, **kwargs):
     # Django has already masked the password in ``credentials``; the attempted name
     # is kept (in its one spelling) so that the access review can count refusals per
     # account. A wrong second-factor code at sign-in comes here too
-    # (core.identity.PortalAuthenticateForm), marked as such, never with the code.
-    from core.identity import WRONG_CODE_REASON, normalize_username
+    # (identity.signin.PortalAuthenticateForm), marked as such, never with the code.
+    from identity.signin import WRONG_CODE_REASON, normalize_username
 
     username = normalize_username(credentials.get("username", ""))[:150]
     stage = credentials.get("second_factor")
@@ -51,7 +51,7 @@ def audit_locked_out(sender, request=None, username=None, ip_address=None, **kwa
     # the cool-off; those are audited as auth.login_failed, the lockout itself once.
     if request is not None and not getattr(request, "axes_failures_since_start", None):
         return
-    from core.identity import normalize_username
+    from identity.signin import normalize_username
 
     with transaction.atomic():
         audit_record(actor=System("sign-in lockout"), action="auth.locked_out",

@@ -12,10 +12,11 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from core import accounts, assurance
-from core.audit import System, audit_record
+from audit.models import AuditEvent
+from audit.trail import System, audit_record
 from core.errors import Conflict, Invalid, InvalidTransition, Refused, SecondFactorRequired
-from core.models import ApiToken, AuditEvent, TokenScope, hash_token
+from identity import accounts, assurance
+from identity.models import ApiToken, TokenScope, hash_token
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +63,9 @@ def api_token_issue(*, actor, user, name: str, expires_at: datetime | None = Non
     (default: every scope).
 
     A person makes tokens for themselves; an administrator also for service accounts
-    (``core.accounts``). A person who holds a second factor must have used it recently
+    (``identity.accounts``). A person who holds a second factor must have used it recently
     to create one; a token made for oneself records that check
-    (``core.assurance.token_second_factor``), which counts for
+    (``identity.assurance.token_second_factor``), which counts for
     ``PORTAL_STEP_UP_SECONDS`` like a session's. Tokens issued by an operator
     (``System``, ``manage.py issue_token``) or for a service account record none; their
     owner steps up through the token (``api_token_step_up``) to decide in Production.
@@ -110,7 +111,7 @@ MAX_CODE_LENGTH = 64
 def api_token_step_up(*, actor, token: ApiToken, code: str) -> ApiToken:
     """The token's owner answers a second-factor check through the token: a code from
     their authenticator app or one of their recovery codes. The token then counts as
-    checked for ``PORTAL_STEP_UP_SECONDS`` (``core.assurance``), as a session does.
+    checked for ``PORTAL_STEP_UP_SECONDS`` (``identity.assurance``), as a session does.
 
     Wrong codes are refused (403 ``wrong_code``), audited (``token.step_up.failed``)
     and limited: after
@@ -233,7 +234,7 @@ def identity_groups_sync(*, user, claimed, group_map: dict[str, str], issuer: st
         if not added and not removed:
             return [], []
         # One event for the change, written here; the generic membership receiver
-        # (core.access_audit) stands aside for it.
+        # (audit.access) stands aside for it.
         person._access_audit_recorded = True
         try:
             person.groups.remove(*[existing[n] for n in removed])

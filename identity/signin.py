@@ -3,7 +3,7 @@ receivers that put single sign-on group changes, second factors and sessions on 
 audit trail (docs/identity.md).
 
 The rules themselves (which groups a sign-in gives, ending other sessions) are
-``core.services`` functions; this module only connects allauth to them.
+``identity.services`` functions; this module only connects allauth to them.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from core import services
+from identity import services
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ WRONG_CODE_REASON = "wrong second-factor code"
 def code_failures_for_account(username: str) -> int:
     """Wrong second-factor codes for ``username`` from any address within the cool-off
     (the audit trail's ``auth.login_failed`` events; their time is indexed)."""
-    from core.models import AuditEvent
+    from audit.models import AuditEvent
 
     since = timezone.now() - settings.AXES_COOLOFF_TIME
     return AuditEvent.objects.filter(occurred_at__gte=since, action="auth.login_failed",
@@ -94,7 +94,7 @@ def axes_username(request, credentials=None) -> str:
     return normalize_username(name)
 
 
-@receiver(pre_save, sender=get_user_model(), dispatch_uid="core.identity.username_case")
+@receiver(pre_save, sender=get_user_model(), dispatch_uid="identity.signin.username_case")
 def store_normalized_username(sender, instance, **kwargs):
     # Whatever road creates or renames an account (the admin, single sign-on,
     # createsuperuser, a script), it is stored in its one spelling; the database's
@@ -221,7 +221,7 @@ class CodeLockoutMixin:
     def _paused(self, credentials: dict) -> None:
         from django.db import transaction
 
-        from core.audit import System, audit_record
+        from audit.trail import System, audit_record
 
         with transaction.atomic():
             audit_record(actor=System("sign-in refused"), action="auth.login_failed",
@@ -331,7 +331,7 @@ def sessions_last_seen(session_keys: list[str]) -> dict:
 # --- single sign-on: groups from the ID token -----------------------------------------------
 
 
-@receiver(allauth_user_logged_in, dispatch_uid="core.identity.sso_groups")
+@receiver(allauth_user_logged_in, dispatch_uid="identity.signin.sso_groups")
 def sync_groups_from_identity_provider(sender, request, user, sociallogin=None, **kwargs):
     if sociallogin is None:
         return
@@ -345,22 +345,22 @@ def sync_groups_from_identity_provider(sender, request, user, sociallogin=None, 
 # --- second factors ---------------------------------------------------------------------------
 
 
-@receiver(pre_delete, sender=Authenticator, dispatch_uid="core.identity.mfa_pre_delete")
+@receiver(pre_delete, sender=Authenticator, dispatch_uid="identity.signin.mfa_pre_delete")
 def remember_factor_id(sender, instance, **kwargs):
     # allauth announces a removal after the delete, when the instance has lost its id.
     instance._audit_pk = instance.pk
 
 
-@receiver(authenticator_added, dispatch_uid="core.identity.mfa_added")
+@receiver(authenticator_added, dispatch_uid="identity.signin.mfa_added")
 def audit_factor_added(sender, request, user, authenticator, **kwargs):
     services.second_factor_record(user=user, authenticator=authenticator, verb="added")
 
 
-@receiver(authenticator_removed, dispatch_uid="core.identity.mfa_removed")
+@receiver(authenticator_removed, dispatch_uid="identity.signin.mfa_removed")
 def audit_factor_removed(sender, request, user, authenticator, **kwargs):
     services.second_factor_record(user=user, authenticator=authenticator, verb="removed")
 
 
-@receiver(authenticator_reset, dispatch_uid="core.identity.mfa_reset")
+@receiver(authenticator_reset, dispatch_uid="identity.signin.mfa_reset")
 def audit_factor_reset(sender, request, user, authenticator, **kwargs):
     services.second_factor_record(user=user, authenticator=authenticator, verb="reset")

@@ -1,4 +1,4 @@
-"""Pages of the second-factor step-up (SOP 10.2, core.assurance).
+"""Pages of the second-factor step-up (SOP 10.2, identity.assurance).
 
 When a service refuses a person for want of a recent second-factor check, the page
 keeps what they sent (path and form fields, under a one-time id, in the session),
@@ -19,8 +19,8 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
 
-from core import assurance
 from core.errors import SecondFactorRequired, StepUpRequired
+from identity import assurance
 
 STASH = "portal_step_up_stash"
 

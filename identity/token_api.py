@@ -6,12 +6,12 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 
-from core import assurance
 from core.api import APPROVE, DEPLOY, ApiView
 from core.errors import Refused
 from core.idempotency import idempotent
-from core.models import ApiToken
-from core.services import api_token_step_up
+from identity import assurance
+from identity.models import ApiToken
+from identity.services import api_token_step_up
 
 
 class StepUpInSerializer(serializers.Serializer):

@@ -12,10 +12,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from core import accounts, stepup_views
 from core.errors import DomainError, StepUpRequired
-from core.models import ApiToken, TokenScope
-from core.services import api_token_issue, api_token_revoke
+from identity import accounts, stepup_views
+from identity.models import ApiToken, TokenScope
+from identity.services import api_token_issue, api_token_revoke
 
 
 class TokenForm(forms.Form):

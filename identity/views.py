@@ -10,7 +10,8 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from core import identity, services
+from identity import services
+from identity import signin as identity
 
 KIND_LABELS = {
     Authenticator.Type.TOTP: "Authenticator app (TOTP)",

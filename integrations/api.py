@@ -9,9 +9,9 @@ from rest_framework.response import Response
 
 from catalog.models import Release
 from core.api import DEPLOY, REQUEST, ApiView, BoundedDateTimeField
-from core.authentication import BearerTokenAuthentication
 from core.idempotency import idempotent
 from deployments.api import ReleaseInSerializer, ReleaseOutSerializer
+from identity.authentication import BearerTokenAuthentication
 from integrations import hooks
 from integrations.schema import HOOK_HEADERS, HookDuplicateSerializer
 

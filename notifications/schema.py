@@ -7,7 +7,6 @@ from drf_spectacular.utils import OpenApiResponse, OpenApiWebhook, extend_schema
 from rest_framework import serializers
 
 
-
 class NotificationWebhookSerializer(serializers.Serializer):
     """What the portal POSTs to a subscription's generic JSON webhook
     (notifications.services._json_body)."""

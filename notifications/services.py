@@ -31,10 +31,10 @@ from django.db.models import F, Q
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from audit.trail import System, audit_record
 from catalog.models import Application, Environment
 from catalog.permissions import environment_permissions
 from core import outbound
-from core.audit import System, audit_record
 from core.errors import Invalid, NotFound, Refused
 from deployments.models import AnalysisVerdict, Deployment
 from notifications.models import Channel, Kind, Notification, Subscription, redact_target

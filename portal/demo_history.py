@@ -55,9 +55,9 @@ from approvals.models import (
     MaintenanceWindow,
     PostImplementationReview,
 )
+from audit.access import admin_change_record
+from audit.trail import audit_record
 from catalog.models import Application, Environment, Release, Target
-from core.access_audit import admin_change_record
-from core.audit import audit_record
 from core.errors import DomainError
 from deployments import health
 from deployments import services as deployment_services

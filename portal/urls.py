@@ -8,9 +8,11 @@ from approvals import api as approvals_api
 from approvals import views as approvals_views
 from configuration import views as configuration_views
 from core import api as core_api
-from core import identity, identity_views, stepup_views, token_api, token_views
 from deployments import api as deployments_api
 from deployments import views as deployments_views
+from identity import signin as identity
+from identity import stepup_views, token_api, token_views
+from identity import views as identity_views
 from integrations import api as integrations_api
 from notifications import views as notifications_views
 from portal import views

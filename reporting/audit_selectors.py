@@ -23,12 +23,13 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from approvals.models import Approval, ChangeRequest, ChecklistItem, Gate
+from audit.models import AuditEvent, SignInDay
+from audit.trail import compute_hash
 from catalog.models import Application, Environment, Release
 from catalog.permissions import PRODUCTION_POWERS
-from core.audit import compute_hash
-from core.models import ApiToken, AuditEvent, SignInDay
 from core.permissions import permission_grants
 from deployments.models import Deployment, DeploymentStep
+from identity.models import ApiToken
 
 # Rows on one page of the audit trail and of the auditor's deployment history.
 PAGE_SIZE = 50
@@ -421,7 +422,7 @@ class Factor:
 
     @property
     def name(self) -> str:
-        from core.assurance import KIND_NAMES
+        from identity.assurance import KIND_NAMES
 
         return KIND_NAMES.get(self.kind, self.kind)
 

@@ -1,8 +1,8 @@
 """Django's PostgreSQL backend, with the audit chain sealed at the end of the transaction.
 
-``core.audit.audit_record`` does not write an event where it is called: it hands the
+``audit.trail.audit_record`` does not write an event where it is called: it hands the
 event to the connection, which links it into the chain and inserts it just before the
-transaction commits (``core.audit.seal``), after the transaction's deferred foreign-key
+transaction commits (``audit.trail.seal``), after the transaction's deferred foreign-key
 checks have run. The chain's advisory lock is therefore the last lock a transaction
 takes, and its holder waits for nothing but its own inserts and the commit: a request
 holding row locks may wait for the chain, but the chain's holder never waits for a
@@ -36,7 +36,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self.audit_pending: list[tuple[set, object]] = []
         self.audit_seals = 0
 
-    # --- what core.audit calls -----------------------------------------------------
+    # --- what audit.trail calls -----------------------------------------------------
 
     def audit_defer(self, event) -> bool:
         """Keep ``event`` until the transaction commits; False when it must be sealed
@@ -48,7 +48,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return True
 
     def _seal_pending(self) -> None:
-        from core.audit import seal
+        from audit.trail import seal
 
         events = [event for _, event in self.audit_pending]
         self.audit_pending = []

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from allauth.socialaccount.providers.openid_connect.provider import OpenIDConnectProvider
 
-from core.oidc.views import SignatureCheckingAdapter
+from identity.oidc.views import SignatureCheckingAdapter
 
 
 class PortalOpenIDConnectProvider(OpenIDConnectProvider):
-    """allauth's OpenID Connect provider with the portal's views (``core.oidc.views``)."""
+    """allauth's OpenID Connect provider with the portal's views (``identity.oidc.views``)."""
 
-    package = "core.oidc"
+    package = "identity.oidc"
     oauth2_adapter_class = SignatureCheckingAdapter
 
 

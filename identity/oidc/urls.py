@@ -1,6 +1,6 @@
 from django.urls import include, path, re_path
 
-from core.oidc import views
+from identity.oidc import views
 
 # The paths and names of allauth's provider (openid_connect_login, _callback), under
 # /accounts/oidc/<provider_id>/.

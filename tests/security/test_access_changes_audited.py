@@ -15,11 +15,12 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, get_perms, remove_perm
 
 from approvals.models import ApprovalPolicy, ChangeRequest, Delegation, MaintenanceWindow
+from audit.access import OUTSIDE_A_REQUEST
+from audit.models import AuditEvent
+from audit.trail import System
 from catalog.models import Application, Environment, Release
-from core.access_audit import OUTSIDE_A_REQUEST
-from core.audit import System
-from core.models import ApiToken, AuditEvent
-from core.services import api_token_issue
+from identity.models import ApiToken
+from identity.services import api_token_issue
 from tests.conftest import PASSWORD
 from tests.factories import request_change
 
@@ -241,7 +242,7 @@ def test_group_and_permission_changes_in_code_are_audited_on_every_road(demo):
     cab.permissions.add(audit)
     engineer.user_permissions.add(audit)
     assert events("access.group_permissions_changed").get().after["permissions"] == [
-        "core.view_audit_trail"]
+        "audit.view_audit_trail"]
     assert events("access.user_permissions_changed").get().object_repr == "engineer"
 
     engineer.is_superuser = True

@@ -22,8 +22,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from approvals.models import ChangeRequest
+from audit.models import AuditEvent
 from catalog.models import Environment
-from core.models import AuditEvent
 from deployments import services
 from deployments.models import Deployment
 from integrations.models import HookDelivery

@@ -26,13 +26,14 @@ from rest_framework.test import APIClient
 
 from approvals import services as approvals
 from approvals.models import Approval, ChangeRequest
+from audit.models import AuditEvent
+from audit.trail import System
 from catalog.models import Environment
-from core.audit import System
 from core.errors import NotEligible, Refused
-from core.models import ApiToken, AuditEvent
-from core.services import api_token_issue
 from deployments import services as deployments
 from deployments.models import Deployment, DeploymentStep
+from identity.models import ApiToken
+from identity.services import api_token_issue
 from tests.api.helpers import finished_deployment
 from tests.conftest import sign_in_with_second_factor, totp_code
 from tests.factories import request_change

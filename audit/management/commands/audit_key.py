@@ -3,8 +3,8 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from core.audit import AuditError, System
-from core.checkpoints import audit_key_rotate, signing_key
+from audit.checkpoints import audit_key_rotate, signing_key
+from audit.trail import AuditError, System
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from core.audit import audit_purge_expired, retention_days
+from audit.retention import audit_purge_expired, retention_days
 
 
 class Command(BaseCommand):

@@ -2,9 +2,9 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from core.audit import verify_chain
-from core.checkpoints import verify_witnessed
-from core.models import AuditEvent
+from audit.checkpoints import verify_witnessed
+from audit.models import AuditEvent
+from audit.trail import verify_chain
 
 
 class Command(BaseCommand):

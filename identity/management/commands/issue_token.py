@@ -15,11 +15,11 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from core.audit import System
+from audit.trail import System
 from core.errors import DomainError
-from core.identity import normalize_username
-from core.models import TokenScope
-from core.services import api_token_issue
+from identity.models import TokenScope
+from identity.services import api_token_issue
+from identity.signin import normalize_username
 
 
 def _operator() -> str:

@@ -16,9 +16,9 @@ from guardian.shortcuts import assign_perm
 
 from approvals.models import MaintenanceWindow
 from approvals.policies import seed_default_policies
+from audit.trail import System, audit_record
 from catalog.models import Application, Environment, Release, Target
 from catalog.permissions import holds_production_powers
-from core.audit import System, audit_record
 from portal import demo_history
 
 DEFAULT_PASSWORD = "demo-portal-2026"
