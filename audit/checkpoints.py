@@ -286,9 +286,9 @@ def auditor_emails() -> list[str]:
 
     users = get_user_model().objects.filter(is_active=True).exclude(email="")
     granted = Q(user_permissions__codename="view_audit_trail",
-                user_permissions__content_type__app_label="core") | Q(
+                user_permissions__content_type__app_label="audit") | Q(
         groups__permissions__codename="view_audit_trail",
-        groups__permissions__content_type__app_label="core")
+        groups__permissions__content_type__app_label="audit")
     return sorted(set(users.filter(granted).values_list("email", flat=True)))
 
 

@@ -185,30 +185,6 @@ def secret_allowance_remove(*, actor, allowance: SecretAllowance) -> None:
         entry.delete()
 
 
-def configuration_schema_set(*, actor, application: Application,
-                             schema: dict) -> ConfigurationSchema:
-    if not getattr(actor, "is_staff", False):
-        raise Refused("only administrators declare an application's schema",
-                      code="not_permitted")
-    import jsonschema
-
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise Invalid(f"not a valid JSON Schema: {exc.message}",
-                      fields={"schema": [exc.message]}) from None
-    with transaction.atomic():
-        current = ConfigurationSchema.objects.select_for_update().filter(
-            application=application).first()
-        before = current.schema if current else None
-        current, _ = ConfigurationSchema.objects.update_or_create(
-            application=application,
-            defaults={"schema": schema, "updated_by": actor, "updated_at": timezone.now()})
-        audit_record(actor=actor, action="configuration.schema_set", obj=current,
-                     before={"schema": before}, after={"schema": schema})
-    return current
-
-
 def render_for_deployment(deployment, *, environ=None,
                           secrets: set[str] | None = None) -> dict:
     """The configuration a deployment runs with, secret references resolved.

@@ -117,7 +117,7 @@ def test_the_verifier_runs_alone_from_an_empty_directory(evidence, tmp_path):
              "try:\n    runpy.run_path('verify_bundle.py', run_name='__main__')\n"
              "except SystemExit as end:\n    code = end.code\n"
              "ours = sorted(m for m in sys.modules if m.split('.')[0] in "
-             "('django', 'portal', 'core', 'reporting', 'tests'))\n"
+             "('django', 'portal', 'core', 'audit', 'identity', 'reporting', 'tests'))\n"
              "print('IMPORTED', ours)\nsys.exit(code)\n")
     done = subprocess.run([sys.executable, "-I", "-c", probe], cwd=alone, capture_output=True,
                           text=True, timeout=60)
