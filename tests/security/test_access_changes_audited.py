@@ -273,7 +273,7 @@ def test_read_only_admins_refuse_edits_and_nothing_changes(admin_client, demo):
 
     token, _ = api_token_issue(actor=System("test"), user=demo.engineer, name="laptop",
                                scopes=["read"])
-    answer = admin_client.post(f"/admin/core/apitoken/{token.pk}/change/",
+    answer = admin_client.post(f"/admin/identity/apitoken/{token.pk}/change/",
                                {"name": "laptop", "scopes": '["read", "deploy"]'})
     assert answer.status_code == 403
     assert ApiToken.objects.get(pk=token.pk).scopes == ["read"]
@@ -327,7 +327,7 @@ def test_notification_admin_is_a_read_only_view_without_webhook_urls(admin_clien
 
 def test_a_token_revoked_from_the_admin_goes_through_the_audited_service(admin_client, demo):
     token, raw = api_token_issue(actor=System("test"), user=demo.engineer, name="ci-laptop")
-    answer = admin_client.post("/admin/core/apitoken/", {
+    answer = admin_client.post("/admin/identity/apitoken/", {
         "action": "revoke", "_selected_action": [token.pk]})
     assert answer.status_code == 302
     assert ApiToken.objects.get(pk=token.pk).revoked_at is not None

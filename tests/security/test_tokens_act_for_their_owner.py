@@ -120,7 +120,7 @@ def test_an_administrator_cannot_issue_tokens_that_act_as_other_people(demo):
     # The admin site issues no tokens at all.
     admin_site = Client()
     admin_site.force_login(demo.admin)
-    assert admin_site.get("/admin/core/apitoken/add/").status_code == 403
+    assert admin_site.get("/admin/identity/apitoken/add/").status_code == 403
 
     assert not ApiToken.objects.exclude(user=demo.admin).exists()
     recorded = AuditEvent.objects.filter(action="token.issue.refused", actor=demo.admin)
