@@ -9,7 +9,8 @@ from approvals.models import (
     MaintenanceWindow,
     PolicyGate,
 )
-from core.admin import AuditedModelAdmin, ReadOnlyModelAdmin
+from audit.admin import AuditedModelAdmin
+from core.admin import ReadOnlyModelAdmin
 
 
 class PolicyGateInline(admin.TabularInline):

@@ -24,13 +24,13 @@ from approvals.models import (
     Risk,
     Strategy,
 )
+from audit.permissions import is_auditor
 from catalog.models import Environment, Release
 from catalog.permissions import environment_permissions
 from configuration.selectors import digests_for_many
 from core import logcontext
 from core.api import APPROVE, DEPLOY, REQUEST, ApiMixin, ApiView, BoundedDateTimeField
 from core.idempotency import idempotent
-from core.permissions import is_auditor
 from deployments import selectors as deployment_selectors
 from deployments.models import Deployment
 

@@ -11,7 +11,7 @@ The rules, in the order a refusal names them:
 
 1. the change takes decisions and the gate waits for one (``gate_closed``);
 2. the requester never decides their own change (``self_approval``); a service account
-   (CI, automation: ``core.accounts``) never decides a gate, whatever it was granted
+   (CI, automation: ``identity.accounts``) never decides a gate, whatever it was granted
    (``service_account``);
 3. nobody decides a change that ships commits they wrote or merged (``author``,
    ``merger``; CI and the push hook report them, DESIGN.md section 8);
@@ -77,7 +77,7 @@ class Person:
     username: str
     active: bool = True
     superuser: bool = False
-    service: bool = False  # a service account (core.accounts): never decides a gate
+    service: bool = False  # a service account (identity.accounts): never decides a gate
     held: Mapping[int, frozenset[str]] = field(default_factory=dict)  # env id -> codenames
     lent: tuple[Lent, ...] = ()
 

@@ -30,12 +30,14 @@ from approvals.models import (
     MaintenanceWindow,
     PostImplementationReview,
 )
+from audit.permissions import is_auditor
 from catalog.models import Environment, Release
 from catalog.permissions import environment_permissions
-from core import accounts, clock
-from core.permissions import is_auditor, permission_holders
+from core import clock
+from core.permissions import permission_holders
 from deployments import selectors as deployment_selectors
 from deployments.models import Deployment
+from identity import accounts
 
 CLOSED = {ChangeRequest.Status.REJECTED, ChangeRequest.Status.CANCELLED,
           ChangeRequest.Status.DEPLOYED, ChangeRequest.Status.FAILED,

@@ -24,15 +24,16 @@ from approvals.models import (
     Risk,
     Strategy,
 )
+from audit.models import AuditEvent
 from catalog import services as catalog_services
 from catalog.models import Application, Environment, MigrationKind, Release
 from catalog.permissions import environment_permissions
 from configuration.selectors import digests_for_many
-from core import logcontext, paging, stepup_views
+from core import logcontext, paging
 from core.errors import ChangedSinceViewed, DomainError, SecondFactorRequired, StepUpRequired
-from core.models import AuditEvent
 from deployments import selectors as deployment_selectors
 from deployments.models import Deployment
+from identity import stepup_views
 
 # Gates on one page of the approvals inbox.
 INBOX_PAGE_SIZE = 25

@@ -64,8 +64,8 @@ def generate(rows: int, years: float = 2) -> None:
     from django.db import connection
     from psycopg.types.json import Jsonb
 
-    from core.audit import GENESIS_HASH, HASHED_FIELDS, compute_hash
-    from core.models import AuditEvent
+    from audit.models import AuditEvent
+    from audit.trail import GENESIS_HASH, HASHED_FIELDS, compute_hash
 
     last = AuditEvent.objects.order_by("-id").values("hash", "occurred_at").first()
     prev = last["hash"] if last else GENESIS_HASH
@@ -98,7 +98,7 @@ def generate(rows: int, years: float = 2) -> None:
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE portal_auditevent")
     # COPY wrote around audit_record: recount the access review's daily sign-ins.
-    from core.audit import rebuild_sign_in_days
+    from audit.trail import rebuild_sign_in_days
 
     rebuild_sign_in_days()
     print(f"generated {rows} events in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -301,8 +301,8 @@ def api_client(user):
     """A REST client with a fresh bearer token of ``user``."""
     from rest_framework.test import APIClient
 
-    from core.audit import System
-    from core.services import api_token_issue
+    from audit.trail import System
+    from identity.services import api_token_issue
 
     _, raw = api_token_issue(actor=System("bench"), user=user, name=f"bench-{time.time_ns()}")
     client = APIClient()
@@ -371,8 +371,8 @@ def measure(rows_target: int, repeat: int,
     from django.db import connection, transaction
     from django.test import Client
 
-    from core.audit import System, audit_record, verify_chain
-    from core.models import AuditEvent
+    from audit.models import AuditEvent
+    from audit.trail import System, audit_record, verify_chain
 
     User = get_user_model()
     auditor, _ = User.objects.get_or_create(username="bench-auditor",
@@ -500,7 +500,7 @@ def measure(rows_target: int, repeat: int,
     # Retention purge of everything older than two years, against a bare DELETE of the
     # same rows (trigger disabled, rolled back). A trail generated over two years has
     # nothing to purge yet (generate with --years 3 for a third of it).
-    from core.audit import audit_purge_expired, retention_days
+    from audit.retention import audit_purge_expired, retention_days
 
     cutoff = datetime.now(UTC) - timedelta(days=retention_days())
     expired = AuditEvent.objects.filter(occurred_at__lt=cutoff).count()
@@ -547,7 +547,7 @@ def main() -> None:
                         help="pages and exports only: no writes, verify_audit or purge")
     args = parser.parse_args()
     setup(args.database, args.fresh)
-    from core.models import AuditEvent
+    from audit.models import AuditEvent
     from deployments.models import Deployment
 
     have = AuditEvent.objects.count()

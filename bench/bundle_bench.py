@@ -41,7 +41,7 @@ def _verifier():
 def build(size: int, path: Path, *, trace: bool = False) -> tuple[float, float, int]:
     """Write a bundle of the newest ``size`` events to ``path``: (seconds, CPU seconds of
     this process, peak bytes)."""
-    from core.models import AuditEvent, SignedCheckpoint
+    from audit.models import AuditEvent, SignedCheckpoint
     from reporting import bundles
 
     head = SignedCheckpoint.objects.order_by("-event_id").values_list("event_id", flat=True)[0]
@@ -65,7 +65,7 @@ def build(size: int, path: Path, *, trace: bool = False) -> tuple[float, float, 
 
 
 def measure(sizes: list[int], workdir: Path) -> list[tuple]:
-    from core.checkpoints import checkpoint_sign
+    from audit.checkpoints import checkpoint_sign
 
     checkpoint_sign(reason="benchmark")
     verifier = _verifier()
@@ -99,7 +99,7 @@ def main() -> None:
     from bench.audit_bench import generate, setup
 
     setup(args.database, False)
-    from core.models import AuditEvent
+    from audit.models import AuditEvent
 
     have = AuditEvent.objects.count()
     if have < max(args.sizes) + 1:

@@ -114,7 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     setup(args.database, fresh=False)
     from approvals.models import ChangeRequest
-    from core.models import AuditEvent
+    from audit.models import AuditEvent
     from deployments.models import Deployment, DeploymentStep
 
     print(f"{ChangeRequest.objects.count():,} changes, {Deployment.objects.count():,} "

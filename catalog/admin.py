@@ -1,9 +1,10 @@
 from django.contrib import admin
 from guardian.admin import GuardedModelAdmin
 
+from audit.admin import AuditedModelAdmin
 from catalog import services
 from catalog.models import Application, Environment, Release, Target
-from core.admin import AuditedModelAdmin, ReadOnlyModelAdmin
+from core.admin import ReadOnlyModelAdmin
 
 
 class DeploymentInputsAdmin(AuditedModelAdmin):
@@ -34,7 +35,7 @@ class DeploymentInputsAdmin(AuditedModelAdmin):
 @admin.register(Environment)
 class EnvironmentAdmin(DeploymentInputsAdmin, GuardedModelAdmin):
     # The lock and its reason are audited here; the object permissions granted on
-    # the guardian pages (Object permissions) by core.access_audit.
+    # the guardian pages (Object permissions) by audit.access.
     list_display = ["name", "slug", "order", "production", "locked"]
 
     def get_readonly_fields(self, request, obj=None):

@@ -50,7 +50,7 @@ class Environment(models.Model):
     # mode while they run.
     deploy_settings = models.JSONField(default=dict, blank=True)
     # Production: approving, deploying and rolling back here need a second factor
-    # and a fresh second-factor check (SOP 10.2, core.assurance).
+    # and a fresh second-factor check (SOP 10.2, identity.assurance).
     production = models.BooleanField(
         default=False, help_text="Decisions here need a second factor, checked recently.")
     # Deployment queue: a newer deployment of an application queued here supersedes

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
+from audit.permissions import is_auditor
 from catalog.models import Release, Target
 from catalog.permissions import environment_permissions
-from core.permissions import is_auditor
 
 
 def visible_environment_ids(user) -> list[int] | None:

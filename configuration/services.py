@@ -11,13 +11,13 @@ import re
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from audit.trail import audit_record
 from catalog.models import Application, Environment
 from catalog.permissions import has_env_perm
 from configuration import references, secret_policy
 from configuration.models import ConfigurationSchema, ConfigurationVersion, SecretAllowance
 from configuration.signals import configuration_changed
 from configuration.validation import Problem, is_reference, parse
-from core.audit import audit_record
 from core.errors import Conflict, Invalid, Refused
 
 logger = logging.getLogger(__name__)
@@ -183,30 +183,6 @@ def secret_allowance_remove(*, actor, allowance: SecretAllowance) -> None:
                      before={"application": entry.application.slug, "kind": entry.kind,
                              "value": entry.value})
         entry.delete()
-
-
-def configuration_schema_set(*, actor, application: Application,
-                             schema: dict) -> ConfigurationSchema:
-    if not getattr(actor, "is_staff", False):
-        raise Refused("only administrators declare an application's schema",
-                      code="not_permitted")
-    import jsonschema
-
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise Invalid(f"not a valid JSON Schema: {exc.message}",
-                      fields={"schema": [exc.message]}) from None
-    with transaction.atomic():
-        current = ConfigurationSchema.objects.select_for_update().filter(
-            application=application).first()
-        before = current.schema if current else None
-        current, _ = ConfigurationSchema.objects.update_or_create(
-            application=application,
-            defaults={"schema": schema, "updated_by": actor, "updated_at": timezone.now()})
-        audit_record(actor=actor, action="configuration.schema_set", obj=current,
-                     before={"schema": before}, after={"schema": schema})
-    return current
 
 
 def render_for_deployment(deployment, *, environ=None,

@@ -7,6 +7,7 @@ Every error the API answers has the same body, ``{code, detail}``, with
 
 from __future__ import annotations
 
+import abc
 import datetime as dt
 import logging
 
@@ -162,12 +163,18 @@ class BoundedDateTimeField(serializers.DateTimeField):
 # --- token scopes -------------------------------------------------------------------
 
 
+class ScopedCredential(abc.ABC):
+    """A credential whose ``scopes`` limit what it may do, even when its user may do
+    more: the API token (``identity.models.ApiToken``, registered as one in
+    ``IdentityConfig.ready``)."""
+
+    scopes: list[str]
+
+
 def token_scopes(request) -> set[str] | None:
     """The scopes the request's token carries; None for a person signed in to the browser."""
-    from core.models import ApiToken
-
     token = getattr(request, "auth", None)
-    if isinstance(token, ApiToken):
+    if isinstance(token, ScopedCredential):
         return set(token.scopes or [])
     return None
 

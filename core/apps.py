@@ -6,10 +6,6 @@ class CoreConfig(AppConfig):
     verbose_name = "Core"
 
     def ready(self) -> None:
-        # receivers audits sign-ins, access_audit every change of who may do what;
-        # schema registers the bearer scheme with the schema; identity connects
-        # allauth's sign-in and second-factor signals to the services;
-        # assurance: the session remembers who must hold a second factor.
-        from core import access_audit, assurance, identity, receivers, schema  # noqa: F401
-
-        assurance.connect()
+        # receivers drops the permissions a request has read when grants change;
+        # schema holds the API's error answers for the OpenAPI description.
+        from core import receivers, schema  # noqa: F401

@@ -75,12 +75,6 @@ def has_object_perm(user, codename: str, obj) -> bool:
     return codename in object_permissions(user, type(obj)).get(obj.pk, set())
 
 
-def is_auditor(user) -> bool:
-    return user.is_authenticated and (
-        user.is_superuser or user.has_perm("core.view_audit_trail")
-    )
-
-
 def permission_holders(model, object_ids) -> dict[tuple[int, str], set[int]]:
     """{(object id, codename): {user id, ...}}: the active users who hold each codename
     on each of ``model``'s rows ``object_ids``, directly or through a group, in three

@@ -1,42 +1,18 @@
-"""The OpenAPI description: authentication schemes, the error body, and the
-error answers every operation can give, so the schema states them exactly."""
+"""The OpenAPI description: the error body, and the error answers every operation can
+give, so the schema states them exactly. The apps describe their own parts: the
+authentication schemes (``identity.schema``, ``integrations.schema``), the headers a
+view reads (its ``schema_request_headers``), the notifications sent
+(``notifications.schema``)."""
 
 from __future__ import annotations
 
 import inspect
 
 from django.core.validators import RegexValidator
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import (
-    OpenApiParameter,
-    OpenApiResponse,
-    OpenApiWebhook,
-    extend_schema,
-)
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers
-
-
-class BearerTokenScheme(OpenApiAuthenticationExtension):
-    target_class = "core.authentication.BearerTokenAuthentication"
-    name = "bearerAuth"
-
-    def get_security_definition(self, auto_schema):
-        return {"type": "http", "scheme": "bearer",
-                "description": "An API token from the Tokens page or "
-                               "`manage.py issue_token USER --scopes read,request`."}
-
-
-class HookSignatureScheme(OpenApiAuthenticationExtension):
-    target_class = "integrations.hooks.HookSignatureAuthentication"
-    name = "hookSignature"
-
-    def get_security_definition(self, auto_schema):
-        return {"type": "apiKey", "in": "header", "name": "X-Portal-Signature",
-                "description": "`sha256=` and the hex HMAC-SHA256 of the raw body, keyed "
-                               "with the hook's secret (PORTAL_HOOK_SECRET_CI, _PUSH, "
-                               "_ALERTMANAGER)."}
 
 
 class ErrorBlockerSerializer(serializers.Serializer):
@@ -54,13 +30,6 @@ class ErrorSerializer(serializers.Serializer):
         help_text="400 only: the messages for each field at fault.")
     blockers = ErrorBlockerSerializer(many=True, required=False,
                                       help_text="409 `not_ready` only: what stands in the way.")
-
-
-class HookDuplicateSerializer(serializers.Serializer):
-    """A hook delivery received before: acknowledged, and nothing applied again."""
-
-    duplicate = serializers.BooleanField(help_text="Always true.")
-    detail = serializers.CharField()
 
 
 ERROR_DESCRIPTIONS = {
@@ -98,35 +67,6 @@ IDEMPOTENT_REPLAYED_HEADER = OpenApiParameter(
     enum=["true"], response=True,
     description="`true` when this is the stored answer to an earlier request with the same "
                 "Idempotency-Key (success or error): nothing was done again.")
-
-# What the hooks read besides the body (docs/api.md, "Hooks").
-HOOK_HEADERS = [
-    OpenApiParameter(
-        name="webhook-id", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
-        description="Standard Webhooks: the delivery id. A delivery id seen before answers "
-                    "200 `{duplicate: true}` and changes nothing. Token callers may send it "
-                    "for the same guarantee."),
-    OpenApiParameter(
-        name="webhook-timestamp", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
-        description="Standard Webhooks: seconds since the Unix epoch; more than five minutes "
-                    "away from the portal's clock is 401 `stale_signature`."),
-    OpenApiParameter(
-        name="webhook-signature", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
-        description="Standard Webhooks: `v1,<base64 HMAC-SHA256 of \"<id>.<timestamp>.<raw "
-                    "body>\">`, keyed with the hook's secret; several may be sent, "
-                    "space-separated (key rotation)."),
-    OpenApiParameter(
-        name="X-Hub-Signature-256", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
-        description="GitHub's body signature: `sha256=<hex HMAC-SHA256 of the raw body>`; "
-                    "needs X-GitHub-Delivery."),
-    OpenApiParameter(
-        name="X-GitHub-Delivery", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
-        description="GitHub's delivery id; with X-Hub-Signature-256, or sent by a token "
-                    "caller so a delivery is applied once."),
-    OpenApiParameter(
-        name="X-Portal-Signature", type=OpenApiTypes.STR, location=OpenApiParameter.HEADER,
-        description="The same value as X-Hub-Signature-256, for senders other than GitHub."),
-]
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     name="Idempotency-Key", location=OpenApiParameter.HEADER, required=False,
@@ -178,8 +118,8 @@ class PortalAutoSchema(AutoSchema):
         params = list(super().get_override_parameters())
         if self.method == "POST" and self._is_idempotent():
             params += [IDEMPOTENCY_HEADER, IDEMPOTENT_REPLAYED_HEADER]
-        if getattr(self.view, "hook_name", ""):
-            params += HOOK_HEADERS
+        # Headers the view reads besides the body (the hooks' signatures and ids).
+        params += list(getattr(self.view, "schema_request_headers", ()))
         return [*params, *RESPONSE_HEADERS]
 
     def _get_response_bodies(self, direction="response"):
@@ -194,7 +134,13 @@ class PortalAutoSchema(AutoSchema):
 
 # Answer components whose serializers leave keys out when they have nothing to say; every
 # other answer carries each of its fields on every response (null when empty).
-SPARSE_ANSWERS = {"Error", "AlertOutcome"}
+SPARSE_ANSWERS = {"Error"}
+
+
+def register_sparse_answer(name: str) -> None:
+    """Mark the answer component ``name`` as one that leaves keys out (called from the
+    owning app's ``AppConfig.ready``)."""
+    SPARSE_ANSWERS.add(name)
 
 
 def answers_carry_every_field(result, generator, request, public):
@@ -228,58 +174,3 @@ def answers_carry_every_field(result, generator, request, public):
     return result
 
 
-# --- outgoing webhooks (OpenAPI 3.1 `webhooks`) ------------------------------------------
-
-
-class NotificationWebhookSerializer(serializers.Serializer):
-    """What the portal POSTs to a subscription's generic JSON webhook
-    (notifications.services._json_body)."""
-
-    kind = serializers.ChoiceField(
-        choices=["approval_request", "rejected", "pre_deployment", "post_deployment",
-                 "failed", "rolled_back", "start_refused", "approval_reopened"],
-        help_text="What happened (the subscription's kinds filter these).")
-    subject = serializers.CharField(help_text="One line, e.g. `CR-12 approved`.")
-    text = serializers.CharField(help_text="The message in plain text.")
-    change = serializers.IntegerField(allow_null=True, help_text="The change request's id.")
-    deployment = serializers.IntegerField(allow_null=True, help_text="The deployment's id.")
-    environment = serializers.CharField(allow_blank=True, help_text="Environment slug.")
-    fields = serializers.DictField(help_text="Facts of the event by name (application, "
-                                             "version, status, ...).")
-    notification = serializers.IntegerField(
-        help_text="The notification's id; the same message sent again carries the same id "
-                  "(and Idempotency-Key).")
-
-
-NOTIFICATION_WEBHOOK = OpenApiWebhook(
-    name="notification",
-    decorator=extend_schema(
-        summary="A notification, POSTed to a subscription's generic JSON webhook",
-        description="Sent once per notification, retried while the receiver answers 5xx "
-                    "or 429 or cannot be reached; an answer below 400 ends the delivery, "
-                    "another 4xx stops it. The body is not signed: give the subscription a "
-                    "URL holding a secret of the receiver's (a path or query token) and "
-                    "serve it over HTTPS. "
-                    "Slack-compatible webhooks receive Slack's `{text, blocks}` instead.",
-        request=NotificationWebhookSerializer,
-        responses={200: OpenApiResponse(description="Received (any 2xx).")},
-    ),
-)
-
-
-NOTIFICATION_WEBHOOK_HEADERS = [
-    {"in": "header", "name": "Idempotency-Key", "required": True, "schema": {"type": "string"},
-     "description": "`notification-<id>`: the same for every attempt of one message, so a "
-                    "receiver can drop repeats."},
-    {"in": "header", "name": "User-Agent", "required": True,
-     "schema": {"type": "string", "enum": ["change-portal"]}},
-]
-
-
-def webhook_headers(result, generator, request, public):
-    """Postprocessing hook: the headers the portal sends with a notification webhook
-    (drf-spectacular's webhooks take no header parameters)."""
-    post = result.get("webhooks", {}).get(NOTIFICATION_WEBHOOK.name, {}).get("post")
-    if post is not None:
-        post["parameters"] = NOTIFICATION_WEBHOOK_HEADERS
-    return result

@@ -9,7 +9,7 @@ back whole and the same work run again normally succeeds. So:
   (``RetryTransientMiddleware``), provided no state change of that request was
   committed before it died: every state change is a service that writes its audit
   event, and the connection counts the times it sealed events into the chain
-  (``core.db_backend``), so a request whose count moved is never run twice;
+  (``audit.db_backend``), so a request whose count moved is never run twice;
 - a request that still fails, or may not be run again, answers 409
   ``concurrent_update`` ("try again"), never 503 ``database_unavailable`` and never a
   500 (``conflict_response``, called by ``core.middleware.ServiceUnavailableMiddleware``);

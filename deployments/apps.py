@@ -11,3 +11,9 @@ class DeploymentsConfig(AppConfig):
         from deployments.selectors import releases_deployed_in
 
         register_release_reach(releases_deployed_in)
+
+        # Log lines are purged with the audit trail, in the same batches.
+        from audit.retention import register_purge
+        from deployments.retention import log_lines_purge
+
+        register_purge("deployments.log_lines", log_lines_purge)

@@ -11,10 +11,11 @@ from django.views.decorators.http import require_POST
 from catalog import services as catalog_services
 from catalog.models import SEMVER, SHA256, Application, Environment
 from catalog.permissions import has_env_perm
-from core import paging, stepup_views
+from core import paging
 from core.errors import DomainError, Refused, SecondFactorRequired, StepUpRequired
 from deployments import selectors, services
 from deployments.models import Deployment
+from identity import stepup_views
 
 HISTORY_PAGE_SIZE = 50
 

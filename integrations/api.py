@@ -13,10 +13,10 @@ from catalog.api import ReleaseInSerializer, ReleaseOutSerializer
 from catalog.models import Release
 from core import logcontext
 from core.api import DEPLOY, REQUEST, ApiView, BoundedDateTimeField
-from core.authentication import BearerTokenAuthentication
 from core.idempotency import idempotent
-from core.schema import HookDuplicateSerializer
+from identity.authentication import BearerTokenAuthentication
 from integrations import hooks
+from integrations.schema import HOOK_HEADERS, HookDuplicateSerializer
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ def delivery_id_of(keys) -> str | None:
 class HookView(ApiView):
     authentication_classes = [hooks.HookSignatureAuthentication, BearerTokenAuthentication]
     hook_name = ""
+    schema_request_headers = HOOK_HEADERS
 
     def once(self, request, apply, applied=None):
         """Apply this delivery unless it was applied before: (applied, result)."""

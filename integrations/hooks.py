@@ -43,11 +43,11 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
+from audit.trail import audit_record
 from core import clock, context
 from core.api import ViewBoundCredential
-from core.audit import audit_record
 from core.errors import Conflict, DomainError, Invalid, Refused
-from core.identity import normalize_username
+from identity.signin import normalize_username
 from integrations.models import HookDelivery
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from pathlib import Path
 from django.db import transaction
 from django.utils import timezone
 
-from core.audit import audit_record
+from audit.trail import audit_record
 from core.errors import Conflict, Invalid
 
 

@@ -58,6 +58,8 @@ INSTALLED_APPS = [
     "guardian",
     "axes",
     "core",
+    "audit",
+    "identity",
     "catalog",
     "deployments",
     "configuration",
@@ -96,9 +98,9 @@ MIDDLEWARE = [
     "core.middleware.ServiceUnavailableMiddleware",
     # Identity: django-allauth (its sign-in stages); when a session was last seen
     "allauth.account.middleware.AccountMiddleware",
-    "core.identity.SessionLastSeenMiddleware",
+    "identity.signin.SessionLastSeenMiddleware",
     # Second factors: people with Production permissions are signed out when idle.
-    "core.assurance.ProductionIdleTimeoutMiddleware",
+    "identity.assurance.ProductionIdleTimeoutMiddleware",
     # Sign-in lockout (django-axes): last, as its documentation asks.
     "axes.middleware.AxesMiddleware",
 ]
@@ -116,10 +118,10 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "core.context_processors.navigation",
+                "audit.context_processors.navigation",
                 "demo.history.banner",
                 # Second factors: the enrol banner for Production permission holders.
-                "core.assurance.banner",
+                "identity.assurance.banner",
             ],
         },
     },
@@ -131,10 +133,10 @@ DATABASES = {
 # Seconds a process keeps its database connection between requests. 0 (a connection
 # per request) unless set; the web server's processes keep theirs (gunicorn.conf.py),
 # checked before each reuse so that a restarted PostgreSQL costs one reconnection.
-# Django's PostgreSQL backend with the audit chain sealed at commit (core/db_backend),
+# Django's PostgreSQL backend with the audit chain sealed at commit (audit/db_backend),
 # so the chain's lock is the last a transaction takes and never part of a deadlock.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    DATABASES["default"]["ENGINE"] = "core.db_backend"
+    DATABASES["default"]["ENGINE"] = "audit.db_backend"
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["TEST"] = {"NAME": env.str("DATABASE_TEST_NAME", default="test_portal")}
@@ -143,9 +145,9 @@ REDIS_URL = env.str("REDIS_URL", default=embedded.embedded_redis_url())
 
 AUTHENTICATION_BACKENDS = [
     # First: refuses a locked-out username and address before the password is checked.
-    "core.authentication.SignInLockoutBackend",
+    "identity.authentication.SignInLockoutBackend",
     # Django's password check, on the username's one spelling (lower case).
-    "core.authentication.UsernameBackend",
+    "identity.authentication.UsernameBackend",
     # Identity: django-allauth
     "allauth.account.auth_backends.AuthenticationBackend",
     "guardian.backends.ObjectPermissionBackend",
@@ -171,7 +173,7 @@ AXES_FAILURE_LIMIT = env.int("PORTAL_SIGNIN_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = timedelta(minutes=env.int("PORTAL_SIGNIN_COOLOFF_MINUTES", default=15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 # Second-factor codes are also limited per account, whatever the address: someone who
-# has the password cannot guess codes from many addresses (core.identity.CodeLockoutMixin).
+# has the password cannot guess codes from many addresses (identity.signin.CodeLockoutMixin).
 # Only wrong codes count (a wrong password from anywhere never blocks the owner's code).
 PORTAL_CODE_FAILURE_LIMIT_PER_ACCOUNT = env.int("PORTAL_CODE_FAILURE_LIMIT_PER_ACCOUNT",
                                                 default=10)
@@ -185,8 +187,8 @@ AXES_VERBOSE = False
 # The client address as Django sees it (REMOTE_ADDR); the proxy in front sets it.
 AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
 # The lockout's key is the username's one spelling: "qA" is locked when "qa" is.
-AXES_USERNAME_CALLABLE = "core.identity.axes_username"
-# Wrong second-factor codes count as failures too (core.identity.PortalAuthenticateForm);
+AXES_USERNAME_CALLABLE = "identity.signin.axes_username"
+# Wrong second-factor codes count as failures too (identity.signin.PortalAuthenticateForm);
 # neither a password nor a code is kept with the attempt.
 AXES_SENSITIVE_PARAMETERS = ["password", "code", "credential"]
 # The portal's own pages answer a CSRF failure.
@@ -263,7 +265,7 @@ if not DEBUG:
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "core.authentication.BearerTokenAuthentication",
+        "identity.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -310,10 +312,10 @@ SPECTACULAR_SETTINGS = {
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     # 3.1 for `webhooks`: the notifications the portal sends (core.schema).
     "OAS_VERSION": "3.1.0",
-    "WEBHOOKS": ["core.schema.NOTIFICATION_WEBHOOK"],
+    "WEBHOOKS": ["notifications.schema.NOTIFICATION_WEBHOOK"],
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
                              "core.schema.answers_carry_every_field",
-                             "core.schema.webhook_headers"],
+                             "notifications.schema.webhook_headers"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
@@ -365,7 +367,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env.float("PORTAL_BACKUP_INTERVAL_SECONDS", default=24 * 3600.0),
     },
     "audit-retention-purge": {
-        "task": "core.tasks.audit_retention_purge",
+        "task": "audit.tasks.audit_retention_purge",
         "schedule": 24 * 3600.0,
     },
     # The notifications outbox: rows written with their decision whose queued send
@@ -393,7 +395,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     # Signed checkpoints of the audit chain, handed to the witnesses (docs/audit.md).
     "audit-checkpoint-sign": {
-        "task": "core.tasks.audit_checkpoint_sign",
+        "task": "audit.tasks.audit_checkpoint_sign",
         "schedule": env.float("PORTAL_AUDIT_CHECKPOINT_SECONDS", default=60.0),
     },
 }
@@ -445,9 +447,9 @@ PORTAL_LIVENESS_SECONDS = env.float("PORTAL_LIVENESS_SECONDS", default=12.0)
 PORTAL_BACKUP_DIR = Path(env.str("PORTAL_BACKUP_DIR", default=str(embedded.var_dir() / "backups")))
 PORTAL_BACKUP_KEEP = env.int("PORTAL_BACKUP_KEEP", default=7)
 
-# Signed audit checkpoints (core.checkpoints, docs/audit.md). The Ed25519 private key
+# Signed audit checkpoints (audit.checkpoints, docs/audit.md). The Ed25519 private key
 # is this file (made with mode 0600 on first use), or the PEM in the environment
-# variable PORTAL_AUDIT_SIGNING_KEY (read by core.checkpoints, never kept in settings).
+# variable PORTAL_AUDIT_SIGNING_KEY (read by audit.checkpoints, never kept in settings).
 # Every public key ever used is appended to the public-key file. Witnesses: append-only
 # files outside the database, webhooks (through core.outbound), and email to the
 # auditors: "off", "events" (deployments and key rotations) or "all".
@@ -528,16 +530,16 @@ ACCOUNT_SIGNUP_FIELDS = ["username*", "email", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = "none"
 ACCOUNT_SESSION_REMEMBER = True
 ACCOUNT_LOGOUT_REDIRECT_URL = "login"
-ACCOUNT_ADAPTER = "core.identity.PortalAccountAdapter"
-ACCOUNT_FORMS = {"login": "core.identity.PortalLoginForm",
-                 "reauthenticate": "core.identity.PortalReauthenticateForm"}
+ACCOUNT_ADAPTER = "identity.signin.PortalAccountAdapter"
+ACCOUNT_FORMS = {"login": "identity.signin.PortalLoginForm",
+                 "reauthenticate": "identity.signin.PortalReauthenticateForm"}
 # Repeated wrong passwords and wrong second-factor codes at sign-in are django-axes' to
-# count and lock (AXES_* above; core.identity.PortalAuthenticateForm for the codes).
+# count and lock (AXES_* above; identity.signin.PortalAuthenticateForm for the codes).
 ACCOUNT_RATE_LIMITS = {"login_failed": False}
-# Usernames have one spelling, lower case (core.identity.normalize_username).
+# Usernames have one spelling, lower case (identity.signin.normalize_username).
 ACCOUNT_PRESERVE_USERNAME_CASING = False
-MFA_FORMS = {"authenticate": "core.identity.PortalAuthenticateForm",
-             "reauthenticate": "core.identity.PortalMfaReauthenticateForm"}
+MFA_FORMS = {"authenticate": "identity.signin.PortalAuthenticateForm",
+             "reauthenticate": "identity.signin.PortalMfaReauthenticateForm"}
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
 MFA_PASSKEY_LOGIN_ENABLED = True
 # Passkeys on http://127.0.0.1 (the one-machine run sets it; DEBUG is not needed).
@@ -545,12 +547,12 @@ MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = env.bool("PORTAL_WEBAUTHN_ALLOW_INSECURE_OR
                                               default=DEBUG)
 MFA_TOTP_ISSUER = env.str("PORTAL_MFA_TOTP_ISSUER", default="Change portal")
 # Sessions are recorded at sign-in; "last seen" is kept in the cache by
-# core.identity.SessionLastSeenMiddleware, not written to the database on every page.
+# identity.signin.SessionLastSeenMiddleware, not written to the database on every page.
 USERSESSIONS_TRACK_ACTIVITY = False
 
 # Identity: local password sign-in, single sign-on (OpenID Connect) and group mapping.
 # PORTAL_LOCAL_LOGIN=false leaves single sign-on as the only way in: the password form
-# is gone, every password sign-in is refused (core.authentication), passkeys too.
+# is gone, every password sign-in is refused (identity.authentication), passkeys too.
 PORTAL_LOCAL_LOGIN = env.bool("PORTAL_LOCAL_LOGIN", default=True)
 if not PORTAL_LOCAL_LOGIN:
     MFA_PASSKEY_LOGIN_ENABLED = False
@@ -562,7 +564,7 @@ PORTAL_OIDC_NAME = env.str("PORTAL_OIDC_NAME", default="single sign-on")
 # portal group (JSON object, e.g. {"portal-cab": "cab"}).
 PORTAL_OIDC_GROUPS_CLAIM = env.str("PORTAL_OIDC_GROUPS_CLAIM", default="groups")
 PORTAL_OIDC_GROUP_MAP = env.json("PORTAL_OIDC_GROUP_MAP", default={})
-SOCIALACCOUNT_ADAPTER = "core.identity.PortalSocialAccountAdapter"
+SOCIALACCOUNT_ADAPTER = "identity.signin.PortalSocialAccountAdapter"
 SOCIALACCOUNT_AUTO_SIGNUP = True
 SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
 SOCIALACCOUNT_STORE_TOKENS = False
@@ -570,7 +572,7 @@ SOCIALACCOUNT_ONLY = False
 SOCIALACCOUNT_PROVIDERS = {
     "openid_connect": {
         # The ID token's signature is always checked against the provider's keys.
-        "provider_class": "core.oidc.provider.PortalOpenIDConnectProvider",
+        "provider_class": "identity.oidc.provider.PortalOpenIDConnectProvider",
         "OAUTH_PKCE_ENABLED": True,
         "APPS": [{
             "provider_id": "sso",

@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 @shared_task(name="portal.tasks.portal_backup", ignore_result=True)
 def portal_backup() -> None:
     """Daily: dump the portal database to PORTAL_BACKUP_DIR, keeping PORTAL_BACKUP_KEEP."""
-    from core.audit import System
+    from audit.trail import System
     from portal.backups import backup_create
 
     path = backup_create(actor=System("daily backup"))

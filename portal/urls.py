@@ -9,9 +9,11 @@ from approvals import views as approvals_views
 from catalog import api as catalog_api
 from configuration import views as configuration_views
 from core import api as core_api
-from core import identity, identity_views, stepup_views, token_api, token_views
 from deployments import api as deployments_api
 from deployments import views as deployments_views
+from identity import signin as identity
+from identity import stepup_views, token_api, token_views
+from identity import views as identity_views
 from integrations import api as integrations_api
 from notifications import views as notifications_views
 from portal import views
@@ -138,6 +140,12 @@ urlpatterns = [
     # The admin has no password form of its own: /admin/login/ leads to the portal's
     # sign-in (password, second factor, lockout), then back to the admin.
     path("admin/login/", identity.admin_login, name="admin-login"),
+    # The admin pages of the API tokens and the audit trail moved with their models
+    # (from the core app to identity and audit): an old link leads to the new page.
+    re_path(r"^admin/core/apitoken/(?P<rest>.*)$",
+            RedirectView.as_view(url="/admin/identity/apitoken/%(rest)s", query_string=True)),
+    re_path(r"^admin/core/auditevent/(?P<rest>.*)$",
+            RedirectView.as_view(url="/admin/audit/auditevent/%(rest)s", query_string=True)),
     path("admin/", admin.site.urls),
     # Second factors: finish the action a step-up interrupted.
     path("step-up/<str:stash>/", stepup_views.resume, name="step-up-resume"),

@@ -9,9 +9,9 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, permissions, serializers
 from rest_framework.renderers import JSONRenderer
 
+from audit.models import AuditEvent
+from audit.permissions import is_auditor
 from core.api import ApiMixin, DateTimeFilter
-from core.models import AuditEvent
-from core.permissions import is_auditor
 from reporting import exports
 
 

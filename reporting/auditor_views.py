@@ -1,6 +1,6 @@
 """The auditor's pages: deployment history with the evidence behind each deployment,
 the audit trail browser and its exports, and the access review. Auditors and
-administrators only (``core.view_audit_trail``)."""
+administrators only (``audit.view_audit_trail``)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 
+from audit.permissions import is_auditor
+from audit.trail import audit_record
 from core import paging
-from core.audit import audit_record
-from core.permissions import is_auditor
 from reporting import audit_selectors as sel
 from reporting import exports
 

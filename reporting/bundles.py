@@ -26,10 +26,10 @@ from django.db import transaction
 from django.db.models import Exists, Max, Min, OuterRef, Q, QuerySet
 from django.template.loader import render_to_string
 
+from audit.checkpoints import seal_sign, signing_key
+from audit.models import AuditEvent, SignedCheckpoint
+from audit.trail import HASHED_FIELDS, audit_record, canonical
 from core import clock
-from core.audit import HASHED_FIELDS, audit_record, canonical
-from core.checkpoints import seal_sign, signing_key
-from core.models import AuditEvent, SignedCheckpoint
 
 FORMAT = "change-portal-evidence-bundle"
 VERSION = 2  # 2: sealed (seal.json); the verifier refuses an unsealed bundle

@@ -38,8 +38,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from approvals.models import Approval, ChangeRequest
+from audit.models import AuditEvent
 from catalog.models import Environment
-from core.models import AuditEvent
 from deployments.models import Deployment, DeploymentStep
 
 logger = logging.getLogger(__name__)

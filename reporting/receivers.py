@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 @receiver(deployment_finished, dispatch_uid="reporting.audit_checkpoint_after_deployment")
 def audit_checkpoint_after_deployment(sender, deployment, status, **kwargs) -> None:
-    from core.tasks import audit_checkpoint_sign
+    from audit.tasks import audit_checkpoint_sign
 
     slug = getattr(deployment.environment, "slug", "")
     if slug not in settings.PORTAL_AUDIT_CHECKPOINT_ENVIRONMENTS:

@@ -71,8 +71,8 @@ def api():
     with a TOTP code does (tested for real in tests/security/
     test_tokens_act_for_their_owner.py), so it may decide in Production for
     ``PORTAL_STEP_UP_SECONDS`` (docs/identity.md)."""
-    from core.audit import System
-    from core.services import api_token_issue
+    from audit.trail import System
+    from identity.services import api_token_issue
 
     def make(user=None) -> APIClient:
         client = APIClient()
@@ -92,8 +92,8 @@ def stepped_up(token):
     second factor: what a successful ``POST /api/v1/auth/step-up`` leaves behind."""
     from django.utils import timezone
 
-    from core.assurance import has_second_factor
-    from core.models import ApiToken
+    from identity.assurance import has_second_factor
+    from identity.models import ApiToken
 
     if has_second_factor(token.user):
         ApiToken.objects.filter(pk=token.pk).update(second_factor="totp",

@@ -22,11 +22,12 @@ from approvals.services.checklists import _open_checklist
 from approvals.services.guards import _refusal_audited, _require_deploy_for_self_start
 from approvals.services.reopening import _reopen_changed_concerns
 from approvals.services.scheduling import _hold_environment_if_it_may_start, _start_by_itself
+from audit.trail import audit_record
 from catalog.models import Environment, Release
 from catalog.permissions import has_env_perm
-from core import assurance, clock
-from core.audit import audit_record
+from core import clock
 from core.errors import Invalid, InvalidTransition, Refused
+from identity import assurance
 
 EDITABLE_FIELDS = ("strategy", "rollback_plan", "risk", "impact", "on_call", "scheduled_for")
 

@@ -9,9 +9,9 @@ from django.db import transaction
 from approvals import eligibility
 from approvals.models import ChangeRequest, ChecklistItem, ChecklistTemplate
 from approvals.selectors import person_facts
+from audit.trail import audit_record
 from catalog.permissions import has_env_perm
 from core import clock
-from core.audit import audit_record
 from core.errors import Invalid, InvalidTransition, Refused
 
 

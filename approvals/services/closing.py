@@ -12,8 +12,8 @@ import approvals.services
 from approvals.models import ChangeRequest, ChecklistKind, PostImplementationReview
 from approvals.services.changes import _policy
 from approvals.services.checklists import _open_checklist
+from audit.trail import System, audit_record
 from core import clock
-from core.audit import System, audit_record
 from deployments.models import Deployment
 
 logger = logging.getLogger(__name__)

@@ -14,10 +14,11 @@ from approvals.services.fingerprints import change_version, fingerprint
 from approvals.services.guards import _refusal_audited, _refuse, _step_up_for_production
 from approvals.services.reopening import _reopen
 from approvals.services.scheduling import _hold_environment_if_it_may_start, _start_by_itself
+from audit.trail import audit_record
 from catalog.models import Environment
-from core import assurance, clock
-from core.audit import audit_record
+from core import clock
 from core.errors import AlreadyDecided, ChangedSinceViewed, Invalid, InvalidTransition, Refused
+from identity import assurance
 
 
 def may_decide(user, environment: Environment, role: str):

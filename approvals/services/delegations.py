@@ -9,10 +9,10 @@ from datetime import datetime, timedelta
 from django.db import transaction
 
 from approvals.models import Delegation, GateRole
+from audit.trail import audit_record
 from catalog.models import Environment
 from catalog.permissions import has_env_perm
 from core import clock
-from core.audit import audit_record
 from core.errors import Invalid, InvalidTransition, NotEligible, Refused
 
 MAX_DELEGATION = timedelta(days=30)

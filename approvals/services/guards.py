@@ -9,11 +9,11 @@ from django.db import transaction
 
 from approvals import eligibility
 from approvals.models import ChangeRequest
+from audit.trail import audit_record
 from catalog.models import Environment
 from catalog.permissions import has_env_perm
-from core import assurance
-from core.audit import audit_record
 from core.errors import AlreadyDecided, DomainError, NotEligible, Refused, SelfApproval
+from identity import assurance
 
 
 def _refusal_audited(action: str, actor, change: ChangeRequest, exc: DomainError, **extra):

@@ -13,8 +13,8 @@ from approvals import eligibility, signals
 from approvals.models import Approval, ChangeRequest, Gate
 from approvals.selectors import Blocker, change_blockers
 from approvals.services.fingerprints import CONCERNS, fingerprint
+from audit.trail import System, audit_record
 from core import clock
-from core.audit import System, audit_record
 from core.errors import NotReady
 
 

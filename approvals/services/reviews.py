@@ -8,9 +8,10 @@ from approvals import eligibility
 from approvals.models import PostImplementationReview
 from approvals.selectors import person_facts
 from approvals.services.guards import _refusal_audited, _refuse
-from core import assurance, clock
-from core.audit import audit_record
+from audit.trail import audit_record
+from core import clock
 from core.errors import AlreadyDecided, Invalid, Refused
+from identity import assurance
 
 
 @assurance.refusals_audited

@@ -23,17 +23,18 @@ from approvals.services.reopening import (
     _stale_refusal,
     _tell_approver,
 )
+from audit.trail import System, audit_record
 from catalog.models import Environment
 from catalog.permissions import has_env_perm
 from configuration.selectors import digests_of_version, version_for
-from core import assurance, clock
+from core import clock
 from core import context as request_context
-from core.audit import System, audit_record
 from core.context import RequestContext
 from core.errors import DeploymentInProgress, InvalidTransition, NotReady, Refused
 from deployments import inputs as deployment_inputs
 from deployments import services as deployment_services
 from deployments.models import Deployment
+from identity import assurance
 
 logger = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from audit.trail import audit_record
 from catalog.models import Environment
 from catalog.permissions import has_env_perm
-from core import assurance
-from core.audit import audit_record
 from core.errors import Invalid, InvalidTransition, Refused
+from identity import assurance
 
 
 def environment_lock(*, actor, environment: Environment, reason: str) -> Environment:

@@ -7,10 +7,10 @@ from datetime import datetime
 
 from django.db import IntegrityError, transaction
 
+from audit.trail import System, audit_record
 from catalog.models import Application, Release
 from catalog.permissions import environment_permissions
 from catalog.services.artifacts import artifact_display, artifact_source_check
-from core.audit import System, audit_record
 from core.errors import Conflict, Invalid, Refused
 
 RELEASE_FIELDS = ("artifact_url", "artifact_sha256", "commit_sha", "committed_at", "notes")

@@ -13,7 +13,7 @@ it needs table ownership, which the application role should not hold in producti
 from django.db import migrations
 
 # SOP 13.1: deployment logs are kept for two years. Keep in step with
-# core.audit.RETENTION_FLOOR_DAYS.
+# audit.retention.RETENTION_FLOOR_DAYS.
 FLOOR_DAYS = 730
 
 CREATE = f"""

@@ -1,4 +1,4 @@
-"""Signed checkpoints of the audit chain (core.checkpoints), append-only like the trail."""
+"""Signed checkpoints of the audit chain (audit.checkpoints), append-only like the trail."""
 
 from django.db import migrations, models
 

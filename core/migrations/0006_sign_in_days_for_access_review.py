@@ -2,7 +2,7 @@
 
 from django.db import migrations, models
 
-# The counts of the trail already written (core.audit.rebuild_sign_in_days, frozen here).
+# The counts of the trail already written (audit.trail.rebuild_sign_in_days, frozen here).
 BACKFILL = (
     "INSERT INTO portal_signinday (action, day, actor_id, name, count) "
     "SELECT action, (occurred_at AT TIME ZONE 'UTC')::date, "

@@ -1,4 +1,4 @@
-"""Usernames have one spelling, lower case (core.identity.normalize_username): existing
+"""Usernames have one spelling, lower case (identity.signin.normalize_username): existing
 accounts are stored so, and the database refuses a second account that differs from
 one only in case."""
 

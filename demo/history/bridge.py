@@ -6,7 +6,7 @@ The history is written against the plug-in points only (``core.clock.use``,
 readers still go around them:
 
 - ``deployments.services``, ``approvals.services``, ``notifications.services``,
-  ``core.audit`` (the audit writer's ``occurred_at``) and ``core.assurance`` read
+  ``audit.trail`` (the audit writer's ``occurred_at``) and ``identity.assurance`` read
   ``django.utils.timezone.now()`` directly: ``time_readers`` points it at the history's
   clock;
 - ``deployments.services._enqueue`` publishes ``deployment_execute`` to the broker, and

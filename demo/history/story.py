@@ -25,10 +25,10 @@ from approvals.models import (
     MaintenanceWindow,
     PostImplementationReview,
 )
+from audit.access import admin_change_record
+from audit.trail import audit_record
 from catalog.models import Application, Environment, Release, Target
 from core import clock as portal_clock
-from core.access_audit import admin_change_record
-from core.audit import audit_record
 from demo.history.clock import LONDON, HistoryClock, Timeline, local, working
 from demo.history.plan import (
     APPROVAL_COMMENTS,

@@ -8,7 +8,7 @@ than the retention floor. The trigger function is the audit trail's
 from django.db import migrations
 
 # SOP 13.1: deployment logs are kept for two years. Keep in step with
-# core.audit.RETENTION_FLOOR_DAYS.
+# audit.retention.RETENTION_FLOOR_DAYS.
 FLOOR_DAYS = 730
 
 CREATE = f"""

@@ -6,9 +6,9 @@ import uuid
 
 from django.db import IntegrityError, transaction
 
+from audit.trail import audit_record
 from catalog.models import Application, Environment, Release
 from core import clock
-from core.audit import audit_record
 from core.errors import Invalid
 from deployments import inputs as deployment_inputs
 from deployments.models import Deployment, DeploymentStep

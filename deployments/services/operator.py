@@ -7,13 +7,14 @@ import uuid
 
 from django.db import transaction
 
+from audit.trail import System, audit_record
 from catalog.permissions import has_env_perm
-from core import assurance, clock
-from core.audit import System, audit_record
+from core import clock
 from core.errors import Invalid, InvalidTransition, Refused
 from deployments.models import Deployment, DeploymentStep
 from deployments.services.queue import _announce_end, _enqueue, queue_position
 from deployments.services.run import MAX_ATTEMPTS, run_is_live
+from identity import assurance
 
 
 def _interrupted_step(deployment: Deployment) -> DeploymentStep | None:

@@ -11,8 +11,8 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Max
 
+from audit.trail import System, audit_record
 from core import clock, dispatch
-from core.audit import System, audit_record
 from deployments.models import Deployment, DeploymentLogLine
 from deployments.signals import deployment_ending, deployment_finished
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from audit.trail import System, audit_record
 from catalog.models import MigrationKind
 from catalog.permissions import has_env_perm
-from core import assurance, clock
-from core.audit import System, audit_record
+from core import clock
 from core.errors import Conflict, Invalid, InvalidTransition, Refused
 from deployments.models import AnalysisVerdict, Deployment, DeploymentStep
 from deployments.services.create import deployment_create
 from deployments.services.queue import _announce_end, deployment_finish
+from identity import assurance
 
 
 def _previous_success(deployment: Deployment) -> Deployment | None:

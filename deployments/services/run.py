@@ -16,8 +16,8 @@ from django.db import connection, transaction
 from django.db.models import F, Max
 from django.utils.module_loading import import_string
 
+from audit.trail import System, audit_record
 from core import clock
-from core.audit import System, audit_record
 from core.errors import DomainError
 from deployments import inputs as deployment_inputs
 from deployments.executors import StepFailed, executor_for

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import transaction
 
+from audit.trail import System, audit_record
 from core import clock
-from core.audit import System, audit_record
 from deployments.models import Deployment
 from deployments.services import run
 from deployments.services.queue import HOLDING, _advance_queue, _enqueue, deployment_finish

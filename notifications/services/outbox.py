@@ -15,8 +15,8 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import F
 
+from audit.trail import System, audit_record
 from core import clock, dispatch
-from core.audit import System, audit_record
 from notifications.models import Channel, Notification, redact_target
 from notifications.services.content import Message
 from notifications.services.subscriptions import subscription_recipient

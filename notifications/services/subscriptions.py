@@ -8,10 +8,10 @@ from django.core.validators import EmailValidator, URLValidator
 from django.db import transaction
 from django.db.models import Q
 
+from audit.trail import audit_record
 from catalog.models import Application, Environment
 from catalog.permissions import environment_permissions
 from core import outbound
-from core.audit import audit_record
 from core.errors import Invalid, NotFound, Refused
 from notifications.models import Channel, Kind, Subscription, redact_target
 

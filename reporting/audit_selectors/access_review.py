@@ -9,11 +9,12 @@ from datetime import datetime, timedelta
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Q, Sum
 
+from audit.models import SignInDay
 from catalog.models import Environment
 from catalog.permissions import PRODUCTION_POWERS
 from core import clock
-from core.models import ApiToken, SignInDay
 from core.permissions import permission_grants
+from identity.models import ApiToken
 
 # ---------------------------------------------------------------------------
 # Access review (SOP 13.1: monitor access to deployment systems)
@@ -29,7 +30,7 @@ class Factor:
 
     @property
     def name(self) -> str:
-        from core.assurance import KIND_NAMES
+        from identity.assurance import KIND_NAMES
 
         return KIND_NAMES.get(self.kind, self.kind)
 

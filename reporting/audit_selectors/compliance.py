@@ -9,8 +9,8 @@ from datetime import datetime
 from django.db.models import Min, Q
 
 from approvals.models import Approval, ChecklistItem, Gate
-from core.audit import compute_hash
-from core.models import AuditEvent
+from audit.models import AuditEvent
+from audit.trail import compute_hash
 from deployments.models import Deployment, DeploymentStep
 from reporting.audit_selectors.filters import changes_by_id
 

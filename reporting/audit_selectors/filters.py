@@ -14,8 +14,8 @@ from django.db.models import CharField, Q, QuerySet
 from django.db.models.functions import Cast
 
 from approvals.models import Approval, ChangeRequest
+from audit.models import AuditEvent
 from catalog.models import Application, Release
-from core.models import AuditEvent
 from deployments.models import Deployment
 
 # Rows on one page of the audit trail and of the auditor's deployment history.

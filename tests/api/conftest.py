@@ -7,8 +7,8 @@ import json
 import pytest
 from rest_framework.test import APIClient
 
-from core.audit import System
-from core.services import api_token_issue
+from audit.trail import System
+from identity.services import api_token_issue
 from integrations.hooks import sign
 from tests.conftest import stepped_up
 

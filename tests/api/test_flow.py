@@ -3,10 +3,10 @@
 import pytest
 
 from approvals.models import ChangeRequest
-from core.audit import System
-from core.models import AuditEvent
-from core.services import api_token_issue, api_token_revoke
+from audit.models import AuditEvent
+from audit.trail import System
 from deployments.models import Deployment
+from identity.services import api_token_issue, api_token_revoke
 
 RELEASE = {"application": "storefront", "version": "3.1.0", "commit_sha": "abc1234",
            "notes": "New basket."}

@@ -9,8 +9,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
 from approvals.models import ChangeRequest
+from audit.models import AuditEvent
 from catalog.models import Release
-from core.models import AuditEvent
 from deployments.models import Deployment
 from tests.api.helpers import finished_deployment
 from tests.factories import ReleaseFactory

@@ -10,9 +10,10 @@ from django.db import connection
 from django.utils import timezone
 
 from approvals.models import ChangeRequest
+from audit.models import AuditEvent
 from catalog.models import Release
 from core.idempotency import fingerprint, idempotency_keys_purge
-from core.models import AuditEvent, IdempotencyKey
+from core.models import IdempotencyKey
 from deployments.models import Deployment
 from tests.factories import ReleaseFactory, request_change
 

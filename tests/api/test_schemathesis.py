@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import CHECKS, load_all_checks, positive_data_acceptance
 from schemathesis.generation import GenerationMode
 
-from core.audit import System
+from audit.trail import System
 from core.idempotency import KEY_PATTERN
-from core.services import api_token_issue
 from core.throttling import AnonThrottle, UserThrottle
+from identity.services import api_token_issue
 from tests.factories import ReleaseFactory, request_change
 
 # Refusals of schema-valid data that a schema cannot express: a reference to an object

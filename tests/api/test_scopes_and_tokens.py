@@ -12,10 +12,11 @@ from django.urls import URLPattern
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from audit.models import AuditEvent
+from audit.trail import System
 from core.api import ApiMixin
-from core.audit import System
-from core.models import ApiToken, AuditEvent
-from core.services import api_token_issue
+from identity.models import ApiToken
+from identity.services import api_token_issue
 from portal.urls import api_v1
 from tests.api.helpers import finished_deployment
 from tests.conftest import sign_in_with_second_factor

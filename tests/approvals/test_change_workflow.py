@@ -4,8 +4,8 @@ import pytest
 
 from approvals import services
 from approvals.models import ChangeRequest, Gate
+from audit.models import AuditEvent
 from core.errors import AlreadyDecided, Invalid, NotEligible, NotReady, SelfApproval
-from core.models import AuditEvent
 from tests.factories import request_change
 
 

@@ -6,9 +6,9 @@ from django.utils import timezone
 
 from approvals import services
 from approvals.models import ChangeRequest, Delegation, Freeze
+from audit.models import AuditEvent
 from catalog import services as catalog_services
 from catalog.models import Environment
-from core.models import AuditEvent
 from tests.conftest import sign_in_with_second_factor
 from tests.factories import request_change
 

@@ -15,10 +15,10 @@ from approvals.models import (
     MaintenanceWindow,
     PostImplementationReview,
 )
+from audit.models import AuditEvent
 from catalog import services as catalog_services
 from catalog.models import Environment
 from core.errors import Invalid, InvalidTransition, NotEligible, NotReady, Refused
-from core.models import AuditEvent
 from deployments.models import Deployment
 from tests.factories import ReleaseFactory, request_change
 

@@ -93,8 +93,8 @@ def test_a_last_approval_that_starts_the_deployment_waits_for_an_environment_loc
     the environment while the approval held the chain would deadlock."""
     from django.db import transaction
 
+    from audit.trail import audit_record
     from catalog.models import Environment
-    from core.audit import audit_record
     from tests.conftest import wait_for, waiting_for_a_lock
 
     change = request_change(demo.engineer, "staging", deploy_when_approved=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from core.checkpoints import checkpoint_sign
+from audit.checkpoints import checkpoint_sign
 from tests.portal.audit_helpers import record
 
 VERIFIER_PATH = Path(settings.BASE_DIR) / "tools" / "verify_bundle.py"

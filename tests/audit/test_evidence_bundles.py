@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.db import transaction
 from django.utils import timezone
 
+from audit.checkpoints import canonical_checkpoint, checkpoint_sign, key_id_of, raw_public
+from audit.models import AuditEvent
+from audit.trail import System, audit_record
 from catalog.models import Application
-from core.audit import System, audit_record
-from core.checkpoints import canonical_checkpoint, checkpoint_sign, key_id_of, raw_public
-from core.models import AuditEvent
 from tests.audit.conftest import VERIFIER_PATH
 from tests.factories import ReleaseFactory, request_change
 from tests.portal.audit_helpers import approved_production_change, make_deployment, record
@@ -117,7 +117,7 @@ def test_the_verifier_runs_alone_from_an_empty_directory(evidence, tmp_path):
              "try:\n    runpy.run_path('verify_bundle.py', run_name='__main__')\n"
              "except SystemExit as end:\n    code = end.code\n"
              "ours = sorted(m for m in sys.modules if m.split('.')[0] in "
-             "('django', 'portal', 'core', 'reporting', 'tests'))\n"
+             "('django', 'portal', 'core', 'audit', 'identity', 'reporting', 'tests'))\n"
              "print('IMPORTED', ours)\nsys.exit(code)\n")
     done = subprocess.run([sys.executable, "-I", "-c", probe], cwd=alone, capture_output=True,
                           text=True, timeout=60)

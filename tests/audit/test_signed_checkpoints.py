@@ -18,10 +18,10 @@ from django.core import mail
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, transaction
 
-from core.audit import compute_hash, verify_chain
-from core.checkpoints import canonical_checkpoint, checkpoint_sign, public_keys
-from core.models import AuditEvent, SignedCheckpoint
-from core.tasks import audit_checkpoint_sign
+from audit.checkpoints import canonical_checkpoint, checkpoint_sign, public_keys
+from audit.models import AuditEvent, SignedCheckpoint
+from audit.tasks import audit_checkpoint_sign
+from audit.trail import compute_hash, verify_chain
 from tests.audit.conftest import witness_lines
 from tests.conftest import wait_for
 from tests.portal.audit_helpers import record, sql, triggers_disabled

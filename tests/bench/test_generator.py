@@ -5,9 +5,9 @@ from datetime import timedelta
 
 from django.utils import timezone
 
+from audit.models import AuditEvent
+from audit.trail import verify_chain
 from bench.audit_bench import generate, generate_deployments
-from core.audit import verify_chain
-from core.models import AuditEvent
 from deployments.models import Deployment
 from reporting.audit_selectors import compliance_for
 

@@ -41,8 +41,8 @@ def portal_live(transactional_db, live_server):
 def token():
     """token(user, *scopes) -> a clear API token for that user, stepped up by its owner
     when they hold a second factor (tests.conftest.stepped_up)."""
-    from core.audit import System
-    from core.services import api_token_issue
+    from audit.trail import System
+    from identity.services import api_token_issue
 
     counter = {"n": 0}
 

@@ -13,8 +13,8 @@ import pytest
 
 from approvals import services as approval_services
 from approvals.models import ChangeRequest
+from audit.models import AuditEvent
 from catalog.models import Application, Environment, Release
-from core.models import AuditEvent
 from deployments.models import Deployment
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -164,7 +164,7 @@ def test_portalctl_is_refused_production_decisions_without_a_fresh_second_factor
         portal_live, token, portalctl):
     from allauth.mfa.models import Authenticator
 
-    from core.models import ApiToken
+    from identity.models import ApiToken
     from tests.factories import request_change
 
     cast = portal_live
@@ -188,8 +188,8 @@ def test_portalctl_is_refused_production_decisions_without_a_fresh_second_factor
 
 def test_portalctl_answers_the_step_up_with_the_owners_code_and_retries_once(
         portal_live, portalctl):
-    from core.audit import System
-    from core.services import api_token_issue
+    from audit.trail import System
+    from identity.services import api_token_issue
     from tests.conftest import totp_code
     from tests.factories import request_change
 

@@ -11,12 +11,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.db import connection
 
+from audit.models import AuditEvent
 from catalog.models import Application, Environment
 from configuration import selectors, services
 from configuration.models import ConfigurationVersion
 from configuration.references import SecretUnavailable
 from core.errors import Conflict, Invalid, Refused
-from core.models import AuditEvent
 from deployments.models import Deployment
 from tests.factories import ReleaseFactory, request_change
 

@@ -6,8 +6,8 @@ import sys
 
 from django.db import connection
 
+from audit.models import AuditEvent
 from configuration.services import configuration_save
-from core.models import AuditEvent
 from deployments.models import DeploymentLogLine
 from tests.factories import executor_app, run_deployment
 

@@ -6,8 +6,8 @@ is called directly, as a worker picking up the dead run would.
 
 import pytest
 
+from audit.models import AuditEvent
 from core.errors import InvalidTransition, Refused
-from core.models import AuditEvent
 from deployments import services
 from deployments.models import Deployment, DeploymentStep
 

@@ -11,7 +11,7 @@ import pytest
 from django.db import connection, transaction
 from django.test import TestCase
 
-from core.models import AuditEvent
+from audit.models import AuditEvent
 from deployments import selectors, services
 from deployments.models import Deployment, DeploymentStep
 

@@ -2,8 +2,8 @@
 
 import pytest
 
+from audit.models import AuditEvent
 from core.errors import Conflict, Invalid, InvalidTransition, Refused
-from core.models import AuditEvent
 from deployments import services
 from deployments.models import Deployment
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from core.models import AuditEvent
+from audit.models import AuditEvent
 from deployments.models import AnalysisVerdict, Deployment
 from deployments.strategies import canary_phases
 

@@ -9,7 +9,7 @@ from django.conf import settings
 
 from approvals import services
 from approvals.models import ChangeRequest
-from core.models import AuditEvent
+from audit.models import AuditEvent
 from deployments.models import Deployment
 from tests.conftest import wait_for
 from tests.factories import ReleaseFactory, request_change

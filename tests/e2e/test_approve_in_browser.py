@@ -4,7 +4,7 @@ import pytest
 from playwright.sync_api import expect
 
 from approvals.models import ChangeRequest, Gate
-from core.models import AuditEvent
+from audit.models import AuditEvent
 from tests.factories import request_change
 
 pytestmark = pytest.mark.django_db(transaction=True)

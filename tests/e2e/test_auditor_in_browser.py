@@ -58,7 +58,7 @@ def test_the_audit_trail_fits_the_window_one_line_per_event(demo_live, live_serv
                                                              login, screenshot):
     from django.db import transaction
 
-    from core.audit import System, audit_record
+    from audit.trail import System, audit_record
 
     approved_production_change(demo_live)
     long = "a very long value that would push the table past the card " * 2

@@ -6,7 +6,7 @@ from allauth.mfa.models import Authenticator
 from playwright.sync_api import expect
 
 from approvals.models import Approval
-from core.models import AuditEvent
+from audit.models import AuditEvent
 from tests.conftest import PASSWORD
 from tests.factories import request_change
 

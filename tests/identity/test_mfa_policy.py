@@ -19,10 +19,11 @@ from django.utils import timezone
 
 from approvals import services
 from approvals.models import Approval, ChangeRequest
+from audit.models import AuditEvent
 from catalog import services as catalog_services
 from catalog.models import Environment
-from core.assurance import SESSION_SEEN
-from core.models import ApiToken, AuditEvent
+from identity.assurance import SESSION_SEEN
+from identity.models import ApiToken
 from tests.api.helpers import finished_deployment
 from tests.conftest import sign_in_with_second_factor, totp_code
 from tests.factories import request_change

@@ -14,7 +14,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from playwright.sync_api import expect
 
-from core.models import AuditEvent
+from audit.models import AuditEvent
 
 User = get_user_model()
 PASSWORD = "correct-horse-battery-staple"

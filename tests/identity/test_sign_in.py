@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from core.models import AuditEvent
+from audit.models import AuditEvent
 
 User = get_user_model()
 PASSWORD = "correct-horse-battery-staple"

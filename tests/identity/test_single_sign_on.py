@@ -11,7 +11,7 @@ from django.contrib.auth.models import Group
 from django.test import Client
 from playwright.sync_api import expect
 
-from core.models import AuditEvent
+from audit.models import AuditEvent
 
 pytestmark = pytest.mark.e2e
 

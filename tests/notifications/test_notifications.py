@@ -10,8 +10,8 @@ from django.core import mail
 from django.utils import timezone
 
 from approvals import services as approvals
+from audit.models import AuditEvent
 from core import dispatch
-from core.models import AuditEvent
 from deployments.models import AnalysisVerdict, Deployment, DeploymentStep
 from notifications import services
 from notifications.models import Kind, Notification, Subscription

@@ -63,8 +63,8 @@ def test_only_the_creator_removes_a_subscription(demo, client):
 
 
 def test_webhook_urls_stay_out_of_the_audit_trail_and_the_pages(demo, client):
+    from audit.models import AuditEvent
     from catalog.models import Environment
-    from core.models import AuditEvent
 
     url = "https://hooks.example.com/services/T000/B000/very-secret-token"
     services.subscription_create(actor=demo.oncall, channel="slack", target=url,

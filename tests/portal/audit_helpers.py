@@ -10,7 +10,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from approvals import services as approval_services
-from core.audit import System, audit_record
+from audit.trail import System, audit_record
 from deployments.models import Deployment, DeploymentLogLine, DeploymentStep
 from tests.factories import request_change
 

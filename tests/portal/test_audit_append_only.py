@@ -8,8 +8,8 @@ from django.core.management import call_command
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
+from audit.models import AuditCheckpoint, AuditEvent
 from catalog.models import Application, Environment, Release
-from core.models import AuditCheckpoint, AuditEvent
 from deployments.models import Deployment, DeploymentLogLine
 from tests.portal.audit_helpers import record, sql
 
@@ -115,7 +115,7 @@ def test_checkpoints_cannot_be_edited_or_deleted_even_by_the_purge():
 
 
 def test_deleting_a_user_keeps_their_events_unchanged(db):
-    from core.audit import audit_record
+    from audit.trail import audit_record
 
     user = get_user_model().objects.create_user("leaver")
     with transaction.atomic():

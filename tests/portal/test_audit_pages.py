@@ -14,9 +14,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from approvals import services as approval_services
+from audit.models import AuditEvent
+from audit.trail import compute_hash
 from catalog.models import Environment
-from core.audit import compute_hash
-from core.models import AuditEvent
 from reporting.audit_selectors import compliance_for
 from reporting.exports import EXPORT_FIELDS, JSONL_FIELDS, api_cell
 from reporting.exports import auditor_cell as _csv_cell
@@ -487,8 +487,8 @@ def test_access_review_counts_the_last_90_days_of_sign_ins_from_daily_counts(dem
     trail gives the same rows."""
     from unittest import mock
 
-    from core.audit import rebuild_sign_in_days
-    from core.models import SignInDay
+    from audit.models import SignInDay
+    from audit.trail import rebuild_sign_in_days
 
     def sign_in_days_ago(days: int, user) -> None:
         then = timezone.now() - timedelta(days=days)

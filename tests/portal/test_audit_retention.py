@@ -9,10 +9,11 @@ from django.core.management import call_command
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
+from audit.models import AuditCheckpoint, AuditEvent
+from audit.retention import audit_purge_expired, retention_days
+from audit.tasks import audit_retention_purge
+from audit.trail import verify_chain
 from catalog.models import Application, Environment, Release
-from core.audit import audit_purge_expired, retention_days, verify_chain
-from core.models import AuditCheckpoint, AuditEvent
-from core.tasks import audit_retention_purge
 from deployments.models import Deployment, DeploymentLogLine
 from tests.portal.audit_helpers import record, sql
 
@@ -100,7 +101,7 @@ def test_purge_refuses_to_erase_a_broken_chain(history):
         sql("ALTER TABLE portal_auditevent DISABLE TRIGGER USER")
         sql("UPDATE portal_auditevent SET reason = 'x' WHERE id = %s", [old[2].pk])
         sql("ALTER TABLE portal_auditevent ENABLE TRIGGER USER")
-    from core.audit import AuditError
+    from audit.trail import AuditError
 
     with pytest.raises(AuditError, match=f"stopped at event {old[2].pk}"):
         audit_purge_expired()

@@ -3,8 +3,8 @@
 import pytest
 from django.core.management import CommandError, call_command
 
-from core.audit import GENESIS_HASH, verify_chain
-from core.models import AuditEvent
+from audit.models import AuditEvent
+from audit.trail import GENESIS_HASH, verify_chain
 from tests.portal.audit_helpers import record, sql, triggers_disabled
 
 pytestmark = pytest.mark.django_db
@@ -56,7 +56,7 @@ def test_a_changed_field_is_named_as_the_first_broken_link(chain):
 
 def test_a_rewritten_hash_is_caught_at_the_next_event(chain):
     # A tamperer who changes a field and recomputes its hash still breaks the link after it.
-    from core.audit import compute_hash
+    from audit.trail import compute_hash
 
     event = chain[1]
     event.actor_name = "someone-else"

@@ -13,8 +13,8 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from core.audit import System
-from core.models import AuditEvent
+from audit.models import AuditEvent
+from audit.trail import System
 from portal.backups import backup_create, backup_restore
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -17,8 +17,8 @@ from approvals.models import (
     PostImplementationReview,
 )
 from approvals.selectors import inbox_gates
+from audit.models import AuditEvent
 from catalog.models import Application
-from core.models import AuditEvent
 from deployments.models import AnalysisVerdict, Deployment
 from reporting import metrics
 from tests.conftest import PASSWORD

@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from core.models import AuditEvent
+from audit.models import AuditEvent
 
 ANONYMOUS = "anonymous"
 CAST = ("engineer", "techlead", "qa", "cab", "security", "business", "oncall", "auditor",

@@ -15,11 +15,12 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, get_perms, remove_perm
 
 from approvals.models import ApprovalPolicy, ChangeRequest, Delegation, MaintenanceWindow
+from audit.access import OUTSIDE_A_REQUEST
+from audit.models import AuditEvent
+from audit.trail import System
 from catalog.models import Application, Environment, Release
-from core.access_audit import OUTSIDE_A_REQUEST
-from core.audit import System
-from core.models import ApiToken, AuditEvent
-from core.services import api_token_issue
+from identity.models import ApiToken
+from identity.services import api_token_issue
 from tests.conftest import PASSWORD
 from tests.factories import request_change
 
@@ -241,7 +242,7 @@ def test_group_and_permission_changes_in_code_are_audited_on_every_road(demo):
     cab.permissions.add(audit)
     engineer.user_permissions.add(audit)
     assert events("access.group_permissions_changed").get().after["permissions"] == [
-        "core.view_audit_trail"]
+        "audit.view_audit_trail"]
     assert events("access.user_permissions_changed").get().object_repr == "engineer"
 
     engineer.is_superuser = True
@@ -272,7 +273,7 @@ def test_read_only_admins_refuse_edits_and_nothing_changes(admin_client, demo):
 
     token, _ = api_token_issue(actor=System("test"), user=demo.engineer, name="laptop",
                                scopes=["read"])
-    answer = admin_client.post(f"/admin/core/apitoken/{token.pk}/change/",
+    answer = admin_client.post(f"/admin/identity/apitoken/{token.pk}/change/",
                                {"name": "laptop", "scopes": '["read", "deploy"]'})
     assert answer.status_code == 403
     assert ApiToken.objects.get(pk=token.pk).scopes == ["read"]
@@ -326,7 +327,7 @@ def test_notification_admin_is_a_read_only_view_without_webhook_urls(admin_clien
 
 def test_a_token_revoked_from_the_admin_goes_through_the_audited_service(admin_client, demo):
     token, raw = api_token_issue(actor=System("test"), user=demo.engineer, name="ci-laptop")
-    answer = admin_client.post("/admin/core/apitoken/", {
+    answer = admin_client.post("/admin/identity/apitoken/", {
         "action": "revoke", "_selected_action": [token.pk]})
     assert answer.status_code == 302
     assert ApiToken.objects.get(pk=token.pk).revoked_at is not None

@@ -9,7 +9,7 @@ import pytest
 from allauth.mfa.models import Authenticator
 from django.test import Client
 
-from core.models import AuditEvent
+from audit.models import AuditEvent
 from tests.conftest import PASSWORD
 
 

@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from approvals import services
 from approvals.models import Approval, ChangeRequest
+from audit.models import AuditEvent
 from catalog.models import Environment
-from core.models import AuditEvent
 from tests.factories import ReleaseFactory, request_change
 
 pytestmark = pytest.mark.django_db

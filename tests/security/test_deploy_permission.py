@@ -16,10 +16,10 @@ from guardian.shortcuts import remove_perm
 
 from approvals import services
 from approvals.models import Approval, ChangeRequest
+from audit.models import AuditEvent
 from catalog import services as catalog_services
 from catalog.models import Environment
 from core.errors import Refused
-from core.models import AuditEvent
 from deployments.models import Deployment
 from notifications.models import Kind, Notification
 from tests.conftest import totp_code

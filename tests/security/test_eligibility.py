@@ -22,9 +22,9 @@ from approvals.models import (
     Gate,
     PostImplementationReview,
 )
+from audit.models import AuditEvent
 from catalog.models import Environment
 from core.errors import DomainError, NotReady
-from core.models import AuditEvent
 from deployments.models import Deployment
 from notifications import services as notifications
 from notifications.models import Kind, Notification

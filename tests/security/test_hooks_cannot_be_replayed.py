@@ -17,8 +17,8 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from audit.models import AuditEvent
 from catalog.models import Release
-from core.models import AuditEvent
 from deployments.models import Deployment
 from integrations.hooks import hook_deliveries_purge, sign, sign_standard
 from integrations.models import HookDelivery

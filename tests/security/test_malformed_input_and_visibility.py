@@ -18,11 +18,11 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import URLPattern
 
 from approvals.models import Approval, ChangeRequest
+from audit.models import AuditEvent
 from catalog.models import Application, Environment, Release
 from configuration.models import ConfigurationVersion
 from core.idempotency import IdempotencyKey
 from core.jsonbody import MAX_JSON_DEPTH
-from core.models import AuditEvent
 from deployments.models import Deployment
 from portal.urls import api_v1
 from tests.factories import ReleaseFactory, request_change

@@ -19,7 +19,7 @@ from django.db import OperationalError, connection, transaction
 from rest_framework.test import APIClient
 
 from approvals.models import ChangeRequest
-from core.audit import audit_record, verify_chain
+from audit.trail import audit_record, verify_chain
 from deployments.models import Deployment
 from tests.conftest import wait_for, waiting_for_a_lock
 from tests.factories import ReleaseFactory
@@ -42,8 +42,8 @@ def deadlocks_logged() -> int:
 
 
 def token_client(user) -> APIClient:
-    from core.audit import System
-    from core.services import api_token_issue
+    from audit.trail import System
+    from identity.services import api_token_issue
 
     _, raw = api_token_issue(actor=System("test"), user=user,
                              name=f"deadlock-{user.pk}-{random.getrandbits(32)}")
@@ -123,7 +123,7 @@ def test_a_deploy_holding_the_change_while_another_writer_audited_first_does_not
 def test_events_of_a_rolled_back_savepoint_never_reach_the_chain(demo):
     """Sealed at commit, an event follows its transaction: a savepoint rolled back takes
     its events with it, the rest are chained in order."""
-    from core.models import AuditEvent
+    from audit.models import AuditEvent
 
     with transaction.atomic():
         audit_record(actor=demo.oncall, action="thing.kept", object_type="thing", object_id=1)

@@ -13,8 +13,8 @@ from django.utils import timezone
 from approvals import services as approval_services
 from approvals import tasks as approval_tasks
 from approvals.models import ChangeRequest
+from audit.models import AuditEvent
 from catalog.models import Environment
-from core.models import AuditEvent
 from deployments import services
 from deployments.models import Deployment, DeploymentStep
 from tests.conftest import wait_for

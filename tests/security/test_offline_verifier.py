@@ -18,7 +18,7 @@ import zipfile
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from core.checkpoints import canonical_checkpoint, key_id_of, raw_public
+from audit.checkpoints import canonical_checkpoint, key_id_of, raw_public
 from tests.audit.conftest import verifier  # noqa: F401  (fixture)
 from tests.audit.test_evidence_bundles import (  # noqa: F401  (fixture)
     entries,

@@ -14,10 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from audit.models import AuditEvent
 from catalog.models import Application, Release, Target
 from core import outbound
 from core.errors import Invalid
-from core.models import AuditEvent
 from deployments import health
 from deployments.executors.base import StepFailed, fetch_artifact
 from notifications import services as notification_services

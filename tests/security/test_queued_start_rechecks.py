@@ -17,7 +17,7 @@ from django.test import Client, TestCase
 
 from approvals import services as approvals
 from approvals.models import ChangeRequest, Gate
-from core.models import AuditEvent
+from audit.models import AuditEvent
 from deployments import services as engine
 from deployments.models import Deployment, DeploymentStep
 from tests.conftest import wait_for

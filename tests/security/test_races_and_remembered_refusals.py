@@ -22,9 +22,9 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from approvals.models import ChangeRequest
+from audit.models import AuditEvent
 from catalog.models import Environment
 from core import dispatch
-from core.models import AuditEvent
 from deployments import services
 from deployments.models import Deployment
 from deployments.services import run as engine_run

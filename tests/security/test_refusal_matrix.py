@@ -321,8 +321,8 @@ def test_every_route_has_a_row():
 def objects(demo, settings):
     from approvals import services as approvals
     from approvals.models import ChangeRequest, ChecklistItem
-    from core.audit import System
-    from core.services import api_token_issue
+    from audit.trail import System
+    from identity.services import api_token_issue
 
     settings.PORTAL_TASK_DISPATCH = "hold"
     release = ReleaseFactory()

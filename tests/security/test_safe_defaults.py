@@ -14,7 +14,7 @@ import pytest
 from django.db import connection, connections
 from django.test import Client
 
-from core.models import AuditEvent
+from audit.models import AuditEvent
 from tests.conftest import PASSWORD
 from tests.security.error_urls import SECRET_IN_ERROR
 

@@ -33,9 +33,9 @@ import psutil
 import pytest
 
 import demo_fleet
+from audit.models import AuditEvent
 from core import outbound
 from core.errors import Invalid
-from core.models import AuditEvent
 from notifications import services as notification_services
 from notifications.models import Notification, Subscription
 from portal import embedded

@@ -14,11 +14,11 @@ import sys
 import pytest
 from django.db import connection, transaction
 
+from audit.models import AuditEvent
 from catalog.models import Application, Environment, Release, Target
 from configuration import services
 from configuration.models import ConfigurationVersion, SecretAllowance
 from core.errors import Conflict, Invalid, Refused
-from core.models import AuditEvent
 from deployments import services as deployment_services
 from deployments.models import Deployment, DeploymentLogLine, DeploymentStep
 from tests.conftest import WORKER_TEST_ENV, wait_for

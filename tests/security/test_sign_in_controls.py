@@ -18,8 +18,9 @@ from django.db import IntegrityError, transaction
 from django.test import Client, RequestFactory
 from django.urls import reverse
 
-from core.identity import PortalSocialAccountAdapter
-from core.models import ApiToken, AuditEvent
+from audit.models import AuditEvent
+from identity.models import ApiToken
+from identity.signin import PortalSocialAccountAdapter
 from tests.conftest import PASSWORD, totp_code
 
 User = get_user_model()

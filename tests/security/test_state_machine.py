@@ -4,8 +4,8 @@ A Hypothesis state machine drives the services (the single road every page, API 
 hook and beat task takes) with the demo cast plus people who hold nothing, delegates
 and people who lose their permissions half-way. People act as the portal sees them: a
 signed-in session carrying their last second-factor check (allauth's record), or an
-API request authenticated by a token (``core.authentication``), bound to
-``core.context`` as the middleware and DRF bind them, so ``core.assurance`` reads the
+API request authenticated by a token (``identity.authentication``), bound to
+``core.context`` as the middleware and DRF bind them, so ``identity.assurance`` reads the
 check behind each decision from the request as it does in production. Besides them:
 an administrator minting API tokens (for themselves, for others, for the CI account),
 the operator's ``manage.py issue_token`` with names in any case (``QA``), the minutes
@@ -73,17 +73,19 @@ from hypothesis.stateful import (
 
 from approvals import services as approvals
 from approvals.models import Approval, ChangeRequest, ChangeType, Delegation, Gate, GateRole
+from audit.models import AuditEvent
+from audit.trail import System
 from catalog.models import Application, Environment, Target
-from core import accounts, context
-from core import services as core_services
-from core.audit import System
-from core.authentication import BearerTokenAuthentication
+from core import context
 from core.context import RequestContext
 from core.errors import ChangedSinceViewed, Conflict, DomainError, Refused
-from core.models import ApiToken, AuditEvent, hash_token
 from deployments import services as engine
 from deployments.models import Deployment
 from deployments.signals import deployment_finished
+from identity import accounts
+from identity import services as core_services
+from identity.authentication import BearerTokenAuthentication
+from identity.models import ApiToken, hash_token
 from integrations import hooks
 from integrations.hooks import HookCredential
 from tests.conftest import PASSWORD, totp_code

@@ -26,14 +26,15 @@ from rest_framework.test import APIClient
 
 from approvals import services as approvals
 from approvals.models import Approval, ChangeRequest
+from audit.models import AuditEvent
+from audit.trail import System
 from catalog import services as catalog_services
 from catalog.models import Environment
-from core.audit import System
 from core.errors import NotEligible, Refused
-from core.models import ApiToken, AuditEvent
-from core.services import api_token_issue
 from deployments import services as deployments
 from deployments.models import Deployment, DeploymentStep
+from identity.models import ApiToken
+from identity.services import api_token_issue
 from tests.api.helpers import finished_deployment
 from tests.conftest import sign_in_with_second_factor, totp_code
 from tests.factories import request_change
@@ -120,7 +121,7 @@ def test_an_administrator_cannot_issue_tokens_that_act_as_other_people(demo):
     # The admin site issues no tokens at all.
     admin_site = Client()
     admin_site.force_login(demo.admin)
-    assert admin_site.get("/admin/core/apitoken/add/").status_code == 403
+    assert admin_site.get("/admin/identity/apitoken/add/").status_code == 403
 
     assert not ApiToken.objects.exclude(user=demo.admin).exists()
     recorded = AuditEvent.objects.filter(action="token.issue.refused", actor=demo.admin)

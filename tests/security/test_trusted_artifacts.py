@@ -15,10 +15,10 @@ import pytest
 from django.conf import settings as django_settings
 
 from approvals.models import ChangeRequest
+from audit.models import AuditEvent
 from catalog import services
 from catalog.models import Application, Release
 from core.errors import Invalid
-from core.models import AuditEvent
 from deployments.models import Deployment
 from tests.deployments.conftest import fleet  # noqa: F401  (the demo fleet fixture)
 

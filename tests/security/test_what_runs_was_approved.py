@@ -18,11 +18,11 @@ from django.test import Client
 
 from approvals import services
 from approvals.models import Approval, ChangeRequest
+from audit.models import AuditEvent
 from catalog.models import Application, Environment, Target
 from catalog.services import deployment_inputs_edited
 from configuration import services as configuration
 from core.errors import NotReady
-from core.models import AuditEvent
 from deployments import services as engine
 from deployments.models import Deployment
 from tests.conftest import PASSWORD

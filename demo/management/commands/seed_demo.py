@@ -15,10 +15,10 @@ from guardian.shortcuts import assign_perm
 
 from approvals.models import MaintenanceWindow
 from approvals.policies import seed_default_policies
+from audit.trail import System, audit_record
 from catalog.models import Application, Environment, Release, Target
 from catalog.permissions import holds_production_powers
 from core import clock
-from core.audit import System, audit_record
 from demo import history as demo_history
 
 DEFAULT_PASSWORD = "demo-portal-2026"

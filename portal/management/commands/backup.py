@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from core.audit import System
+from audit.trail import System
 from core.errors import DomainError
 from portal.backups import backup_create
 

@@ -69,7 +69,7 @@ class Command(BaseCommand):
             connections.close_all()
             call_command("migrate", interactive=False, verbosity=0)
             # The key that signs audit checkpoints: made under var/ (mode 0600) on first start.
-            from core.checkpoints import signing_key
+            from audit.checkpoints import signing_key
 
             self._say(f"audit checkpoints are signed with key {signing_key().key_id}")
             first_run = not get_user_model().objects.exists()

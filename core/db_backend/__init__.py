@@ -1,4 +1,0 @@
-"""The portal's PostgreSQL backend: Django's, with the audit trail sealed at commit.
-
-``DATABASES["default"]["ENGINE"] = "core.db_backend"`` (portal/settings.py).
-"""
