@@ -44,11 +44,16 @@ nightly: $(STAMP)
 	@PORTAL_STATE_MACHINE_EXAMPLES=500 PORTAL_STATE_MACHINE_STEPS=60 \
 	  $(PY) -m pytest -q -p no:cacheprovider tests/security/test_state_machine.py
 
-# ruff, and import-linter's contracts (pyproject.toml): an import against the
-# direction of the apps fails here and in CI.
+# ruff; import-linter's contracts (pyproject.toml: the direction of the apps, and of
+# the modules inside them); no import cycle between first-party modules (grimp); no
+# test or demo code that patches a private name of an app or Django's clock; no
+# first-party module over 600 lines. Any of them fails here and in CI.
 lint: $(STAMP)
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/lint-imports --no-cache
+	@$(PY) tools/check_import_cycles.py
+	@$(PY) tools/check_private_patches.py
+	@$(PY) tools/check_module_size.py
 
 clean-var:
 	rm -rf var

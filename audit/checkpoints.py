@@ -45,10 +45,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from audit.models import AuditCheckpoint, AuditEvent, SignedCheckpoint
 from audit.trail import AuditError, audit_record
+from core import clock
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _publish_public_key(key: SigningKey) -> None:
         return
     _append_line(_public_keys_file(), json.dumps(
         {"key_id": key.key_id, "public_key": key.public_b64,
-         "created_at": timezone.now().isoformat()}, sort_keys=True))
+         "created_at": clock.now().isoformat()}, sort_keys=True))
 
 
 def signing_key() -> SigningKey:
@@ -219,7 +219,7 @@ def checkpoint_sign(*, reason: str, key: SigningKey | None = None) -> SignResult
         return SignResult(skipped="the audit trail is empty")
     if SignedCheckpoint.objects.filter(event_id=head["id"], key_id=key.key_id).exists():
         return SignResult(skipped=f"event {head['id']} is already signed by key {key.key_id}")
-    signed_at = timezone.now().replace(microsecond=0)
+    signed_at = clock.now().replace(microsecond=0)
     body = {"v": FORMAT_VERSION, "event_id": head["id"], "hash": head["hash"],
             "signed_at": signed_at.isoformat(), "key_id": key.key_id, "reason": reason[:200]}
     signature = base64.b64encode(key.private.sign(canonical_checkpoint(body))).decode()

@@ -22,10 +22,9 @@ from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, models, transaction
-from django.utils import timezone
 
 from audit.models import AuditCheckpoint, AuditEvent
-from core import context
+from core import clock, context
 
 GENESIS_HASH = "0" * 64
 # Key of the PostgreSQL advisory lock that keeps one linear chain when several
@@ -112,7 +111,7 @@ def audit_record(
         object_repr = object_repr or str(obj)
 
     event = AuditEvent(
-        occurred_at=timezone.now(),
+        occurred_at=clock.now(),
         actor=actor_user,
         actor_name=actor_name[:150],
         actor_kind=actor_kind,
@@ -153,7 +152,7 @@ def seal(events: list[AuditEvent]) -> None:
     prev = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
     prev = prev or GENESIS_HASH
     for event in events:
-        event.occurred_at = timezone.now()
+        event.occurred_at = clock.now()
         event.prev_hash = prev
         event.hash = compute_hash(event)
         event.save(force_insert=True)

@@ -9,7 +9,6 @@ import logging
 import re
 
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from audit.trail import audit_record
 from catalog.models import Application, Environment
@@ -18,6 +17,7 @@ from configuration import references, secret_policy
 from configuration.models import ConfigurationSchema, ConfigurationVersion, SecretAllowance
 from configuration.signals import configuration_changed
 from configuration.validation import Problem, is_reference, parse
+from core import clock
 from core.errors import Conflict, Invalid, Refused
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def configuration_save(*, actor, application: Application, environment: Environm
                     data=parsed.data, digest=new_digest,
                     secret_references=parsed.references,
                     secret_references_digest=refs_digest, author=actor, reason=reason,
-                    created_at=timezone.now())
+                    created_at=clock.now())
         except IntegrityError:
             raise Conflict("someone saved this configuration at the same moment; "
                            "reload and try again", code="concurrent_edit") from None

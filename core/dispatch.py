@@ -14,11 +14,13 @@ a rolled-back decision queues nothing whatever the mode.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from celery import current_app
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
@@ -46,18 +48,31 @@ def mode() -> str:
 
 
 def enqueue(task, *args, **options) -> None:
-    """Run ``task`` (a Celery task) with ``args`` as the dispatch mode says.
+    """Run ``task`` with ``args`` as the dispatch mode says.
 
-    ``options`` are Celery's ``apply_async`` options (``queue``, ``task_id``); a broker
-    that cannot be reached raises, for the caller to decide what a lost publish means.
+    ``task`` is a Celery task or its name (``"deployments.tasks.deployment_execute"``):
+    a service names the task it hands work to, so it need not import the tasks module
+    that imports it. ``options`` are Celery's publishing options (``queue``,
+    ``task_id``); a broker that cannot be reached raises, for the caller to decide what
+    a lost publish means.
     """
+    name = task if isinstance(task, str) else task.name
     chosen = mode()
     if chosen == "celery":
-        task.apply_async(args=list(args), **options)
+        if isinstance(task, str):
+            current_app.send_task(name, args=list(args), **options)
+        else:
+            task.apply_async(args=list(args), **options)
     elif chosen == "inline":
-        task.apply(args=list(args), throw=True)
+        _task_named(name).apply(args=list(args), throw=True)
     else:
-        _held.append(Held(task=task.name, args=tuple(args), options=dict(options)))
+        _held.append(Held(task=name, args=tuple(args), options=dict(options)))
+
+
+def _task_named(name: str):
+    """The task called ``name``, its module imported if this process has not yet."""
+    module, _, attribute = name.rpartition(".")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def held(task_name: str | None = None) -> list[Held]:

@@ -13,6 +13,8 @@ import sys
 from django.http import HttpResponse, JsonResponse
 from django.template import loader
 
+from core import transient
+
 logger = logging.getLogger(__name__)
 
 OUTAGE_DETAIL = {
@@ -25,8 +27,6 @@ def outage_code(exc: BaseException | None) -> str | None:
     """``database_unavailable`` or ``queue_unavailable`` when ``exc`` is an outage."""
     if exc is None:
         return None
-    from core import transient
-
     if transient.is_transient(exc):
         # A deadlock or serialization failure: the database is up and the transaction
         # may simply run again (core.transient), not an outage.
@@ -85,11 +85,19 @@ def page_not_found(request, exception=None):
     return error_response(request, 404, "not_found", "Page not found", message)
 
 
-def server_error(request):
-    from core import transient
+def conflict_response(request):
+    """The answer to a request whose transaction died of a deadlock or a serialization
+    failure: 409 ``concurrent_update``, marked so that ``RetryTransientMiddleware`` may
+    run the request again instead of sending it."""
+    response = error_response(request, 409, transient.CODE, "Try again", transient.DETAIL)
+    response["Retry-After"] = "1"
+    response.transient_failure = True
+    return response
 
+
+def server_error(request):
     if transient.is_transient(sys.exc_info()[1]):
-        return transient.conflict_response(request)
+        return conflict_response(request)
     code = outage_code(sys.exc_info()[1])
     if code:
         return unavailable(request, code)

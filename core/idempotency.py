@@ -25,9 +25,9 @@ from datetime import timedelta
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 from rest_framework.response import Response
 
+from core import clock
 from core.errors import Conflict, DomainError, Invalid
 from core.models import IdempotencyKey
 
@@ -75,7 +75,7 @@ def idempotency_begin(*, user, key: str, method: str, path: str, request_hash: s
     The claim is committed before the request runs: the unique (user, key)
     constraint lets exactly one of two concurrent requests through.
     """
-    now = timezone.now()
+    now = clock.now()
     IdempotencyKey.objects.filter(user=user, created_at__lt=now - RETENTION).delete()
     for _attempt in range(2):
         try:
@@ -109,7 +109,7 @@ def idempotency_begin(*, user, key: str, method: str, path: str, request_hash: s
 def idempotency_complete(*, row: IdempotencyKey, status: int, body) -> None:
     stored = json.loads(json.dumps(body, cls=DjangoJSONEncoder)) if body is not None else None
     IdempotencyKey.objects.filter(pk=row.pk).update(
-        response_status=status, response_body=stored, completed_at=timezone.now())
+        response_status=status, response_body=stored, completed_at=clock.now())
 
 
 def idempotency_release(*, row: IdempotencyKey) -> None:
@@ -119,7 +119,7 @@ def idempotency_release(*, row: IdempotencyKey) -> None:
 
 def idempotency_keys_purge(*, now=None) -> int:
     """Delete keys past their retention period; returns how many went."""
-    cutoff = (now or timezone.now()) - RETENTION
+    cutoff = (now or clock.now()) - RETENTION
     deleted, _ = IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()
     return deleted
 

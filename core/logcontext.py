@@ -149,3 +149,27 @@ def install_on(logger: logging.Logger) -> None:
             continue
         handler.setFormatter(JsonFormatter() if log_format() == "json"
                              else ContextFormatter(inner=current or logging.Formatter()))
+
+
+def logging_config(*, log_format: str, level: str) -> dict:
+    """Django's ``LOGGING`` for the portal: one console handler carrying the ids, in
+    ``log_format`` (``plain`` or ``json``; anything else is refused)."""
+    if log_format not in ("plain", "json"):
+        raise ValueError(f"PORTAL_LOG_FORMAT must be plain or json, not {log_format!r}")
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"log_context": {"()": "core.logcontext.ContextFilter"}},
+        "formatters": {
+            "plain": {"()": "core.logcontext.ContextFormatter",
+                      "format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+            "json": {"()": "core.logcontext.JsonFormatter"},
+        },
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": log_format,
+                                 "filters": ["log_context"]}},
+        "root": {"handlers": ["console"], "level": level},
+        "loggers": {
+            "django.db.backends": {"level": "WARNING"},
+            "django.server": {"level": "WARNING"},
+        },
+    }

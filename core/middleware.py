@@ -97,7 +97,7 @@ class ServiceUnavailableMiddleware:
             # Not an outage: 409 concurrent_update, which RetryTransientMiddleware runs
             # again when it may (core/transient.py).
             logger.info("%s on %s %s", transient.CODE, request.method, request.path)
-            return transient.conflict_response(request)
+            return error_views.conflict_response(request)
         code = error_views.outage_code(exception)
         if code:
             logger.error("%s on %s %s: %s", code, request.method, request.path,

@@ -12,7 +12,8 @@ back whole and the same work run again normally succeeds. So:
   (``audit.db_backend``), so a request whose count moved is never run twice;
 - a request that still fails, or may not be run again, answers 409
   ``concurrent_update`` ("try again"), never 503 ``database_unavailable`` and never a
-  500 (``conflict_response``, called by ``core.middleware.ServiceUnavailableMiddleware``);
+  500 (``core.error_views.conflict_response``, called by
+  ``core.middleware.ServiceUnavailableMiddleware``);
 - a Celery task is run again the same way (``RetryTransientTask``, every task's base
   class, portal/celery.py); tasks take ids and are safe to run twice by design.
 """
@@ -58,18 +59,6 @@ def _seals() -> int:
 
 
 # --- requests ---------------------------------------------------------------------------
-
-
-def conflict_response(request):
-    """The answer to a request whose transaction died of a deadlock or a serialization
-    failure: 409 ``concurrent_update``, marked so that ``RetryTransientMiddleware`` may
-    run the request again instead of sending it."""
-    from core import error_views
-
-    response = error_views.error_response(request, 409, CODE, "Try again", DETAIL)
-    response["Retry-After"] = "1"
-    response.transient_failure = True
-    return response
 
 
 class RetryTransientMiddleware:

@@ -28,10 +28,9 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from core import context
+from core import clock, context
 from core.errors import SecondFactorRequired, StepUpRequired
 
 # The kinds that make someone "have a second factor" (recovery codes only back them up).
@@ -60,7 +59,7 @@ class Assurance:
         """Seconds since the check; None without one."""
         if self.at is None:
             return None
-        return int(((now or timezone.now()) - self.at).total_seconds())
+        return int(((now or clock.now()) - self.at).total_seconds())
 
     def is_fresh(self, now: datetime | None = None) -> bool:
         if not self.kind or self.at is None:
@@ -119,7 +118,7 @@ def current(actor) -> Assurance:
 
     request = context.current().request
     if request is None:
-        return Assurance(kind="operator", at=timezone.now(), via="operator")
+        return Assurance(kind="operator", at=clock.now(), via="operator")
     user = getattr(request, "user", None)
     if getattr(user, "pk", None) != getattr(actor, "pk", None):
         return Assurance()

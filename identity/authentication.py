@@ -4,10 +4,9 @@ from axes.backends import AxesStandaloneBackend
 from django.conf import settings
 from django.contrib.auth.backends import ModelBackend
 from django.core.exceptions import PermissionDenied
-from django.utils import timezone
 from rest_framework import authentication, exceptions
 
-from core import context
+from core import clock, context
 from identity.models import ApiToken, hash_token
 
 
@@ -31,7 +30,7 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         )
         if token is None or not token.user.is_active:
             raise exceptions.AuthenticationFailed("The token is not valid, expired or revoked.")
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=clock.now())
         context.set_client(token.name)
         return token.user, token
 

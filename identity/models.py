@@ -6,7 +6,6 @@ import hashlib
 
 from django.conf import settings
 from django.db import models
-from django.utils import timezone
 
 from core import clock
 
@@ -17,7 +16,7 @@ def hash_token(raw: str) -> str:
 
 class ApiTokenQuerySet(models.QuerySet):
     def active(self):
-        now = timezone.now()
+        now = clock.now()
         return self.filter(revoked_at__isnull=True).filter(
             models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
         )

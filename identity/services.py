@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.trail import System, audit_record
+from core import clock
 from core.errors import Conflict, Invalid, InvalidTransition, Refused, SecondFactorRequired
 from identity import accounts, assurance
 from identity.models import ApiToken, TokenScope, hash_token
@@ -75,7 +75,7 @@ def api_token_issue(*, actor, user, name: str, expires_at: datetime | None = Non
     if not name or len(name) > 100:
         raise Invalid("a token needs a name of 1 to 100 characters",
                       fields={"name": ["Name the token, e.g. after the pipeline using it."]})
-    if expires_at is not None and expires_at <= timezone.now():
+    if expires_at is not None and expires_at <= clock.now():
         raise Invalid("the expiry must be in the future",
                       fields={"expires_at": ["Choose a time in the future."]})
     _require_issuer_may_issue_for(actor, user)
@@ -140,7 +140,7 @@ def api_token_step_up(*, actor, token: ApiToken, code: str) -> ApiToken:
                        .exclude(type=Authenticator.Type.WEBAUTHN).order_by("type"))
         failures = AuditEvent.objects.filter(
             action="token.step_up.failed", actor_id=actor.pk,
-            occurred_at__gte=timezone.now() - window).count()
+            occurred_at__gte=clock.now() - window).count()
         if not assurance.has_second_factor(actor):
             refusal = SecondFactorRequired(
                 "you have no second factor; enrol an authenticator app on your Security "
@@ -170,7 +170,7 @@ def api_token_step_up(*, actor, token: ApiToken, code: str) -> ApiToken:
                              reason=refusal.detail)
             else:
                 used.record_usage()
-                token.second_factor, token.second_factor_at = used.type, timezone.now()
+                token.second_factor, token.second_factor_at = used.type, clock.now()
                 token.save(update_fields=["second_factor", "second_factor_at"])
                 checked = assurance.Assurance(kind=used.type, at=token.second_factor_at,
                                               via="token")
@@ -193,7 +193,7 @@ def api_token_revoke(*, actor, token: ApiToken) -> ApiToken:
                           code="not_permitted")
         if token.revoked_at:
             raise InvalidTransition("the token is already revoked")
-        token.revoked_at = timezone.now()
+        token.revoked_at = clock.now()
         token.save(update_fields=["revoked_at"])
         audit_record(actor=actor, action="token.revoked", obj=token,
                      after={"user": token.user.get_username(), "name": token.name})

@@ -35,9 +35,9 @@ from django.db.models.signals import pre_delete, pre_save
 from django.dispatch import receiver
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 
+from core import clock
 from identity import services
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def code_failures_for_account(username: str) -> int:
     (the audit trail's ``auth.login_failed`` events; their time is indexed)."""
     from audit.models import AuditEvent
 
-    since = timezone.now() - settings.AXES_COOLOFF_TIME
+    since = clock.now() - settings.AXES_COOLOFF_TIME
     return AuditEvent.objects.filter(occurred_at__gte=since, action="auth.login_failed",
                                      object_repr=username, reason=WRONG_CODE_REASON).count()
 
@@ -309,7 +309,7 @@ class SessionLastSeenMiddleware:
         if session is not None and session.session_key and user is not None \
                 and user.is_authenticated:
             try:
-                cache.set(LAST_SEEN_KEY.format(session.session_key), timezone.now(),
+                cache.set(LAST_SEEN_KEY.format(session.session_key), clock.now(),
                           timeout=settings.SESSION_COOKIE_AGE)
             except Exception:  # noqa: BLE001 - Redis away: the page still answers
                 logger.debug("session last seen not noted: cache unavailable")

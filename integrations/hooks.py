@@ -40,7 +40,6 @@ from typing import TypeVar
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 from rest_framework import authentication, exceptions
 
 from audit.trail import audit_record
@@ -144,7 +143,7 @@ def _check_standard(secret: str, headers, body: bytes) -> tuple[str, ...]:
     offered = headers.get(STANDARD_SIGNATURE_HEADER, "").split()
     if not any(hmac.compare_digest(expected, candidate.encode()) for candidate in offered):
         raise exceptions.AuthenticationFailed("The hook signature does not match the body.")
-    skew = abs(timezone.now().timestamp() - timestamp)
+    skew = abs(clock.now().timestamp() - timestamp)
     if skew > SIGNATURE_TOLERANCE.total_seconds():
         raise StaleSignature(
             f"The webhook-timestamp is {int(skew)} seconds away from the portal's clock; "
@@ -275,7 +274,7 @@ def hook_deliveries_purge(*, now: datetime | None = None) -> int:
     anyway; a body signed without a timestamp could be replayed after its
     record is purged, which is why the retention is long (30 days by default).
     """
-    cutoff = (now or timezone.now()) - delivery_retention()
+    cutoff = (now or clock.now()) - delivery_retention()
     deleted, _ = HookDelivery.objects.filter(received_at__lt=cutoff).delete()
     return deleted
 

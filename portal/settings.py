@@ -14,6 +14,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from core import logcontext
 from portal import embedded
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -354,10 +355,8 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0,
                                     "interval_step": 0.5, "interval_max": 1}
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
-    "start-scheduled-changes": {
-        "task": "approvals.tasks.changes_start_scheduled",
-        "schedule": 30.0,
-    },
+    "start-scheduled-changes": {"task": "approvals.tasks.changes_start_scheduled",
+                                "schedule": 30.0},
     "resume-stale-deployments": {
         "task": "deployments.tasks.deployments_resume_stale",
         "schedule": env.float("PORTAL_RESUME_SWEEP_SECONDS", default=5.0),
@@ -366,10 +365,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "portal.tasks.portal_backup",
         "schedule": env.float("PORTAL_BACKUP_INTERVAL_SECONDS", default=24 * 3600.0),
     },
-    "audit-retention-purge": {
-        "task": "audit.tasks.audit_retention_purge",
-        "schedule": 24 * 3600.0,
-    },
+    "audit-retention-purge": {"task": "audit.tasks.audit_retention_purge",
+                              "schedule": 24 * 3600.0},
     # The notifications outbox: rows written with their decision whose queued send
     # never came (the process died after commit, the broker was down) are sent.
     "notifications-send-unsent": {
@@ -377,22 +374,13 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env.float("PORTAL_OUTBOX_SWEEP_SECONDS", default=30.0),
     },
     "notifications-settle-interrupted": {
-        "task": "notifications.tasks.notifications_settle_interrupted",
-        "schedule": 300.0,
-    },
+        "task": "notifications.tasks.notifications_settle_interrupted", "schedule": 300.0},
     # A change left deploying after its deployment ended (a listener failed) is closed.
-    "close-changes-of-finished-deployments": {
-        "task": "approvals.tasks.changes_close_finished",
-        "schedule": 60.0,
-    },
-    "idempotency-keys-purge": {
-        "task": "core.tasks.idempotency_keys_purge",
-        "schedule": 3600.0,
-    },
-    "hook-deliveries-purge": {
-        "task": "integrations.tasks.hook_deliveries_purge",
-        "schedule": 3600.0,
-    },
+    "close-changes-of-finished-deployments": {"task": "approvals.tasks.changes_close_finished",
+                                              "schedule": 60.0},
+    "idempotency-keys-purge": {"task": "core.tasks.idempotency_keys_purge", "schedule": 3600.0},
+    "hook-deliveries-purge": {"task": "integrations.tasks.hook_deliveries_purge",
+                              "schedule": 3600.0},
     # Signed checkpoints of the audit chain, handed to the witnesses (docs/audit.md).
     "audit-checkpoint-sign": {
         "task": "audit.tasks.audit_checkpoint_sign",
@@ -473,26 +461,11 @@ PORTAL_AUDIT_CHECKPOINT_ENVIRONMENTS = env.list("PORTAL_AUDIT_CHECKPOINT_ENVIRON
 # carries deployment_id, change_id or delivery_id (core/logcontext.py); one JSON object
 # a line with PORTAL_LOG_FORMAT=json, the plain line with the ids appended otherwise.
 PORTAL_LOG_FORMAT = env.str("PORTAL_LOG_FORMAT", default="plain").strip().lower()
-if PORTAL_LOG_FORMAT not in ("plain", "json"):
-    raise ImproperlyConfigured(f"PORTAL_LOG_FORMAT must be plain or json, "
-                               f"not {PORTAL_LOG_FORMAT!r}")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "filters": {"log_context": {"()": "core.logcontext.ContextFilter"}},
-    "formatters": {
-        "plain": {"()": "core.logcontext.ContextFormatter",
-                  "format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-        "json": {"()": "core.logcontext.JsonFormatter"},
-    },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": PORTAL_LOG_FORMAT,
-                             "filters": ["log_context"]}},
-    "root": {"handlers": ["console"], "level": env.str("PORTAL_LOG_LEVEL", default="INFO")},
-    "loggers": {
-        "django.db.backends": {"level": "WARNING"},
-        "django.server": {"level": "WARNING"},
-    },
-}
+try:
+    LOGGING = logcontext.logging_config(
+        log_format=PORTAL_LOG_FORMAT, level=env.str("PORTAL_LOG_LEVEL", default="INFO"))
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
 
 # Where the deployment engine gets a run's configuration (secret references resolved):
 # a callable (deployment, secrets=set) -> dict. The engine names no configuration app.

@@ -227,15 +227,16 @@ class DatabaseCollector:
 
 # --- figures from Redis ---------------------------------------------------------------
 
-_redis_client = None
+_redis_clients: dict[str, redis.Redis] = {}
 
 
 def _redis():
-    global _redis_client
-    if _redis_client is None:
-        _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1,
-                                             socket_timeout=2)
-    return _redis_client
+    """One client per broker address (``REDIS_URL``), made at the first scrape."""
+    url = settings.REDIS_URL
+    if url not in _redis_clients:
+        _redis_clients[url] = redis.Redis.from_url(url, socket_connect_timeout=1,
+                                                   socket_timeout=2)
+    return _redis_clients[url]
 
 
 def _configured_queues() -> set[str]:

@@ -23,7 +23,7 @@ First-party packages are ``root_packages`` of ``[tool.importlinter]`` in
 pyproject.toml. Exit status 1 when anything is flagged.
 
 Usage: ``python tools/check_private_patches.py [--root DIR] [PATH ...]`` (default
-paths: tests, demo_fleet, bench and portal/demo_history.py under DIR).
+paths: tests, demo_fleet, bench and demo under DIR).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
-DEFAULT_PATHS = ("tests", "demo_fleet", "bench", "portal/demo_history.py")
+DEFAULT_PATHS = ("tests", "demo_fleet", "bench", "demo")
 CLOCK = "django.utils.timezone.now"
 
 

@@ -8,7 +8,6 @@ import logging
 
 from django.db import transaction
 
-import approvals.services
 from approvals.models import ChangeRequest, ChecklistKind, PostImplementationReview
 from approvals.services.changes import _policy
 from approvals.services.checklists import _open_checklist
@@ -85,11 +84,9 @@ def changes_close_finished() -> list[int]:
         if ended is None:
             continue
         try:
-            # Looked up in the package, as the deployment listener (approvals.receivers)
-            # looks it up: the beat and the listener close a change with the same
-            # function, also when one is put in its place there (a broken listener).
-            approvals.services.change_request_deployment_finished(deployment=ended,
-                                                                  status=ended.status)
+            # The beat and the deployment listener (approvals.receivers) close a change
+            # with the same function of this module.
+            change_request_deployment_finished(deployment=ended, status=ended.status)
         except Exception:
             logger.exception("closing change %s after deployment %s failed", change_id,
                              ended.pk)

@@ -27,8 +27,7 @@ both through the portal's plug-in points:
 
 Modules: ``clock`` (the clock and the timeline), ``plan`` (the organisation), ``story``
 (the stories, ``Generator``), ``work`` (executor, provider, engine), ``background``
-(`make run`'s background run and its banner), ``bridge`` (services not on the plug-in
-points yet).
+(`make run`'s background run and its banner).
 """
 
 from __future__ import annotations

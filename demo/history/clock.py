@@ -9,17 +9,12 @@ import random
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime, time, timedelta
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from django.db import transaction
 
 from core import clock as portal_clock
 from core.errors import DomainError
-from demo.history import bridge
-
-if TYPE_CHECKING:
-    from demo.history.plan import History
 
 LONDON = ZoneInfo("Europe/London")
 
@@ -53,7 +48,6 @@ class HistoryClock:
     def __enter__(self) -> HistoryClock:
         stack = ExitStack()
         stack.enter_context(portal_clock.use(self.now))
-        stack.enter_context(bridge.time_readers(self.now))
         self._stack = stack
         return self
 
@@ -73,7 +67,7 @@ class Timeline:
     def add(self, when: datetime, action: Callable[[], None]) -> None:
         heapq.heappush(self._heap, (when, next(self._seq), action))
 
-    def run(self, clock: HistoryClock, history: History, *, until: datetime,
+    def run(self, clock: HistoryClock, history, *, until: datetime,
             after_step: Callable[[], None] = lambda: None) -> None:
         while self._heap:
             when, _, action = heapq.heappop(self._heap)

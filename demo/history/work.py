@@ -11,7 +11,6 @@ from django.conf import settings
 
 from catalog.models import Application, Environment
 from core import dispatch
-from demo.history import bridge
 from deployments import health
 from deployments import services as deployment_services
 from deployments.executors import register_executor, unregister_executor
@@ -132,7 +131,6 @@ def engine_for_history() -> Iterator[None]:
     try:
         with ExitStack() as stack:
             stack.enter_context(dispatch.override("hold"))
-            stack.enter_context(bridge.queue_through_dispatch())
             yield
     finally:
         settings.EMAIL_BACKEND = previous_backend

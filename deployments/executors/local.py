@@ -24,8 +24,7 @@ import os
 import shutil
 from pathlib import Path
 
-from django.utils import timezone
-
+from core import clock
 from deployments.executors.base import Executor, StepFailed, fetch_artifact
 from deployments.inputs import targets as deployment_targets
 
@@ -194,7 +193,7 @@ class LocalExecutor(Executor):
         previous = self.current_version()
         record = {"deployment": self.deployment.pk, "previous_version": previous,
                   "targets": {t.name: self.target_version(t) for t in self._all_targets()},
-                  "at": timezone.now().isoformat()}
+                  "at": clock.now().isoformat()}
         _write_atomic(self.base / "backups" / f"{self.deployment.pk}.json", json.dumps(record))
         return f"recorded previous version {previous or '(none)'}"
 

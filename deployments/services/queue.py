@@ -157,6 +157,11 @@ def _cancel_refused_start(deployment: Deployment, reason: str) -> None:
                       actor=System(f"start check of deployment #{deployment.pk}"))
 
 
+# The task that runs a deployment, by name: the tasks module imports the services, so
+# the services name the task rather than import it (core.dispatch).
+EXECUTE_TASK = "deployments.tasks.deployment_execute"
+
+
 def _enqueue(deployment_id: int, task_id: str) -> bool:
     """Hand the deployment to the workers of its environment's queue; False when Redis
     cannot be reached.
@@ -164,19 +169,15 @@ def _enqueue(deployment_id: int, task_id: str) -> bool:
     The deployment row is committed before this runs, so a refused publish loses
     nothing: the sweep (deployments_resume_stale) queues it again once Redis is back.
     """
-    # The task module imports the services, so the services name the task only here,
-    # when they hand work over.
-    from deployments.tasks import deployment_execute
-
     slug = (Deployment.objects.filter(pk=deployment_id)
             .values_list("environment__slug", flat=True).first())
     queue = deploy_queue(slug or "")
     if dispatch.mode() != "celery":
         # Kept back or run here and now (core.dispatch): there is no broker to miss.
-        dispatch.enqueue(deployment_execute, deployment_id, task_id=task_id, queue=queue)
+        dispatch.enqueue(EXECUTE_TASK, deployment_id, task_id=task_id, queue=queue)
         return True
     try:
-        dispatch.enqueue(deployment_execute, deployment_id, task_id=task_id, queue=queue)
+        dispatch.enqueue(EXECUTE_TASK, deployment_id, task_id=task_id, queue=queue)
     except Exception as exc:  # noqa: BLE001 - kombu's connection errors vary by transport
         logger.warning("deployment %s is queued but its task could not reach the broker "
                        "(%s); it is sent again once the broker is back",

@@ -70,17 +70,16 @@ def notifications_queue(*, event_key: str, message: Message, change_id, deployme
     return ids
 
 
+SEND_TASK = "notifications.tasks.notification_send"
+
+
 def _queue_sends(ids: list[int]) -> None:
     """Hand each send to ``core.dispatch`` (a worker, this process, or held, as
     ``PORTAL_TASK_DISPATCH`` says)."""
-    # The tasks module imports the services when it loads (a task calls a service);
-    # the task is imported here only when a send is queued, both modules loaded by
-    # then. Naming it by string would not do: a process knows a Celery task only once
-    # it imported the task's module, and a web process never imports the tasks.
-    from notifications.tasks import notification_send
-
+    # By name: the tasks module imports the services, so the services name the task
+    # rather than import it (core.dispatch imports it when it runs one in-process).
     for pk in ids:
-        dispatch.enqueue(notification_send, pk)
+        dispatch.enqueue(SEND_TASK, pk)
 
 
 def _deliver(notification: Notification) -> None:

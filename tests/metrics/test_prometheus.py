@@ -229,9 +229,8 @@ def test_queue_lengths_are_read_from_redis_for_celery_and_every_deploy_queue(
                  queue="deploy.metrics-test-a") is None
 
 
-def test_a_broker_outage_is_reported_not_a_failed_scrape(client, demo, token, monkeypatch):
-    monkeypatch.setattr(prometheus, "_redis_client",
-                        redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5))
+def test_a_broker_outage_is_reported_not_a_failed_scrape(client, demo, token, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"   # nothing listens there
     scraped = samples(client)
     assert value(scraped, "portal_broker_up") == 0
     assert not any(name == "portal_celery_queue_length" for name, _ in scraped)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from datetime import timedelta
-from unittest import mock
 
 from django.db import connection, transaction
 from django.utils import timezone
 
 from approvals import services as approval_services
 from audit.trail import System, audit_record
+from core import clock
 from deployments.models import Deployment, DeploymentLogLine, DeploymentStep
 from tests.factories import request_change
 
@@ -18,7 +18,7 @@ from tests.factories import request_change
 def record(action: str = "thing.done", *, days_ago: float = 0, **fields):
     """Append one event through the real writer, optionally dated ``days_ago``."""
     when = timezone.now() - timedelta(days=days_ago)
-    with mock.patch("django.utils.timezone.now", return_value=when), transaction.atomic():
+    with clock.use(lambda: when), transaction.atomic():
         return audit_record(actor=System("test"), action=action, object_type="thing",
                             object_id=fields.pop("object_id", "1"),
                             object_repr=fields.pop("object_repr", "a thing"), **fields)

@@ -485,14 +485,13 @@ def test_access_review_counts_the_last_90_days_of_sign_ins_from_daily_counts(dem
     """The review reads per-day counts kept as the trail is written; they agree with the
     trail, a sign-in older than the window no longer counts, and recounting from the
     trail gives the same rows."""
-    from unittest import mock
-
     from audit.models import SignInDay
     from audit.trail import rebuild_sign_in_days
+    from core import clock
 
     def sign_in_days_ago(days: int, user) -> None:
         then = timezone.now() - timedelta(days=days)
-        with mock.patch("django.utils.timezone.now", return_value=then):
+        with clock.use(lambda: then):
             client.force_login(user)
         client.logout()
 

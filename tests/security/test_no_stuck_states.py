@@ -13,6 +13,7 @@ from django.utils import timezone
 from approvals import services as approval_services
 from approvals import tasks as approval_tasks
 from approvals.models import ChangeRequest
+from approvals.services import closing
 from audit.models import AuditEvent
 from catalog.models import Environment
 from deployments import services
@@ -66,7 +67,7 @@ def test_a_failing_listener_leaves_the_change_deploying_and_the_beat_closes_it(
     def broken(**kwargs):
         raise RuntimeError("listener broke")
 
-    monkeypatch.setattr(approval_services, "change_request_deployment_finished", broken)
+    monkeypatch.setattr(closing, "change_request_deployment_finished", broken)
     with django_capture_on_commit_callbacks(execute=True):
         services.deployment_cancel(actor=demo.oncall, deployment=deployment, reason="window")
     deployment.refresh_from_db()
@@ -98,8 +99,7 @@ def test_the_beat_closes_a_change_whose_deployment_failed_and_leaves_running_one
     change, deployment = deploying_change(demo)
     busy, busy_deployment = deploying_change(demo, "development")
     # The deployment failed while the closing listener was broken.
-    monkeypatch.setattr(approval_services, "change_request_deployment_finished",
-                        lambda **kw: 1 / 0)
+    monkeypatch.setattr(closing, "change_request_deployment_finished", lambda **kw: 1 / 0)
     with transaction.atomic():
         locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
         services.deployment_finish(deployment=locked, status=Deployment.Status.FAILED,

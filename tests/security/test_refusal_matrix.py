@@ -228,6 +228,12 @@ ROUTES: dict[str, Row] = {
     # Redirects (every method) to the Security page.
     "accounts/2fa/": public(ALL_METHODS, status=302, url="/accounts/2fa/"),
     "accounts/sessions/": public(ALL_METHODS, status=302, url="/accounts/sessions/"),
+    # Old admin links of the models that moved out of core lead to their new pages; the
+    # admin there asks for staff rights (the "admin/" prefix row).
+    "^admin/core/apitoken/(?P<rest>.*)$": public(ALL_METHODS, status=302,
+                                                  url="/admin/core/apitoken/"),
+    "^admin/core/auditevent/(?P<rest>.*)$": public(ALL_METHODS, status=302,
+                                                    url="/admin/core/auditevent/"),
     # Passwords are set by an administrator: allauth's reset pages are refused.
     "^accounts/password/reset/": public(("GET", "POST"), status=404,
                                         url="/accounts/password/reset/"),
