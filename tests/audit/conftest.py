@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings
 
 from audit.checkpoints import checkpoint_sign
-from tests.portal.audit_helpers import record
+from tests.audit.audit_helpers import record
 
 VERIFIER_PATH = Path(settings.BASE_DIR) / "tools" / "verify_bundle.py"
 

@@ -22,9 +22,9 @@ from audit.checkpoints import canonical_checkpoint, checkpoint_sign, key_id_of, 
 from audit.models import AuditEvent
 from audit.trail import System, audit_record
 from catalog.models import Application
+from tests.audit.audit_helpers import approved_production_change, make_deployment, record
 from tests.audit.conftest import VERIFIER_PATH
 from tests.factories import ReleaseFactory, request_change
-from tests.portal.audit_helpers import approved_production_change, make_deployment, record
 
 pytestmark = pytest.mark.django_db
 

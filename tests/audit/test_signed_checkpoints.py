@@ -22,9 +22,9 @@ from audit.checkpoints import canonical_checkpoint, checkpoint_sign, public_keys
 from audit.models import AuditEvent, SignedCheckpoint
 from audit.tasks import audit_checkpoint_sign
 from audit.trail import compute_hash, verify_chain
+from tests.audit.audit_helpers import record, sql, triggers_disabled
 from tests.audit.conftest import witness_lines
 from tests.conftest import wait_for
-from tests.portal.audit_helpers import record, sql, triggers_disabled
 
 pytestmark = pytest.mark.django_db
 
@@ -107,7 +107,7 @@ def test_a_consistent_rewrite_of_history_is_caught_by_the_witnessed_checkpoint(
 
 
 def test_a_consistent_rewrite_of_a_real_approval_is_caught(demo):
-    from tests.portal.audit_helpers import approved_production_change
+    from tests.audit.audit_helpers import approved_production_change
 
     approved_production_change(demo)
     approval = AuditEvent.objects.filter(action="gate.approved").order_by("id").first()
@@ -245,7 +245,7 @@ def test_rotation_needs_a_key_file(signed_history, monkeypatch):
 def test_a_production_deployment_ending_is_followed_by_a_checkpoint_from_the_worker(
         demo, celery_worker_process):
     from deployments.signals import deployment_finished
-    from tests.portal.audit_helpers import approved_production_change, make_deployment
+    from tests.audit.audit_helpers import approved_production_change, make_deployment
 
     deployment = make_deployment(approved_production_change(demo))
     head = AuditEvent.objects.order_by("-id").first()

@@ -3,7 +3,7 @@
 import pytest
 from playwright.sync_api import expect
 
-from tests.portal.audit_helpers import approved_production_change, make_deployment
+from tests.audit.audit_helpers import approved_production_change, make_deployment
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 from catalog.models import Application, Environment
 from deployments.models import Deployment
 from tests.factories import ReleaseFactory, request_change
-from tests.metrics.conftest import make_deployment
+from tests.reporting.conftest import make_deployment
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -11,7 +11,7 @@ from django.utils import timezone
 from audit.models import AuditCheckpoint, AuditEvent
 from catalog.models import Application, Environment, Release
 from deployments.models import Deployment, DeploymentLogLine
-from tests.portal.audit_helpers import record, sql
+from tests.audit.audit_helpers import record, sql
 
 pytestmark = pytest.mark.django_db
 

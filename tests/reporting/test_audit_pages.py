@@ -20,15 +20,15 @@ from catalog.models import Environment
 from reporting.audit_selectors import compliance_for
 from reporting.exports import EXPORT_FIELDS, JSONL_FIELDS, api_cell
 from reporting.exports import auditor_cell as _csv_cell
-from tests.conftest import PASSWORD, totp_code
-from tests.factories import ReleaseFactory, request_change
-from tests.portal.audit_helpers import (
+from tests.audit.audit_helpers import (
     approved_production_change,
     make_deployment,
     record,
     sql,
     triggers_disabled,
 )
+from tests.conftest import PASSWORD, totp_code
+from tests.factories import ReleaseFactory, request_change
 
 AUDITOR_URLS = ["/audit/", "/audit/export.csv", "/audit/export.jsonl",
                 "/auditor/deployments/", "/auditor/access/"]

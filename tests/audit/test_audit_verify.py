@@ -5,7 +5,7 @@ from django.core.management import CommandError, call_command
 
 from audit.models import AuditEvent
 from audit.trail import GENESIS_HASH, verify_chain
-from tests.portal.audit_helpers import record, sql, triggers_disabled
+from tests.audit.audit_helpers import record, sql, triggers_disabled
 
 pytestmark = pytest.mark.django_db
 

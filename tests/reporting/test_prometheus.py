@@ -21,7 +21,7 @@ from deployments import services as deployment_services
 from deployments.models import Deployment, DeploymentStep
 from reporting import prometheus
 from tests.factories import request_change
-from tests.metrics.conftest import make_deployment
+from tests.reporting.conftest import make_deployment
 
 TOKEN = "scrape-token-for-the-tests-6Qm2"
 

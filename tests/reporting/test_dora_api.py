@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.metrics.conftest import SINCE, UNTIL
+from tests.reporting.conftest import SINCE, UNTIL
 
 URL = "/api/v1/metrics/dora/"
 RANGE = {"since": SINCE.isoformat(), "until": UNTIL.isoformat()}

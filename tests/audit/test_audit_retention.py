@@ -15,7 +15,7 @@ from audit.tasks import audit_retention_purge
 from audit.trail import verify_chain
 from catalog.models import Application, Environment, Release
 from deployments.models import Deployment, DeploymentLogLine
-from tests.portal.audit_helpers import record, sql
+from tests.audit.audit_helpers import record, sql
 
 pytestmark = pytest.mark.django_db
 

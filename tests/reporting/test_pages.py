@@ -12,7 +12,7 @@ from django.utils import timezone
 from catalog.models import Application, Environment
 from deployments.models import Deployment
 from tests.factories import ReleaseFactory, request_change
-from tests.metrics.conftest import make_deployment
+from tests.reporting.conftest import make_deployment
 
 
 def recent_history(count: int = 3):

@@ -1,4 +1,4 @@
-"""DORA metrics on a known data set (tests/metrics/conftest.py), with the figures and
+"""DORA metrics on a known data set (tests/reporting/conftest.py), with the figures and
 bands worked out by hand."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 
 from reporting import metrics
 from reporting.metrics_views import dora_for
-from tests.metrics.conftest import SINCE, UNTIL
+from tests.reporting.conftest import SINCE, UNTIL
 
 
 def figures(user, **kwargs):
@@ -119,7 +119,7 @@ def test_computation_costs_the_same_queries_as_deployments_grow(known_history, d
         return len(ctx)
 
     before = count()
-    from tests.metrics.conftest import at, make_deployment
+    from tests.reporting.conftest import at, make_deployment
 
     app = known_history[1].application
     env = known_history[1].environment
