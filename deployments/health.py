@@ -248,14 +248,15 @@ class PrometheusProvider:
 # An environment's analysis settings name a provider (``"provider": "prometheus"``;
 # without a name, the HTTP prober). A provider is built from those settings by a
 # factory registered here; another app adds one with ``register_health_provider`` from
-# its ``AppConfig.ready`` rather than by patching the engine.
+# its ``AppConfig.ready`` rather than by patching the engine. A factory is given the
+# deployment being analysed too.
 
 
-def _http_prober(conf: dict) -> HttpProber:
+def _http_prober(conf: dict, deployment=None) -> HttpProber:
     return HttpProber(samples=int(conf.get("samples", 20)))
 
 
-def _prometheus(conf: dict) -> PrometheusProvider:
+def _prometheus(conf: dict, deployment=None) -> PrometheusProvider:
     return PrometheusProvider(conf["prometheus"]["url"], conf["prometheus"].get("queries", {}))
 
 
@@ -263,8 +264,8 @@ HEALTH_PROVIDERS: dict = {"http": _http_prober, "prometheus": _prometheus}
 
 
 def register_health_provider(name: str, factory):
-    """Build providers named ``name`` with ``factory(analysis_settings)``; returns the
-    factory it replaces (None for a new name)."""
+    """Build providers named ``name`` with ``factory(analysis_settings, deployment)`` (the
+    deployment being analysed); returns the factory it replaces (None for a new name)."""
     previous = HEALTH_PROVIDERS.get(name)
     HEALTH_PROVIDERS[name] = factory
     return previous
@@ -278,11 +279,11 @@ def unregister_health_provider(name: str, previous=None) -> None:
         HEALTH_PROVIDERS[name] = previous
 
 
-def provider_for(conf: dict):
-    """The provider an environment's analysis settings ask for."""
+def provider_for(conf: dict, deployment=None):
+    """The provider an environment's analysis settings ask for, for ``deployment``."""
     name = conf.get("provider") or "http"
     try:
         factory = HEALTH_PROVIDERS[name]
     except KeyError:
         raise ValueError(f"no health provider named {name!r}") from None
-    return factory(conf)
+    return factory(conf, deployment)

@@ -71,10 +71,8 @@ class HistoryExecutor(Executor):
         return details.get(step.name, "done")
 
     def endpoints(self, targets, slot: str = "live") -> dict[str, tuple[str, int] | None]:
-        # Which version each target runs, in place of an address, and the deployment in
-        # place of a port: the provider reads them.
-        return {t.name: ("new" if t.name in self.updated else "old", self.deployment.pk)
-                for t in targets}
+        # Which version each target runs, in place of an address: the provider reads it.
+        return {t.name: ("new" if t.name in self.updated else "old", 0) for t in targets}
 
 
 class HistoryProvider:
@@ -82,26 +80,16 @@ class HistoryProvider:
 
     name = "demo"
 
-    def __init__(self, conf: dict | None = None) -> None:
-        self.bad = False
-        self.random: random.Random | None = None
-
-    def _for(self, deployment_id: int) -> random.Random:
-        if self.random is None and not deployment_id:
-            self.random = random.Random(0)
-        if self.random is None:
-            deployment = (Deployment.objects.select_related("application", "release",
-                                                            "environment")
-                          .get(pk=deployment_id))
-            # Bad under production traffic only: it passed development and staging.
-            self.bad = ((deployment.application.slug, deployment.release.version)
-                        in BAD_RELEASES and deployment.environment.slug == "production")
-            self.random = random.Random(deployment.pk)
-        return self.random
+    def __init__(self, conf: dict | None = None, deployment: Deployment | None = None) -> None:
+        # Bad under production traffic only: it passed development and staging.
+        self.bad = deployment is not None and (
+            (deployment.application.slug, deployment.release.version) in BAD_RELEASES
+            and deployment.environment.slug == "production")
+        self.random = random.Random(deployment.pk if deployment is not None else 0)
 
     def measure(self, endpoints: dict) -> health.Figures:
         names = sorted(endpoints)
-        rng = self._for(next((w[1] for w in endpoints.values() if w), 0))
+        rng = self.random
         new = any(where and where[0] == "new" for where in endpoints.values())
         requests = 20 * max(1, len(names))
         if self.bad and new:

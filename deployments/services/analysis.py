@@ -14,7 +14,7 @@ def _analysis_settings(deployment: Deployment) -> dict:
 
 
 def _provider(deployment: Deployment):
-    return health.provider_for(_analysis_settings(deployment))
+    return health.provider_for(_analysis_settings(deployment), deployment)
 
 
 def _record_baseline(deployment, step, executor, log) -> None:
