@@ -29,6 +29,9 @@ decision (the permission or a live delegation held then; the person's own last c
 and when it was), not by asking the service. Refusals of Production actions the moves
 cause must be in the audit trail.
 
+The cast and the roads people act by are in ``state_machine_world``, the oracle's
+reading of the database in ``state_machine_oracle``.
+
 ``PORTAL_STATE_MACHINE_EXAMPLES`` sets how many runs (40 in ``make test``; the bench
 and nightly settings use more, see docs/security.md).
 """
@@ -38,23 +41,14 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
-from allauth.account.internal.flows.login import record_authentication
-from allauth.mfa.models import Authenticator
-from allauth.mfa.totp.internal.auth import TOTP
 from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.models import Group
-from django.contrib.sessions.backends.signed_cookies import SessionStore
-from django.core.cache import cache
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import transaction
 from django.db.models import F
 from django.test import Client, RequestFactory, TestCase
 from django.urls import reverse
@@ -63,7 +57,6 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine,
     initialize,
     invariant,
     precondition,
@@ -72,303 +65,54 @@ from hypothesis.stateful import (
 )
 
 from approvals import services as approvals
-from approvals.models import Approval, ChangeRequest, ChangeType, Delegation, Gate, GateRole
-from audit.models import AuditEvent
-from audit.trail import System
+from approvals.models import Approval, ChangeRequest, Delegation, Gate, GateRole
 from catalog.models import Application, Environment, Target
-from core import context
-from core.context import RequestContext
-from core.errors import ChangedSinceViewed, Conflict, DomainError, Refused
+from core.errors import Conflict, DomainError, Refused
 from deployments import services as engine
 from deployments.models import Deployment
-from deployments.signals import deployment_finished
 from identity import accounts
 from identity import services as core_services
-from identity.authentication import BearerTokenAuthentication
 from identity.models import ApiToken, hash_token
 from integrations import hooks
-from integrations.hooks import HookCredential
-from tests.conftest import PASSWORD, totp_code
+from tests.conftest import PASSWORD
 from tests.factories import ReleaseFactory
+from tests.security.state_machine_oracle import (
+    _assert_own_fresh_check,
+    _assert_refusal_audited,
+    _assert_rollback_allowed,
+    _barred,
+    _has_factor,
+    _holds,
+    _inputs_ran,
+    _is_barred,
+    _last_event,
+    _user,
+)
+from tests.security.state_machine_world import (
+    ADDRESS,
+    ADMIN,
+    CI,
+    DECIDERS,
+    ENVIRONMENTS,
+    HOLDERS,
+    ISSUERS,
+    MEMBERSHIPS,
+    PEOPLE,
+    PLANS,
+    PRODUCTION_REQUESTS,
+    REQUEST,
+    ROADS,
+    SPELLINGS,
+    TOKEN_OWNERS,
+    ControlsWorld,
+    _production_runs_a_release,
+)
 
 EXAMPLES = int(os.environ.get("PORTAL_STATE_MACHINE_EXAMPLES", "40"))
 STEPS = int(os.environ.get("PORTAL_STATE_MACHINE_STEPS", "40"))
 
-# The demo cast, a delegate who holds nothing of their own, and an outsider.
-PEOPLE = ["engineer", "techlead", "qa", "cab", "cab2", "security", "business", "oncall",
-          "dana", "outsider"]
-ADMIN = "admin"
-CI = "ci-bot"
-# Group memberships the machine may take away and give back (people lose `deploy`).
-MEMBERSHIPS = {"engineer": "engineers", "oncall": "on-call", "techlead": "tech-leads",
-               "cab": "cab"}
-ENVIRONMENTS = ["staging", "production"]
-HOLDERS = {GateRole.TECH_LEAD: ["techlead", "dana"], GateRole.QA: ["qa"],
-           GateRole.CAB: ["cab", "cab2"], GateRole.SECURITY: ["security"],
-           GateRole.BUSINESS: ["business"], GateRole.EMERGENCY: ["oncall", "dana"]}
-PLANS = ["Redeploy the previous release with the portal's rollback."] * 3 + [""]
-# Who requests: mostly people who may, now and then someone who may not.
-REQUESTERS = ["engineer", "engineer", "techlead", "oncall", "oncall", "oncall", "cab", "dana"]
-# Names as CI and the identity provider spell them: mostly as the portal does, now and
-# then in another case (`CAB` is `cab`).
-SPELLED = PEOPLE + ["CAB", "Cab", "QA", "TechLead"]
-SPELLINGS = {"as is": str, "upper": str.upper, "title": str.title}
-# Whose tokens an administrator or the owner mints (the CI account and the admin too).
-TOKEN_OWNERS = ["cab", "cab2", "techlead", "security", "business", "oncall", "engineer",
-                "qa", CI, ADMIN]
-ISSUERS = [ADMIN, "owner", "operator"]
-ROADS = ["page", "token", "fresh token"]
-# Whose tokens decide in Production in the demo (a token each, made at the start).
-DECIDERS = ["cab", "techlead", "oncall", "cab2", "security", "business"]
-# What a request is made of: mostly self-starting ones, authored by one person or none.
-REQUEST = dict(
-    requester=st.sampled_from(REQUESTERS), env=st.sampled_from(ENVIRONMENTS + ["production"]),
-    change_type=st.sampled_from(ChangeType.values), plan=st.sampled_from(PLANS),
-    authors=st.lists(st.sampled_from(SPELLED), max_size=1),
-    mergers=st.lists(st.sampled_from(SPELLED), max_size=1),
-    deploy_when_approved=st.booleans(),
-    scheduled=st.sampled_from([False, False, True]),
-    on_call=st.sampled_from([None, "oncall", "engineer"]),
-    step_up=st.sampled_from([True, True, False]))
-# Production changes the demo's people can take through (requester, type): someone
-# other than the requester holds each gate.
-PRODUCTION_REQUESTS = [("engineer", ChangeType.EMERGENCY), ("engineer", ChangeType.HOTFIX),
-                       ("techlead", ChangeType.EMERGENCY), ("oncall", ChangeType.HOTFIX)]
-# The machine's client address, so its sign-in attempts count against nobody else's.
-ADDRESS = "192.0.2.77"
 
-
-# --- the oracle's reading of the world ---------------------------------------------------
-
-
-def _user(username: str):
-    # A fresh instance: Django caches permissions on the user object.
-    return get_user_model().objects.get(username=username)
-
-
-def _holds(username: str, codename: str, environment: Environment) -> bool:
-    return _user(username).has_perm(f"catalog.{codename}", environment)
-
-
-def _may_decide_now(username: str, environment: Environment, role: str):
-    """The oracle's answer: (eligible, delegator) from permissions and live delegations."""
-    if _holds(username, GateRole(role).permission, environment):
-        return True, None
-    for d in Delegation.objects.filter(delegate__username=username, environment=environment,
-                                       role=role, revoked_at__isnull=True,
-                                       expires_at__gt=timezone.now()
-                                       ).select_related("delegator"):
-        if _holds(d.delegator.username, GateRole(role).permission, environment):
-            return True, d.delegator.username
-    return False, None
-
-
-def _barred(change: ChangeRequest) -> frozenset[str]:
-    """Who may not decide ``change``, as far as the portal knows now."""
-    release = change.release
-    return frozenset({change.requested_by.username} | set(release.authors or [])
-                     | set(release.mergers or []))
-
-
-def _is_barred(username: str, barred) -> bool:
-    """Barred in any spelling: `CAB` among the authors is `cab`."""
-    return username.casefold() in {name.casefold() for name in barred}
-
-
-def _inputs_now(application_id: int, environment_id: int) -> dict:
-    """What a deployment of the application there would run with, from the catalogue."""
-    app = Application.objects.get(pk=application_id)
-    targets = Target.objects.filter(application_id=application_id,
-                                    environment_id=environment_id)
-    return {"executor": [app.executor, app.executor_settings or {}],
-            "targets": sorted([t.name, t.address] for t in targets)}
-
-
-def _inputs_ran(deployment: Deployment) -> dict:
-    """What the deployment runs with: what it kept when made, where it keeps that."""
-    kept = getattr(deployment, "inputs", None) or {}
-    if "executor_settings" in kept and "targets" in kept:
-        return {"executor": [kept.get("executor"), kept.get("executor_settings") or {}],
-                "targets": sorted([t["name"], t["address"]] for t in kept["targets"])}
-    return _inputs_now(deployment.application_id, deployment.environment_id)
-
-
-def _has_factor(username: str) -> bool:
-    return Authenticator.objects.filter(user__username=username,
-                                        type__in=("totp", "webauthn")).exists()
-
-
-def _last_event() -> int:
-    return AuditEvent.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
-
-
-def _assert_refusal_audited(since: int, what: str) -> None:
-    assert AuditEvent.objects.filter(pk__gt=since, action__contains="refused").exists(), (
-        f"{what} was refused with nothing on the audit trail")
-
-
-@dataclass(frozen=True)
-class Decided:
-    """What the oracle knew when an approval was given."""
-
-    via: str  # session or token
-    fresh: bool  # the person's own second-factor check, within PORTAL_STEP_UP_SECONDS
-    barred: frozenset[str]  # requester, authors and mergers known then
-    inputs: dict  # the executor, its settings and the targets then
-
-
-class ControlsMachine(RuleBasedStateMachine):
-    def __init__(self):
-        super().__init__()
-        # Each run starts from the demo data and leaves nothing behind.
-        self._savepoint = transaction.savepoint()
-        self.changes: list[int] = []
-        # What ran before the story (the release Production runs) is not its doing.
-        self.seen_deployments: set[int] = set(Deployment.objects.values_list("pk", flat=True))
-        # approval id -> eligible (and on whose behalf) when the oracle last looked.
-        self.expected_eligible: dict[tuple[int, str], tuple[bool, str | None]] = {}
-        self.decided: dict[int, Decided] = {}
-        # deployment id -> (road, fresh own check) of the person who pressed Deploy or
-        # rolled back (starts by the portal itself are not in here).
-        self.pressed: dict[int, tuple[str, bool]] = {}
-        self.moved: dict[str, list] = {}
-        # username -> their signed-in session, and the time of their last own check in
-        # it (epoch seconds; the oracle's, moved back when the minutes pass).
-        self.sessions: dict[str, SessionStore] = {}
-        self.checked_at: dict[str, float] = {}
-        # Tokens minted: pk, raw value, owner, who issued it, and the time of the
-        # owner's own last check made through it (None: none of theirs).
-        self.tokens: list[dict] = []
-        self.alerts = 0
-        self.admin_client: Client | None = None
-
-    def teardown(self):
-        transaction.savepoint_rollback(self._savepoint)
-
-    # --- helpers ---------------------------------------------------------------
-
-    def _change(self, pick: int, *statuses: str) -> ChangeRequest | None:
-        """One of the machine's changes, the newest mostly; with ``statuses``, one in
-        those if there is one (where the page shows the button)."""
-        pks = self.changes
-        if statuses:
-            pks = list(ChangeRequest.objects.filter(pk__in=self.changes, status__in=statuses)
-                       .order_by("pk").values_list("pk", flat=True)) or pks
-        if not pks:
-            return None
-        return ChangeRequest.objects.with_related().get(pk=pks[-1 - pick % len(pks)])
-
-    def _try(self, call, *args, **kwargs):
-        try:
-            return call(*args, **kwargs)
-        except DomainError:
-            return None
-
-    def _attempt(self, call, *, audited: tuple, environment: Environment, what: str,
-                 **kwargs):
-        """Call a service deciding something; a refusal of a Production action must be
-        on the audit trail. Returns (result, error)."""
-        since = _last_event()
-        try:
-            return call(**kwargs), None
-        except DomainError as exc:
-            if environment.production and isinstance(exc, audited):
-                _assert_refusal_audited(since, f"{what} ({exc.code})")
-            return None, exc
-
-    def _session(self, username: str) -> SessionStore:
-        if username not in self.sessions:
-            self.sessions[username] = SessionStore()
-        return self.sessions[username]
-
-    def _fresh(self, username: str, token: dict | None = None) -> bool:
-        """The oracle: the person's own last check (in this session, or made through
-        this token) is within PORTAL_STEP_UP_SECONDS."""
-        at = token["own_at"] if token is not None else self.checked_at.get(username)
-        return at is not None and 0 <= time.time() - at <= settings.PORTAL_STEP_UP_SECONDS
-
-    @contextmanager
-    def _acting(self, username: str, token: dict | None = None):
-        """The request the portal binds while ``username`` acts: their signed-in session,
-        or an API request with ``token`` authenticated as the API authenticates it."""
-        factory = RequestFactory(REMOTE_ADDR=ADDRESS)
-        if token is None:
-            request = factory.post("/")
-            request.user = _user(username)
-            request.session = self._session(username)
-            request.auth = None
-        else:
-            request = factory.post("/api/v1/", HTTP_AUTHORIZATION=f"Bearer {token['raw']}")
-        bound = context.bind_request(RequestContext(request_id=f"sm-{username}",
-                                                    ip=ADDRESS, request=request))
-        try:
-            if token is not None:
-                # DRF sets both on the underlying request, which the context holds.
-                request.user, request.auth = BearerTokenAuthentication().authenticate(request)
-            yield request
-        finally:
-            context.unbind_request(bound)
-
-    @contextmanager
-    def _hook(self, hook: str):
-        """A signed hook's request: it acts as the CI service account."""
-        request = RequestFactory(REMOTE_ADDR=ADDRESS).post(f"/api/v1/hooks/{hook}")
-        request.user, request.auth = _user(CI), HookCredential(hook=hook)
-        bound = context.bind_request(RequestContext(request_id=f"sm-hook-{hook}", ip=ADDRESS,
-                                                    request=request))
-        try:
-            yield request
-        finally:
-            context.unbind_request(bound)
-
-    def _step_up(self, username: str) -> None:
-        """The person answers the second-factor page: allauth records the check in
-        their session (as its step-up view does after a right code)."""
-        factor = Authenticator.objects.filter(user__username=username,
-                                              type=Authenticator.Type.TOTP).first()
-        if factor is None:
-            return  # nothing to answer with
-        request = RequestFactory(REMOTE_ADDR=ADDRESS).post("/")
-        request.user, request.session = _user(username), self._session(username)
-        record_authentication(request, request.user, "mfa", type=factor.type, id=factor.pk)
-        self.checked_at[username] = request.session["account_authentication_methods"][-1]["at"]
-
-    def _token_step_up(self, token: dict, right: bool = True) -> None:
-        """The owner answers a check through the token (POST /api/v1/auth/step-up)."""
-        owner = _user(token["owner"])
-        factor = Authenticator.objects.filter(user=owner, type=Authenticator.Type.TOTP).first()
-        code = totp_code() if right else "000000"
-        if factor is not None and right:
-            # In the machine's story minutes pass between steps; on the test's clock they
-            # do not, so the mark a code leaves for its period is cleared: the service's
-            # own check of the code is what is exercised.
-            cache.delete(TOTP(factor)._get_used_cache_key(code))
-        since = _last_event()
-        with self._acting(token["owner"], token) as request:
-            try:
-                checked = core_services.api_token_step_up(actor=owner, token=request.auth,
-                                                          code=code)
-            except DomainError as exc:
-                assert AuditEvent.objects.filter(
-                    pk__gt=since, action__startswith="token.step_up").exists(), (
-                    f"{owner}'s step-up through a token was refused ({exc.code}) with "
-                    "nothing on the audit trail")
-                return
-        assert right and factor is not None, f"a wrong code stepped up {owner}'s token"
-        token["own_at"] = checked.second_factor_at.timestamp()
-
-    def _token_of(self, username: str) -> dict:
-        """A token of ``username``'s: one minted already, else the operator's."""
-        for token in self.tokens:
-            if token["owner"] == username:
-                return token
-        token, raw = core_services.api_token_issue(
-            actor=System("manage.py issue_token"), user=_user(username),
-            name=f"sm-operator-{len(self.tokens)}")
-        self.tokens.append({"pk": token.pk, "raw": raw, "owner": username,
-                            "issuer": "operator", "own_at": None})
-        return self.tokens[-1]
-
+class ControlsMachine(ControlsWorld):
     # --- actions ---------------------------------------------------------------
 
     @initialize(**REQUEST)
@@ -484,42 +228,6 @@ class ControlsMachine(RuleBasedStateMachine):
         if deployment is not None and then == "ship":
             self._finish(deployment.pk, Deployment.Status.SUCCEEDED)
 
-    def _road(self, username: str, road: str) -> dict | None:
-        """How ``username`` acts: on the page, confirming their second factor first; or
-        with the newest token of theirs, as it is (``token``) or after answering a check
-        through it (``fresh token``); the page when they have no token."""
-        if road != "page":
-            for token in reversed(self.tokens):
-                if token["owner"] == username:
-                    if road == "fresh token":
-                        self._token_step_up(token)
-                    return token
-        self._step_up(username)
-        return None
-
-    def _decide(self, change_pk, actor, role, stale=False, reject=False, token=None):
-        change = ChangeRequest.objects.with_related().get(pk=change_pk)
-        eligible = _may_decide_now(actor, change.environment, role)
-        fresh = self._fresh(actor, token)
-        barred = _barred(change)
-        inputs = _inputs_now(change.release.application_id, change.environment_id)
-        shown = "0" * 16 if stale else approvals.change_version(change)
-        before = set(Approval.objects.filter(change=change).values_list("pk", flat=True))
-        call = approvals.gate_reject if reject else approvals.gate_approve
-        with self._acting(actor, token):
-            self._attempt(call, audited=(Refused, ChangedSinceViewed),
-                          environment=change.environment,
-                          what=f"{actor}'s decision on the {role} gate of {change.reference}",
-                          actor=_user(actor), change=change, role=role,
-                          comment="Looked at it." if reject else "", **_seen(shown))
-        for approval in Approval.objects.filter(change=change).exclude(pk__in=before):
-            assert eligible[0], (f"{actor} decided the {role} gate of CR-{change.pk} "
-                                 "without holding it")
-            assert not stale, f"{actor}'s decision on a change they had not seen counted"
-            self.expected_eligible[(approval.pk, actor)] = eligible
-            self.decided[approval.pk] = Decided(via="token" if token else "session",
-                                                fresh=fresh, barred=barred, inputs=inputs)
-
     @rule(pick=st.integers(0, 50), actor=st.sampled_from(PEOPLE),
           role=st.sampled_from(GateRole.values))
     def withdraw(self, pick, actor, role):
@@ -566,13 +274,6 @@ class ControlsMachine(RuleBasedStateMachine):
         if change is not None:
             self._tick(change, actor or change.requested_by.username)
 
-    def _tick(self, change: ChangeRequest, actor: str) -> None:
-        for item in change.checklist.filter(done=False):
-            if not item.automatic:
-                with self._acting(actor):
-                    self._try(approvals.checklist_item_set, actor=_user(actor), change=change,
-                              item_id=item.pk, done=True, note="checked")
-
     @rule(pick=st.integers(0, 50), actor=st.one_of(st.none(), st.sampled_from(PEOPLE)),
           step_up=st.sampled_from([True, True, False]),
           tick=st.sampled_from([True, True, False]))
@@ -586,18 +287,6 @@ class ControlsMachine(RuleBasedStateMachine):
             if step_up:
                 self._step_up(actor)
             self._press_deploy(change, actor)
-
-    def _press_deploy(self, change: ChangeRequest, actor: str, token: dict | None = None):
-        fresh = self._fresh(actor, token)
-        with self._acting(actor, token):
-            deployment, _ = self._attempt(
-                approvals.change_request_deploy, audited=(Refused,),
-                environment=change.environment,
-                what=f"{actor}'s deploy of {change.reference}", actor=_user(actor),
-                change=change)
-        if deployment is not None:
-            self.pressed[deployment.pk] = ("token" if token else "session", fresh)
-        return deployment
 
     @rule(pick=st.integers(0, 50), actor=st.sampled_from(PEOPLE))
     def cancel(self, pick, actor):
@@ -620,14 +309,6 @@ class ControlsMachine(RuleBasedStateMachine):
         active = list(Deployment.objects.filter(status__in=Deployment.ACTIVE).order_by("pk"))
         if active:
             self._finish(active[pick % len(active)].pk, outcome)
-
-    def _finish(self, pk: int, outcome: str) -> None:
-        with transaction.atomic():
-            deployment = (Deployment.objects.select_for_update(of=("self",))
-                          .select_related("environment").get(pk=pk))
-            engine.deployment_finish(deployment=deployment, status=outcome,
-                                     reason="" if outcome == "succeeded" else "step failed")
-        deployment_finished.send(sender=Deployment, deployment=deployment, status=outcome)
 
     @rule(pick=st.integers(0, 50), actor=st.one_of(st.none(), st.sampled_from(PEOPLE)),
           step_up=st.sampled_from([True, False]))
@@ -838,32 +519,6 @@ class ControlsMachine(RuleBasedStateMachine):
                 _assert_change_allowed(deployment, self)
 
 
-def _seen(shown: str) -> dict:
-    """The fingerprint argument of a decision: what the approver was shown."""
-    return {"seen": shown}
-
-
-def _assert_own_fresh_check(pressed: tuple[str, bool] | None, what: str) -> None:
-    """In Production, what a person pressed was pressed with their own fresh check."""
-    if pressed is None:
-        return  # started by the portal itself (the last approval, the schedule)
-    road, fresh = pressed
-    if road == "hook":
-        return  # a signed hook acts as its service account, which holds no factor
-    assert fresh, (f"{what} without a fresh check of the person's own second factor "
-                   f"(through a {road})")
-
-
-def _assert_rollback_allowed(deployment: Deployment, pressed) -> None:
-    if deployment.started_by is None:
-        return  # the engine's automatic rollback on failing health (no person)
-    assert _holds(deployment.started_by.username, "rollback", deployment.environment), (
-        f"rollback #{deployment.pk} was started by {deployment.started_by} without `rollback`")
-    if deployment.environment.production:
-        _assert_own_fresh_check(pressed, f"{deployment.started_by} rolled back "
-                                         f"#{deployment.pk} in Production")
-
-
 def _assert_change_allowed(deployment: Deployment, machine: ControlsMachine) -> None:
     env = deployment.environment
     assert deployment.started_by is not None, (
@@ -924,26 +579,6 @@ def _assert_change_allowed(deployment: Deployment, machine: ControlsMachine) -> 
     if env.production:
         _assert_own_fresh_check(machine.pressed.get(deployment.pk),
                                 f"{starter} deployed {change.reference} to Production")
-
-
-def _production_runs_a_release(demo) -> None:
-    """Production already runs a release of the storefront (an emergency change taken
-    through by the operator's hand), so a rollback has something to go back to."""
-    change = approvals.change_request_create(
-        actor=demo.engineer, release=ReleaseFactory(),
-        environment=Environment.objects.get(slug="production"),
-        change_type=ChangeType.EMERGENCY, rollback_plan=PLANS[0], on_call=demo.oncall)
-    approvals.gate_approve(actor=demo.oncall, change=change, role=GateRole.EMERGENCY)
-    for item in change.checklist.filter(done=False):
-        if not item.automatic:
-            approvals.checklist_item_set(actor=demo.oncall, change=change, item_id=item.pk,
-                                         done=True, note="checked")
-    deployment = approvals.change_request_deploy(actor=demo.oncall, change=change)
-    with transaction.atomic():
-        engine.deployment_finish(deployment=Deployment.objects.select_for_update(of=("self",))
-                                 .select_related("environment").get(pk=deployment.pk),
-                                 status=Deployment.Status.SUCCEEDED)
-    assert Deployment.objects.get(pk=deployment.pk).status == Deployment.Status.SUCCEEDED
 
 
 @pytest.mark.django_db
