@@ -3,6 +3,7 @@ deployments whose message never reached the workers are picked up again."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime, timedelta
 
@@ -10,10 +11,12 @@ from django.conf import settings
 from django.db import transaction
 
 from audit.trail import System, audit_record
-from core import clock
+from core import clock, logcontext
 from deployments.models import Deployment
 from deployments.services import run
 from deployments.services.queue import HOLDING, _advance_queue, _enqueue, deployment_finish
+
+logger = logging.getLogger(__name__)
 
 
 def deployments_resume_stale(*, on_worker_start: bool = False) -> int:
@@ -45,40 +48,42 @@ def deployments_resume_stale(*, on_worker_start: bool = False) -> int:
         .values_list("pk", flat=True)
     )
     for pk in stale_ids:
-        if run.run_is_live(pk):
-            continue
-        with transaction.atomic():
-            # The read above is only a list of candidates: a worker may have claimed the
-            # deployment since (fresh heartbeat, run lock held). The whole condition is
-            # checked again under the row lock, which a worker's claim also takes, so a
-            # live run is never failed, cancelled or requeued under its worker's feet.
-            deployment = Deployment.objects.select_for_update(skip_locked=True).filter(
-                pk=pk, status__in=(Deployment.Status.RUNNING, Deployment.Status.STOPPING),
-                heartbeat_at__lt=cutoff,
-            ).select_related("environment").first()
-            # A worker takes the run lock before the row lock: one that holds the run lock
-            # now waits for this row lock, or is inside its run.
-            if deployment is None or run.run_is_live(pk):
+        with logcontext.bind(deployment_id=pk):
+            if run.run_is_live(pk):
                 continue
-            if deployment.status == Deployment.Status.STOPPING:
-                # Its worker died while it was being stopped: nothing runs, it is cancelled.
-                deployment_finish(deployment=deployment, status=Deployment.Status.CANCELLED,
-                                  reason=deployment.failure_reason or "cancelled",
-                                  actor=System("stale deployment detector"))
-            elif deployment.attempts >= run.MAX_ATTEMPTS:
-                deployment_finish(
-                    deployment=deployment, status=Deployment.Status.FAILED,
-                    reason="the worker stopped responding and attempts are exhausted",
-                    actor=detector)
-            else:
-                deployment.heartbeat_at = clock.now()
-                deployment.save(update_fields=["heartbeat_at"])
-                audit_record(actor=detector, action="deployment.requeued", obj=deployment,
-                             environment=deployment.environment.slug,
-                             reason="its run stopped (worker or database gone)")
-                transaction.on_commit(
-                    lambda d=deployment: _enqueue(d.pk, uuid.uuid4().hex))
-            handled += 1
+            with transaction.atomic():
+                # The read above is only a list of candidates: a worker may have claimed the
+                # deployment since (fresh heartbeat, run lock held). The whole condition is
+                # checked again under the row lock, which a worker's claim also takes, so a
+                # live run is never failed, cancelled or requeued under its worker's feet.
+                deployment = Deployment.objects.select_for_update(skip_locked=True).filter(
+                    pk=pk, status__in=(Deployment.Status.RUNNING, Deployment.Status.STOPPING),
+                    heartbeat_at__lt=cutoff,
+                ).select_related("environment").first()
+                # A worker takes the run lock before the row lock: one that holds the run lock
+                # now waits for this row lock, or is inside its run.
+                if deployment is None or run.run_is_live(pk):
+                    continue
+                if deployment.status == Deployment.Status.STOPPING:
+                    # Its worker died while it was being stopped: nothing runs, it is cancelled.
+                    deployment_finish(deployment=deployment, status=Deployment.Status.CANCELLED,
+                                      reason=deployment.failure_reason or "cancelled",
+                                      actor=System("stale deployment detector"))
+                elif deployment.attempts >= run.MAX_ATTEMPTS:
+                    deployment_finish(
+                        deployment=deployment, status=Deployment.Status.FAILED,
+                        reason="the worker stopped responding and attempts are exhausted",
+                        actor=detector)
+                else:
+                    deployment.heartbeat_at = clock.now()
+                    deployment.save(update_fields=["heartbeat_at"])
+                    audit_record(actor=detector, action="deployment.requeued", obj=deployment,
+                                 environment=deployment.environment.slug,
+                                 reason="its run stopped (worker or database gone)")
+                    logger.info("deployment %s: its run stopped; queued again", pk)
+                    transaction.on_commit(
+                        lambda d=deployment: _enqueue(d.pk, uuid.uuid4().hex))
+                handled += 1
 
     # A queue whose head was lost (it ended without starting the next one): the next
     # one starts now.
@@ -94,22 +99,24 @@ def deployments_resume_stale(*, on_worker_start: bool = False) -> int:
         .filter(_resent_before(waiting)).values_list("pk", "heartbeat_at")
     )
     for pk, last_sent in queued:
-        if run.run_is_live(pk):
-            continue
-        if not _enqueue(pk, uuid.uuid4().hex):
-            break  # the broker is still away; the next sweep tries again
-        with transaction.atomic():
-            deployment = Deployment.objects.select_for_update(skip_locked=True).filter(
-                pk=pk, status=Deployment.Status.QUEUED).select_related("environment").first()
-            if deployment is None:
+        with logcontext.bind(deployment_id=pk):
+            if run.run_is_live(pk):
                 continue
-            deployment.heartbeat_at = clock.now()
-            deployment.save(update_fields=["heartbeat_at"])
-            if last_sent is None:  # on the record once, not at every resend
-                audit_record(actor=detector, action="deployment.requeued", obj=deployment,
-                             environment=deployment.environment.slug,
-                             reason="its task had not started; sent to the workers again")
-        handled += 1
+            if not _enqueue(pk, uuid.uuid4().hex):
+                break  # the broker is still away; the next sweep tries again
+            with transaction.atomic():
+                deployment = Deployment.objects.select_for_update(skip_locked=True).filter(
+                    pk=pk, status=Deployment.Status.QUEUED).select_related("environment").first()
+                if deployment is None:
+                    continue
+                deployment.heartbeat_at = clock.now()
+                deployment.save(update_fields=["heartbeat_at"])
+                logger.info("deployment %s: its task had not started; sent again", pk)
+                if last_sent is None:  # on the record once, not at every resend
+                    audit_record(actor=detector, action="deployment.requeued", obj=deployment,
+                                 environment=deployment.environment.slug,
+                                 reason="its task had not started; sent to the workers again")
+            handled += 1
     return handled
 
 

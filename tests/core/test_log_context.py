@@ -154,3 +154,33 @@ def test_a_deployment_run_by_the_worker_logs_with_its_deployment_id(demo, celery
     lines = wait_for(run_lines, timeout=60)
     assert Deployment.objects.get(pk=deployment.pk).status in Deployment.FINAL
     assert all(line.endswith(f"deployment_id={deployment.pk}") for line in lines), lines
+
+
+def test_the_stale_sweep_logs_each_deployment_it_sends_again_with_its_id(
+        demo, settings, context_captured):
+    """The beat's sweep handles many deployments; each line about one carries its id."""
+    from datetime import timedelta
+
+    from django.db import transaction
+
+    from catalog.models import Environment
+    from core import clock, dispatch
+    from deployments import services as engine
+
+    settings.PORTAL_TASK_DISPATCH = "hold"
+    dispatch.clear_held()
+    release = ReleaseFactory()
+    with transaction.atomic():
+        deployment = engine.deployment_create(
+            actor=demo.oncall, release=release,
+            environment=Environment.objects.get(slug="staging"))
+    long_ago = clock.now() - timedelta(seconds=settings.PORTAL_REQUEUE_AFTER_SECONDS + 60)
+    Deployment.objects.filter(pk=deployment.pk).update(created_at=long_ago)
+
+    assert engine.deployments_resume_stale() >= 1
+
+    sent_again = [r for r in context_captured.records
+                  if "had not started" in r.getMessage()]
+    assert [r.deployment_id for r in sent_again] == [deployment.pk]
+    assert [h.args for h in dispatch.held("deployments.tasks.deployment_execute")][-1] == (
+        deployment.pk,)
