@@ -475,6 +475,8 @@ PORTAL_CONFIGURATION_PROVIDER = env.str(
 # How services hand work to background tasks (core.dispatch): "celery" publishes to the
 # broker, "inline" runs the task in the calling process, "hold" keeps it unrun.
 PORTAL_TASK_DISPATCH = env.str("PORTAL_TASK_DISPATCH", default="celery")
+if PORTAL_TASK_DISPATCH not in ("celery", "inline", "hold"):
+    raise ImproperlyConfigured("PORTAL_TASK_DISPATCH must be celery, inline or hold")
 
 # Prometheus /metrics (docs/observability.md): request latency is timed by the outermost
 # middleware; the endpoint answers a bearer token and/or client networks, 404 with neither
