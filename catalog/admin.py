@@ -1,10 +1,12 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 from guardian.admin import GuardedModelAdmin
 
 from audit.admin import AuditedModelAdmin
 from catalog import services
-from catalog.models import Application, Environment, Release, Target
+from catalog.models import Application, Environment, HostKey, Release, Target
 from core.admin import ReadOnlyModelAdmin
+from core.errors import DomainError
 
 
 class DeploymentInputsAdmin(AuditedModelAdmin):
@@ -74,3 +76,60 @@ class ReleaseAdmin(ReadOnlyModelAdmin):
     artifact's source and digest (SOP 10.1) and audits them."""
 
     list_display = ["application", "version", "commit_sha", "created_at"]
+
+
+class HostKeyForm(forms.ModelForm):
+    line = forms.CharField(
+        label="known_hosts line", widget=forms.Textarea(attrs={"rows": 3, "cols": 100}),
+        help_text="One line as ssh-keyscan prints it (host key-type key), checked against "
+                  "the server's own console: ssh-keygen -lf shows its fingerprint.")
+
+    class Meta:
+        model = HostKey
+        fields = ["environment"]
+
+    def clean_line(self):
+        try:
+            services.parse_known_hosts_line(self.cleaned_data["line"])
+        except DomainError as exc:
+            raise forms.ValidationError((exc.fields or {}).get("line", [exc.detail])[0]) \
+                from None
+        return self.cleaned_data["line"]
+
+
+@admin.register(HostKey)
+class HostKeyAdmin(admin.ModelAdmin):
+    """Pinning and removing go through the catalogue's service, which audits them; a
+    pinned key is never edited in place (remove it and pin the new one)."""
+
+    list_display = ["environment", "host", "key_type", "fingerprint", "added_by", "added_at"]
+    list_filter = ["environment"]
+    form = HostKeyForm
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request, obj)
+
+    def get_fields(self, request, obj=None):
+        return ["environment", "line"] if obj is None else [
+            "environment", "host", "key_type", "fingerprint", "key", "added_by", "added_at"]
+
+    def save_model(self, request, obj, form, change):
+        try:
+            pinned = services.host_key_pin(actor=request.user,
+                                           environment=form.cleaned_data["environment"],
+                                           line=form.cleaned_data["line"])
+        except DomainError as exc:
+            self.message_user(request, exc.detail, messages.ERROR)
+            return
+        obj.pk = pinned[0].pk
+
+    def save_related(self, request, form, formsets, change):
+        return
+
+    def delete_model(self, request, obj):
+        services.host_key_remove(actor=request.user, host_key=obj,
+                                 reason="removed in the admin")
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            self.delete_model(request, obj)

@@ -21,6 +21,7 @@ class Application(models.Model):
         LOCAL = "local", "Local (releases/<version> and a current symlink)"
         COMMAND = "command", "Command (a configured command per step)"
         WEBHOOK = "webhook", "Webhook (an external system runs each step)"
+        SSH = "ssh", "SSH (remote commands on the targets, pinned host keys)"
 
     slug = models.SlugField(unique=True)
     name = models.CharField(max_length=100)
@@ -96,6 +97,42 @@ class Target(models.Model):
 
     def __str__(self) -> str:
         return f"{self.application.slug}/{self.environment.slug}/{self.name}"
+
+
+class HostKey(models.Model):
+    """A pinned SSH host key of an environment: its known_hosts (SOP 10.1).
+
+    The ``ssh`` executor connects to a target or bastion only when the key it offers is
+    pinned here for that host in the deployment's environment; an unknown or changed
+    key refuses the step. Keys are pinned and removed by administrators
+    (``catalog.services.host_key_pin``), audited.
+    """
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE,
+                                    related_name="host_keys")
+    # As known_hosts writes it: "web-1.example.com", or "[10.0.0.5]:2222" off port 22.
+    host = models.CharField(max_length=255)
+    key_type = models.CharField(max_length=40)
+    key = models.TextField()  # base64, as in known_hosts
+    fingerprint = models.CharField(max_length=80)  # SHA256:..., as ssh-keygen -l shows
+    comment = models.CharField(max_length=200, blank=True)
+    added_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                 on_delete=models.SET_NULL, related_name="+")
+    added_at = models.DateTimeField(default=clock.now)
+
+    class Meta:
+        ordering = ["environment", "host", "key_type"]
+        constraints = [
+            models.UniqueConstraint(fields=["environment", "host", "key_type", "key"],
+                                    name="host_key_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.host} {self.key_type} {self.fingerprint}"
+
+    @property
+    def known_hosts_line(self) -> str:
+        return f"{self.host} {self.key_type} {self.key}"
 
 
 class MigrationKind(models.TextChoices):

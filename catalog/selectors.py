@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from audit.permissions import is_auditor
-from catalog.models import Release, Target
+from catalog.models import HostKey, Release, Target
 from catalog.permissions import environment_permissions
 
 
@@ -53,3 +53,12 @@ def releases_visible_to(user, *, queryset: QuerySet[Release] | None = None
     for reach in _RELEASE_REACH:
         seen |= reach(env_ids)
     return queryset.filter(seen)
+
+
+def pinned_keys(environment_id: int) -> dict[str, list[tuple[str, str]]]:
+    """{host: [(key type, base64 key)]}: the SSH host keys pinned in an environment."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for host, key_type, key in HostKey.objects.filter(environment_id=environment_id) \
+            .values_list("host", "key_type", "key"):
+        found.setdefault(host, []).append((key_type, key))
+    return found

@@ -225,3 +225,17 @@ def render_for_deployment(deployment, *, environ=None,
                 version.number, version.application_id, deployment.pk,
                 len(version.secret_references))
     return resolved
+
+
+def secret_for_deployment(deployment, reference: str, *, environ=None) -> str:
+    """One secret of the deployment's own environment (the ``ssh`` executor's client key):
+    the same policy as a configuration's references (``secret_policy.refusal``: the
+    application's namespace in that environment or an allow-list entry, never another
+    environment's), resolved on the worker. The engine calls it through
+    ``PORTAL_SECRET_RESOLVER``. Raises ``SecretNotAllowed`` or ``SecretUnavailable``,
+    naming the reference, never a value."""
+    why = secret_policy.refusal(reference, application_id=deployment.application_id,
+                                environment_id=deployment.environment_id)
+    if why:
+        raise references.SecretNotAllowed(why)
+    return references.resolve_reference(reference, environ=environ)

@@ -244,6 +244,52 @@ def check_url(url: str, *, resolve: bool = True) -> list[tuple]:
 # --- connections to the checked address ------------------------------------------------
 
 
+def check_host(host: str, port: int, *, resolve: bool = True) -> list[tuple]:
+    """``check_url`` for a plain TCP destination (an SSH target or bastion): refuse
+    a host the portal may not reach; return the checked socket addresses. Without
+    ``resolve`` only an address written as such, and names that mean this machine or a
+    metadata service, are judged (a host reached through a bastion is resolved there)."""
+    host = (host or "").lower().rstrip(".").strip("[]")
+    if not host:
+        raise DestinationRefused("no host is named")
+    if not 1 <= int(port) <= 65535:
+        raise DestinationRefused("the port is not a number from 1 to 65535")
+    literal = _host_literal(host)
+    if literal is not None:
+        reason = address_refusal(literal, host, port)
+        if reason:
+            raise DestinationRefused(f"{host} may not be reached: {reason}")
+    elif not _port_in(_allow_entries().names.get(host, []), port) and (
+            host == "localhost" or host.endswith(".localhost") or host in METADATA_HOSTS):
+        raise DestinationRefused(f"{host} may not be reached: it names this machine or a "
+                                 "metadata service")
+    if not resolve:
+        return []
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise Unreachable(f"{host} could not be resolved: {exc}") from None
+    checked = []
+    for family, _, _, _, sockaddr in infos:
+        reason = address_refusal(sockaddr[0], host, port)
+        if reason:
+            raise DestinationRefused(f"{host} may not be reached: {reason}")
+        checked.append((family, sockaddr))
+    return checked
+
+
+def connect_tcp(host: str, port: int, *, timeout: float | None = None) -> socket.socket:
+    """A TCP connection to ``host`` within the rules above, to the address that was
+    checked (the ``ssh`` executor's first hop). Raises ``DestinationRefused`` or
+    ``Unreachable``."""
+    addresses = check_host(host, port)
+    try:
+        return _connect(addresses, timeout or _setting("PORTAL_OUTBOUND_CONNECT_TIMEOUT",
+                                                       DEFAULT_CONNECT_TIMEOUT))
+    except OSError as exc:
+        raise Unreachable(f"{host} could not be reached: {exc}") from None
+
+
 def _connect(addresses: Iterable[tuple], timeout: float) -> socket.socket:
     last: OSError | None = None
     for family, sockaddr in addresses:

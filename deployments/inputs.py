@@ -55,6 +55,21 @@ def executor_kind(deployment) -> str:
     return _kept(deployment).get("executor") or deployment.application.executor
 
 
+def approval_of(deployment) -> dict:
+    """What the approval workflow checked when it released the deployment: the change,
+    its fingerprint, the gates and who approved them ({} for a deployment no change
+    released)."""
+    return _kept(deployment).get("approval") or {}
+
+
+def environment_settings(deployment) -> dict:
+    """The environment's deploy settings as the deployment keeps them."""
+    kept = _kept(deployment)
+    if "environment_settings" in kept:
+        return kept["environment_settings"] or {}
+    return deployment.environment.deploy_settings or {}
+
+
 def executor_settings(deployment) -> dict:
     kept = _kept(deployment)
     if "executor_settings" in kept:

@@ -471,6 +471,8 @@ except ValueError as exc:
 # a callable (deployment, secrets=set) -> dict. The engine names no configuration app.
 PORTAL_CONFIGURATION_PROVIDER = env.str(
     "PORTAL_CONFIGURATION_PROVIDER", default="configuration.services.render_for_deployment")
+# ... and one secret of the deployment's environment: (deployment, reference) -> str.
+PORTAL_SECRET_RESOLVER = "configuration.services.secret_for_deployment"
 
 # How services hand work to background tasks (core.dispatch): "celery" publishes to the
 # broker, "inline" runs the task in the calling process, "hold" keeps it unrun.

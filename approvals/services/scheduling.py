@@ -167,7 +167,7 @@ def _start_deployment(*, actor, change: ChangeRequest, trigger: str = "",
         actor=actor, release=change.release, environment=change.environment,
         strategy=change.strategy, change_id=change.pk,
         inputs={**inputs, "strategy": change.strategy, "configuration_version": number,
-                "change_version": version})
+                "change_version": version, "approval": _approval_record(change, version)})
     before = change.status
     change.status = ChangeRequest.Status.DEPLOYING
     change.save(update_fields=["status"])
@@ -180,6 +180,20 @@ def _start_deployment(*, actor, change: ChangeRequest, trigger: str = "",
     signals.send_in_transaction(signals.change_deploying, change_id=change.pk,
                               deployment_id=deployment.pk, at=clock.now())
     return deployment
+
+
+def _approval_record(change: ChangeRequest, version: str) -> dict:
+    """What the deployment keeps of the approvals it was released with: the portal signs
+    it for the targets (``deployments.statements``)."""
+    approvals = (Approval.objects.filter(change=change, withdrawn_at__isnull=True,
+                                         decision=Approval.Decision.APPROVED)
+                 .select_related("approver", "gate").order_by("decided_at", "pk"))
+    return {
+        "change_id": change.pk, "change": change.reference, "fingerprint": version,
+        "gates": list(change.gates.order_by("pk").values_list("role", flat=True)),
+        "approvers": [{"user": a.approver.get_username(), "gate": a.gate.role}
+                      for a in approvals],
+    }
 
 
 def deployment_start_check(*, deployment: Deployment) -> str:

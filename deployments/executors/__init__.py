@@ -3,6 +3,7 @@
 from deployments.executors.base import Executor, StepFailed
 from deployments.executors.command import CommandExecutor
 from deployments.executors.local import LocalExecutor
+from deployments.executors.ssh import SshExecutor
 from deployments.executors.webhook import WebhookExecutor
 from deployments.inputs import executor_kind
 
@@ -10,6 +11,7 @@ EXECUTORS: dict[str, type[Executor]] = {
     "local": LocalExecutor,
     "command": CommandExecutor,
     "webhook": WebhookExecutor,
+    "ssh": SshExecutor,
 }
 
 

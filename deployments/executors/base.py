@@ -124,6 +124,9 @@ class Executor:
         self.settings = executor_settings(deployment)
         # Resolved configuration for this run (secrets included): memory only.
         self.configuration: dict = {}
+        # The secret values this run resolved; the engine hands the run's own set, whose
+        # values are masked in every log line, step detail and reason.
+        self.secrets: set = set()
 
     def configuration_environment(self) -> dict[str, str]:
         """The configuration for the deployed process's environment, never for a file or log."""

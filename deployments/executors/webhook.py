@@ -10,6 +10,10 @@ SHA-256, step name, target, and ``step_id`` which doubles as ``Idempotency-Key``
 resumed step is not started twice on the other side). The answer is
 ``{"status": "succeeded" | "failed" | "running", "status_url"?, "detail"?}``; while it
 is running the executor polls ``status_url`` until it ends or the timeout passes.
+
+Every request carries the portal's signed deploy statement (``X-Deploy-Statement``,
+``deployments.statements``): the deployer can check, with the portal's public key, that
+what it is asked to run was approved, for this environment and this artifact digest.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 import urllib.parse
 
 from core import outbound
+from deployments import statements
 from deployments.executors.base import Executor, StepFailed
 
 STEPS = ("pre_health_check", "backup", "backup_database", "maintenance_on", "migrate",
@@ -30,8 +35,17 @@ class WebhookExecutor(Executor):
     # Each step is sent with a stable Idempotency-Key: the deployer applies it once.
     steps_safe_to_repeat = True
 
+    _wire: dict | None = None
+
+    def _statement(self) -> str:
+        # One per run: signed once, sent with every step of it.
+        if self._wire is None:
+            self._wire = statements.statement_sign(self.deployment)
+        return statements.statement_header(self._wire)
+
     def _request(self, url: str, body: dict | None, key: str) -> dict:
-        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key,
+                   statements.HEADER: self._statement()}
         if self.settings.get("token"):
             headers["Authorization"] = f"Bearer {self.settings['token']}"
         data = json.dumps(body).encode() if body is not None else None

@@ -220,6 +220,7 @@ def _run_locked(deployment_id: int) -> str | None:
     _wait_for_rolled_back_run(deployment, log)
     try:
         executor = executor_for(deployment, log)
+        executor.secrets = state.secrets
         executor.configuration = _configuration_for(deployment, state.secrets)
     except (StepFailed, DomainError) as exc:
         first = deployment.steps.order_by("position").first()
