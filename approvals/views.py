@@ -463,8 +463,9 @@ def environments(request):
         except DomainError as exc:
             messages.error(request, exc.detail)
             return redirect("environments")
-    envs = [{"environment": e, "can_lock": "rollback" in held.get(e.pk, set())}
-            for e in Environment.objects.order_by("order")]
+    envs = [{"environment": e, "can_lock": "rollback" in held.get(e.pk, set()),
+             "ssh": (e.deploy_settings or {}).get("ssh") or {}}
+            for e in Environment.objects.order_by("order").prefetch_related("host_keys")]
     return render(request, "approvals/environments.html", {"envs": envs, "form": form},
                   status=400 if form.errors else 200)
 

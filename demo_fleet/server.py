@@ -69,14 +69,14 @@ def make_handler(version: str, name: str, behaviour: dict):
     return Handler
 
 
-def _bind(ports: str, handler) -> ThreadingHTTPServer:
-    """A server on the first free loopback port of ``low-high``, else on any free one."""
+def _bind(ports: str, handler, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """A server on the first free port of ``low-high`` on ``host``, else on any free one."""
     if not ports:
-        return ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        return ThreadingHTTPServer((host, 0), handler)
     low, _, high = ports.partition("-")
     for port in range(int(low), int(high or low) + 1):
         try:
-            return ThreadingHTTPServer(("127.0.0.1", port), handler)
+            return ThreadingHTTPServer((host, port), handler)
         except OSError:
             continue
     raise SystemExit(f"demo fleet: no free port in {ports}")
@@ -89,12 +89,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="demo")
     parser.add_argument("--ports", default="",
                         help="low-high: bind the first free port of this range")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="the loopback address to listen on (a host of its own)")
     args = parser.parse_args(argv)
 
     version_file = args.release_dir / "VERSION"
     version = version_file.read_text().strip() if version_file.exists() else "unknown"
     behaviour = load_behaviour(args.release_dir)
-    server = _bind(args.ports, make_handler(version, args.name, behaviour))
+    server = _bind(args.ports, make_handler(version, args.name, behaviour), args.host)
     server.daemon_threads = True
     me = os.getpid()
     tmp = args.instance_file.with_suffix(f".{me}.tmp")
