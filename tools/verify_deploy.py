@@ -24,7 +24,9 @@ prints "OK: deployment 44 of shop 1.4.0 to production, change CHG-12 approved by
    minutes of clock skew),
 4. is for another environment, or another application when --application is given,
 5. releases no change (``change_id`` null) unless --allow-unapproved is given (a
-   development target may allow it),
+   development target may allow it), or is a rollback the portal ordered
+   (``purpose: rollback`` naming who ordered it: on-call, or the automatic rollback
+   after failed health analysis),
 6. signs an artifact digest that the --artifact file does not have, or that no file
    is given for (and the other way round: an --artifact when it signs none).
 
@@ -268,6 +270,11 @@ def check_fields(statement: dict) -> None:
         name = statement["artifact_name"]
         if not NAME.fullmatch(name) or name in (STATEMENT, LOG, VERIFIED):
             raise Problem(f"the statement's artifact_name {name!r} is not a plain file name")
+    purpose = statement.get("purpose", "deploy")
+    if purpose not in ("deploy", "rollback"):
+        raise Problem(f"the statement's purpose is {purpose!r}, not deploy or rollback")
+    if purpose == "rollback" and not str(statement.get("authorized_by") or "").strip():
+        raise Problem("the statement is a rollback that names nobody who ordered it")
     change_id = statement.get("change_id")
     if change_id is not None and type(change_id) is not int:
         raise Problem(f"the statement's change_id is {change_id!r}, not a number or null")
@@ -277,6 +284,13 @@ def check_fields(statement: dict) -> None:
         raise Problem("the statement's approvers are not a list of {user, gate}")
     if not isinstance(gates, list):
         raise Problem("the statement's gates are not a list")
+
+
+def is_rollback(statement: dict) -> bool:
+    """A rollback the portal ordered (on-call, or its automatic rollback after failed
+    health analysis): the SOP's way back to the previous release, which a target must
+    not refuse for want of a change."""
+    return statement.get("purpose") == "rollback" and bool(statement.get("authorized_by"))
 
 
 def check_time(statement: dict, now: datetime) -> None:
@@ -339,7 +353,8 @@ def verify(*, keys: list, environment: str, application: str | None, path: str,
     if application is not None and statement["application"] != application:
         raise Problem(f"the statement is for application {statement['application']!r}, "
                       f"this target runs {application!r}")
-    if statement.get("change_id") is None and not allow_unapproved:
+    if statement.get("change_id") is None and not allow_unapproved \
+            and not is_rollback(statement):
         raise Problem(f"deployment {statement['deployment']} was not released by an "
                       "approved change, and this target allows none without "
                       "(--allow-unapproved)")
@@ -352,7 +367,9 @@ def verify(*, keys: list, environment: str, application: str | None, path: str,
 def summary(statement: dict) -> str:
     what = (f"deployment {statement['deployment']} of {statement['application']} "
             f"{statement['version']} to {statement['environment']}")
-    if statement.get("change_id") is None:
+    if statement.get("change_id") is None and is_rollback(statement):
+        approval = f"a rollback ordered by {statement['authorized_by']}"
+    elif statement.get("change_id") is None:
         approval = "with no change (allowed by --allow-unapproved)"
     else:
         names = ", ".join(f"{a['user']} ({a.get('gate', '')})" for a in

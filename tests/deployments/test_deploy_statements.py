@@ -131,12 +131,10 @@ def test_an_administrator_pins_a_host_key_audited_and_nobody_else_may(demo):
 @pytest.mark.parametrize("line, says", [
     ("", "known_hosts line"),
     ("|1|abc= ssh-ed25519 AAAA", "hashed"),
-    ("*.bank.example ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
-     "not a host name"),
+    (f"*.bank.example {ED25519}", "not a host name"),
     ("web-1 ssh-dss AAAAB3NzaC1kc3M=", "key type"),
     ("web-1 ssh-ed25519 not-base64!", "not base64"),
-    ("web-1 ecdsa-sha2-nistp256 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
-     "does not match its type"),
+    ("web-1 ecdsa-sha2-nistp256 " + ED25519.split()[1], "does not match its type"),
 ])
 def test_a_line_that_is_not_one_host_key_is_refused_with_the_reason(demo, line, says):
     with pytest.raises(Invalid) as refused:
