@@ -59,6 +59,8 @@ def deploy(artifact: str, version: str, hold: bool) -> None:
             time.sleep(0.1)
     release = ROOT / "releases" / version
     release.mkdir(parents=True, exist_ok=True)
+    if artifact and not os.path.isabs(artifact):
+        artifact = str(ROOT / artifact)  # the portal's upload_dir, relative to this host
     if artifact:
         shutil.copyfile(artifact, release / Path(artifact).name)
     (release / "VERSION").write_text(version + "\n")

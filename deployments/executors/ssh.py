@@ -88,20 +88,21 @@ class SshExecutor(Executor):
     def forced(self) -> bool:
         return bool(self.ssh.get("forced_command"))
 
-    @property
-    def upload_dir(self) -> str:
+    def upload_dir(self, target) -> str:
+        """Where the artifact and statement go on ``target`` (the forced command's inbox)."""
         d = self.deployment
         template = self.settings.get("upload_dir") or ".portal/{application}"
-        return template.format(application=d.application.slug, environment=d.environment.slug)
+        return template.format(application=d.application.slug, environment=d.environment.slug,
+                               target=target.name)
 
-    def remote_artifact(self) -> str:
+    def remote_artifact(self, target) -> str:
         release = self.deployment.release
         name = statements.artifact_name(release)
         if not name:
             return ""
         if self.forced:  # the wrapper's verified copy, named by its digest
-            return f"{self.upload_dir}/verified/{release.artifact_sha256}/{name}"
-        return f"{self.upload_dir}/{name}"
+            return f"{self.upload_dir(target)}/verified/{release.artifact_sha256}/{name}"
+        return f"{self.upload_dir(target)}/{name}"
 
     def endpoint(self, target) -> Endpoint:
         try:
@@ -183,11 +184,11 @@ class SshExecutor(Executor):
                              f"{said['not_after']})")
         return self._wire
 
-    def _upload(self, conn: Connection, source: Path, name: str) -> str:
+    def _upload(self, conn: Connection, target, source: Path, name: str) -> str:
         try:
             if self.forced:
                 return conn.put_via_command(source, name)
-            return conn.put_via_sftp(source, self.upload_dir, name)
+            return conn.put_via_sftp(source, self.upload_dir(target), name)
         except ChannelError as exc:
             raise StepFailed(str(exc)) from None
 
@@ -196,7 +197,8 @@ class SshExecutor(Executor):
         wire = self.statement()
         release = self.deployment.release
         if artifact and self._artifact() is not None:
-            digest = self._upload(conn, self._artifact(), statements.artifact_name(release))
+            digest = self._upload(conn, target, self._artifact(),
+                                  statements.artifact_name(release))
             if digest != release.artifact_sha256:
                 raise StepFailed(f"{target.name}: the artifact arrived with SHA-256 {digest}, "
                                  f"the release expects {release.artifact_sha256}; nothing "
@@ -207,7 +209,7 @@ class SshExecutor(Executor):
         staged = self.base / "statements" / f"{self.deployment.pk}.json"
         staged.parent.mkdir(parents=True, exist_ok=True)
         staged.write_bytes(statements.statement_bytes(wire))
-        self._upload(conn, staged, STATEMENT_FILE)
+        self._upload(conn, target, staged, STATEMENT_FILE)
         if self.settings.get("verify") and not self.forced:
             self._command(conn, target, "verify", self.settings["verify"])
         self._delivered.add(target.name)
@@ -219,8 +221,9 @@ class SshExecutor(Executor):
         values = {"application": d.application.slug, "environment": d.environment.slug,
                   "version": d.release.version, "deployment": str(d.pk),
                   "target": target.name, "host": self.endpoint(target).host,
-                  "artifact": self.remote_artifact(), "upload_dir": self.upload_dir,
-                  "statement": f"{self.upload_dir}/{STATEMENT_FILE}"}
+                  "artifact": self.remote_artifact(target),
+                  "upload_dir": self.upload_dir(target),
+                  "statement": f"{self.upload_dir(target)}/{STATEMENT_FILE}"}
         return {k: shlex.quote(v) if v else "''" for k, v in values.items()}
 
     def _should_stop(self) -> str:
@@ -280,8 +283,10 @@ class SshExecutor(Executor):
     def _http_health(self, target) -> str:
         from deployments.health import HttpProber
 
-        endpoint = self.endpoints([target])[target.name]
-        healthy, said = HttpProber().health(endpoint)
+        url = self.settings["health_url"].format(host=self.endpoint(target).host,
+                                                 target=target.name)
+        parsed = urllib.parse.urlparse(url)
+        healthy, said = HttpProber().health((parsed.hostname, parsed.port or 80))
         if not healthy:
             raise StepFailed(f"{target.name}: {said}")
         return f"{target.name}: {said}"
@@ -318,12 +323,19 @@ class SshExecutor(Executor):
         raise AttributeError(name)
 
     def endpoints(self, targets, slot: str = "live") -> dict[str, tuple[str, int] | None]:
+        """Where each target answers HTTP (``health_url``); None where nothing answers
+        there, as for a target that runs nothing yet."""
         template = self.settings.get("health_url")
         if not template:
             return super().endpoints(targets, slot)
+        from deployments.health import HttpProber
+
+        prober = HttpProber(timeout=2.0)
         found: dict[str, tuple[str, int] | None] = {}
         for target in targets:
             url = template.format(host=self.endpoint(target).host, target=target.name)
             parsed = urllib.parse.urlparse(url)
-            found[target.name] = (parsed.hostname, parsed.port or 80)
+            endpoint = (parsed.hostname, parsed.port or 80)
+            _, said = prober.health(endpoint)
+            found[target.name] = None if "answered nothing" in said else endpoint
         return found
