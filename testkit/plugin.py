@@ -68,6 +68,10 @@ def ssh_fleet(tmp_path_factory):
     try:
         fleet = start_fleet(tmp_path_factory.mktemp("ssh-fleet"), 4, bastion=True)
     except SshdUnavailable as missing:
-        pytest.fail(str(missing), pytrace=False)
+        what_to_do = str(missing)
+    else:
+        what_to_do = ""
+    if what_to_do:
+        pytest.fail(what_to_do, pytrace=False)
     yield fleet
     fleet.stop()
