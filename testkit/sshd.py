@@ -16,8 +16,14 @@ the account cannot enter).
 
 Every process of a host (its listener, each connection's sshd, each session and what it
 left running) is stopped with the host, and only those: testkit/sshd_system.py finds them.
-The listener also dies with the process that started it (parent-death signal), and an
-``atexit`` hook stops what is left of every fleet.
+The listener also dies with the process that started it (parent-death signal: strictly,
+with the thread that started it, so start fleets and hosts from the test's main thread),
+and an ``atexit`` hook stops what is left of every fleet.
+
+Files a test writes as root are root's; ``SshHost.put_file`` and ``SshFleet.give`` hand
+them to the hosts' user, and ``SshFleet.shared_dir`` is a directory every host's user can
+read and write (a script a forced command runs, say): root's pytest directories are mode
+700, out of that user's reach.
 
 Does not import Django.
 """
@@ -141,6 +147,16 @@ class SshHost:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def put_file(self, relative: str, content: str | bytes, mode: int = 0o644) -> Path:
+        """Write a file on this host's disk (``root / relative``), owned by the host's user."""
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        path.chmod(mode)
+        for part in [path, *path.relative_to(self.root).parents]:
+            self.fleet.give(self.root / part, recursive=False)
+        return path
+
     def new_host_key(self) -> None:
         """The server was rebuilt (or is an impostor): a new host key on the same address and
         port. Restarts this sshd and waits until it listens; ``host_key_line`` and the fleet's
@@ -181,6 +197,7 @@ class SshFleet:
     account: Account = field(repr=False)
     tools: Tools = field(repr=False)
     fleet_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12], repr=False)
+    shared_dir: Path = field(default=Path(), repr=False)  # the hosts' user reads and writes it
     _served: Path = field(default=Path(), repr=False)
     _own_served: bool = field(default=False, repr=False)
 
@@ -234,18 +251,20 @@ class SshFleet:
             hosts = [hosts]
         return [h if isinstance(h, SshHost) else self.host(h) for h in hosts]
 
-    def _give(self, path: Path) -> None:
-        """Give ``path`` (and what is under it) to the account sshd runs as."""
+    def give(self, path: Path, *, recursive: bool = True) -> None:
+        """Give ``path`` (and what is under it) to the hosts' user (run by root: files the
+        test writes are root's, which a remote command may read but not change)."""
         if not self.account.as_root:
             return
-        for current in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        under = path.rglob("*") if recursive and path.is_dir() else []
+        for current in [path, *under]:
             os.chown(current, self.account.uid, self.account.gid, follow_symlinks=False)
 
     def _write(self, path: Path, text: str, mode: int) -> None:
         temporary = path.with_name(f".{path.name}.new")
         temporary.write_text(text)
         temporary.chmod(mode)
-        self._give(temporary)
+        self.give(temporary)
         os.replace(temporary, path)
 
     def _keygen(self, path: Path, comment: str) -> str:
@@ -257,8 +276,8 @@ class SshFleet:
 
     def _make_host_key(self, host: SshHost) -> None:
         public = self._keygen(host.key_path, f"{host.name}-host-key")
-        self._give(host.key_path)
-        self._give(host.key_path.with_name(host.key_path.name + ".pub"))
+        self.give(host.key_path)
+        self.give(host.key_path.with_name(host.key_path.name + ".pub"))
         kind, key = public.split()[:2]
         host.host_key_line = f"[{host.address}]:{host.port} {kind} {key}"
 
@@ -410,7 +429,9 @@ def start_fleet(base_dir: Path, n_hosts: int = 4, *, bastion: bool = True) -> Ss
     try:
         fleet.client_public_line = fleet._keygen(fleet.client_key_path, "portal-ssh-fleet")
         fleet.client_key_pem = fleet.client_key_path.read_text()
-        fleet._give(served)
+        fleet.shared_dir = served / "shared"
+        fleet.shared_dir.mkdir()
+        fleet.give(served)
         names = [(f"app-{i}", f"127.0.0.{10 + i}", False) for i in range(1, n_hosts + 1)]
         if bastion:
             names.append(("bastion", BASTION_ADDRESS, True))
@@ -436,7 +457,7 @@ def _new_host(fleet: SshFleet, served: Path, logs: Path, name: str, address: str
     host = SshHost(name=name, address=address, port=0, user=fleet.account.name, root=root,
                    host_key_line="", is_bastion=is_bastion, fleet=fleet, directory=directory,
                    log_path=logs / f"{name}.log")
-    fleet._give(directory)
+    fleet.give(directory)
     fleet._write(host.authorized_keys_path, f"{fleet.client_public_line}\n", 0o600)
     for attempt in range(5):
         # A free port of the host's own address; another process may take it before sshd

@@ -143,6 +143,29 @@ def test_a_key_with_a_forced_command_runs_only_that_command(ssh_fleet, tmp_path)
     assert forced_on.run("true").returncode == 0  # the fleet's own key still logs in
 
 
+def test_a_forced_command_runs_a_shared_script_that_changes_files_put_on_the_host(
+        ssh_fleet, tmp_path):
+    key = tmp_path / "switch_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    script = ssh_fleet.shared_dir / "switch.py"
+    script.write_text(
+        "import os, pathlib\n"
+        "version = pathlib.Path(os.environ['PORTAL_TARGET_ROOT'], 'current', 'VERSION')\n"
+        "version.write_text(os.environ['SSH_ORIGINAL_COMMAND'] + '\\n')\n"
+        "print('switched')\n")
+    ssh_fleet.give(script)
+    host = ssh_fleet.hosts[2]
+    version = host.put_file("current/VERSION", "1.0\n")
+    ssh_fleet.authorize(key.with_suffix(".pub").read_text(),
+                        f'restrict,command="/usr/bin/python3 {script}"', hosts=[host])
+
+    config = client_config(tmp_path, "switch", key.read_text(), ssh_fleet.known_hosts_text)
+    result = ssh(config, host, "2.0")
+
+    assert (result.returncode, result.stdout) == (0, "switched\n"), result.stderr
+    assert version.read_text() == "2.0\n"
+
+
 def test_sftp_puts_and_gets_files_on_a_host(ssh_fleet, tmp_path):
     host = ssh_fleet.hosts[3]
     upload = tmp_path / "release.txt"
