@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean-var browser nightly pg-account
+.PHONY: run test lint install clean-var browser sshd nightly pg-account
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -28,16 +28,23 @@ run: $(STAMP) pg-account
 	@$(PY) manage.py run
 
 # The browser tests need Chromium: scripts/ensure-browser finds or installs one,
-# or stops at once saying what to install.
+# or stops at once saying what to install. The SSH deployment tests start OpenSSH servers
+# of their own: scripts/ensure-sshd finds or installs openssh-server (and, as root, the
+# account portal-ssh they run as), or stops at once saying what to install.
 # TEST_PROCESSES: pytest-xdist processes, each with its own embedded servers and worker
 # (testkit/plugin.py); a test module stays in one process (--dist loadfile).
 TEST_PROCESSES ?= 2
 test: $(STAMP) pg-account
 	@browser="$$(scripts/ensure-browser $(PY))" || exit 1; \
-	PORTAL_CHROMIUM="$$browser" $(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
+	sshd="$$(scripts/ensure-sshd)" || exit 1; \
+	PORTAL_CHROMIUM="$$browser" PORTAL_SSHD="$$sshd" \
+	  $(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 browser:
 	@scripts/ensure-browser $(PY)
+
+sshd:
+	@scripts/ensure-sshd
 
 # Longer random searches than `make test` runs (docs/security.md).
 nightly: $(STAMP)

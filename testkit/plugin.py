@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
+
 _base = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PORTAL_VAR_DIR", str(_base / "var" / "test"))
 os.environ.setdefault("PORTAL_PG_PORT", "54339")
@@ -54,3 +56,22 @@ os.environ.setdefault("PORTAL_OUTBOUND_ALLOW", "127.0.0.1")
 # Test servers skip fsync and synchronous commit for speed (their data is thrown
 # away); `make run` and tests of durability run them durable (portal.embedded.durable).
 os.environ.setdefault("PORTAL_DURABLE", "false")
+
+
+@pytest.fixture(scope="module")
+def ssh_fleet(tmp_path_factory):
+    """Four app hosts (``app-1``...``app-4``) and a bastion: real OpenSSH servers on
+    loopback for the module's tests (testkit/sshd.py), stopped after it. No sshd on the
+    machine fails the tests with what to install: `make test` installs it (scripts/ensure-sshd)."""
+    from testkit.sshd import SshdUnavailable, start_fleet
+
+    try:
+        fleet = start_fleet(tmp_path_factory.mktemp("ssh-fleet"), 4, bastion=True)
+    except SshdUnavailable as missing:
+        what_to_do = str(missing)
+    else:
+        what_to_do = ""
+    if what_to_do:
+        pytest.fail(what_to_do, pytrace=False)
+    yield fleet
+    fleet.stop()
