@@ -126,6 +126,11 @@ class SshHost:
         return self.directory / "authorized_keys"
 
     @property
+    def pid(self) -> int | None:
+        """The listening sshd's process id, while it runs."""
+        return self._process.pid if self.running else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -351,7 +356,8 @@ def _wait_listening(host: SshHost) -> None:
             host._process = None
             tail = host.log_path.read_bytes()[host._log_offset:].decode(errors="replace")[-2000:]
             if "Address already in use" in tail:
-                raise _PortTaken(f"{host.address}:{host.port}")
+                raise _PortTaken(f"{host.name}: another process took {host.address}:"
+                                 f"{host.port} before sshd could listen there")
             raise RuntimeError(f"sshd of {host.name} exited ({process.returncode}): {tail}")
         if _listens(process.pid, host) and _answers_ssh(host):
             return
@@ -436,11 +442,7 @@ def start_fleet(base_dir: Path, n_hosts: int = 4, *, bastion: bool = True) -> Ss
         if bastion:
             names.append(("bastion", BASTION_ADDRESS, True))
         for name, address, is_bastion in names:
-            host = _new_host(fleet, served, logs, name, address, is_bastion)
-            if is_bastion:
-                fleet.bastion = host
-            else:
-                fleet.hosts.append(host)
+            _new_host(fleet, served, logs, name, address, is_bastion)
         _write_client_config(fleet)
         fleet._write_known_hosts()
     except BaseException:
@@ -457,6 +459,10 @@ def _new_host(fleet: SshFleet, served: Path, logs: Path, name: str, address: str
     host = SshHost(name=name, address=address, port=0, user=fleet.account.name, root=root,
                    host_key_line="", is_bastion=is_bastion, fleet=fleet, directory=directory,
                    log_path=logs / f"{name}.log")
+    if is_bastion:
+        fleet.bastion = host
+    else:
+        fleet.hosts.append(host)  # before it starts: a failed start_fleet stops it too
     fleet.give(directory)
     fleet._write(host.authorized_keys_path, f"{fleet.client_public_line}\n", 0o600)
     for attempt in range(5):

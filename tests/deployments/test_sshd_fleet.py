@@ -201,7 +201,7 @@ def test_stopping_a_fleet_ends_its_sessions_and_leaves_other_fleets_running(
         assert started.returncode == 0, started.stderr
         left_behind = psutil.Process(int(started.stdout))
         assert left_behind.is_running()
-        listener = host._process.pid
+        listener = host.pid
     finally:
         fleet.stop()
     for pid in (left_behind.pid, listener):
