@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(os.environ.get("PORTAL_TARGET_ROOT", "."))
-REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+# demo_fleet beside this script (a copy handed to the hosts) or in the repository.
+PYTHONPATH = f"{HERE}:{HERE.parent}"
 
 
 def _applied(line: str) -> None:
@@ -99,7 +101,7 @@ def start(name: str, host: str, port: str) -> None:
     if stop_first:
         stop()
     release = (ROOT / "current").resolve()
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": PYTHONPATH}
     subprocess.Popen([sys.executable, "-m", "demo_fleet", "--release-dir", str(release),
                       "--instance-file", str(ROOT / "instance.json"), "--name", name,
                       "--host", host, "--ports", f"{port}-{port}"],

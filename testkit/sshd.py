@@ -329,7 +329,9 @@ class SshFleet:
         account = self.account
         drop = [self.tools.setpriv]
         if account.as_root:
-            drop += ["--reuid", str(account.uid), "--regid", str(account.gid), "--clear-groups"]
+            # Its supplementary groups too: tty, so that its sshd may hand out terminals
+            # (OpenSSH gives a new terminal to the group tty; where devpts does not).
+            drop += ["--reuid", str(account.uid), "--regid", str(account.gid), "--init-groups"]
         # setpriv sets the parent-death signal after the uid change (which would clear it):
         # a test process that dies, even by SIGKILL, leaves no listener behind.
         command = [*drop, "--pdeathsig", "KILL", "--",

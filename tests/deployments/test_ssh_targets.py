@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import time
@@ -34,8 +35,8 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 REPO = Path(__file__).resolve().parents[2]
 PY = "/usr/bin/python3"
-KIT = f"{PY} {REPO}/testkit/ssh_target.py"
-VERIFIER = f"{PY} {REPO}/tools/verify_deploy.py"
+# Set by the kit fixture: the hosts' copies of their deploy script and of the verifier.
+KIT = VERIFIER = ""
 APP = "teller"
 KEY_VARIABLE = "EDGE_PRODUCTION_TELLER_SSH_KEY"
 STAGING_KEY_VARIABLE = "EDGE_STAGING_TELLER_SSH_KEY"
@@ -67,6 +68,24 @@ def portal_key():
     public = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return pem, public
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kit(ssh_fleet):
+    """What the hosts run, copied where their account can read it (the repository may lie
+    in a directory it cannot enter): the deploy script, the demo service, the verifier."""
+    global KIT, VERIFIER
+    into = Path(ssh_fleet.hosts[0].root).parent.parent / "kit"
+    if into.exists():
+        shutil.rmtree(into)
+    shutil.copytree(REPO / "demo_fleet", into / "demo_fleet",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "testkit" / "ssh_target.py", into / "ssh_target.py")
+    shutil.copy(REPO / "tools" / "verify_deploy.py", into / "verify_deploy.py")
+    for path in [into, *into.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    KIT, VERIFIER = f"{PY} {into}/ssh_target.py", f"{PY} {into}/verify_deploy.py"
+    return into
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +148,9 @@ class Edge:
             "verify": (f"cd \"$PORTAL_TARGET_ROOT\" && {VERIFIER} check --key {key} "
                        "--environment {environment} --application {application} "
                        "--statement {statement} --artifact {artifact}"),
-            "upload_dir": "inbox", "health_url": f"http://{{host}}:{http_port}",
+            # Each host's disk is <fleet>/<host>/root: its inbox is there.
+            "upload_dir": f"{Path(fleet.hosts[0].root).parent.parent}/{{target}}/root/inbox",
+            "health_url": f"http://{{host}}:{http_port}",
             "safe_to_repeat": ["stop", "start", "backup"],
             "analysis": {"enabled": True, "samples": 10}, **app_settings})
         self.targets = [Target.objects.create(
@@ -220,7 +241,7 @@ def test_a_canary_over_ssh_through_the_bastion_reaches_every_host(edge, ssh_flee
         assert state["applied"].count("deploy 1.1.0") == 1
     log = teller.log(canary)
     # Remote output streams into the live log, host by host; the verifier ran first.
-    assert "web-1: current -> releases/1.1.0" in log
+    assert f"{ssh_fleet.hosts[0].name}: current -> releases/1.1.0" in log
     assert "OK: deployment" in log and "approved by techlead (tech_lead)" in log
     assert "artifact delivered, SHA-256 checked there" in log
     phases = list(canary.steps.filter(name="analysis").values_list("phase", flat=True))
@@ -240,42 +261,41 @@ def test_a_canary_that_fails_its_analysis_rolls_back_over_the_same_channel(edge,
     # Only the canary host ever ran the bad version; the target's verifier took the
     # rollback, which no change released, because the portal signed it as one.
     assert [h.name for h in ssh_fleet.hosts if "deploy 1.1.0" in _host_state(h)["applied"]] \
-        == ["web-1"]
+        == [ssh_fleet.hosts[0].name]
     assert "a rollback ordered by" in teller.log(rollback)
 
 
 def test_a_changed_host_key_stops_the_deployment_before_anything_is_sent(edge, ssh_fleet):
     teller = edge()
     victim = ssh_fleet.hosts[2]
-    victim.new_host_key()
-    try:
-        failed = teller.deploy("1.0.0")
-        assert failed.status == "failed"
-        assert "has CHANGED" in failed.failure_reason and victim.name in failed.failure_reason
-        refused = AuditEvent.objects.get(action="deployment.host_key_refused")
-        assert refused.after["target"] == victim.name
-        assert refused.after["offered"] != refused.after["pinned"][0]
-        # Refused in the pre-deployment step: no host stopped or switched.
-        assert all(_host_state(h)["applied"] == [] for h in ssh_fleet.hosts)
-        assert not list((Path(victim.root) / "inbox").glob("*.json"))
-    finally:
-        victim.restore_host_key()
+    victim.new_host_key()  # rebuilt, or someone in the middle: it stays so afterwards
+    failed = teller.deploy("1.0.0")
+    assert failed.status == "failed"
+    assert "has CHANGED" in failed.failure_reason and victim.name in failed.failure_reason
+    refused = AuditEvent.objects.get(action="deployment.host_key_refused")
+    assert refused.after["target"] == victim.name
+    assert refused.after["offered"] not in refused.after["pinned"]
+    # Refused in the pre-deployment step: no host stopped or switched anything.
+    assert all(_host_state(h)["applied"] == [] for h in ssh_fleet.hosts)
 
 
-def test_a_worker_killed_mid_step_over_ssh_does_not_run_that_step_twice(edge, ssh_fleet):
-    teller = edge(commands={
-        "deploy": f"{KIT} deploy {{artifact}} {{version}} --hold",
-        "start": f"{KIT} start {{target}} {{host}} 0"}, analysis={"enabled": False})
+def test_a_worker_killed_mid_step_over_ssh_does_not_run_that_step_twice(
+        edge, ssh_fleet, edge_worker):
+    teller = edge(commands={"deploy": f"{KIT} deploy {{artifact}} {{version}} --hold"},
+                  analysis={"enabled": False})
     host = ssh_fleet.hosts[0]
     (Path(host.root) / "release-hold").write_text("held by the test\n")
     deployment = teller.start("1.0.0")
     wait_for(lambda: "deploy-begin 1.0.0" in _host_state(host)["applied"], timeout=60)
-    pool_child = psutil.Process(teller_worker_pid()).children()[0]
+    pool_child = psutil.Process(edge_worker.pid).children()[0]
     os.kill(pool_child.pid, signal.SIGKILL)
     # The remote deploy script hangs up with the worker's connection; the run resumes on
     # the worker's new pool process and stops at the step that is not safe to repeat.
     done = teller.wait(deployment, timeout=120)
     assert done.status == "needs_attention", done.failure_reason
+    # The remote script died with the connection: nothing of it runs any more, so
+    # lifting the hold cannot let it switch behind the portal's back.
+    wait_for(lambda: not _remote_deploys(), timeout=60)
     (Path(host.root) / "release-hold").unlink()
     state = _host_state(host)
     assert state["applied"].count("deploy-begin 1.0.0") == 1
@@ -284,23 +304,21 @@ def test_a_worker_killed_mid_step_over_ssh_does_not_run_that_step_twice(edge, ss
     assert step.name == "deploy" and step.target.name == host.name
 
 
-def teller_worker_pid() -> int:
-    for proc in psutil.process_iter(["cmdline"]):
-        if any("edge-production-" in part for part in proc.info["cmdline"] or []):
-            if proc.children():
-                return proc.pid
-    raise AssertionError("the edge-production worker is not running")
+def _remote_deploys() -> list:
+    return [p for p in psutil.process_iter(["cmdline"])
+            if "ssh_target.py" in " ".join(p.info["cmdline"] or [])
+            and "--hold" in (p.info["cmdline"] or [])]
 
 
 def test_forced_command_targets_refuse_a_deployment_no_change_approved(
         edge, ssh_fleet, portal_key):
     teller = edge(forced=True)
     for host in ssh_fleet.hosts:
-        ssh_fleet.authorize(
-            ssh_fleet.client_public_line, hosts=[host], replace=True,
-            options=f'restrict,pty,command="{VERIFIER} wrap --key {host.root}/portal.pub '
-                    f'--environment edge-production --application {APP} '
-                    f'--inbox {host.root}/inbox"')
+        # The portal's key may do nothing on the host but what the verifier lets through.
+        Path(host.authorized_keys_path).write_text(
+            f'restrict,pty,command="{VERIFIER} wrap --key {host.root}/portal.pub '
+            f'--environment edge-production --application {APP} --inbox {host.root}/inbox" '
+            f"{ssh_fleet.client_public_line}\n")
     approved = teller.deploy("1.0.0")
     assert approved.status == "succeeded", approved.failure_reason + teller.log(approved)
     assert teller.served() == {h.name: "1.0.0" for h in ssh_fleet.hosts}
@@ -315,7 +333,7 @@ def test_forced_command_targets_refuse_a_deployment_no_change_approved(
 
 
 def test_the_verifier_on_a_host_refuses_expired_and_unapproved_statements(
-        edge, ssh_fleet, portal_key):
+        edge, ssh_fleet, portal_key, monkeypatch):
     from datetime import timedelta
 
     from core import clock
@@ -323,8 +341,11 @@ def test_the_verifier_on_a_host_refuses_expired_and_unapproved_statements(
 
     teller = edge()
     host = ssh_fleet.hosts[1]
-    deployment = teller.start("1.0.0", approved=False, dry_run=False)
-    Deployment.objects.filter(pk=deployment.pk).update(status="cancelled")
+    release = Release.objects.create(application=teller.app, version="2.0.0",
+                                     created_by=teller.demo.engineer)
+    # Never saved, so no worker runs it: only its statement goes to the host.
+    deployment = Deployment(pk=990001, application=teller.app, environment=teller.environment,
+                            release=release, inputs={})
 
     def check(wire) -> str:
         (Path(host.root) / "statement.json").write_bytes(statements.statement_bytes(wire))
@@ -332,20 +353,17 @@ def test_the_verifier_on_a_host_refuses_expired_and_unapproved_statements(
                           "--environment edge-production --statement statement.json")
         return answer.stdout + answer.stderr
 
-    os.environ["PORTAL_AUDIT_SIGNING_KEY"] = portal_key[0]
-    try:
-        unapproved = check(statements.statement_sign(deployment))
-        deployment.inputs = {**deployment.inputs, "approval": {
-            "change_id": 1, "change": "CR-1", "fingerprint": "a" * 64, "gates": ["cab"],
-            "approvers": [{"user": "cab", "gate": "cab"}]}}
-        expired = check(statements.statement_sign(
-            deployment, now=clock.now() - timedelta(hours=3)))
-        fresh = check(statements.statement_sign(deployment))
-    finally:
-        del os.environ["PORTAL_AUDIT_SIGNING_KEY"]
+    monkeypatch.setenv("PORTAL_AUDIT_SIGNING_KEY", portal_key[0])
+    unapproved = check(statements.statement_sign(deployment))
+    deployment.inputs = {"approval": {
+        "change_id": 1, "change": "CR-1", "fingerprint": "a" * 64, "gates": ["cab"],
+        "approvers": [{"user": "cab", "gate": "cab"}]}}
+    expired = check(statements.statement_sign(deployment,
+                                              now=clock.now() - timedelta(hours=3)))
+    fresh = check(statements.statement_sign(deployment))
     assert unapproved.startswith("FAILED:") and "approved change" in unapproved
     assert expired.startswith("FAILED:") and "expired" in expired
-    assert fresh.startswith("OK:") or "artifact" in fresh
+    assert fresh.startswith("OK:") and "approved by cab (cab)" in fresh
 
 
 def test_secrets_streamed_from_a_host_are_masked_in_the_log(edge, ssh_fleet):
@@ -364,40 +382,35 @@ def test_secrets_streamed_from_a_host_are_masked_in_the_log(edge, ssh_fleet):
     assert pem_body not in log
 
 
-def test_a_staging_worker_never_holds_the_production_key(
-        edge, ssh_fleet, django_db_blocker, portal_key):
+def test_a_staging_worker_never_holds_the_production_key(edge, ssh_fleet, portal_key):
     from deployments.services import deploy_queue
 
     teller = edge()
+    # Staging's settings name production's key: the secret policy refuses it.
     staging = Environment.objects.create(
         slug="edge-staging", name="Edge staging", order=9,
-        deploy_settings={"ssh": {"client_key": "${env:" + KEY_VARIABLE + "}"}})
+        deploy_settings={"ssh": {"client_key": "${env:" + KEY_VARIABLE + "}",
+                                 "jump_host": teller.environment.deploy_settings["ssh"][
+                                     "jump_host"]}})
+    Target.objects.create(application=teller.app, environment=staging,
+                          name=ssh_fleet.hosts[0].name, address=teller.targets[0].address)
     proc, _ = start_celery_worker(
         queues=deploy_queue("edge-staging"), name="edge-staging",
-        extra_env={STAGING_KEY_VARIABLE: "staging-only-key", "PORTAL_OUTBOUND_ALLOW":
-                   "127.0.0.0/8", "PORTAL_AUDIT_SIGNING_KEY": portal_key[0]})
+        extra_env={STAGING_KEY_VARIABLE: "staging-only-key",
+                   "PORTAL_OUTBOUND_ALLOW": "127.0.0.0/8",
+                   "PORTAL_AUDIT_SIGNING_KEY": portal_key[0]})
     try:
         environ = psutil.Process(proc.pid).environ()
         assert KEY_VARIABLE not in environ and STAGING_KEY_VARIABLE in environ
-        # Staging naming production's key is refused by the secret policy...
-        Target.objects.create(application=teller.app, environment=staging, name="web-1",
-                              address=teller.targets[0].address)
         with transaction.atomic():
-            release = teller.release("1.0.0")
-            borrowed = services.deployment_create(actor=teller.demo.oncall, release=release,
-                                                  environment=staging)
+            borrowed = services.deployment_create(
+                actor=teller.demo.oncall, release=teller.release("1.0.0"),
+                environment=staging)
         borrowed = teller.wait(borrowed, timeout=90)
-        assert borrowed.status == "failed"
-        assert "belongs to the environment edge-production" in borrowed.failure_reason
-        # ...and a production deployment that reached the staging worker finds no key.
-        production = teller.start("1.0.0")
-        Deployment.objects.filter(pk=production.pk).update(status="cancelled")
-        from celery import current_app
-
-        stray = teller.start("1.0.0")
-        current_app.send_task("deployments.tasks.deployment_execute", args=[stray.pk],
-                              queue=deploy_queue("edge-staging"))
-        stray = teller.wait(stray, timeout=90)
-        assert stray.status in ("failed", "succeeded")
     finally:
         stop_celery_worker(proc)
+    assert borrowed.status == "failed"
+    assert "belongs to the environment edge-production" in borrowed.failure_reason
+    assert _host_state(ssh_fleet.hosts[0])["applied"] == []
+    # Production's own worker holds it, and deploys with it.
+    assert teller.deploy("1.0.0").status == "succeeded"
