@@ -41,6 +41,7 @@ import urllib.parse
 from pathlib import Path
 
 from django.conf import settings as django_settings
+from django.db import transaction
 from django.utils.module_loading import import_string
 
 from audit.trail import System, audit_record
@@ -154,12 +155,13 @@ class SshExecutor(Executor):
                               timeout=float(self.ssh.get("connect_timeout", 15)))
         except HostKeyRefused as exc:
             d = self.deployment
-            audit_record(actor=System(f"ssh executor, deployment #{d.pk}"),
-                         action="deployment.host_key_refused", obj=d,
-                         environment=d.environment.slug,
-                         after={"host": exc.host, "offered": exc.offered,
-                                "pinned": exc.pinned, "target": target.name},
-                         reason=str(exc))
+            with transaction.atomic():
+                audit_record(actor=System(f"ssh executor, deployment #{d.pk}"),
+                             action="deployment.host_key_refused", obj=d,
+                             environment=d.environment.slug,
+                             after={"host": exc.host, "offered": exc.offered,
+                                    "pinned": exc.pinned, "target": target.name},
+                             reason=str(exc))
             raise StepFailed(f"{target.name}: {exc}") from None
         except ChannelError as exc:
             raise StepFailed(f"{target.name}: {exc}") from None

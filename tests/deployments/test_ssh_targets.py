@@ -139,11 +139,12 @@ class Edge:
         key = '"$PORTAL_TARGET_ROOT/portal.pub"'
         self.app = Application.objects.create(slug=APP, name="Teller", executor="ssh",
                                               executor_settings={
-            "commands": commands or {
+            "commands": {
                 "backup": f"{KIT} backup",
                 "stop": f"{KIT} stop",
                 "deploy": f"{KIT} deploy {{artifact}} {{version}}",
                 "start": f"{KIT} start {{target}} {{host}} {http_port}",
+                **(commands or {}),
             },
             "verify": (f"cd \"$PORTAL_TARGET_ROOT\" && {VERIFIER} check --key {key} "
                        "--environment {environment} --application {application} "
