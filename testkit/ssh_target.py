@@ -13,6 +13,12 @@ python3 and only the standard library; the host's disk is $PORTAL_TARGET_ROOT::
     ssh_target.py stop                               stop the service
     ssh_target.py start NAME HOST PORT               start the service of current
     ssh_target.py backup                             record what current is
+    ssh_target.py deploy-idle ARTIFACT VERSION NAME HOST PORT
+                                                     blue-green: install the release and
+                                                     run it beside the live one, on PORT
+    ssh_target.py check HOST PORT VERSION            the service on PORT serves VERSION
+    ssh_target.py switch NAME HOST PORT              current -> the idle release, served
+                                                     on the live PORT; the idle one stays
 
 With ``--hold`` the deploy writes "deploy-begin <version>" to applied.log, then waits
 for a file named ``release-hold`` to disappear from the root before it switches: a test
@@ -43,13 +49,32 @@ def _applied(line: str) -> None:
         os.fsync(fh.fileno())
 
 
-def _instance() -> dict | None:
+def _instance(file: str = "instance.json") -> dict | None:
     try:
-        info = json.loads((ROOT / "instance.json").read_text())
+        info = json.loads((ROOT / file).read_text())
         os.kill(int(info["pid"]), 0)
         return info
     except (OSError, ValueError, KeyError):
         return None
+
+
+def install(artifact: str, version: str) -> Path:
+    release = ROOT / "releases" / version
+    release.mkdir(parents=True, exist_ok=True)
+    if artifact and not os.path.isabs(artifact):
+        artifact = str(ROOT / artifact)  # the portal's upload_dir, relative to this host
+    if artifact:
+        shutil.copyfile(artifact, release / Path(artifact).name)
+    (release / "VERSION").write_text(version + "\n")
+    return release
+
+
+def _point(link_name: str, version: str) -> None:
+    link = ROOT / f"{link_name}.tmp"
+    if link.is_symlink():
+        link.unlink()
+    os.symlink(Path("releases") / version, link)
+    os.replace(link, ROOT / link_name)
 
 
 def deploy(artifact: str, version: str, hold: bool) -> None:
@@ -59,25 +84,15 @@ def deploy(artifact: str, version: str, hold: bool) -> None:
         deadline = time.monotonic() + 120
         while (ROOT / "release-hold").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-    release = ROOT / "releases" / version
-    release.mkdir(parents=True, exist_ok=True)
-    if artifact and not os.path.isabs(artifact):
-        artifact = str(ROOT / artifact)  # the portal's upload_dir, relative to this host
-    if artifact:
-        shutil.copyfile(artifact, release / Path(artifact).name)
-    (release / "VERSION").write_text(version + "\n")
-    link = ROOT / "current.tmp"
-    if link.is_symlink():
-        link.unlink()
-    os.symlink(Path("releases") / version, link)
-    os.replace(link, ROOT / "current")
+    install(artifact, version)
+    _point("current", version)
     _applied(f"deploy {version}")
     print(f"current -> releases/{version}")
 
 
-def stop() -> None:
-    info = _instance()
-    (ROOT / "instance.json").unlink(missing_ok=True)
+def stop(file: str = "instance.json") -> None:
+    info = _instance(file)
+    (ROOT / file).unlink(missing_ok=True)
     if info:
         try:
             os.kill(int(info["pid"]), signal.SIGTERM)
@@ -96,26 +111,49 @@ def stop() -> None:
         print("nothing was running")
 
 
-def start(name: str, host: str, port: str) -> None:
-    stop_first = _instance()
-    if stop_first:
-        stop()
-    release = (ROOT / "current").resolve()
+def start(name: str, host: str, port: str, *, link: str = "current",
+          file: str = "instance.json") -> None:
+    if _instance(file):
+        stop(file)
+    release = (ROOT / link).resolve()
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": PYTHONPATH}
     subprocess.Popen([sys.executable, "-m", "demo_fleet", "--release-dir", str(release),
-                      "--instance-file", str(ROOT / "instance.json"), "--name", name,
+                      "--instance-file", str(ROOT / file), "--name", name,
                       "--host", host, "--ports", f"{port}-{port}"],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True, env=env, cwd=ROOT)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        info = _instance()
+        info = _instance(file)
         if info and Path(info.get("release_dir", "")) == release:
             _applied(f"start {info['version']}")
             print(f"{name} serves {info['version']} on {host}:{port}")
             return
         time.sleep(0.05)
     sys.exit(f"the service of {name} did not start")
+
+
+def deploy_idle(artifact: str, version: str, name: str, host: str, port: str) -> None:
+    install(artifact, version)
+    _point("idle", version)
+    start(name, host, port, link="idle", file="instance-idle.json")
+
+
+def check(host: str, port: str, version: str) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=5) as answer:
+        said = json.load(answer)
+    if said.get("version") != version:
+        sys.exit(f"{host}:{port} serves {said.get('version')}, not {version}")
+    print(f"{host}:{port} serves {version}: {said.get('status')}")
+
+
+def switch(name: str, host: str, port: str) -> None:
+    version = Path(os.readlink(ROOT / "idle")).name
+    _point("current", version)
+    start(name, host, port)
+    _applied(f"switch {version}")
 
 
 def backup() -> None:
@@ -137,6 +175,12 @@ def main(argv: list[str]) -> None:
         start(*args[:3])
     elif command == "backup":
         backup()
+    elif command == "deploy-idle":
+        deploy_idle(*args[:5])
+    elif command == "check":
+        check(*args[:3])
+    elif command == "switch":
+        switch(*args[:3])
     else:
         sys.exit(__doc__)
 

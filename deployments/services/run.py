@@ -326,7 +326,9 @@ def _run_step(deployment: Deployment, step: DeploymentStep, steps: list, executo
     except StepFailed as exc:
         said = state.mask(str(exc))
         log("error", f"{step.title} failed: {said}")
-        if step.name in HEALTH_STEPS and deployment.kind == Deployment.Kind.DEPLOY:
+        if step.name in HEALTH_STEPS and deployment.kind == Deployment.Kind.DEPLOY \
+                and not Deployment.objects.filter(pk=deployment.pk,
+                                                  status=Deployment.Status.STOPPING).exists():
             return _roll_back_automatically(
                 deployment, step, f"health check failing: {said}", log)
         return _fail(deployment, step, said)
@@ -411,6 +413,13 @@ def _fail(deployment: Deployment, step: DeploymentStep | None, reason: str) -> s
             )
         locked = (Deployment.objects.select_for_update(of=("self",))
                   .select_related("environment").get(pk=deployment.pk))
+        if locked.status == Deployment.Status.STOPPING:
+            # Cancelled while the step ran, and the step ended for it (an executor that
+            # ends a remote command when its deployment is being stopped): cancelled.
+            deployment_finish(deployment=locked, status=Deployment.Status.CANCELLED,
+                              reason=locked.failure_reason or "cancelled",
+                              actor=System(f"worker stopping deployment #{locked.pk}"))
+            return Deployment.Status.CANCELLED
         if not locked.is_final:
             deployment_finish(deployment=locked, status=Deployment.Status.FAILED, reason=reason)
     return Deployment.Status.FAILED

@@ -221,7 +221,8 @@ def edge(demo, ssh_fleet, tmp_path, http_port, portal_key, edge_worker):
     ssh_fleet.reset_authorized()
     for host in ssh_fleet.hosts:
         host.run(f"{KIT} stop")
-        for name in ("applied.log", "current", "instance.json", "backup.txt", "release-hold"):
+        for name in ("applied.log", "current", "idle", "instance.json", "instance-idle.json",
+                     "backup.txt", "release-hold"):
             path = Path(host.root) / name
             if path.is_symlink() or path.exists():
                 path.unlink()
@@ -264,6 +265,54 @@ def test_a_canary_that_fails_its_analysis_rolls_back_over_the_same_channel(edge,
     assert [h.name for h in ssh_fleet.hosts if "deploy 1.1.0" in _host_state(h)["applied"]] \
         == [ssh_fleet.hosts[0].name]
     assert "a rollback ordered by" in teller.log(rollback)
+
+
+def test_rolling_in_batches_then_blue_green_over_ssh(edge, ssh_fleet, http_port):
+    idle_port = _free_port_on([h.address for h in ssh_fleet.hosts])
+    teller = edge(batch_size=2, commands={
+        "deploy_idle": f"{KIT} deploy-idle {{artifact}} {{version}} {{target}} {{host}} "
+                       f"{idle_port}",
+        "health_check_idle": f"{KIT} check {{host}} {idle_port} {{version}}",
+        "switch": f"{KIT} switch {{target}} {{host}} {http_port}"})
+    rolling = teller.deploy("1.0.0", "rolling")
+    assert rolling.status == "succeeded", rolling.failure_reason + teller.log(rolling)
+    phases = sorted(set(rolling.steps.exclude(phase="").exclude(name="analysis")
+                        .values_list("phase", flat=True)))
+    assert phases == ["batch 1 of 2", "batch 2 of 2"]
+    green = teller.deploy("1.1.0", "blue_green")
+    assert green.status == "succeeded", green.failure_reason + teller.log(green)
+    assert teller.served() == {h.name: "1.1.0" for h in ssh_fleet.hosts}
+    for host in ssh_fleet.hosts:
+        applied = _host_state(host)["applied"]
+        # The new version ran beside the old one before traffic moved to it.
+        assert applied.index("start 1.1.0") < applied.index("switch 1.1.0")
+    assert "analysis" in green.steps.values_list("name", flat=True)
+
+
+def test_a_timeout_and_a_cancel_end_the_remote_command(edge, ssh_fleet):
+    from audit.trail import System
+    from deployments.services import deployment_cancel
+
+    teller = edge(commands={"deploy": f"{KIT} deploy {{artifact}} {{version}} --hold"},
+                  analysis={"enabled": False}, timeout=3)
+    host = ssh_fleet.hosts[0]
+    (Path(host.root) / "release-hold").write_text("held by the test\n")
+    timed_out = teller.deploy("1.0.0")
+    assert timed_out.status == "failed"
+    assert "timed out after 3 s; the remote command was ended" in timed_out.failure_reason
+    wait_for(lambda: not _remote_deploys(), timeout=30)
+
+    teller.app.executor_settings = {**teller.app.executor_settings, "timeout": 600}
+    teller.app.save()
+    running = teller.start("1.0.1")
+    wait_for(lambda: "deploy-begin 1.0.1" in _host_state(host)["applied"], timeout=60)
+    deployment_cancel(actor=System("test"), deployment=running, reason="wrong window")
+    cancelled = teller.wait(running, timeout=60)
+    assert cancelled.status == "cancelled" and cancelled.failure_reason == "wrong window"
+    assert "the deployment was cancelled; the remote command was ended" in teller.log(cancelled)
+    wait_for(lambda: not _remote_deploys(), timeout=30)
+    (Path(host.root) / "release-hold").unlink()
+    assert not any(line.startswith("deploy ") for line in _host_state(host)["applied"])
 
 
 def test_a_changed_host_key_stops_the_deployment_before_anything_is_sent(edge, ssh_fleet):
