@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -29,6 +27,7 @@ from catalog import services as catalog
 from catalog.models import Application, Environment, Release, Target
 from deployments import services
 from deployments.models import Deployment
+from testkit.ssh_kit import free_port_on, install_kit, standard_commands
 from tests.conftest import start_celery_worker, stop_celery_worker, wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -41,22 +40,6 @@ APP = "teller"
 KEY_VARIABLE = "EDGE_PRODUCTION_TELLER_SSH_KEY"
 STAGING_KEY_VARIABLE = "EDGE_STAGING_TELLER_SSH_KEY"
 CONFIG_TOKEN = "tok-edge-9Lm2Qx7Vb"
-
-
-def _free_port_on(addresses: list[str]) -> int:
-    """A port free on every host's address (each demo service listens on its own host)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind((addresses[0], 0))
-            port = probe.getsockname()[1]
-        try:
-            for address in addresses[1:]:
-                with socket.socket() as other:
-                    other.bind((address, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no port free on every host")
 
 
 @pytest.fixture(scope="module")
@@ -72,25 +55,15 @@ def portal_key():
 
 @pytest.fixture(scope="module", autouse=True)
 def kit(ssh_fleet):
-    """What the hosts run, copied where their account can read it (the repository may lie
-    in a directory it cannot enter): the deploy script, the demo service, the verifier."""
+    """What the hosts run, copied where their account can read it (testkit/ssh_kit.py)."""
     global KIT, VERIFIER
-    into = Path(ssh_fleet.hosts[0].root).parent.parent / "kit"
-    if into.exists():
-        shutil.rmtree(into)
-    shutil.copytree(REPO / "demo_fleet", into / "demo_fleet",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "testkit" / "ssh_target.py", into / "ssh_target.py")
-    shutil.copy(REPO / "tools" / "verify_deploy.py", into / "verify_deploy.py")
-    for path in [into, *into.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    KIT, VERIFIER = f"{PY} {into}/ssh_target.py", f"{PY} {into}/verify_deploy.py"
-    return into
+    KIT, VERIFIER = install_kit(ssh_fleet)
+    return KIT
 
 
 @pytest.fixture(scope="module")
 def http_port(ssh_fleet):
-    return _free_port_on([h.address for h in ssh_fleet.hosts])
+    return free_port_on([h.address for h in ssh_fleet.hosts])
 
 
 @pytest.fixture(scope="module")
@@ -139,13 +112,7 @@ class Edge:
         key = '"$PORTAL_TARGET_ROOT/portal.pub"'
         self.app = Application.objects.create(slug=APP, name="Teller", executor="ssh",
                                               executor_settings={
-            "commands": {
-                "backup": f"{KIT} backup",
-                "stop": f"{KIT} stop",
-                "deploy": f"{KIT} deploy {{artifact}} {{version}}",
-                "start": f"{KIT} start {{target}} {{host}} {http_port}",
-                **(commands or {}),
-            },
+            "commands": {**standard_commands(KIT, http_port), **(commands or {})},
             "verify": (f"cd \"$PORTAL_TARGET_ROOT\" && {VERIFIER} check --key {key} "
                        "--environment {environment} --application {application} "
                        "--statement {statement} --artifact {artifact}"),
@@ -268,7 +235,7 @@ def test_a_canary_that_fails_its_analysis_rolls_back_over_the_same_channel(edge,
 
 
 def test_rolling_in_batches_then_blue_green_over_ssh(edge, ssh_fleet, http_port):
-    idle_port = _free_port_on([h.address for h in ssh_fleet.hosts])
+    idle_port = free_port_on([h.address for h in ssh_fleet.hosts])
     teller = edge(batch_size=2, commands={
         "deploy_idle": f"{KIT} deploy-idle {{artifact}} {{version}} {{target}} {{host}} "
                        f"{idle_port}",
@@ -430,6 +397,11 @@ def test_secrets_streamed_from_a_host_are_masked_in_the_log(edge, ssh_fleet):
     assert "API_TOKEN=***" in log and CONFIG_TOKEN not in log
     pem_body = ssh_fleet.client_key_pem.splitlines()[1]
     assert pem_body not in log
+    # The client key lived in the worker's memory only: nothing it wrote holds it.
+    from django.conf import settings
+
+    written = [p for p in Path(settings.PORTAL_DEPLOY_ROOT).rglob("*") if p.is_file()]
+    assert written and not [p for p in written if pem_body.encode() in p.read_bytes()]
 
 
 def test_a_staging_worker_never_holds_the_production_key(edge, ssh_fleet, portal_key):
