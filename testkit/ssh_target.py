@@ -49,11 +49,18 @@ def _applied(line: str) -> None:
         os.fsync(fh.fileno())
 
 
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for whoever adopted it to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _instance(file: str = "instance.json") -> dict | None:
     try:
         info = json.loads((ROOT / file).read_text())
-        os.kill(int(info["pid"]), 0)
-        return info
+        return info if _alive(int(info["pid"])) else None
     except (OSError, ValueError, KeyError):
         return None
 
@@ -99,11 +106,7 @@ def stop(file: str = "instance.json") -> None:
         except OSError:
             pass
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(int(info["pid"]), 0)
-            except OSError:
-                break
+        while time.monotonic() < deadline and _alive(int(info["pid"])):
             time.sleep(0.05)
         _applied(f"stop {info.get('version')}")
         print(f"stopped {info.get('version')}")

@@ -128,6 +128,9 @@ class Executor:
         # values are masked in every log line, step detail and reason.
         self.secrets: set = set()
 
+    def close(self) -> None:
+        """The run is over: let go of what was kept open for it (connections)."""
+
     def configuration_environment(self) -> dict[str, str]:
         """The configuration for the deployed process's environment, never for a file or log."""
         if not self.configuration:

@@ -82,6 +82,9 @@ class SshExecutor(Executor):
         self._wire_until = 0.0
         self._delivered: set[str] = set()  # targets holding this run's statement
         self._local_artifact: Path | None = None
+        # One session per target for the whole run (through the bastion): a step does
+        # not pay two SSH handshakes. A session that broke is opened again.
+        self._sessions: dict[str, Connection] = {}
 
     # --- settings ---------------------------------------------------------------------
 
@@ -165,6 +168,20 @@ class SshExecutor(Executor):
             raise StepFailed(f"{target.name}: {exc}") from None
         except ChannelError as exc:
             raise StepFailed(f"{target.name}: {exc}") from None
+
+    def session(self, target) -> Connection:
+        kept = self._sessions.get(target.name)
+        if kept is not None and kept.alive():
+            return kept
+        if kept is not None:
+            kept.close()
+        self._sessions[target.name] = self.connect(target)
+        return self._sessions[target.name]
+
+    def close(self) -> None:
+        for kept in self._sessions.values():
+            kept.close()
+        self._sessions.clear()
 
     # --- the artifact and the statement -----------------------------------------------
 
@@ -270,16 +287,13 @@ class SshExecutor(Executor):
         template = self.settings.get("commands", {}).get(step_name)
         details = []
         for each in self._targets_for(target):
-            conn = self.connect(each)
-            try:
-                self.deliver(conn, each, artifact=False)
-                if template:
-                    last = self._command(conn, each, step_name, template)
-                    details.append(f"{each.name}: {last[:200] or 'done'}")
-                elif step_name in HEALTH_STEPS:
-                    details.append(self._http_health(each))
-            finally:
-                conn.close()
+            conn = self.session(each)
+            self.deliver(conn, each, artifact=False)
+            if template:
+                last = self._command(conn, each, step_name, template)
+                details.append(f"{each.name}: {last[:200] or 'done'}")
+            elif step_name in HEALTH_STEPS:
+                details.append(self._http_health(each))
         return "; ".join(details) or f"{step_name} done"
 
     def _http_health(self, target) -> str:
@@ -307,13 +321,10 @@ class SshExecutor(Executor):
         template = self.settings.get("commands", {}).get("pre_health_check")
         targets = deployment_targets(self.deployment)
         for each in targets:
-            conn = self.connect(each)
-            try:
-                self.deliver(conn, each, artifact=True)
-                if template:
-                    self._command(conn, each, "pre_health_check", template)
-            finally:
-                conn.close()
+            conn = self.session(each)
+            self.deliver(conn, each, artifact=True)
+            if template:
+                self._command(conn, each, "pre_health_check", template)
         release = self.deployment.release
         what = (f"artifact (SHA-256 {release.artifact_sha256[:12]}…) and statement"
                 if release.artifact_url else "statement")

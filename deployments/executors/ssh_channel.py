@@ -177,6 +177,10 @@ class Connection:
             self.close()
             raise
 
+    def alive(self) -> bool:
+        transport = self.client.get_transport() if getattr(self, "client", None) else None
+        return bool(transport and transport.is_active())
+
     def close(self) -> None:
         for client in (getattr(self, "client", None), self._jump_client):
             if client is not None:

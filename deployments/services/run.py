@@ -230,13 +230,16 @@ def _run_locked(deployment_id: int) -> str | None:
     steps = list(deployment.steps.select_related("target").order_by("position"))
     deployment_inputs.pin_targets(deployment, steps)
     _log_start(deployment, log)
-    for step in steps:
-        if step.status in (DeploymentStep.Status.SUCCEEDED, DeploymentStep.Status.SKIPPED):
-            continue
-        outcome = _run_step(deployment, step, steps, executor, state, log)
-        if outcome is not _NEXT_STEP:
-            return outcome
-    return _end_run(deployment, log)
+    try:
+        for step in steps:
+            if step.status in (DeploymentStep.Status.SUCCEEDED, DeploymentStep.Status.SKIPPED):
+                continue
+            outcome = _run_step(deployment, step, steps, executor, state, log)
+            if outcome is not _NEXT_STEP:
+                return outcome
+        return _end_run(deployment, log)
+    finally:
+        executor.close()  # what it kept open for the run (the ssh executor's sessions)
 
 
 def _wait_for_rolled_back_run(deployment: Deployment, log) -> None:
