@@ -46,7 +46,6 @@ def _deploy(user, env, app, version: str, strategy: str, into: Path) -> float:
     from django.db import transaction
 
     from deployments import services
-    from deployments.models import Deployment
 
     release = _release(app, user, version, into)
     with transaction.atomic():
