@@ -216,15 +216,20 @@ def check_url(url: str, *, resolve: bool = True) -> list[tuple]:
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
     except ValueError:
         raise DestinationRefused("the URL's port is not a number from 1 to 65535") from None
-    names = _allow_entries().names
+    return _checked(host, port, resolve=resolve, verb="called")
+
+
+def _checked(host: str, port: int, *, resolve: bool, verb: str) -> list[tuple]:
+    """The rules above for ``host`` on ``port``: the checked socket addresses, or
+    ``DestinationRefused`` saying that the host may not be ``verb``."""
     literal = _host_literal(host)
     if literal is not None:
         reason = address_refusal(literal, host, port)
         if reason:
-            raise DestinationRefused(f"{host} may not be called: {reason}")
-    elif not _port_in(names.get(host, []), port) and (
+            raise DestinationRefused(f"{host} may not be {verb}: {reason}")
+    elif not _port_in(_allow_entries().names.get(host, []), port) and (
             host == "localhost" or host.endswith(".localhost") or host in METADATA_HOSTS):
-        raise DestinationRefused(f"{host} may not be called: it names this machine or a "
+        raise DestinationRefused(f"{host} may not be {verb}: it names this machine or a "
                                  "metadata service")
     if not resolve:
         return []
@@ -236,12 +241,9 @@ def check_url(url: str, *, resolve: bool = True) -> list[tuple]:
     for family, _, _, _, sockaddr in infos:
         reason = address_refusal(sockaddr[0], host, port)
         if reason:
-            raise DestinationRefused(f"{host} may not be called: {reason}")
+            raise DestinationRefused(f"{host} may not be {verb}: {reason}")
         checked.append((family, sockaddr))
     return checked
-
-
-# --- connections to the checked address ------------------------------------------------
 
 
 def check_host(host: str, port: int, *, resolve: bool = True) -> list[tuple]:
@@ -254,28 +256,10 @@ def check_host(host: str, port: int, *, resolve: bool = True) -> list[tuple]:
         raise DestinationRefused("no host is named")
     if not 1 <= int(port) <= 65535:
         raise DestinationRefused("the port is not a number from 1 to 65535")
-    literal = _host_literal(host)
-    if literal is not None:
-        reason = address_refusal(literal, host, port)
-        if reason:
-            raise DestinationRefused(f"{host} may not be reached: {reason}")
-    elif not _port_in(_allow_entries().names.get(host, []), port) and (
-            host == "localhost" or host.endswith(".localhost") or host in METADATA_HOSTS):
-        raise DestinationRefused(f"{host} may not be reached: it names this machine or a "
-                                 "metadata service")
-    if not resolve:
-        return []
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise Unreachable(f"{host} could not be resolved: {exc}") from None
-    checked = []
-    for family, _, _, _, sockaddr in infos:
-        reason = address_refusal(sockaddr[0], host, port)
-        if reason:
-            raise DestinationRefused(f"{host} may not be reached: {reason}")
-        checked.append((family, sockaddr))
-    return checked
+    return _checked(host, port, resolve=resolve, verb="reached")
+
+
+# --- connections to the checked address ------------------------------------------------
 
 
 def connect_tcp(host: str, port: int, *, timeout: float | None = None) -> socket.socket:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import io
+import ipaddress
 import select
 import shlex
 import time
@@ -108,6 +109,20 @@ class _Pins(paramiko.MissingHostKeyPolicy):
             pinned=[])
 
 
+def _behind_the_bastion(endpoint: Endpoint) -> None:
+    """A target reached through the bastion is on the bastion's network, not the
+    portal's: private addresses are what targets have there. Only a cloud metadata
+    service is refused, whatever network it is asked from."""
+    host = endpoint.host.lower().rstrip(".").strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if host in outbound.METADATA_HOSTS or address in outbound.METADATA_ADDRESSES:
+        raise outbound.DestinationRefused(f"{host} may not be reached: it is a cloud "
+                                          "metadata service")
+
+
 def _client(pins: dict[str, list[tuple[str, str]]]) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
     keys = client.get_host_keys()
@@ -150,7 +165,7 @@ class Connection:
         self._jump_client = None
         try:
             if jump is not None:
-                outbound.check_host(endpoint.host, endpoint.port, resolve=False)
+                _behind_the_bastion(endpoint)
                 self._jump_client = _client(pins)
                 _connect(self._jump_client, jump, pkey,
                          outbound.connect_tcp(jump.host, jump.port, timeout=timeout),
@@ -166,7 +181,7 @@ class Connection:
                 sock = outbound.connect_tcp(endpoint.host, endpoint.port, timeout=timeout)
         except outbound.OutboundError as exc:
             self.close()
-            raise ChannelError(f"{endpoint.pattern} may not be reached: {exc}") from None
+            raise ChannelError(str(exc)) from None
         except BaseException:
             self.close()
             raise

@@ -162,3 +162,45 @@ def test_pinning_in_the_admin_goes_through_the_service_and_the_page_shows_the_ke
 
     page = admin.get("/environments/").content.decode()
     assert key.fingerprint in page and "[10.0.0.9]:22" in page
+
+
+# --- the ssh executor's refusals before any connection ------------------------------
+
+
+@pytest.mark.parametrize("ssh, address, says", [
+    ({}, "deploy@203.0.113.5", "Staging has no SSH client key"),
+    ({"client_key": "${env:PRODUCTION_SVC_SSH_SSH_KEY}"}, "deploy@203.0.113.5",
+     "belongs to the environment production"),
+    ({"client_key": "${env:STAGING_SVC_SSH_SSH_KEY}"}, "deploy@10.0.0.5",
+     "10.0.0.5 may not be reached: 10.0.0.5 is a private address"),
+    ({"client_key": "${env:STAGING_SVC_SSH_SSH_KEY}",
+      "jump_host": "jump@169.254.169.254"}, "deploy@10.0.0.5",
+     "169.254.169.254 is a cloud metadata address"),
+    ({"client_key": "${env:STAGING_SVC_SSH_SSH_KEY}",
+      "jump_host": "jump@10.0.0.1"}, "deploy@169.254.169.254",
+     "169.254.169.254 may not be reached: it is a cloud metadata service"),
+    ({"client_key": "${env:STAGING_SVC_SSH_MISSING}"}, "deploy@203.0.113.5",
+     "STAGING_SVC_SSH_MISSING is not set on the worker"),
+    ({"client_key": "${env:STAGING_SVC_SSH_SSH_KEY}"}, "deploy@host:notaport",
+     "has no valid port"),
+])
+def test_an_ssh_deployment_is_refused_before_connecting_and_says_why(
+        demo, monkeypatch, ssh, address, says):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption()).decode()
+    monkeypatch.setenv("STAGING_SVC_SSH_SSH_KEY", key)
+    monkeypatch.setenv("PRODUCTION_SVC_SSH_SSH_KEY", key)
+    app, staging = executor_app("ssh", {"commands": {"deploy": "true"}})
+    staging.deploy_settings = {"ssh": ssh}
+    staging.save()
+    app.targets.update(address=address)
+    deployment = run_deployment(demo, app, staging)
+    assert deployment.status == "failed"
+    assert says in deployment.failure_reason
+    log = "\n".join(deployment.log_lines.values_list("message", flat=True))
+    assert key.splitlines()[1] not in log and key.splitlines()[1] not in \
+        deployment.failure_reason
