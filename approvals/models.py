@@ -359,3 +359,35 @@ class PostImplementationReview(models.Model):
 
     def __str__(self) -> str:
         return f"Review of {self.change.reference}"
+
+
+# --- quality of approvals: who opened a change before deciding it (docs/cab-quality.md)
+
+
+class ChangeView(models.Model):
+    """A signed-in person opened a change's page (or its release diff): at most one row
+    per person, change and kind a minute, so a reload or a live refresh adds nothing.
+    The approval-quality report reads it: an approval whose approver never opened the
+    change before deciding was given without reading it."""
+
+    class Kind(models.TextChoices):
+        PAGE = "page", "Change page"
+        # No page shows a change's release diff yet; a diff view records this kind.
+        DIFF = "diff", "Release diff"
+
+    change = models.ForeignKey(ChangeRequest, on_delete=models.CASCADE, related_name="views")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="+")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.PAGE)
+    at = models.DateTimeField(help_text="The first request of the minute.")
+    minute = models.DateTimeField(help_text="``at`` truncated to the minute.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["change", "user", "kind", "minute"],
+                                    name="change_view_once_a_minute"),
+        ]
+        indexes = [models.Index(fields=["user", "change", "at"], name="change_view_reader")]
+
+    def __str__(self) -> str:
+        return f"{self.user} opened {self.change.reference} ({self.kind}) at {self.at}"

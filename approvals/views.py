@@ -190,6 +190,8 @@ def _change_context(request, change: ChangeRequest) -> dict:
 @login_required
 def change_detail(request, pk: int):
     change = get_object_or_404(selectors.changes_visible_to(request.user), pk=pk)
+    # The approval-quality report tells a decision made after reading from one made blind.
+    services.change_view_record(change=change, user=request.user)
     return render(request, "approvals/change_detail.html", _change_context(request, change))
 
 

@@ -18,7 +18,7 @@ from integrations import api as integrations_api
 from notifications import views as notifications_views
 from portal import views
 from reporting import api as reporting_api
-from reporting import auditor_views, metrics_views
+from reporting import auditor_views, metrics_views, quality_views
 from reporting import views as reporting_views
 from reporting.prometheus import metrics as prometheus_metrics
 
@@ -119,6 +119,11 @@ urlpatterns = [
     path("auditor/deployments/<int:pk>/", auditor_views.deployment_evidence,
          name="auditor-evidence"),
     path("auditor/access/", auditor_views.access_review, name="auditor-access"),
+    # The quality of approvals: reviews or rubber stamps (docs/cab-quality.md).
+    path("audit/approval-quality/", quality_views.approval_quality,
+         name="auditor-approval-quality"),
+    path("audit/approval-quality.csv", quality_views.approval_quality_csv,
+         name="auditor-approval-quality-csv"),
     # Evidence bundles an auditor verifies offline, and the verifier itself.
     path("auditor/deployments/<int:pk>/bundle.zip", auditor_views.deployment_bundle,
          name="auditor-evidence-bundle"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 
 from django.core.serializers.json import DjangoJSONEncoder
 
@@ -107,3 +108,36 @@ def audit_csv(events, *, style: str, fields: list[str] = EXPORT_FIELDS) -> Itera
 def audit_jsonl(events, *, fields: list[str] = JSONL_FIELDS) -> Iterator[bytes]:
     return sel.export_stream(events, fields, sel.export_jsonl_line_sql(fields),
                              terminator=b"\n")
+
+
+# The quality of approvals (docs/cab-quality.md): the page's figures, one row per
+# approver and gate; the gate's concentration and the approver's reciprocal partners
+# repeated on each of its rows.
+QUALITY_FIELDS = ["from", "to", "gate", "approver", "decisions", "approvals", "rejections",
+                  "median_seconds_to_decision", "p90_seconds_to_decision",
+                  "approved_within_60s", "approved_without_opening", "flagged",
+                  "share_of_gate_decisions", "gate_decisions", "gate_top_approver",
+                  "gate_top_share", "gate_herfindahl", "approves_each_other_with"]
+
+
+def approval_quality_csv(figures) -> Iterator[bytes]:
+    yield _line(QUALITY_FIELDS) + b"\r\n"
+    first = figures.since.date().isoformat()
+    last = (figures.until - timedelta(days=1)).date().isoformat()
+    for row in figures.rows:
+        gate = figures.concentration.get(row.role)
+        # "bob: 3/2": this approver approved 3 changes bob requested, bob approved 2 of theirs.
+        partners = "; ".join(f"{other}: {mine}/{theirs}" for other, mine, theirs in
+                             (p.seen_from(row.approver) for p in figures.partners(row.approver)))
+        yield _line([auditor_cell(value) for value in (
+            first, last, row.role, row.approver, row.decisions, row.approvals,
+            row.rejections, _round(row.median_seconds), _round(row.p90_seconds), row.fast,
+            row.unopened, "yes" if row.flagged else "no",
+            _round(row.decisions / gate.decisions, 4) if gate else "",
+            gate.decisions if gate else "", gate.top_approver if gate else "",
+            _round(gate.top_share, 4) if gate else "", _round(gate.hhi, 4) if gate else "",
+            partners)]) + b"\r\n"
+
+
+def _round(value, digits: int = 1):
+    return None if value is None else round(value, digits)

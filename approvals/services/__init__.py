@@ -51,6 +51,7 @@ from approvals.services.scheduling import (
     changes_start_scheduled,
     deployment_start_check,
 )
+from approvals.services.viewing import change_view_record  # quality of approvals
 
 __all__ = [
     "CONCERNS",
@@ -64,6 +65,7 @@ __all__ = [
     "change_request_submit",
     "change_request_update",
     "change_version",
+    "change_view_record",
     "changes_close_finished",
     "changes_reopen_for_configuration",
     "changes_reopen_for_deployment_inputs",

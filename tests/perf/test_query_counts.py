@@ -17,7 +17,8 @@ from deployments.models import Deployment
 WORKFLOW_PAGES = ["/approvals/", "/approvals/?environment=production", "/changes/",
                   "/deployments/", "/dashboard/", "/dashboard/live", "/metrics/",
                   "/metrics/?environment=all&months=24", "/calendar/"]
-AUDITOR_PAGES = ["/audit/", "/auditor/deployments/", "/auditor/access/"]
+AUDITOR_PAGES = ["/audit/", "/auditor/deployments/", "/auditor/access/",
+                 "/audit/approval-quality/"]
 API_LISTS = ["/api/v1/changes/", "/api/v1/deployments/", "/api/v1/audit-events/"]
 
 

@@ -198,6 +198,9 @@ ROUTES: dict[str, Row] = {
     "auditor-deployments": page(may=AUDITORS),
     "auditor-evidence": page(args=DEPLOYMENT, may=AUDITORS),
     "auditor-access": page(may=AUDITORS),
+    # The quality of approvals (docs/cab-quality.md).
+    "auditor-approval-quality": page(may=AUDITORS),
+    "auditor-approval-quality-csv": page(may=AUDITORS),
     "auditor-evidence-bundle": page(args=DEPLOYMENT, may=AUDITORS),
     "audit-bundle": page(may=AUDITORS),
     "audit-verifier": page(may=AUDITORS),
