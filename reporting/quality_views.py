@@ -27,9 +27,11 @@ class PeriodForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["from"] = forms.DateField(required=False, label="From",
-                                              widget=forms.DateInput(attrs={"type": "date"}))
+                                              widget=forms.DateInput(attrs={"type": "date"},
+                                                                     format="%Y-%m-%d"))
         self.fields["to"] = forms.DateField(required=False, label="To",
-                                            widget=forms.DateInput(attrs={"type": "date"}))
+                                            widget=forms.DateInput(attrs={"type": "date"},
+                                                                     format="%Y-%m-%d"))
 
     def clean(self):
         data = super().clean()
@@ -59,6 +61,8 @@ def _figures(first: date, last: date) -> sel.ApprovalQuality:
 def approval_quality(request):
     form, first, last = _period(request)
     figures = _figures(first, last)
+    if not form.is_bound:
+        form = PeriodForm(initial={"from": first, "to": last})  # show the default period
     return render(request, "auditor/approval_quality.html", {
         "form": form, "first": first, "last": last, "figures": figures,
         "gates": [(g, figures.concentration.get(g.role)) for g in figures.gates],

@@ -79,6 +79,10 @@ class Concentration:
     hhi: float
 
     @property
+    def top_percent(self) -> float:
+        return self.top_share * 100
+
+    @property
     def role_name(self) -> str:
         return GateRole(self.role).label if self.role in GateRole.values else self.role
 
