@@ -109,6 +109,23 @@ def test_opening_the_page_after_deciding_does_not_count_as_reading_it(demo, clie
     assert (qa.fast, qa.unopened, qa.flagged) == (0, 1, True)
 
 
+def test_an_approval_through_the_api_counts_as_given_without_opening_the_page(
+        demo, api, start):
+    """Reading a change through the API is not opening its page: only people open pages."""
+    t = Clock(start)
+    with clock.use(t):
+        change = request_change(demo.engineer)
+        t.move(minutes=30)
+        client = api(demo.qa)
+        assert client.get(f"/api/v1/changes/{change.pk}/").status_code == 200
+        answer = client.post(f"/api/v1/changes/{change.pk}/approve", {"gate": "qa"},
+                             format="json")
+        assert answer.status_code == 200, answer.content
+    assert not ChangeView.objects.exists()
+    qa = _row(_figures(start), "qa", "qa")
+    assert (qa.approvals, qa.fast, qa.unopened, qa.flagged) == (1, 0, 1, True)
+
+
 def test_time_to_decide_runs_from_the_gates_reopening(demo, client, start):
     """A withdrawn approval reopens its gate: the next decision is timed from then."""
     t = Clock(start)
