@@ -137,6 +137,10 @@ class Generator:
         if change is None or change.status != ChangeRequest.Status.PENDING_APPROVAL:
             return
         seen = approval_services.change_version(change)
+        # The approval-quality page's story (docs/cab-quality.md): approvers open the
+        # change before deciding, but business approves from the inbox, unopened.
+        if role != "business":
+            approval_services.change_view_record(change=change, user=self.people[who])
         if reject:
             approval_services.gate_reject(actor=self.people[who], change=change, role=role,
                                           comment=comment, seen=seen)
