@@ -10,6 +10,7 @@ from approvals import eligibility, signals
 from approvals.models import Approval, ChangeRequest, Gate
 from approvals.selectors import person_facts
 from approvals.services.changes import _approved_status
+from approvals.services.deadlines import _check_gate_not_expired, _set_execute_by
 from approvals.services.fingerprints import change_version, fingerprint
 from approvals.services.guards import _refusal_audited, _refuse, _step_up_for_production
 from approvals.services.reopening import _reopen
@@ -77,6 +78,9 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
 
 def _gate_open_to_decisions(change: ChangeRequest, role: str) -> Gate:
     """The change's ``role`` gate, while the change still takes decisions."""
+    expired = change.gates.filter(role=role, status=Gate.Status.EXPIRED).first()
+    if change.status == ChangeRequest.Status.DRAFT and expired is not None:
+        _check_gate_not_expired(change, expired)
     if change.status != ChangeRequest.Status.PENDING_APPROVAL:
         raise AlreadyDecided(
             f"{change.reference} is {change.get_status_display().lower()}; "
@@ -85,6 +89,7 @@ def _gate_open_to_decisions(change: ChangeRequest, role: str) -> Gate:
     if gate is None:
         raise Invalid(f"{change.reference} has no {role} gate",
                       fields={"gate": [f"This change has no {role!r} gate."]})
+    _check_gate_not_expired(change, gate)
     return gate
 
 
@@ -127,7 +132,8 @@ def _apply_decision(change: ChangeRequest, gate: Gate, decision: str) -> dict:
     if (decision == Approval.Decision.APPROVED
             and not change.gates.exclude(status=Gate.Status.APPROVED).exists()):
         change.status = _approved_status(change)
-    change.save(update_fields=["status", "closed_at"])
+        _set_execute_by(change)
+    change.save(update_fields=["status", "closed_at", "execute_by", "execute_warned_at"])
     return before
 
 
