@@ -18,7 +18,14 @@ from approvals.services.scheduling import _hold_environment_if_it_may_start, _st
 from audit.trail import audit_record
 from catalog.models import Environment
 from core import clock
-from core.errors import AlreadyDecided, ChangedSinceViewed, Invalid, InvalidTransition, Refused
+from core.errors import (
+    AlreadyDecided,
+    ChangedSinceViewed,
+    Conflict,
+    Invalid,
+    InvalidTransition,
+    Refused,
+)
 from identity import assurance
 
 
@@ -73,6 +80,11 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
     except (Refused, ChangedSinceViewed) as exc:
         _refusal_audited(f"{action}.refused", actor, change, exc, role=role,
                          version_seen=seen)
+        raise
+    except Conflict as exc:
+        # Past the approve-by time (docs/cab-deadlines.md): on the record, like a refusal.
+        if exc.code == "gate_expired":
+            _refusal_audited(f"{action}.refused", actor, change, exc, role=role)
         raise
 
 

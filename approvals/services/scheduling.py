@@ -69,7 +69,8 @@ def change_request_deploy(*, actor, change: ChangeRequest) -> Deployment:
         raise
     except NotReady as exc:
         # What would run is no longer what was approved: on the record, like a refusal.
-        outdated = [b for b in exc.blockers or [] if b.get("code") == "approval_outdated"]
+        outdated = [b for b in exc.blockers or []
+                    if b.get("code") in ("approval_outdated", "approval_lapsed")]
         if outdated:
             _refusal_audited("change.deploy.refused", actor, change, exc, blockers=outdated)
         raise

@@ -130,6 +130,8 @@ def test_a_decision_after_the_approve_by_time_is_refused_before_the_beat_runs(de
         services.gate_approve(actor=demo.qa, change=change, role="qa")
     assert refused.value.code == "gate_expired"
     assert not Approval.objects.filter(change=change).exists()
+    assert AuditEvent.objects.get(action="gate.approved.refused",
+                                  object_id=str(change.pk)).after["code"] == "gate_expired"
 
 
 # Start-by -----------------------------------------------------------------------------------
@@ -197,6 +199,7 @@ def test_a_deploy_press_after_the_start_by_time_is_refused_before_the_beat_runs(
     assert refused.value.code == "approval_lapsed"
     change.refresh_from_db()
     assert change.status == ChangeRequest.Status.APPROVED
+    assert "change.deploy.refused" in actions(change)
 
 
 @pytest.mark.django_db
@@ -282,6 +285,16 @@ def test_the_api_shows_both_deadlines(demo, api, now):
     mine = next(c for c in listed if c["id"] == change.pk)
     assert mine["expires_at"] is None
     assert mine["execute_by"].startswith((now.at + timedelta(days=2)).strftime("%Y-%m-%dT%H"))
+
+
+@pytest.mark.django_db
+def test_an_api_approval_after_the_approve_by_time_answers_409_gate_expired(demo, api, now):
+    policy(approve_within_hours=1)
+    change = request_change(demo.engineer, "staging")
+    now.move(hours=1)
+    answer = api(demo.qa).post(f"/api/v1/changes/{change.pk}/approve", {"gate": "qa"},
+                               format="json")
+    assert answer.status_code == 409 and answer.json()["code"] == "gate_expired"
 
 
 @pytest.mark.django_db
