@@ -131,11 +131,12 @@ def _submit(*, actor, change: ChangeRequest) -> None:
     _hold_environment_if_it_may_start(change)
     policy = _policy(change)
     # A change resubmitted after its gates expired (approvals.services.deadlines) keeps
-    # its gates: the expired ones open again, the approved ones stand.
+    # its gates: the approved ones stand, the others (expired, or reopened by an edit in
+    # draft) open again with a new approve-by time.
     existing = {g.role: g for g in change.gates.all()}
     gates = [Gate(change=change, role=pg.role, required=pg.required)
              for pg in (policy.gates.all() if policy else []) if pg.role not in existing]
-    reopened = [g for g in existing.values() if g.status == Gate.Status.EXPIRED]
+    reopened = [g for g in existing.values() if g.status != Gate.Status.APPROVED]
     for gate in reopened:
         gate.status = Gate.Status.PENDING
     _set_approve_by(change, gates + reopened)

@@ -90,9 +90,11 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
 
 def _gate_open_to_decisions(change: ChangeRequest, role: str) -> Gate:
     """The change's ``role`` gate, while the change still takes decisions."""
-    expired = change.gates.filter(role=role, status=Gate.Status.EXPIRED).first()
-    if change.status == ChangeRequest.Status.DRAFT and expired is not None:
-        _check_gate_not_expired(change, expired)
+    if change.status == ChangeRequest.Status.DRAFT:
+        # Back in draft because its gates expired: say so rather than "draft".
+        expired = change.gates.filter(role=role, status=Gate.Status.EXPIRED).first()
+        if expired is not None:
+            _check_gate_not_expired(change, expired)
     if change.status != ChangeRequest.Status.PENDING_APPROVAL:
         raise AlreadyDecided(
             f"{change.reference} is {change.get_status_display().lower()}; "

@@ -122,6 +122,23 @@ def test_a_gate_not_decided_in_time_expires_and_the_change_goes_back_to_its_requ
 
 
 @pytest.mark.django_db
+def test_a_gate_reopened_by_an_edit_in_draft_gets_a_new_approve_by_time(demo, now):
+    policy(approve_within_hours=4)
+    change = request_change(demo.engineer, "staging")
+    services.gate_approve(actor=demo.techlead, change=change, role="tech_lead")
+    now.move(hours=4)
+    services.deadlines_enforce()
+    services.change_request_update(actor=demo.engineer, change=change,
+                                   rollback_plan="Redeploy the previous version.")
+    assert change.gates.get(role="tech_lead").status == "pending"
+    services.change_request_submit(actor=demo.engineer, change=change)
+    assert {(g.status, g.expires_at) for g in change.gates.all()} == {
+        ("pending", now.at + timedelta(hours=4))}
+    now.move(hours=1)
+    assert services.deadlines_enforce()["expired"] == []
+
+
+@pytest.mark.django_db
 def test_a_decision_after_the_approve_by_time_is_refused_before_the_beat_runs(demo, now):
     policy(approve_within_hours=4)
     change = request_change(demo.engineer, "staging")
