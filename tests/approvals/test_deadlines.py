@@ -448,3 +448,30 @@ def test_a_deploy_press_racing_the_lapse_starts_before_it_or_is_refused(demo, no
     change.refresh_from_db()
     assert change.status == ChangeRequest.Status.DEPLOYING
     assert not Approval.objects.filter(change=change, withdrawn_at__isnull=False).exists()
+
+
+@pytest.mark.django_db
+def test_the_change_list_and_the_inbox_cost_the_same_queries_with_more_deadlines(
+        demo, api, client, now):
+    from django.test.utils import CaptureQueriesContext
+
+    policy(approve_within_hours=48, execute_within_days=3)
+
+    def count(reader, url):
+        reader.get(url)  # the first view fills per-process caches
+        with CaptureQueriesContext(connection) as ctx:
+            assert reader.get(url).status_code == 200
+        return len(ctx.captured_queries)
+
+    client.force_login(demo.qa)
+    reader = api(demo.qa)
+    approved_staging_change(demo)
+    request_change(demo.engineer, "staging")
+    few = (count(reader, "/api/v1/changes/"), count(client, "/approvals/"))
+    for _ in range(4):
+        approved_staging_change(demo)
+        request_change(demo.engineer, "staging")
+    assert (count(reader, "/api/v1/changes/"), count(client, "/approvals/")) == few
+    listed = reader.get("/api/v1/changes/?environment=staging").json()["results"]
+    assert sum(1 for c in listed if c["expires_at"]) == 5
+    assert sum(1 for c in listed if c["execute_by"]) == 5
