@@ -61,9 +61,16 @@ class GateSerializer(serializers.ModelSerializer):
     eligibility = serializers.SerializerMethodField(
         help_text="Why you may or may not decide it: " + ", ".join(eligibility.CODES) + ".")
 
+    # Deadlines (docs/cab-deadlines.md).
+    expires_at = serializers.DateTimeField(
+        read_only=True, allow_null=True,
+        help_text="Decide by this time, or the gate expires and the change goes back to "
+                  "draft; null: no approve-by time.")
+
     class Meta:
         model = Gate
-        fields = ["gate", "status", "required", "approvals", "can_decide", "eligibility"]
+        fields = ["gate", "status", "required", "approvals", "can_decide", "eligibility",
+                  "expires_at"]
 
     def get_can_decide(self, gate) -> bool:
         verdict = getattr(gate, "verdict", None)
@@ -102,6 +109,13 @@ class ChangeOutSerializer(serializers.ModelSerializer):
     fingerprint = serializers.SerializerMethodField(
         help_text="The version of the change as shown here; send it back with approve or "
                   "reject, which are refused (409 changed_since_viewed) if the change moved.")
+    # Deadlines (docs/cab-deadlines.md).
+    expires_at = serializers.SerializerMethodField(
+        help_text="The earliest approve-by time of its pending gates; null: none.")
+    execute_by = serializers.DateTimeField(
+        read_only=True, allow_null=True,
+        help_text="Once approved, the deployment must start by this time or the approvals "
+                  "lapse (the change waits for approval again); null: no limit.")
 
     class Meta:
         model = ChangeRequest
@@ -109,7 +123,8 @@ class ChangeOutSerializer(serializers.ModelSerializer):
                   "change_type", "strategy", "risk", "impact", "rollback_plan", "on_call",
                   "scheduled_for", "deploy_when_approved", "status", "requested_by",
                   "created_at", "submitted_at", "closed_at", "gates", "checklist",
-                  "blockers", "deployment", "deployer", "fingerprint"]
+                  "blockers", "deployment", "deployer", "fingerprint",
+                  "expires_at", "execute_by"]
 
     def to_representation(self, instance):
         # Each gate carries the caller's verdict (approvals.eligibility), from their facts
@@ -130,6 +145,16 @@ class ChangeOutSerializer(serializers.ModelSerializer):
         key = (obj.release.application_id, obj.environment_id)
         return services.change_version(obj, digests=digests.get(key) if digests else None,
                                        inputs=inputs.get(key) if inputs else None)
+
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
+    def get_expires_at(self, obj):
+        # From the gates the list and the page already loaded: no query per change.
+        gates = getattr(obj, "gates", None)
+        if gates is None or not hasattr(gates, "all"):
+            return None
+        due = [g.expires_at for g in gates.all()
+               if g.status == Gate.Status.PENDING and g.expires_at is not None]
+        return serializers.DateTimeField().to_representation(min(due)) if due else None
 
     @extend_schema_field(ChecklistItemOutSerializer(many=True))
     def get_checklist(self, obj) -> list[dict]:

@@ -55,6 +55,14 @@ class ApprovalPolicy(models.Model):
                                         help_text="May deploy during a change freeze.")
     opens_review = models.BooleanField(
         default=False, help_text="Open a post-implementation review for CAB afterwards.")
+    # Deadlines (docs/cab-deadlines.md): approve-by for the gates, start-by once approved.
+    approve_within_hours = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Gates not decided this many hours after the "
+                                         "change is submitted expire; empty: no expiry.")
+    execute_within_days = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="An approved change not started this many days "
+                                         "after its approval loses its approvals; empty: "
+                                         "no limit.")
 
     class Meta:
         verbose_name_plural = "approval policies"
@@ -140,6 +148,10 @@ class ChangeRequest(models.Model):
     created_at = models.DateTimeField(default=clock.now, db_index=True)
     submitted_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
+    # Deadlines (docs/cab-deadlines.md): start by this time once approved, else the
+    # approvals lapse; when the warning before it was sent (sent once).
+    execute_by = models.DateTimeField(null=True, blank=True, db_index=True)
+    execute_warned_at = models.DateTimeField(null=True, blank=True)
 
     objects = ChangeRequestQuerySet.as_manager()
 
@@ -159,11 +171,17 @@ class Gate(models.Model):
         PENDING = "pending", "Pending"
         APPROVED = "approved", "Approved"
         REJECTED = "rejected", "Rejected"
+        # Not decided by its approve-by time: closed, the change back to draft.
+        EXPIRED = "expired", "Expired"
 
     change = models.ForeignKey(ChangeRequest, on_delete=models.CASCADE, related_name="gates")
     role = models.CharField(max_length=20, choices=GateRole.choices)
     required = models.PositiveSmallIntegerField(default=1)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    # Deadlines (docs/cab-deadlines.md): decide by this time or the gate expires; when
+    # the warning before it was sent (sent once).
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    expiry_warned_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]

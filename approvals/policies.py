@@ -26,12 +26,14 @@ DEFAULT_POLICIES: dict[str, dict[str, tuple[list[tuple[str, int]], dict]]] = {
     "production": {
         STANDARD: ([(GateRole.CAB, 1), (GateRole.SECURITY, 1), (GateRole.BUSINESS, 1)],
                    {"requires_window": True, "requires_promotion": True,
-                    "requires_on_call": True, "requires_rollback_plan": True}),
+                    "requires_on_call": True, "requires_rollback_plan": True,
+                    "execute_within_days": 7}),
         HOTFIX: ([(GateRole.TECH_LEAD, 1), (GateRole.CAB, 1)],
-                 {"requires_on_call": True, "requires_rollback_plan": True}),
+                 {"requires_on_call": True, "requires_rollback_plan": True,
+                  "execute_within_days": 7}),
         EMERGENCY: ([(GateRole.EMERGENCY, 1)],
                     {"requires_rollback_plan": True, "passes_freeze": True,
-                     "opens_review": True}),
+                     "opens_review": True, "execute_within_days": 7}),
     },
 }
 

@@ -36,6 +36,15 @@ change_start_refused = Signal()
 # change, its configuration or what deployments run). Also: approval_id, role,
 # approver_id, changed (the parts of the fingerprint that moved).
 approval_reopened = Signal()
+# Deadlines (docs/cab-deadlines.md). A deadline is near: deadline ("approve_by" or
+# "start_by"), due (when), roles (the gates still to decide, for approve_by).
+change_deadline_near = Signal()
+# Pending gates not decided by their approve-by time closed; the change back to draft.
+# Also: roles, expires_at.
+change_gates_expired = Signal()
+# An approved change not started by its start-by time lost its approvals. Also:
+# execute_by, approver_ids (whose approvals were withdrawn).
+change_approvals_lapsed = Signal()
 
 
 def send_in_transaction(signal: Signal, **kwargs) -> None:

@@ -13,3 +13,10 @@ def changes_start_scheduled() -> None:
 @shared_task(ignore_result=True)
 def changes_close_finished() -> None:
     services.changes_close_finished()
+
+
+@shared_task(ignore_result=True)
+def approvals_enforce_deadlines() -> None:
+    """Every minute: expire gates, lapse approvals and warn before both
+    (docs/cab-deadlines.md)."""
+    services.deadlines_enforce()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django import forms
 from django.contrib import messages
 from django.contrib.auth import get_user_model
@@ -18,6 +20,7 @@ from approvals.models import (
     ChangeType,
     Delegation,
     Freeze,
+    Gate,
     GateRole,
     MaintenanceWindow,
     PostImplementationReview,
@@ -29,7 +32,7 @@ from catalog import services as catalog_services
 from catalog.models import Application, Environment, MigrationKind, Release
 from catalog.permissions import environment_permissions
 from configuration.selectors import digests_for_many
-from core import logcontext, paging
+from core import clock, logcontext, paging
 from core.errors import ChangedSinceViewed, DomainError, SecondFactorRequired, StepUpRequired
 from deployments import selectors as deployment_selectors
 from deployments.models import Deployment
@@ -117,6 +120,25 @@ def change_list(request):
     })
 
 
+# Deadlines (docs/cab-deadlines.md): less than this left shows in the warning style.
+DEADLINE_SOON = timedelta(hours=24)
+
+
+def _deadlines(change: ChangeRequest, now) -> list[dict]:
+    """"Approve by" (the earliest pending gate's) and "Start by", while they apply."""
+    shown = []
+    due = [g.expires_at for g in change.gates.all()
+           if g.status == Gate.Status.PENDING and g.expires_at is not None]
+    if change.status == ChangeRequest.Status.PENDING_APPROVAL and due:
+        shown.append({"label": "Approve by", "at": min(due)})
+    if change.execute_by and change.status in (ChangeRequest.Status.APPROVED,
+                                               ChangeRequest.Status.SCHEDULED):
+        shown.append({"label": "Start by", "at": change.execute_by})
+    for deadline in shown:
+        deadline["soon"] = deadline["at"] - now < DEADLINE_SOON
+    return shown
+
+
 def _change_context(request, change: ChangeRequest) -> dict:
     user = request.user
     held = environment_permissions(user).get(change.environment_id, set())
@@ -166,6 +188,7 @@ def _change_context(request, change: ChangeRequest) -> dict:
         "rollback_options": deployment_selectors.rollback_options(
             change.release.application, change.environment),
         "change": change,
+        "deadlines": _deadlines(change, clock.now()),
         # What this page shows, sent back with a decision (approve what you saw).
         "version_shown": services.change_version(change),
         "blockers": blockers,
@@ -305,6 +328,8 @@ def inbox(request):
     digests = digests_for_many(changes)
     inputs = services.run_inputs_for_many(changes)
     for gate in gates:
+        gate.deadline_soon = bool(gate.expires_at and
+                                  gate.expires_at - clock.now() < DEADLINE_SOON)
         gate.other_blockers = [b for b in blockers[gate.change.pk]
                                if b.code != f"gate_{gate.role}"]
         # The version the card shows, sent back with the decision.

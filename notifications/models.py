@@ -35,6 +35,7 @@ class Kind(models.TextChoices):
     ROLLED_BACK = "rolled_back", "Rollback"
     START_REFUSED = "start_refused", "Deployment not started (deployer may not deploy)"
     APPROVAL_REOPENED = "approval_reopened", "Approval reopened (the change moved)"
+    DEADLINE = "deadline", "Approval deadline (warning, expiry, lapse)"
 
 
 class Subscription(models.Model):

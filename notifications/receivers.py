@@ -82,6 +82,33 @@ def notify_on_approval_reopened(**event):
     notifications_for_approval_reopened(**event)
 
 
+@receiver(approval_signals.change_deadline_near,
+          dispatch_uid="notifications.change_deadline_near")
+@_outbox
+def notify_on_change_deadline_near(**event):
+    from notifications.services import notifications_for_deadline_near
+
+    notifications_for_deadline_near(**event)
+
+
+@receiver(approval_signals.change_gates_expired,
+          dispatch_uid="notifications.change_gates_expired")
+@_outbox
+def notify_on_change_gates_expired(**event):
+    from notifications.services import notifications_for_gates_expired
+
+    notifications_for_gates_expired(**event)
+
+
+@receiver(approval_signals.change_approvals_lapsed,
+          dispatch_uid="notifications.change_approvals_lapsed")
+@_outbox
+def notify_on_change_approvals_lapsed(**event):
+    from notifications.services import notifications_for_approvals_lapsed
+
+    notifications_for_approvals_lapsed(**event)
+
+
 # In the transaction that ends the deployment, beside the change closing with it.
 @receiver(deployment_ending, sender=Deployment, dispatch_uid="notifications.deployment")
 @_outbox

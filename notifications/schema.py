@@ -13,7 +13,7 @@ class NotificationWebhookSerializer(serializers.Serializer):
 
     kind = serializers.ChoiceField(
         choices=["approval_request", "rejected", "pre_deployment", "post_deployment",
-                 "failed", "rolled_back", "start_refused", "approval_reopened"],
+                 "failed", "rolled_back", "start_refused", "approval_reopened", "deadline"],
         help_text="What happened (the subscription's kinds filter these).")
     subject = serializers.CharField(help_text="One line, e.g. `CR-12 approved`.")
     text = serializers.CharField(help_text="The message in plain text.")

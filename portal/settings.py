@@ -357,6 +357,9 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "start-scheduled-changes": {"task": "approvals.tasks.changes_start_scheduled",
                                 "schedule": 30.0},
+    # Approve-by and start-by deadlines and their warnings (docs/cab-deadlines.md).
+    "enforce-approval-deadlines": {"task": "approvals.tasks.approvals_enforce_deadlines",
+                                   "schedule": 60.0},
     "resume-stale-deployments": {
         "task": "deployments.tasks.deployments_resume_stale",
         "schedule": env.float("PORTAL_RESUME_SWEEP_SECONDS", default=5.0),

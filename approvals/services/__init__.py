@@ -22,6 +22,12 @@ from approvals.services.closing import (
     change_request_deployment_finished,
     changes_close_finished,
 )
+from approvals.services.deadlines import (
+    change_approvals_lapse,
+    change_gates_expire,
+    deadlines_enforce,
+    expiry_warning_lead,
+)
 from approvals.services.decisions import (
     approval_withdraw,
     gate_approve,
@@ -58,6 +64,8 @@ __all__ = [
     "EDITABLE_FIELDS",
     "MAX_DELEGATION",
     "approval_withdraw",
+    "change_approvals_lapse",
+    "change_gates_expire",
     "change_request_cancel",
     "change_request_create",
     "change_request_deploy",
@@ -71,9 +79,11 @@ __all__ = [
     "changes_reopen_for_deployment_inputs",
     "changes_start_scheduled",
     "checklist_item_set",
+    "deadlines_enforce",
     "delegation_create",
     "delegation_revoke",
     "deployment_start_check",
+    "expiry_warning_lead",
     "fingerprint",
     "gate_approve",
     "gate_reject",

@@ -19,6 +19,7 @@ from approvals.models import (
 )
 from approvals.selectors import unsatisfiable_gates
 from approvals.services.checklists import _open_checklist
+from approvals.services.deadlines import _set_approve_by, _set_execute_by
 from approvals.services.guards import _refusal_audited, _require_deploy_for_self_start
 from approvals.services.reopening import _reopen_changed_concerns
 from approvals.services.scheduling import _hold_environment_if_it_may_start, _start_by_itself
@@ -129,14 +130,29 @@ def _submit(*, actor, change: ChangeRequest) -> None:
                                 "not a draft")
     _hold_environment_if_it_may_start(change)
     policy = _policy(change)
+    # A change resubmitted after its gates expired (approvals.services.deadlines) keeps
+    # its gates: the approved ones stand, the others (expired, or reopened by an edit in
+    # draft) open again with a new approve-by time.
+    existing = {g.role: g for g in change.gates.all()}
     gates = [Gate(change=change, role=pg.role, required=pg.required)
-             for pg in (policy.gates.all() if policy else [])]
+             for pg in (policy.gates.all() if policy else []) if pg.role not in existing]
+    reopened = [g for g in existing.values() if g.status != Gate.Status.APPROVED]
+    for gate in reopened:
+        gate.status = Gate.Status.PENDING
+    _set_approve_by(change, gates + reopened)
     Gate.objects.bulk_create(gates)
-    _open_checklist(change, PRE_DEPLOYMENT_KINDS)
+    Gate.objects.bulk_update(reopened, ["status", "expires_at", "expiry_warned_at"])
+    if not existing:
+        _open_checklist(change, PRE_DEPLOYMENT_KINDS)
+    gates = [*gates, *existing.values()]
     before = change.status
-    change.status = ChangeRequest.Status.PENDING_APPROVAL if gates else _approved_status(change)
+    waiting = any(g.status != Gate.Status.APPROVED for g in gates)
+    change.status = (ChangeRequest.Status.PENDING_APPROVAL if waiting
+                     else _approved_status(change))
     change.submitted_at = clock.now()
-    change.save(update_fields=["status", "submitted_at"])
+    if not waiting:
+        _set_execute_by(change)
+    change.save(update_fields=["status", "submitted_at", "execute_by", "execute_warned_at"])
     unfillable = unsatisfiable_gates(change)
     audit_record(actor=actor, action="change.submitted", obj=change,
                  environment=change.environment.slug, before={"status": before},

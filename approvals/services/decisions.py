@@ -10,6 +10,7 @@ from approvals import eligibility, signals
 from approvals.models import Approval, ChangeRequest, Gate
 from approvals.selectors import person_facts
 from approvals.services.changes import _approved_status
+from approvals.services.deadlines import _check_gate_not_expired, _set_execute_by
 from approvals.services.fingerprints import change_version, fingerprint
 from approvals.services.guards import _refusal_audited, _refuse, _step_up_for_production
 from approvals.services.reopening import _reopen
@@ -17,7 +18,14 @@ from approvals.services.scheduling import _hold_environment_if_it_may_start, _st
 from audit.trail import audit_record
 from catalog.models import Environment
 from core import clock
-from core.errors import AlreadyDecided, ChangedSinceViewed, Invalid, InvalidTransition, Refused
+from core.errors import (
+    AlreadyDecided,
+    ChangedSinceViewed,
+    Conflict,
+    Invalid,
+    InvalidTransition,
+    Refused,
+)
 from identity import assurance
 
 
@@ -73,10 +81,20 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
         _refusal_audited(f"{action}.refused", actor, change, exc, role=role,
                          version_seen=seen)
         raise
+    except Conflict as exc:
+        # Past the approve-by time (docs/cab-deadlines.md): on the record, like a refusal.
+        if exc.code == "gate_expired":
+            _refusal_audited(f"{action}.refused", actor, change, exc, role=role)
+        raise
 
 
 def _gate_open_to_decisions(change: ChangeRequest, role: str) -> Gate:
     """The change's ``role`` gate, while the change still takes decisions."""
+    if change.status == ChangeRequest.Status.DRAFT:
+        # Back in draft because its gates expired: say so rather than "draft".
+        expired = change.gates.filter(role=role, status=Gate.Status.EXPIRED).first()
+        if expired is not None:
+            _check_gate_not_expired(change, expired)
     if change.status != ChangeRequest.Status.PENDING_APPROVAL:
         raise AlreadyDecided(
             f"{change.reference} is {change.get_status_display().lower()}; "
@@ -85,6 +103,7 @@ def _gate_open_to_decisions(change: ChangeRequest, role: str) -> Gate:
     if gate is None:
         raise Invalid(f"{change.reference} has no {role} gate",
                       fields={"gate": [f"This change has no {role!r} gate."]})
+    _check_gate_not_expired(change, gate)
     return gate
 
 
@@ -127,7 +146,8 @@ def _apply_decision(change: ChangeRequest, gate: Gate, decision: str) -> dict:
     if (decision == Approval.Decision.APPROVED
             and not change.gates.exclude(status=Gate.Status.APPROVED).exists()):
         change.status = _approved_status(change)
-    change.save(update_fields=["status", "closed_at"])
+        _set_execute_by(change)
+    change.save(update_fields=["status", "closed_at", "execute_by", "execute_warned_at"])
     return before
 
 

@@ -13,6 +13,7 @@ from django.db import transaction
 from approvals import signals
 from approvals.models import Approval, ChangeRequest
 from approvals.selectors import Blocker, change_blockers
+from approvals.services.deadlines import _check_not_lapsed
 from approvals.services.fingerprints import change_version
 from approvals.services.guards import _refusal_audited, _step_up_for_production
 from approvals.services.reopening import (
@@ -68,7 +69,8 @@ def change_request_deploy(*, actor, change: ChangeRequest) -> Deployment:
         raise
     except NotReady as exc:
         # What would run is no longer what was approved: on the record, like a refusal.
-        outdated = [b for b in exc.blockers or [] if b.get("code") == "approval_outdated"]
+        outdated = [b for b in exc.blockers or []
+                    if b.get("code") in ("approval_outdated", "approval_lapsed")]
         if outdated:
             _refusal_audited("change.deploy.refused", actor, change, exc, blockers=outdated)
         raise
@@ -148,6 +150,7 @@ def _start_deployment(*, actor, change: ChangeRequest, trigger: str = "",
     if change.status == ChangeRequest.Status.DEPLOYING:
         raise InvalidTransition(f"{change.reference} is already deploying",
                                 code="already_deploying")
+    _check_not_lapsed(change)
     # The environment's row too: a lock taken by on-call at this moment either lands
     # before this check or waits until the deployment exists.
     change.environment = Environment.objects.select_for_update().get(

@@ -24,6 +24,7 @@ from notifications.services.content import (
     approval_reopened_message,
     approval_request_message,
     base_url,
+    deadline_message,
     deployment_message,
     expected_duration,
     pre_deployment_message,
@@ -32,12 +33,15 @@ from notifications.services.content import (
 )
 from notifications.services.events import (
     notifications_for_approval_reopened,
+    notifications_for_approvals_lapsed,
     notifications_for_change_deploying,
     notifications_for_change_start_refused,
     notifications_for_change_submitted,
+    notifications_for_deadline_near,
     notifications_for_deployment,
     notifications_for_gate_approved,
     notifications_for_gate_rejected,
+    notifications_for_gates_expired,
 )
 from notifications.services.outbox import (
     INTERRUPTED_AFTER,
@@ -69,6 +73,8 @@ __all__ = [
     "INTERRUPTED_AFTER", "MAX_ATTEMPTS", "OUTBOX_BATCH", "RETRY_BASE_SECONDS",
     "WEBHOOK_ANSWER_MAX_BYTES", "WEBHOOK_TIMEOUT", "Message", "TransientError",
     "approval_reopened_message", "approval_request_message", "base_url",
+    "deadline_message", "notifications_for_approvals_lapsed",
+    "notifications_for_deadline_near", "notifications_for_gates_expired",
     "deployment_message", "expected_duration", "notification_send",
     "notifications_for_approval_reopened", "notifications_for_change_deploying",
     "notifications_for_change_start_refused", "notifications_for_change_submitted",

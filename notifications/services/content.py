@@ -145,6 +145,33 @@ def approval_reopened_message(change, *, role: str, approver, changed: list[str]
     return Message(Kind.APPROVAL_REOPENED, subject, body, fields)
 
 
+def deadline_message(change, *, event: str, due: datetime, roles: list[str]) -> Message:
+    """A deadline of a change (docs/cab-deadlines.md): ``event`` is ``approve_by`` or
+    ``start_by`` (a warning before it), ``expired`` or ``lapsed`` (it passed)."""
+    when = f"{due:%Y-%m-%d %H:%M} UTC"
+    gates = ", ".join(role.replace("_", " ") for role in roles)
+    what, nxt, tag = {
+        "approve_by": (f"the {gates} approval is due by {when}.",
+                       "Decide it before then; after that the change goes back to its "
+                       "requester to resubmit.", "APPROVE BY"),
+        "start_by": (f"the deployment must start by {when}.",
+                     "Start it before then; after that its approvals lapse and it needs "
+                     "them again.", "START BY"),
+        "expired": (f"the {gates} gate was not decided by {when} and expired.",
+                    "The change is back in draft: check it is still right and submit it "
+                    "again.", "EXPIRED"),
+        "lapsed": (f"the deployment did not start by {when}; its approvals lapsed.",
+                   "The change waits for approval again: each gate has to be approved "
+                   "anew before it deploys.", "APPROVALS LAPSED"),
+    }[event]
+    fields = {**_change_fields(change), "deadline": event, "due": due.isoformat(),
+              "gates": list(roles), "what": what, "next": nxt}
+    subject = (f"[{tag}] {change.reference} {change.release.application.name} "
+               f"{change.release.version} to {change.environment.name}: {when}")
+    body = render_to_string("notifications/messages/deadline.txt", {"f": fields})
+    return Message(Kind.DEADLINE, subject, body, fields)
+
+
 def _key_metrics(deployment: Deployment) -> dict:
     """The health figures measured last (SOP 11.2 key metrics)."""
     verdict = (AnalysisVerdict.objects.filter(deployment=deployment)

@@ -11,6 +11,7 @@ from notifications.models import Kind
 from notifications.services.content import (
     approval_reopened_message,
     approval_request_message,
+    deadline_message,
     deployment_message,
     pre_deployment_message,
     rejected_message,
@@ -115,6 +116,66 @@ def notifications_for_change_deploying(*, change_id: int, deployment_id: int, at
         if change is None:
             return []
         return _pre_deployment(change, at=at, deployment_id=deployment_id)
+
+
+def _deadline(change, *, event: str, due, roles, people, key: str) -> list[int]:
+    message = deadline_message(change, event=event, due=due, roles=roles)
+    return notifications_queue(
+        event_key=f"change:{change.pk}:deadline:{key}", message=message,
+        change_id=change.pk, deployment_id=None, environment=change.environment.slug,
+        people=people, subscriptions=subscriptions_for(
+            Kind.DEADLINE, change.release.application_id, change.environment_id))
+
+
+def notifications_for_deadline_near(*, change_id: int, deadline: str, due, roles,
+                                    **kwargs) -> list[int]:
+    """Before the approve-by time, who may decide the gates still open; before the
+    start-by time, the requester and the deployer."""
+    from approvals.selectors import gate_deciders
+
+    with transaction.atomic():
+        change = _change(change_id)
+        if change is None:
+            return []
+        if deadline == "approve_by":
+            from django.contrib.auth import get_user_model
+
+            deciders = gate_deciders([change])
+            ids = {person.id for gate in change.gates.all() if gate.role in roles
+                   for person in deciders.get(gate.pk, ())}
+            people = list(get_user_model().objects.filter(pk__in=ids, is_active=True)
+                          .order_by("pk"))
+        else:
+            people = [change.requested_by, change.deployer]
+        return _deadline(change, event=deadline, due=due, roles=roles, people=people,
+                         key=f"{deadline}:{due:%Y%m%d%H%M%S}")
+
+
+def notifications_for_gates_expired(*, change_id: int, roles, expires_at, **kwargs
+                                    ) -> list[int]:
+    """The requester learns the change is back in draft, to resubmit."""
+    with transaction.atomic():
+        change = _change(change_id)
+        if change is None:
+            return []
+        return _deadline(change, event="expired", due=expires_at, roles=roles,
+                         people=[change.requested_by],
+                         key=f"expired:{expires_at:%Y%m%d%H%M%S}")
+
+
+def notifications_for_approvals_lapsed(*, change_id: int, execute_by, approver_ids,
+                                       **kwargs) -> list[int]:
+    """The requester and the approvers whose approvals were withdrawn."""
+    from django.contrib.auth import get_user_model
+
+    with transaction.atomic():
+        change = _change(change_id)
+        if change is None:
+            return []
+        approvers = list(get_user_model().objects.filter(pk__in=approver_ids))
+        return _deadline(change, event="lapsed", due=execute_by, roles=[],
+                         people=[change.requested_by, *approvers],
+                         key=f"lapsed:{execute_by:%Y%m%d%H%M%S}")
 
 
 def _pre_deployment(change, *, at, deployment_id=None) -> list[int]:
