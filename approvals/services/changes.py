@@ -21,6 +21,7 @@ from approvals.selectors import unsatisfiable_gates
 from approvals.services.checklists import _open_checklist
 from approvals.services.guards import _refusal_audited, _require_deploy_for_self_start
 from approvals.services.reopening import _reopen_changed_concerns
+from approvals.services.risk import _add_risk_gate, risk_assess
 from approvals.services.scheduling import _hold_environment_if_it_may_start, _start_by_itself
 from audit.trail import audit_record
 from catalog.models import Environment, Release
@@ -132,6 +133,10 @@ def _submit(*, actor, change: ChangeRequest) -> None:
     gates = [Gate(change=change, role=pg.role, required=pg.required)
              for pg in (policy.gates.all() if policy else [])]
     Gate.objects.bulk_create(gates)
+    # Risk (docs/cab-risk.md): scored at submission; a high score adds the policy's gate.
+    assessment = risk_assess(change=change, trigger="submitted", actor=actor)
+    extra = _add_risk_gate(actor=actor, change=change, policy=policy, assessment=assessment)
+    gates += [extra] if extra else []
     _open_checklist(change, PRE_DEPLOYMENT_KINDS)
     before = change.status
     change.status = ChangeRequest.Status.PENDING_APPROVAL if gates else _approved_status(change)
@@ -197,6 +202,8 @@ def _update(*, actor, change: ChangeRequest, fields: dict) -> ChangeRequest:
             setattr(change, name, value)
         change.save(update_fields=list(fields))
         reopened = _reopen_changed_concerns(change, f"{change.reference} was edited")
+        if change.submitted_at:
+            risk_assess(change=change, trigger="edited", actor=actor)
         if change.status == ChangeRequest.Status.APPROVED and change.scheduled_for and \
                 change.scheduled_for > clock.now():
             change.status = ChangeRequest.Status.SCHEDULED
