@@ -12,9 +12,9 @@ every count scores 100 even when one factor is not reported.
 | --- | --- | --- | --- |
 | change_type | 15 | emergency (hotfix 0.6) | standard |
 | environment | 15 | production | any other environment |
-| exposure | 15 | every target at the first step (all at once; blue-green 0.25: reversible at once) | - |
+| exposure | 15 | share of targets at the first step (blue-green 0.25) | - |
 | migrations | 15 | an irreversible migration (contract 0.6) | expand migrations or none |
-| failure_rate | 15 | 30 % or more of the application's deployments failed in 90 days | none failed, or none ran |
+| failure_rate | 15 | 30 % or more of the app's deployments failed (90 days) | none failed |
 | release_size | 10 | 50 commits or 200 files or more, as CI reports them | not reported |
 | outside_window | 10 | production, not scheduled inside a maintenance window | not production |
 | rollbacks | 10 | 3 or more rollbacks there in 30 days | none |

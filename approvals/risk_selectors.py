@@ -15,7 +15,7 @@ from datetime import timedelta
 from django.db.models import Prefetch, QuerySet
 
 from approvals import risk, schedule
-from approvals.models import MaintenanceWindow, RiskAssessment
+from approvals.models import GateRole, MaintenanceWindow, RiskAssessment
 from core import clock
 from deployments import selectors as deployment_selectors
 from deployments.inputs import inputs_of_many
@@ -88,3 +88,16 @@ def latest_risk_for_many(changes) -> dict[int, RiskAssessment]:
 def assessments_of(change) -> list[RiskAssessment]:
     """Every assessment of ``change``, newest first (the change page)."""
     return list(change.risk_assessments.all())
+
+
+def risk_summary(change) -> dict:
+    """What the change page shows of the risk: the current assessment, its band, and
+    why a gate was added at submission ("risk 78 ≥ 70: Security gate added"). One query."""
+    assessments = assessments_of(change)
+    current = assessments[0] if assessments else None
+    added = next((a for a in assessments if a.added_gate), None)
+    note = (f"risk {added.score} ≥ {added.threshold}: {GateRole(added.added_gate).label} "
+            "gate added") if added else ""
+    return {"risk_assessment": current,
+            "risk_band": risk.band(current.score) if current else None,
+            "risk_gate_note": note}
