@@ -109,8 +109,8 @@ def _change_type(change) -> dict:
 def _environment(change) -> dict:
     env = change.environment
     if env.production:
-        return _factor("environment", env.slug, 1.0, f"{env.name} is production")
-    return _factor("environment", env.slug, 0.0, f"{env.name} is not production")
+        return _factor("environment", env.slug, 1.0, f"{env.name} is a production environment")
+    return _factor("environment", env.slug, 0.0, f"{env.name} is not a production environment")
 
 
 def _exposure(change, facts: RiskFacts) -> dict:
