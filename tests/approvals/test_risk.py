@@ -353,3 +353,21 @@ def test_the_inbox_shows_each_changes_score(demo, client):
     client.force_login(demo.techlead)
     page = client.get("/approvals/").content.decode()
     assert f"risk {score}</span>" in page
+
+
+def test_the_failure_counts_are_the_dora_change_failure_rate_of_the_metrics_page(demo):
+    from deployments import selectors as deployment_selectors
+    from reporting.metrics import dora
+
+    app = Application.objects.get(slug="storefront")
+    for slug, status, days in (("production", "succeeded", 3), ("production", "failed", 5),
+                               ("staging", "rolled_back", 10), ("staging", "succeeded", 20),
+                               ("production", "cancelled", 2), ("staging", "failed", 100)):
+        _ended(app, Environment.objects.get(slug=slug), status, days)
+    _ended(app, Environment.objects.get(slug="staging"), "succeeded", 4, kind="rollback")
+    until = clock.now()
+    since = until - timedelta(days=risk.FAILURE_DAYS)
+    figures = dora(Deployment.objects.filter(application=app), since=since, until=until,
+                   period="month")["totals"]
+    counted = deployment_selectors.change_failure_counts({app.pk}, since=since, until=until)
+    assert counted[app.pk] == (figures["deployments"], figures["failed"]) == (4, 2)
