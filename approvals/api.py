@@ -14,7 +14,7 @@ from rest_framework import generics, serializers, status
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
-from approvals import eligibility, selectors, services
+from approvals import eligibility, risk_selectors, selectors, services
 from approvals.models import (
     Approval,
     ChangeRequest,
@@ -22,6 +22,7 @@ from approvals.models import (
     Gate,
     GateRole,
     Risk,
+    RiskAssessment,
     Strategy,
 )
 from audit.permissions import is_auditor
@@ -90,6 +91,24 @@ class ChecklistItemOutSerializer(serializers.Serializer):
     note = serializers.CharField(allow_blank=True)
 
 
+# Risk (docs/cab-risk.md): the portal's assessment of a change.
+class RiskFactorOutSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    label = serializers.CharField()
+    value = serializers.JSONField(allow_null=True, help_text="What was measured (a kind, a "
+                                  "share in percent, a rate, a count), null when unknown.")
+    weight = serializers.IntegerField(help_text="The most points the factor can give.")
+    points = serializers.IntegerField(help_text="weight × severity (0 to 1), rounded.")
+    explanation = serializers.CharField()
+
+
+class RiskAssessmentOutSerializer(serializers.Serializer):
+    score = serializers.IntegerField(min_value=0, max_value=100)
+    factors = RiskFactorOutSerializer(many=True)
+    assessed_at = serializers.DateTimeField(source="created_at")
+    trigger = serializers.ChoiceField(choices=RiskAssessment.Trigger.choices)
+
+
 class ChangeOutSerializer(serializers.ModelSerializer):
     release = serializers.IntegerField(source="release_id", read_only=True)
     application = serializers.CharField(source="release.application.slug", read_only=True)
@@ -125,6 +144,7 @@ class ChangeOutSerializer(serializers.ModelSerializer):
                   "created_at", "submitted_at", "closed_at", "gates", "checklist",
                   "blockers", "deployment", "deployer", "fingerprint",
                   "expires_at", "execute_by"]
+        fields += ["risk_assessment"]  # risk (docs/cab-risk.md)
 
     def to_representation(self, instance):
         # Each gate carries the caller's verdict (approvals.eligibility), from their facts
@@ -138,6 +158,16 @@ class ChangeOutSerializer(serializers.ModelSerializer):
                     strict=True):
                 gate.verdict = verdict
         return super().to_representation(instance)
+
+    # Risk (docs/cab-risk.md): the latest assessment; ``risk`` stays the requester's word.
+    risk_assessment = serializers.SerializerMethodField(
+        help_text="The portal's risk score of the change (0-100) and its factors, as last "
+                  "assessed (at submission, a decision or an edit); null before submission.")
+
+    @extend_schema_field(RiskAssessmentOutSerializer(allow_null=True))
+    def get_risk_assessment(self, obj) -> dict | None:
+        found = risk_selectors.latest_risk(obj)
+        return RiskAssessmentOutSerializer(found).data if found is not None else None
 
     def get_fingerprint(self, obj) -> str:
         digests = self.context.get("digests")
@@ -275,7 +305,7 @@ class ChangeListCreate(ApiMixin, generics.ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return ChangeRequest.objects.none()
-        return selectors.changes_visible_to(self.request.user)
+        return risk_selectors.with_latest_risk(selectors.changes_visible_to(self.request.user))
 
     def list(self, request, *args, **kwargs):
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
@@ -305,7 +335,7 @@ class ChangeDetail(ApiMixin, generics.RetrieveAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return ChangeRequest.objects.none()
-        return selectors.changes_visible_to(self.request.user)
+        return risk_selectors.with_latest_risk(selectors.changes_visible_to(self.request.user))
 
 
 class _ChangeAction(ApiView):

@@ -63,6 +63,14 @@ class ApprovalPolicy(models.Model):
         null=True, blank=True, help_text="An approved change not started this many days "
                                          "after its approval loses its approvals; empty: "
                                          "no limit.")
+    # Risk (docs/cab-risk.md): a change whose score at submission is at or above the
+    # threshold gets the extra gate too.
+    risk_threshold = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Risk score (0-100) from which the extra gate is "
+                                         "added at submission; empty: never.")
+    risk_extra_gate = models.CharField(
+        max_length=20, blank=True, choices=GateRole.choices,
+        help_text="The gate added to a change whose risk reaches the threshold.")
 
     class Meta:
         verbose_name_plural = "approval policies"
@@ -409,3 +417,35 @@ class ChangeView(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} opened {self.change.reference} ({self.kind}) at {self.at}"
+
+
+# Risk (docs/cab-risk.md): the portal's explained score of a change, kept at each
+# assessment; the change's current assessment is its latest.
+class RiskAssessment(models.Model):
+    class Trigger(models.TextChoices):
+        SUBMITTED = "submitted", "Submitted"
+        DECISION = "decision", "Decision"
+        EDITED = "edited", "Edited"
+
+    change = models.ForeignKey(ChangeRequest, on_delete=models.CASCADE,
+                               related_name="risk_assessments")
+    score = models.PositiveSmallIntegerField()
+    # [{"name", "label", "value", "weight", "points", "explanation"}] (approvals.risk).
+    factors = models.JSONField(default=list)
+    trigger = models.CharField(max_length=20, choices=Trigger.choices)
+    created_at = models.DateTimeField(default=clock.now)
+    # The policy's threshold this score reached and the gate it added (submission only).
+    threshold = models.PositiveSmallIntegerField(null=True, blank=True)
+    added_gate = models.CharField(max_length=20, blank=True, choices=GateRole.choices)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["change", "-created_at", "-id"],
+                                name="risk_latest_idx")]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(score__lte=100),
+                                   name="risk_score_at_most_100"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.change.reference} risk {self.score}"

@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_POST
 
-from approvals import checks, eligibility, selectors, services
+from approvals import checks, eligibility, risk, risk_selectors, selectors, services
 from approvals.models import (
     ChangeRequest,
     ChangeType,
@@ -207,6 +207,8 @@ def _change_context(request, change: ChangeRequest) -> dict:
         "review": review,
         "can_close_review": review is not None and not review.closed_at
         and eligibility.review_verdict(person=person, change=change, at=now).eligible,
+        # Risk (docs/cab-risk.md): the current assessment, its factors, why a gate was added.
+        **risk_selectors.risk_summary(change),
     }
 
 
@@ -327,9 +329,13 @@ def inbox(request):
     blockers = selectors.blockers_for_many(changes)
     digests = digests_for_many(changes)
     inputs = services.run_inputs_for_many(changes)
+    assessed = risk_selectors.latest_risk_for_many(changes)  # risk (docs/cab-risk.md)
     for gate in gates:
         gate.deadline_soon = bool(gate.expires_at and
                                   gate.expires_at - clock.now() < DEADLINE_SOON)
+        found = assessed.get(gate.change.pk)
+        gate.change.risk_score = found.score if found else None
+        gate.change.risk_band = risk.band(gate.change.risk_score)
         gate.other_blockers = [b for b in blockers[gate.change.pk]
                                if b.code != f"gate_{gate.role}"]
         # The version the card shows, sent back with the decision.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.db import connection
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
 # Which releases a user sees is the catalogue's rule; pages and the API of the engine
 # and of the approval workflow read it here too.
@@ -167,3 +167,37 @@ def queued_deployments(environment_ids=None) -> list[dict]:
         seen[key] = seen.get(key, 0) + 1
         rows.append({"deployment": d, "position": seen[key], "waiting_for": heads.get(key)})
     return rows
+
+
+# The DORA definitions (reporting.metrics): what counts as a deployment, and a failure.
+DORA_FINAL = (Deployment.Status.SUCCEEDED, Deployment.Status.FAILED,
+              Deployment.Status.ROLLED_BACK)
+DORA_FAILURE = (Deployment.Status.FAILED, Deployment.Status.ROLLED_BACK)
+
+
+def change_failure_counts(application_ids, *, since, until) -> dict[int, tuple[int, int]]:
+    """{application id: (deployments, failures)} of the deployments that ended in
+    [since, until), as the DORA change failure rate counts them (reporting.metrics): runs
+    of kind ``deploy`` that ended succeeded, failed or rolled back; failures are the failed
+    and rolled back ones. One query for all the applications."""
+    rows = (Deployment.objects
+            .filter(application_id__in=set(application_ids), kind=Deployment.Kind.DEPLOY,
+                    status__in=DORA_FINAL, finished_at__gte=since, finished_at__lt=until)
+            .values("application_id")
+            .annotate(n=Count("id"), failed=Count("id", filter=Q(status__in=DORA_FAILURE))))
+    return {row["application_id"]: (row["n"], row["failed"]) for row in rows}
+
+
+def rollback_counts(pairs, *, since) -> dict[tuple[int, int], int]:
+    """{(application id, environment id): deployments there rolled back (automatically
+    or by hand) that ended since ``since``}. One query for all the pairs."""
+    pairs = set(pairs)
+    if not pairs:
+        return {}
+    rows = (Deployment.objects
+            .filter(application_id__in={a for a, _ in pairs},
+                    environment_id__in={e for _, e in pairs},
+                    status=Deployment.Status.ROLLED_BACK, finished_at__gte=since)
+            .values("application_id", "environment_id").annotate(n=Count("id")))
+    found = {(r["application_id"], r["environment_id"]): r["n"] for r in rows}
+    return {pair: found.get(pair, 0) for pair in pairs}

@@ -324,6 +324,7 @@ SPECTACULAR_SETTINGS = {
         "AlertStatusEnum": ["firing", "resolved"],
         "CheckStatusEnum": ["passed", "failed"],
         "DoraBandEnum": ["elite", "high", "medium", "low"],
+        "RiskTriggerEnum": "approvals.models.RiskAssessment.Trigger",
     },
 }
 

@@ -52,6 +52,9 @@ from approvals.services.reopening import (
 from approvals.services.reviews import (
     review_close,
 )
+from approvals.services.risk import (
+    risk_assess,
+)
 from approvals.services.scheduling import (
     change_request_deploy,
     changes_start_scheduled,
@@ -91,5 +94,6 @@ __all__ = [
     "may_decide",
     "may_tick_checklist",
     "review_close",
+    "risk_assess",
     "run_inputs_for_many",
 ]

@@ -22,6 +22,7 @@ from approvals.services.checklists import _open_checklist
 from approvals.services.deadlines import _set_approve_by, _set_execute_by
 from approvals.services.guards import _refusal_audited, _require_deploy_for_self_start
 from approvals.services.reopening import _reopen_changed_concerns
+from approvals.services.risk import _add_risk_gate, risk_assess
 from approvals.services.scheduling import _hold_environment_if_it_may_start, _start_by_itself
 from audit.trail import audit_record
 from catalog.models import Environment, Release
@@ -145,6 +146,14 @@ def _submit(*, actor, change: ChangeRequest) -> None:
     if not existing:
         _open_checklist(change, PRE_DEPLOYMENT_KINDS)
     gates = [*gates, *existing.values()]
+    # Risk (docs/cab-risk.md): scored at submission; a high score adds the policy's gate,
+    # with the same approve-by time as the others.
+    assessment = risk_assess(change=change, trigger="submitted", actor=actor)
+    extra = _add_risk_gate(actor=actor, change=change, policy=policy, assessment=assessment)
+    if extra:
+        if _set_approve_by(change, [extra]):
+            extra.save(update_fields=["expires_at", "expiry_warned_at"])
+        gates.append(extra)
     before = change.status
     waiting = any(g.status != Gate.Status.APPROVED for g in gates)
     change.status = (ChangeRequest.Status.PENDING_APPROVAL if waiting
@@ -213,6 +222,8 @@ def _update(*, actor, change: ChangeRequest, fields: dict) -> ChangeRequest:
             setattr(change, name, value)
         change.save(update_fields=list(fields))
         reopened = _reopen_changed_concerns(change, f"{change.reference} was edited")
+        if change.submitted_at:
+            risk_assess(change=change, trigger="edited", actor=actor)
         if change.status == ChangeRequest.Status.APPROVED and change.scheduled_for and \
                 change.scheduled_for > clock.now():
             change.status = ChangeRequest.Status.SCHEDULED

@@ -14,6 +14,7 @@ from approvals.services.deadlines import _check_gate_not_expired, _set_execute_b
 from approvals.services.fingerprints import change_version, fingerprint
 from approvals.services.guards import _refusal_audited, _refuse, _step_up_for_production
 from approvals.services.reopening import _reopen
+from approvals.services.risk import risk_assess
 from approvals.services.scheduling import _hold_environment_if_it_may_start, _start_by_itself
 from audit.trail import audit_record
 from catalog.models import Environment
@@ -64,6 +65,7 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
                                     fingerprint=fingerprint(change),
                                     on_behalf_of_id=lent.delegator_id if lent else None)
             before = _apply_decision(change, gate, decision)
+            risk_assess(change=change, trigger="decision", actor=actor)
             audit_record(actor=actor, action=action, obj=change,
                          object_repr=f"{change} / {gate.get_role_display()}",
                          environment=change.environment.slug, before=before,

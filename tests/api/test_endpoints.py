@@ -76,7 +76,8 @@ def test_audit_events_filter_and_stream_as_csv(demo, api):
     auditor = api(demo.auditor)
     body = auditor.get(f"/api/v1/audit-events/?object_type=changerequest&object_id={change.pk}"
                        "&actor=engineer&environment=staging").json()
-    assert {e["action"] for e in body["results"]} == {"change.created", "change.submitted"}
+    assert {e["action"] for e in body["results"]} == {"change.created", "change.risk_assessed",
+                                                      "change.submitted"}
     since = body["results"][-1]["occurred_at"]
     assert auditor.get("/api/v1/audit-events/?until=2000-01-01T00:00:00Z").json()[
         "results"] == []
@@ -88,7 +89,8 @@ def test_audit_events_filter_and_stream_as_csv(demo, api):
     assert streamed.status_code == 200
     assert streamed["Content-Type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(b"".join(streamed.streaming_content).decode())))
-    assert [r["action"] for r in rows] == ["change.created", "change.submitted"]
+    assert [r["action"] for r in rows] == ["change.created", "change.risk_assessed",
+                                           "change.submitted"]
     assert api(demo.engineer).get("/api/v1/audit-events/?format=csv").status_code == 403
     assert auditor.get("/api/v1/audit-events/?format=xml").status_code == 400
 

@@ -103,7 +103,8 @@ def test_audit_browser_filters_by_action_prefix_actor_object_and_time(demo, clie
         return [e.action for e in client.get(f"/audit/?{query}").context["page"].rows]
 
     assert actions("action=gate.") == ["gate.approved"]
-    assert set(actions("actor=engineer")) == {"change.created", "change.submitted"}
+    assert set(actions("actor=engineer")) == {"change.created", "change.risk_assessed",
+                                              "change.submitted"}
     assert actions(f"object_type=changerequest&object_id={change.pk}&action=change.submitted"
                    ) == ["change.submitted"]
 
@@ -171,7 +172,8 @@ def test_jsonl_export_keeps_events_exactly_so_their_hashes_verify(demo, client):
     response = client.get("/audit/export.jsonl?actor=engineer")
     assert response["Content-Type"] == "application/x-ndjson"
     lines = [json.loads(line) for line in body(response).splitlines()]
-    assert {row["action"] for row in lines} == {"change.created", "change.submitted"}
+    assert {row["action"] for row in lines} == {"change.created", "change.risk_assessed",
+                                                "change.submitted"}
     for row in lines:
         stored = AuditEvent.objects.get(pk=row["id"])
         assert row["hash"] == stored.hash == compute_hash(stored)
