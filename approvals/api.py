@@ -14,7 +14,7 @@ from rest_framework import generics, serializers, status
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
-from approvals import eligibility, selectors, services
+from approvals import conflicts, eligibility, selectors, services
 from approvals.models import (
     Approval,
     ChangeRequest,
@@ -83,6 +83,15 @@ class ChecklistItemOutSerializer(serializers.Serializer):
     note = serializers.CharField(allow_blank=True)
 
 
+class ConflictOutSerializer(serializers.Serializer):
+    change = serializers.IntegerField(allow_null=True,
+                                      help_text="The other change; null for a freeze.")
+    kind = serializers.ChoiceField(choices=conflicts.KINDS)
+    reason = serializers.CharField()
+    allowed = serializers.BooleanField(
+        help_text="A freeze the change's policy passes: shown, never blocking.")
+
+
 class ChangeOutSerializer(serializers.ModelSerializer):
     release = serializers.IntegerField(source="release_id", read_only=True)
     application = serializers.CharField(source="release.application.slug", read_only=True)
@@ -102,6 +111,10 @@ class ChangeOutSerializer(serializers.ModelSerializer):
     fingerprint = serializers.SerializerMethodField(
         help_text="The version of the change as shown here; send it back with approve or "
                   "reject, which are refused (409 changed_since_viewed) if the change moved.")
+    # Conflicts with other changes, freezes and the on-call engineer's time (CAB).
+    conflicts = serializers.SerializerMethodField(
+        help_text="Other changes and freezes in an overlapping window; they block only "
+                  "when the policy says conflicts block (blocker `conflict`).")
 
     class Meta:
         model = ChangeRequest
@@ -109,7 +122,8 @@ class ChangeOutSerializer(serializers.ModelSerializer):
                   "change_type", "strategy", "risk", "impact", "rollback_plan", "on_call",
                   "scheduled_for", "deploy_when_approved", "status", "requested_by",
                   "created_at", "submitted_at", "closed_at", "gates", "checklist",
-                  "blockers", "deployment", "deployer", "fingerprint"]
+                  "blockers", "deployment", "deployer", "fingerprint",
+                  "conflicts"]
 
     def to_representation(self, instance):
         # Each gate carries the caller's verdict (approvals.eligibility), from their facts
@@ -146,6 +160,13 @@ class ChangeOutSerializer(serializers.ModelSerializer):
         else:
             found = selectors.change_blockers(obj)
         return [b.code for b in found]
+
+    @extend_schema_field(ConflictOutSerializer(many=True))
+    def get_conflicts(self, obj) -> list[dict]:
+        rules = self.context.get("rules")
+        found = rules.conflicts.get(obj.pk, []) if rules is not None else \
+            conflicts.conflicts_for([obj]).get(obj.pk, [])
+        return [c.as_dict() for c in found]
 
     def get_deployment(self, obj) -> int | None:
         if hasattr(obj, "latest_deployment_id"):

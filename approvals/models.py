@@ -55,6 +55,10 @@ class ApprovalPolicy(models.Model):
                                         help_text="May deploy during a change freeze.")
     opens_review = models.BooleanField(
         default=False, help_text="Open a post-implementation review for CAB afterwards.")
+    # Conflicts (approvals.conflicts): shown to CAB always; they block only when asked.
+    conflicts_block = models.BooleanField(
+        default=False, help_text="A conflict with another change, a freeze or the on-call "
+                                 "engineer's time stops the change from starting.")
 
     class Meta:
         verbose_name_plural = "approval policies"

@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_POST
 
-from approvals import checks, eligibility, selectors, services
+from approvals import checks, conflicts, eligibility, selectors, services
 from approvals.models import (
     ChangeRequest,
     ChangeType,
@@ -169,6 +169,7 @@ def _change_context(request, change: ChangeRequest) -> dict:
         # What this page shows, sent back with a decision (approve what you saw).
         "version_shown": services.change_version(change),
         "blockers": blockers,
+        "conflicts": rules.conflicts.get(change.pk, []),  # conflicts
         "earliest": earliest,
         "deployment": deployment,
         # Queued behind another deployment of the application there: where it stands.
@@ -302,7 +303,9 @@ def inbox(request):
     blockers = selectors.blockers_for_many(changes)
     digests = digests_for_many(changes)
     inputs = services.run_inputs_for_many(changes)
+    found = conflicts.conflicts_for(changes)  # conflicts, for all the cards at once
     for gate in gates:
+        gate.conflicts = found.get(gate.change.pk, [])
         gate.other_blockers = [b for b in blockers[gate.change.pk]
                                if b.code != f"gate_{gate.role}"]
         # The version the card shows, sent back with the decision.
