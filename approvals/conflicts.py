@@ -88,6 +88,13 @@ class Conflict:
     reason: str
     allowed: bool = False  # a freeze the policy passes: shown, never blocking
 
+    @property
+    def after_reference(self) -> str | None:
+        """The reason after the other change's reference it starts with (pages link it)."""
+        if self.change_id and self.reason.startswith(self.reference):
+            return self.reason[len(self.reference):]
+        return None
+
     def as_dict(self) -> dict:
         return {"change": self.change_id, "kind": self.kind, "reason": self.reason,
                 "allowed": self.allowed}
@@ -176,8 +183,9 @@ def detect(change: Facts, world: World) -> list[Conflict]:
                                           f"({', '.join(sorted(shared))}) {when}"))
         if change.on_call_id is not None and other.on_call_id == change.on_call_id:
             found.append(Conflict(ON_CALL, other.id, other.reference,
-                                  f"{change.on_call} is on call for {other.reference} too "
-                                  f"({other.application} to {other.environment}) {when}"))
+                                  f"{other.reference} ({other.application} to "
+                                  f"{other.environment}) has the same on-call engineer, "
+                                  f"{change.on_call}, {when}"))
     return sorted(found, key=lambda c: (KINDS.index(c.kind), c.change_id or 0))
 
 

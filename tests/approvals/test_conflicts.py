@@ -155,7 +155,9 @@ def test_the_same_on_call_engineer_for_overlapping_windows_conflicts_across_envi
     someone_else = change(demo, app=other_app("billing"), environment="development",
                           at=tomorrow, on_call=demo.techlead)
     assert kinds(staging) == [("on_call", development.pk)]
-    assert "oncall is on call for " + development.reference in found(staging)[0].reason
+    assert found(staging)[0].reason.startswith(
+        f"{development.reference} (payments to development) has the same on-call engineer, "
+        "oncall, in an overlapping window (")
     assert ("on_call", staging.pk) in kinds(development)
     assert all(kind != "on_call" for kind, _ in kinds(someone_else))
 
