@@ -166,7 +166,8 @@ class ChangeOutSerializer(serializers.ModelSerializer):
         rules = self.context.get("rules")
         found = rules.conflicts.get(obj.pk, []) if rules is not None else \
             conflicts.conflicts_for([obj]).get(obj.pk, [])
-        return [c.as_dict() for c in found]
+        # Another change the caller may not see is neither named nor linked.
+        return [c.as_dict() for c in conflicts.seen_by(found, self.context.get("visible"))]
 
     def get_deployment(self, obj) -> int | None:
         if hasattr(obj, "latest_deployment_id"):
@@ -255,7 +256,8 @@ class ChangeFilter(django_filters.FilterSet):
 def _caller(request) -> dict:
     """The caller's facts for the gates' ``can_decide`` and ``eligibility``."""
     at = timezone.now()
-    return {"person": selectors.person_facts(request.user, at=at), "at": at}
+    return {"person": selectors.person_facts(request.user, at=at), "at": at,
+            "visible": conflicts.visible_environments(request.user)}  # conflicts
 
 
 def _rules(changes) -> selectors.Rules | None:

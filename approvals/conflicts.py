@@ -18,8 +18,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from approvals import schedule
-from approvals.models import ApprovalPolicy, ChangeRequest, Freeze
+from approvals.models import ApprovalPolicy, ChangeRequest, Delegation, Freeze
+from audit.permissions import is_auditor
 from catalog.models import Application, Target
+from catalog.permissions import environment_permissions
 from core import clock
 
 # How long a deployment is expected to take: no policy or environment says so yet.
@@ -87,6 +89,7 @@ class Conflict:
     reference: str  # the other change's reference, or the freeze's reason
     reason: str
     allowed: bool = False  # a freeze the policy passes: shown, never blocking
+    environment_id: int | None = None  # where the other change goes
 
     @property
     def after_reference(self) -> str | None:
@@ -165,36 +168,76 @@ def detect(change: Facts, world: World) -> list[Conflict]:
             place = f"to {other.environment}"
             if other.application_id == change.application_id:
                 found.append(Conflict(SAME_APPLICATION, other.id, other.reference,
-                                      f"{deploys} {place} {when}"))
+                                      f"{deploys} {place} {when}",
+                                      environment_id=other.environment_id))
             else:
                 if (change.application_id, other.application_id) in world.depends:
                     found.append(Conflict(DEPENDENCY, other.id, other.reference,
                                           f"{deploys}, which {change.application} depends "
-                                          f"on, {place} {when}"))
+                                          f"on, {place} {when}",
+                                          environment_id=other.environment_id))
                 elif (other.application_id, change.application_id) in world.depends:
                     found.append(Conflict(DEPENDENCY, other.id, other.reference,
                                           f"{deploys}, which depends on "
-                                          f"{change.application}, {place} {when}"))
+                                          f"{change.application}, {place} {when}",
+                                          environment_id=other.environment_id))
                 shared = (world.addresses[(change.application_id, change.environment_id)]
                           & world.addresses[(other.application_id, other.environment_id)])
                 if shared:
                     found.append(Conflict(SAME_TARGETS, other.id, other.reference,
                                           f"{deploys} {place} on the same targets "
-                                          f"({', '.join(sorted(shared))}) {when}"))
+                                          f"({', '.join(sorted(shared))}) {when}",
+                                          environment_id=other.environment_id))
         if change.on_call_id is not None and other.on_call_id == change.on_call_id:
             found.append(Conflict(ON_CALL, other.id, other.reference,
                                   f"{other.reference} ({other.application} to "
                                   f"{other.environment}) has the same on-call engineer, "
-                                  f"{change.on_call}, {when}"))
+                                  f"{change.on_call}, {when}",
+                                  environment_id=other.environment_id))
     return sorted(found, key=lambda c: (KINDS.index(c.kind), c.change_id or 0))
 
 
 def as_blockers(conflicts: list[Conflict], policy) -> list[tuple[str, str]]:
     """(code, message) for each conflict that stops the change: only under a policy
-    that says conflicts block, and never a freeze the policy passes."""
+    that says conflicts block, and never a freeze the policy passes. A change in
+    another environment is not named (whoever reads the blockers may not see it)."""
     if not (policy and policy.conflicts_block):
         return []
-    return [("conflict", f"conflict: {c.reason}") for c in conflicts if not c.allowed]
+    return [("conflict", "conflict: " + (
+        c.reason if c.environment_id in (None, policy.environment_id) else HIDDEN[c.kind]))
+        for c in conflicts if not c.allowed]
+
+
+# A conflict with a change the reader may not see, in plain words that name nothing.
+HIDDEN = {
+    SAME_APPLICATION: "another change deploys this application in an overlapping window",
+    DEPENDENCY: "another change deploys an application this one depends on, or that "
+                "depends on it, in an overlapping window",
+    SAME_TARGETS: "another change deploys to the same targets in an overlapping window",
+    ON_CALL: "another change elsewhere has the same on-call engineer in an overlapping "
+             "window",
+}
+
+
+def visible_environments(user) -> set[int] | None:
+    """Environments whose changes ``user`` may see (None: all), as
+    ``selectors.changes_visible_to`` reckons them; one query besides the permissions
+    read once per request."""
+    if user.is_superuser or is_auditor(user):
+        return None
+    delegated = Delegation.objects.filter(delegate=user, revoked_at__isnull=True,
+                                          expires_at__gt=clock.now()
+                                          ).values_list("environment_id", flat=True)
+    return set(environment_permissions(user)) | set(delegated)
+
+
+def seen_by(conflicts: list[Conflict], visible: set[int] | None) -> list[Conflict]:
+    """``conflicts`` as a reader who sees the changes of ``visible`` environments (None:
+    all) may read them: another change elsewhere is neither named nor linked."""
+    if visible is None:
+        return conflicts
+    return [c if c.environment_id is None or c.environment_id in visible else
+            Conflict(c.kind, None, "", HIDDEN[c.kind], c.allowed, None) for c in conflicts]
 
 
 _FIELDS = ("id", "status", "scheduled_for", "change_type", "release__application_id",

@@ -169,7 +169,8 @@ def _change_context(request, change: ChangeRequest) -> dict:
         # What this page shows, sent back with a decision (approve what you saw).
         "version_shown": services.change_version(change),
         "blockers": blockers,
-        "conflicts": rules.conflicts.get(change.pk, []),  # conflicts
+        "conflicts": conflicts.seen_by(rules.conflicts.get(change.pk, []),  # conflicts
+                                       conflicts.visible_environments(user)),
         "earliest": earliest,
         "deployment": deployment,
         # Queued behind another deployment of the application there: where it stands.
@@ -304,8 +305,9 @@ def inbox(request):
     digests = digests_for_many(changes)
     inputs = services.run_inputs_for_many(changes)
     found = conflicts.conflicts_for(changes)  # conflicts, for all the cards at once
+    visible = conflicts.visible_environments(request.user)
     for gate in gates:
-        gate.conflicts = found.get(gate.change.pk, [])
+        gate.conflicts = conflicts.seen_by(found.get(gate.change.pk, []), visible)
         gate.other_blockers = [b for b in blockers[gate.change.pk]
                                if b.code != f"gate_{gate.role}"]
         # The version the card shows, sent back with the decision.

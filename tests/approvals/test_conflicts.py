@@ -311,3 +311,27 @@ def test_editing_dependencies_in_the_admin_is_audited_and_reopens_nothing(
             "the executor or executor settings of Storefront changed after approval"]
     finally:
         deployment_inputs_changed.disconnect(dispatch_uid="test-conflicts-listener")
+
+
+def test_a_conflict_with_a_change_the_reader_may_not_see_names_nothing(demo, api, client):
+    production = change(demo, environment="production", on_call=demo.oncall)
+    staging = change(demo, app=other_app(), on_call=demo.oncall)  # CAB sees no staging
+
+    body = api(demo.cab).get(f"/api/v1/changes/{production.pk}/").json()
+    assert body["conflicts"] == [{"change": None, "kind": "on_call", "allowed": False,
+                                  "reason": conflicts.HIDDEN["on_call"]}]
+    listed = api(demo.cab).get("/api/v1/changes/").content.decode()
+    assert staging.reference not in listed
+    client.force_login(demo.cab)
+    page = client.get(f"/changes/{production.pk}/").content.decode()
+    assert conflicts.HIDDEN["on_call"][1:] in page and staging.reference not in page
+    # Under a policy that blocks, the blocker names nothing either.
+    ApprovalPolicy.objects.filter(environment__slug="production", change_type="standard"
+                                  ).update(conflicts_block=True)
+    production.refresh_from_db()
+    messages = [b.message for b in selectors.change_blockers(production) if b.code == "conflict"]
+    assert messages == ["conflict: " + conflicts.HIDDEN["on_call"]]
+
+    # An administrator sees every environment: the other change is named and linked.
+    admin = api(demo.admin).get(f"/api/v1/changes/{production.pk}/").json()
+    assert [c["change"] for c in admin["conflicts"]] == [staging.pk]
