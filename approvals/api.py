@@ -14,7 +14,7 @@ from rest_framework import generics, serializers, status
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
-from approvals import eligibility, risk_selectors, selectors, services
+from approvals import conflicts, eligibility, risk_selectors, selectors, services
 from approvals.models import (
     Approval,
     ChangeRequest,
@@ -109,6 +109,15 @@ class RiskAssessmentOutSerializer(serializers.Serializer):
     trigger = serializers.ChoiceField(choices=RiskAssessment.Trigger.choices)
 
 
+class ConflictOutSerializer(serializers.Serializer):
+    change = serializers.IntegerField(allow_null=True,
+                                      help_text="The other change; null for a freeze.")
+    kind = serializers.ChoiceField(choices=conflicts.KINDS)
+    reason = serializers.CharField()
+    allowed = serializers.BooleanField(
+        help_text="A freeze the change's policy passes: shown, never blocking.")
+
+
 class ChangeOutSerializer(serializers.ModelSerializer):
     release = serializers.IntegerField(source="release_id", read_only=True)
     application = serializers.CharField(source="release.application.slug", read_only=True)
@@ -135,6 +144,10 @@ class ChangeOutSerializer(serializers.ModelSerializer):
         read_only=True, allow_null=True,
         help_text="Once approved, the deployment must start by this time or the approvals "
                   "lapse (the change waits for approval again); null: no limit.")
+    # Conflicts with other changes, freezes and the on-call engineer's time (CAB).
+    conflicts = serializers.SerializerMethodField(
+        help_text="Other changes and freezes in an overlapping window; they block only "
+                  "when the policy says conflicts block (blocker `conflict`).")
 
     class Meta:
         model = ChangeRequest
@@ -143,7 +156,7 @@ class ChangeOutSerializer(serializers.ModelSerializer):
                   "scheduled_for", "deploy_when_approved", "status", "requested_by",
                   "created_at", "submitted_at", "closed_at", "gates", "checklist",
                   "blockers", "deployment", "deployer", "fingerprint",
-                  "expires_at", "execute_by"]
+                  "expires_at", "execute_by", "conflicts"]
         fields += ["risk_assessment"]  # risk (docs/cab-risk.md)
 
     def to_representation(self, instance):
@@ -201,6 +214,14 @@ class ChangeOutSerializer(serializers.ModelSerializer):
         else:
             found = selectors.change_blockers(obj)
         return [b.code for b in found]
+
+    @extend_schema_field(ConflictOutSerializer(many=True))
+    def get_conflicts(self, obj) -> list[dict]:
+        rules = self.context.get("rules")
+        found = rules.conflicts.get(obj.pk, []) if rules is not None else \
+            conflicts.conflicts_for([obj]).get(obj.pk, [])
+        # Another change the caller may not see is neither named nor linked.
+        return [c.as_dict() for c in conflicts.seen_by(found, self.context.get("visible"))]
 
     def get_deployment(self, obj) -> int | None:
         if hasattr(obj, "latest_deployment_id"):
@@ -289,7 +310,8 @@ class ChangeFilter(django_filters.FilterSet):
 def _caller(request) -> dict:
     """The caller's facts for the gates' ``can_decide`` and ``eligibility``."""
     at = timezone.now()
-    return {"person": selectors.person_facts(request.user, at=at), "at": at}
+    return {"person": selectors.person_facts(request.user, at=at), "at": at,
+            "visible": conflicts.visible_environments(request.user)}  # conflicts
 
 
 def _rules(changes) -> selectors.Rules | None:

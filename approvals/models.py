@@ -71,6 +71,10 @@ class ApprovalPolicy(models.Model):
     risk_extra_gate = models.CharField(
         max_length=20, blank=True, choices=GateRole.choices,
         help_text="The gate added to a change whose risk reaches the threshold.")
+    # Conflicts (approvals.conflicts): shown to CAB always; they block only when asked.
+    conflicts_block = models.BooleanField(
+        default=False, help_text="A conflict with another change, a freeze or the on-call "
+                                 "engineer's time stops the change from starting.")
 
     class Meta:
         verbose_name_plural = "approval policies"

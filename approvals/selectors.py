@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Count, F, OuterRef, Prefetch, Q, QuerySet, Subquery, Window
 from django.db.models.functions import RowNumber
 
-from approvals import checks, eligibility, schedule
+from approvals import checks, conflicts, eligibility, schedule
 from approvals.models import (
     PRE_DEPLOYMENT_KINDS,
     Approval,
@@ -63,6 +63,7 @@ class Rules:
     freezes: dict[int, list[Freeze]] = field(default_factory=lambda: defaultdict(list))
     succeeded: set[tuple[int, int]] = field(default_factory=set)  # (release, environment)
     last_final: dict[tuple[int, int], str] = field(default_factory=dict)  # (app, env) -> status
+    conflicts: dict[int, list[conflicts.Conflict]] = field(default_factory=dict)  # change id
 
     def previous_environment(self, environment: Environment) -> Environment | None:
         earlier = [e for e in self.environments.values() if e.order < environment.order]
@@ -96,11 +97,13 @@ def load_rules(*, environment_ids: set[int], release_ids: set[int],
 
 
 def rules_for(changes: list[ChangeRequest]) -> Rules:
-    return load_rules(
+    rules = load_rules(
         environment_ids={c.environment_id for c in changes},
         release_ids={c.release_id for c in changes},
         application_ids={c.release.application_id for c in changes},
     )
+    rules.conflicts = conflicts.conflicts_for(changes)  # conflicts: in bulk too
+    return rules
 
 
 def _environment_blockers(*, release: Release, environment: Environment, policy, rules: Rules,
@@ -180,6 +183,8 @@ def change_blockers(change: ChangeRequest, *, rules: Rules | None = None,
                 "checklist", f"checklist: {item.text}" + (f" ({why})" if why else "")))
     blockers += _environment_blockers(release=change.release, environment=change.environment,
                                       policy=policy, rules=rules, at=at, change_id=change.pk)
+    blockers += [Blocker(*found) for found in conflicts.as_blockers(  # conflicts
+        rules.conflicts.get(change.pk, []), policy)]
     return blockers
 
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_POST
 
-from approvals import checks, eligibility, risk, risk_selectors, selectors, services
+from approvals import checks, conflicts, eligibility, risk, risk_selectors, selectors, services
 from approvals.models import (
     ChangeRequest,
     ChangeType,
@@ -192,6 +192,8 @@ def _change_context(request, change: ChangeRequest) -> dict:
         # What this page shows, sent back with a decision (approve what you saw).
         "version_shown": services.change_version(change),
         "blockers": blockers,
+        "conflicts": conflicts.seen_by(rules.conflicts.get(change.pk, []),  # conflicts
+                                       conflicts.visible_environments(user)),
         "earliest": earliest,
         "deployment": deployment,
         # Queued behind another deployment of the application there: where it stands.
@@ -330,12 +332,15 @@ def inbox(request):
     digests = digests_for_many(changes)
     inputs = services.run_inputs_for_many(changes)
     assessed = risk_selectors.latest_risk_for_many(changes)  # risk (docs/cab-risk.md)
+    found = conflicts.conflicts_for(changes)  # conflicts, for all the cards at once
+    visible = conflicts.visible_environments(request.user)
     for gate in gates:
         gate.deadline_soon = bool(gate.expires_at and
                                   gate.expires_at - clock.now() < DEADLINE_SOON)
-        found = assessed.get(gate.change.pk)
-        gate.change.risk_score = found.score if found else None
+        found_risk = assessed.get(gate.change.pk)
+        gate.change.risk_score = found_risk.score if found_risk else None
         gate.change.risk_band = risk.band(gate.change.risk_score)
+        gate.conflicts = conflicts.seen_by(found.get(gate.change.pk, []), visible)
         gate.other_blockers = [b for b in blockers[gate.change.pk]
                                if b.code != f"gate_{gate.role}"]
         # The version the card shows, sent back with the decision.

@@ -18,8 +18,21 @@ class DeploymentInputsAdmin(AuditedModelAdmin):
     def scope(self, obj) -> tuple[int | None, int | None, str]:
         raise NotImplementedError
 
+    def runs_with(self, obj):
+        """What of ``obj`` deployments run with; None: every edit counts."""
+        return None
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            request._runs_with_before = self.runs_with(self._fresh(obj))
+        super().save_model(request, obj, form, change)
+
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
+        before = getattr(request, "_runs_with_before", None) if change else None
+        request._runs_with_before = None
+        if before is not None and before == self.runs_with(self._fresh(form.instance)):
+            return  # an edit of something deployments do not run with reopens nothing
         self._edited(form.instance)
 
     def delete_model(self, request, obj):
@@ -54,6 +67,19 @@ class EnvironmentAdmin(DeploymentInputsAdmin, GuardedModelAdmin):
 @admin.register(Application)
 class ApplicationAdmin(DeploymentInputsAdmin):
     list_display = ["name", "slug", "team", "executor"]
+    filter_horizontal = ["depends_on"]
+
+    def runs_with(self, obj):
+        # Not its name, team or dependencies (which say which changes conflict,
+        # approvals.conflicts): what a deployment runs is the executor and its settings.
+        return [obj.executor, obj.executor_settings]
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if obj is not None and "depends_on" in form.base_fields:
+            # An application does not depend on itself.
+            form.base_fields["depends_on"].queryset = Application.objects.exclude(pk=obj.pk)
+        return form
 
     def scope(self, obj):
         return (obj.pk, None,

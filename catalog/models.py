@@ -29,6 +29,13 @@ class Application(models.Model):
     team = models.CharField(max_length=100, blank=True)
     executor = models.CharField(max_length=20, choices=Executor.choices, default=Executor.LOCAL)
     executor_settings = models.JSONField(default=dict, blank=True)
+    # Conflicts: changes of applications that depend on one another, in one
+    # environment at overlapping times, are shown to CAB (approvals.conflicts). What a
+    # deployment runs does not depend on it.
+    depends_on = models.ManyToManyField(
+        "self", symmetrical=False, blank=True, related_name="dependents",
+        help_text="Applications this one needs: changes to them in the same environment "
+                  "at overlapping times are shown as conflicts.")
 
     class Meta:
         db_table = "deployments_application"

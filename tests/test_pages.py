@@ -29,8 +29,9 @@ def test_inbox_lists_the_gates_i_can_decide_and_not_my_own_changes(demo, client)
     mine = request_change(demo.techlead, "staging")
     client.force_login(demo.techlead)
     page = client.get("/approvals/").content.decode()
-    assert theirs.reference in page
-    assert mine.reference not in page
+    # The card of each gate (the other change may still be named as a conflict).
+    assert f'<a href="/changes/{theirs.pk}/">{theirs.reference}</a>' in page
+    assert f'<a href="/changes/{mine.pk}/">{mine.reference}</a>' not in page
 
 
 def test_inbox_query_count_is_constant_as_changes_grow(demo, client):
