@@ -30,7 +30,15 @@ from catalog.models import Environment, Release
 from catalog.permissions import environment_permissions
 from configuration.selectors import digests_for_many
 from core import logcontext
-from core.api import APPROVE, DEPLOY, REQUEST, ApiMixin, ApiView, BoundedDateTimeField
+from core.api import (
+    APPROVE,
+    DEPLOY,
+    REQUEST,
+    ApiMixin,
+    ApiView,
+    BoundedDateTimeField,
+    IdFilter,
+)
 from core.idempotency import idempotent
 from deployments import selectors as deployment_selectors
 from deployments.models import Deployment
@@ -298,7 +306,7 @@ class ChangeFilter(django_filters.FilterSet):
     environment = django_filters.CharFilter(field_name="environment__slug")
     application = django_filters.CharFilter(field_name="release__application__slug")
     change_type = django_filters.ChoiceFilter(choices=ChangeType.choices)
-    release = django_filters.NumberFilter(field_name="release_id")
+    release = IdFilter(field_name="release_id")
     requested_by = django_filters.CharFilter(field_name="requested_by__username")
 
     class Meta:

@@ -11,7 +11,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 
-from core.api import DEPLOY, ApiMixin, ApiView, DateTimeFilter
+from core.api import DEPLOY, ApiMixin, ApiView, DateTimeFilter, IdFilter
 from core.idempotency import idempotent
 from deployments import selectors, services
 from deployments.models import AnalysisVerdict, Deployment, DeploymentLogLine, DeploymentStep
@@ -83,8 +83,8 @@ class DeploymentFilter(django_filters.FilterSet):
     application = django_filters.CharFilter(field_name="application__slug")
     environment = django_filters.CharFilter(field_name="environment__slug")
     status = django_filters.ChoiceFilter(choices=Deployment.Status.choices)
-    change = django_filters.NumberFilter(field_name="change_id")
-    release = django_filters.NumberFilter(field_name="release_id")
+    change = IdFilter(field_name="change_id")
+    release = IdFilter(field_name="release_id")
     since = DateTimeFilter(field_name="created_at", lookup_expr="gte")
     until = DateTimeFilter(field_name="created_at", lookup_expr="lt")
 
