@@ -70,7 +70,7 @@ class GateSerializer(serializers.ModelSerializer):
     eligibility = serializers.SerializerMethodField(
         help_text="Why you may or may not decide it: " + ", ".join(eligibility.CODES) + ".")
 
-    # Deadlines (docs/cab-deadlines.md).
+    # Deadlines (docs/cab.md).
     expires_at = serializers.DateTimeField(
         read_only=True, allow_null=True,
         help_text="Decide by this time, or the gate expires and the change goes back to "
@@ -99,7 +99,7 @@ class ChecklistItemOutSerializer(serializers.Serializer):
     note = serializers.CharField(allow_blank=True)
 
 
-# Risk (docs/cab-risk.md): the portal's assessment of a change.
+# Risk (docs/cab.md): the portal's assessment of a change.
 class RiskFactorOutSerializer(serializers.Serializer):
     name = serializers.CharField()
     label = serializers.CharField()
@@ -145,7 +145,7 @@ class ChangeOutSerializer(serializers.ModelSerializer):
     fingerprint = serializers.SerializerMethodField(
         help_text="The version of the change as shown here; send it back with approve or "
                   "reject, which are refused (409 changed_since_viewed) if the change moved.")
-    # Deadlines (docs/cab-deadlines.md).
+    # Deadlines (docs/cab.md).
     expires_at = serializers.SerializerMethodField(
         help_text="The earliest approve-by time of its pending gates; null: none.")
     execute_by = serializers.DateTimeField(
@@ -165,7 +165,7 @@ class ChangeOutSerializer(serializers.ModelSerializer):
                   "created_at", "submitted_at", "closed_at", "gates", "checklist",
                   "blockers", "deployment", "deployer", "fingerprint",
                   "expires_at", "execute_by", "conflicts"]
-        fields += ["risk_assessment"]  # risk (docs/cab-risk.md)
+        fields += ["risk_assessment"]  # risk (docs/cab.md)
 
     def to_representation(self, instance):
         # Each gate carries the caller's verdict (approvals.eligibility), from their facts
@@ -180,7 +180,7 @@ class ChangeOutSerializer(serializers.ModelSerializer):
                 gate.verdict = verdict
         return super().to_representation(instance)
 
-    # Risk (docs/cab-risk.md): the latest assessment; ``risk`` stays the requester's word.
+    # Risk (docs/cab.md): the latest assessment; ``risk`` stays the requester's word.
     risk_assessment = serializers.SerializerMethodField(
         help_text="The portal's risk score of the change (0-100) and its factors, as last "
                   "assessed (at submission, a decision or an edit); null before submission.")

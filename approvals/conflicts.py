@@ -1,4 +1,4 @@
-"""Conflicts between changes, as CAB sees them (docs/cab-conflicts.md).
+"""Conflicts between changes, as CAB sees them (docs/cab.md).
 
 A change occupies a window of time; two changes conflict when their windows overlap
 and they touch the same thing: the same application in one environment, applications

@@ -55,7 +55,7 @@ class ApprovalPolicy(models.Model):
                                         help_text="May deploy during a change freeze.")
     opens_review = models.BooleanField(
         default=False, help_text="Open a post-implementation review for CAB afterwards.")
-    # Deadlines (docs/cab-deadlines.md): approve-by for the gates, start-by once approved.
+    # Deadlines (docs/cab.md): approve-by for the gates, start-by once approved.
     approve_within_hours = models.PositiveSmallIntegerField(
         null=True, blank=True, help_text="Gates not decided this many hours after the "
                                          "change is submitted expire; empty: no expiry.")
@@ -63,7 +63,7 @@ class ApprovalPolicy(models.Model):
         null=True, blank=True, help_text="An approved change not started this many days "
                                          "after its approval loses its approvals; empty: "
                                          "no limit.")
-    # Risk (docs/cab-risk.md): a change whose score at submission is at or above the
+    # Risk (docs/cab.md): a change whose score at submission is at or above the
     # threshold gets the extra gate too.
     risk_threshold = models.PositiveSmallIntegerField(
         null=True, blank=True, help_text="Risk score (0-100) from which the extra gate is "
@@ -160,7 +160,7 @@ class ChangeRequest(models.Model):
     created_at = models.DateTimeField(default=clock.now, db_index=True)
     submitted_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
-    # Deadlines (docs/cab-deadlines.md): start by this time once approved, else the
+    # Deadlines (docs/cab.md): start by this time once approved, else the
     # approvals lapse; when the warning before it was sent (sent once).
     execute_by = models.DateTimeField(null=True, blank=True, db_index=True)
     execute_warned_at = models.DateTimeField(null=True, blank=True)
@@ -190,7 +190,7 @@ class Gate(models.Model):
     role = models.CharField(max_length=20, choices=GateRole.choices)
     required = models.PositiveSmallIntegerField(default=1)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
-    # Deadlines (docs/cab-deadlines.md): decide by this time or the gate expires; when
+    # Deadlines (docs/cab.md): decide by this time or the gate expires; when
     # the warning before it was sent (sent once).
     expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     expiry_warned_at = models.DateTimeField(null=True, blank=True)
@@ -391,7 +391,7 @@ class PostImplementationReview(models.Model):
         return f"Review of {self.change.reference}"
 
 
-# --- quality of approvals: who opened a change before deciding it (docs/cab-quality.md)
+# --- quality of approvals: who opened a change before deciding it (docs/cab.md)
 
 
 class ChangeView(models.Model):
@@ -423,7 +423,7 @@ class ChangeView(models.Model):
         return f"{self.user} opened {self.change.reference} ({self.kind}) at {self.at}"
 
 
-# Risk (docs/cab-risk.md): the portal's explained score of a change, kept at each
+# Risk (docs/cab.md): the portal's explained score of a change, kept at each
 # assessment; the change's current assessment is its latest.
 class RiskAssessment(models.Model):
     class Trigger(models.TextChoices):

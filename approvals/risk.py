@@ -3,7 +3,7 @@
 Pure: ``assess(change, facts=...)`` reads the change, its release and environment as
 loaded, and the facts read in bulk for it (``approvals.risk_selectors.risk_facts``); it
 queries nothing. Each factor scores ``points = weight x severity`` with a severity
-between 0 and 1; the score is the sum, capped at 100 (docs/cab-risk.md).
+between 0 and 1; the score is the sum, capped at 100 (docs/cab.md).
 
 The weights (``WEIGHTS``) add up to 105 on purpose: a change that is the worst on
 every count scores 100 even when one factor is not reported.

@@ -1,4 +1,4 @@
-"""Reads for the risk score (docs/cab-risk.md): the facts around many changes at once,
+"""Reads for the risk score (docs/cab.md): the facts around many changes at once,
 and the changes' current (latest) assessments.
 
 The change failure rate is the DORA figure of ``reporting.metrics``; the approval

@@ -36,7 +36,7 @@ change_start_refused = Signal()
 # change, its configuration or what deployments run). Also: approval_id, role,
 # approver_id, changed (the parts of the fingerprint that moved).
 approval_reopened = Signal()
-# Deadlines (docs/cab-deadlines.md). A deadline is near: deadline ("approve_by" or
+# Deadlines (docs/cab.md). A deadline is near: deadline ("approve_by" or
 # "start_by"), due (when), roles (the gates still to decide, for approve_by).
 change_deadline_near = Signal()
 # Pending gates not decided by their approve-by time closed; the change back to draft.

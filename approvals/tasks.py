@@ -18,5 +18,5 @@ def changes_close_finished() -> None:
 @shared_task(ignore_result=True)
 def approvals_enforce_deadlines() -> None:
     """Every minute: expire gates, lapse approvals and warn before both
-    (docs/cab-deadlines.md)."""
+    (docs/cab.md)."""
     services.deadlines_enforce()

@@ -120,7 +120,7 @@ def change_list(request):
     })
 
 
-# Deadlines (docs/cab-deadlines.md): less than this left shows in the warning style.
+# Deadlines (docs/cab.md): less than this left shows in the warning style.
 DEADLINE_SOON = timedelta(hours=24)
 
 
@@ -209,7 +209,7 @@ def _change_context(request, change: ChangeRequest) -> dict:
         "review": review,
         "can_close_review": review is not None and not review.closed_at
         and eligibility.review_verdict(person=person, change=change, at=now).eligible,
-        # Risk (docs/cab-risk.md): the current assessment, its factors, why a gate was added.
+        # Risk (docs/cab.md): the current assessment, its factors, why a gate was added.
         **risk_selectors.risk_summary(change),
     }
 
@@ -331,7 +331,7 @@ def inbox(request):
     blockers = selectors.blockers_for_many(changes)
     digests = digests_for_many(changes)
     inputs = services.run_inputs_for_many(changes)
-    assessed = risk_selectors.latest_risk_for_many(changes)  # risk (docs/cab-risk.md)
+    assessed = risk_selectors.latest_risk_for_many(changes)  # risk (docs/cab.md)
     found = conflicts.conflicts_for(changes)  # conflicts, for all the cards at once
     visible = conflicts.visible_environments(request.user)
     for gate in gates:

@@ -358,7 +358,7 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "start-scheduled-changes": {"task": "approvals.tasks.changes_start_scheduled",
                                 "schedule": 30.0},
-    # Approve-by and start-by deadlines and their warnings (docs/cab-deadlines.md).
+    # Approve-by and start-by deadlines and their warnings (docs/cab.md).
     "enforce-approval-deadlines": {"task": "approvals.tasks.approvals_enforce_deadlines",
                                    "schedule": 60.0},
     "resume-stale-deployments": {

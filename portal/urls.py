@@ -119,7 +119,7 @@ urlpatterns = [
     path("auditor/deployments/<int:pk>/", auditor_views.deployment_evidence,
          name="auditor-evidence"),
     path("auditor/access/", auditor_views.access_review, name="auditor-access"),
-    # The quality of approvals: reviews or rubber stamps (docs/cab-quality.md).
+    # The quality of approvals: reviews or rubber stamps (docs/cab.md).
     path("audit/approval-quality/", quality_views.approval_quality,
          name="auditor-approval-quality"),
     path("audit/approval-quality.csv", quality_views.approval_quality_csv,

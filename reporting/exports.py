@@ -110,7 +110,7 @@ def audit_jsonl(events, *, fields: list[str] = JSONL_FIELDS) -> Iterator[bytes]:
                              terminator=b"\n")
 
 
-# The quality of approvals (docs/cab-quality.md): the page's figures, one row per
+# The quality of approvals (docs/cab.md): the page's figures, one row per
 # approver and gate; the gate's concentration and the approver's reciprocal partners
 # repeated on each of its rows.
 QUALITY_FIELDS = ["from", "to", "gate", "approver", "decisions", "approvals", "rejections",

@@ -1,5 +1,5 @@
 """The quality of approvals for auditors and administrators (``audit.view_audit_trail``):
-how fast, how often unread and between whom approvals are given (docs/cab-quality.md)."""
+how fast, how often unread and between whom approvals are given (docs/cab.md)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 def production_starts_within_a_week(apps, schema_editor):
     """Existing installations: the policies of production environments get the default
-    start-by of seven days (docs/cab-deadlines.md); other policies keep no limit."""
+    start-by of seven days (docs/cab.md); other policies keep no limit."""
     ApprovalPolicy = apps.get_model("approvals", "ApprovalPolicy")
     ApprovalPolicy.objects.filter(environment__production=True,
                                   execute_within_days__isnull=True

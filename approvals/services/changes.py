@@ -146,7 +146,7 @@ def _submit(*, actor, change: ChangeRequest) -> None:
     if not existing:
         _open_checklist(change, PRE_DEPLOYMENT_KINDS)
     gates = [*gates, *existing.values()]
-    # Risk (docs/cab-risk.md): scored at submission; a high score adds the policy's gate,
+    # Risk (docs/cab.md): scored at submission; a high score adds the policy's gate,
     # with the same approve-by time as the others.
     assessment = risk_assess(change=change, trigger="submitted", actor=actor)
     extra = _add_risk_gate(actor=actor, change=change, policy=policy, assessment=assessment)

@@ -1,4 +1,4 @@
-"""Deadlines of a change (docs/cab-deadlines.md): its gates' approve-by time and, once
+"""Deadlines of a change (docs/cab.md): its gates' approve-by time and, once
 approved, its start-by time; what happens when either passes, and the warning before.
 
 - Approve-by (``Gate.expires_at``): set from the policy's ``approve_within_hours`` when

@@ -84,7 +84,7 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
                          version_seen=seen)
         raise
     except Conflict as exc:
-        # Past the approve-by time (docs/cab-deadlines.md): on the record, like a refusal.
+        # Past the approve-by time (docs/cab.md): on the record, like a refusal.
         if exc.code == "gate_expired":
             _refusal_audited(f"{action}.refused", actor, change, exc, role=role)
         raise

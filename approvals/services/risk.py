@@ -1,4 +1,4 @@
-"""The risk score of a change, kept and audited (docs/cab-risk.md): assessed at
+"""The risk score of a change, kept and audited (docs/cab.md): assessed at
 submission, at each gate decision and at each edit of a submitted change; a policy's
 risk threshold adds its extra gate at submission.
 """

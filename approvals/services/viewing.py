@@ -1,5 +1,5 @@
 """Who opened a change: the evidence the approval-quality report reads
-(docs/cab-quality.md).
+(docs/cab.md).
 
 A view is a fact about reading, not a state change of the change: it is not an audit
 event (one a page load would flood the trail); the row itself is the record.

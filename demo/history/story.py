@@ -137,7 +137,7 @@ class Generator:
         if change is None or change.status != ChangeRequest.Status.PENDING_APPROVAL:
             return
         seen = approval_services.change_version(change)
-        # The approval-quality page's story (docs/cab-quality.md): approvers open the
+        # The approval-quality page's story (docs/cab.md): approvers open the
         # change before deciding, but business approves from the inbox, unopened.
         if role != "business":
             approval_services.change_view_record(change=change, user=self.people[who])

@@ -146,7 +146,7 @@ def approval_reopened_message(change, *, role: str, approver, changed: list[str]
 
 
 def deadline_message(change, *, event: str, due: datetime, roles: list[str]) -> Message:
-    """A deadline of a change (docs/cab-deadlines.md): ``event`` is ``approve_by`` or
+    """A deadline of a change (docs/cab.md): ``event`` is ``approve_by`` or
     ``start_by`` (a warning before it), ``expired`` or ``lapsed`` (it passed)."""
     when = f"{due:%Y-%m-%d %H:%M} UTC"
     gates = ", ".join(role.replace("_", " ") for role in roles)

@@ -1,4 +1,4 @@
-"""The quality of approvals (docs/cab-quality.md): whether approvals are reviews or
+"""The quality of approvals (docs/cab.md): whether approvals are reviews or
 rubber stamps, per approver and gate over a period.
 
 Every figure is computed by PostgreSQL, in three statements whatever the number of
@@ -22,7 +22,7 @@ FAST_SECONDS = 60
 FLAG_SHARE = 0.5
 
 # The SOP sections each figure serves (SOP-DEV-002; the section numbers are quoted on
-# the page, in the CSV's documentation and in docs/cab-quality.md).
+# the page, in the CSV's documentation and in docs/cab.md).
 SOP = {
     "decisions": "13.1",
     "time_to_decision": "3.3, 5.2",

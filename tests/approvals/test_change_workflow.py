@@ -45,7 +45,7 @@ def test_requesting_writes_audit_events(demo):
     change = request_change(demo.engineer, "staging")
     actions = list(AuditEvent.objects.filter(object_type="changerequest", object_id=str(change.pk))
                    .order_by("id").values_list("action", "actor_name"))
-    # The risk score is assessed in the submission, before it is recorded (docs/cab-risk.md).
+    # The risk score is assessed in the submission, before it is recorded (docs/cab.md).
     assert actions == [("change.created", "engineer"), ("change.risk_assessed", "engineer"),
                        ("change.submitted", "engineer")]
 

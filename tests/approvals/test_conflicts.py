@@ -1,4 +1,4 @@
-"""Conflicts between changes, shown wherever CAB decides (docs/cab-conflicts.md): the same
+"""Conflicts between changes, shown wherever CAB decides (docs/cab.md): the same
 application, a dependency, the same targets, a freeze, the same on-call engineer, in
 overlapping windows; blocking only under a policy that says so."""
 

@@ -1,4 +1,4 @@
-"""Deadlines on approvals (docs/cab-deadlines.md): approve-by on gates, start-by once
+"""Deadlines on approvals (docs/cab.md): approve-by on gates, start-by once
 approved, the warning before each, and the beat that enforces them. Time is driven with
 ``core.clock.use``; nothing here sleeps."""
 

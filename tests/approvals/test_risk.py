@@ -1,4 +1,4 @@
-"""The risk score of a change (docs/cab-risk.md): each factor moves the score as
+"""The risk score of a change (docs/cab.md): each factor moves the score as
 documented, the score is kept and audited at submission, decisions and edits, a policy's
 threshold adds its extra gate, and the API and pages show it."""
 

@@ -1,4 +1,4 @@
-"""The quality of approvals (docs/cab-quality.md): reviews or rubber stamps, on histories
+"""The quality of approvals (docs/cab.md): reviews or rubber stamps, on histories
 placed in time with ``core.clock.use``."""
 
 from __future__ import annotations

@@ -198,7 +198,7 @@ ROUTES: dict[str, Row] = {
     "auditor-deployments": page(may=AUDITORS),
     "auditor-evidence": page(args=DEPLOYMENT, may=AUDITORS),
     "auditor-access": page(may=AUDITORS),
-    # The quality of approvals (docs/cab-quality.md).
+    # The quality of approvals (docs/cab.md).
     "auditor-approval-quality": page(may=AUDITORS),
     "auditor-approval-quality-csv": page(may=AUDITORS),
     "auditor-evidence-bundle": page(args=DEPLOYMENT, may=AUDITORS),
