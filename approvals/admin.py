@@ -2,6 +2,7 @@ from django.contrib import admin
 
 from approvals.models import (
     ApprovalPolicy,
+    CabSchedule,
     ChangeRequest,
     ChecklistTemplate,
     Delegation,
@@ -63,3 +64,11 @@ class ChangeRequestAdmin(ReadOnlyModelAdmin):
     # which audits them; the admin neither adds, edits nor deletes them.
     list_display = ["reference", "release", "environment", "change_type", "status", "created_at"]
     list_filter = ["status", "environment", "change_type"]
+
+
+# CAB meetings (docs/cab.md).
+@admin.register(CabSchedule)
+class CabScheduleAdmin(AuditedModelAdmin):
+    list_display = ["name", "environment", "weekday", "time", "timezone", "duration_minutes",
+                    "chair", "agenda_lead_hours", "active"]
+    list_filter = ["environment", "active"]

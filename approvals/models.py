@@ -453,3 +453,103 @@ class RiskAssessment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.change.reference} risk {self.score}"
+
+
+# CAB meetings (docs/cab.md): a recurring meeting of the board, its agenda, who
+# attended and what was decided in it.
+def _validate_timezone(value: str) -> None:
+    import zoneinfo
+
+    from django.core.exceptions import ValidationError
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationError(f"{value!r} is not a time zone name") from exc
+
+
+class CabSchedule(models.Model):
+    name = models.CharField(max_length=100)
+    environment = models.ForeignKey(Environment, on_delete=models.PROTECT,
+                                    related_name="cab_schedules")
+    weekday = models.PositiveSmallIntegerField(choices=MaintenanceWindow.WEEKDAYS)
+    time = models.TimeField()
+    timezone = models.CharField(max_length=60, default="UTC", validators=[_validate_timezone])
+    duration_minutes = models.PositiveSmallIntegerField(default=60)
+    chair = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
+                              related_name="chaired_cab_schedules")
+    agenda_lead_hours = models.PositiveSmallIntegerField(default=24)
+    active = models.BooleanField(default=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CabMeeting(models.Model):
+    class Status(models.TextChoices):
+        PLANNED = "planned", "Planned"
+        IN_PROGRESS = "in_progress", "In progress"
+        CLOSED = "closed", "Closed"
+
+    schedule = models.ForeignKey(CabSchedule, on_delete=models.PROTECT, related_name="meetings")
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PLANNED)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    agenda_sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-starts_at"]
+        constraints = [models.UniqueConstraint(fields=["schedule", "starts_at"],
+                                               name="cab_meeting_once")]
+
+    def __str__(self) -> str:
+        return f"{self.schedule} {self.starts_at:%Y-%m-%d %H:%M} UTC"
+
+
+class CabAgendaItem(models.Model):
+    class Source(models.TextChoices):
+        AGENDA = "agenda", "Agenda"
+        ADDED = "added", "Added"
+
+    class Decision(models.TextChoices):
+        NONE = "", "Undecided"
+        APPROVE = "approve", "Approve"
+        REJECT = "reject", "Reject"
+        DEFER = "defer", "Defer"
+
+    meeting = models.ForeignKey(CabMeeting, on_delete=models.CASCADE, related_name="items")
+    change = models.ForeignKey(ChangeRequest, on_delete=models.CASCADE,
+                               related_name="cab_items")
+    position = models.PositiveSmallIntegerField(default=0)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.AGENDA)
+    deferred = models.BooleanField(default=False)
+    defer_reason = models.CharField(max_length=300, blank=True)
+    decision = models.CharField(max_length=10, choices=Decision.choices, blank=True,
+                                default="")
+    comment = models.TextField(blank=True)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.PROTECT, related_name="+")
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = [models.UniqueConstraint(fields=["meeting", "change"],
+                                               name="cab_item_once")]
+
+    def __str__(self) -> str:
+        return f"{self.change.reference} at {self.meeting}"
+
+
+class CabAttendance(models.Model):
+    meeting = models.ForeignKey(CabMeeting, on_delete=models.CASCADE, related_name="attendance")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
+                             related_name="+")
+    present = models.BooleanField(default=False)
+    marked_at = models.DateTimeField(default=clock.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["meeting", "user"],
+                                               name="cab_attendance_once")]
+
+    def __str__(self) -> str:
+        return f"{self.user} {'present' if self.present else 'absent'} at {self.meeting}"

@@ -45,6 +45,18 @@ from approvals.services.fingerprints import (
     fingerprint,
     run_inputs_for_many,
 )
+from approvals.services.meetings import (  # CAB meetings
+    agenda_build,
+    agenda_item_add,
+    agenda_item_defer,
+    attendance_mark,
+    meeting_close,
+    meeting_decide,
+    meeting_minutes,
+    meeting_next,
+    meetings_plan,
+    present_members,
+)
 from approvals.services.reopening import (
     changes_reopen_for_configuration,
     changes_reopen_for_deployment_inputs,
@@ -63,6 +75,16 @@ from approvals.services.scheduling import (
 from approvals.services.viewing import change_view_record  # quality of approvals
 
 __all__ = [
+    "agenda_build",
+    "agenda_item_add",
+    "agenda_item_defer",
+    "attendance_mark",
+    "meeting_close",
+    "meeting_decide",
+    "meeting_minutes",
+    "meeting_next",
+    "meetings_plan",
+    "present_members",
     "CONCERNS",
     "EDITABLE_FIELDS",
     "MAX_DELEGATION",

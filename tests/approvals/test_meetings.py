@@ -1,0 +1,202 @@
+"""CAB meetings (docs/cab.md): the agenda of the next meeting, attendance taken by the
+chair, decisions by the members present with their own second factor, quorum, and the
+minutes on the trail, in the PDF and the next meeting's calendar entry."""
+
+from __future__ import annotations
+
+from datetime import time, timedelta
+
+import pytest
+
+from approvals import services
+from approvals.models import CabAgendaItem, CabMeeting, CabSchedule, ChangeRequest, Gate
+from audit.models import AuditEvent
+from catalog.models import Environment
+from core import clock
+from core.errors import Conflict, Invalid, Refused
+from tests.factories import request_change
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def schedule(demo):
+    return CabSchedule.objects.create(
+        name="Production CAB", environment=Environment.objects.get(slug="production"),
+        weekday=(clock.now().weekday() + 2) % 7, time=time(10, 0), timezone="Europe/Berlin",
+        duration_minutes=60, chair=demo.cab)
+
+
+@pytest.fixture
+def meeting(schedule):
+    return services.meeting_next(schedule)
+
+
+def in_room(meeting, demo, *people):
+    for name in people:
+        services.attendance_mark(meeting=meeting, user=getattr(demo, name), present=True,
+                                 actor=demo.cab)
+
+
+def prod(demo, at=None):
+    """A production change waiting for its gates, to start at ``at`` (None: no time yet)."""
+    change = request_change(demo.engineer, "production")
+    if at is not None:
+        ChangeRequest.objects.filter(pk=change.pk).update(scheduled_for=at)
+        change.refresh_from_db()
+    return change
+
+
+def item_of(meeting, change):
+    return CabAgendaItem.objects.get(meeting=meeting, change=change)
+
+
+def test_next_meeting_is_on_the_schedules_weekday_and_local_time_and_made_once(schedule):
+    meeting = services.meeting_next(schedule)
+    local = meeting.starts_at.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Berlin"))
+    assert (local.weekday(), local.hour, local.minute) == (schedule.weekday, 10, 0)
+    assert meeting.starts_at > clock.now()
+    assert meeting.ends_at - meeting.starts_at == timedelta(minutes=60)
+    assert services.meeting_next(schedule) == meeting
+    assert CabMeeting.objects.filter(schedule=schedule).count() == 1
+
+
+def test_a_schedule_refuses_a_time_zone_that_does_not_exist(schedule):
+    from django.core.exceptions import ValidationError
+
+    schedule.timezone = "Mars/Olympus"
+    with pytest.raises(ValidationError):
+        schedule.full_clean()
+
+
+def test_agenda_holds_the_changes_waiting_for_cab_before_the_following_meeting(
+        demo, meeting):
+    unscheduled = prod(demo)
+    soon = prod(demo, meeting.starts_at + timedelta(days=2))
+    later = prod(demo, meeting.starts_at + timedelta(days=8))
+    staging = request_change(demo.engineer, "staging")
+    decided = prod(demo)
+    services.gate_approve(actor=demo.cab2, change=decided, role="cab")
+
+    items = services.agenda_build(meeting)
+
+    assert [i.change_id for i in items] == [unscheduled.pk, soon.pk]
+    assert {later.pk, staging.pk, decided.pk}.isdisjoint(i.change_id for i in items)
+    # Built again: the same items, none twice.
+    assert [i.change_id for i in services.agenda_build(meeting)] == [unscheduled.pk, soon.pk]
+
+
+def test_agenda_orders_by_window_then_the_highest_risk_score_first(demo, meeting):
+    at = meeting.starts_at + timedelta(days=1)
+    low = prod(demo, at)
+    high = prod(demo, at)
+    first = prod(demo, at - timedelta(hours=1))
+    high.risk_assessments.update(score=95)
+    low.risk_assessments.update(score=5)
+    first.risk_assessments.update(score=1)
+
+    items = services.agenda_build(meeting)
+
+    assert [i.change_id for i in items] == [first.pk, high.pk, low.pk]
+
+
+def test_chair_adds_and_defers_items_on_the_record_and_nobody_else_may(demo, meeting):
+    change = prod(demo, meeting.starts_at + timedelta(days=20))
+    with pytest.raises(Refused) as refused:
+        services.agenda_item_add(meeting=meeting, change=change, actor=demo.cab2)
+    assert refused.value.code == "not_chair"
+
+    item = services.agenda_item_add(meeting=meeting, change=change, actor=demo.cab)
+    assert item.source == "added"
+    assert change.pk in [i.change_id for i in services.agenda_build(meeting)]
+    with pytest.raises(Invalid):
+        services.agenda_item_defer(item=item, reason=" ", actor=demo.cab)
+    services.agenda_item_defer(item=item, reason="waiting for the load test", actor=demo.cab)
+
+    item.refresh_from_db()
+    assert item.deferred and item.defer_reason == "waiting for the load test"
+    actions = list(AuditEvent.objects.filter(object_id=str(change.pk))
+                   .values_list("action", flat=True))
+    assert "cab.agenda_item_added" in actions and "cab.agenda_item_deferred" in actions
+
+
+def test_only_the_chair_takes_the_attendance(demo, meeting):
+    with pytest.raises(Refused):
+        services.attendance_mark(meeting=meeting, user=demo.cab2, present=True,
+                                 actor=demo.cab2)
+    services.attendance_mark(meeting=meeting, user=demo.cab2, present=True, actor=demo.cab)
+    meeting.refresh_from_db()
+    assert meeting.status == "in_progress"
+    assert AuditEvent.objects.filter(action="cab.attendance_marked").count() == 1
+
+
+def test_a_member_absent_from_the_meeting_may_not_decide_in_it(demo, meeting):
+    change = prod(demo)
+    services.agenda_build(meeting)
+    in_room(meeting, demo, "cab")
+    services.attendance_mark(meeting=meeting, user=demo.cab2, present=False, actor=demo.cab)
+    with pytest.raises(Refused) as refused:
+        services.meeting_decide(meeting=meeting, item=item_of(meeting, change),
+                                decision="approve", actor=demo.cab2)
+    assert refused.value.code == "not_present"
+    assert change.gates.get(role="cab").status == "pending"
+
+
+def test_no_decision_without_quorum(demo, meeting):
+    change = prod(demo)
+    Gate.objects.filter(change=change, role="cab").update(required=2)
+    services.agenda_build(meeting)
+    in_room(meeting, demo, "cab")
+    with pytest.raises(Conflict) as refused:
+        services.meeting_decide(meeting=meeting, item=item_of(meeting, change),
+                                decision="approve", actor=demo.cab)
+    assert refused.value.code == "no_quorum" and refused.value.status == 409
+    assert not change.approvals.exists()
+    in_room(meeting, demo, "cab2")
+    services.meeting_decide(meeting=meeting, item=item_of(meeting, change),
+                            decision="approve", actor=demo.cab)
+    assert change.approvals.get().approver == demo.cab
+
+
+def test_present_members_decide_through_the_cab_gate_and_the_minutes_record_it(
+        demo, meeting):
+    approved = prod(demo)
+    rejected = prod(demo)
+    deferred = prod(demo)
+    services.agenda_build(meeting)
+    in_room(meeting, demo, "cab", "cab2")
+
+    services.meeting_decide(meeting=meeting, item=item_of(meeting, approved),
+                            decision="approve", actor=demo.cab, comment="fine")
+    services.meeting_decide(meeting=meeting, item=item_of(meeting, rejected),
+                            decision="reject", actor=demo.cab2, comment="no rollback test")
+    with pytest.raises(Invalid):
+        services.meeting_decide(meeting=meeting, item=item_of(meeting, deferred),
+                                decision="defer", actor=demo.cab2)
+    services.meeting_decide(meeting=meeting, item=item_of(meeting, deferred),
+                            decision="defer", actor=demo.cab2, comment="next week")
+
+    assert approved.gates.get(role="cab").status == "approved"
+    rejected.refresh_from_db()
+    assert rejected.status == ChangeRequest.Status.REJECTED
+    assert deferred.gates.get(role="cab").status == "pending"
+    assert item_of(meeting, deferred).defer_reason == "next week"
+    with pytest.raises(Refused):
+        services.meeting_close(meeting=meeting, actor=demo.cab2)
+
+    services.meeting_close(meeting=meeting, actor=demo.cab)
+
+    minutes = AuditEvent.objects.get(action="cab.minutes").after
+    assert minutes["attendees"] == ["cab", "cab2"]
+    assert {(i["change"], i["decision"], i["comment"]) for i in minutes["items"]} == {
+        (approved.reference, "approve", "fine"),
+        (rejected.reference, "reject", "no rollback test"),
+        (deferred.reference, "defer", "next week")}
+    meeting.refresh_from_db()
+    assert meeting.status == "closed"
+    following = services.meeting_next(meeting.schedule)
+    assert following.starts_at == meeting.starts_at + timedelta(days=7)
+    with pytest.raises(Conflict) as closed:
+        services.attendance_mark(meeting=meeting, user=demo.cab2, present=True,
+                                 actor=demo.cab)
+    assert closed.value.code == "meeting_closed"
