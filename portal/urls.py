@@ -5,6 +5,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from approvals import api as approvals_api
+from approvals import meeting_api, meeting_views
 from approvals import views as approvals_views
 from catalog import api as catalog_api
 from configuration import views as configuration_views
@@ -42,6 +43,9 @@ api_v1 = [
     path("changes/<int:pk>/cancel", approvals_api.ChangeCancel.as_view(),
          name="api-change-cancel"),
     path("preflight/", approvals_api.Preflight.as_view(), name="api-preflight"),
+    path("cab/meetings/", meeting_api.CabMeetingList.as_view(), name="api-cab-meetings"),
+    path("cab/meetings/<int:pk>/", meeting_api.CabMeetingDetail.as_view(),
+         name="api-cab-meeting"),
     path("deployments/", deployments_api.DeploymentList.as_view(), name="api-deployments"),
     path("deployments/<int:pk>/", deployments_api.DeploymentDetail.as_view(),
          name="api-deployment"),
@@ -75,6 +79,22 @@ urlpatterns = [
     path("login/", identity.PortalLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("approvals/", approvals_views.inbox, name="inbox"),
+    # CAB meetings (docs/cab.md)
+    path("cab/", meeting_views.cab_home, name="cab"),
+    path("cab/meetings/<int:pk>/", meeting_views.meeting_detail, name="cab-meeting"),
+    path("cab/meetings/<int:pk>/attendance", meeting_views.meeting_attendance,
+         name="cab-attendance"),
+    path("cab/meetings/<int:pk>/agenda", meeting_views.meeting_agenda_build,
+         name="cab-agenda-build"),
+    path("cab/meetings/<int:pk>/items/add", meeting_views.meeting_item_add, name="cab-item-add"),
+    path("cab/meetings/<int:pk>/items/<int:item_id>/decide", meeting_views.meeting_item_decide,
+         name="cab-item-decide"),
+    path("cab/meetings/<int:pk>/items/<int:item_id>/defer", meeting_views.meeting_item_defer,
+         name="cab-item-defer"),
+    path("cab/meetings/<int:pk>/close", meeting_views.meeting_close, name="cab-close"),
+    path("cab/meetings/<int:pk>/minutes.pdf", meeting_views.meeting_minutes_pdf,
+         name="cab-minutes-pdf"),
+    path("cab/meetings/<int:pk>/next.ics", meeting_views.meeting_next_ics, name="cab-next-ics"),
     path("changes/", approvals_views.change_list, name="change-list"),
     path("changes/new/", approvals_views.change_new, name="change-new"),
     path("changes/<int:pk>/", approvals_views.change_detail, name="change-detail"),

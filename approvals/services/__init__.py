@@ -54,6 +54,7 @@ from approvals.services.meetings import (  # CAB meetings
     meeting_decide,
     meeting_minutes,
     meeting_next,
+    meeting_starts_after,
     meetings_plan,
     present_members,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "meeting_decide",
     "meeting_minutes",
     "meeting_next",
+    "meeting_starts_after",
     "meetings_plan",
     "present_members",
     "CONCERNS",

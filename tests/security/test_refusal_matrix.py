@@ -95,6 +95,11 @@ TICKS_CHECKLIST = frozenset({"engineer", "techlead", "qa", "oncall", "admin"})
 CHANGE_BODY = {"release": "release", "environment": "staging", "change_type": "standard",
                "strategy": "all_at_once", "rollback_plan": "Redeploy the last release"}
 
+CAB_MEMBERS = frozenset({"cab", "admin"})
+CHAIR = frozenset({"cab"})
+MEETING = {"pk": "meeting"}
+MEETING_ITEM = {"pk": "meeting", "item_id": "meeting_item"}
+
 ROUTES: dict[str, Row] = {
     # --- API (api/v1/) ------------------------------------------------------------------
     "api-environments": api(),
@@ -116,6 +121,8 @@ ROUTES: dict[str, Row] = {
     "api-change-submit": api(("POST",), may=frozenset({"engineer"}), args={"pk": "draft"}),
     "api-change-deploy": api(("POST",), may=DEPLOYS_STAGING, args=CHANGE),
     "api-change-cancel": api(("POST",), may=REQUESTER, args=CHANGE),
+    "api-cab-meetings": api(),
+    "api-cab-meeting": api(args=MEETING, may=CAB_MEMBERS),
     "api-preflight": api(url="/api/v1/preflight/?release={release}&environment=staging",
                          may=SEES_STAGING),
     "api-deployments": api(),
@@ -148,6 +155,22 @@ ROUTES: dict[str, Row] = {
     "login": public(("GET", "POST", "PUT"), ok=(200, 302)),
     "logout": public(("POST",), status=302),
     "inbox": page(),
+    # CAB meetings: the board's members and administrators see them; the chair (cab)
+    # runs them; a decision needs a member marked present (nobody is, here).
+    "cab": page(may=CAB_MEMBERS),
+    "cab-meeting": page(args=MEETING, may=CAB_MEMBERS),
+    "cab-minutes-pdf": page(args=MEETING, may=CAB_MEMBERS),
+    "cab-next-ics": page(args=MEETING, may=CAB_MEMBERS),
+    "cab-attendance": page(("POST",), may=CHAIR, args=MEETING,
+                           body={"user": "cab_user", "present": "on"}, refused=PAGE_REFUSED),
+    "cab-agenda-build": page(("POST",), may=CHAIR, args=MEETING, refused=PAGE_REFUSED),
+    "cab-item-add": page(("POST",), may=CHAIR, args=MEETING, body={"change": "prod_change"},
+                         refused=PAGE_REFUSED),
+    "cab-item-defer": page(("POST",), may=CHAIR, args=MEETING_ITEM,
+                           body={"reason": "waiting for the load test"}, refused=PAGE_REFUSED),
+    "cab-item-decide": page(("POST",), may=NOBODY, args=MEETING_ITEM,
+                            body={"decision": "approve"}, refused=PAGE_REFUSED),
+    "cab-close": page(("POST",), may=CHAIR, args=MEETING, refused=PAGE_REFUSED),
     "change-list": page(),
     # The form is everyone's; what it may request is the service's answer.
     "change-new": page(("GET", "POST"), may={"GET": EVERYONE, "POST": REQUESTS_STAGING},
@@ -369,7 +392,25 @@ def objects(demo, settings):
             "prod_change": prod_change.pk, "prod_deployment": prod_deployment.pk,
             "prod_attention": prod_attention.pk,
             "prod_fingerprint": approvals.fingerprint(
-                ChangeRequest.objects.get(pk=prod_change.pk))}
+                ChangeRequest.objects.get(pk=prod_change.pk)),
+            **cab_meeting(demo, prod_change)}
+
+
+def cab_meeting(demo, change) -> dict:
+    """A production CAB schedule chaired by ``cab``, its next meeting with ``change`` on
+    the agenda, and the meeting after it."""
+    from datetime import time
+
+    from approvals import services as approvals
+    from approvals.models import CabSchedule
+
+    schedule = CabSchedule.objects.create(
+        name="Production CAB", environment=Environment.objects.get(slug="production"),
+        weekday=2, time=time(10), chair=demo.cab)
+    meeting = approvals.meeting_next(schedule)
+    approvals.meeting_next(schedule, after=meeting.starts_at)
+    item = next(i for i in approvals.agenda_build(meeting) if i.change_id == change.pk)
+    return {"meeting": meeting.pk, "meeting_item": item.pk, "cab_user": demo.cab.pk}
 
 
 @pytest.fixture
