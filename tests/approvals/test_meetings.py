@@ -200,3 +200,118 @@ def test_present_members_decide_through_the_cab_gate_and_the_minutes_record_it(
         services.attendance_mark(meeting=meeting, user=demo.cab2, present=True,
                                  actor=demo.cab)
     assert closed.value.code == "meeting_closed"
+
+
+# --- pages, documents and the API --------------------------------------------------------
+
+
+def test_members_decide_on_the_page_each_with_their_own_second_factor(demo, meeting):
+    from django.test import Client
+
+    from tests.conftest import sign_in_with_second_factor
+
+    first, second = prod(demo), prod(demo)
+    services.agenda_build(meeting)
+    chair = Client()
+    chair.force_login(demo.cab)
+    url = f"/cab/meetings/{meeting.pk}/"
+    for member in (demo.cab, demo.cab2):
+        chair.post(url + "attendance", {"user": member.pk, "present": "on"})
+    assert services.present_members(meeting) == {demo.cab.pk, demo.cab2.pk}
+
+    # Signed in without a fresh second factor: sent to the check, nothing decided.
+    unchecked = Client()
+    unchecked.force_login(demo.cab2)
+    response = unchecked.post(f"{url}items/{item_of(meeting, first).pk}/decide",
+                              {"decision": "approve"})
+    assert response.status_code in (302, 303)
+    assert not first.approvals.exists()
+
+    for member, change in ((demo.cab, first), (demo.cab2, second)):
+        client = sign_in_with_second_factor(Client(), member)
+        client.post(f"{url}items/{item_of(meeting, change).pk}/decide",
+                    {"decision": "approve", "comment": f"ok from {member}"})
+    assert first.approvals.get().approver == demo.cab
+    assert second.approvals.get().approver == demo.cab2
+    event = AuditEvent.objects.filter(action="gate.approved", object_id=str(second.pk)).get()
+    assert event.after["second_factor"]["via"] == "session"
+
+    page = chair.get(url).content.decode()
+    assert "approve by cab2" in page and "Close meeting" in page
+    chair.post(url + "close")
+    minutes = chair.get(url + "minutes.pdf")
+    assert minutes["Content-Type"] == "application/pdf"
+    assert minutes.content.startswith(b"%PDF")
+    for text in (b"cab2", first.reference.encode(), b"ok from cab2", b"approve"):
+        assert text in minutes.content
+
+
+def test_the_board_pages_are_for_its_members(demo, client, meeting):
+    client.force_login(demo.engineer)
+    assert client.get("/cab/").status_code == 404
+    assert client.get(f"/cab/meetings/{meeting.pk}/").status_code == 404
+    assert 'href="/cab/"' not in client.get("/changes/").content.decode()
+    client.force_login(demo.cab2)
+    page = client.get("/cab/").content.decode()
+    assert 'href="/cab/"' in page and "Production CAB" in page
+    # Not the chair: no attendance checkboxes, no close button.
+    detail = client.get(f"/cab/meetings/{meeting.pk}/").content.decode()
+    assert "data-attendance" not in detail and "Close meeting" not in detail
+
+
+def test_next_meeting_calendar_entry(demo, client, meeting):
+    following = services.meeting_next(meeting.schedule, after=meeting.starts_at)
+    client.force_login(demo.cab)
+    response = client.get(f"/cab/meetings/{meeting.pk}/next.ics")
+    assert response["Content-Type"].startswith("text/calendar")
+    body = response.content.decode()
+    lines = body.split("\r\n")
+    assert body.endswith("\r\n") and "\n" not in body.replace("\r\n", "")
+    assert lines[0] == "BEGIN:VCALENDAR" and "BEGIN:VEVENT" in lines
+    start = following.starts_at.astimezone(__import__("datetime").UTC)
+    assert f"DTSTART:{start:%Y%m%dT%H%M%SZ}" in lines
+    assert f"DTEND:{following.ends_at.astimezone(start.tzinfo):%Y%m%dT%H%M%SZ}" in lines
+    assert any(line.startswith("UID:cab-") for line in lines)
+    assert "SUMMARY:Production CAB" in lines
+    assert all(len(line.encode()) <= 75 for line in lines)
+
+
+def test_api_lists_meetings_and_gives_an_agenda_with_risk_and_conflicts(demo, api, meeting):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    change = prod(demo)
+    prod(demo)
+    services.agenda_build(meeting)
+    client = api(demo.cab)
+
+    body = client.get(f"/api/v1/cab/meetings/{meeting.pk}/").json()
+    assert body["environment"] == "production" and body["status"] == "planned"
+    item = next(i for i in body["items"] if i["change"] == change.pk)
+    assert item["risk_score"] == change.risk_assessments.first().score
+    assert item["decision"] == "" and isinstance(item["conflicts"], list)
+    assert any(c["kind"] == "same_application" for c in item["conflicts"])
+    assert api(demo.engineer).get(f"/api/v1/cab/meetings/{meeting.pk}/").status_code == 404
+
+    def count():
+        with CaptureQueriesContext(connection) as ctx:
+            response = client.get("/api/v1/cab/meetings/")
+        assert response.status_code == 200
+        return len(ctx.captured_queries), response.json()["results"]
+
+    few, results = count()
+    assert [r["id"] for r in results] == [meeting.pk]
+    for _ in range(3):
+        meeting = services.meeting_next(meeting.schedule, after=meeting.starts_at)
+        services.agenda_build(meeting)
+    more, results = count()
+    assert len(results) == 4 and more == few
+
+
+def test_the_schema_describes_the_meetings_api():
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    assert {"/api/v1/cab/meetings/", "/api/v1/cab/meetings/{id}/"} <= set(schema["paths"])
+    item = schema["components"]["schemas"]["CabAgendaItemOut"]["properties"]
+    assert {"change", "risk_score", "conflicts", "decision"} <= set(item)
