@@ -42,6 +42,9 @@ change_deadline_near = Signal()
 # Pending gates not decided by their approve-by time closed; the change back to draft.
 # Also: roles, expires_at.
 change_gates_expired = Signal()
+# CAB meetings (docs/cab.md): a meeting's agenda is ready for its members, the
+# schedule's agenda_lead_hours before it. meeting_id (no change_id: it is a meeting's).
+cab_agenda_ready = Signal()
 # An approved change not started by its start-by time lost its approvals. Also:
 # execute_by, approver_ids (whose approvals were withdrawn).
 change_approvals_lapsed = Signal()

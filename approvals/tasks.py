@@ -20,3 +20,11 @@ def approvals_enforce_deadlines() -> None:
     """Every minute: expire gates, lapse approvals and warn before both
     (docs/cab.md)."""
     services.deadlines_enforce()
+
+
+@shared_task(ignore_result=True)
+def cab_meetings_plan() -> None:
+    """Every few minutes: plan the next meeting of each active CAB schedule and send
+    its agenda to the board once, agenda_lead_hours before it (docs/cab.md)."""
+    services.meetings_plan()
+    services.meetings_send_agendas()

@@ -116,3 +116,11 @@ def notify_on_deployment_ending(deployment, status, **kwargs):
     from notifications.services import notifications_for_deployment
 
     notifications_for_deployment(deployment=deployment, status=status)
+
+
+@receiver(approval_signals.cab_agenda_ready, dispatch_uid="notifications.cab_agenda_ready")
+@_outbox
+def notify_on_cab_agenda_ready(**event):
+    from notifications.services import notifications_for_cab_agenda
+
+    notifications_for_cab_agenda(**event)

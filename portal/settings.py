@@ -361,6 +361,7 @@ CELERY_BEAT_SCHEDULE = {
     # Approve-by and start-by deadlines and their warnings (docs/cab.md).
     "enforce-approval-deadlines": {"task": "approvals.tasks.approvals_enforce_deadlines",
                                    "schedule": 60.0},
+    "plan-cab-meetings": {"task": "approvals.tasks.cab_meetings_plan", "schedule": 300.0},
     "resume-stale-deployments": {
         "task": "deployments.tasks.deployments_resume_stale",
         "schedule": env.float("PORTAL_RESUME_SWEEP_SECONDS", default=5.0),

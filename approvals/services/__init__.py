@@ -56,6 +56,7 @@ from approvals.services.meetings import (  # CAB meetings
     meeting_next,
     meeting_starts_after,
     meetings_plan,
+    meetings_send_agendas,
     present_members,
 )
 from approvals.services.reopening import (
@@ -86,6 +87,7 @@ __all__ = [
     "meeting_next",
     "meeting_starts_after",
     "meetings_plan",
+    "meetings_send_agendas",
     "present_members",
     "CONCERNS",
     "EDITABLE_FIELDS",

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
 
+from approvals import signals
 from approvals.models import (
     CabAgendaItem,
     CabAttendance,
@@ -296,3 +297,34 @@ def meetings_plan(*, at: datetime | None = None) -> list[CabMeeting]:
         agenda_build(meeting)
         planned.append(meeting)
     return planned
+
+
+def meetings_send_agendas(*, at: datetime | None = None) -> list[CabMeeting]:
+    """Send each planned meeting's agenda to the board once, ``agenda_lead_hours``
+    before it starts (or at once when planned later than that): the agenda is built
+    again first, then the members are told (``cab_agenda_ready``)."""
+    now = at or clock.now()
+    sent = []
+    due = (CabMeeting.objects.filter(status=CabMeeting.Status.PLANNED,
+                                     agenda_sent_at__isnull=True, starts_at__gt=now,
+                                     schedule__active=True)
+           .select_related("schedule"))
+    for meeting in due:
+        if meeting.starts_at - timedelta(hours=meeting.schedule.agenda_lead_hours) > now:
+            continue
+        agenda_build(meeting)
+        with transaction.atomic():
+            meeting = (CabMeeting.objects.select_for_update(of=("self",))
+                       .select_related("schedule__environment").get(pk=meeting.pk))
+            if meeting.agenda_sent_at is not None:
+                continue  # another beat sent it meanwhile
+            meeting.agenda_sent_at = now
+            meeting.save(update_fields=["agenda_sent_at"])
+            items = list(meeting.items.select_related("change").order_by("position", "id"))
+            audit_record(actor=_system(), action="cab.agenda_sent", obj=meeting,
+                         object_repr=str(meeting), environment=meeting.schedule.environment.slug,
+                         after={"items": [i.change.reference for i in items]})
+            signals.send_in_transaction(signals.cab_agenda_ready, meeting_id=meeting.pk,
+                                        change_id=None, at=now)
+        sent.append(meeting)
+    return sent

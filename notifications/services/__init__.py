@@ -34,6 +34,7 @@ from notifications.services.content import (
 from notifications.services.events import (
     notifications_for_approval_reopened,
     notifications_for_approvals_lapsed,
+    notifications_for_cab_agenda,
     notifications_for_change_deploying,
     notifications_for_change_start_refused,
     notifications_for_change_submitted,
@@ -74,7 +75,8 @@ __all__ = [
     "WEBHOOK_ANSWER_MAX_BYTES", "WEBHOOK_TIMEOUT", "Message", "TransientError",
     "approval_reopened_message", "approval_request_message", "base_url",
     "deadline_message", "notifications_for_approvals_lapsed",
-    "notifications_for_deadline_near", "notifications_for_gates_expired",
+    "notifications_for_cab_agenda", "notifications_for_deadline_near",
+    "notifications_for_gates_expired",
     "deployment_message", "expected_duration", "notification_send",
     "notifications_for_approval_reopened", "notifications_for_change_deploying",
     "notifications_for_change_start_refused", "notifications_for_change_submitted",

@@ -172,6 +172,24 @@ def deadline_message(change, *, event: str, due: datetime, roles: list[str]) -> 
     return Message(Kind.DEADLINE, subject, body, fields)
 
 
+def cab_agenda_message(meeting, items) -> Message:
+    """A CAB meeting's agenda (docs/cab.md), as an approval request: the board decides
+    these changes in the meeting."""
+    when = f"{meeting.starts_at:%Y-%m-%d %H:%M} UTC"
+    lines = [f"{i.change.reference} {i.change.release.application.name} "
+             f"{i.change.release.version}" for i in items]
+    url = f"{base_url()}/cab/meetings/{meeting.pk}/"
+    fields = {"cab_meeting": meeting.pk, "schedule": meeting.schedule.name,
+              "environment": meeting.schedule.environment.slug,
+              "starts_at": meeting.starts_at.isoformat(),
+              "changes": [i.change.reference for i in items], "url": url}
+    body = "\n".join([f"{meeting.schedule.name}, {when}.", "", "Agenda:",
+                      *(f"- {line}" for line in lines or ["nothing yet"]), "",
+                      f"Open the agenda: {url}", ""])
+    return Message(Kind.APPROVAL_REQUEST, f"[CAB AGENDA] {meeting.schedule.name} {when}",
+                   body, fields)
+
+
 def _key_metrics(deployment: Deployment) -> dict:
     """The health figures measured last (SOP 11.2 key metrics)."""
     verdict = (AnalysisVerdict.objects.filter(deployment=deployment)

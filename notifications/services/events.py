@@ -11,6 +11,7 @@ from notifications.models import Kind
 from notifications.services.content import (
     approval_reopened_message,
     approval_request_message,
+    cab_agenda_message,
     deadline_message,
     deployment_message,
     pre_deployment_message,
@@ -242,3 +243,25 @@ def notifications_for_deployment(*, deployment: Deployment, status: str) -> list
             environment=deployment.environment.slug, people=people,
             subscriptions=subscriptions_for(message.kind, deployment.application_id,
                                             deployment.environment_id))
+
+
+def notifications_for_cab_agenda(*, meeting_id: int, **kwargs) -> list[int]:
+    """A CAB meeting's agenda to the board: who may decide its environment's CAB gate,
+    and its chair (docs/cab.md). Once per meeting (the event key)."""
+    from django.contrib.auth import get_user_model
+
+    from approvals.models import CabMeeting
+    from approvals.selectors import eligible_people
+
+    meeting = (CabMeeting.objects.select_related("schedule__environment", "schedule__chair")
+               .filter(pk=meeting_id).first())
+    if meeting is None:
+        return []
+    environment = meeting.schedule.environment
+    items = list(meeting.items.select_related("change__release__application")
+                 .order_by("position", "id"))
+    ids = eligible_people(environment, "cab") | {meeting.schedule.chair_id}
+    people = list(get_user_model().objects.filter(pk__in=ids, is_active=True).order_by("pk"))
+    return notifications_queue(
+        event_key=f"cab_meeting:{meeting.pk}:agenda", message=cab_agenda_message(meeting, items),
+        change_id=None, deployment_id=None, environment=environment.slug, people=people)

@@ -315,3 +315,28 @@ def test_the_schema_describes_the_meetings_api():
     assert {"/api/v1/cab/meetings/", "/api/v1/cab/meetings/{id}/"} <= set(schema["paths"])
     item = schema["components"]["schemas"]["CabAgendaItemOut"]["properties"]
     assert {"change", "risk_score", "conflicts", "decision"} <= set(item)
+
+
+def test_the_beat_plans_meetings_and_sends_each_agenda_once_before_it(demo, schedule):
+    from approvals import tasks
+    from notifications.models import Notification
+
+    change = prod(demo)
+    tasks.cab_meetings_plan()
+    meeting = CabMeeting.objects.get(schedule=schedule)
+    assert [i.change_id for i in meeting.items.all()] == [change.pk]
+    # The meeting is more than a day (its lead) away: no agenda sent yet.
+    assert meeting.agenda_sent_at is None
+
+    lead = timedelta(hours=schedule.agenda_lead_hours)
+    early = meeting.starts_at - lead - timedelta(minutes=1)
+    CabMeeting.objects.filter(pk=meeting.pk).update(agenda_sent_at=None)
+    assert services.meetings_send_agendas(at=early) == []
+    sent = services.meetings_send_agendas(at=meeting.starts_at - lead)
+    assert sent == [meeting]
+    assert services.meetings_send_agendas(at=meeting.starts_at - lead) == []
+
+    rows = Notification.objects.filter(event_key=f"cab_meeting:{meeting.pk}:agenda")
+    assert {"cab", "cab2"} <= set(rows.values_list("recipient_name", flat=True))
+    assert change.reference in rows.first().body
+    assert AuditEvent.objects.filter(action="cab.agenda_sent").count() == 1
