@@ -78,12 +78,22 @@ def _done(request, meeting: CabMeeting, action, success: str):
 @login_required
 @require_POST
 def meeting_attendance(request, pk: int):
+    """The chair's attendance form: each member listed (``member``) is marked present
+    when ticked (``present``), absent otherwise; only changed marks are recorded."""
     meeting = _meeting(request, pk)
-    user = get_object_or_404(get_user_model(), pk=request.POST.get("user") or 0)
-    present = request.POST.get("present") == "on"
-    return _done(request, meeting, lambda: services.attendance_mark(
-        meeting=meeting, user=user, present=present, actor=request.user),
-        f"{user.get_username()} marked {'present' if present else 'absent'}.")
+    listed = {int(v) for v in request.POST.getlist("member") if v.isdigit() and len(v) < 12}
+    ticked = {int(v) for v in request.POST.getlist("present") if v.isdigit() and len(v) < 12}
+    marks = {a.user_id: a.present for a in meeting.attendance.all()}
+    users = list(get_user_model().objects.filter(pk__in=listed | ticked).order_by("username"))
+
+    def mark_all():
+        for user in users:
+            present = user.pk in ticked
+            if marks.get(user.pk) is not present:
+                services.attendance_mark(meeting=meeting, user=user, present=present,
+                                         actor=request.user)
+
+    return _done(request, meeting, mark_all, "Attendance saved.")
 
 
 def _item(meeting: CabMeeting, item_id: int) -> CabAgendaItem:

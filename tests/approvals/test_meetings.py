@@ -215,8 +215,8 @@ def test_members_decide_on_the_page_each_with_their_own_second_factor(demo, meet
     chair = Client()
     chair.force_login(demo.cab)
     url = f"/cab/meetings/{meeting.pk}/"
-    for member in (demo.cab, demo.cab2):
-        chair.post(url + "attendance", {"user": member.pk, "present": "on"})
+    chair.post(url + "attendance", {"member": [demo.cab.pk, demo.cab2.pk],
+                                    "present": [demo.cab.pk, demo.cab2.pk]})
     assert services.present_members(meeting) == {demo.cab.pk, demo.cab2.pk}
 
     # Signed in without a fresh second factor: sent to the check, nothing decided.
