@@ -208,17 +208,9 @@ def present_members(meeting: CabMeeting) -> set[int]:
     return present & eligible_people(meeting.schedule.environment, CAB)
 
 
-@assurance.refusals_audited
-def meeting_decide(*, meeting: CabMeeting, item: CabAgendaItem, decision: str, actor,
-                   comment: str = "") -> CabAgendaItem:
-    """A member present in the meeting decides an item: approve and reject are the CAB
-    gate's decisions (``gate_approve``, ``gate_reject``: eligibility and the second
-    factor as anywhere), defer keeps the change waiting, with a reason. Refused while
-    fewer members are present than the CAB gate needs (409 ``no_quorum``)."""
-    comment = (comment or "").strip()
-    if decision not in {"approve", "reject", "defer"}:
-        raise Invalid("decide approve, reject or defer",
-                      fields={"decision": ["approve, reject or defer"]})
+def _decision_allowed(meeting: CabMeeting, item: CabAgendaItem, actor) -> set[int]:
+    """Refuses a decision in ``meeting`` by someone not present, without quorum, on a
+    closed meeting or an item decided already; returns the members present."""
     with transaction.atomic():
         meeting = _locked_open_meeting(meeting)
         item = CabAgendaItem.objects.select_related("change").get(pk=item.pk, meeting=meeting)
@@ -234,6 +226,30 @@ def meeting_decide(*, meeting: CabMeeting, item: CabAgendaItem, decision: str, a
         if len(present) < required:
             raise Conflict(f"{len(present)} CAB member(s) present; the CAB gate of "
                            f"{item.change.reference} needs {required}", code="no_quorum")
+    return present
+
+
+@assurance.refusals_audited
+def meeting_decide(*, meeting: CabMeeting, item: CabAgendaItem, decision: str, actor,
+                   comment: str = "") -> CabAgendaItem:
+    """A member present in the meeting decides an item: approve and reject are the CAB
+    gate's decisions (``gate_approve``, ``gate_reject``: eligibility and the second
+    factor as anywhere), defer keeps the change waiting, with a reason. Refused while
+    fewer members are present than the CAB gate needs (409 ``no_quorum``)."""
+    comment = (comment or "").strip()
+    if decision not in {"approve", "reject", "defer"}:
+        raise Invalid("decide approve, reject or defer",
+                      fields={"decision": ["approve, reject or defer"]})
+    try:
+        present = _decision_allowed(meeting, item, actor)
+    except (Refused, Conflict) as exc:
+        # On the record, as every refused decision (a transaction of its own).
+        with transaction.atomic():
+            audit_record(actor=actor, action="cab.item_decided.refused", obj=item.change,
+                         environment=meeting.schedule.environment.slug,
+                         after={"meeting": meeting.pk, "code": exc.code,
+                                "decision": decision}, reason=exc.detail)
+        raise
     if decision == "approve":
         gate_approve(actor=actor, change=item.change, role=CAB, comment=comment)
     elif decision == "reject":

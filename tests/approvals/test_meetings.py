@@ -140,6 +140,8 @@ def test_a_member_absent_from_the_meeting_may_not_decide_in_it(demo, meeting):
                                 decision="approve", actor=demo.cab2)
     assert refused.value.code == "not_present"
     assert change.gates.get(role="cab").status == "pending"
+    record = AuditEvent.objects.get(action="cab.item_decided.refused")
+    assert record.actor_name == "cab2" and record.after["code"] == "not_present"
 
 
 def test_no_decision_without_quorum(demo, meeting):
@@ -340,3 +342,28 @@ def test_the_beat_plans_meetings_and_sends_each_agenda_once_before_it(demo, sche
     assert {"cab", "cab2"} <= set(rows.values_list("recipient_name", flat=True))
     assert change.reference in rows.first().body
     assert AuditEvent.objects.filter(action="cab.agenda_sent").count() == 1
+
+
+def test_the_agenda_page_costs_the_same_queries_with_more_items(demo, client, meeting):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def count():
+        services.agenda_build(meeting)
+        client.get(url)
+        with CaptureQueriesContext(connection) as ctx:
+            response = client.get(url)
+        assert response.status_code == 200
+        return len(ctx.captured_queries), response.content.decode().count('class="card cab-item"')
+
+    url = f"/cab/meetings/{meeting.pk}/"
+    client.force_login(demo.cab)
+    in_room(meeting, demo, "cab", "cab2")
+    prod(demo)
+    prod(demo, at=meeting.starts_at + timedelta(days=1))
+    few, items = count()
+    assert items == 2
+    for _ in range(4):
+        prod(demo)
+    more, items = count()
+    assert items == 6 and more == few
