@@ -341,7 +341,8 @@ def test_the_beat_plans_meetings_and_sends_each_agenda_once_before_it(demo, sche
     rows = Notification.objects.filter(event_key=f"cab_meeting:{meeting.pk}:agenda")
     assert {"cab", "cab2"} <= set(rows.values_list("recipient_name", flat=True))
     assert change.reference in rows.first().body
-    assert AuditEvent.objects.filter(action="cab.agenda_sent").count() == 1
+    assert AuditEvent.objects.filter(action="cab.agenda_sent",
+                                     object_id=str(meeting.pk)).count() == 1
 
 
 def test_the_agenda_page_costs_the_same_queries_with_more_items(demo, client, meeting):

@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from guardian.shortcuts import assign_perm
 
-from approvals.models import MaintenanceWindow
+from approvals.models import CabSchedule, MaintenanceWindow
 from approvals.policies import seed_default_policies
 from audit.trail import System, audit_record
 from catalog.models import Application, Environment, Release, Target
@@ -139,6 +139,13 @@ class Command(BaseCommand):
         if created:
             admin.set_password(password)
             admin.save()
+
+        # The change advisory board meets weekly, chaired by cab (docs/cab.md).
+        if not CabSchedule.objects.filter(environment=envs["production"]).exists():
+            CabSchedule.objects.create(
+                name="Weekly CAB", environment=envs["production"], weekday=1,
+                time=time(10, 0), timezone="Europe/London", duration_minutes=60,
+                chair=User.objects.get(username="cab"))
 
         # SOP 10.2: everyone who may approve, deploy or roll back in Production holds a
         # second factor; the demo enrols them in TOTP with one known secret
