@@ -7,9 +7,11 @@ import zoneinfo
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
+from django.db.models import Prefetch
 
 from approvals import signals
 from approvals.models import (
+    Approval,
     CabAgendaItem,
     CabAttendance,
     CabMeeting,
@@ -251,7 +253,16 @@ def meeting_decide(*, meeting: CabMeeting, item: CabAgendaItem, decision: str, a
                                 "decision": decision}, reason=exc.detail)
         raise
     if decision == "approve":
-        gate_approve(actor=actor, change=item.change, role=CAB, comment=comment)
+        gate = gate_approve(actor=actor, change=item.change, role=CAB, comment=comment)
+        if gate.status == Gate.Status.PENDING:
+            # The gate needs more approvals: the item waits for the next member's.
+            with transaction.atomic():
+                audit_record(actor=actor, action="cab.item_decided", obj=item.change,
+                             environment=meeting.schedule.environment.slug,
+                             after={"meeting": meeting.pk, "change": item.change.reference,
+                                    "decision": decision, "comment": comment,
+                                    "present": len(present), "gate": gate.status})
+            return item
     elif decision == "reject":
         gate_reject(actor=actor, change=item.change, role=CAB, comment=comment)
     elif not comment:
@@ -275,7 +286,13 @@ def meeting_decide(*, meeting: CabMeeting, item: CabAgendaItem, decision: str, a
 def meeting_minutes(meeting: CabMeeting) -> dict:
     """What the meeting decided, as the trail and the PDF record it."""
     attendance = (meeting.attendance.select_related("user").order_by("user__username"))
-    items = meeting.items.select_related("change", "decided_by").order_by("position", "id")
+    items = (meeting.items.select_related("change", "decided_by")
+             .prefetch_related(Prefetch("change__approvals", to_attr="cab_approvals",
+                                        queryset=Approval.objects.filter(
+                                            gate__role=CAB, withdrawn_at__isnull=True,
+                                            decision=Approval.Decision.APPROVED)
+                                        .select_related("approver").order_by("decided_at")))
+             .order_by("position", "id"))
     return {
         "meeting": meeting.pk,
         "schedule": meeting.schedule.name,
@@ -285,7 +302,9 @@ def meeting_minutes(meeting: CabMeeting) -> dict:
         "items": [{"change": i.change.reference, "decision": i.decision,
                    "deferred": i.deferred, "defer_reason": i.defer_reason,
                    "comment": i.comment,
-                   "decided_by": i.decided_by.get_username() if i.decided_by else None}
+                   "decided_by": i.decided_by.get_username() if i.decided_by else None,
+                   # Who approved the change's CAB gate (in or before the meeting).
+                   "cab_approvals": [a.approver.get_username() for a in i.change.cab_approvals]}
                   for i in items],
     }
 

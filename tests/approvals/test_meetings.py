@@ -158,6 +158,15 @@ def test_no_decision_without_quorum(demo, meeting):
     services.meeting_decide(meeting=meeting, item=item_of(meeting, change),
                             decision="approve", actor=demo.cab)
     assert change.approvals.get().approver == demo.cab
+    # The gate needs a second approval: the item waits for the next member's.
+    assert item_of(meeting, change).decision == ""
+    services.meeting_decide(meeting=meeting, item=item_of(meeting, change),
+                            decision="approve", actor=demo.cab2)
+    assert change.gates.get(role="cab").status == "approved"
+    assert item_of(meeting, change).decision == "approve"
+    services.meeting_close(meeting=meeting, actor=demo.cab)
+    minutes = AuditEvent.objects.get(action="cab.minutes").after
+    assert minutes["items"][0]["cab_approvals"] == ["cab", "cab2"]
 
 
 def test_present_members_decide_through_the_cab_gate_and_the_minutes_record_it(
