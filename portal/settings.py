@@ -325,7 +325,7 @@ SPECTACULAR_SETTINGS = {
         "CheckStatusEnum": ["passed", "failed"],
         "DoraBandEnum": ["elite", "high", "medium", "low"],
         "RiskTriggerEnum": "approvals.models.RiskAssessment.Trigger",
-    },
+        "CabMeetingStatusEnum": "approvals.models.CabMeeting.Status"},
 }
 
 # Celery: Redis broker; long deployments are explicit about delivery (STYLE 10).
