@@ -355,43 +355,8 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0,
                                     "interval_step": 0.5, "interval_max": 1}
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULE = {
-    "start-scheduled-changes": {"task": "approvals.tasks.changes_start_scheduled",
-                                "schedule": 30.0},
-    # Approve-by and start-by deadlines and their warnings (docs/cab.md).
-    "enforce-approval-deadlines": {"task": "approvals.tasks.approvals_enforce_deadlines",
-                                   "schedule": 60.0},
-    "plan-cab-meetings": {"task": "approvals.tasks.cab_meetings_plan", "schedule": 300.0},
-    "resume-stale-deployments": {
-        "task": "deployments.tasks.deployments_resume_stale",
-        "schedule": env.float("PORTAL_RESUME_SWEEP_SECONDS", default=5.0),
-    },
-    "backup-portal-database": {
-        "task": "portal.tasks.portal_backup",
-        "schedule": env.float("PORTAL_BACKUP_INTERVAL_SECONDS", default=24 * 3600.0),
-    },
-    "audit-retention-purge": {"task": "audit.tasks.audit_retention_purge",
-                              "schedule": 24 * 3600.0},
-    # The notifications outbox: rows written with their decision whose queued send
-    # never came (the process died after commit, the broker was down) are sent.
-    "notifications-send-unsent": {
-        "task": "notifications.tasks.notifications_send_unsent",
-        "schedule": env.float("PORTAL_OUTBOX_SWEEP_SECONDS", default=30.0),
-    },
-    "notifications-settle-interrupted": {
-        "task": "notifications.tasks.notifications_settle_interrupted", "schedule": 300.0},
-    # A change left deploying after its deployment ended (a listener failed) is closed.
-    "close-changes-of-finished-deployments": {"task": "approvals.tasks.changes_close_finished",
-                                              "schedule": 60.0},
-    "idempotency-keys-purge": {"task": "core.tasks.idempotency_keys_purge", "schedule": 3600.0},
-    "hook-deliveries-purge": {"task": "integrations.tasks.hook_deliveries_purge",
-                              "schedule": 3600.0},
-    # Signed checkpoints of the audit chain, handed to the witnesses (docs/audit.md).
-    "audit-checkpoint-sign": {
-        "task": "audit.tasks.audit_checkpoint_sign",
-        "schedule": env.float("PORTAL_AUDIT_CHECKPOINT_SECONDS", default=60.0),
-    },
-}
+# The periodic tasks of every app (portal/beat_schedule.py).
+from portal.beat_schedule import BEAT_SCHEDULE as CELERY_BEAT_SCHEDULE  # noqa: E402, F401
 
 # How long a notification written with its decision is left to the task queued for it
 # on commit before the outbox sweep sends it itself (notifications.services).
