@@ -4,7 +4,7 @@ meeting are taken on its page, each member with their own second factor."""
 from __future__ import annotations
 
 from django.db.models import Count
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import generics, serializers
 
 from approvals import meeting_selectors
@@ -80,12 +80,8 @@ def _meetings(request):
             .annotate(items_count=Count("items")))
 
 
-class CabMeetingList(ApiMixin, generics.ListAPIView):
-    serializer_class = CabMeetingOut
-
-    @extend_schema(summary="CAB meetings you may see (newest first)")
-    def get(self, request, *args, **kwargs):
-        return super().get(request, *args, **kwargs)
+class _VisibleMeetings:
+    """The meetings the caller may see, for the list and the detail alike."""
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
@@ -93,7 +89,13 @@ class CabMeetingList(ApiMixin, generics.ListAPIView):
         return _meetings(self.request)
 
 
-class CabMeetingDetail(ApiMixin, generics.RetrieveAPIView):
+@extend_schema_view(get=extend_schema(summary="CAB meetings you may see (newest first)"))
+class CabMeetingList(_VisibleMeetings, ApiMixin, generics.ListAPIView):
+    serializer_class = CabMeetingOut
+
+
+@extend_schema_view(get=extend_schema(summary="A CAB meeting with its agenda"))
+class CabMeetingDetail(_VisibleMeetings, ApiMixin, generics.RetrieveAPIView):
     serializer_class = CabMeetingDetailOut
 
     def get_serializer_context(self):
@@ -102,12 +104,3 @@ class CabMeetingDetail(ApiMixin, generics.RetrieveAPIView):
         ids = visible_environment_ids(self.request.user)
         return {**super().get_serializer_context(),
                 "visible": None if ids is None else set(ids)}
-
-    @extend_schema(summary="A CAB meeting with its agenda")
-    def get(self, request, *args, **kwargs):
-        return super().get(request, *args, **kwargs)
-
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return CabMeeting.objects.none()
-        return _meetings(self.request)

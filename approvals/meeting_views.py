@@ -10,13 +10,13 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from approvals import meeting_documents, meeting_selectors, services
 from approvals.models import CabAgendaItem, CabMeeting
 from approvals.selectors import changes_visible_to, eligible_people
 from core import clock
-from core.errors import DomainError, SecondFactorRequired, StepUpRequired
 from identity import stepup_views
 
 
@@ -64,15 +64,8 @@ def meeting_detail(request, pk: int):
 
 
 def _done(request, meeting: CabMeeting, action, success: str):
-    try:
-        action()
-    except (StepUpRequired, SecondFactorRequired) as exc:
-        return stepup_views.answer(request, exc)
-    except DomainError as exc:
-        messages.error(request, exc.detail)
-    else:
-        messages.success(request, success)
-    return redirect("cab-meeting", pk=meeting.pk)
+    return stepup_views.page_action(request, action, done=success,
+                                    back=reverse("cab-meeting", args=[meeting.pk]))
 
 
 @login_required

@@ -6,6 +6,7 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from catalog import services as catalog_services
@@ -169,17 +170,11 @@ def deployment_progress(request, pk: int):
 
 def _step_decision(request, pk: int, decide, refused: str, done: str):
     deployment = _deployment(request, pk)
-    try:
-        decide(actor=request.user, deployment=deployment,
-               reason=request.POST.get("reason", ""))
-    except (StepUpRequired, SecondFactorRequired) as exc:
-        # Production: asked for the second factor, then posted again with the reason.
-        return stepup_views.answer(request, exc)
-    except DomainError as exc:
-        messages.error(request, f"{refused}: {exc.detail}")
-    else:
-        messages.success(request, done)
-    return redirect("deployment-detail", pk=deployment.pk)
+    # Production: asked for the second factor, then posted again with the reason.
+    return stepup_views.page_action(
+        request, lambda: decide(actor=request.user, deployment=deployment,
+                                reason=request.POST.get("reason", "")),
+        done=done, refused=refused, back=reverse("deployment-detail", args=[deployment.pk]))
 
 
 @login_required

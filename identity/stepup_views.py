@@ -19,7 +19,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
 
-from core.errors import SecondFactorRequired, StepUpRequired
+from core.errors import DomainError, SecondFactorRequired, StepUpRequired
 from identity import assurance
 
 STASH = "portal_step_up_stash"
@@ -36,6 +36,21 @@ def answer(request, exc: StepUpRequired | SecondFactorRequired) -> HttpResponse:
         response["HX-Redirect"] = reverse("second-factor-required")
         return response
     return render(request, "identity/second_factor_required.html", context, status=403)
+
+
+def page_action(request, action, *, done: str, back: str, refused: str = "") -> HttpResponse:
+    """A page's form handler: run ``action``; a refusal for want of a second factor asks
+    for it (then the form is posted again), any other refusal is said as an error
+    (after ``refused:`` when given), success as ``done``; then back to ``back`` (a URL)."""
+    try:
+        action()
+    except (StepUpRequired, SecondFactorRequired) as exc:
+        return answer(request, exc)
+    except DomainError as exc:
+        messages.error(request, f"{refused}: {exc.detail}" if refused else exc.detail)
+    else:
+        messages.success(request, done)
+    return redirect(back)
 
 
 def _check_page(user) -> str:

@@ -106,12 +106,17 @@ def _check_not_lapsed(change: ChangeRequest) -> None:
                        blockers=[{"code": "approval_lapsed", "message": detail}])
 
 
+def _locked_waiting_for_approval(change_id: int) -> ChangeRequest | None:
+    """The change under its row lock, if it still waits for approval (else None)."""
+    return (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
+            .filter(pk=change_id, status=ChangeRequest.Status.PENDING_APPROVAL).first())
+
+
 def change_gates_expire(*, change_id: int) -> bool:
     """The approve-by time of a pending gate passed: close the pending gates, the change
     back to draft, audited and told. False when there is nothing (any more) to expire."""
     with transaction.atomic():
-        change = (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
-                  .filter(pk=change_id, status=ChangeRequest.Status.PENDING_APPROVAL).first())
+        change = _locked_waiting_for_approval(change_id)
         if change is None:
             return False
         now = clock.now()
@@ -185,8 +190,7 @@ def change_approvals_lapse(*, change_id: int) -> bool:
 
 def _warn_expiry(*, change_id: int) -> bool:
     with transaction.atomic():
-        change = (ChangeRequest.objects.select_for_update(of=("self",)).with_related()
-                  .filter(pk=change_id, status=ChangeRequest.Status.PENDING_APPROVAL).first())
+        change = _locked_waiting_for_approval(change_id)
         if change is None:
             return False
         now = clock.now()
