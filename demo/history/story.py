@@ -29,6 +29,7 @@ from audit.access import admin_change_record
 from audit.trail import audit_record
 from catalog.models import Application, Environment, Release, Target
 from core import clock as portal_clock
+from demo.history.cab import CabStory
 from demo.history.clock import LONDON, HistoryClock, Timeline, local, working
 from demo.history.plan import (
     APPROVAL_COMMENTS,
@@ -401,6 +402,7 @@ class Generator:
                        impact="Card payments declined for one acquirer: P1 incident "
                               "INC-4802.", review="")
         self.waiting_now()
+        CabStory(self).plan()
 
     def twist(self, slug: str, n: int, count: int) -> str:
         if self.small:
@@ -434,10 +436,15 @@ class Generator:
         add(self.before_now(base + timedelta(hours=21)), lambda: self.request(
             console, "0.9.0", "staging", impact="Ops console: handover screen."))
         # Releases through staging last week, now asking for production.
-        for app, plan in ((mobile, plans["mobile-backend"]), (pipeline, plans["data-pipeline"])):
+        # The pipeline's drops the legacy aggregates table: an irreversible migration, so
+        # its hotfix below scores high enough for the extra gate (demo/history/cab.py).
+        for app, plan, migrations in (
+                (mobile, plans["mobile-backend"], None),
+                (pipeline, plans["data-pipeline"],
+                 [{"name": "0060_drop_legacy_aggregates", "kind": "irreversible"}])):
             start = base - timedelta(days=5)
-            add(start, lambda app=app, plan=plan: self.push(
-                app, plan, "5.0.0", "Larger release: see the release notes.", None))
+            add(start, lambda app=app, plan=plan, migrations=migrations: self.push(
+                app, plan, "5.0.0", "Larger release: see the release notes.", migrations))
             add(start + timedelta(days=1), lambda app=app: self.request(
                 app, "5.0.0", "staging", strategy="all_at_once", risk="medium",
                 impact=f"{app.name}: larger release."))
@@ -458,9 +465,11 @@ class Generator:
         last_pipeline = self.latest_promoted("data-pipeline")
         add(self.before_now(base + timedelta(hours=30)), lambda: self.request(
             pipeline, last_pipeline(), "production", change_type=ChangeType.HOTFIX,
-            risk="low", on_call=self.people["oncall"],
+            risk="medium", on_call=self.people["oncall"],
             impact="Nightly aggregates finish an hour earlier.",
-            rollback_plan="Redeploy the previous release; the migration is additive."))
+            rollback_plan="Redeploy the previous release and restore the legacy aggregates "
+                          "table from the snapshot the deployment takes first; the "
+                          "migration that drops it cannot be undone."))
         # Scheduled for the next production window, approved and ready: the beat starts it.
         asked = self.before_now(base + timedelta(hours=2))
         add(asked, lambda: self.schedule_next_window(console))

@@ -22,11 +22,12 @@ from catalog.models import Application
 from deployments.models import AnalysisVerdict, Deployment
 from reporting import metrics
 from tests.conftest import PASSWORD
+from tests.demo.cab_room import the_cab_room_has_its_history as _the_cab_room_has_its_history
 
 pytestmark = pytest.mark.django_db
 
 
-def test_demo_history_made_through_the_services(capsys):
+def test_demo_history_made_through_the_services(capsys, api):
     """One run of the (small) history, looked at from every side: it takes a while."""
     history = timezone.now()
     call_command("seed_demo", password=PASSWORD, history=True, history_size="small",
@@ -36,6 +37,7 @@ def test_demo_history_made_through_the_services(capsys):
     _rollbacks_automatic_with_verdict_and_manual_with_verification()
     _reviews_rejections_schedule_and_freeze()
     _every_approver_has_something_waiting_now()
+    _the_cab_room_has_its_history(api)
     _the_audit_chain_verifies_and_reads_in_time_order(history, capsys)
     _history_is_made_once(capsys)
 
