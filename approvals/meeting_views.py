@@ -59,7 +59,7 @@ def meeting_detail(request, pk: int):
         "members": [(m, attendance.get(m.pk)) for m in members],
         "present_count": len(present), "is_chair": is_chair,
         "is_present": request.user.pk in present,
-        "open": meeting.status != CabMeeting.Status.CLOSED,
+        "open": meeting.status != CabMeeting.Status.CLOSED, "now": clock.now(),
     })
 
 

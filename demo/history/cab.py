@@ -75,7 +75,7 @@ MEETINGS = [
         ("pipeline-1.6", "defer", "cab",
          "Waiting for the backfill dry run on staging; back next week."),
         ("payments-3.3", "approve", "cab",
-         "Approved; start it this week, before the payments freeze."),
+         "Approved; start it in this week's Thursday window."),
     ]),
     (0, {"cab": True, "cab2": False}, [
         ("pipeline-1.6", "approve", "cab", "Dry run clean (48 min); approved for tonight."),

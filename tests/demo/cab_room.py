@@ -33,6 +33,12 @@ def the_cab_room_has_its_history(api) -> None:
     _the_next_agenda_has_a_conflict(page, following)
     _a_high_risk_change_waits_with_its_extra_gate(client, following)
     _an_approval_lapsed_and_a_gate_expired(following)
+    # The agenda says why the lapsed change is back and why the risky one has a gate more.
+    agenda = page.get(f"/cab/meetings/{following['id']}/").content.decode()
+    assert "data-lapsed" in agenda and "Approvals lapsed" in agenda
+    assert "data-risk-gate" in agenda and "gate was added" in agenda
+    past = page.get(f"/cab/meetings/{held[0]['id']}/").content.decode()
+    assert "data-closed-note" in past and "data-lapsed" not in past
 
 
 def _meetings_held_with_decisions_and_minutes(client, page, held) -> None:
