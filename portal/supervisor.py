@@ -154,6 +154,11 @@ class Supervisor:
     def restarts(self, name: str) -> int:
         return next(w.restarts for w in self.watches if w.component.name == name)
 
+    def add(self, component: Component) -> None:
+        """Start one more component and watch it from now on."""
+        component.start()
+        self.watches.append(_Watch(component))
+
     def start_all(self) -> None:
         for watch in self.watches:
             watch.component.start()

@@ -1,4 +1,5 @@
-"""`make run` (manage.py run): serves the portal, and Ctrl-C leaves no process behind."""
+"""`make run` (manage.py run): serves the portal, makes the demo history before beat
+starts, and Ctrl-C leaves no process behind."""
 
 import os
 import signal
@@ -30,7 +31,7 @@ def test_run_serves_the_login_page_and_ctrl_c_stops_everything(tmp_path):
            if k not in ("DATABASE_URL", "REDIS_URL", *ONE_MACHINE_VARIABLES)}
     env.update(PORTAL_VAR_DIR=str(tmp_path), PORTAL_PG_PORT=str(free_port()),
                PORTAL_REDIS_PORT=str(free_port()), PORTAL_DEPLOY_ROOT=str(tmp_path / "deploy"),
-               PORTAL_DEMO_PASSWORD="run-test-pass")
+               PORTAL_DEMO_PASSWORD="run-test-pass", PORTAL_DEMO_HISTORY_SIZE="small")
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "run", "--port", str(web)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -49,6 +50,26 @@ def test_run_serves_the_login_page_and_ctrl_c_stops_everything(tmp_path):
         assert "Password for each: run-test-pass" in output
         assert "Demo logins: engineer, techlead, qa" in output
 
+        def beats() -> list[psutil.Process]:
+            return [p for p in psutil.Process(proc.pid).children(recursive=True)
+                    if "beat" in p.cmdline()]
+
+        # The first run makes six months of history in the past; beat, which judges
+        # deadlines by today's clock, waits until it is made.
+        making = tmp_path / "demo-history.making"
+        if making.exists():
+            assert beats() == [], "beat started while the demo history was being made"
+        deadline = time.monotonic() + 300
+        while "demo history is ready" not in (tmp_path / "run.log").read_text():
+            assert "making the demo history failed" not in (tmp_path / "run.log").read_text()
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "run.log").read_text()[-3000:]
+            time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while not beats():
+            assert time.monotonic() < deadline, "beat did not start after the history"
+            time.sleep(0.2)
+
         family = psutil.Process(proc.pid).children(recursive=True)
         servers = [int((tmp_path / "pgdata" / "postmaster.pid").read_text().split()[0]),
                    int((tmp_path / "redis" / "redis.pid").read_text().strip())]
@@ -60,9 +81,16 @@ def test_run_serves_the_login_page_and_ctrl_c_stops_everything(tmp_path):
         if proc.poll() is None:
             proc.kill()
         log.close()
-    time.sleep(0.5)
-    left = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    # Everything it started ends: its children and both servers (waited for, since an
+    # ended process may take a moment to be reaped).
+    processes = list(family)
+    for pid in servers:
+        try:
+            processes.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(processes, timeout=20)
+    left = [(p.pid, p.cmdline(), p.status()) for p in alive
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert left == []
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() !=
-                   psutil.STATUS_ZOMBIE for pid in servers)
     assert "stopped; nothing left running" in (tmp_path / "run.log").read_text()

@@ -126,13 +126,17 @@ class Command(BaseCommand):
                         ("Redis server", services.redis)) if server is not None]
             children = [supervisor.ProcessComponent(name, argv, env)
                         for name, argv in commands.items()]
+            # While the history is made in the past, beat's deadlines and meeting plans
+            # would judge its changes by today's clock: beat starts once it is made.
+            held = [c for c in children if history and c.name == "beat"]
             watch = supervisor.Supervisor(
-                servers + children, say=self._say,
+                [c for c in servers + children if c not in held], say=self._say,
                 max_failures=int(os.environ.get("PORTAL_SUPERVISOR_MAX_FAILURES", 5)),
                 window=float(os.environ.get("PORTAL_SUPERVISOR_WINDOW_SECONDS", 60)),
                 first_delay=float(os.environ.get("PORTAL_SUPERVISOR_FIRST_DELAY_SECONDS", 1)))
             for child in children:
-                child.start()
+                if child not in held:
+                    child.start()
             _wait_for_port(host, port, 30)
             self._banner(host, port, password if first_run else None)
             if history:
@@ -152,6 +156,8 @@ class Command(BaseCommand):
                     self._say("demo history is ready" if history_maker.returncode == 0 else
                               "making the demo history failed; see var/demo-history.log")
                     history_maker = None
+                    while held:
+                        watch.add(held.pop())
                 time.sleep(0.5)
         except KeyboardInterrupt:
             self._say("stopping…")
