@@ -67,6 +67,19 @@ def test_auditors_and_administrators_see_every_page(demo, client, username):
         assert client.get(url).status_code == 200, url
 
 
+def test_events_whose_data_has_keys_named_like_dict_methods_show_as_data(demo, client):
+    # A CAB agenda's event records {"items": [...]}: the page lists the key and its
+    # value instead of failing on the dict's own items().
+    record("cab.agenda_sent", after={"items": ["CR-7 payments 3.3.0"], "keys": 2},
+           before={"values": "old"})
+    client.force_login(demo.auditor)
+    response = client.get("/audit/?action=cab.agenda_sent")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "items: [&#x27;CR-7 payments 3.3.0&#x27;]" in page and "keys: 2" in page
+    assert "<dt>values</dt><dd>old</dd>" in page
+
+
 def test_evidence_of_a_missing_deployment_is_a_404(demo, client):
     client.force_login(demo.auditor)
     assert client.get("/auditor/deployments/999999/").status_code == 404
