@@ -132,6 +132,16 @@ class World:
         default_factory=lambda: defaultdict(set))  # (app, environment) -> target addresses
     freezes: dict[int, list[Freeze]] = field(default_factory=lambda: defaultdict(list))
     passes_freeze: set[tuple[int, str]] = field(default_factory=set)  # (environment, type)
+    # "in an overlapping window (...)" of each change, worded once for every change
+    # compared with it (a page of 25 changes meets the same 150 others 25 times).
+    worded: dict[int, str] = field(default_factory=dict)
+
+    def when(self, other: Facts) -> str:
+        found = self.worded.get(other.id)
+        if found is None:
+            found = self.worded[other.id] = \
+                f"in an overlapping window ({other.window.describe()})"
+        return found
 
 
 def _freeze_conflicts(change: Facts, world: World) -> list[Conflict]:
@@ -162,37 +172,36 @@ def detect(change: Facts, world: World) -> list[Conflict]:
         if other.id == change.id or other.window is None \
                 or not change.window.overlaps(other.window):
             continue
-        when = f"in an overlapping window ({other.window.describe()})"
         if other.environment_id == change.environment_id:
             deploys = f"{other.reference} deploys {other.application}"
             place = f"to {other.environment}"
             if other.application_id == change.application_id:
                 found.append(Conflict(SAME_APPLICATION, other.id, other.reference,
-                                      f"{deploys} {place} {when}",
+                                      f"{deploys} {place} {world.when(other)}",
                                       environment_id=other.environment_id))
             else:
                 if (change.application_id, other.application_id) in world.depends:
                     found.append(Conflict(DEPENDENCY, other.id, other.reference,
                                           f"{deploys}, which {change.application} depends "
-                                          f"on, {place} {when}",
+                                          f"on, {place} {world.when(other)}",
                                           environment_id=other.environment_id))
                 elif (other.application_id, change.application_id) in world.depends:
                     found.append(Conflict(DEPENDENCY, other.id, other.reference,
                                           f"{deploys}, which depends on "
-                                          f"{change.application}, {place} {when}",
+                                          f"{change.application}, {place} {world.when(other)}",
                                           environment_id=other.environment_id))
                 shared = (world.addresses[(change.application_id, change.environment_id)]
                           & world.addresses[(other.application_id, other.environment_id)])
                 if shared:
                     found.append(Conflict(SAME_TARGETS, other.id, other.reference,
                                           f"{deploys} {place} on the same targets "
-                                          f"({', '.join(sorted(shared))}) {when}",
+                                          f"({', '.join(sorted(shared))}) {world.when(other)}",
                                           environment_id=other.environment_id))
         if change.on_call_id is not None and other.on_call_id == change.on_call_id:
             found.append(Conflict(ON_CALL, other.id, other.reference,
                                   f"{other.reference} ({other.application} to "
                                   f"{other.environment}) has the same on-call engineer, "
-                                  f"{change.on_call}, {when}",
+                                  f"{change.on_call}, {world.when(other)}",
                                   environment_id=other.environment_id))
     return sorted(found, key=lambda c: (KINDS.index(c.kind), c.change_id or 0))
 
