@@ -461,24 +461,32 @@ def inbox_gates(user, *, environment: str = "", change_type: str = "") -> QueryS
     allowed = Q()
     for env_id, role_set in roles.items():
         allowed |= Q(change__environment_id=env_id, role__in=sorted(role_set))
+    # Only the columns the rules read; who already decided each change comes from one
+    # flat read of the standing decisions, not from a prefetch of every gate and
+    # approval as model instances (a CAB member's candidates are every pending CAB gate).
     candidates = (Gate.objects.filter(allowed, status=Gate.Status.PENDING,
                                       change__status=ChangeRequest.Status.PENDING_APPROVAL)
-                  .select_related("change__release", "change__environment")
-                  .prefetch_related(Prefetch("change__gates", queryset=Gate.objects.only(
-                      "id", "change_id", "role", "status").prefetch_related(
-                      Prefetch("approvals", queryset=Approval.objects.filter(
-                          withdrawn_at__isnull=True).only(
-                          "id", "gate_id", "approver_id", "withdrawn_at"))))))
+                  .select_related("change__release__application", "change__environment")
+                  .only("id", "role", "status", "change__id", "change__status",
+                        "change__requested_by_id", "change__environment_id",
+                        "change__release_id", "change__environment__name",
+                        "change__release__version", "change__release__authors",
+                        "change__release__mergers", "change__release__application__slug"))
     if environment:
         candidates = candidates.filter(change__environment__slug=environment)
     if change_type:
         candidates = candidates.filter(change__change_type=change_type)
-    eligible = []
-    for gate in candidates:
-        decided_by = eligibility.decided(gate.change.gates.all())
-        if eligibility.gate_verdict(person=person, change=gate.change, gate=gate,
-                                    decided_by=decided_by, at=at).eligible:
-            eligible.append(gate.pk)
+    candidates = list(candidates)
+    decided: dict[int, dict[int, Gate]] = defaultdict(dict)  # change -> {person: gate}
+    for change_id, approver_id, role in (
+            Approval.objects.filter(gate__change_id__in={g.change_id for g in candidates},
+                                    withdrawn_at__isnull=True)
+            .order_by("gate_id", "id").values_list("gate__change_id", "approver_id",
+                                                   "gate__role")):
+        decided[change_id][approver_id] = Gate(role=role)  # eligibility.decided's answer
+    eligible = [gate.pk for gate in candidates if eligibility.gate_verdict(
+        person=person, change=gate.change, gate=gate, decided_by=decided[gate.change_id],
+        at=at).eligible]
     return _gate_cards().filter(pk__in=eligible).order_by("change__submitted_at", "id")
 
 
