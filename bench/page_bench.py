@@ -16,6 +16,7 @@ Run it on the data set ``bench/audit_bench.py --generate-only`` builds (the same
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -60,7 +61,8 @@ def pages() -> list[tuple[str, str]]:
     ]
 
 
-def measure(repeat: int) -> list[tuple[str, str, float, int, int, float, float]]:
+def measure(repeat: int, only: list[str] | None = None
+            ) -> list[tuple[str, str, float, int, int, float, float]]:
     from django.contrib.auth import get_user_model
     from django.db import connection
     from django.test import Client
@@ -74,9 +76,15 @@ def measure(repeat: int) -> list[tuple[str, str, float, int, int, float, float]]
         clients[who] = Client()
         clients[who].force_login(User.objects.get(username=who))
     clients["auditor-api"] = api_client(User.objects.get(username="auditor"))
-    measured = pages()
+    measured = [(who, url) for who, url in pages()
+                if not only or url == "/healthz" or url.startswith(tuple(only))]
     for who, url in measured:  # warm-up: per-process caches
         clients[who].get(url)
+    if not os.environ.get("PAGE_BENCH_NO_FREEZE"):
+        # As each gunicorn worker does once started (gunicorn.conf.py): what start-up
+        # and the warm-up loaded stays out of the garbage collector's full collections.
+        gc.collect()
+        gc.freeze()
     # Round-robin: every page is viewed once per round, so a slow moment of a shared
     # machine falls on all of them alike rather than on one page's samples.
     samples: dict[str, list[float]] = {url: [] for _, url in measured}
@@ -186,6 +194,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", default="portal_bench")
     parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument("--pages", nargs="*", metavar="PREFIX",
+                        help="only the pages whose URL starts with one of these")
     parser.add_argument("--middleware", action="store_true",
                         help="what each middleware costs a request, per page (CPU ms)")
     args = parser.parse_args()
@@ -200,7 +210,7 @@ def main() -> None:
     if args.middleware:
         middleware_costs(args.repeat)
         return
-    rows = measure(args.repeat)
+    rows = measure(args.repeat, args.pages)
     health = next(r[2] for r in rows if r[1] == "/healthz")
     print("| as | page | median (ms) | x /healthz | Python CPU (ms) | queries | SQL (ms) | kB |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
