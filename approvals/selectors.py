@@ -447,14 +447,15 @@ def _gate_cards() -> QuerySet[Gate]:
                     "done_by"))))
 
 
-def inbox_gates(user, *, environment: str = "", change_type: str = "") -> QuerySet[Gate]:
+def inbox_gates(user, *, environment: str = "", change_type: str = "",
+                person: eligibility.Person | None = None) -> QuerySet[Gate]:
     """Gates ``user`` may decide now (``approvals.eligibility``), oldest change first.
 
     The gates of the roles they may decide somewhere are read with their changes'
     decisions (a fixed number of queries), each is judged by ``eligibility``, and the
     answer is a queryset of those found eligible, for a pager to slice."""
     at = clock.now()
-    person = person_facts(user, at=at)
+    person = person or person_facts(user, at=at)
     roles = eligibility.roles_with_authority(person, at)
     if not roles:
         return Gate.objects.none()
@@ -490,11 +491,13 @@ def inbox_gates(user, *, environment: str = "", change_type: str = "") -> QueryS
     return _gate_cards().filter(pk__in=eligible).order_by("change__submitted_at", "id")
 
 
-def open_reviews(user) -> list[PostImplementationReview]:
+def open_reviews(user, *, person: eligibility.Person | None = None
+                 ) -> list[PostImplementationReview]:
     """Open post-implementation reviews ``user`` may close (``eligibility.review_verdict``:
-    CAB there, not the change's requester, nor an author or merger of its release)."""
+    CAB there, not the change's requester, nor an author or merger of its release).
+    A page that judged ``person_facts`` for this request already passes them."""
     at = clock.now()
-    person = person_facts(user, at=at)
+    person = person or person_facts(user, at=at)
     env_ids = [env for env, roles in eligibility.roles_with_authority(person, at).items()
                if GateRole.CAB in roles]
     if not env_ids:
