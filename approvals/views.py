@@ -332,12 +332,13 @@ def inbox(request):
     # What else stands in the way of each change, so an approver knows whether their
     # decision is the last thing it waits for.
     changes = [gate.change for gate in gates]
-    rules = selectors.rules_for(changes)  # conflicts too: detected once for both uses
+    # Conflicts too, detected once for the blockers and the badges (none on no page).
+    rules = selectors.rules_for(changes) if changes else None
     blockers = selectors.blockers_for_many(changes, rules=rules)
     digests = digests_for_many(changes)
     inputs = services.run_inputs_for_many(changes)
     assessed = risk_selectors.latest_risk_for_many(changes)  # risk (docs/cab.md)
-    found = rules.conflicts if changes else {}  # conflicts, for all the cards at once
+    found = rules.conflicts if rules else {}  # conflicts, for all the cards at once
     visible = conflicts.visible_environments(request.user)
     for gate in gates:
         gate.deadline_soon = bool(gate.expires_at and
