@@ -544,6 +544,9 @@ def gate_deciders(changes: list[ChangeRequest], *, at: datetime | None = None,
     if people is None:
         people = candidate_facts({c.environment_id for c in changes}, at=at)
     people = sorted(people.values(), key=lambda p: p.username)
+    # Only someone with authority over a role there (a permission or a live delegation)
+    # can be found eligible for it: the rules judge those, per gate, not everyone.
+    with_authority: dict[tuple[int, str], list[eligibility.Person]] = {}
     found: dict[int, list[eligibility.Person]] = {}
     for change in changes:
         gates = list(change.gates.all())
@@ -551,7 +554,11 @@ def gate_deciders(changes: list[ChangeRequest], *, at: datetime | None = None,
         for gate in gates:
             if gate.status != Gate.Status.PENDING:
                 continue
-            found[gate.pk] = [p for p in people if eligibility.gate_verdict(
+            key = (change.environment_id, gate.role)
+            if key not in with_authority:
+                with_authority[key] = [p for p in people if any(eligibility.authority(
+                    p, change.environment_id, gate.role, at))]
+            found[gate.pk] = [p for p in with_authority[key] if eligibility.gate_verdict(
                 person=p, change=change, gate=gate, decided_by=decided_by, at=at).eligible]
     return found
 
