@@ -177,7 +177,7 @@ def _change_context(request, change: ChangeRequest) -> dict:
     for item in change.checklist.all():
         done, why = checks.evaluate(item, change, rules)
         checklist.append({"item": item, "done": done, "why": why})
-    may_tick = services.may_tick_checklist(user, change)
+    may_tick = services.may_tick_checklist(user, change, person=person)
     timeline = AuditEvent.objects.filter(object_type="changerequest",
                                          object_id=str(change.pk)).order_by("id")
     review = PostImplementationReview.objects.filter(change=change).first()
