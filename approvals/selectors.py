@@ -192,8 +192,8 @@ def blockers_for_many(changes: list[ChangeRequest], *, at: datetime | None = Non
                       rules: Rules | None = None) -> dict[int, list[Blocker]]:
     """{change id: its blockers} for a page of changes: ``change_blockers`` for each, over
     rules loaded once, so a page costs the same queries for one change or a hundred.
-    The changes come with their gates, approvals and checklist prefetched; a page that
-    shows the rules' conflicts too passes the ``rules_for`` it read them from."""
+    The changes come with their gates, approvals and checklist prefetched (and the
+    ``rules_for`` them when the page read those already)."""
     if not changes:
         return {}
     rules = rules or rules_for(changes)
@@ -462,9 +462,8 @@ def inbox_gates(user, *, environment: str = "", change_type: str = "",
     allowed = Q()
     for env_id, role_set in roles.items():
         allowed |= Q(change__environment_id=env_id, role__in=sorted(role_set))
-    # Only the columns the rules read; who already decided each change comes from one
-    # flat read of the standing decisions, not from a prefetch of every gate and
-    # approval as model instances (a CAB member's candidates are every pending CAB gate).
+    # The columns the rules read, and one flat read of who decided what (not every gate
+    # and approval as instances: a CAB member's candidates are all pending CAB gates).
     candidates = (Gate.objects.filter(allowed, status=Gate.Status.PENDING,
                                       change__status=ChangeRequest.Status.PENDING_APPROVAL)
                   .select_related("change__release__application", "change__environment")
@@ -479,11 +478,9 @@ def inbox_gates(user, *, environment: str = "", change_type: str = "",
         candidates = candidates.filter(change__change_type=change_type)
     candidates = list(candidates)
     decided: dict[int, dict[int, Gate]] = defaultdict(dict)  # change -> {person: gate}
-    for change_id, approver_id, role in (
-            Approval.objects.filter(gate__change_id__in={g.change_id for g in candidates},
-                                    withdrawn_at__isnull=True)
-            .order_by("gate_id", "id").values_list("gate__change_id", "approver_id",
-                                                   "gate__role")):
+    for change_id, approver_id, role in Approval.objects.filter(
+            gate__change_id__in={g.change_id for g in candidates}, withdrawn_at__isnull=True,
+    ).order_by("gate_id", "id").values_list("gate__change_id", "approver_id", "gate__role"):
         decided[change_id][approver_id] = Gate(role=role)  # eligibility.decided's answer
     eligible = [gate.pk for gate in candidates if eligibility.gate_verdict(
         person=person, change=gate.change, gate=gate, decided_by=decided[gate.change_id],
@@ -494,8 +491,7 @@ def inbox_gates(user, *, environment: str = "", change_type: str = "",
 def open_reviews(user, *, person: eligibility.Person | None = None
                  ) -> list[PostImplementationReview]:
     """Open post-implementation reviews ``user`` may close (``eligibility.review_verdict``:
-    CAB there, not the change's requester, nor an author or merger of its release).
-    A page that judged ``person_facts`` for this request already passes them."""
+    CAB there, not the change's requester, nor an author or merger of its release)."""
     at = clock.now()
     person = person or person_facts(user, at=at)
     env_ids = [env for env, roles in eligibility.roles_with_authority(person, at).items()
@@ -544,8 +540,8 @@ def gate_deciders(changes: list[ChangeRequest], *, at: datetime | None = None,
     if people is None:
         people = candidate_facts({c.environment_id for c in changes}, at=at)
     people = sorted(people.values(), key=lambda p: p.username)
-    # Only someone with authority over a role there (a permission or a live delegation)
-    # can be found eligible for it: the rules judge those, per gate, not everyone.
+    # Only someone with authority over a role there can be eligible: judge those alone.
+    authority = eligibility.authority
     with_authority: dict[tuple[int, str], list[eligibility.Person]] = {}
     found: dict[int, list[eligibility.Person]] = {}
     for change in changes:
@@ -554,10 +550,8 @@ def gate_deciders(changes: list[ChangeRequest], *, at: datetime | None = None,
         for gate in gates:
             if gate.status != Gate.Status.PENDING:
                 continue
-            key = (change.environment_id, gate.role)
-            if key not in with_authority:
-                with_authority[key] = [p for p in people if any(eligibility.authority(
-                    p, change.environment_id, gate.role, at))]
+            if (key := (change.environment_id, gate.role)) not in with_authority:
+                with_authority[key] = [p for p in people if any(authority(p, *key, at))]
             found[gate.pk] = [p for p in with_authority[key] if eligibility.gate_verdict(
                 person=p, change=change, gate=gate, decided_by=decided_by, at=at).eligible]
     return found
