@@ -9,6 +9,7 @@ docs/observability.md.
 It also keeps database connections open between requests (below).
 """
 
+import gc
 import os
 import shutil
 import tempfile
@@ -18,6 +19,13 @@ from pathlib import Path
 # request costs PostgreSQL a new backend process each time); Django checks it before
 # reuse (CONN_HEALTH_CHECKS), so a restarted database heals at the next request.
 os.environ.setdefault("DATABASE_CONN_MAX_AGE", "300")
+
+# Worker processes and threads (`make run` and the image read them here; gunicorn's
+# command line overrides them). Measured on two cores (docs/benchmarks.md, "Request cost
+# of the pages"): the portal's requests are CPU-bound Python, so threads beyond a few
+# only queue behind the interpreter lock.
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = int(os.environ.get("PORTAL_WEB_THREADS", "4"))
 
 _own_directory = None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -42,3 +50,15 @@ def child_exit(server, worker):
 def on_exit(server):
     if _own_directory:
         shutil.rmtree(_own_directory, ignore_errors=True)
+
+
+def post_worker_init(worker):
+    """Everything the worker imported to serve requests (the URLconf and the views it
+    names) moves out of the garbage collector's sight: a full collection no longer walks
+    those objects (about 190,000) every few requests, which cost some 20 % of a page's
+    CPU time in the benchmark."""
+    from django.urls import get_resolver
+
+    get_resolver().url_patterns  # noqa: B018 - imports every view module now
+    gc.collect()
+    gc.freeze()

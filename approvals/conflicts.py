@@ -132,6 +132,32 @@ class World:
         default_factory=lambda: defaultdict(set))  # (app, environment) -> target addresses
     freezes: dict[int, list[Freeze]] = field(default_factory=lambda: defaultdict(list))
     passes_freeze: set[tuple[int, str]] = field(default_factory=set)  # (environment, type)
+    # "in an overlapping window (...)" of each change, worded once for every change
+    # compared with it (a page of 25 changes meets the same 150 others 25 times).
+    worded: dict[int, str] = field(default_factory=dict)
+
+    def neighbours(self, change: Facts) -> list[Facts]:
+        """The changes that can conflict with ``change`` at all: those in its
+        environment, and those elsewhere with its on-call engineer (indexed once)."""
+        if not hasattr(self, "_by_environment"):
+            self._by_environment: dict[int, list[Facts]] = defaultdict(list)
+            self._by_on_call: dict[int, list[Facts]] = defaultdict(list)
+            for facts in self.changes:
+                self._by_environment[facts.environment_id].append(facts)
+                if facts.on_call_id is not None:
+                    self._by_on_call[facts.on_call_id].append(facts)
+        found = self._by_environment.get(change.environment_id, [])
+        if change.on_call_id is None:
+            return found
+        return found + [other for other in self._by_on_call.get(change.on_call_id, [])
+                        if other.environment_id != change.environment_id]
+
+    def when(self, other: Facts) -> str:
+        found = self.worded.get(other.id)
+        if found is None:
+            found = self.worded[other.id] = \
+                f"in an overlapping window ({other.window.describe()})"
+        return found
 
 
 def _freeze_conflicts(change: Facts, world: World) -> list[Conflict]:
@@ -158,41 +184,45 @@ def detect(change: Facts, world: World) -> list[Conflict]:
     if change.window is None:
         return []
     found = _freeze_conflicts(change, world)
-    for other in world.changes:
+    for other in world.neighbours(change):
         if other.id == change.id or other.window is None \
                 or not change.window.overlaps(other.window):
             continue
-        when = f"in an overlapping window ({other.window.describe()})"
         if other.environment_id == change.environment_id:
-            deploys = f"{other.reference} deploys {other.application}"
-            place = f"to {other.environment}"
-            if other.application_id == change.application_id:
+            same_application = other.application_id == change.application_id
+            depends = (change.application_id, other.application_id) in world.depends
+            depended = (other.application_id, change.application_id) in world.depends
+            shared = set() if same_application else (
+                world.addresses[(change.application_id, change.environment_id)]
+                & world.addresses[(other.application_id, other.environment_id)])
+            # Worded only for a conflict: most changes in the environment are none.
+            if same_application or depends or depended or shared:
+                deploys = f"{other.reference} deploys {other.application}"
+                place = f"to {other.environment}"
+            if same_application:
                 found.append(Conflict(SAME_APPLICATION, other.id, other.reference,
-                                      f"{deploys} {place} {when}",
+                                      f"{deploys} {place} {world.when(other)}",
                                       environment_id=other.environment_id))
-            else:
-                if (change.application_id, other.application_id) in world.depends:
-                    found.append(Conflict(DEPENDENCY, other.id, other.reference,
-                                          f"{deploys}, which {change.application} depends "
-                                          f"on, {place} {when}",
-                                          environment_id=other.environment_id))
-                elif (other.application_id, change.application_id) in world.depends:
-                    found.append(Conflict(DEPENDENCY, other.id, other.reference,
-                                          f"{deploys}, which depends on "
-                                          f"{change.application}, {place} {when}",
-                                          environment_id=other.environment_id))
-                shared = (world.addresses[(change.application_id, change.environment_id)]
-                          & world.addresses[(other.application_id, other.environment_id)])
-                if shared:
-                    found.append(Conflict(SAME_TARGETS, other.id, other.reference,
-                                          f"{deploys} {place} on the same targets "
-                                          f"({', '.join(sorted(shared))}) {when}",
-                                          environment_id=other.environment_id))
+            if depends and not same_application:
+                found.append(Conflict(DEPENDENCY, other.id, other.reference,
+                                      f"{deploys}, which {change.application} depends "
+                                      f"on, {place} {world.when(other)}",
+                                      environment_id=other.environment_id))
+            elif depended and not same_application:
+                found.append(Conflict(DEPENDENCY, other.id, other.reference,
+                                      f"{deploys}, which depends on "
+                                      f"{change.application}, {place} {world.when(other)}",
+                                      environment_id=other.environment_id))
+            if shared:
+                found.append(Conflict(SAME_TARGETS, other.id, other.reference,
+                                      f"{deploys} {place} on the same targets "
+                                      f"({', '.join(sorted(shared))}) {world.when(other)}",
+                                      environment_id=other.environment_id))
         if change.on_call_id is not None and other.on_call_id == change.on_call_id:
             found.append(Conflict(ON_CALL, other.id, other.reference,
                                   f"{other.reference} ({other.application} to "
                                   f"{other.environment}) has the same on-call engineer, "
-                                  f"{change.on_call}, {when}",
+                                  f"{change.on_call}, {world.when(other)}",
                                   environment_id=other.environment_id))
     return sorted(found, key=lambda c: (KINDS.index(c.kind), c.change_id or 0))
 

@@ -188,14 +188,15 @@ def change_blockers(change: ChangeRequest, *, rules: Rules | None = None,
     return blockers
 
 
-def blockers_for_many(changes: list[ChangeRequest], *, at: datetime | None = None
-                      ) -> dict[int, list[Blocker]]:
+def blockers_for_many(changes: list[ChangeRequest], *, at: datetime | None = None,
+                      rules: Rules | None = None) -> dict[int, list[Blocker]]:
     """{change id: its blockers} for a page of changes: ``change_blockers`` for each, over
     rules loaded once, so a page costs the same queries for one change or a hundred.
-    The changes come with their gates, approvals and checklist prefetched."""
+    The changes come with their gates, approvals and checklist prefetched (and the
+    ``rules_for`` them when the page read those already)."""
     if not changes:
         return {}
-    rules = rules_for(changes)
+    rules = rules or rules_for(changes)
     at = at or clock.now()
     return {change.pk: change_blockers(change, rules=rules, at=at) for change in changes}
 
@@ -446,46 +447,53 @@ def _gate_cards() -> QuerySet[Gate]:
                     "done_by"))))
 
 
-def inbox_gates(user, *, environment: str = "", change_type: str = "") -> QuerySet[Gate]:
+def inbox_gates(user, *, environment: str = "", change_type: str = "",
+                person: eligibility.Person | None = None) -> QuerySet[Gate]:
     """Gates ``user`` may decide now (``approvals.eligibility``), oldest change first.
 
     The gates of the roles they may decide somewhere are read with their changes'
     decisions (a fixed number of queries), each is judged by ``eligibility``, and the
     answer is a queryset of those found eligible, for a pager to slice."""
     at = clock.now()
-    person = person_facts(user, at=at)
+    person = person or person_facts(user, at=at)
     roles = eligibility.roles_with_authority(person, at)
     if not roles:
         return Gate.objects.none()
     allowed = Q()
     for env_id, role_set in roles.items():
         allowed |= Q(change__environment_id=env_id, role__in=sorted(role_set))
+    # The columns the rules read, and one flat read of who decided what (not every gate
+    # and approval as instances: a CAB member's candidates are all pending CAB gates).
     candidates = (Gate.objects.filter(allowed, status=Gate.Status.PENDING,
                                       change__status=ChangeRequest.Status.PENDING_APPROVAL)
-                  .select_related("change__release", "change__environment")
-                  .prefetch_related(Prefetch("change__gates", queryset=Gate.objects.only(
-                      "id", "change_id", "role", "status").prefetch_related(
-                      Prefetch("approvals", queryset=Approval.objects.filter(
-                          withdrawn_at__isnull=True).only(
-                          "id", "gate_id", "approver_id", "withdrawn_at"))))))
+                  .select_related("change__release__application", "change__environment")
+                  .only("id", "role", "status", "change__id", "change__status",
+                        "change__requested_by_id", "change__environment_id",
+                        "change__release_id", "change__environment__name",
+                        "change__release__version", "change__release__authors",
+                        "change__release__mergers", "change__release__application__slug"))
     if environment:
         candidates = candidates.filter(change__environment__slug=environment)
     if change_type:
         candidates = candidates.filter(change__change_type=change_type)
-    eligible = []
-    for gate in candidates:
-        decided_by = eligibility.decided(gate.change.gates.all())
-        if eligibility.gate_verdict(person=person, change=gate.change, gate=gate,
-                                    decided_by=decided_by, at=at).eligible:
-            eligible.append(gate.pk)
+    candidates = list(candidates)
+    decided: dict[int, dict[int, Gate]] = defaultdict(dict)  # change -> {person: gate}
+    for change_id, approver_id, role in Approval.objects.filter(
+            gate__change_id__in={g.change_id for g in candidates}, withdrawn_at__isnull=True,
+    ).order_by("gate_id", "id").values_list("gate__change_id", "approver_id", "gate__role"):
+        decided[change_id][approver_id] = Gate(role=role)  # eligibility.decided's answer
+    eligible = [gate.pk for gate in candidates if eligibility.gate_verdict(
+        person=person, change=gate.change, gate=gate, decided_by=decided[gate.change_id],
+        at=at).eligible]
     return _gate_cards().filter(pk__in=eligible).order_by("change__submitted_at", "id")
 
 
-def open_reviews(user) -> list[PostImplementationReview]:
+def open_reviews(user, *, person: eligibility.Person | None = None
+                 ) -> list[PostImplementationReview]:
     """Open post-implementation reviews ``user`` may close (``eligibility.review_verdict``:
     CAB there, not the change's requester, nor an author or merger of its release)."""
     at = clock.now()
-    person = person_facts(user, at=at)
+    person = person or person_facts(user, at=at)
     env_ids = [env for env, roles in eligibility.roles_with_authority(person, at).items()
                if GateRole.CAB in roles]
     if not env_ids:
@@ -532,6 +540,9 @@ def gate_deciders(changes: list[ChangeRequest], *, at: datetime | None = None,
     if people is None:
         people = candidate_facts({c.environment_id for c in changes}, at=at)
     people = sorted(people.values(), key=lambda p: p.username)
+    # Only someone with authority over a role there can be eligible: judge those alone.
+    authority = eligibility.authority
+    with_authority: dict[tuple[int, str], list[eligibility.Person]] = {}
     found: dict[int, list[eligibility.Person]] = {}
     for change in changes:
         gates = list(change.gates.all())
@@ -539,7 +550,9 @@ def gate_deciders(changes: list[ChangeRequest], *, at: datetime | None = None,
         for gate in gates:
             if gate.status != Gate.Status.PENDING:
                 continue
-            found[gate.pk] = [p for p in people if eligibility.gate_verdict(
+            if (key := (change.environment_id, gate.role)) not in with_authority:
+                with_authority[key] = [p for p in people if any(authority(p, *key, at))]
+            found[gate.pk] = [p for p in with_authority[key] if eligibility.gate_verdict(
                 person=p, change=change, gate=gate, decided_by=decided_by, at=at).eligible]
     return found
 

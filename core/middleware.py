@@ -4,6 +4,11 @@ import uuid
 
 from core.context import RequestContext, bind_request, unbind_request
 
+# Probes answered for machines (health, readiness, the Prometheus scrape): no person
+# is behind them, so the session checks (last seen, idle sign-out) leave them alone and
+# they never load a session or a user.
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
 
 class RequestContextMiddleware:
     def __init__(self, get_response):

@@ -32,6 +32,7 @@ from django.utils.module_loading import import_string
 
 from core import clock, context
 from core.errors import SecondFactorRequired, StepUpRequired
+from core.middleware import PROBE_PATHS
 
 # The kinds that make someone "have a second factor" (recovery codes only back them up).
 FACTOR_KINDS = ("totp", "webauthn")
@@ -302,6 +303,8 @@ class ProductionIdleTimeoutMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
+        if request.path_info in PROBE_PATHS:
+            return self.get_response(request)
         session = getattr(request, "session", None)
         user = getattr(request, "user", None)
         if session is not None and user is not None and user.is_authenticated:

@@ -9,6 +9,7 @@ The rules themselves (which groups a sign-in gives, ending other sessions) are
 from __future__ import annotations
 
 import logging
+import time
 import unicodedata
 
 from allauth.account.adapter import DefaultAccountAdapter
@@ -38,6 +39,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from core import clock
+from core.middleware import PROBE_PATHS
 from identity import services
 
 logger = logging.getLogger(__name__)
@@ -294,26 +296,45 @@ def admin_login(request):
 LAST_SEEN_KEY = "identity:session-seen:{}"
 
 
+# The Security page shows "last seen" to the minute: each process notes a session at
+# most this often (seconds), so most requests neither write to the cache nor read the
+# session and user for it (a request whose view needs neither never loads them).
+LAST_SEEN_EVERY = 60
+# Sessions each process remembers noting; forgotten all at once past this many.
+LAST_SEEN_REMEMBERED = 20_000
+
+
 class SessionLastSeenMiddleware:
     """Notes in the cache when a signed-in session was last seen (the Security page).
 
-    A cache write, not a database write per page; a cache outage only loses the note.
+    A cache write, not a database write per page, and at most one a minute per session
+    in each process; a cache outage only loses the note.
     """
 
     def __init__(self, get_response):
         self.get_response = get_response
+        self.noted: dict[str, float] = {}  # session key -> time.monotonic() noted
 
     def __call__(self, request):
         session = getattr(request, "session", None)
-        user = getattr(request, "user", None)
-        if session is not None and session.session_key and user is not None \
-                and user.is_authenticated:
-            try:
-                cache.set(LAST_SEEN_KEY.format(session.session_key), clock.now(),
-                          timeout=settings.SESSION_COOKIE_AGE)
-            except Exception:  # noqa: BLE001 - Redis away: the page still answers
-                logger.debug("session last seen not noted: cache unavailable")
+        key = session.session_key if session is not None else None
+        if key and request.path_info not in PROBE_PATHS and \
+                time.monotonic() - self.noted.get(key, float("-inf")) >= LAST_SEEN_EVERY:
+            self._note(request, key)
         return self.get_response(request)
+
+    def _note(self, request, key: str) -> None:
+        user = getattr(request, "user", None)
+        if user is None or not user.is_authenticated:
+            return
+        if len(self.noted) >= LAST_SEEN_REMEMBERED:
+            self.noted.clear()
+        self.noted[key] = time.monotonic()
+        try:
+            cache.set(LAST_SEEN_KEY.format(key), clock.now(),
+                      timeout=settings.SESSION_COOKIE_AGE)
+        except Exception:  # noqa: BLE001 - Redis away: the page still answers
+            logger.debug("session last seen not noted: cache unavailable")
 
 
 def sessions_last_seen(session_keys: list[str]) -> dict:

@@ -25,12 +25,14 @@ def _open_checklist(change: ChangeRequest, kinds, *, deployment_id: int | None =
     return len(items)
 
 
-def may_tick_checklist(actor, change: ChangeRequest) -> bool:
-    """The requester, the on-call engineer, its approvers and who may deploy there."""
+def may_tick_checklist(actor, change: ChangeRequest, *,
+                       person: eligibility.Person | None = None) -> bool:
+    """The requester, the on-call engineer, its approvers and who may deploy there.
+    A page that read the actor's ``person_facts`` for this request passes them."""
     if (change.requested_by_id == actor.pk or change.on_call_id == actor.pk
             or has_env_perm(actor, "deploy", change.environment)):
         return True
-    roles = eligibility.roles_with_authority(person_facts(actor), clock.now(),
+    roles = eligibility.roles_with_authority(person or person_facts(actor), clock.now(),
                                              [change.environment_id])
     return any(g.role in roles.get(change.environment_id, ()) for g in change.gates.all())
 

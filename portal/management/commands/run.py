@@ -106,7 +106,9 @@ class Command(BaseCommand):
                                             Environment.objects.values_list("slug", flat=True)])
             commands = {
                 "web server": [os.path.join(bin_dir, "gunicorn"), "portal.wsgi:application",
-                               "--bind", f"{host}:{port}", "--workers", "2", "--threads", "4",
+                               # Workers and threads: gunicorn.conf.py (WEB_CONCURRENCY,
+                               # PORTAL_WEB_THREADS).
+                               "--bind", f"{host}:{port}",
                                "--access-logfile", "-", "--log-level", "warning",
                                "--graceful-timeout", "5"],
                 # Quiet by default: the banner above stays readable, each deployment's
