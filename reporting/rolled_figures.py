@@ -104,13 +104,10 @@ def rolled_rows(queryset, *, environment_ids: list[int] | None, application_id: 
     """The figures' rows over the deployments of ``queryset`` (already limited to
     ``environment_ids``, None for all, and ``application_id``) that ended in
     [since, until). One query."""
-    from deployments.models import Deployment
-    from reporting.metrics import FINAL
-
     days, exact = split_range(since, until, starts)
     within = (reduce(operator.or_, [Q(finished_at__gte=a, finished_at__lt=b) for a, b in exact])
               if exact else Q(finished_at__gte=until, finished_at__lt=since))  # nothing
-    ended = (queryset.filter(within, kind=Deployment.Kind.DEPLOY, status__in=FINAL)
+    ended = (queryset.filter(within, kind="deploy", status__in=rollups.FINAL)
              .order_by().values("id", "application_id", "environment_id", "status",
                                 "finished_at", "release_id"))
     if environment_ids is not None and not environment_ids:
