@@ -1,6 +1,9 @@
 """DORA figures at scale: the exact computation over every deployment of the range
 next to the same figures read from the daily roll-ups, in the same run, for ranges of
-3 to 24 months (median time, Python CPU, SQL queries), and whether they agree.
+3 to 24 months (median time, Python CPU, SQL queries), and whether they agree. Then the
+metrics page, the DORA API and the deployment list through Django's test client, each
+the old way (every deployment read; DeploymentSerializer) and the new way, in turn,
+next to /healthz: median time, Python CPU, queries, and the ratio to /healthz.
 
     PORTAL_VAR_DIR=var/perf PORTAL_PG_PORT=... PORTAL_REDIS_PORT=... \\
         .venv/bin/python bench/metrics_bench.py --database portal
@@ -91,7 +94,93 @@ def main() -> None:
                   f"{r_wall * 1000:.1f} | {r_cpu * 1000:.1f} | {queries} | "
                   f"{r_body['totals']['deployments']:,} | "
                   f"{'yes' if e_body == r_body else 'NO'} |")
+    pages(args.repeat)
 
+
+PAGES = [("cab", "/healthz"), ("cab", "/metrics/"),
+         ("cab", "/metrics/?environment=all&months=24"),
+         ("auditor-api", "/api/v1/metrics/dora/"),
+         ("auditor-api", "/api/v1/metrics/dora/?environment=all&period=week"),
+         ("auditor-api", "/api/v1/deployments/"),
+         ("auditor-api", "/api/v1/deployments/?environment=production&status=succeeded")]
+
+
+def old_way(enabled: bool):
+    """The computation before the roll-ups and the rows from values(): every deployment
+    of the range read; the list through DeploymentSerializer."""
+    import contextlib
+
+    from rest_framework import generics
+
+    from deployments import api as deployments_api
+    from reporting import metrics
+
+    @contextlib.contextmanager
+    def patched():
+        if not enabled:
+            yield
+            return
+        dora, listing = metrics.dora, deployments_api.DeploymentList.list
+
+        def exact(*args, rolled=None, **kwargs):
+            return dora(*args, **kwargs)
+
+        metrics.dora = exact
+        deployments_api.DeploymentList.list = generics.ListAPIView.list
+        try:
+            yield
+        finally:
+            metrics.dora, deployments_api.DeploymentList.list = dora, listing
+
+    return patched()
+
+
+def pages(repeat: int) -> None:
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from bench.audit_bench import api_client
+
+    User = get_user_model()
+    clients = {"cab": Client()}
+    clients["cab"].force_login(User.objects.get(username="cab"))
+    clients["auditor-api"] = api_client(User.objects.get(username="auditor"))
+    ways = ("before", "after")
+    samples = {(way, url): [] for way in ways for _, url in PAGES}
+    cpu = {(way, url): [] for way in ways for _, url in PAGES}
+    queries = {}
+    for way in ways:  # warm-up
+        with old_way(way == "before"):
+            for who, url in PAGES:
+                clients[who].get(url)
+    for _ in range(repeat):  # round-robin, both ways in each round
+        for way in ways:
+            with old_way(way == "before"):
+                for who, url in PAGES:
+                    with CaptureQueriesContext(connection) as ctx:
+                        c0, t0 = time.process_time(), time.perf_counter()
+                        response = clients[who].get(url)
+                        samples[(way, url)].append(time.perf_counter() - t0)
+                        cpu[(way, url)].append(time.process_time() - c0)
+                    if response.status_code != 200:
+                        raise SystemExit(f"{url} answered {response.status_code}")
+                    queries[(way, url)] = len(ctx)
+    health = statistics.median(samples[("after", "/healthz")] + samples[("before", "/healthz")])
+    health_cpu = statistics.median(cpu[("after", "/healthz")] + cpu[("before", "/healthz")])
+    print(f"\n/healthz: {health * 1000:.1f} ms, Python CPU {health_cpu * 1000:.1f} ms; "
+          f"median of {repeat} views each way")
+    print("| page | before (ms) | x /healthz | before CPU (ms) | queries | after (ms) | "
+          "x /healthz | after CPU (ms) | queries |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for _, url in PAGES[1:]:
+        cells = []
+        for way in ways:
+            wall = statistics.median(samples[(way, url)])
+            cells += [f"{wall * 1000:.1f}", f"{wall / health:.1f}",
+                      f"{statistics.median(cpu[(way, url)]) * 1000:.1f}", str(queries[(way, url)])]
+        print(f"| `{url}` | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main()
