@@ -132,6 +132,15 @@ class World:
         default_factory=lambda: defaultdict(set))  # (app, environment) -> target addresses
     freezes: dict[int, list[Freeze]] = field(default_factory=lambda: defaultdict(list))
     passes_freeze: set[tuple[int, str]] = field(default_factory=set)  # (environment, type)
+    # "in an overlapping window (...)" of each change, written once for all the changes
+    # compared with it (a list page compares each of its changes with every open one).
+    _overlapping: dict[int, str] = field(default_factory=dict)
+
+    def overlapping(self, other: Facts) -> str:
+        if other.id not in self._overlapping:
+            self._overlapping[other.id] = (f"in an overlapping window "
+                                           f"({other.window.describe()})")
+        return self._overlapping[other.id]
 
 
 def _freeze_conflicts(change: Facts, world: World) -> list[Conflict]:
@@ -162,7 +171,7 @@ def detect(change: Facts, world: World) -> list[Conflict]:
         if other.id == change.id or other.window is None \
                 or not change.window.overlaps(other.window):
             continue
-        when = f"in an overlapping window ({other.window.describe()})"
+        when = world.overlapping(other)
         if other.environment_id == change.environment_id:
             deploys = f"{other.reference} deploys {other.application}"
             place = f"to {other.environment}"
