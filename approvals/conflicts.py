@@ -136,6 +136,23 @@ class World:
     # compared with it (a list page compares each of its changes with every open one).
     _overlapping: dict[int, str] = field(default_factory=dict)
 
+    _by_place: dict | None = None
+
+    def near(self, change: Facts) -> list[Facts]:
+        """The changes that may conflict with ``change``: those in its environment and
+        those with its on-call engineer (no other rule compares two changes)."""
+        if self._by_place is None:
+            self._by_place = defaultdict(list)
+            for other in self.changes:
+                self._by_place[("environment", other.environment_id)].append(other)
+                if other.on_call_id is not None:
+                    self._by_place[("on_call", other.on_call_id)].append(other)
+        found = {o.id: o for o in self._by_place.get(("environment", change.environment_id), [])}
+        if change.on_call_id is not None:
+            for other in self._by_place.get(("on_call", change.on_call_id), []):
+                found.setdefault(other.id, other)
+        return list(found.values())
+
     def overlapping(self, other: Facts) -> str:
         if other.id not in self._overlapping:
             self._overlapping[other.id] = (f"in an overlapping window "
@@ -167,7 +184,7 @@ def detect(change: Facts, world: World) -> list[Conflict]:
     if change.window is None:
         return []
     found = _freeze_conflicts(change, world)
-    for other in world.changes:
+    for other in world.near(change):
         if other.id == change.id or other.window is None \
                 or not change.window.overlaps(other.window):
             continue
