@@ -295,8 +295,14 @@ async def run_think_time(url: str, *, people: tuple[int, int, int], seconds: flo
     ``seconds`` long, until the p95 reaches ``limit``; then /healthz closed-loop from
     ``health_users`` clients for the same time, in the same run."""
     world, tokens = await prepare(url)
+    # Warm-up, not measured: each server thread's first pages compile their templates.
+    async with _client(url, 0, world) as client:
+        warm = random.Random(seed)
+        for _ in range(30):
+            await one_request(client, world, tokens, warm, Stats())
     first, step, most = people
     steps = []
+    last_rows: list = []
     count = first
     while count <= most:
         stats = Stats()
@@ -305,8 +311,10 @@ async def run_think_time(url: str, *, people: tuple[int, int, int], seconds: flo
         await asyncio.gather(*[
             person(i, url, world, stats, deadline, tokens, random.Random(seed * 1_000_003 + i),
                    think) for i in range(count)])
-        every = next(row for row in stats.rows(time.perf_counter() - start) if row[0] == "all")
+        rows = list(stats.rows(time.perf_counter() - start))
+        every = next(row for row in rows if row[0] == "all")
         steps.append((count, *every[1:]))
+        last_rows = rows
         if every[4] >= limit:
             break
         count += step
@@ -316,6 +324,9 @@ async def run_think_time(url: str, *, people: tuple[int, int, int], seconds: flo
                            for _ in range(health_users)])
     health = next((row for row in stats.rows(time.perf_counter() - start)
                    if row[0] == "all"), None)
+    for name, requests, _, median, p95, _ in last_rows:  # where the last step's time went
+        print(f"  last step, {name}: {requests} requests, median {median * 1000:.0f} ms, "
+              f"p95 {p95 * 1000:.0f} ms", file=sys.stderr)
     return steps, health
 
 
