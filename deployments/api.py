@@ -104,6 +104,15 @@ class DeploymentList(ApiMixin, generics.ListAPIView):
         return (selectors.deployments_visible_to(self.request.user)
                 .prefetch_related(*DEPLOYMENT_PREFETCH))
 
+    # The rows from values(), not through DeploymentSerializer (the same body, faster:
+    # deployments/api_rows.py); filters, ordering and paging are the view's as before.
+    def list(self, request, *args, **kwargs):
+        from deployments.api_rows import ROW_FIELDS, deployment_rows
+
+        rows = self.filter_queryset(self.get_queryset()).prefetch_related(None)
+        page = self.paginate_queryset(rows.values(*ROW_FIELDS))
+        return self.get_paginated_response(deployment_rows(page))
+
 
 class DeploymentDetail(ApiMixin, generics.RetrieveAPIView):
     serializer_class = DeploymentSerializer

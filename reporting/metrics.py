@@ -216,17 +216,27 @@ def _aggregates(queryset, since: datetime, until: datetime, starts: list[datetim
 
 
 def dora(queryset, *, since: datetime, until: datetime, period: str = "month",
-         applications: dict[int, str] | None = None) -> dict:
+         applications: dict[int, str] | None = None, rolled: dict | None = None) -> dict:
     """The figures over ``queryset`` (deployments the reader may see, already filtered
     by environment or application): totals, one entry per period, one per application.
+
+    With ``rolled`` ({"environment_ids": [...] or None, "application_id": ... or None},
+    the same limits as ``queryset``'s) whole days are read from the daily roll-ups
+    (``reporting.rolled_figures``); without, every deployment of the range is read.
     """
     bounds = period_bounds(since, until, period)
     totals = Figures(since, until)
     periods = [Figures(start, end) for start, end in bounds]
     per_app: dict[int, Figures] = {}
+    starts = [start for start, _ in bounds]
+    if rolled is not None:
+        from reporting.rolled_figures import rolled_rows
+
+        rows = rolled_rows(queryset, since=since, until=until, starts=starts, **rolled)
+    else:
+        rows = _aggregates(queryset, since, until, starts)
     for (all_buckets, all_apps, bucket, app_id, deployments, completed, failures, lead,
-         restored, restore) in _aggregates(queryset, since, until,
-                                           [start for start, _ in bounds]):
+         restored, restore) in rows:
         if all_buckets and all_apps:
             target = totals
         elif all_apps:

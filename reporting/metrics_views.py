@@ -115,12 +115,22 @@ def dora_for(user, *, environment: str, application: str | None, since: datetime
              until: datetime, period: str) -> dict:
     """The figures over the deployments ``user`` may see."""
     qs = selectors.deployments_visible_to(user)
+    environment_ids = visible_environment_ids(user)
     if environment != "all":
         qs = qs.filter(environment__slug=environment)
+        chosen = list(Environment.objects.filter(slug=environment).values_list("pk", flat=True))
+        environment_ids = [pk for pk in chosen
+                           if environment_ids is None or pk in environment_ids]
     if application:
         qs = qs.filter(application__slug=application)
     names = dict(Application.objects.values_list("pk", "slug"))
-    body = metrics.dora(qs, since=since, until=until, period=period, applications=names)
+    application_id = next((pk for pk, slug in names.items() if slug == application), None)
+    if application and application_id is None:
+        environment_ids = []  # no such application: nothing to count
+    # Whole days from the daily roll-ups (docs/metrics.md, "Daily roll-ups").
+    rolled = {"environment_ids": environment_ids, "application_id": application_id}
+    body = metrics.dora(qs, since=since, until=until, period=period, applications=names,
+                        rolled=rolled)
     return {"environment": environment, "application": application or None, **body}
 
 

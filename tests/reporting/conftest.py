@@ -33,6 +33,11 @@ def make_deployment(app, env, *, version, committed, finished, status="succeeded
     DeploymentStep.objects.create(deployment=deployment, position=1, name="deploy",
                                   title="Deploy new version",
                                   status="failed" if failed_step else "succeeded")
+    # As the engine does in the transaction that ends a deployment: the DORA figures'
+    # daily roll-ups follow (reporting.rollups).
+    from reporting import rollups
+
+    rollups.deployment_ended(deployment=deployment)
     return deployment
 
 
