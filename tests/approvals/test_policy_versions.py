@@ -232,3 +232,23 @@ def test_policy_commands_export_test_and_import(demo, tmp_path, capsys):
     call_command("policy", "import", str(tmp_path / "new.yaml"), "--user", "techlead")
     assert "proposed policy v2" in capsys.readouterr().out
     assert PolicyVersion.objects.get(number=2).status == PolicyVersion.Status.PROPOSED
+
+
+def test_the_beat_task_makes_a_due_version_active(demo, settings):
+    from approvals import tasks
+    from portal.celery import app
+
+    data = yaml.safe_load(PolicyVersion.objects.get().document)
+    data["environments"]["staging"]["change_types"]["hotfix"]["gates"] = {"tech_lead": 2}
+    data["examples"] = []
+    soon = clock.now() + timedelta(minutes=5)
+    version = adopt(demo, yaml.safe_dump(data), effective_at=soon)
+    assert version.status == PolicyVersion.Status.APPROVED
+    with clock.use(lambda: soon):
+        tasks.policies_activate_due()
+    version.refresh_from_db()
+    assert version.status == PolicyVersion.Status.ACTIVE and version.activated_at == soon
+    entry = settings.CELERY_BEAT_SCHEDULE["activate-due-policies"]
+    assert entry["task"] == "approvals.tasks.policies_activate_due"
+    app.loader.import_default_modules()
+    assert entry["task"] in app.tasks
