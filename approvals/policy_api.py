@@ -106,6 +106,7 @@ class PolicyTest(ApiView):
 
     @extend_schema(request=PolicyTestIn, responses={200: PolicyTestOut},
                    summary="Check a policy document and run its examples; changes nothing")
+    @idempotent
     def post(self, request):
         data = PolicyTestIn(data=request.data)
         data.is_valid(raise_exception=True)
