@@ -137,7 +137,8 @@ def _start_by_itself(*, change: ChangeRequest, why: str) -> Deployment | None:
                      environment=change.environment.slug,
                      after={"status": change.status, "code": exc.code,
                             "blockers": getattr(exc, "blockers", None) or [],
-                            "deployer": deployer.get_username(), "trigger": why},
+                            "deployer": deployer.get_username(), "trigger": why,
+                            **governing.record(governing.active_version())},
                      reason="approved, but not ready to deploy; someone who may deploy "
                             "there starts it when it is")
         return None
