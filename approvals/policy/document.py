@@ -21,6 +21,7 @@ import celpy
 import jsonschema
 import yaml
 from celpy.celparser import CELParseError
+from lark import Tree
 
 from core.errors import Invalid
 
@@ -167,8 +168,8 @@ class Document:
     text: str
     data: dict
     digest: str
-    rules: list = field(repr=False)  # [(rule dict, program)]
-    restrictions: list = field(repr=False)  # [(restriction dict, program)]
+    rules: list = field(repr=False)  # [(rule dict, Condition)]
+    restrictions: list = field(repr=False)  # [(restriction dict, Condition)]
     calendar: dict = field(repr=False)  # {environment slug: (windows, freezes)}
 
     def environment(self, slug: str) -> dict | None:
@@ -220,9 +221,59 @@ def _message(error: jsonschema.ValidationError) -> str:
 _ENV = celpy.Environment()
 
 
+_MISSING = "\u0000missing"
+_MEMO_SIZE = 4096
+
+
+def _references(tree) -> tuple[tuple[str, ...], ...]:
+    """The variables a condition reads: ``(name,)`` or ``(name, attribute)`` for
+    ``name.attribute``. A condition's result depends on these values only, so it is
+    remembered per distinct value (replaying history evaluates few distinct ones)."""
+    found: set[tuple[str, ...]] = set()
+
+    def walk(node, parents):
+        if not isinstance(node, Tree):
+            return
+        if node.data == "ident" and node.children:
+            name = str(node.children[0])
+            dotted = (len(parents) >= 3 and parents[-1].data == "primary"
+                      and parents[-2].data == "member" and parents[-3].data == "member_dot"
+                      and parents[-3].children[0] is parents[-2])
+            found.add((name, str(parents[-3].children[1])) if dotted else (name,))
+        for child in node.children:
+            walk(child, [*parents, node])
+
+    walk(tree, [])
+    return tuple(sorted(found))
+
+
+@dataclass(eq=False)
+class Condition:
+    """A compiled CEL condition, with the results it gave per value of what it reads."""
+
+    program: object
+    refs: tuple[tuple[str, ...], ...]
+    memo: dict = field(default_factory=dict)
+
+    def key(self, variables: dict) -> str:
+        values = []
+        for ref in self.refs:
+            value = variables.get(ref[0], _MISSING)
+            if len(ref) == 2:
+                value = value.get(ref[1], _MISSING) if isinstance(value, dict) else _MISSING
+            values.append(value)
+        return json.dumps(values, sort_keys=True, default=str)
+
+    def remember(self, key: str, result: tuple[bool, str]) -> None:
+        if len(self.memo) >= _MEMO_SIZE:
+            self.memo.clear()
+        self.memo[key] = result
+
+
 def _program(expression: str, where: str, problems: list[str]):
     try:
-        return _ENV.program(_ENV.compile(expression))
+        tree = _ENV.compile(expression)
+        return Condition(program=_ENV.program(tree), refs=_references(tree))
     except CELParseError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "syntax error"
         problems.append(f"{where}.when: not a valid CEL expression ({first})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import yaml
 
 from approvals.policy import document as policy_document
 from approvals.policy.evaluate import evaluate, example_failures
@@ -159,3 +160,29 @@ def test_the_evaluator_is_fast_enough_to_replay_history():
     elapsed = time.perf_counter() - started
     assert sum(1 for o in outcomes if "payments-security" in o["rules"]) == 286
     assert elapsed < 5, f"{len(many)} evaluations took {elapsed:.2f}s"
+
+
+@pytest.mark.parametrize("change", [
+    {"environment": "production", "risk_score": "high"},
+    {"environment": "production", "applications": "payments"},
+    {"environment": 7},
+    {},
+])
+def test_facts_of_the_wrong_shape_fail_their_example_in_words(change):
+    examples = [{"name": "odd facts", "facts": {"at": "2026-12-08T22:30:00Z", "change": change},
+                 "expect": {"start_allowed": True}}]
+    text = BASE + yaml.safe_dump({"examples": examples})
+    failures = example_failures(policy_document.parse(text))
+    assert len(failures) == 1 and failures[0].startswith("example 1 (odd facts): facts.")
+
+
+def test_remembered_conditions_answer_as_a_fresh_evaluation_does():
+    many = [facts(risk_score=i % 100, applications=["payments"] if i % 3 == 0 else ["web"],
+                  at=f"2026-12-{1 + i % 28:02d}T{i % 24:02d}:15:00+00:00")
+            for i in range(300)]
+    warm = policy_document.parse(BASE)
+    remembered = [evaluate(warm, f) for f in many]
+    assert sum(len(c.memo) for _, c in warm.rules + warm.restrictions) < 300
+    for f, outcome in zip(many, remembered, strict=True):
+        fresh = policy_document.parse(BASE + f"# {f['at']} {f['change']['risk_score']}\n")
+        assert evaluate(fresh, f) == outcome
