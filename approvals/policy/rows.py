@@ -142,8 +142,9 @@ def unknown_names(document: Document) -> list[str]:
 def compile_rows(document: Document) -> dict:
     """Write ``document`` into the rows, in one transaction: the environments it names
     get exactly its policies, gates, windows, freezes and deploy/rollback groups.
-    Returns counts of what was written, for the audit event."""
-    written = {"policies": 0, "gates": 0, "windows": 0, "freezes": 0, "grants": 0}
+    Returns counts of what was written and the group grants changed, for the audit
+    event."""
+    written = {"policies": 0, "gates": 0, "windows": 0, "freezes": 0, "grants": []}
     with transaction.atomic():
         envs = {e.slug: e for e in Environment.objects.filter(
             slug__in=list(document.data["environments"]))}
@@ -180,19 +181,23 @@ def compile_rows(document: Document) -> dict:
     return written
 
 
-def _set_group_grants(env: Environment, data: dict) -> int:
+def _set_group_grants(env: Environment, data: dict) -> list[dict]:
     """The groups holding `deploy` and `rollback` on ``env`` become the document's;
-    grants to single people are left to the access review."""
-    count = 0
+    grants to single people are left to the access review. Returns what changed, for
+    the activation's audit event."""
+    changed = []
     for key, codename in GROUP_POWERS.items():
         if key not in data:
             continue
         wanted = set(data[key])
         held = set(_group_grants([codename]).get((env.pk, codename), []))
-        for name in held - wanted:
+        for name in sorted(held - wanted):
             remove_perm(f"catalog.{codename}", Group.objects.get(name=name), env)
-        for name in wanted - held:
+            changed.append({"environment": env.slug, "permission": codename, "group": name,
+                            "granted": False})
+        for name in sorted(wanted - held):
             assign_perm(f"catalog.{codename}", Group.objects.get(name=name), env)
-        count += len(wanted)
-    return count
+            changed.append({"environment": env.slug, "permission": codename, "group": name,
+                            "granted": True})
+    return changed
 

@@ -252,3 +252,21 @@ def test_the_beat_task_makes_a_due_version_active(demo, settings):
     assert entry["task"] == "approvals.tasks.policies_activate_due"
     app.loader.import_default_modules()
     assert entry["task"] in app.tasks
+
+
+def test_who_may_deploy_follows_the_document_once_active(demo):
+    from catalog.models import Environment
+    from catalog.permissions import has_env_perm
+
+    data = yaml.safe_load(PolicyVersion.objects.get().document)
+    data["environments"]["staging"]["deploy"] = ["on-call"]  # engineers no longer
+    data["examples"] = []
+    staging = Environment.objects.get(slug="staging")
+    assert has_env_perm(demo.engineer, "deploy", staging)
+    adopt(demo, yaml.safe_dump(data))
+    assert not has_env_perm(demo.engineer, "deploy", staging)
+    assert has_env_perm(demo.oncall, "deploy", staging)
+    activated = AuditEvent.objects.filter(action="policy.activated").order_by("pk").last()
+    assert activated.after["compiled"]["grants"] == [
+        {"environment": "staging", "permission": "deploy", "group": "engineers",
+         "granted": False}]
