@@ -150,6 +150,11 @@ def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False):
     seen = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, str):
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key must be text, not {type(key).__name__} "
+                            f"(line {mark.line + 1}; quote it)", mark)
         if key in seen:
             mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(
@@ -373,6 +378,18 @@ def parse(text: str) -> Document:
             _CACHE.move_to_end(text)
             return cached
     try:
+        document = _parse(text)
+    except RecursionError as exc:
+        raise PolicyInvalid(["document: nested too deeply"]) from exc
+    with _CACHE_LOCK:
+        _CACHE[text] = document
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return document
+
+
+def _parse(text: str) -> Document:
+    try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.YAMLError as exc:
         raise PolicyInvalid([f"document: not valid YAML ({exc})".replace("\n", " ")]) from exc
@@ -390,10 +407,5 @@ def parse(text: str) -> Document:
                     for i, item in enumerate(data.get("start_restrictions") or [])]
     if problems:
         raise PolicyInvalid(problems)
-    document = Document(text=text, data=data, digest=digest_of(data), rules=rules,
-                        restrictions=restrictions, calendar=_calendar(data))
-    with _CACHE_LOCK:
-        _CACHE[text] = document
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return document
+    return Document(text=text, data=data, digest=digest_of(data), rules=rules,
+                    restrictions=restrictions, calendar=_calendar(data))

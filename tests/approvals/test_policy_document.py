@@ -186,3 +186,16 @@ def test_remembered_conditions_answer_as_a_fresh_evaluation_does():
     for f, outcome in zip(many, remembered, strict=True):
         fresh = policy_document.parse(BASE + f"# {f['at']} {f['change']['risk_score']}\n")
         assert evaluate(fresh, f) == outcome
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("policy: 1\n[1]: 2\nenvironments: {}\n", "a key must be text, not list"),
+    ("policy: 1\nenvironments: {1: {}}\n", "a key must be text, not int"),
+    ("x: " + "[" * 2000 + "]" * 2000, "document: nested too deeply"),
+    ("policy: !!python/object/apply:os.system ['ls']\nenvironments: {}\n",
+     "could not determine a constructor"),
+])
+def test_hostile_yaml_is_refused_as_invalid_never_run(text, problem):
+    with pytest.raises(policy_document.PolicyInvalid) as refused:
+        policy_document.parse(text)
+    assert problem in refused.value.problems[0]
