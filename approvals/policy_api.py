@@ -12,7 +12,7 @@ from approvals import services
 from approvals.models import PolicyVersion
 from approvals.policy import document as policy_document
 from approvals.policy.evaluate import example_failures
-from core.api import REQUEST, ApiView
+from core.api import REQUEST, ApiView, BoundedDateTimeField
 from core.errors import NotFound
 from core.idempotency import idempotent
 
@@ -31,7 +31,7 @@ class PolicyCurrentOut(serializers.Serializer):
 class PolicyProposeIn(serializers.Serializer):
     document = serializers.CharField(max_length=MAX_DOCUMENT, trim_whitespace=False,
                                      help_text="The YAML text of the proposed document.")
-    effective_at = serializers.DateTimeField(
+    effective_at = BoundedDateTimeField(
         required=False, allow_null=True, default=None,
         help_text="When it binds once approved; default: as soon as it is approved.")
     summary = serializers.CharField(required=False, allow_blank=True, max_length=300,

@@ -128,7 +128,7 @@ _VALIDATOR = jsonschema.Draft202012Validator(
 class PolicyInvalid(Invalid):
     """A document that cannot be read: ``problems`` lists each as "path: message"."""
 
-    code = "policy_invalid"
+    code = "invalid"  # as every 400 with fields: the problems are under fields.document
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems

@@ -39,7 +39,7 @@ def test_proposals_are_refused_with_a_code(demo, api):
     invalid = client.post("/api/v1/policies/", {"document": active + "surprise: 1\n"},
                           format="json")
     assert invalid.status_code == 400
-    assert invalid.json()["code"] == "policy_invalid"
+    assert invalid.json()["code"] == "invalid"
     assert "document: unknown key 'surprise'" in str(invalid.json())
     failing = with_rules(active, examples=[
         {"name": "wrong", "facts": {"at": "2026-01-05T12:00:00Z",
@@ -55,7 +55,7 @@ def test_proposals_are_refused_with_a_code(demo, api):
                                        format="json")
     assert engineer.status_code == 403 and engineer.json()["code"] == "not_permitted"
     not_yaml = client.post("/api/v1/policies/", {"document": "a: [1"}, format="json")
-    assert not_yaml.status_code == 400 and not_yaml.json()["code"] == "policy_invalid"
+    assert not_yaml.status_code == 400 and not_yaml.json()["code"] == "invalid"
     assert PolicyVersion.objects.count() == 1
 
 

@@ -87,7 +87,7 @@ def test_a_valid_document_has_a_stable_digest_whatever_its_layout():
 def test_a_document_with_a_mistake_is_refused_with_the_path_and_why(text, problem):
     with pytest.raises(policy_document.PolicyInvalid) as refused:
         policy_document.parse(text)
-    assert refused.value.code == "policy_invalid"
+    assert refused.value.code == "invalid"
     assert any(problem in p for p in refused.value.problems), refused.value.problems
 
 
