@@ -9,6 +9,7 @@ from approvals.models import (
     Freeze,
     MaintenanceWindow,
     PolicyGate,
+    PolicyVersion,
 )
 from audit.admin import AuditedModelAdmin
 from core.admin import ReadOnlyModelAdmin
@@ -72,3 +73,12 @@ class CabScheduleAdmin(AuditedModelAdmin):
     list_display = ["name", "environment", "weekday", "time", "timezone", "duration_minutes",
                     "chair", "agenda_lead_hours", "active"]
     list_filter = ["environment", "active"]
+
+
+# Policy versions (docs/policies.md) are proposed, decided and activated by their
+# services, which audit them; shown here for reference.
+@admin.register(PolicyVersion)
+class PolicyVersionAdmin(ReadOnlyModelAdmin):
+    list_display = ["number", "status", "digest", "proposed_by", "effective_at",
+                    "activated_at"]
+    list_filter = ["status"]

@@ -13,3 +13,9 @@ class ApprovalsConfig(AppConfig):
         # A deployment of a change that waited (in the queue, for a worker) starts only
         # if its approvals still count and match what it will run.
         register_start_check(deployment_start_check)
+
+        # `verify_audit --policies` re-checks decisions against the policy they name.
+        from approvals.policy_checks import verify_policies
+        from audit.rechecks import register_recheck
+
+        register_recheck("policies", verify_policies)

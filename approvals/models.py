@@ -553,3 +553,7 @@ class CabAttendance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} {'present' if self.present else 'absent'} at {self.meeting}"
+
+
+# --- policies as code: versions of the policy document (approvals.policy_models)
+from approvals.policy_models import PolicyApproval, PolicyVersion  # noqa: E402, F401

@@ -28,3 +28,10 @@ def cab_meetings_plan() -> None:
     its agenda to the board once, agenda_lead_hours before it (docs/cab.md)."""
     services.meetings_plan()
     services.meetings_send_agendas()
+
+
+@shared_task(ignore_result=True)
+def policies_activate_due() -> None:
+    """Every minute: an approved policy version whose time has come becomes active
+    (docs/policies.md); decisions also do so when they read the policy."""
+    services.active_version()

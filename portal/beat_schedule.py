@@ -15,6 +15,9 @@ BEAT_SCHEDULE = {
     "enforce-approval-deadlines": {"task": "approvals.tasks.approvals_enforce_deadlines",
                                    "schedule": 60.0},
     "plan-cab-meetings": {"task": "approvals.tasks.cab_meetings_plan", "schedule": 300.0},
+    # An approved policy version binds at its time (docs/policies.md).
+    "activate-due-policies": {"task": "approvals.tasks.policies_activate_due",
+                              "schedule": 60.0},
     "resume-stale-deployments": {
         "task": "deployments.tasks.deployments_resume_stale",
         "schedule": env.float("PORTAL_RESUME_SWEEP_SECONDS", default=5.0),

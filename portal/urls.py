@@ -5,7 +5,12 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from approvals import api as approvals_api
-from approvals import meeting_api, meeting_views
+from approvals import (  # policies as code (docs/policies.md)
+    meeting_api,
+    meeting_views,
+    policy_api,
+    policy_views,
+)
 from approvals import views as approvals_views
 from catalog import api as catalog_api
 from configuration import views as configuration_views
@@ -67,6 +72,10 @@ api_v1 = [
     path("hooks/push", integrations_api.PushHook.as_view(), name="api-hook-push"),
     path("hooks/alertmanager", integrations_api.AlertmanagerHook.as_view(),
          name="api-hook-alertmanager"),
+    # The policy document (docs/policies.md).
+    path("policies/current", policy_api.PolicyCurrent.as_view(), name="api-policy-current"),
+    path("policies/", policy_api.PolicyPropose.as_view(), name="api-policies"),
+    path("policies/test", policy_api.PolicyTest.as_view(), name="api-policy-test"),
     # Anything else under /api/v1/ is a JSON 404, never an HTML page.
     re_path(r"^.*$", core_api.not_found),
 ]
@@ -80,6 +89,11 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("approvals/", approvals_views.inbox, name="inbox"),
     # CAB meetings (docs/cab.md)
+    # The policy document's versions (docs/policies.md).
+    path("policies/", policy_views.policies, name="policies"),
+    path("policies/<int:number>/", policy_views.policy_version, name="policy-version"),
+    path("policies/<int:number>/decide", policy_views.policy_decide, name="policy-decide"),
+    path("auditor/policies/", auditor_views.policy_versions, name="auditor-policies"),
     path("cab/", meeting_views.cab_home, name="cab"),
     path("cab/meetings/<int:pk>/", meeting_views.meeting_detail, name="cab-meeting"),
     path("cab/meetings/<int:pk>/attendance", meeting_views.meeting_attendance,

@@ -7,6 +7,7 @@ deployment log lines) goes to standard error.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -407,6 +408,73 @@ def follow(obj: Context, deployment: int, wait_timeout: float, interval: float) 
                 "done, or roll back); still following")
             attention_said = True
         time.sleep(interval)
+
+
+# --- the policy document (docs/policies.md) -----------------------------------------------
+
+
+@cli.group()
+def policy():
+    """The policy document: export the active one, test a file, propose a file."""
+
+
+def _policy_text(path: str) -> str:
+    try:
+        return click.open_file(path, encoding="utf-8").read()
+    except OSError as exc:
+        raise click.UsageError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+@policy.command("export")
+@click.option("--output", "-o", default="-", help="A file (default: stdout).")
+@click.pass_obj
+def policy_export(obj: Context, output):
+    """Write the active policy document (its version and digest go to stderr)."""
+    body = obj.portal.get("/policies/current")
+    say(f"policy v{body['version']} digest {body['digest']}")
+    if obj.as_json:
+        obj.emit(body, None)
+        return
+    with click.open_file(output, "w", encoding="utf-8") as out:
+        out.write(body["document"])
+
+
+@policy.command("test")
+@click.argument("file")
+@click.pass_obj
+def policy_test(obj: Context, file):
+    """Check a document and run its examples; exit 1 if one fails."""
+    text = _policy_text(file)
+    answer = obj.post("/policies/test", {"document": text},
+                      key=obj.key("policy test", digest=hashlib.sha256(text.encode()).hexdigest()))
+    body = answer.body
+    for failure in body["failures"]:
+        say(f"FAIL {failure}")
+    say(f"{'passed' if body['passed'] else 'FAILED'}: {body['examples']} example(s), "
+        f"{len(body['failures'])} failure(s); digest {body['digest']}")
+    obj.emit(body, body["digest"])
+    if not body["passed"]:
+        sys.exit(FAILED)
+
+
+@policy.command("import")
+@click.argument("file")
+@click.option("--effective-at", default=None, help="When it binds once approved (ISO 8601).")
+@click.option("--summary", default="", help="One line: what changes and why.")
+@click.pass_obj
+def policy_import(obj: Context, file, effective_at, summary):
+    """Propose a document as the next version; prints its number."""
+    text = _policy_text(file)
+    body = {"document": text, "summary": summary}
+    if effective_at:
+        body["effective_at"] = effective_at
+    answer = obj.post("/policies/", body, key=obj.key(
+        "policy import", digest=hashlib.sha256(text.encode()).hexdigest(),
+        effective_at=effective_at or ""))
+    gates = ", ".join(f"{role} x {count}" for role, count in answer.body["gates"].items())
+    say(f"proposed policy v{answer.body['version']} ({answer.body['status']}); "
+        f"it needs {gates}")
+    obj.emit(answer.body, str(answer.body["version"]))
 
 
 def main() -> None:

@@ -246,3 +246,25 @@ def access_review_export_csv(request):
     response["Content-Disposition"] = f'attachment; filename="access-review-{stamp}.csv"'
     return response
 
+
+
+# ---------------------------------------------------------------------------
+# Policy versions, and a past decision re-checked against the version it names
+# (docs/policies.md)
+
+
+@auditor_required
+def policy_versions(request):
+    from approvals.models import PolicyVersion
+    from approvals.policy_checks import policy_events, recheck_events
+
+    versions = list(PolicyVersion.objects.select_related("proposed_by")
+                    .prefetch_related("approvals__approver").order_by("-number")[:200])
+    raw = (request.GET.get("change") or "").strip().upper().removeprefix("CR-")
+    change_id = int(raw) if raw.isdigit() and len(raw) < 12 else None
+    results = recheck_events(policy_events(change_id=change_id)) if change_id else None
+    return render(request, "auditor/policies.html", {
+        "versions": versions, "tab": "policies", "change_id": change_id,
+        "asked": bool(raw), "results": results,
+        "all_ok": results is not None and all(r.ok for r in results),
+    })

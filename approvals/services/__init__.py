@@ -45,6 +45,10 @@ from approvals.services.fingerprints import (
     fingerprint,
     run_inputs_for_many,
 )
+from approvals.services.governing import (  # policies as code (docs/policies.md)
+    active_document,
+    active_version,
+)
 from approvals.services.meetings import (  # CAB meetings
     agenda_build,
     agenda_item_add,
@@ -58,6 +62,16 @@ from approvals.services.meetings import (  # CAB meetings
     meetings_plan,
     meetings_send_agendas,
     present_members,
+)
+from approvals.services.policy_versions import (
+    ExamplesFailed,
+    check_document,
+    may_decide_policy,
+    may_propose,
+    pending_roles,
+    policy_bootstrap,
+    policy_decide,
+    policy_propose,
 )
 from approvals.services.reopening import (
     changes_reopen_for_configuration,
@@ -122,4 +136,8 @@ __all__ = [
     "review_close",
     "risk_assess",
     "run_inputs_for_many",
+    # policies as code
+    "ExamplesFailed", "active_document", "active_version", "check_document",
+    "may_decide_policy", "may_propose", "pending_roles", "policy_bootstrap", "policy_decide",
+    "policy_propose",
 ]

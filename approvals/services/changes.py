@@ -18,6 +18,7 @@ from approvals.models import (
     Strategy,
 )
 from approvals.selectors import unsatisfiable_gates
+from approvals.services import governing
 from approvals.services.checklists import _open_checklist
 from approvals.services.deadlines import _set_approve_by, _set_execute_by
 from approvals.services.guards import _refusal_audited, _require_deploy_for_self_start
@@ -154,6 +155,11 @@ def _submit(*, actor, change: ChangeRequest) -> None:
         if _set_approve_by(change, [extra]):
             extra.save(update_fields=["expires_at", "expiry_warned_at"])
         gates.append(extra)
+    # The policy document's rules (conditions the rows cannot hold) add gates or counts.
+    version, facts, outcome = governing.decide(change, action="submit",
+                                               risk_score=assessment.score)
+    if version is not None:
+        gates = _apply_rule_gates(change, gates, governing.rule_gates(version, outcome))
     before = change.status
     waiting = any(g.status != Gate.Status.APPROVED for g in gates)
     change.status = (ChangeRequest.Status.PENDING_APPROVAL if waiting
@@ -167,12 +173,34 @@ def _submit(*, actor, change: ChangeRequest) -> None:
                  environment=change.environment.slug, before={"status": before},
                  after={"status": change.status,
                         "gates": {g.role: g.required for g in gates},
-                        "unsatisfiable": [b.message for b in unfillable]})
+                        "unsatisfiable": [b.message for b in unfillable],
+                        **governing.record(version, facts),
+                        **({"policy_rules": outcome["rules"]} if outcome else {})})
     signals.send_in_transaction(signals.change_submitted, change_id=change.pk,
                               status=change.status, at=change.submitted_at)
     if change.status == ChangeRequest.Status.APPROVED and change.deploy_when_approved:
         _start_by_itself(change=change, why=f"{change.reference} submitted with no gates "
                                             "to pass, to deploy when approved")
+
+
+def _apply_rule_gates(change: ChangeRequest, gates: list[Gate], wanted: dict[str, int]
+                      ) -> list[Gate]:
+    """Raise or add the gates the policy's rules ask for; a raised count reopens an
+    approved gate that no longer has enough approvals."""
+    by_role = {g.role: g for g in gates}
+    for role, count in wanted.items():
+        gate = by_role.get(role)
+        if gate is None:
+            gate = Gate.objects.create(change=change, role=role, required=count)
+            if _set_approve_by(change, [gate]):
+                gate.save(update_fields=["expires_at", "expiry_warned_at"])
+            by_role[role] = gate
+        elif gate.required < count:
+            gate.required = count
+            if gate.status == Gate.Status.APPROVED:
+                gate.status = Gate.Status.PENDING
+            gate.save(update_fields=["required", "status"])
+    return list(by_role.values())
 
 
 def _approved_status(change: ChangeRequest) -> str:

@@ -9,6 +9,7 @@ from django.db import transaction
 from approvals import eligibility, signals
 from approvals.models import Approval, ChangeRequest, Gate
 from approvals.selectors import person_facts
+from approvals.services import governing
 from approvals.services.changes import _approved_status
 from approvals.services.deadlines import _check_gate_not_expired, _set_execute_by
 from approvals.services.fingerprints import change_version, fingerprint
@@ -73,7 +74,8 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
                                 "comment": comment,
                                 "on_behalf_of": lent.delegator if lent else None,
                                 # The version decided on; None: an API client sent none.
-                                "version": current, "version_seen": seen, **factor})
+                                "version": current, "version_seen": seen, **factor,
+                                **governing.record(governing.active_version())})
             _announce_decision(change, gate, actor, comment)
             if change.status == ChangeRequest.Status.APPROVED and change.deploy_when_approved:
                 _start_by_itself(change=change, why=f"the last approval of {change.reference}"
@@ -81,7 +83,7 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
             return gate
     except (Refused, ChangedSinceViewed) as exc:
         _refusal_audited(f"{action}.refused", actor, change, exc, role=role,
-                         version_seen=seen)
+                         version_seen=seen, **governing.record(governing.active_version()))
         raise
     except Conflict as exc:
         # Past the approve-by time (docs/cab.md): on the record, like a refusal.

@@ -11,8 +11,9 @@ from datetime import datetime
 from django.db import transaction
 
 from approvals import signals
-from approvals.models import Approval, ChangeRequest
+from approvals.models import Approval, ChangeRequest, RiskAssessment
 from approvals.selectors import Blocker, change_blockers
+from approvals.services import governing
 from approvals.services.deadlines import _check_not_lapsed
 from approvals.services.fingerprints import change_version
 from approvals.services.guards import _refusal_audited, _step_up_for_production
@@ -136,7 +137,8 @@ def _start_by_itself(*, change: ChangeRequest, why: str) -> Deployment | None:
                      environment=change.environment.slug,
                      after={"status": change.status, "code": exc.code,
                             "blockers": getattr(exc, "blockers", None) or [],
-                            "deployer": deployer.get_username(), "trigger": why},
+                            "deployer": deployer.get_username(), "trigger": why,
+                            **governing.record(governing.active_version())},
                      reason="approved, but not ready to deploy; someone who may deploy "
                             "there starts it when it is")
         return None
@@ -161,6 +163,11 @@ def _start_deployment(*, actor, change: ChangeRequest, trigger: str = "",
     inputs = deployment_inputs.inputs_of(change.release.application, change.environment)
     blockers = change_blockers(change) + _outdated_approvals(
         change, digests=tuple(digests), inputs=inputs)
+    # The policy document's start restrictions (conditions on the time and the change).
+    policy, facts, outcome = governing.decide(change, action="start", actor=actor,
+                                              risk_score=_latest_score(change))
+    blockers += [Blocker(b["code"], b["reason"]) for b in (outcome or {}).get("blockers", [])
+                 if b["code"] in governing.START_CODES]
     if blockers:
         raise NotReady(
             f"{change.reference} cannot deploy yet: " + "; ".join(b.message for b in blockers),
@@ -179,10 +186,16 @@ def _start_deployment(*, actor, change: ChangeRequest, trigger: str = "",
                  after={"status": change.status, "deployment": deployment.pk,
                         "preflight": "clear", "deployer": actor.get_username(),
                         "version": version, "configuration_version": number,
-                        "trigger": trigger or "deployed by hand", **(second_factor or {})})
+                        "trigger": trigger or "deployed by hand", **(second_factor or {}),
+                        **governing.record(policy, facts)})
     signals.send_in_transaction(signals.change_deploying, change_id=change.pk,
                               deployment_id=deployment.pk, at=clock.now())
     return deployment
+
+
+def _latest_score(change: ChangeRequest) -> int | None:
+    return (RiskAssessment.objects.filter(change=change).order_by("-created_at", "-pk")
+            .values_list("score", flat=True).first())
 
 
 def _approval_record(change: ChangeRequest, version: str) -> dict:

@@ -145,6 +145,11 @@ ROUTES: dict[str, Row] = {
                          body={"application": "storefront", "version": "9.9.10"}),
     "api-hook-alertmanager": api(("POST",), may=NOBODY, refused=HOOK_REFUSED,
                                  body={"alerts": []}),
+    # The policy document (docs/policies.md): everyone reads it; tech leads propose.
+    "api-policy-current": api(),
+    "api-policies": api(("POST",), may=frozenset({"techlead", "admin"}),
+                        body={"document": "policy: 1\nenvironments: {}\n"}),
+    "api-policy-test": api(("POST",), body={"document": "policy: 1\nenvironments: {}\n"}),
     # Anything else under /api/v1/: a JSON 404 for everyone.
     "api/v1/^.*$": public(("GET", "POST"), status=404, url="/api/v1/no-such-endpoint"),
     # --- pages ---------------------------------------------------------------------------
@@ -172,6 +177,15 @@ ROUTES: dict[str, Row] = {
     "cab-item-decide": page(("POST",), may=NOBODY, args=MEETING_ITEM,
                             body={"decision": "approve"}, refused=PAGE_REFUSED),
     "cab-close": page(("POST",), may=CHAIR, args=MEETING, refused=PAGE_REFUSED),
+    "policies": page(("GET", "POST"), may={"GET": EVERYONE,
+                                           "POST": frozenset({"techlead", "admin"})},
+                     body={"document": "policy: 1\nenvironments: {}\n"},
+                     refused=FORM_REFUSED),
+    "policy-version": page(args={"number": "policy_number"}),
+    # Nobody here may decide the first version (it takes no decisions).
+    "policy-decide": page(("POST",), may=NOBODY, args={"number": "policy_number"},
+                          body={"role": "cab", "decision": "approve"}, refused=PAGE_REFUSED),
+    "auditor-policies": page(may=AUDITORS),
     "change-list": page(),
     # The form is everyone's; what it may request is the service's answer.
     "change-new": page(("GET", "POST"), may={"GET": EVERYONE, "POST": REQUESTS_STAGING},
@@ -391,6 +405,7 @@ def objects(demo, settings):
             "app": "storefront", "env": "staging", "stash": "no-such-stash",
             "qa_role": "qa", "tech_lead_role": "tech_lead", "cab_role": "cab",
             "prod_change": prod_change.pk, "prod_deployment": prod_deployment.pk,
+            "policy_number": 1,
             "prod_attention": prod_attention.pk,
             "prod_fingerprint": approvals.fingerprint(
                 ChangeRequest.objects.get(pk=prod_change.pk)),

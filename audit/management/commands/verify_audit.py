@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from audit.checkpoints import verify_witnessed
 from audit.models import AuditEvent
+from audit.rechecks import recheck
 from audit.trail import verify_chain
 
 
@@ -21,8 +22,14 @@ class Command(BaseCommand):
                  "still be in the chain: this catches events removed from the end, which the "
                  "chain alone cannot show. May be given more than once.",
         )
+        parser.add_argument(
+            "--policies", action="store_true",
+            help="Also re-evaluate each recorded decision (gates set at submission, "
+                 "starts) with the policy version whose digest it names, and exit 1 on a "
+                 "decision that version would not have taken (docs/policies.md).",
+        )
 
-    def handle(self, *args, anchor: list[str], **options):
+    def handle(self, *args, anchor: list[str], policies: bool = False, **options):
         report = verify_chain()
         if not report.ok:
             raise CommandError(
@@ -59,3 +66,10 @@ class Command(BaseCommand):
         else:
             self.stdout.write("no witnessed checkpoint to check against (witness files: "
                               f"{', '.join(witnessed.files) or 'none yet'})")
+        if policies:
+            agreed, lines = recheck("policies")
+            for line in lines:
+                self.stdout.write(line)
+            if not agreed:
+                raise CommandError("policy re-check: recorded decisions disagree with the "
+                                   "policy versions they name")

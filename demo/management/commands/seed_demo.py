@@ -15,6 +15,7 @@ from guardian.shortcuts import assign_perm
 
 from approvals.models import CabSchedule, MaintenanceWindow
 from approvals.policies import seed_default_policies
+from approvals.services import policy_bootstrap
 from audit.trail import System, audit_record
 from catalog.models import Application, Environment, Release, Target
 from catalog.permissions import holds_production_powers
@@ -212,4 +213,9 @@ class Command(BaseCommand):
             if created:
                 audit_record(actor=System("demo data"), action="release.registered",
                              obj=release, after={"version": version})
+        # Policies as code (docs/policies.md): the rows above are the first version of the
+        # policy document; tech leads may propose a new version, CAB and security decide.
+        groups["tech-leads"].permissions.add(
+            Permission.objects.get(codename="add_policyversion"))
+        policy_bootstrap(actor=System("demo data: the policy rows as the first version"))
         self.stdout.write(self.style.SUCCESS("Demo data is in place."))
