@@ -13,8 +13,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from approvals.models import ChangeRequest, PolicyVersion, RiskAssessment
-from approvals.policy.backtest import backtest, months_before
 from approvals.policy.document import PolicyInvalid
+from approvals.policy_backtest import backtest, months_before
 from catalog.models import Application, Environment
 from core import clock
 from deployments.models import Deployment

@@ -1,5 +1,5 @@
 """Backtest: replay a proposed policy document over the changes of the last months, with
-their facts at the time (``approvals.policy.history``), beside the version that was in
+their facts at the time (``approvals.policy_history``), beside the version that was in
 force then, and report what would have differed (docs/policies-backtest.md):
 
 - ``gates``: the gates the submission would have set (active -> proposed);
@@ -25,7 +25,9 @@ from approvals import schedule
 from approvals.models import PolicyVersion
 from approvals.policy import document as policy_document
 from approvals.policy.evaluate import evaluate
-from approvals.policy.history import PastChange, past_changes
+from approvals.policy_history import PastChange, past_changes
+from audit.permissions import is_auditor
+from catalog.permissions import environment_permissions
 from core import clock
 
 MAX_MONTHS = 24
@@ -37,6 +39,21 @@ SEARCH_BUDGET = 20_000  # evaluations spent looking for the earliest allowed sta
 WEEKDAYS = policy_document.WEEKDAYS
 VARIABLES = ("change", "actor", "local", "action")
 _READS = re.compile(r"\b(change|actor|local|action)\b(?:\s*\.\s*([A-Za-z_]\w*))?")
+
+
+# Who may replay a document over history: it shows every change's facts, so those who
+# read the whole trail (auditors, admins), who propose policy versions, and who decide
+# them (CAB and security, in any environment).
+PROPOSE_PERMISSION = "approvals.add_policyversion"
+DECIDES_POLICY = {"approve_cab", "approve_security"}
+
+
+def may_backtest(user) -> bool:
+    if not (user.is_authenticated and user.is_active):
+        return False
+    if user.is_superuser or is_auditor(user) or user.has_perm(PROPOSE_PERMISSION):
+        return True
+    return any(held & DECIDES_POLICY for held in environment_permissions(user).values())
 
 
 def months_before(moment: datetime, months: int) -> datetime:
