@@ -31,6 +31,7 @@ from catalog.permissions import environment_permissions
 from core import clock
 
 MAX_MONTHS = 24
+MAX_DOCUMENT = 200_000  # characters, as a proposal takes
 MAX_LISTED = 2000  # differences listed; the counts cover them all
 TIME_CODES = {"outside_window", "freeze", "start_restricted"}
 SEARCH_STEP = timedelta(minutes=30)

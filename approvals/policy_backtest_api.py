@@ -8,8 +8,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 
-from approvals.policy_api import MAX_DOCUMENT
-from approvals.policy_backtest import MAX_MONTHS, backtest, may_backtest
+from approvals.policy_backtest import MAX_DOCUMENT, MAX_MONTHS, backtest, may_backtest
 from core.api import READ, ApiView
 from core.errors import Refused
 

@@ -12,8 +12,7 @@ from django.views.decorators.http import require_http_methods
 
 from approvals import services
 from approvals.models import PolicyShadowDifference
-from approvals.policy_api import MAX_DOCUMENT
-from approvals.policy_backtest import MAX_MONTHS, backtest, may_backtest
+from approvals.policy_backtest import MAX_DOCUMENT, MAX_MONTHS, backtest, may_backtest
 from core.errors import DomainError
 
 LISTED = 300  # differences on the page; the counts cover them all
