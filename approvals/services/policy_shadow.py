@@ -54,8 +54,11 @@ def shadow_compare(*, change: ChangeRequest, facts: dict, outcome: dict,
             for version in proposed_versions:
                 error, theirs = "", {}
                 try:
-                    theirs = summary(evaluate(policy_document.parse(version.document),
-                                              facts))
+                    result = evaluate(policy_document.parse(version.document), facts)
+                    theirs = summary(result)
+                    # A condition that failed to evaluate: the evaluator reports it.
+                    error = "; ".join(b["reason"] for b in result["blockers"]
+                                      if b["code"] == "policy_error")[:500]
                 except Exception as exc:  # noqa: BLE001 - a proposal must not stop a decision
                     error = f"{type(exc).__name__}: {exc}"[:500]
                 if not error and not differs(action, mine, theirs):

@@ -235,3 +235,76 @@ def test_an_invalid_document_is_refused_with_the_path_of_its_error(history):
         backtest("policy: 1\nenvironments:\n  production:\n    deploy: oncall\n", months=6,
                  now=NOW)
     assert caught.value.problems[0].startswith("document.environments.production.deploy")
+
+
+def test_the_api_answers_differences_and_counts(history, api):
+    with clock.use(lambda: NOW):
+        answer = api(_user("auditor")).post("/api/v1/policies/backtest",
+                                            {"document": PROPOSED, "months": 6},
+                                            format="json")
+    assert answer.status_code == 200, answer.content
+    body = answer.json()
+    gates, refused = expected(history)
+    assert {d["change"] for d in body["differences"]} == gates | refused
+    assert body["counts"]["differing"] == len(gates | refused)
+    assert body["counts"]["by_environment"]["production"]["changes"] == 6
+    assert set(body["differences"][0]) >= {"change", "reference", "environment", "kinds",
+                                           "active_version", "version_basis", "errors"}
+
+
+def _user(name):
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.get(username=name)
+
+
+@pytest.mark.parametrize("who, status", [("auditor", 200), ("cab", 200), ("security", 200),
+                                         ("techlead", 200), ("engineer", 403), ("qa", 403)])
+def test_who_may_backtest(demo, api, who, status):
+    answer = api(_user(who)).post("/api/v1/policies/backtest", {"document": ACTIVE},
+                                  format="json")
+    assert answer.status_code == status, answer.content
+    if status == 403:
+        assert answer.json()["code"] == "not_permitted"
+
+
+@pytest.mark.parametrize("body, code, field_text", [
+    ({"document": "policy: 1\nenvironments:\n  production:\n    deploy: oncall\n"},
+     "policy_invalid", "document.environments.production.deploy"),
+    ({"document": "policy: 1\nrules:\n  - {name: x, when: 'change.risk_score >', "
+                  "gates: {cab: 1}}\nenvironments: {}\n"},
+     "policy_invalid", "document.rules[0].when"),
+    ({"document": ACTIVE, "months": 25}, "invalid", "months"),
+    ({"document": ACTIVE, "months": 0}, "invalid", "months"),
+])
+def test_bad_input_is_refused_with_a_code_and_where(demo, api, body, code, field_text):
+    answer = api(_user("auditor")).post("/api/v1/policies/backtest", body, format="json")
+    assert answer.status_code == 400, answer.content
+    error = answer.json()
+    assert error["code"] == code
+    assert field_text in str(error["fields"])
+
+
+def test_the_page_lists_counts_per_environment_and_links_each_change(history, client):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(_user("cab"))
+    with clock.use(lambda: NOW):
+        page = client.post("/policies/backtest/", {
+            "document": "", "months": "6",
+            "file": SimpleUploadedFile("proposed.yaml", PROPOSED.encode())})
+    assert page.status_code == 200
+    body = page.content.decode()
+    gates, refused = expected(history)
+    for change_id in gates | refused:
+        assert f'href="/changes/{change_id}/"' in body
+    assert 'data-environment="production"' in body
+    assert f'data-count="differing">{len(gates | refused)}<' in body
+
+
+def test_the_page_shows_where_a_document_is_wrong(demo, client):
+    client.force_login(_user("auditor"))
+    page = client.post("/policies/backtest/", {"document": "policy: 2\nenvironments: {}\n",
+                                               "months": "6"})
+    assert page.status_code == 400
+    assert "document.policy" in page.content.decode()
