@@ -21,10 +21,13 @@ import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import celpy
+from celpy import celtypes
+
 from approvals import schedule
 from approvals.models import PolicyVersion
 from approvals.policy import document as policy_document
-from approvals.policy.evaluate import evaluate
+from approvals.policy.evaluate import evaluate, facts_change
 from approvals.policy_history import PastChange, past_changes
 from audit.permissions import is_auditor
 from catalog.permissions import environment_permissions
@@ -76,23 +79,35 @@ def _reads(expression: str) -> tuple:
     for variable, name in _READS.findall(expression):
         found.add((variable, name or None))
     whole = {v for v, n in found if n is None}
-    return tuple(sorted((v, n) for v, n in found if n is None or v not in whole))
+    return tuple(sorted(((v, n) for v, n in found if n is None or v not in whole),
+                        key=lambda item: (item[0], item[1] or "")))
 
 
 def _frozen(value):
+    """A hashable form of a JSON-like value, the same for plain Python values and for
+    the CEL values the evaluator makes of them."""
+    if isinstance(value, bool | celtypes.BoolType):
+        return ("b", bool(value))
+    if isinstance(value, int):
+        return ("i", int(value))
+    if isinstance(value, float):
+        return ("f", float(value))
+    if isinstance(value, str):
+        return ("s", str(value))
     if isinstance(value, dict):
-        return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
+        return ("m", tuple(sorted((str(k), _frozen(v)) for k, v in value.items())))
     if isinstance(value, list | tuple):
-        return tuple(_frozen(v) for v in value)
-    return (type(value).__name__, value)
+        return ("l", tuple(_frozen(v) for v in value))
+    return ("n",)
 
 
 def _project(activation, reads: tuple) -> tuple:
     key = []
     for variable, name in reads:
         value = activation.get(variable)
-        if name is not None and isinstance(value, dict):
-            value = value.get(name)
+        if name is not None:
+            # dict.get: a CEL map's own get raises for a missing key.
+            value = dict.get(value, name) if isinstance(value, dict) else None
         key.append(_frozen(value))
     return tuple(key)
 
@@ -103,62 +118,114 @@ class _Remembered:
     def __init__(self, program, expression: str) -> None:
         self.program, self.reads, self.answers = program, _reads(expression), {}
 
-    def evaluate(self, activation):
-        key = _project(activation, self.reads)
+    def _answer(self, key, activation):
         if key not in self.answers:
             try:
                 self.answers[key] = (True, self.program.evaluate(activation))
             except Exception as exc:  # noqa: BLE001 - kept and raised again, as given
                 self.answers[key] = (False, exc)
-        ok, value = self.answers[key]
+        return self.answers[key]
+
+    def _needed(self, plain: dict) -> dict:
+        """Only what the expression reads (converting all of the facts to CEL values
+        costs more than evaluating most conditions)."""
+        needed: dict = {}
+        for variable, name in self.reads:
+            value = plain.get(variable)
+            if name is None or not isinstance(value, dict):
+                needed[variable] = value
+            elif name in value:
+                needed.setdefault(variable, {})[name] = value[name]
+            else:
+                needed.setdefault(variable, {})
+        return needed
+
+    def evaluate(self, activation):
+        ok, value = self._answer(_project(activation, self.reads), activation)
         if not ok:
             raise value
         return value
 
+    def answer_for(self, plain: dict) -> tuple:
+        """The kept answer for plain (not yet CEL) values, as a hashable summary."""
+        key = _project(plain, self.reads)
+        if key not in self.answers:
+            self._answer(key, celpy.json_to_cel(self._needed(plain)))
+        ok, value = self.answers[key]
+        if ok and isinstance(value, bool | celtypes.BoolType):
+            return ("b", bool(value))
+        return ("e", repr(value)[:200])
+
 
 class Replayer:
-    """One document, evaluated over many facts: whole outcomes are kept by what they
-    depend on (the change's facts but its id and time, the actor, the local time the
-    conditions read, whether a window is open and which freeze holds)."""
+    """One document, evaluated over many facts. Whole outcomes are kept by what they
+    depend on: the environment and change type, whether the risk score reaches the
+    threshold, the start conditions and conflicts, the actor's groups that may act (and
+    its name where it may not), whether a window is open and which freeze holds, and
+    the answer of each condition (itself kept by the values it reads). A test holds
+    this equal to ``evaluate`` on varied facts."""
 
     def __init__(self, document: policy_document.Document) -> None:
         self.document = dataclasses.replace(
             document,
             rules=[(r, _Remembered(p, r["when"])) for r, p in document.rules],
             restrictions=[(r, _Remembered(p, r["when"])) for r, p in document.restrictions])
-        reads = set()
-        for _, program in self.document.rules + self.document.restrictions:
-            reads.update(program.reads)
-        self.reads_id = ("change", "id") in reads or ("change", None) in reads
-        self.local_reads = tuple(sorted(n or "*" for v, n in reads if v == "local"))
+        self.programs = [p for _, p in self.document.rules + self.document.restrictions]
         self.outcomes: dict = {}
         self.zones: dict[str, ZoneInfo] = {}
         self.evaluations = 0
 
-    def _local(self, moment: datetime, slug: str) -> tuple:
-        if not self.local_reads:
-            return ()
+    def _zone(self, slug: str) -> ZoneInfo:
         name = self.document.timezone(slug)
-        zone = self.zones.get(name) or self.zones.setdefault(name, ZoneInfo(name))
-        local = moment.astimezone(zone)
-        values = {"weekday": WEEKDAYS[local.weekday()], "hour": local.hour,
-                  "minute": local.minute, "time": f"{local:%H:%M}",
-                  "date": local.date().isoformat()}
-        if "*" in self.local_reads:
-            return tuple(values.items())
-        return tuple(values.get(name) for name in self.local_reads)
+        zone = self.zones.get(name)
+        if zone is None:
+            zone = self.zones[name] = ZoneInfo(name)
+        return zone
+
+    def _conditions(self, change: dict, actor: dict, action: str, at: datetime) -> tuple:
+        if not self.programs:
+            return ()
+        local = at.astimezone(self._zone(change["environment"]))
+        score = change["risk_score"]
+        plain = {"change": {**change, "risk_score": -1 if score is None else score},
+                 "actor": actor, "action": action,
+                 "local": {"weekday": WEEKDAYS[local.weekday()], "hour": local.hour,
+                           "minute": local.minute, "time": f"{local:%H:%M}",
+                           "date": local.date().isoformat()}}
+        return tuple(p.answer_for(plain) for p in self.programs)
 
     def evaluate(self, facts: dict, at: datetime) -> dict:
-        change = facts["change"]
-        slug = change.get("environment") or ""
+        change = facts_change(facts)
+        slug, kind = change["environment"], change["change_type"]
+        action = facts.get("action") or "submit"
+        env = self.document.environment(slug) or {}
+        policy = (env.get("change_types") or {}).get(kind) or {}
+        threshold, score = policy.get("risk_threshold"), change["risk_score"]
+        actor = {"username": "", "groups": []}
+        given = facts.get("actor")
+        if isinstance(given, dict):
+            actor.update({k: v for k, v in given.items() if v is not None})
+            groups = set(actor.get("groups") or [])
+            may = {"start": set(env.get("deploy") or []),
+                   "rollback": set(env.get("rollback") or [])}
+            acting = (tuple(sorted(groups & may["start"])),
+                      tuple(sorted(groups & may["rollback"])))
+            refused = action in may and not groups & may[action]
+            who = (True, acting, actor.get("username") if refused else None)
+        else:
+            who = (False,)
         windows, freezes = self.document.calendar.get(slug, ([], []))
         instant = at.astimezone(UTC)
         frozen = schedule.active_freeze(freezes, instant) if freezes else None
-        key = (facts.get("action"),
-               _frozen({k: v for k, v in change.items() if k != "id" or self.reads_id}),
-               _frozen(facts.get("actor")), self._local(at, slug),
-               bool(windows) and schedule.current_window(windows, instant) is not None,
-               frozen and (frozen[0].reason, frozen[1]))
+        key = (action, slug, kind,
+               threshold is not None and score is not None and score >= threshold,
+               bool(change["on_call"]), bool(change["rollback_plan"]),
+               bool(change["promoted"]), _frozen(change["conflicts"]), who,
+               # Windows matter only where the policy asks for one.
+               bool(policy.get("requires_window")) and bool(windows)
+               and schedule.current_window(windows, instant) is not None,
+               frozen and (frozen[0].reason, frozen[1]),
+               self._conditions(change, actor, action, at))
         outcome = self.outcomes.get(key)
         if outcome is None:
             self.evaluations += 1

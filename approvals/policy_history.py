@@ -15,8 +15,9 @@ queries whatever the number of changes:
 - the first deployment of the change, for who started it and when where the trail
   kept no start event (data loaded without the services);
 - the requester's and the starter's groups, and the conflicts of the change's start
-  with the other changes started around it (``approvals.conflicts.detect``: the same
-  application, a dependency, the same targets, the same on-call engineer).
+  with the other changes started around it (the kinds ``approvals.conflicts.detect``
+  finds: the same application, a dependency, the same targets, the same on-call
+  engineer).
 
 Groups are read as they are now: the portal keeps no history of membership besides the
 audited access changes.
@@ -137,11 +138,33 @@ def _conflicts(rows: list[dict], starts: dict[int, datetime]) -> dict[int, list[
         # Only changes starting within an hour either side can overlap its window.
         low = bisect_right(moments, change.window.start - span)
         high = bisect_left(moments, change.window.start + span)
-        near = conflict_rules.World(changes=facts[low:index] + facts[index + 1:high],
-                                    depends=world.depends, addresses=world.addresses)
-        kinds = {c.kind for c in conflict_rules.detect(change, near)}
+        kinds = set()
+        for other in facts[low:index] + facts[index + 1:high]:
+            if change.window.overlaps(other.window):
+                kinds.update(_kinds(change, other, world))
         found[change.id] = sorted(kinds)
     return found
+
+
+def _kinds(change, other, world) -> set[str]:
+    """The kinds of conflict ``conflicts.detect`` finds between two changes whose windows
+    overlap, without the sentences it writes for people (most of its time over a
+    long history)."""
+    kinds = set()
+    if other.environment_id == change.environment_id:
+        if other.application_id == change.application_id:
+            kinds.add(conflict_rules.SAME_APPLICATION)
+        else:
+            pair = (change.application_id, other.application_id)
+            if pair in world.depends or pair[::-1] in world.depends:
+                kinds.add(conflict_rules.DEPENDENCY)
+            if (world.addresses.get((change.application_id, change.environment_id), set())
+                    & world.addresses.get((other.application_id, other.environment_id),
+                                          set())):
+                kinds.add(conflict_rules.SAME_TARGETS)
+    if change.on_call_id is not None and other.on_call_id == change.on_call_id:
+        kinds.add(conflict_rules.ON_CALL)
+    return kinds
 
 
 def past_changes(since: datetime, until: datetime) -> list[PastChange]:

@@ -308,3 +308,50 @@ def test_the_page_shows_where_a_document_is_wrong(demo, client):
                                                "months": "6"})
     assert page.status_code == 400
     assert "document.policy" in page.content.decode()
+
+
+def test_the_replayer_answers_as_the_evaluator_does_on_varied_facts():
+    """Kept outcomes are keyed by what the evaluator reads: on facts that vary in
+    everything it reads, the kept answer is the evaluator's."""
+    import itertools
+
+    from approvals.policy.document import parse
+    from approvals.policy.evaluate import evaluate
+    from approvals.policy_backtest import Replayer
+
+    text = PROPOSED.replace("standard: {gates: {cab: 1, security: 1}}", (
+        "standard: {gates: {cab: 1, security: 1}, requires_window: true, "
+        "risk_threshold: 50, risk_extra_gate: business, conflicts_block: true, "
+        "requires_on_call: true}\n    windows:\n"
+        "      - {weekday: tuesday, start: \"20:00\", end: \"23:00\"}\n    freezes:\n"
+        "      - {starts_at: \"2026-11-02T00:00:00Z\", ends_at: \"2026-11-04T00:00:00Z\", "
+        "reason: migration}")) + """\
+  - name: payments-by-engineers
+    when: >-
+      "payments" in change.applications && "engineers" in change.requester_groups
+      && change.requester != actor.username && change.no_such_fact == 1
+    reason: a broken condition reports its error
+"""
+    document = parse(text)
+    replayer = Replayer(document)
+    moments = [datetime(2026, 11, d, h, m, tzinfo=UTC)
+               for d, h, m in ((3, 10, 0), (6, 13, 30), (6, 11, 0), (10, 19, 30), (10, 21, 5))]
+    combos = itertools.product(
+        ("production", "staging", "development"), (None, 30, 50, 85),
+        (["payments"], ["storefront"]), ([], ["same_application"]), (True, False),
+        (None, {"username": "oncall", "groups": ["on-call"]},
+         {"username": "engineer", "groups": ["engineers"]}),
+        ("submit", "start"), moments)
+    checked = 0
+    for env, score, apps, conflicts, on_call, actor, action, at in combos:
+        facts = {"action": action, "change": {
+            "id": checked, "environment": env, "change_type": "standard",
+            "applications": apps, "risk_score": score, "requester": "engineer",
+            "requester_groups": ["engineers"], "on_call": on_call, "conflicts": conflicts}}
+        if actor:
+            facts["actor"] = actor
+        direct = evaluate(document, {**facts, "at": at.isoformat()})
+        assert replayer.evaluate(facts, at) == direct, (facts, at)
+        checked += 1
+    assert checked == 2880
+    assert replayer.evaluations < checked
