@@ -166,11 +166,11 @@ class Replayer:
     this equal to ``evaluate`` on varied facts."""
 
     def __init__(self, document: policy_document.Document) -> None:
-        self.document = dataclasses.replace(
-            document,
-            rules=[(r, _Remembered(p, r["when"])) for r, p in document.rules],
-            restrictions=[(r, _Remembered(p, r["when"])) for r, p in document.restrictions])
-        self.programs = [p for _, p in self.document.rules + self.document.restrictions]
+        self.document = document
+        # The document's compiled programs (a condition object carries its own), with
+        # answers kept here by the values each reads; the document is left as it is.
+        self.programs = [_Remembered(getattr(p, "program", p), item["when"])
+                         for item, p in document.rules + document.restrictions]
         self.outcomes: dict = {}
         self.zones: dict[str, ZoneInfo] = {}
         self.evaluations = 0
