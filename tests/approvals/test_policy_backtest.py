@@ -355,3 +355,39 @@ def test_the_replayer_answers_as_the_evaluator_does_on_varied_facts():
         checked += 1
     assert checked == 2880
     assert replayer.evaluations < checked
+
+
+def test_conflicts_are_those_of_the_start_hour_as_conflict_detection_finds_them(demo):
+    from approvals import conflicts as conflict_rules
+    from approvals.policy_history import past_changes
+
+    production = Environment.objects.get(slug="production")
+    storefront = Application.objects.get(slug="storefront")
+    starts = [NOW - timedelta(days=2), NOW - timedelta(days=2) + timedelta(minutes=30),
+              NOW - timedelta(days=1)]
+    made = []
+    for start in starts:
+        release = ReleaseFactory(application=storefront)
+        change = ChangeRequest.objects.create(
+            release=release, environment=production, requested_by=demo.engineer,
+            status="deployed", submitted_at=start - timedelta(hours=5), on_call=demo.oncall)
+        Deployment.objects.create(application=storefront, environment=production,
+                                  release=release, change_id=change.pk, status="succeeded",
+                                  started_by=demo.oncall, started_at=start,
+                                  holds_target=False)
+        made.append(change.pk)
+    by_id = {p.id: p for p in past_changes(NOW - timedelta(days=30), NOW)}
+    # The two starts half an hour apart share the application and the on-call engineer.
+    assert by_id[made[0]].start["change"]["conflicts"] == ["on_call", "same_application"]
+    assert by_id[made[1]].start["change"]["conflicts"] == ["on_call", "same_application"]
+    assert by_id[made[2]].start["change"]["conflicts"] == []
+    # As the conflict rules themselves find them for those windows.
+    facts = [conflict_rules.Facts(
+        id=pk, change_type="standard", application_id=storefront.pk,
+        application="storefront", environment_id=production.pk, environment="production",
+        on_call_id=demo.oncall.pk, on_call="oncall",
+        window=conflict_rules.Window(s, s + conflict_rules.EXPECTED_DURATION, "scheduled"))
+        for pk, s in zip(made, starts, strict=True)]
+    world = conflict_rules.World(changes=facts)
+    assert sorted({c.kind for c in conflict_rules.detect(facts[0], world)}) == [
+        "on_call", "same_application"]
