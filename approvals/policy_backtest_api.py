@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from approvals.policy_backtest import MAX_DOCUMENT, MAX_MONTHS, backtest, may_backtest
 from core.api import READ, ApiView
 from core.errors import Refused
+from core.idempotency import idempotent
 
 
 class BacktestIn(serializers.Serializer):
@@ -115,6 +116,7 @@ class PolicyBacktest(ApiView):
 
     @extend_schema(request=BacktestIn, responses={200: BacktestOut},
                    summary="Backtest a policy document over past changes")
+    @idempotent
     def post(self, request):
         require_backtest(request.user)
         data = BacktestIn(data=request.data)

@@ -270,10 +270,10 @@ def test_who_may_backtest(demo, api, who, status):
 
 @pytest.mark.parametrize("body, code, field_text", [
     ({"document": "policy: 1\nenvironments:\n  production:\n    deploy: oncall\n"},
-     "policy_invalid", "document.environments.production.deploy"),
+     PolicyInvalid.code, "document.environments.production.deploy"),
     ({"document": "policy: 1\nrules:\n  - {name: x, when: 'change.risk_score >', "
                   "gates: {cab: 1}}\nenvironments: {}\n"},
-     "policy_invalid", "document.rules[0].when"),
+     PolicyInvalid.code, "document.rules[0].when"),
     ({"document": ACTIVE, "months": 25}, "invalid", "months"),
     ({"document": ACTIVE, "months": 0}, "invalid", "months"),
 ])
