@@ -8,6 +8,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 
+from approvals.models import PolicyShadowDifference
 from approvals.policy_backtest import MAX_DOCUMENT, MAX_MONTHS, backtest, may_backtest
 from core.api import READ, ApiView
 from core.errors import Refused
@@ -124,3 +125,39 @@ class PolicyBacktest(ApiView):
         report = backtest(data.validated_data["document"],
                           months=data.validated_data["months"])
         return Response(BacktestOut(report).data)
+
+
+class ShadowQuery(serializers.Serializer):
+    version = serializers.IntegerField(required=False, min_value=1, max_value=2**31 - 1,
+                                       help_text="Only this proposed version's.")
+
+
+class ShadowDifferenceOut(serializers.Serializer):
+    version = serializers.IntegerField(source="version.number",
+                                       help_text="The proposed version.")
+    change = serializers.IntegerField(source="change_id")
+    action = serializers.ChoiceField(choices=["submit", "start"])
+    active_digest = serializers.CharField()
+    active = serializers.DictField(help_text="gates, rules, blockers (codes), "
+                                             "start_allowed of the active version.")
+    proposed = serializers.DictField(help_text="The same of the proposed version; empty "
+                                               "when it could not be evaluated.")
+    error = serializers.CharField(allow_blank=True)
+    at = serializers.DateTimeField()
+
+
+class PolicyShadowDifferences(ApiView):
+    """Evaluate mode: the latest live decisions (at most 200, newest first) on which a
+    proposed policy version would have decided otherwise than the active one. Who may
+    backtest may read them."""
+
+    @extend_schema(parameters=[ShadowQuery], responses={200: ShadowDifferenceOut(many=True)},
+                   summary="Where proposed policy versions differed on live decisions")
+    def get(self, request):
+        require_backtest(request.user)
+        query = ShadowQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        rows = PolicyShadowDifference.objects.select_related("version").order_by("-at", "-id")
+        if "version" in query.validated_data:
+            rows = rows.filter(version__number=query.validated_data["version"])
+        return Response(ShadowDifferenceOut(rows[:200], many=True).data)

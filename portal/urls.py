@@ -80,6 +80,8 @@ api_v1 = [
     path("policies/test", policy_api.PolicyTest.as_view(), name="api-policy-test"),
     path("policies/backtest", policy_backtest_api.PolicyBacktest.as_view(),
          name="api-policy-backtest"),
+    path("policies/shadow", policy_backtest_api.PolicyShadowDifferences.as_view(),
+         name="api-policy-shadow"),
     # Anything else under /api/v1/ is a JSON 404, never an HTML page.
     re_path(r"^.*$", core_api.not_found),
 ]

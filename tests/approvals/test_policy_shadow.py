@@ -102,3 +102,17 @@ def test_the_backtest_page_shows_the_differences_of_evaluate_mode(demo, client):
     body = page.content.decode()
     assert f'href="/changes/{change.pk}/"' in body
     assert "data-shadow=" in body
+
+
+def test_the_api_lists_the_differences_to_who_may_backtest(demo, api):
+    proposed = propose(demo, rules=[STAGING_SECURITY])
+    change = request_change(demo.engineer, "staging")
+    answer = api(demo.auditor).get(f"/api/v1/policies/shadow?version={proposed.number}")
+    assert answer.status_code == 200, answer.content
+    [row] = answer.json()
+    assert (row["version"], row["change"], row["action"]) == (proposed.number, change.pk,
+                                                              "submit")
+    assert row["proposed"]["gates"] == {"qa": 1, "security": 1, "tech_lead": 1}
+    assert api(demo.auditor).get("/api/v1/policies/shadow?version=999").json() == []
+    refused = api(demo.engineer).get("/api/v1/policies/shadow")
+    assert refused.status_code == 403 and refused.json()["code"] == "not_permitted"

@@ -155,6 +155,7 @@ ROUTES: dict[str, Row] = {
     # and who decides policy versions (CAB, security).
     "api-policy-backtest": api(("POST",), may=BACKTESTERS,
                                body={"document": "policy: 1\nenvironments: {}\n"}),
+    "api-policy-shadow": api(may=BACKTESTERS),
     # Anything else under /api/v1/: a JSON 404 for everyone.
     "api/v1/^.*$": public(("GET", "POST"), status=404, url="/api/v1/no-such-endpoint"),
     # --- pages ---------------------------------------------------------------------------
