@@ -557,3 +557,6 @@ class CabAttendance(models.Model):
 
 # --- policies as code: versions of the policy document (approvals.policy_models)
 from approvals.policy_models import PolicyApproval, PolicyVersion  # noqa: E402, F401
+
+# --- evaluate mode: proposed policy versions beside the active one (policy_shadow_models)
+from approvals.policy_shadow_models import PolicyShadowDifference  # noqa: E402, F401

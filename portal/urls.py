@@ -9,6 +9,8 @@ from approvals import (  # policies as code (docs/policies.md)
     meeting_api,
     meeting_views,
     policy_api,
+    policy_backtest_api,
+    policy_backtest_views,
     policy_views,
 )
 from approvals import views as approvals_views
@@ -76,6 +78,10 @@ api_v1 = [
     path("policies/current", policy_api.PolicyCurrent.as_view(), name="api-policy-current"),
     path("policies/", policy_api.PolicyPropose.as_view(), name="api-policies"),
     path("policies/test", policy_api.PolicyTest.as_view(), name="api-policy-test"),
+    path("policies/backtest", policy_backtest_api.PolicyBacktest.as_view(),
+         name="api-policy-backtest"),
+    path("policies/shadow", policy_backtest_api.PolicyShadowDifferences.as_view(),
+         name="api-policy-shadow"),
     # Anything else under /api/v1/ is a JSON 404, never an HTML page.
     re_path(r"^.*$", core_api.not_found),
 ]
@@ -91,6 +97,7 @@ urlpatterns = [
     # CAB meetings (docs/cab.md)
     # The policy document's versions (docs/policies.md).
     path("policies/", policy_views.policies, name="policies"),
+    path("policies/backtest/", policy_backtest_views.policy_backtest, name="policy-backtest"),
     path("policies/<int:number>/", policy_views.policy_version, name="policy-version"),
     path("policies/<int:number>/decide", policy_views.policy_decide, name="policy-decide"),
     path("auditor/policies/", auditor_views.policy_versions, name="auditor-policies"),

@@ -477,6 +477,53 @@ def policy_import(obj: Context, file, effective_at, summary):
     obj.emit(answer.body, str(answer.body["version"]))
 
 
+@policy.command("backtest")
+@click.argument("file")
+@click.option("--months", default=6, show_default=True, type=click.IntRange(1, 24),
+              help="How many months of changes to replay.")
+@click.pass_obj
+def policy_backtest(obj: Context, file, months):
+    """Replay a document over past changes: counts per environment (stderr) and one
+    line per change it would have treated otherwise (stdout)."""
+    text = _policy_text(file)
+    body = obj.post("/policies/backtest", {"document": text, "months": months},
+                    key=obj.key("policy backtest", months=months,
+                                digest=hashlib.sha256(text.encode()).hexdigest())).body
+    counts = body["counts"]
+    say(f"{counts['changes']} change(s) since {body['since'][:10]}, "
+        f"{counts['differing']} treated otherwise")
+    for slug, c in counts["by_environment"].items():
+        say(f"  {slug}: {c['changes']} changes, {c['differing']} differ ({c['gates']} other "
+            f"gates, {c['blocked']} blocked, {c['start_refused']} start refused, "
+            f"{c['start_allowed']} start allowed)")
+    if obj.as_json:
+        obj.emit(body, None)
+        return
+    for d in body["differences"]:
+        click.echo(f"{d['reference']} {d['environment']} {d['application']}: "
+                   + "; ".join(_backtest_words(d)))
+    if body["truncated"]:
+        say(f"listed {len(body['differences'])} of {counts['differing']}")
+
+
+def _backtest_words(d: dict) -> list[str]:
+    def gates(g: dict) -> str:
+        return ", ".join(f"{role} {n}" for role, n in g.items()) or "none"
+
+    words = []
+    if "gates" in d:
+        words.append(f"gates {gates(d['gates']['active'])} -> {gates(d['gates']['proposed'])}")
+    for blocker in (d.get("blockers") or {}).get("added", []):
+        words.append(f"blocked: {blocker['reason']}")
+    start = d.get("start")
+    if start and not start["proposed"]:
+        words.append("start refused" + (f", earliest {start['earliest']}"
+                                        if start.get("earliest") else ""))
+    elif start:
+        words.append("start allowed")
+    return words + [f"error: {e}" for e in d.get("errors", [])]
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False, prog_name="portalctl")

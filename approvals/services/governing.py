@@ -16,6 +16,7 @@ from django.db import transaction
 from approvals.models import ChangeRequest, PolicyVersion
 from approvals.policy import document as policy_document
 from approvals.policy.evaluate import evaluate
+from approvals.services.policy_shadow import shadow_compare
 from audit.trail import System, audit_record
 from core import clock
 
@@ -120,7 +121,10 @@ def decide(change: ChangeRequest, *, action: str, risk_score: int | None = None,
         return None, None, None
     facts = change_facts(change, at=clock.now(), action=action, risk_score=risk_score,
                          actor=actor)
-    return version, facts, evaluate(document, facts)
+    outcome = evaluate(document, facts)
+    # Evaluate mode: proposed versions run beside it, recorded, never binding.
+    shadow_compare(change=change, facts=facts, outcome=outcome, active=version)
+    return version, facts, outcome
 
 
 def rule_gates(version: PolicyVersion, outcome: dict) -> dict[str, int]:

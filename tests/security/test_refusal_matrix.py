@@ -96,6 +96,7 @@ CHANGE_BODY = {"release": "release", "environment": "staging", "change_type": "s
                "strategy": "all_at_once", "rollback_plan": "Redeploy the last release"}
 
 CAB_MEMBERS = frozenset({"cab", "admin"})
+BACKTESTERS = frozenset({"techlead", "cab", "security", "auditor", "admin"})
 CHAIR = frozenset({"cab"})
 MEETING = {"pk": "meeting"}
 MEETING_ITEM = {"pk": "meeting", "item_id": "meeting_item"}
@@ -150,6 +151,11 @@ ROUTES: dict[str, Row] = {
     "api-policies": api(("POST",), may=frozenset({"techlead", "admin"}),
                         body={"document": "policy: 1\nenvironments: {}\n"}),
     "api-policy-test": api(("POST",), body={"document": "policy: 1\nenvironments: {}\n"}),
+    # Backtests read every change's facts: auditors, admins, who proposes (tech leads)
+    # and who decides policy versions (CAB, security).
+    "api-policy-backtest": api(("POST",), may=BACKTESTERS,
+                               body={"document": "policy: 1\nenvironments: {}\n"}),
+    "api-policy-shadow": api(may=BACKTESTERS),
     # Anything else under /api/v1/: a JSON 404 for everyone.
     "api/v1/^.*$": public(("GET", "POST"), status=404, url="/api/v1/no-such-endpoint"),
     # --- pages ---------------------------------------------------------------------------
@@ -186,6 +192,9 @@ ROUTES: dict[str, Row] = {
     "policy-decide": page(("POST",), may=NOBODY, args={"number": "policy_number"},
                           body={"role": "cab", "decision": "approve"}, refused=PAGE_REFUSED),
     "auditor-policies": page(may=AUDITORS),
+    "policy-backtest": page(("GET", "POST"), may=BACKTESTERS,
+                            body={"document": "policy: 1\nenvironments: {}\n",
+                                  "months": "1"}),
     "change-list": page(),
     # The form is everyone's; what it may request is the service's answer.
     "change-new": page(("GET", "POST"), may={"GET": EVERYONE, "POST": REQUESTS_STAGING},
