@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import yaml
 
@@ -150,16 +148,18 @@ examples:
     assert failures[0].startswith("example 2 (wrong on purpose): expected gates {'cab': 1}")
 
 
-def test_the_evaluator_is_fast_enough_to_replay_history():
+def test_a_rule_holds_for_exactly_the_changes_its_condition_names_over_many_facts():
+    # The evaluator remembers a condition's result per combination of the values it
+    # reads (for replaying history; its speed is bench/policy_backtest_bench.py's):
+    # remembering never carries one change's answer over to another.
     doc = policy_document.parse(BASE)
     many = [facts(risk_score=i % 100, applications=["payments"] if i % 7 == 0 else ["web"],
                   at=f"2026-12-{1 + i % 28:02d}T{i % 24:02d}:15:00+00:00")
             for i in range(2000)]
-    started = time.perf_counter()
     outcomes = [evaluate(doc, f) for f in many]
-    elapsed = time.perf_counter() - started
-    assert sum(1 for o in outcomes if "payments-security" in o["rules"]) == 286
-    assert elapsed < 5, f"{len(many)} evaluations took {elapsed:.2f}s"
+    held = [i for i, o in enumerate(outcomes) if "payments-security" in o["rules"]]
+    assert held == [i for i in range(2000) if i % 7 == 0]
+    assert all(outcomes[i]["gates"].get("security") for i in held)
 
 
 @pytest.mark.parametrize("change", [
