@@ -1,6 +1,6 @@
 """Backtest: replay a proposed policy document over the changes of the last months, with
 their facts at the time (``approvals.policy_history``), beside the version that was in
-force then, and report what would have differed (docs/policies.md, "Backtest and evaluate mode"):
+force then, and report what would have differed (docs/policies.md, backtest):
 
 - ``gates``: the gates the submission would have set (active -> proposed);
 - ``blockers``: what would have stood in the way at the start, added or removed;

@@ -1,5 +1,5 @@
 """REST API v1: replay a proposed policy document over the last months of changes
-(docs/policies.md, "Backtest and evaluate mode"), and what proposed versions running beside the active one
+(docs/policies.md, backtest), and what proposed versions running beside the active one
 would have decided otherwise (evaluate mode)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The backtest page (docs/policies.md, "Backtest and evaluate mode"): paste or upload a policy document,
+"""The backtest page (docs/policies.md, backtest): paste or upload a policy document,
 choose how many months back, and see what it would have changed, per environment and
 change by change; below, what proposed versions running beside the active one (evaluate
 mode) would have decided otherwise on live decisions."""

@@ -1,5 +1,5 @@
 """The facts of past decisions, as they stood, for replaying a policy over history
-(docs/policies.md, "Backtest and evaluate mode").
+(docs/policies.md, backtest).
 
 ``past_changes(since, until)`` reads every change submitted in ``[since, until)`` with
 what the policy saw of it at its submission and at its start, in a constant number of

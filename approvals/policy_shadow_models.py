@@ -1,4 +1,4 @@
-"""Evaluate mode (docs/policies.md, "Backtest and evaluate mode"): where a proposed policy version, running
+"""Evaluate mode (docs/policies.md, backtest): where a proposed policy version, running
 beside the active one on a live decision, would have decided otherwise.
 
 Kept beside ``approvals.models`` (which imports it) so that module stays readable.

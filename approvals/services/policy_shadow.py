@@ -1,4 +1,4 @@
-"""Evaluate mode (docs/policies.md, "Backtest and evaluate mode"): every proposed policy version runs beside
+"""Evaluate mode (docs/policies.md, backtest): every proposed policy version runs beside
 the active one on each live decision (submission, start) and where it would have
 decided otherwise a ``PolicyShadowDifference`` is kept, audited as
 ``policy.shadow_differed``. It never binds: the live decision takes the active
