@@ -40,6 +40,7 @@ from core.api import (
     IdFilter,
 )
 from core.idempotency import idempotent
+from core.schema import QUERY_RULES
 from deployments import selectors as deployment_selectors
 from deployments.models import Deployment
 
@@ -523,8 +524,19 @@ class PreflightOutSerializer(serializers.Serializer):
     at = serializers.DateTimeField()
 
 
+# PreflightQuerySerializer.validate in the schema: the change; or the release (its id, or
+# application and version) with the environment (core.schema.QUERY_RULES).
+PREFLIGHT_QUERY_RULES = {
+    "anyOf": [{"required": ["change"]}, {"required": ["release", "environment"]},
+              {"required": ["application", "version", "environment"]}],
+    "description": "Give `change`; or `release` (or `application` and `version`) with "
+                   "`environment`.",
+}
+
+
 class Preflight(ApiView):
     @extend_schema(parameters=[PreflightQuerySerializer], responses={200: PreflightOutSerializer},
+                   extensions={QUERY_RULES: PREFLIGHT_QUERY_RULES},
                    summary="Everything that would block a deployment, and its earliest time")
     def get(self, request):
         query = PreflightQuerySerializer(data=request.query_params)

@@ -76,6 +76,26 @@ def field_errors(detail) -> dict[str, list[str]]:
     return {str(name): _flatten_errors(errors) for name, errors in detail.items()}
 
 
+# A 400 whose every field error is a reference to an object that does not exist (an id
+# or slug that names nothing): well-formed input, so no schema can refuse it beforehand;
+# clients (and schema-driven tests) tell it from malformed input by this code.
+NO_SUCH_OBJECT = "no_such_object"
+MISSING_OBJECT_CODES = frozenset({"does_not_exist"})
+
+
+def _leaf_codes(codes) -> list:
+    if isinstance(codes, dict):
+        return [c for inner in codes.values() for c in _leaf_codes(inner)]
+    if isinstance(codes, list | tuple):
+        return [c for inner in codes for c in _leaf_codes(inner)]
+    return [codes]
+
+
+def _names_missing_objects(exc: exceptions.ValidationError) -> bool:
+    codes = _leaf_codes(exc.get_codes())
+    return bool(codes) and all(code in MISSING_OBJECT_CODES for code in codes)
+
+
 def exception_handler(exc, context):
     if isinstance(exc, DomainError):
         fields = field_errors(exc.fields) if exc.fields else None
@@ -93,6 +113,12 @@ def exception_handler(exc, context):
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
     if isinstance(exc, exceptions.ValidationError):
+        if _names_missing_objects(exc):
+            return Response(
+                error_body(NO_SUCH_OBJECT, "The request names an object that does not exist.",
+                           fields=field_errors(exc.detail)),
+                status=status.HTTP_400_BAD_REQUEST,
+            )
         return Response(
             error_body("invalid", "The request has invalid fields.",
                        fields=field_errors(exc.detail)),
@@ -149,6 +175,12 @@ class CursorPagination(pagination.CursorPagination):
         return cursor
 
 
+# The years a BoundedDateTimeField takes, as the schema states them: the year as written.
+BOUNDED_YEAR_PATTERN = r"^(19[7-9][0-9]|2[01][0-9][0-9]|2200)-"
+
+
+@extend_schema_field({"type": "string", "format": "date-time",
+                      "pattern": BOUNDED_YEAR_PATTERN})
 class BoundedDateTimeField(serializers.DateTimeField):
     """A date-time within years the calendar arithmetic behind it can handle."""
 
@@ -156,7 +188,9 @@ class BoundedDateTimeField(serializers.DateTimeField):
 
     def to_internal_value(self, value):
         result = super().to_internal_value(value)
-        if not 1970 <= result.year <= 2200:
+        # The year as written (what the schema's pattern says), else the parsed one.
+        written = value[:4] if isinstance(value, str) and value[:4].isdigit() else None
+        if not 1970 <= (int(written) if written else result.year) <= 2200:
             self.fail("range")
         return result
 
@@ -221,7 +255,19 @@ class HasTokenScope(permissions.BasePermission):
 MAX_ID = 2**63 - 1  # PostgreSQL bigint
 
 
-class _UtcIsoDateTimeField(django_filters.fields.IsoDateTimeField):
+class _PresentMeansGiven:
+    """A filter field for which ``?name=`` (present, empty) is not "no filter" but a value
+    of the wrong shape: the schema gives the parameter a type "" does not have."""
+
+    def clean(self, value):
+        if value == "":
+            raise forms.ValidationError(self.empty_message, code="invalid")
+        return super().clean(value)
+
+
+class _UtcIsoDateTimeField(_PresentMeansGiven, django_filters.fields.IsoDateTimeField):
+    empty_message = "Enter a date and time, or leave the parameter out."
+
     def to_python(self, value):
         value = super().to_python(value)
         if value is not None:
@@ -245,7 +291,8 @@ class IdFilter(django_filters.NumberFilter):
     so a client (or a schema-driven test) that sends any integer in range is answered,
     and anything else gets 400 naming the field."""
 
-    field_class = forms.IntegerField
+    field_class = type("IdField", (_PresentMeansGiven, forms.IntegerField),
+                       {"empty_message": "Enter a whole number, or leave the parameter out."})
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("min_value", 1)

@@ -191,15 +191,21 @@ class StepDecisionInSerializer(serializers.Serializer):
                                    max_length=2000)
 
 
+class MarkStepDoneInSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000,
+                                   help_text="What was checked by hand (required).")
+
+
 class _StepDecision(ApiView):
     """On-call's decision on the interrupted step of a deployment that needs attention."""
 
     write_scopes = frozenset({DEPLOY})
     decide = None  # the service that carries the decision out
+    input_serializer = StepDecisionInSerializer
 
     def post(self, request, pk: int):
         deployment = get_object_or_404(selectors.deployments_visible_to(request.user), pk=pk)
-        data = StepDecisionInSerializer(data=request.data)
+        data = self.input_serializer(data=request.data)
         data.is_valid(raise_exception=True)
         type(self).decide(actor=request.user, deployment=deployment,
                           reason=data.validated_data["reason"])
@@ -221,8 +227,9 @@ class DeploymentRetryStep(_StepDecision):
 
 class DeploymentMarkStepDone(_StepDecision):
     decide = services.deployment_mark_step_done
+    input_serializer = MarkStepDoneInSerializer
 
-    @extend_schema(request=StepDecisionInSerializer, responses={202: DeploymentSerializer},
+    @extend_schema(request=MarkStepDoneInSerializer, responses={202: DeploymentSerializer},
                    summary="Record the interrupted step of a deployment that needs attention "
                            "as done (checked by hand), then run the rest")
     @idempotent

@@ -78,6 +78,15 @@ class CiHookInSerializer(serializers.Serializer):
         required=False, help_text="When the check finished (default: now). A result older "
                                   "than the one held for the check is not applied.")
 
+    # What ``validate`` enforces, in the schema: check and status come together, and a
+    # report carries a check or some authors or mergers.
+    schema_rules = {
+        "dependentRequired": {"check": ["status"], "status": ["check"]},
+        "anyOf": [{"required": ["check"]},
+                  {"required": ["authors"], "properties": {"authors": {"minItems": 1}}},
+                  {"required": ["mergers"], "properties": {"mergers": {"minItems": 1}}}],
+    }
+
     def validate(self, attrs):
         if bool(attrs.get("check")) != bool(attrs.get("status")):
             raise serializers.ValidationError({"status": [

@@ -58,12 +58,12 @@ class DoraQuerySerializer(serializers.Serializer):
 
     def validate_environment(self, value):
         if value != "all" and not Environment.objects.filter(slug=value).exists():
-            raise serializers.ValidationError("No such environment.")
+            raise serializers.ValidationError("No such environment.", code="does_not_exist")
         return value
 
     def validate_application(self, value):
         if not Application.objects.filter(slug=value).exists():
-            raise serializers.ValidationError("No such application.")
+            raise serializers.ValidationError("No such application.", code="does_not_exist")
         return value
 
     def validate(self, attrs):
