@@ -38,6 +38,7 @@ from core.api import (
     ApiView,
     BoundedDateTimeField,
     IdFilter,
+    query_values,
 )
 from core.idempotency import idempotent
 from core.schema import QUERY_RULES
@@ -539,7 +540,7 @@ class Preflight(ApiView):
                    extensions={QUERY_RULES: PREFLIGHT_QUERY_RULES},
                    summary="Everything that would block a deployment, and its earliest time")
     def get(self, request):
-        query = PreflightQuerySerializer(data=request.query_params)
+        query = PreflightQuerySerializer(data=query_values(request))
         query.is_valid(raise_exception=True)
         params = query.validated_data
         if params.get("change"):

@@ -140,6 +140,13 @@ def not_found(request, *args, **kwargs):
     return JsonResponse(error_body("not_found", "There is no such API endpoint."), status=404)
 
 
+def query_values(request) -> dict[str, str]:
+    """The query string for a query serializer: a parameter given empty (``?at=``) is a
+    value of the wrong shape for a date or a number, as the schema's types say, not a
+    parameter left out (DRF reads "" in form data as absent)."""
+    return request.query_params.dict()
+
+
 class CursorPagination(pagination.CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"

@@ -11,7 +11,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 
-from core.api import DEPLOY, ApiMixin, ApiView, DateTimeFilter, IdFilter
+from core.api import DEPLOY, ApiMixin, ApiView, DateTimeFilter, IdFilter, query_values
 from core.idempotency import idempotent
 from deployments import selectors, services
 from deployments.models import AnalysisVerdict, Deployment, DeploymentLogLine, DeploymentStep
@@ -135,7 +135,7 @@ class DeploymentLog(ApiView):
                            f"(at most {LOG_PAGE} a call)")
     def get(self, request, pk: int):
         deployment = get_object_or_404(selectors.deployments_visible_to(request.user), pk=pk)
-        query = LogQuerySerializer(data=request.query_params)
+        query = LogQuerySerializer(data=query_values(request))
         query.is_valid(raise_exception=True)
         lines = (DeploymentLogLine.objects.filter(deployment=deployment,
                                                   seq__gt=query.validated_data["after"])
