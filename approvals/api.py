@@ -37,11 +37,11 @@ from core.api import (
     ApiMixin,
     ApiView,
     BoundedDateTimeField,
+    ChoiceFilter,
     IdFilter,
     query_values,
 )
 from core.idempotency import idempotent
-from core.schema import QUERY_RULES
 from deployments import selectors as deployment_selectors
 from deployments.models import Deployment
 
@@ -304,10 +304,10 @@ class DeployOutSerializer(serializers.Serializer):
 
 
 class ChangeFilter(django_filters.FilterSet):
-    status = django_filters.ChoiceFilter(choices=ChangeRequest.Status.choices)
+    status = ChoiceFilter(choices=ChangeRequest.Status.choices)
     environment = django_filters.CharFilter(field_name="environment__slug")
     application = django_filters.CharFilter(field_name="release__application__slug")
-    change_type = django_filters.ChoiceFilter(choices=ChangeType.choices)
+    change_type = ChoiceFilter(choices=ChangeType.choices)
     release = IdFilter(field_name="release_id")
     requested_by = django_filters.CharFilter(field_name="requested_by__username")
 
@@ -499,12 +499,17 @@ class PreflightQuerySerializer(serializers.Serializer):
     def validate(self, attrs):
         if attrs.get("change"):
             return attrs
+        # A query that names no release (or no environment) names nothing to check: a
+        # missing object, as an id that names nothing is (OpenAPI cannot state a rule
+        # across query parameters without changing their shape for clients).
         if not attrs.get("release") and not (attrs.get("application") and attrs.get("version")):
             raise serializers.ValidationError({"release": [
-                "Give the change id, the release id, or application and version."]})
+                "Give the change id, the release id, or application and version."]},
+                code="does_not_exist")
         if not attrs.get("environment"):
             raise serializers.ValidationError({"environment": [
-                "Give the environment with the release (or give the change)."]})
+                "Give the environment with the release (or give the change)."]},
+                code="does_not_exist")
         return attrs
 
 
@@ -525,19 +530,8 @@ class PreflightOutSerializer(serializers.Serializer):
     at = serializers.DateTimeField()
 
 
-# PreflightQuerySerializer.validate in the schema: the change; or the release (its id, or
-# application and version) with the environment (core.schema.QUERY_RULES).
-PREFLIGHT_QUERY_RULES = {
-    "anyOf": [{"required": ["change"]}, {"required": ["release", "environment"]},
-              {"required": ["application", "version", "environment"]}],
-    "description": "Give `change`; or `release` (or `application` and `version`) with "
-                   "`environment`.",
-}
-
-
 class Preflight(ApiView):
     @extend_schema(parameters=[PreflightQuerySerializer], responses={200: PreflightOutSerializer},
-                   extensions={QUERY_RULES: PREFLIGHT_QUERY_RULES},
                    summary="Everything that would block a deployment, and its earliest time")
     def get(self, request):
         query = PreflightQuerySerializer(data=query_values(request))

@@ -63,9 +63,10 @@ class ReleaseInSerializer(serializers.Serializer):
         # portal's PORTAL_ARTIFACT_SOURCES), names a path without '..', query or
         # percent-escapes, and comes with the artifact's SHA-256.
         return {"properties": {"artifact_url": {"pattern": services.artifact_url_pattern()}},
-                "anyOf": [{"properties": {"artifact_url": {"maxLength": 0}}},
-                          {"required": ["artifact_sha256"],
-                           "properties": {"artifact_sha256": {"minLength": 1}}}]}
+                "if": {"required": ["artifact_url"],
+                       "properties": {"artifact_url": {"minLength": 1}}},
+                "then": {"required": ["artifact_sha256"],
+                         "properties": {"artifact_sha256": {"minLength": 1}}}}
 
 
 class EnvironmentList(ApiMixin, generics.ListAPIView):

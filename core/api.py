@@ -292,6 +292,15 @@ class DateTimeFilter(django_filters.IsoDateTimeFilter):
     field_class = _UtcIsoDateTimeField
 
 
+class ChoiceFilter(django_filters.ChoiceFilter):
+    """A choice filter for which ``?status=`` (present, empty) is not one of the choices
+    the schema's enum lists, so it is refused rather than read as "no filter"."""
+
+    field_class = type("ChoiceField", (_PresentMeansGiven, django_filters.fields.ChoiceField),
+                       {"empty_message": "Choose one of the values, or leave the parameter "
+                                         "out."})
+
+
 @extend_schema_field({"type": "integer", "minimum": 1, "maximum": MAX_ID})
 class IdFilter(django_filters.NumberFilter):
     """An id in a list's query string: a whole number a bigint holds. The schema says so,

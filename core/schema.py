@@ -6,6 +6,7 @@ view reads (its ``schema_request_headers``), the notifications sent
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 from django.core.validators import RegexValidator
@@ -204,9 +205,23 @@ def merge_schema_rules(schema: dict, rules) -> None:
 # members a request body may carry besides its own fields (which the API ignores).
 NUL_FREE = r"^[^\x00]*$"
 NUL_FREE_NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
-ANY_JSON = "JsonWithoutNul"
-_ANY_JSON_REF = {"$ref": f"#/components/schemas/{ANY_JSON}"}
-QUERY_RULES = "x-query-rules"
+
+
+def _json_without_nul(depth: int) -> dict:
+    """Any JSON value nested at most ``depth`` arrays or objects deep whose strings and
+    member names hold no NUL; spelt out, not recursive, which client generators take."""
+    branches = [{"type": "null"}, {"type": "boolean"}, {"type": "number"},
+                {"type": "string", "pattern": NUL_FREE}]
+    if depth:
+        inner = _json_without_nul(depth - 1)
+        branches += [{"type": "array", "items": inner},
+                     {"type": "object", "propertyNames": {"pattern": NUL_FREE},
+                      "additionalProperties": inner}]
+    return {"anyOf": branches}
+
+
+# What a request may carry besides its fields (the API ignores it); deeper is rare.
+_ANY_JSON = _json_without_nul(3)
 _ANNOTATIONS = {"description", "title", "default", "readOnly", "writeOnly", "examples",
                 "deprecated"}
 
@@ -225,7 +240,7 @@ def _nul_free(schema, components, seen) -> None:
         for branch in schema.get(keyword, ()):
             _nul_free(branch, components, seen)
     if not set(schema) - _ANNOTATIONS:
-        schema.update(_ANY_JSON_REF)  # any JSON value (a free-form field)
+        schema.update(copy.deepcopy(_ANY_JSON))  # any JSON value (a free-form field)
         return
     types = schema.get("type")
     types = set(types) if isinstance(types, list) else {types}
@@ -241,55 +256,22 @@ def _nul_free(schema, components, seen) -> None:
         schema.setdefault("propertyNames", {"pattern": NUL_FREE})
         extra = schema.get("additionalProperties", True)
         if extra is True or extra == {}:
-            schema["additionalProperties"] = dict(_ANY_JSON_REF)
+            schema["additionalProperties"] = copy.deepcopy(_ANY_JSON)
         else:
             _nul_free(extra, components, seen)
     if "array" in types:
         _nul_free(schema.get("items"), components, seen)
 
 
-def _query_object(operation: dict, rules: dict) -> None:
-    """The query parameters of ``operation`` as one object (style form, exploded: the
-    same query string), so rules across them (``anyOf``, ``dependentRequired``) can be
-    stated. Clients see the same parameter names."""
-    query = [p for p in operation.get("parameters", ()) if p.get("in") == "query"]
-    if not query:
-        return
-    schema = {"type": "object",
-              "properties": {p["name"]: {**p["schema"], **({"description": p["description"]}
-                                                             if p.get("description") else {})}
-                             for p in query},
-              "additionalProperties": False}
-    required = [p["name"] for p in query if p.get("required")]
-    if required:
-        schema["required"] = required
-    schema.update(rules)
-    rest = [p for p in operation["parameters"] if p.get("in") != "query"]
-    operation["parameters"] = [{"name": "query", "in": "query", "style": "form",
-                                "explode": True, "required": True, "schema": schema,
-                                "description": rules.get("description", "")}, *rest]
-    schema.pop("description", None)
-
-
 def requests_without_nul(result, generator, request, public):
-    """Postprocessing hook: request strings are NUL-free; operations marked with
-    ``x-query-rules`` state their rules across query parameters."""
+    """Postprocessing hook: every string of a request (parameters and bodies) says it
+    holds no NUL."""
     components = result.setdefault("components", {}).setdefault("schemas", {})
-    components[ANY_JSON] = {
-        "description": "Any JSON value whose strings (and member names) hold no NUL.",
-        "anyOf": [{"type": ["null", "boolean", "number"]},
-                  {"type": "string", "pattern": NUL_FREE},
-                  {"type": "array", "items": dict(_ANY_JSON_REF)},
-                  {"type": "object", "propertyNames": {"pattern": NUL_FREE},
-                   "additionalProperties": dict(_ANY_JSON_REF)}]}
-    seen = {ANY_JSON}
+    seen: set[str] = set()
     for operations in result.get("paths", {}).values():
         for operation in operations.values():
             if not isinstance(operation, dict):
                 continue
-            rules = operation.pop(QUERY_RULES, None)
-            if rules:
-                _query_object(operation, rules)
             for param in operation.get("parameters", ()):
                 _nul_free(param.get("schema"), components, seen)
             for media in operation.get("requestBody", {}).get("content", {}).values():

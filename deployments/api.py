@@ -11,7 +11,15 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 
-from core.api import DEPLOY, ApiMixin, ApiView, DateTimeFilter, IdFilter, query_values
+from core.api import (
+    DEPLOY,
+    ApiMixin,
+    ApiView,
+    ChoiceFilter,
+    DateTimeFilter,
+    IdFilter,
+    query_values,
+)
 from core.idempotency import idempotent
 from deployments import selectors, services
 from deployments.models import AnalysisVerdict, Deployment, DeploymentLogLine, DeploymentStep
@@ -82,7 +90,7 @@ DEPLOYMENT_PREFETCH = (Prefetch("steps", queryset=DeploymentStep.objects.select_
 class DeploymentFilter(django_filters.FilterSet):
     application = django_filters.CharFilter(field_name="application__slug")
     environment = django_filters.CharFilter(field_name="environment__slug")
-    status = django_filters.ChoiceFilter(choices=Deployment.Status.choices)
+    status = ChoiceFilter(choices=Deployment.Status.choices)
     change = IdFilter(field_name="change_id")
     release = IdFilter(field_name="release_id")
     since = DateTimeFilter(field_name="created_at", lookup_expr="gte")
