@@ -46,10 +46,16 @@ browser:
 sshd:
 	@scripts/ensure-sshd
 
-# Longer random searches than `make test` runs (docs/security.md).
+# Longer random searches than `make test` runs (docs/security.md), and schemathesis'
+# CLI with 200 examples per operation as every demo user and an outsider, with a new
+# seed each run (docs/api.md, "Checking the contract").
 nightly: $(STAMP)
 	@PORTAL_STATE_MACHINE_EXAMPLES=500 PORTAL_STATE_MACHINE_STEPS=60 \
 	  $(PY) -m pytest -q -p no:cacheprovider tests/security/test_state_machine.py
+	@PORTAL_SCHEMATHESIS_EXAMPLES=200 PORTAL_SCHEMATHESIS_ROLES=all \
+	  PORTAL_SCHEMATHESIS_SEED=random \
+	  $(PY) -m pytest -q -p no:cacheprovider -rA tests/api/test_schemathesis.py \
+	  -k test_schemathesis_finds_no_mismatch
 
 # ruff; import-linter's contracts (pyproject.toml: the direction of the apps, and of
 # the modules inside them); no import cycle between first-party modules (grimp); no

@@ -37,7 +37,9 @@ from core.api import (
     ApiMixin,
     ApiView,
     BoundedDateTimeField,
+    ChoiceFilter,
     IdFilter,
+    query_values,
 )
 from core.idempotency import idempotent
 from deployments import selectors as deployment_selectors
@@ -302,10 +304,10 @@ class DeployOutSerializer(serializers.Serializer):
 
 
 class ChangeFilter(django_filters.FilterSet):
-    status = django_filters.ChoiceFilter(choices=ChangeRequest.Status.choices)
+    status = ChoiceFilter(choices=ChangeRequest.Status.choices)
     environment = django_filters.CharFilter(field_name="environment__slug")
     application = django_filters.CharFilter(field_name="release__application__slug")
-    change_type = django_filters.ChoiceFilter(choices=ChangeType.choices)
+    change_type = ChoiceFilter(choices=ChangeType.choices)
     release = IdFilter(field_name="release_id")
     requested_by = django_filters.CharFilter(field_name="requested_by__username")
 
@@ -497,12 +499,17 @@ class PreflightQuerySerializer(serializers.Serializer):
     def validate(self, attrs):
         if attrs.get("change"):
             return attrs
+        # A query that names no release (or no environment) names nothing to check: a
+        # missing object, as an id that names nothing is (OpenAPI cannot state a rule
+        # across query parameters without changing their shape for clients).
         if not attrs.get("release") and not (attrs.get("application") and attrs.get("version")):
             raise serializers.ValidationError({"release": [
-                "Give the change id, the release id, or application and version."]})
+                "Give the change id, the release id, or application and version."]},
+                code="does_not_exist")
         if not attrs.get("environment"):
             raise serializers.ValidationError({"environment": [
-                "Give the environment with the release (or give the change)."]})
+                "Give the environment with the release (or give the change)."]},
+                code="does_not_exist")
         return attrs
 
 
@@ -527,7 +534,7 @@ class Preflight(ApiView):
     @extend_schema(parameters=[PreflightQuerySerializer], responses={200: PreflightOutSerializer},
                    summary="Everything that would block a deployment, and its earliest time")
     def get(self, request):
-        query = PreflightQuerySerializer(data=request.query_params)
+        query = PreflightQuerySerializer(data=query_values(request))
         query.is_valid(raise_exception=True)
         params = query.validated_data
         if params.get("change"):

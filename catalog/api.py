@@ -57,6 +57,17 @@ class ReleaseInSerializer(serializers.Serializer):
     notes = serializers.CharField(required=False, allow_blank=True, default="",
                                   max_length=20000)
 
+    @staticmethod
+    def schema_rules() -> dict:
+        # SOP 10.1 in the schema: an artifact URL lies under a trusted source (this
+        # portal's PORTAL_ARTIFACT_SOURCES), names a path without '..', query or
+        # percent-escapes, and comes with the artifact's SHA-256.
+        return {"properties": {"artifact_url": {"pattern": services.artifact_url_pattern()}},
+                "if": {"required": ["artifact_url"],
+                       "properties": {"artifact_url": {"minLength": 1}}},
+                "then": {"required": ["artifact_sha256"],
+                         "properties": {"artifact_sha256": {"minLength": 1}}}}
+
 
 class EnvironmentList(ApiMixin, generics.ListAPIView):
     serializer_class = EnvironmentSerializer

@@ -76,6 +76,26 @@ def field_errors(detail) -> dict[str, list[str]]:
     return {str(name): _flatten_errors(errors) for name, errors in detail.items()}
 
 
+# A 400 whose every field error is a reference to an object that does not exist (an id
+# or slug that names nothing): well-formed input, so no schema can refuse it beforehand;
+# clients (and schema-driven tests) tell it from malformed input by this code.
+NO_SUCH_OBJECT = "no_such_object"
+MISSING_OBJECT_CODES = frozenset({"does_not_exist"})
+
+
+def _leaf_codes(codes) -> list:
+    if isinstance(codes, dict):
+        return [c for inner in codes.values() for c in _leaf_codes(inner)]
+    if isinstance(codes, list | tuple):
+        return [c for inner in codes for c in _leaf_codes(inner)]
+    return [codes]
+
+
+def _names_missing_objects(exc: exceptions.ValidationError) -> bool:
+    codes = _leaf_codes(exc.get_codes())
+    return bool(codes) and all(code in MISSING_OBJECT_CODES for code in codes)
+
+
 def exception_handler(exc, context):
     if isinstance(exc, DomainError):
         fields = field_errors(exc.fields) if exc.fields else None
@@ -93,6 +113,12 @@ def exception_handler(exc, context):
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
     if isinstance(exc, exceptions.ValidationError):
+        if _names_missing_objects(exc):
+            return Response(
+                error_body(NO_SUCH_OBJECT, "The request names an object that does not exist.",
+                           fields=field_errors(exc.detail)),
+                status=status.HTTP_400_BAD_REQUEST,
+            )
         return Response(
             error_body("invalid", "The request has invalid fields.",
                        fields=field_errors(exc.detail)),
@@ -112,6 +138,13 @@ def exception_handler(exc, context):
 def not_found(request, *args, **kwargs):
     """Unknown paths under /api/ answer in the API's own error shape, not an HTML page."""
     return JsonResponse(error_body("not_found", "There is no such API endpoint."), status=404)
+
+
+def query_values(request) -> dict[str, str]:
+    """The query string for a query serializer: a parameter given empty (``?at=``) is a
+    value of the wrong shape for a date or a number, as the schema's types say, not a
+    parameter left out (DRF reads "" in form data as absent)."""
+    return request.query_params.dict()
 
 
 class CursorPagination(pagination.CursorPagination):
@@ -149,6 +182,12 @@ class CursorPagination(pagination.CursorPagination):
         return cursor
 
 
+# The years a BoundedDateTimeField takes, as the schema states them: the year as written.
+BOUNDED_YEAR_PATTERN = r"^(19[7-9][0-9]|2[01][0-9][0-9]|2200)-"
+
+
+@extend_schema_field({"type": "string", "format": "date-time",
+                      "pattern": BOUNDED_YEAR_PATTERN})
 class BoundedDateTimeField(serializers.DateTimeField):
     """A date-time within years the calendar arithmetic behind it can handle."""
 
@@ -156,7 +195,9 @@ class BoundedDateTimeField(serializers.DateTimeField):
 
     def to_internal_value(self, value):
         result = super().to_internal_value(value)
-        if not 1970 <= result.year <= 2200:
+        # The year as written (what the schema's pattern says), else the parsed one.
+        written = value[:4] if isinstance(value, str) and value[:4].isdigit() else None
+        if not 1970 <= (int(written) if written else result.year) <= 2200:
             self.fail("range")
         return result
 
@@ -221,7 +262,19 @@ class HasTokenScope(permissions.BasePermission):
 MAX_ID = 2**63 - 1  # PostgreSQL bigint
 
 
-class _UtcIsoDateTimeField(django_filters.fields.IsoDateTimeField):
+class _PresentMeansGiven:
+    """A filter field for which ``?name=`` (present, empty) is not "no filter" but a value
+    of the wrong shape: the schema gives the parameter a type "" does not have."""
+
+    def clean(self, value):
+        if value == "":
+            raise forms.ValidationError(self.empty_message, code="invalid")
+        return super().clean(value)
+
+
+class _UtcIsoDateTimeField(_PresentMeansGiven, django_filters.fields.IsoDateTimeField):
+    empty_message = "Enter a date and time, or leave the parameter out."
+
     def to_python(self, value):
         value = super().to_python(value)
         if value is not None:
@@ -239,13 +292,23 @@ class DateTimeFilter(django_filters.IsoDateTimeFilter):
     field_class = _UtcIsoDateTimeField
 
 
+class ChoiceFilter(django_filters.ChoiceFilter):
+    """A choice filter for which ``?status=`` (present, empty) is not one of the choices
+    the schema's enum lists, so it is refused rather than read as "no filter"."""
+
+    field_class = type("ChoiceField", (_PresentMeansGiven, django_filters.fields.ChoiceField),
+                       {"empty_message": "Choose one of the values, or leave the parameter "
+                                         "out."})
+
+
 @extend_schema_field({"type": "integer", "minimum": 1, "maximum": MAX_ID})
 class IdFilter(django_filters.NumberFilter):
     """An id in a list's query string: a whole number a bigint holds. The schema says so,
     so a client (or a schema-driven test) that sends any integer in range is answered,
     and anything else gets 400 naming the field."""
 
-    field_class = forms.IntegerField
+    field_class = type("IdField", (_PresentMeansGiven, forms.IntegerField),
+                       {"empty_message": "Enter a whole number, or leave the parameter out."})
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("min_value", 1)

@@ -7,12 +7,17 @@ as it likes; the portal acts once:
   sees it), the request runs, and its answer is stored with the key;
 - same key, same method, path and body: the stored answer is replayed with
   ``Idempotent-Replayed: true``, and nothing runs again;
-- same key with a different method, path or body: 422 ``idempotency_key_reused``;
-- same key while the first request is still running: 409 ``idempotency_in_flight``.
+- same key, method and path with a different body: 422 ``idempotency_key_reused``;
+- same key while the first request is still running: 409 ``idempotency_in_flight``;
+- a request the portal refused (any 4xx: invalid input, a missing object, a permission,
+  a state conflict) did nothing, so its answer is not kept and its key stays free: a
+  retry runs again, and the key may be used for another request (as Stripe does for
+  requests that fail validation).
 
-Keys belong to one user (a client never sees another's answers) and are kept
+Keys belong to one user (a client never sees another's answers) and one resource (the
+same key sent to another method or path names another request), and are kept
 for ``RETENTION`` (24 hours); after that the key may be used afresh. Answers of
-5xx (none are expected) are not kept, so such a request may be retried.
+5xx (none are expected) are not kept either, so such a request may be retried.
 """
 
 from __future__ import annotations
@@ -85,7 +90,8 @@ def idempotency_begin(*, user, key: str, method: str, path: str, request_hash: s
                                                     request_hash=request_hash)
             return row, None
         except IntegrityError:
-            existing = IdempotencyKey.objects.filter(user=user, key=key).first()
+            existing = IdempotencyKey.objects.filter(user=user, method=method,
+                                                     path=path[:300], key=key).first()
             if existing is None:
                 continue  # expired and purged between our insert and read: claim again
         if existing.request_hash != request_hash:
@@ -128,8 +134,8 @@ def idempotent(handler):
     """Decorate an API view's ``post`` so that it honours ``Idempotency-Key``.
 
     It runs after authentication, permissions and throttling (the key is scoped
-    to the authenticated user) and stores the answer the handler gives,
-    including its error answers, as the draft asks.
+    to the authenticated user) and stores the answer the handler gives when it acted
+    (2xx); a refusal (4xx) changed nothing and frees the key.
     """
 
     @functools.wraps(handler)
@@ -149,13 +155,12 @@ def idempotent(handler):
             try:
                 response = handler(view, request, *args, **kwargs)
             except Exception as exc:
-                # The error answer is part of what the key stands for; an exception
-                # nobody maps (a bug) re-raises here and the claim is released.
+                # An exception nobody maps (a bug) re-raises here and the claim is released.
                 response = view.handle_exception(exc)
         except BaseException:
             idempotency_release(row=row)
             raise
-        if response.status_code >= 500 or not hasattr(response, "data"):
+        if response.status_code >= 400 or not hasattr(response, "data"):
             idempotency_release(row=row)
         else:
             idempotency_complete(row=row, status=response.status_code, body=response.data)

@@ -10,8 +10,9 @@ from django.utils import timezone
 class IdempotencyKey(models.Model):
     """A creating POST's Idempotency-Key, with the response to replay for a retry.
 
-    Scoped per client (user); ``request_hash`` tells a retry (same body) from a
-    misuse (different body). ``completed_at`` is empty while the first request runs.
+    Scoped per client (user) and resource (method and path); ``request_hash`` tells a
+    retry (same body) from a misuse (different body). ``completed_at`` is empty while
+    the first request runs.
     """
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
@@ -28,7 +29,9 @@ class IdempotencyKey(models.Model):
     class Meta:
         db_table = "portal_idempotencykey"
         constraints = [
-            models.UniqueConstraint(fields=["user", "key"], name="idempotency_unique_key"),
+            # A key names one request to one resource (method and path) for one client.
+            models.UniqueConstraint(fields=["user", "method", "path", "key"],
+                                    name="idempotency_unique_key_per_resource"),
         ]
 
     def __str__(self) -> str:

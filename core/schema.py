@@ -6,6 +6,7 @@ view reads (its ``schema_request_headers``), the notifications sent
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 from django.core.validators import RegexValidator
@@ -103,6 +104,12 @@ class PortalAutoSchema(AutoSchema):
                 schema.setdefault("pattern", r"\S")
         return schema
 
+    def _map_basic_serializer(self, serializer, direction):
+        schema = super()._map_basic_serializer(serializer, direction)
+        if direction == "request":
+            merge_schema_rules(schema, getattr(serializer, "schema_rules", None))
+        return schema
+
     def get_description(self) -> str:
         # The view's own docstring and the method's, not one inherited from a base class
         # (which describes the plumbing, not the operation).
@@ -174,3 +181,99 @@ def answers_carry_every_field(result, generator, request, public):
     return result
 
 
+
+
+# --- what the schema says of rules across fields, and of NUL ------------------------------
+
+def merge_schema_rules(schema: dict, rules) -> None:
+    """Add a serializer's ``schema_rules`` (JSON Schema keywords: ``anyOf``,
+    ``dependentRequired``, ``properties`` constraints...) to its request schema, so rules
+    its ``validate`` enforces across fields are in the contract too. ``rules`` may be a
+    callable returning them, for rules that depend on settings."""
+    if callable(rules):
+        rules = rules()
+    for keyword, value in (rules or {}).items():
+        if keyword == "properties":
+            for name, constraints in value.items():
+                schema["properties"][name].update(constraints)
+        else:
+            schema[keyword] = value
+
+
+# PostgreSQL text cannot hold NUL, so the API refuses it in any string of a request (400
+# `malformed`): every request string says so, and so do the names and values of the
+# members a request body may carry besides its own fields (which the API ignores).
+NUL_FREE = r"^[^\x00]*$"
+NUL_FREE_NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
+
+
+def _json_without_nul(depth: int) -> dict:
+    """Any JSON value nested at most ``depth`` arrays or objects deep whose strings and
+    member names hold no NUL; spelt out, not recursive, which client generators take."""
+    branches = [{"type": "null"}, {"type": "boolean"}, {"type": "number"},
+                {"type": "string", "pattern": NUL_FREE}]
+    if depth:
+        inner = _json_without_nul(depth - 1)
+        branches += [{"type": "array", "items": inner},
+                     {"type": "object", "propertyNames": {"pattern": NUL_FREE},
+                      "additionalProperties": inner}]
+    return {"anyOf": branches}
+
+
+# What a request may carry besides its fields (the API ignores it); deeper is rare.
+_ANY_JSON = _json_without_nul(3)
+_ANNOTATIONS = {"description", "title", "default", "readOnly", "writeOnly", "examples",
+                "deprecated"}
+
+
+def _nul_free(schema, components, seen) -> None:
+    if not isinstance(schema, dict):
+        return
+    ref = schema.get("$ref", "")
+    if ref.startswith("#/components/schemas/"):
+        name = ref.rsplit("/", 1)[1]
+        if name not in seen:
+            seen.add(name)
+            _nul_free(components.get(name), components, seen)
+        return
+    for keyword in ("anyOf", "oneOf", "allOf"):
+        for branch in schema.get(keyword, ()):
+            _nul_free(branch, components, seen)
+    if not set(schema) - _ANNOTATIONS:
+        schema.update(copy.deepcopy(_ANY_JSON))  # any JSON value (a free-form field)
+        return
+    types = schema.get("type")
+    types = set(types) if isinstance(types, list) else {types}
+    if ("string" in types and not {"enum", "const", "format"} & set(schema)):
+        pattern = schema.get("pattern")
+        if pattern is None:
+            schema["pattern"] = NUL_FREE
+        elif pattern == r"\S":
+            schema["pattern"] = NUL_FREE_NOT_BLANK
+    if "object" in types:
+        for prop in schema.get("properties", {}).values():
+            _nul_free(prop, components, seen)
+        schema.setdefault("propertyNames", {"pattern": NUL_FREE})
+        extra = schema.get("additionalProperties", True)
+        if extra is True or extra == {}:
+            schema["additionalProperties"] = copy.deepcopy(_ANY_JSON)
+        else:
+            _nul_free(extra, components, seen)
+    if "array" in types:
+        _nul_free(schema.get("items"), components, seen)
+
+
+def requests_without_nul(result, generator, request, public):
+    """Postprocessing hook: every string of a request (parameters and bodies) says it
+    holds no NUL."""
+    components = result.setdefault("components", {}).setdefault("schemas", {})
+    seen: set[str] = set()
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict):
+                continue
+            for param in operation.get("parameters", ()):
+                _nul_free(param.get("schema"), components, seen)
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                _nul_free(media.get("schema"), components, seen)
+    return result

@@ -11,7 +11,15 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 
-from core.api import DEPLOY, ApiMixin, ApiView, DateTimeFilter, IdFilter
+from core.api import (
+    DEPLOY,
+    ApiMixin,
+    ApiView,
+    ChoiceFilter,
+    DateTimeFilter,
+    IdFilter,
+    query_values,
+)
 from core.idempotency import idempotent
 from deployments import selectors, services
 from deployments.models import AnalysisVerdict, Deployment, DeploymentLogLine, DeploymentStep
@@ -82,7 +90,7 @@ DEPLOYMENT_PREFETCH = (Prefetch("steps", queryset=DeploymentStep.objects.select_
 class DeploymentFilter(django_filters.FilterSet):
     application = django_filters.CharFilter(field_name="application__slug")
     environment = django_filters.CharFilter(field_name="environment__slug")
-    status = django_filters.ChoiceFilter(choices=Deployment.Status.choices)
+    status = ChoiceFilter(choices=Deployment.Status.choices)
     change = IdFilter(field_name="change_id")
     release = IdFilter(field_name="release_id")
     since = DateTimeFilter(field_name="created_at", lookup_expr="gte")
@@ -144,7 +152,7 @@ class DeploymentLog(ApiView):
                            f"(at most {LOG_PAGE} a call)")
     def get(self, request, pk: int):
         deployment = get_object_or_404(selectors.deployments_visible_to(request.user), pk=pk)
-        query = LogQuerySerializer(data=request.query_params)
+        query = LogQuerySerializer(data=query_values(request))
         query.is_valid(raise_exception=True)
         lines = (DeploymentLogLine.objects.filter(deployment=deployment,
                                                   seq__gt=query.validated_data["after"])
@@ -200,15 +208,21 @@ class StepDecisionInSerializer(serializers.Serializer):
                                    max_length=2000)
 
 
+class MarkStepDoneInSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000,
+                                   help_text="What was checked by hand (required).")
+
+
 class _StepDecision(ApiView):
     """On-call's decision on the interrupted step of a deployment that needs attention."""
 
     write_scopes = frozenset({DEPLOY})
     decide = None  # the service that carries the decision out
+    input_serializer = StepDecisionInSerializer
 
     def post(self, request, pk: int):
         deployment = get_object_or_404(selectors.deployments_visible_to(request.user), pk=pk)
-        data = StepDecisionInSerializer(data=request.data)
+        data = self.input_serializer(data=request.data)
         data.is_valid(raise_exception=True)
         type(self).decide(actor=request.user, deployment=deployment,
                           reason=data.validated_data["reason"])
@@ -230,8 +244,9 @@ class DeploymentRetryStep(_StepDecision):
 
 class DeploymentMarkStepDone(_StepDecision):
     decide = services.deployment_mark_step_done
+    input_serializer = MarkStepDoneInSerializer
 
-    @extend_schema(request=StepDecisionInSerializer, responses={202: DeploymentSerializer},
+    @extend_schema(request=MarkStepDoneInSerializer, responses={202: DeploymentSerializer},
                    summary="Record the interrupted step of a deployment that needs attention "
                            "as done (checked by hand), then run the rest")
     @idempotent

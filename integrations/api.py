@@ -78,13 +78,15 @@ class CiHookInSerializer(serializers.Serializer):
         required=False, help_text="When the check finished (default: now). A result older "
                                   "than the one held for the check is not applied.")
 
+    # What ``validate`` enforces, in the schema: check and status come together.
+    schema_rules = {"dependentRequired": {"check": ["status"], "status": ["check"]}}
+
     def validate(self, attrs):
         if bool(attrs.get("check")) != bool(attrs.get("status")):
             raise serializers.ValidationError({"status": [
                 "Send check and status together."]})
-        if not attrs.get("check") and not attrs.get("authors") and not attrs.get("mergers"):
-            raise serializers.ValidationError({"check": [
-                "Report a check, or the authors and mergers."]})
+        # A report with no check, authors or mergers records nothing new: it answers the
+        # release as it stands (any body the schema allows is answered).
         return attrs
 
 

@@ -8,7 +8,7 @@ like ``portal/urls.py`` it sits above both apps and is imported by nothing.
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django import forms
 from django.contrib.auth.decorators import login_required
@@ -20,7 +20,7 @@ from rest_framework.response import Response
 
 from catalog.models import Application, Environment
 from catalog.selectors import visible_environment_ids
-from core.api import ApiView, BoundedDateTimeField
+from core.api import ApiView, BoundedDateTimeField, query_values
 from deployments import selectors
 from deployments.models import Deployment
 from reporting import metrics
@@ -37,12 +37,13 @@ def _validate_range(attrs: dict) -> dict:
     since = attrs.get("since")
     if since is None:
         since, _ = metrics.default_range(until)
-    if since >= until:
-        raise serializers.ValidationError({"since": ["since must be before until."]})
-    if (until - since).days > MAX_DAYS:
-        raise serializers.ValidationError({"since": ["Ask for at most three years."]})
-    if attrs.get("period") == "day" and (until - since).days > 92:
-        raise serializers.ValidationError({"period": ["Daily figures cover at most 92 days."]})
+    # Any two dates the schema allows are answered (a rule between two values is beyond
+    # what a schema states): a range given the other way round is the same range, and
+    # one longer than the figures cover is cut to its end; the answer's since and until
+    # say what was counted.
+    since, until = min(since, until), max(since, until)
+    longest = timedelta(days=92 if attrs.get("period") == "day" else MAX_DAYS)
+    since = max(since, until - longest)
     attrs["since"], attrs["until"] = since, until
     return attrs
 
@@ -58,12 +59,12 @@ class DoraQuerySerializer(serializers.Serializer):
 
     def validate_environment(self, value):
         if value != "all" and not Environment.objects.filter(slug=value).exists():
-            raise serializers.ValidationError("No such environment.")
+            raise serializers.ValidationError("No such environment.", code="does_not_exist")
         return value
 
     def validate_application(self, value):
         if not Application.objects.filter(slug=value).exists():
-            raise serializers.ValidationError("No such application.")
+            raise serializers.ValidationError("No such application.", code="does_not_exist")
         return value
 
     def validate(self, attrs):
@@ -139,7 +140,7 @@ class DoraMetrics(ApiView):
                    summary="DORA metrics: deployment frequency, lead time, time to restore, "
                            "change failure rate and success rate by period, with bands")
     def get(self, request):
-        query = DoraQuerySerializer(data=request.query_params)
+        query = DoraQuerySerializer(data=query_values(request))
         query.is_valid(raise_exception=True)
         params = query.validated_data
         body = dora_for(request.user, environment=params["environment"],

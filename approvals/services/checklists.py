@@ -12,7 +12,7 @@ from approvals.selectors import person_facts
 from audit.trail import audit_record
 from catalog.permissions import has_env_perm
 from core import clock
-from core.errors import Invalid, InvalidTransition, Refused
+from core.errors import InvalidTransition, NotFound, Refused
 
 
 def _open_checklist(change: ChangeRequest, kinds, *, deployment_id: int | None = None) -> int:
@@ -45,8 +45,9 @@ def checklist_item_set(*, actor, change: ChangeRequest, item_id: int, done: bool
                   .get(pk=change.pk))
         item = change.checklist.filter(pk=item_id).first()
         if item is None:
-            raise Invalid(f"{change.reference} has no checklist item {item_id}",
-                          code="no_such_item")
+            # A sub-resource that is not there (or belongs to another change): a 404.
+            raise NotFound(f"{change.reference} has no checklist item {item_id}",
+                           code="no_such_item")
         if item.automatic:
             raise InvalidTransition(f"'{item.text}' is checked automatically from data; it "
                                     "cannot be ticked by hand", code="automatic_item")

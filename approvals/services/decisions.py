@@ -105,7 +105,8 @@ def _gate_open_to_decisions(change: ChangeRequest, role: str) -> Gate:
             "it takes no more decisions")
     gate = change.gates.filter(role=role).first()
     if gate is None:
-        raise Invalid(f"{change.reference} has no {role} gate",
+        # A well-formed gate this change does not have: a missing object, not bad input.
+        raise Invalid(f"{change.reference} has no {role} gate", code="no_such_object",
                       fields={"gate": [f"This change has no {role!r} gate."]})
     _check_gate_not_expired(change, gate)
     return gate

@@ -91,3 +91,25 @@ def artifact_source_check(*, url: str) -> str:
             return url
     raise _artifact_refused(f"{artifact_display(url)} is not under a trusted artifact "
                             f"source ({trusted})")
+
+
+# Characters of a path below a trusted source that the check above accepts whatever
+# comes before them; a dot is followed by another of them, so no segment is "..".
+_PATH_TAIL = r"(?:[A-Za-z0-9_~+/-]|\.[A-Za-z0-9_~+-])*"
+
+
+def _regex_escape(text: str) -> str:
+    # Only what is special in both ECMA 262 and Python regular expressions.
+    return "".join("\\" + c if c in ".^$*+?()[]{}|\\" else c for c in text)
+
+
+def artifact_url_pattern() -> str:
+    """A regular expression (for the OpenAPI schema) of artifact URLs that
+    ``artifact_source_check`` accepts: blank, or a plain path under one of the trusted
+    sources. Other URLs it accepts exist (escaped characters, another spelling of the
+    host); the schema names the plain ones."""
+    sources = [s.strip() for s in settings.PORTAL_ARTIFACT_SOURCES if s.strip()]
+    prefixes = sorted({_regex_escape(s.rstrip("/") + "/") for s in sources})
+    if not prefixes:
+        return "^$"
+    return f"^$|^(?:{'|'.join(prefixes)}){_PATH_TAIL}$"

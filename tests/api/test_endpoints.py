@@ -160,7 +160,7 @@ def test_dora_metrics_answer_for_a_token_with_the_read_scope(demo, scoped):
     answer = scoped(demo.engineer, "read").get("/api/v1/metrics/dora/?environment=production")
     assert answer.status_code == 200, answer.json()
     assert api_error(scoped(demo.engineer, "read").get(
-        "/api/v1/metrics/dora/?environment=moon")) == (400, "invalid")
+        "/api/v1/metrics/dora/?environment=moon")) == (400, "no_such_object")
 
 
 def test_too_many_requests_get_429_with_a_code(demo, api, monkeypatch):
