@@ -69,6 +69,10 @@ class PolicyTestOut(serializers.Serializer):
     examples = serializers.IntegerField(help_text="How many examples the document ships.")
     failures = serializers.ListField(child=serializers.CharField(),
                                      help_text="Each expectation that failed, in words.")
+    problems = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Why the document cannot be read (\"path: message\"); then nothing ran, "
+                  "`passed` is false and `digest` is empty.")
 
 
 class PolicyCurrent(ApiView):
@@ -110,8 +114,15 @@ class PolicyTest(ApiView):
     def post(self, request):
         data = PolicyTestIn(data=request.data)
         data.is_valid(raise_exception=True)
-        document = policy_document.parse(data.validated_data["document"])
+        # A test reports on the document it is given, an unreadable one included: its
+        # problems are the answer (proposing one is refused with the same problems).
+        try:
+            document = policy_document.parse(data.validated_data["document"])
+        except policy_document.PolicyInvalid as exc:
+            return Response(PolicyTestOut({"passed": False, "digest": "", "examples": 0,
+                                           "failures": [], "problems": exc.problems}).data)
         failures = example_failures(document)
         return Response(PolicyTestOut({
             "passed": not failures, "digest": document.digest,
-            "examples": len(document.examples), "failures": failures}).data)
+            "examples": len(document.examples), "failures": failures,
+            "problems": []}).data)

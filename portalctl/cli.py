@@ -448,6 +448,8 @@ def policy_test(obj: Context, file):
     answer = obj.post("/policies/test", {"document": text},
                       key=obj.key("policy test", digest=hashlib.sha256(text.encode()).hexdigest()))
     body = answer.body
+    for problem in body.get("problems", []):
+        say(f"INVALID {problem}")
     for failure in body["failures"]:
         say(f"FAIL {failure}")
     say(f"{'passed' if body['passed'] else 'FAILED'}: {body['examples']} example(s), "

@@ -59,6 +59,16 @@ def test_proposals_are_refused_with_a_code(demo, api):
     assert PolicyVersion.objects.count() == 1
 
 
+def test_testing_a_document_that_cannot_be_read_reports_its_problems(demo, api):
+    answer = api(demo.engineer).post("/api/v1/policies/test",
+                                     {"document": "policy: {unknown_key: 1}"}, format="json")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["passed"] is False and body["digest"] == "" and body["examples"] == 0
+    assert body["problems"] and all(": " in problem for problem in body["problems"])
+    assert PolicyVersion.objects.count() == 1
+
+
 def test_testing_a_document_runs_its_examples_and_changes_nothing(demo, api):
     data = yaml.safe_load(PolicyVersion.objects.get().document)
     data["examples"][0]["expect"]["gates"] = {"cab": 9}
