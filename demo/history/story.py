@@ -7,9 +7,10 @@ import hashlib
 import json
 import random
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import yaml
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
@@ -25,6 +26,7 @@ from approvals.models import (
     MaintenanceWindow,
     PostImplementationReview,
 )
+from approvals.policy import rows as policy_rows
 from audit.access import admin_change_record
 from audit.trail import audit_record
 from catalog.models import Application, Environment, Release, Target
@@ -365,13 +367,29 @@ class Generator:
         year = self.now.astimezone(LONDON).year
         starts = datetime(year, 12, 19, 18, 0, tzinfo=LONDON)
         if not Freeze.objects.filter(environment=production, recurs_yearly=True).exists():
-            freeze = Freeze.objects.create(
-                environment=production, starts_at=starts,
-                ends_at=datetime(year + 1, 1, 4, 8, 0, tzinfo=LONDON), recurs_yearly=True,
-                reason="Year-end change freeze: peak trading and reduced staffing")
-            admin_change_record(actor=admin, obj=freeze, verb="added", before=None,
-                                after={"reason": freeze.reason, "starts_at": freeze.starts_at,
-                                       "ends_at": freeze.ends_at, "recurs_yearly": True})
+            ends = datetime(year + 1, 1, 4, 8, 0, tzinfo=LONDON)
+
+            def add_freeze(data: dict) -> None:
+                data["environments"]["production"]["freezes"].append({
+                    "starts_at": starts.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+                    "ends_at": ends.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+                    "recurs_yearly": True,
+                    "reason": "Year-end change freeze: peak trading and reduced staffing"})
+
+            self.policy_amend("The year-end change freeze in Production", add_freeze)
+
+    def policy_amend(self, summary: str, edit) -> None:
+        """A new version of the policy document, as a team makes one: the tech lead
+        proposes the active document with ``edit(data)`` applied, the gates the policy
+        names for its own changes (CAB and security) approve it, and it binds at once."""
+        data = yaml.safe_load(approval_services.active_version().document)
+        edit(data)
+        version = approval_services.policy_propose(
+            actor=self.people["techlead"], text=policy_rows.dump(data), summary=summary)
+        for role in version.gates:
+            approval_services.policy_decide(actor=self.people[role], version=version,
+                                            role=role, decision="approved",
+                                            comment="Reviewed; agreed.")
 
     def plan(self) -> None:
         for plan in APPS:
