@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from core import clock
 from deployments.models import Deployment
+from reporting import figures_sql
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -159,24 +160,10 @@ def period_bounds(since: datetime, until: datetime, period: str) -> list[tuple[d
 _FIGURES_SQL = """
 WITH base AS (
     SELECT d.id, d.application_id, d.environment_id, d.status, d.finished_at,
-           width_bucket(d.finished_at, %s::timestamptz[]) AS bucket,
-           (d.status = 'succeeded' OR (d.status = 'rolled_back' AND NOT EXISTS (
-               SELECT 1 FROM {step} s WHERE s.deployment_id = d.id AND s.status = 'failed'
-           ))) AS completed,
-           d.status IN ('failed', 'rolled_back') AS failure,
-           EXTRACT(EPOCH FROM d.finished_at - COALESCE(r.committed_at, r.created_at))
-               AS lead_seconds
+           width_bucket(d.finished_at, %s::timestamptz[]) AS bucket,""" \
+    + figures_sql.DEPLOYMENT_FACTS + """
     FROM ({deployments}) d JOIN {release} r ON r.id = d.release_id
-), timed AS (
-    SELECT base.*, EXTRACT(EPOCH FROM fix.finished_at - base.finished_at) AS restore_seconds
-    FROM base LEFT JOIN LATERAL (
-        SELECT s.finished_at FROM {deployment} s
-        WHERE base.failure AND s.application_id = base.application_id
-          AND s.environment_id = base.environment_id AND s.status = 'succeeded'
-          AND (s.finished_at, s.id) > (base.finished_at, base.id)
-        ORDER BY s.finished_at, s.id LIMIT 1
-    ) fix ON TRUE
-)
+), """ + figures_sql.TIMED + """
 SELECT GROUPING(bucket) AS all_buckets, GROUPING(application_id) AS all_apps,
        bucket, application_id, count(*),
        count(*) FILTER (WHERE completed),

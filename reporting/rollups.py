@@ -21,6 +21,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from deployments.models import Deployment
+from reporting import figures_sql
 
 FINAL = ("succeeded", "failed", "rolled_back")
 FAILURE = ("failed", "rolled_back")
@@ -31,27 +32,12 @@ FAILURE = ("failed", "rolled_back")
 _DAYS_SQL = """
 WITH base AS (
     SELECT d.id, d.application_id, d.environment_id, d.status, d.finished_at,
-           (d.finished_at AT TIME ZONE %(tz)s)::date AS day,
-           (d.status = 'succeeded' OR (d.status = 'rolled_back' AND NOT EXISTS (
-               SELECT 1 FROM {step} s
-               WHERE s.deployment_id = d.id AND s.status = 'failed'
-           ))) AS completed,
-           d.status IN ('failed', 'rolled_back') AS failure,
-           EXTRACT(EPOCH FROM d.finished_at - COALESCE(r.committed_at, r.created_at))
-               AS lead_seconds
+           (d.finished_at AT TIME ZONE %(tz)s)::date AS day,""" \
+    + figures_sql.DEPLOYMENT_FACTS + """
     FROM {deployment} d JOIN {release} r ON r.id = d.release_id
     WHERE d.kind = 'deploy' AND d.status IN ('succeeded', 'failed', 'rolled_back')
       AND d.finished_at IS NOT NULL {where}
-), timed AS (
-    SELECT base.*, EXTRACT(EPOCH FROM fix.finished_at - base.finished_at) AS restore_seconds
-    FROM base LEFT JOIN LATERAL (
-        SELECT s.finished_at FROM {deployment} s
-        WHERE base.failure AND s.application_id = base.application_id
-          AND s.environment_id = base.environment_id AND s.status = 'succeeded'
-          AND (s.finished_at, s.id) > (base.finished_at, base.id)
-        ORDER BY s.finished_at, s.id LIMIT 1
-    ) fix ON TRUE
-)
+), """ + figures_sql.TIMED + """
 INSERT INTO reporting_deploymentday (day, application_id, environment_id, deployments,
     completed, failures, lead_seconds, restored, restore_seconds)
 SELECT day, application_id, environment_id, count(*),
