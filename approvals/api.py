@@ -329,6 +329,13 @@ def _rules(changes) -> selectors.Rules | None:
     return selectors.rules_for(list(changes)) if changes else None
 
 
+def _one(request, change) -> dict:
+    """The context of a write's answer: the blockers and the conflicts share one reading
+    of the rules (a closed change has no blockers to read them for)."""
+    rules = None if change.status in selectors.CLOSED else _rules([change])
+    return {**_caller(request), "rules": rules}
+
+
 class ChangeListCreate(ApiMixin, generics.ListAPIView):
     serializer_class = ChangeOutSerializer
     filterset_class = ChangeFilter
@@ -354,7 +361,7 @@ class ChangeListCreate(ApiMixin, generics.ListAPIView):
         data.is_valid(raise_exception=True)
         change = services.change_request_create(actor=request.user, **data.validated_data)
         change = selectors.change_detail_queryset().get(pk=change.pk)
-        return Response(ChangeOutSerializer(change, context=_caller(request)).data,
+        return Response(ChangeOutSerializer(change, context=_one(request, change)).data,
                         status=status.HTTP_201_CREATED)
 
 
@@ -383,7 +390,7 @@ class _ChangeAction(ApiView):
 
     def respond(self, change: ChangeRequest, code: int = status.HTTP_200_OK) -> Response:
         change = selectors.change_detail_queryset().get(pk=change.pk)
-        return Response(ChangeOutSerializer(change, context=_caller(self.request)).data,
+        return Response(ChangeOutSerializer(change, context=_one(self.request, change)).data,
                         status=code)
 
 

@@ -12,7 +12,7 @@ from approvals.selectors import person_facts
 from approvals.services import governing
 from approvals.services.changes import _approved_status
 from approvals.services.deadlines import _check_gate_not_expired, _set_execute_by
-from approvals.services.fingerprints import change_version, fingerprint
+from approvals.services.fingerprints import fingerprint, version_of
 from approvals.services.guards import _refusal_audited, _refuse, _step_up_for_production
 from approvals.services.reopening import _reopen
 from approvals.services.risk import risk_assess
@@ -59,11 +59,12 @@ def _decide(*, actor, change: ChangeRequest, role: str, decision: str, comment: 
                 actor, change.environment,
                 f"{'approve' if decision == Approval.Decision.APPROVED else 'reject'} a "
                 f"{change.environment.name} gate")
-            current = change_version(change)
+            parts = fingerprint(change)
+            current = version_of(change, parts)
             _check_decision_is_new(change, seen=seen, current=current)
             Approval.objects.create(gate=gate, change=change, approver=actor,
                                     decision=decision, comment=comment,
-                                    fingerprint=fingerprint(change),
+                                    fingerprint=parts,
                                     on_behalf_of_id=lent.delegator_id if lent else None)
             before = _apply_decision(change, gate, decision)
             risk_assess(change=change, trigger="decision", actor=actor)

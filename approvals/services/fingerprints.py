@@ -95,6 +95,11 @@ def change_version(change: ChangeRequest, *, digests: tuple[str, str] | None = N
     """One value for everything an approver is shown and decides on: the page and the
     API hand it out, a decision brings it back, and a decision on a version that is no
     longer current is refused (approve what you saw)."""
-    parts = fingerprint(change, digests=digests, inputs=inputs)
-    parts["what"] = _digest([change.release_id, change.environment_id, change.change_type])
-    return _digest(parts)
+    return version_of(change, fingerprint(change, digests=digests, inputs=inputs))
+
+
+def version_of(change: ChangeRequest, parts: dict[str, str]) -> str:
+    """``change_version`` from the change's ``fingerprint`` when the caller already has
+    it (a decision stores the one and checks the other: one reading of the inputs)."""
+    return _digest({**parts, "what": _digest([change.release_id, change.environment_id,
+                                              change.change_type])})
