@@ -13,6 +13,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from approvals import services
 from approvals.models import GateRole, PolicyVersion
+from approvals.policy_backtest import may_backtest
 from core.errors import DomainError, SecondFactorRequired, StepUpRequired
 from identity import stepup_views
 
@@ -59,7 +60,8 @@ def _listing(request) -> dict:
     versions = list(PolicyVersion.objects.select_related("proposed_by", "based_on")
                     .order_by("-number")[:100])
     return {"active": active, "versions": versions,
-            "draft": active.document if active else ""}
+            "draft": active.document if active else "",
+            "may_backtest": may_backtest(request.user)}
 
 
 @login_required

@@ -52,3 +52,6 @@ def test_cab_and_security_approve_on_the_page_and_the_version_becomes_active(dem
     listing = signed_in(demo.engineer).get("/policies/").content.decode()
     assert '<a href="/policies/2/">Version 2</a>' in listing
     assert "Propose a new version" not in listing
+    # Backtests are for who proposes, decides or audits policy: no link for an engineer.
+    assert "/policies/backtest/" not in listing
+    assert "/policies/backtest/" in signed_in(demo.techlead).get("/policies/").content.decode()
